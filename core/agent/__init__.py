@@ -1,0 +1,1 @@
+"""The LangGraph agent: guard, retrieve, draft, assess, review, deliver."""

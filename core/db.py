@@ -1,0 +1,108 @@
+"""Postgres access: a psycopg pool, the embedded server when no DATABASE_URL, and migrations."""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from core.config import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+# Any fixed 64-bit number: every process that migrates takes this lock first.
+MIGRATION_LOCK_KEY = 7_146_392_001
+
+_pools: dict[str, ConnectionPool] = {}
+_pools_lock = threading.Lock()
+_embedded: dict[Path, object] = {}
+
+
+def database_url(settings: Settings | None = None) -> str:
+    """The URL of the database: `DATABASE_URL`, or the embedded Postgres under the data folder,
+    started on first use (it stops when the last process using it exits)."""
+    settings = settings or get_settings()
+    if settings.database_url is not None:
+        return settings.database_url.get_secret_value()
+    return embedded_url(settings.pg_dir)
+
+
+def embedded_url(pg_dir: Path) -> str:
+    import pgserver  # imported here: production with DATABASE_URL never needs it
+
+    pg_dir = pg_dir.resolve()
+    if pg_dir not in _embedded:
+        pg_dir.mkdir(parents=True, exist_ok=True)
+        _embedded[pg_dir] = pgserver.get_server(pg_dir, cleanup_mode="stop")
+    return _embedded[pg_dir].get_uri()  # type: ignore[attr-defined]
+
+
+def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Connection:
+    """One connection outside the pool, for scripts and tests."""
+    return psycopg.connect(url or database_url(), autocommit=autocommit, row_factory=dict_row)
+
+
+def pool(url: str | None = None) -> ConnectionPool:
+    """The process-wide pool for `url` (default: `database_url()`), opened on first use."""
+    url = url or database_url()
+    with _pools_lock:
+        if url not in _pools:
+            _pools[url] = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=get_settings().db_pool_max,
+                kwargs={"row_factory": dict_row},
+                open=True,
+                name="flywheel",
+            )
+        return _pools[url]
+
+
+@contextmanager
+def connection(url: str | None = None) -> Iterator[psycopg.Connection]:
+    """A pooled connection whose transaction commits when the block ends (rolls back on error)."""
+    with pool(url).connection() as conn:
+        yield conn
+
+
+def close_pools() -> None:
+    with _pools_lock:
+        for p in _pools.values():
+            p.close()
+        _pools.clear()
+
+
+def migration_files() -> list[Path]:
+    return sorted(SQL_DIR.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def migrate(conn: psycopg.Connection) -> list[str]:
+    """Apply the migrations this database has not seen, in order, under an advisory lock so
+    concurrent processes never race. Runs in the caller's transaction; returns what it applied."""
+    conn.execute("SELECT pg_advisory_xact_lock(%(key)s)", {"key": MIGRATION_LOCK_KEY})
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    applied = {row["version"] for row in conn.execute("SELECT version FROM schema_migrations")}
+    done: list[str] = []
+    for path in migration_files():
+        if path.stem in applied:
+            continue
+        logger.info("applying migration %s", path.name)
+        conn.execute(path.read_text())  # type: ignore[arg-type]  # trusted file from sql/
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (%(v)s)", {"v": path.stem})
+        done.append(path.stem)
+    return done
+
+
+def ensure_schema(url: str | None = None) -> list[str]:
+    """Migrate the database at `url` in a transaction of its own."""
+    with connect(url) as conn:
+        return migrate(conn)

@@ -1,0 +1,1 @@
+"""Knowledge base: parse, chunk, embed, store and search the company's documents."""

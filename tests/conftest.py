@@ -1,0 +1,44 @@
+"""Shared fixtures: one embedded Postgres per test session, a fresh migrated database per test."""
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from core import db
+from core.config import get_settings
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """URL of the `postgres` database of an embedded server, with a migrated template database."""
+    url = db.embedded_url(tmp_path_factory.mktemp("pg"))
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE flywheel_template")
+    template_url = url.replace("/postgres?", "/flywheel_template?")
+    db.ensure_schema(template_url)
+    return url
+
+
+@pytest.fixture
+def database_url(pg_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database for one test, set as DATABASE_URL for everything it calls."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE flywheel_template')
+    url = pg_server.replace("/postgres?", f"/{name}?")
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("FLYWHEEL_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    yield url
+    db.close_pools()
+    get_settings.cache_clear()
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

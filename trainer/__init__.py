@@ -1,0 +1,1 @@
+"""Model training: dataset export, LoRA SFT, eval gate, publish."""
