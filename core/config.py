@@ -45,10 +45,15 @@ class Settings(BaseSettings):
     llm_port: int = 8080
 
     # Agent
-    sensitive_topics: list[str] = ["salary", "compensation", "legal", "lawsuit", "medical", "diagnosis",
-                                   "security incident", "breach", "harassment", "termination"]
-    min_confidence: float = 0.45
+    # Questions or drafts that mention these (whole words, plural too) always go to a reviewer.
+    sensitive_topics: list[str] = ["salary", "salaries", "compensation", "legal", "lawsuit", "lawyer",
+                                   "medical", "diagnosis", "security incident", "breach", "harassment",
+                                   "termination", "layoff"]
+    min_relevance: float = 0.3      # cosine similarity below which a chunk is not evidence
+    strong_relevance: float = 0.6   # cosine similarity that counts as a full match for confidence
+    min_confidence: float = 0.5     # below this a draft goes to review
     max_question_chars: int = 4000
+    fallback_contact: str = "in #help or the team that owns the topic"
 
     @property
     def pg_dir(self) -> Path:

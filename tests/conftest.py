@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from core import db
+from core.agent import graph
 from core.config import get_settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -38,6 +39,7 @@ def database_url(pg_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     monkeypatch.setenv("FLYWHEEL_DATA_DIR", str(tmp_path / "data"))
     get_settings.cache_clear()
     yield url
+    graph.reset_graphs()
     db.close_pools()
     get_settings.cache_clear()
     with psycopg.connect(pg_server, autocommit=True) as conn:

@@ -26,9 +26,10 @@ def migrate() -> None:
 
 
 def _register() -> None:
-    from core.cli import knowledge_cmds, run_cmds
+    from core.cli import agent_cmds, knowledge_cmds, run_cmds
 
     knowledge_cmds.register(app, eval_app)
+    agent_cmds.register(app)
     run_cmds.register(app)
 
 

@@ -1,0 +1,173 @@
+"""The agent's steps. Each takes the state and the run-time context and returns an update."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import time
+from typing import Any
+
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from core import db, feedback
+from core.agent import prompts
+from core.agent.assess import groundedness, sensitive_topic
+from core.agent.state import AgentContext, AgentState, Decision, Source
+from core.knowledge import search
+from core.llm import extractive
+from core.llm.base import BackendUnavailable
+
+logger = logging.getLogger(__name__)
+
+_INJECTION = re.compile(
+    r"\b(ignore|disregard|forget)\b.{0,20}\b(previous|prior|above|earlier|your|all)\b.{0,20}"
+    r"\b(instructions?|prompts?|rules)\b"
+    r"|\b(reveal|print|show|repeat)\b.{0,20}\b(system|hidden)\s+prompt\b"
+    r"|\byou are now\b|\bjailbreak\b|\bdeveloper mode\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _timed(state: AgentState, step: str, started: float) -> dict[str, float]:
+    return {**state.get("timings", {}), step: time.perf_counter() - started}
+
+
+def _declined(state: AgentState, step: str, started: float, text: str, reason: str) -> dict[str, Any]:
+    return {"route": "declined", "final": text, "reason": reason, "timings": _timed(state, step, started)}
+
+
+def guard(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Turn away what needs no model: empty, oversized, wordless or injection-shaped input."""
+    started = time.perf_counter()
+    question = state["question"].strip()
+    limit = runtime.context.settings.max_question_chars
+    if not question:
+        return _declined(state, "guard", started, prompts.EMPTY_QUESTION, "empty question")
+    if len(question) > limit:
+        return _declined(state, "guard", started, prompts.TOO_LONG.format(n=len(question), limit=limit),
+                         "question too long")
+    if not any(ch.isalnum() for ch in question):
+        return _declined(state, "guard", started, prompts.EMPTY_QUESTION, "no words in question")
+    if _INJECTION.search(question):
+        return _declined(state, "guard", started, prompts.INJECTION, "injection-shaped input")
+    return {"timings": _timed(state, "guard", started)}
+
+
+def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Hybrid search with what the asker may see. A short follow-up is searched together with
+    the question before it, so "and in Toronto?" finds what the thread is about."""
+    started = time.perf_counter()
+    settings = runtime.context.settings
+    query = state["question"].strip()
+    history = state.get("history") or []
+    if history and len(query.split()) < 6:
+        query = f"{history[-1]['question']} {query}"
+    viewer = search.Viewer(user_id=state.get("user_id"), channel_id=state.get("channel_id"))
+    try:
+        with db.connection() as conn:
+            hits = search.hybrid_search(conn, query[: settings.max_query_chars], viewer, k=settings.search_k)
+    except search.QueryError as e:
+        return _declined(state, "retrieve", started, str(e), "unsearchable question")
+    relevant = [h for h in hits if (h.dense_score or 0.0) >= settings.min_relevance]
+    sources: list[Source] = [
+        Source(n=i, chunk_id=h.chunk_id, document_id=h.document_id, title=h.title, heading=h.heading,
+               url=h.url, text=h.text, score=h.score, dense_score=h.dense_score)
+        for i, h in enumerate(relevant, start=1)
+    ]
+    if not sources:
+        return {"sources": [], **_declined(state, "retrieve", started,
+                                           prompts.NOT_FOUND.format(contact=settings.fallback_contact),
+                                           "nothing relevant found")}
+    return {"sources": sources, "timings": _timed(state, "retrieve", started)}
+
+
+def draft(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """The live model writes an answer citing [n]; with no model reachable, quote the sources."""
+    started = time.perf_counter()
+    ctx = runtime.context
+    sources = state["sources"]
+    if ctx.generator is None:
+        return _extractive(state, started, "extractive answers are configured")
+    messages = prompts.answer_messages(state["question"], sources, state.get("history") or [])
+    try:
+        gen = ctx.generator.chat(messages, adapter_id=ctx.adapter_id,
+                                 max_new_tokens=ctx.settings.llm_max_new_tokens)
+    except BackendUnavailable as e:
+        logger.warning("model server unreachable, answering with excerpts: %s", e)
+        return _extractive(state, started, "the model server is unreachable")
+    return {"draft": gen.text.strip(), "model": gen.model, "adapter_id": gen.adapter_id,
+            "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
+            "timings": _timed(state, "draft", started)}
+
+
+def _extractive(state: AgentState, started: float, why: str) -> dict[str, Any]:
+    quoted = extractive.extractive_answer(state["question"], [(s["title"], s["text"]) for s in state["sources"]])
+    text = f"{quoted}\n\n{prompts.EXTRACTIVE_NOTE.format(why=why)}"
+    return {"draft": text, "model": "extractive", "adapter_id": None, "timings": _timed(state, "draft", started)}
+
+
+def assess(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Confidence from retrieval and groundedness; sensitive topics always go to a person."""
+    started = time.perf_counter()
+    settings = runtime.context.settings
+    sources = state["sources"]
+    top = max((s["dense_score"] or 0.0) for s in sources)
+    grounded = groundedness(state["draft"], [s["text"] for s in sources])
+    confidence = round(0.5 * min(1.0, top / settings.strong_relevance) + 0.5 * grounded, 3)
+    topic = sensitive_topic(f"{state['question']}\n{state['draft']}", settings.sensitive_topics)
+    update: dict[str, Any] = {"confidence": confidence, "timings": _timed(state, "assess", started)}
+    if topic:
+        return {**update, "route": "review", "reason": f"touches a sensitive topic ({topic})"}
+    if confidence < settings.min_confidence:
+        return {**update, "route": "review", "reason": f"low confidence ({confidence:.2f})"}
+    return {**update, "route": "answered", "reason": "confident and grounded", "final": state["draft"]}
+
+
+def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Wait for a person. The review row is written before `interrupt()` idempotently, since a
+    resumed node runs again from its top."""
+    with db.connection() as conn:
+        review_id = feedback.open_review(conn, state["answer_id"], state["reason"])
+        feedback.update_answer(conn, state["answer_id"], status="pending_review", route="review",
+                               route_reason=state["reason"], draft=state["draft"],
+                               confidence=state["confidence"], sources=_public_sources(state["sources"]),
+                               model=state.get("model"), adapter_id=state.get("adapter_id"),
+                               timings=state.get("timings", {}))
+    decision: Decision = interrupt({
+        "review_id": review_id, "answer_id": state["answer_id"], "question": state["question"],
+        "draft": state["draft"], "reason": state["reason"], "confidence": state["confidence"],
+        "sources": _public_sources(state["sources"]),
+    })
+    if decision["action"] == "reject":
+        return {"decision": decision, "final": prompts.REJECTED}
+    text = decision.get("text") if decision["action"] == "edit" else state["draft"]
+    return {"decision": decision, "final": text or state["draft"]}
+
+
+def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
+    """Record the outcome. An answer decided by a reviewer is queued for the asker's surface."""
+    decision = state.get("decision")
+    route = state.get("route", "declined")
+    if decision is not None:
+        status = "rejected" if decision["action"] == "reject" else "delivered"
+    else:
+        status = "declined" if route == "declined" else "delivered"
+    with db.connection() as conn:
+        feedback.update_answer(
+            conn, state["answer_id"], status=status, route=route, route_reason=state.get("reason"),
+            draft=state.get("draft") or None, final_answer=state["final"],
+            confidence=state.get("confidence"), sources=_public_sources(state.get("sources", [])),
+            model=state.get("model"), adapter_id=state.get("adapter_id"),
+            prompt_tokens=state.get("prompt_tokens"), completion_tokens=state.get("completion_tokens"),
+            timings=state.get("timings", {}), finished_at=dt.datetime.now(dt.UTC),
+        )
+        if decision is not None:
+            feedback.queue_delivery(conn, state["answer_id"], "refusal" if status == "rejected" else "answer",
+                                    state["final"])
+    return {"history": [{"question": state["question"], "answer": state["final"]}]}
+
+
+def _public_sources(sources: list[Source]) -> list[dict[str, Any]]:
+    """Sources as recorded: without the chunk text, which the knowledge base keeps."""
+    return [{k: v for k, v in s.items() if k != "text"} for s in sources]

@@ -1,0 +1,141 @@
+"""Ask the agent and decide its reviews: what every surface (Slack, dashboard, CLI) calls."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+from langgraph.types import Command
+
+from core import db, feedback
+from core.agent import prompts
+from core.agent.graph import get_graph
+from core.agent.state import AgentContext, Decision, new_turn
+from core.config import get_settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Asker:
+    """Who asks, where: `thread_key` names the conversation, so follow-ups share a thread."""
+
+    surface: feedback.Surface
+    user_id: str | None = None
+    channel_id: str | None = None
+    thread_key: str = field(default_factory=lambda: f"cli:{uuid.uuid4().hex}")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    answer_id: int
+    status: feedback.AnswerStatus
+    route: feedback.Route
+    text: str                      # what the asker sees now (the answer, a note, or a refusal)
+    reason: str
+    confidence: float | None
+    sources: list[dict[str, Any]]
+    review_id: int | None
+    model: str | None
+    adapter_id: str | None
+    timings: dict[str, float]
+
+
+class AgentFailed(RuntimeError):
+    """Answering crashed; the answer row is marked failed. Carries the id for the apology."""
+
+    def __init__(self, answer_id: int, cause: BaseException) -> None:
+        super().__init__(f"answer {answer_id} failed: {cause}")
+        self.answer_id = answer_id
+
+
+REVIEW_WAIT = "A reviewer is checking this answer. You'll get it here once it's approved."
+
+
+@lru_cache(maxsize=1)
+def _default_generator() -> Any:
+    from core.llm.backends import make_generator
+
+    return make_generator(get_settings())
+
+
+def default_context() -> AgentContext:
+    """Settings, the configured generator, and the live adapter (none until one is promoted)."""
+    return AgentContext(settings=get_settings(), generator=_default_generator(), adapter_id=None)
+
+
+def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> Outcome:
+    """Run the agent on one question. Returns at once with a review note if the draft waits for
+    a person; the decision resumes the same thread later (`decide`)."""
+    context = context or default_context()
+    graph = get_graph()
+    config = {"configurable": {"thread_id": asker.thread_key}}
+    with db.connection() as conn:
+        answer_id = feedback.create_answer(conn, thread_key=asker.thread_key, surface=asker.surface,
+                                           question=question, user_id=asker.user_id,
+                                           channel_id=asker.channel_id)
+    if graph.get_state(config).interrupts:
+        with db.connection() as conn:
+            feedback.update_answer(conn, answer_id, status="declined", route="declined",
+                                   route_reason="earlier answer in thread awaits review",
+                                   final_answer=prompts.REVIEW_PENDING)
+        return _outcome(answer_id, review_id=None)
+    started = time.perf_counter()
+    try:
+        result = graph.invoke(new_turn(answer_id, question, asker.user_id, asker.channel_id), config,
+                              context=context)
+    except Exception as e:
+        logger.exception("agent failed on answer %s", answer_id)
+        with db.connection() as conn:
+            feedback.update_answer(conn, answer_id, status="failed", error=f"{type(e).__name__}: {e}")
+        raise AgentFailed(answer_id, e) from e
+    total = time.perf_counter() - started
+    review_id = result["__interrupt__"][0].value["review_id"] if result.get("__interrupt__") else None
+    with db.connection() as conn:
+        answer = feedback.get_answer(conn, answer_id)
+        feedback.update_answer(conn, answer_id, timings={**(answer.timings if answer else {}), "total": total})
+    return _outcome(answer_id, review_id=review_id)
+
+
+def decide(review_id: int, decision: Decision, *, context: AgentContext | None = None) -> Outcome | None:
+    """Apply a reviewer's decision: resume the paused thread, record and queue the delivery.
+    Returns None when the review was already decided (a second click, another reviewer)."""
+    action = decision["action"]
+    if action == "edit" and not (decision.get("text") or "").strip():
+        raise ValueError("An edited answer cannot be empty.")
+    if action == "reject" and not (decision.get("reason") or "").strip():
+        raise ValueError("Please give a reason for rejecting.")
+    status: Literal["approved", "edited", "rejected"] = {"approve": "approved", "edit": "edited",
+                                                        "reject": "rejected"}[action]  # type: ignore[assignment]
+    with db.connection() as conn:
+        claimed = feedback.claim_review(conn, review_id, status=status, decided_by=decision["reviewer"],
+                                        edited_text=decision.get("text"), reject_reason=decision.get("reason"))
+        if claimed is None:
+            if feedback.get_review(conn, review_id) is None:
+                raise LookupError(f"There is no review {review_id}.")
+            return None
+        answer = feedback.get_answer(conn, claimed.answer_id)
+    assert answer is not None
+    config = {"configurable": {"thread_id": answer.thread_key}}
+    try:
+        get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
+    except Exception:
+        logger.exception("resuming review %s failed; it stays pending", review_id)
+        with db.connection() as conn:
+            conn.execute("UPDATE reviews SET status = 'pending', decided_by = NULL, decided_at = NULL"
+                         " WHERE id = %(id)s", {"id": review_id})
+        raise
+    return _outcome(answer.id, review_id=review_id)
+
+
+def _outcome(answer_id: int, *, review_id: int | None) -> Outcome:
+    with db.connection() as conn:
+        a = feedback.get_answer(conn, answer_id)
+    assert a is not None
+    text = REVIEW_WAIT if a.status == "pending_review" else (a.final_answer or "")
+    return Outcome(answer_id=a.id, status=a.status, route=a.route or "declined", text=text,
+                   reason=a.route_reason or "", confidence=a.confidence, sources=a.sources,
+                   review_id=review_id, model=a.model, adapter_id=a.adapter_id, timings=a.timings)

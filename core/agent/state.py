@@ -1,0 +1,78 @@
+"""The agent's state (checkpointed in Postgres, so JSON-serialisable) and its run-time context."""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypedDict
+
+from core.config import Settings
+from core.llm.base import Generator
+
+Route = Literal["answered", "review", "declined"]
+
+
+class Source(TypedDict):
+    """A retrieved chunk as the agent keeps it: numbered [n] in the prompt and the answer."""
+
+    n: int
+    chunk_id: int
+    document_id: int
+    title: str
+    heading: str
+    url: str | None
+    text: str
+    score: float
+    dense_score: float | None
+
+
+class Turn(TypedDict):
+    question: str
+    answer: str
+
+
+class Decision(TypedDict, total=False):
+    """A reviewer's decision, the value `interrupt()` resumes with."""
+
+    action: Literal["approve", "edit", "reject"]
+    reviewer: str
+    text: str      # edit: the answer to deliver
+    reason: str    # reject: why
+
+
+class AgentState(TypedDict, total=False):
+    answer_id: int
+    question: str
+    user_id: str | None
+    channel_id: str | None
+    history: Annotated[list[Turn], operator.add]   # earlier turns of this thread
+    sources: list[Source]
+    draft: str
+    model: str | None
+    adapter_id: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    confidence: float
+    route: Route
+    reason: str
+    final: str
+    decision: Decision | None
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """What the nodes need besides the state: given again on every invoke and resume.
+    `generator=None` means extractive answers (no model)."""
+
+    settings: Settings
+    generator: Generator | None = None
+    adapter_id: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def new_turn(answer_id: int, question: str, user_id: str | None, channel_id: str | None) -> dict[str, Any]:
+    """The input of one question: resets every per-turn field (history is kept by its reducer)."""
+    return {"answer_id": answer_id, "question": question, "user_id": user_id, "channel_id": channel_id,
+            "sources": [], "draft": "", "model": None, "adapter_id": None, "prompt_tokens": None,
+            "completion_tokens": None, "confidence": 0.0, "reason": "", "final": "", "decision": None,
+            "timings": {}}

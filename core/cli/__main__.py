@@ -1,0 +1,4 @@
+"""`python -m core.cli` runs the `flywheel` command."""
+from core.cli import app
+
+app()

@@ -1,0 +1,71 @@
+"""`flywheel ask` and `flywheel reviews ...`: the agent from the terminal."""
+from __future__ import annotations
+
+import typer
+
+from core import db, feedback
+from core.agent import run
+
+
+def _print_outcome(outcome: run.Outcome) -> None:
+    typer.echo(outcome.text)
+    if outcome.sources:
+        typer.echo("\nSources:")
+        for s in outcome.sources:
+            where = f"{s['title']} > {s['heading']}" if s.get("heading") else s["title"]
+            link = f"  <{s['url']}>" if s.get("url") else ""
+            typer.echo(f"  [{s['n']}] {where}{link}")
+    route = {"answered": "answered", "review": "sent to review", "declined": "declined"}[outcome.route]
+    extra = f", review {outcome.review_id}" if outcome.review_id else ""
+    conf = f", confidence {outcome.confidence:.2f}" if outcome.confidence is not None else ""
+    typer.echo(f"\nRoute: {route} ({outcome.reason}{conf}{extra}); answer {outcome.answer_id}")
+    if outcome.timings:
+        typer.echo("Timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in outcome.timings.items()))
+
+
+def register(app: typer.Typer) -> None:
+    reviews_app = typer.Typer(no_args_is_help=True, help="Drafts waiting for a human.")
+    app.add_typer(reviews_app, name="reviews")
+
+    @app.command()
+    def ask(question: str, user: str = typer.Option(None, "--user", help="Ask as this Slack user id."),
+            channel: str = typer.Option(None, "--channel", help="Ask from this Slack channel id.")) -> None:
+        """Ask the agent a question and print the answer, sources, route and timings."""
+        outcome = run.ask(question, run.Asker(surface="cli", user_id=user, channel_id=channel))
+        _print_outcome(outcome)
+
+    @reviews_app.command("ls")
+    def reviews_ls() -> None:
+        """List drafts waiting for a reviewer."""
+        with db.connection() as conn:
+            pending = feedback.pending_reviews(conn)
+        if not pending:
+            typer.echo("No drafts are waiting for review.")
+        for review, answer in pending:
+            typer.echo(f"{review.id}\t{review.created_at:%Y-%m-%d %H:%M}\t{review.reason}\t{answer.question[:80]}")
+
+    def _decide(review_id: int, decision: dict) -> None:
+        try:
+            outcome = run.decide(review_id, decision)  # type: ignore[arg-type]
+        except (ValueError, LookupError) as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2) from e
+        if outcome is None:
+            typer.echo(f"Review {review_id} was already decided; nothing changed.", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"Delivered to the asker's thread:\n{outcome.text}")
+
+    @reviews_app.command("approve")
+    def approve(review_id: int, edit: str = typer.Option(None, "--edit", help="Deliver this text instead."),
+                reviewer: str = typer.Option("cli", "--as", help="Who decides (recorded).")) -> None:
+        """Approve a draft as it is, or with --edit TEXT."""
+        if edit is not None:
+            _decide(review_id, {"action": "edit", "reviewer": reviewer, "text": edit})
+        else:
+            _decide(review_id, {"action": "approve", "reviewer": reviewer})
+
+    @reviews_app.command("reject")
+    def reject(review_id: int, reason: str = typer.Option(..., "--reason"),
+               reviewer: str = typer.Option("cli", "--as")) -> None:
+        """Reject a draft: the asker gets a polite note that a person will follow up."""
+        _decide(review_id, {"action": "reject", "reviewer": reviewer, "reason": reason})

@@ -1,0 +1,217 @@
+"""The records the loop feeds on: answers, reviews, ratings and the delivery outbox.
+
+Every function takes a connection and never commits: the caller owns the transaction."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+Surface = Literal["slack", "cli", "dashboard", "eval"]
+AnswerStatus = Literal["running", "pending_review", "delivered", "declined", "rejected", "failed"]
+Route = Literal["answered", "review", "declined"]
+ReviewStatus = Literal["pending", "approved", "edited", "rejected"]
+Rating = Literal["up", "down"]
+DownReason = Literal["wrong", "outdated", "incomplete", "unclear", "other"]
+DOWN_REASONS: tuple[DownReason, ...] = ("wrong", "outdated", "incomplete", "unclear", "other")
+
+
+@dataclass(frozen=True)
+class Answer:
+    id: int
+    thread_key: str
+    surface: Surface
+    user_id: str | None
+    channel_id: str | None
+    question: str
+    status: AnswerStatus
+    route: Route | None
+    route_reason: str | None
+    draft: str | None
+    final_answer: str | None
+    confidence: float | None
+    sources: list[dict[str, Any]]
+    model: str | None
+    adapter_id: str | None
+    timings: dict[str, float]
+    error: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Review:
+    id: int
+    answer_id: int
+    reason: str
+    status: ReviewStatus
+    decided_by: str | None
+    decided_at: dt.datetime | None
+    edited_text: str | None
+    reject_reason: str | None
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Feedback:
+    answer_id: int
+    user_id: str
+    rating: Rating
+    reason: DownReason | None
+    comment: str | None
+    suggested_answer: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    answer_id: int
+    kind: Literal["answer", "refusal"]
+    text: str
+
+
+def _columns(cls: type, prefix: str = "") -> str:
+    return ", ".join(f"{prefix}{f.name}" for f in fields(cls))
+
+
+def _one(cls: type, row: dict[str, Any] | None) -> Any:
+    return None if row is None else cls(**row)
+
+
+# -- answers ---------------------------------------------------------------------------------
+
+def create_answer(conn: psycopg.Connection, *, thread_key: str, surface: Surface, question: str,
+                  user_id: str | None = None, channel_id: str | None = None) -> int:
+    row = conn.execute(
+        "INSERT INTO answers (thread_key, surface, user_id, channel_id, question)"
+        " VALUES (%(thread_key)s, %(surface)s, %(user_id)s, %(channel_id)s, %(question)s) RETURNING id",
+        {"thread_key": thread_key, "surface": surface, "user_id": user_id,
+         "channel_id": channel_id, "question": question},
+    ).fetchone()
+    return int(row["id"])  # type: ignore[index]
+
+
+def update_answer(conn: psycopg.Connection, answer_id: int, **values: Any) -> None:
+    """Set the given columns of one answer (names are checked against `Answer`'s fields)."""
+    allowed = {f.name for f in fields(Answer)} | {"prompt_tokens", "completion_tokens", "finished_at"}
+    unknown = set(values) - allowed
+    if unknown:
+        raise ValueError(f"unknown answer columns: {sorted(unknown)}")
+    params = {k: Jsonb(v) if k in ("sources", "timings") else v for k, v in values.items()}
+    assignments = ", ".join(f"{k} = %({k})s" for k in values)  # keys validated above
+    conn.execute(f"UPDATE answers SET {assignments} WHERE id = %(answer_id)s",
+                 {**params, "answer_id": answer_id})
+
+
+def get_answer(conn: psycopg.Connection, answer_id: int) -> Answer | None:
+    row = conn.execute(f"SELECT {_columns(Answer)} FROM answers WHERE id = %(id)s", {"id": answer_id}).fetchone()
+    return _one(Answer, row)
+
+
+def thread_answers(conn: psycopg.Connection, thread_key: str) -> list[Answer]:
+    rows = conn.execute(f"SELECT {_columns(Answer)} FROM answers WHERE thread_key = %(k)s ORDER BY id",
+                        {"k": thread_key}).fetchall()
+    return [Answer(**r) for r in rows]
+
+
+# -- reviews ---------------------------------------------------------------------------------
+
+def open_review(conn: psycopg.Connection, answer_id: int, reason: str) -> int:
+    """Open the review of an answer, or return the one already open (a resumed node reruns)."""
+    conn.execute(
+        "INSERT INTO reviews (answer_id, reason) VALUES (%(a)s, %(r)s) ON CONFLICT (answer_id) DO NOTHING",
+        {"a": answer_id, "r": reason},
+    )
+    row = conn.execute("SELECT id FROM reviews WHERE answer_id = %(a)s", {"a": answer_id}).fetchone()
+    return int(row["id"])  # type: ignore[index]
+
+
+def get_review(conn: psycopg.Connection, review_id: int) -> Review | None:
+    row = conn.execute(f"SELECT {_columns(Review)} FROM reviews WHERE id = %(id)s", {"id": review_id}).fetchone()
+    return _one(Review, row)
+
+
+def review_for_answer(conn: psycopg.Connection, answer_id: int) -> Review | None:
+    row = conn.execute(f"SELECT {_columns(Review)} FROM reviews WHERE answer_id = %(a)s",
+                       {"a": answer_id}).fetchone()
+    return _one(Review, row)
+
+
+def pending_reviews(conn: psycopg.Connection) -> list[tuple[Review, Answer]]:
+    rows = conn.execute(
+        f"SELECT {_columns(Review, 'r.')} FROM reviews r WHERE r.status = 'pending' ORDER BY r.created_at"
+    ).fetchall()
+    reviews = [Review(**r) for r in rows]
+    return [(r, get_answer(conn, r.answer_id)) for r in reviews]  # type: ignore[misc]
+
+
+def claim_review(conn: psycopg.Connection, review_id: int, *, status: ReviewStatus, decided_by: str,
+                 edited_text: str | None = None, reject_reason: str | None = None) -> Review | None:
+    """Record a decision if the review is still pending; None if someone decided first.
+    The row lock makes two fast clicks decide once."""
+    row = conn.execute(
+        f"UPDATE reviews SET status = %(s)s, decided_by = %(by)s, decided_at = now(),"
+        f" edited_text = %(e)s, reject_reason = %(rr)s"
+        f" WHERE id = %(id)s AND status = 'pending' RETURNING {_columns(Review)}",
+        {"s": status, "by": decided_by, "e": edited_text, "rr": reject_reason, "id": review_id},
+    ).fetchone()
+    return _one(Review, row)
+
+
+# -- feedback --------------------------------------------------------------------------------
+
+def record_rating(conn: psycopg.Connection, answer_id: int, user_id: str, rating: Rating, *,
+                  reason: DownReason | None = None, comment: str | None = None,
+                  suggested_answer: str | None = None) -> Feedback:
+    """One vote per user and answer: a later click changes it, never duplicates it. A 👍 clears
+    the reason of an earlier 👎."""
+    row = conn.execute(
+        "INSERT INTO feedback (answer_id, user_id, rating, reason, comment, suggested_answer)"
+        " VALUES (%(a)s, %(u)s, %(r)s, %(reason)s, %(c)s, %(s)s)"
+        " ON CONFLICT (answer_id, user_id) DO UPDATE SET rating = EXCLUDED.rating,"
+        "   reason = EXCLUDED.reason, comment = EXCLUDED.comment,"
+        "   suggested_answer = EXCLUDED.suggested_answer, updated_at = now()"
+        f" RETURNING {_columns(Feedback)}",
+        {"a": answer_id, "u": user_id, "r": rating, "reason": reason, "c": comment, "s": suggested_answer},
+    ).fetchone()
+    return Feedback(**row)  # type: ignore[arg-type]
+
+
+def ratings_for(conn: psycopg.Connection, answer_id: int) -> list[Feedback]:
+    rows = conn.execute(f"SELECT {_columns(Feedback)} FROM feedback WHERE answer_id = %(a)s ORDER BY id",
+                        {"a": answer_id}).fetchall()
+    return [Feedback(**r) for r in rows]
+
+
+# -- delivery outbox -------------------------------------------------------------------------
+
+DELIVERY_CHANNEL = "flywheel_deliveries"
+
+
+def queue_delivery(conn: psycopg.Connection, answer_id: int, kind: Literal["answer", "refusal"], text: str) -> bool:
+    """Queue one delivery per answer (idempotent) and wake listeners; True if newly queued."""
+    cur = conn.execute(
+        "INSERT INTO deliveries (answer_id, kind, text) VALUES (%(a)s, %(k)s, %(t)s)"
+        " ON CONFLICT (answer_id) DO NOTHING",
+        {"a": answer_id, "k": kind, "t": text},
+    )
+    if cur.rowcount:
+        conn.execute("SELECT pg_notify(%(ch)s, %(a)s)", {"ch": DELIVERY_CHANNEL, "a": str(answer_id)})
+    return bool(cur.rowcount)
+
+
+def claim_deliveries(conn: psycopg.Connection, surface: Surface, limit: int = 20) -> list[Delivery]:
+    """Take undelivered items for a surface, marking them delivered; concurrent workers skip
+    each other's rows. The caller posts them inside the same transaction, so a failed post
+    rolls the claim back."""
+    rows = conn.execute(
+        "UPDATE deliveries d SET delivered_at = now() WHERE d.id IN ("
+        "  SELECT d2.id FROM deliveries d2 JOIN answers a ON a.id = d2.answer_id"
+        "  WHERE d2.delivered_at IS NULL AND a.surface = %(s)s ORDER BY d2.id"
+        "  LIMIT %(n)s FOR UPDATE OF d2 SKIP LOCKED)"
+        " RETURNING d.id, d.answer_id, d.kind, d.text",
+        {"s": surface, "n": limit},
+    ).fetchall()
+    return [Delivery(**r) for r in rows]

@@ -1,0 +1,103 @@
+"""Human review: decisions resume the paused thread, once, from any process."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import db, feedback
+from core.agent import graph, run
+from core.agent.state import AgentContext
+from support.scripted_model import ScriptedModel
+
+SALARY_DRAFT = "Salary bands are reviewed each March by the People team [1]."
+
+
+def _pending(context: AgentContext, model: ScriptedModel, thread: str = "r1") -> run.Outcome:
+    model.reply = SALARY_DRAFT
+    outcome = run.ask("When are salary bands reviewed?",
+                      run.Asker(surface="slack", user_id="U1", channel_id="C1", thread_key=f"slack:C1:{thread}"),
+                      context=context)
+    assert outcome.status == "pending_review" and outcome.review_id is not None
+    return outcome
+
+
+def _deliveries(answer_id: int) -> list[dict]:
+    with db.connection() as conn:
+        return conn.execute("SELECT kind, text FROM deliveries WHERE answer_id = %(a)s",
+                            {"a": answer_id}).fetchall()
+
+
+def test_approve_delivers_draft_once_and_second_click_does_nothing(context: AgentContext,
+                                                                   model: ScriptedModel) -> None:
+    pending = _pending(context, model)
+    decided = run.decide(pending.review_id, {"action": "approve", "reviewer": "UREV"}, context=context)
+    assert decided is not None and decided.status == "delivered" and decided.text == SALARY_DRAFT
+    assert run.decide(pending.review_id, {"action": "approve", "reviewer": "UREV2"}, context=context) is None
+    assert _deliveries(pending.answer_id) == [{"kind": "answer", "text": SALARY_DRAFT}]
+    with db.connection() as conn:
+        review = feedback.get_review(conn, pending.review_id)
+    assert review is not None and review.status == "approved" and review.decided_by == "UREV"
+
+
+def test_edit_delivers_the_reviewers_text(context: AgentContext, model: ScriptedModel) -> None:
+    pending = _pending(context, model)
+    decided = run.decide(pending.review_id, {"action": "edit", "reviewer": "UREV",
+                                             "text": "Bands are reviewed every March [1]."}, context=context)
+    assert decided is not None and decided.text == "Bands are reviewed every March [1]."
+    assert _deliveries(pending.answer_id)[0]["text"] == "Bands are reviewed every March [1]."
+
+
+def test_empty_edit_is_refused_and_review_stays_pending(context: AgentContext, model: ScriptedModel) -> None:
+    pending = _pending(context, model)
+    with pytest.raises(ValueError, match="cannot be empty"):
+        run.decide(pending.review_id, {"action": "edit", "reviewer": "UREV", "text": "  "}, context=context)
+    with db.connection() as conn:
+        assert feedback.get_review(conn, pending.review_id).status == "pending"  # type: ignore[union-attr]
+
+
+def test_reject_delivers_polite_refusal(context: AgentContext, model: ScriptedModel) -> None:
+    pending = _pending(context, model)
+    decided = run.decide(pending.review_id, {"action": "reject", "reviewer": "UREV",
+                                             "reason": "bands are confidential"}, context=context)
+    assert decided is not None and decided.status == "rejected"
+    assert "A person will follow up" in decided.text
+    assert _deliveries(pending.answer_id)[0]["kind"] == "refusal"
+
+
+def test_new_question_in_thread_with_pending_review_gets_clear_note(context: AgentContext,
+                                                                    model: ScriptedModel) -> None:
+    _pending(context, model, thread="busy")
+    follow_up = run.ask("And when do changes take effect?",
+                        run.Asker(surface="slack", user_id="U1", channel_id="C1", thread_key="slack:C1:busy"),
+                        context=context)
+    assert follow_up.route == "declined" and "still checking the earlier answer" in follow_up.text
+
+
+def test_unknown_review_is_a_clear_error(context: AgentContext) -> None:
+    with pytest.raises(LookupError, match="no review 999"):
+        run.decide(999, {"action": "approve", "reviewer": "UREV"}, context=context)
+
+
+def _flywheel(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DATABASE_URL": database_url, "FLYWHEEL_LLM_BACKEND": "extractive"}
+    return subprocess.run([sys.executable, "-m", "core.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def test_review_started_in_one_process_is_approved_from_a_fresh_one(database_url: str, handbook: Path) -> None:
+    asked = _flywheel("ask", "When are salary bands reviewed?", database_url=database_url)
+    assert asked.returncode == 0, asked.stderr
+    assert "sent to review" in asked.stdout
+    graph.reset_graphs()
+    with db.connection() as conn:
+        [(review, answer)] = feedback.pending_reviews(conn)
+    approved = _flywheel("reviews", "approve", str(review.id), database_url=database_url)
+    assert approved.returncode == 0, approved.stderr
+    assert "Salary bands" in approved.stdout or "salary band" in approved.stdout.lower()
+    again = _flywheel("reviews", "approve", str(review.id), database_url=database_url)
+    assert again.returncode == 1 and "already decided" in again.stderr
+    assert len(_deliveries(answer.id)) == 1
