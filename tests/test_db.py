@@ -1,39 +1,53 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
 
 from core import db
 
 
-def test_migrations_apply_twice_without_error(database_url: str) -> None:
-    assert db.ensure_schema(database_url) == []  # the template already has them all
-    with db.connect(database_url) as conn:
-        conn.execute("DELETE FROM schema_migrations")
-        conn.execute("DROP TABLE chunks, documents, group_members")
-    applied = db.ensure_schema(database_url)
-    assert applied == [p.stem for p in db.migration_files()]
-    assert db.ensure_schema(database_url) == []
+@pytest.fixture
+def empty_database(pg_server: str) -> Iterator[str]:
+    """A database with no tables at all, not even pgvector."""
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS empty_db WITH (FORCE)")
+        conn.execute("CREATE DATABASE empty_db")
+    yield pg_server.replace("/postgres?", "/empty_db?")
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute("DROP DATABASE empty_db WITH (FORCE)")
 
 
-def test_concurrent_migrations_do_not_race(database_url: str) -> None:
-    with db.connect(database_url) as conn:
-        conn.execute("DELETE FROM schema_migrations")
-        conn.execute("DROP TABLE chunks, documents, group_members")
+def test_migrations_apply_in_order_then_are_a_no_op(empty_database: str) -> None:
+    assert db.ensure_schema(empty_database) == [p.stem for p in db.migration_files()]
+    assert db.ensure_schema(empty_database) == []
+
+
+def test_concurrent_migrations_do_not_race(empty_database: str) -> None:
     results: list[list[str]] = []
-    threads = [threading.Thread(target=lambda: results.append(db.ensure_schema(database_url))) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            results.append(db.ensure_schema(empty_database))
+        except BaseException as e:  # surfaced by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert errors == []
     assert sorted(len(r) for r in results) == [0, 0, 0, len(db.migration_files())]
 
 
 def test_pooled_connection_rolls_back_on_error(database_url: str) -> None:
-    try:
+    with pytest.raises(RuntimeError):
         with db.connection() as conn:
             conn.execute("INSERT INTO group_members (group_name, user_id) VALUES ('hr', 'U1')")
             raise RuntimeError("boom")
-    except RuntimeError:
-        pass
     with db.connection() as conn:
         assert conn.execute("SELECT count(*) AS n FROM group_members").fetchone()["n"] == 0

@@ -114,14 +114,19 @@ def assess(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     sources = state["sources"]
     top = max((s["dense_score"] or 0.0) for s in sources)
     grounded = groundedness(state["draft"], [s["text"] for s in sources])
-    confidence = round(0.5 * min(1.0, top / settings.strong_relevance) + 0.5 * grounded, 3)
+    # Both must hold: strong evidence was found, and the draft says what the evidence says.
+    confidence = round(min(1.0, top / settings.strong_relevance) * grounded, 3)
     topic = sensitive_topic(f"{state['question']}\n{state['draft']}", settings.sensitive_topics)
     update: dict[str, Any] = {"confidence": confidence, "timings": _timed(state, "assess", started)}
     if topic:
-        return {**update, "route": "review", "reason": f"touches a sensitive topic ({topic})"}
-    if confidence < settings.min_confidence:
-        return {**update, "route": "review", "reason": f"low confidence ({confidence:.2f})"}
-    return {**update, "route": "answered", "reason": "confident and grounded", "final": state["draft"]}
+        why = f"touches a sensitive topic ({topic})"
+    elif confidence < settings.min_confidence:
+        why = f"low confidence ({confidence:.2f})"
+    else:
+        return {**update, "route": "answered", "reason": "confident and grounded", "final": state["draft"]}
+    if not runtime.context.reviews:
+        return {**update, "route": "answered", "reason": f"review skipped: {why}", "final": state["draft"]}
+    return {**update, "route": "review", "reason": why}
 
 
 def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from langgraph.types import Command
 
-from core import db, feedback
+from core import db, feedback, models
 from core.agent import prompts
 from core.agent.graph import get_graph
 from core.agent.state import AgentContext, Decision, new_turn
@@ -62,9 +62,16 @@ def _default_generator() -> Any:
     return make_generator(get_settings())
 
 
+@lru_cache(maxsize=4)
+def _live_adapter_cache(url: str) -> models.LiveAdapterCache:
+    return models.LiveAdapterCache(url)
+
+
 def default_context() -> AgentContext:
-    """Settings, the configured generator, and the live adapter (none until one is promoted)."""
-    return AgentContext(settings=get_settings(), generator=_default_generator(), adapter_id=None)
+    """Settings, the configured generator, and the live adapter (None: the base model), read
+    per question from a cache that a promotion refreshes."""
+    live = _live_adapter_cache(db.database_url()).get()
+    return AgentContext(settings=get_settings(), generator=_default_generator(), adapter_id=live)
 
 
 def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> Outcome:

@@ -62,11 +62,13 @@ class AgentState(TypedDict, total=False):
 @dataclass(frozen=True)
 class AgentContext:
     """What the nodes need besides the state: given again on every invoke and resume.
-    `generator=None` means extractive answers (no model)."""
+    `generator=None` means extractive answers (no model); `reviews=False` (evaluation runs)
+    delivers drafts that would have gone to a reviewer, noting why."""
 
     settings: Settings
     generator: Generator | None = None
     adapter_id: str | None = None
+    reviews: bool = True
     extras: dict[str, Any] = field(default_factory=dict)
 
 

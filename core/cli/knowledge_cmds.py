@@ -1,0 +1,106 @@
+"""`flywheel ingest | search | docs ... | eval retrieval`: the knowledge base from the terminal."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from core import db
+from core.knowledge import evaluate, ingest, search, store
+
+
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
+    docs_app = typer.Typer(no_args_is_help=True, help="Documents in the knowledge base.")
+    app.add_typer(docs_app, name="docs")
+
+    @app.command("ingest")
+    def ingest_cmd(paths: list[Path] = typer.Argument(..., help="Files or folders."),
+                   channel: list[str] = typer.Option([], "--channel", help="Visible only in this Slack channel."),
+                   group: list[str] = typer.Option([], "--group", help="Visible only to this user group.")) -> None:
+        """Ingest Markdown, text, HTML, PDF and JSONL; unchanged documents are skipped."""
+        report = ingest.ingest_paths(paths, visible_channels=channel, visible_groups=group)
+        typer.echo(report.summary())
+        if report.failed and not (report.added or report.updated or report.unchanged):
+            raise typer.Exit(1)
+
+    @app.command("search")
+    def search_cmd(query: str, user: str = typer.Option(None, "--user"), channel: str = typer.Option(None, "--channel"),
+                   k: int = typer.Option(5, "-k", min=1, max=100)) -> None:
+        """Print the chunks a question retrieves, best first, with scores."""
+        try:
+            with db.connection() as conn:
+                hits = search.hybrid_search(conn, query, search.Viewer(user_id=user, channel_id=channel), k=k)
+        except search.QueryError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2) from e
+        if not hits:
+            typer.echo("Nothing found.")
+        for rank, hit in enumerate(hits, start=1):
+            where = f"{hit.title} > {hit.heading}" if hit.heading else hit.title
+            dense = f"{hit.dense_score:.3f}" if hit.dense_score is not None else "-"
+            lexical = f"{hit.lexical_score:.3f}" if hit.lexical_score is not None else "-"
+            typer.echo(f"{rank}. {where}  [score {hit.score:.4f}, dense {dense}, lexical {lexical}]")
+            typer.echo(f"   {hit.url or hit.source}")
+            body = hit.text.split("\n\n", 1)[-1].replace("\n", " ")
+            typer.echo(f"   {body[:240]}{'…' if len(body) > 240 else ''}")
+
+    @docs_app.command("ls")
+    def docs_ls() -> None:
+        """List documents with chunk counts and visibility."""
+        with db.connection() as conn:
+            rows = store.list_documents(conn)
+        if not rows:
+            typer.echo("The knowledge base is empty: `flywheel ingest PATH`.")
+        for d in rows:
+            typer.echo(f"{d.id}\t{d.chunks} chunks\t{d.visibility}\t{d.updated_at:%Y-%m-%d %H:%M}\t{d.title}\t{d.source}")
+
+    @docs_app.command("rm")
+    def docs_rm(documents: list[str] = typer.Argument(..., help="Document ids or sources.")) -> None:
+        """Delete documents and their chunks."""
+        missing = []
+        with db.connection() as conn:
+            for doc in documents:
+                if not store.delete_document(conn, doc):
+                    missing.append(doc)
+        for doc in missing:
+            typer.echo(f"No document {doc!r}.", err=True)
+        typer.echo(f"deleted {len(documents) - len(missing)}")
+        if missing:
+            raise typer.Exit(1)
+
+    @docs_app.command("visibility")
+    def docs_visibility(document_id: int, channel: list[str] = typer.Option([], "--channel"),
+                        group: list[str] = typer.Option([], "--group"),
+                        public: bool = typer.Option(False, "--public")) -> None:
+        """Make a document public, or visible only in channels / to user groups."""
+        if public == bool(channel or group):
+            typer.echo("Give either --public or at least one --channel/--group.", err=True)
+            raise typer.Exit(2)
+        with db.connection() as conn:
+            found = store.set_visibility(conn, document_id, channel, group)
+        if not found:
+            typer.echo(f"No document {document_id}.", err=True)
+            raise typer.Exit(1)
+        typer.echo("updated")
+
+    @docs_app.command("group-add")
+    def group_add(group: str, users: list[str]) -> None:
+        """Add Slack users to a user group known to visibility rules."""
+        with db.connection() as conn:
+            for user in users:
+                store.add_group_member(conn, group, user)
+        typer.echo(f"{group}: added {len(users)}")
+
+    @eval_app.command("retrieval")
+    def eval_retrieval(corpus: Path = typer.Option(..., exists=True, dir_okay=False),
+                       queries: Path = typer.Option(..., exists=True, dir_okay=False),
+                       qrels: Path = typer.Option(..., exists=True, dir_okay=False),
+                       k: int = typer.Option(3, "-k", min=1, max=100)) -> None:
+        """Measure retrieval on a BEIR-layout set in a scratch schema; last line is JSON."""
+        try:
+            result = evaluate.evaluate_retrieval(corpus, queries, qrels, k=k, progress=typer.echo)
+        except ValueError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2) from e
+        typer.echo(json.dumps(result))

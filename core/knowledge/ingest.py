@@ -1,0 +1,158 @@
+"""Ingest files and folders: parse, chunk, embed, store; one transaction per document.
+
+Re-ingesting skips documents whose content hash has not changed; a changed document replaces
+its chunks. A bad file is reported by name and the rest of the batch still goes in."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from core import db
+from core.config import get_settings
+from core.knowledge import chunk, embed, store
+from core.knowledge.parse import SUPPORTED, ParsedDocument, ParseError, parse_bytes, parse_jsonl
+
+logger = logging.getLogger(__name__)
+BATCH_DOCUMENTS = 64  # documents embedded together (one encode call), each still its own transaction
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
+    chunks: int = 0
+
+    def summary(self) -> str:
+        lines = [f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
+                 f"{len(self.failed)} failed ({self.chunks} chunks written)"]
+        lines += [f"  failed: {message}" for _, message in self.failed]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Visibility:
+    channels: tuple[str, ...]
+    groups: tuple[str, ...]
+
+
+def ingest_paths(paths: Sequence[Path], *, visible_channels: Sequence[str] = (), visible_groups: Sequence[str] = (),
+                 url: str | None = None) -> IngestReport:
+    """Ingest files and folders (recursively, supported types only)."""
+    report = IngestReport()
+    visibility = _Visibility(tuple(visible_channels), tuple(visible_groups))
+    documents = _documents_from_paths(paths, report)
+    _store_all(documents, visibility, report, url)
+    return report
+
+
+def ingest_file_bytes(name: str, data: bytes, *, source: str | None = None, visible_channels: Sequence[str] = (),
+                      visible_groups: Sequence[str] = (), url: str | None = None) -> IngestReport:
+    """Ingest one uploaded file (the dashboard's path); same rules as files on disk."""
+    report = IngestReport()
+    visibility = _Visibility(tuple(visible_channels), tuple(visible_groups))
+    _store_all(_documents_from_bytes(name, data, source or f"upload:{name}", report), visibility, report, url)
+    return report
+
+
+def _documents_from_paths(paths: Sequence[Path], report: IngestReport) -> Iterator[ParsedDocument]:
+    limit = get_settings().max_file_mb * 1024 * 1024
+    for path in _files(paths, report):
+        size = path.stat().st_size
+        if size > limit:
+            report.failed.append((str(path), f"{path}: {size / 1e6:.0f} MB is over the "
+                                               f"{get_settings().max_file_mb} MB limit (FLYWHEEL_MAX_FILE_MB)"))
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            report.failed.append((str(path), f"{path}: cannot read ({e.strerror})"))
+            continue
+        yield from _documents_from_bytes(str(path), data, str(path.resolve()), report)
+
+
+def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestReport) -> Iterator[ParsedDocument]:
+    if len(data) > get_settings().max_file_mb * 1024 * 1024:
+        report.failed.append((source, f"{name}: over the {get_settings().max_file_mb} MB limit"))
+        return
+    try:
+        if name.lower().endswith(".jsonl"):
+            for item in parse_jsonl(name, data, source):
+                if isinstance(item, ParseError):
+                    report.failed.append((source, str(item)))
+                else:
+                    yield item
+        else:
+            yield from parse_bytes(name, data, source)
+    except ParseError as e:
+        report.failed.append((source, str(e)))
+
+
+def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED)
+        elif path.is_file():
+            yield path
+        else:
+            report.failed.append((str(path), f"{path}: no such file or folder"))
+
+
+def _content_hash(doc: ParsedDocument) -> str:
+    return hashlib.sha256("\x1f".join([doc.title, doc.url or "", doc.text]).encode()).hexdigest()
+
+
+def _store_all(documents: Iterable[ParsedDocument], visibility: _Visibility, report: IngestReport,
+               url: str | None) -> None:
+    batch: list[ParsedDocument] = []
+    for doc in documents:
+        batch.append(doc)
+        if len(batch) >= BATCH_DOCUMENTS:
+            _store_batch(batch, visibility, report, url)
+            batch = []
+    if batch:
+        _store_batch(batch, visibility, report, url)
+
+
+def _store_batch(docs: list[ParsedDocument], visibility: _Visibility, report: IngestReport, url: str | None) -> None:
+    settings = get_settings()
+    with db.connection(url) as conn:
+        known = {d.source: store.content_hash_of(conn, d.source) for d in docs}
+    todo: list[tuple[ParsedDocument, str, list[chunk.Chunk]]] = []
+    for doc in docs:
+        digest = _content_hash(doc)
+        if known[doc.source] == digest:
+            with db.connection(url) as conn:  # content unchanged: keep chunks, refresh visibility only
+                conn.execute("UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s"
+                             " WHERE source = %(s)s AND (visible_channels <> %(c)s OR visible_groups <> %(g)s)",
+                             {"c": list(visibility.channels), "g": list(visibility.groups), "s": doc.source})
+            report.unchanged.append(doc.source)
+            continue
+        todo.append((doc, digest, chunk.chunk_document(doc, settings.chunk_tokens, settings.chunk_overlap)))
+    all_chunks = [c for _, _, chunks in todo for c in chunks]
+    vectors = embed.embed_texts([c.text for c in all_chunks])
+    labels = list(dict.fromkeys(c.label for c in all_chunks))  # chunks of one section share a label
+    label_vectors = dict(zip(labels, embed.embed_texts(labels)))
+    offset = 0
+    for doc, digest, chunks in todo:
+        doc_vectors = vectors[offset: offset + len(chunks)]
+        offset += len(chunks)
+        try:
+            with db.connection(url) as conn:
+                document_id = store.upsert_document(
+                    conn, source=doc.source, title=doc.title, url=doc.url, content_hash=digest,
+                    visible_channels=visibility.channels, visible_groups=visibility.groups, metadata=doc.metadata)
+                store.replace_chunks(conn, document_id, chunks, doc_vectors,
+                                     [label_vectors[c.label] for c in chunks])
+        except psycopg.Error as e:  # one document's failure must not stop the batch
+            logger.exception("storing %s failed", doc.source)
+            report.failed.append((doc.source, f"{doc.source}: could not be stored ({type(e).__name__}: {e})"))
+            continue
+        (report.updated if known[doc.source] else report.added).append(doc.source)
+        report.chunks += len(chunks)

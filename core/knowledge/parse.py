@@ -1,0 +1,194 @@
+"""Turn files into documents: title, sections under their heading paths, metadata.
+
+Markdown, plain text, HTML, PDF (pypdf) and JSONL records (`_id`, `title`, `text`,
+optional `metadata`, `url`). Anything else, or anything unreadable, raises `ParseError`
+with a message that names the file."""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUPPORTED = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl")
+
+
+class ParseError(ValueError):
+    """A file or record that cannot be ingested; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class Section:
+    heading: str   # heading path below the title, "Ordering > Delivery"; "" for the preamble
+    text: str
+
+
+@dataclass(frozen=True)
+class ParsedDocument:
+    source: str
+    title: str
+    sections: list[Section]
+    url: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(f"{s.heading}\n{s.text}" if s.heading else s.text for s in self.sections)
+
+
+def parse_bytes(name: str, data: bytes, source: str | None = None) -> list[ParsedDocument]:
+    """Parse one file's content; JSONL gives one document per valid record."""
+    source = source or name
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED:
+        raise ParseError(f"{name}: unsupported file type '{suffix or '(none)'}'; "
+                         f"supported: {', '.join(SUPPORTED)}")
+    if not data.strip():
+        raise ParseError(f"{name}: the file is empty")
+    if suffix == ".pdf":
+        return [_pdf(name, data, source)]
+    text = _decode(name, data)
+    if suffix == ".jsonl":
+        raise ParseError(f"{name}: JSONL is parsed record by record (use parse_jsonl)")
+    if suffix in (".html", ".htm"):
+        return [_html(name, text, source)]
+    if suffix in (".md", ".markdown"):
+        return [_markdown(name, text, source)]
+    return [_plain(name, text, source)]
+
+
+def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument | ParseError]:
+    """One document per valid line; an invalid line yields a ParseError naming its line number."""
+    text = _decode(name, data)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            yield ParseError(f"{name}:{number}: invalid JSON ({e.msg})")
+            continue
+        if not isinstance(record, dict) or not str(record.get("_id") or "").strip() \
+                or not str(record.get("text") or "").strip():
+            yield ParseError(f"{name}:{number}: a record needs a non-empty '_id' and 'text'")
+            continue
+        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        title = str(record.get("title") or record["_id"]).strip()
+        yield ParsedDocument(source=f"{source}#{record['_id']}", title=title,
+                             sections=[Section("", str(record["text"]).strip())],
+                             url=record.get("url") or metadata.get("url"),
+                             metadata={**metadata, "record_id": str(record["_id"])})
+
+
+def _decode(name: str, data: bytes) -> str:
+    if b"\x00" in data[:4096]:
+        raise ParseError(f"{name}: looks like a binary file, not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ParseError(f"{name}: not valid UTF-8 text (byte {e.start})") from e
+
+
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+
+
+def _markdown(name: str, text: str, source: str, fallback_title: str = "") -> ParsedDocument:
+    title, sections = _markdown_sections(text)
+    return _document(name, source, title or fallback_title, sections)
+
+
+def _markdown_sections(text: str) -> tuple[str, list[Section]]:
+    """The first `# ` heading as title, and the text under each heading path."""
+    title = ""
+    stack: list[tuple[int, str]] = []
+    sections: list[Section] = []
+    body: list[str] = []
+    in_fence = False
+
+    def flush() -> None:
+        content = "\n".join(body).strip()
+        if content:
+            sections.append(Section(" > ".join(h for _, h in stack), content))
+        body.clear()
+
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            in_fence = not in_fence
+        match = None if in_fence else _MD_HEADING.match(line)
+        if match is None:
+            body.append(line)
+            continue
+        level, heading = len(match.group(1)), match.group(2).strip()
+        if level == 1 and not title:
+            flush()
+            title = heading
+            continue
+        flush()
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        stack.append((level, heading))
+    flush()
+    return title, sections
+
+
+def _plain(name: str, text: str, source: str) -> ParsedDocument:
+    lines = text.strip().splitlines()
+    title = lines[0].strip() if lines and len(lines[0]) < 120 else ""
+    rest = "\n".join(lines[1:] if title else lines).strip()
+    return _document(name, source, title, [Section("", rest or text.strip())])
+
+
+def _html(name: str, text: str, source: str) -> ParsedDocument:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text, "html.parser")
+    for tag in soup(["script", "style", "nav", "footer", "header", "noscript"]):
+        tag.decompose()
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    lines: list[str] = []
+    for element in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "td", "pre", "blockquote"]):
+        if element.find_parent(["li", "td", "blockquote"]) is not None and element.name in ("p", "li"):
+            continue  # nested: its text is in the parent's
+        words = element.get_text(" ", strip=True)
+        if not words:
+            continue
+        if element.name[0] == "h":
+            lines.append(f"{'#' * int(element.name[1])} {words}")
+        else:
+            lines.append(f"- {words}" if element.name == "li" else words)
+    h1, sections = _markdown_sections("\n\n".join(lines))
+    return _document(name, source, h1 or title, sections)
+
+
+def _pdf(name: str, data: bytes, source: str) -> ParsedDocument:
+    import io
+
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    if not data.lstrip().startswith(b"%PDF"):
+        raise ParseError(f"{name}: not a PDF file (no %PDF header)")
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted:
+            raise ParseError(f"{name}: the PDF is encrypted; remove the password and ingest it again")
+        pages = [page.extract_text() or "" for page in reader.pages]
+        meta_title = (reader.metadata.title if reader.metadata and reader.metadata.title else "") or ""
+    except (PdfReadError, ValueError, KeyError, TypeError) as e:
+        if isinstance(e, ParseError):
+            raise
+        raise ParseError(f"{name}: unreadable PDF ({e})") from e
+    if not any(p.strip() for p in pages):
+        raise ParseError(f"{name}: the PDF has no extractable text (scanned images need OCR first)")
+    # PDFs carry no reliable heading structure; "# " lines are kept as headings when the text has them.
+    h1, sections = _markdown_sections("\n\n".join(pages))
+    return _document(name, source, meta_title.strip() or h1, sections)
+
+
+def _document(name: str, source: str, title: str, sections: list[Section]) -> ParsedDocument:
+    if not sections:
+        raise ParseError(f"{name}: no text to ingest")
+    return ParsedDocument(source=source, title=title or Path(name).stem.replace("-", " ").replace("_", " "),
+                          sections=sections)

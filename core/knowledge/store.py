@@ -1,0 +1,127 @@
+"""Documents and chunks in Postgres. Every function takes a connection and never commits."""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector.psycopg import register_vector
+from psycopg.types.json import Jsonb
+
+from core.knowledge.chunk import Chunk
+
+
+@dataclass(frozen=True)
+class DocumentRow:
+    id: int
+    source: str
+    title: str
+    url: str | None
+    chunks: int
+    visible_channels: list[str]
+    visible_groups: list[str]
+    updated_at: dt.datetime
+
+    @property
+    def visibility(self) -> str:
+        if not self.visible_channels and not self.visible_groups:
+            return "public"
+        parts = [f"#{c}" for c in self.visible_channels] + [f"@{g}" for g in self.visible_groups]
+        return "only " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    id: int
+    document_id: int
+    title: str
+    heading: str
+    url: str | None
+    source: str
+    text: str
+
+
+def vectors(conn: psycopg.Connection) -> psycopg.Connection:
+    """Teach this connection the `vector` type (cheap; idempotent)."""
+    register_vector(conn)
+    return conn
+
+
+def count_documents(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT count(*) AS n FROM documents").fetchone()["n"])  # type: ignore[index]
+
+
+def content_hash_of(conn: psycopg.Connection, source: str) -> str | None:
+    row = conn.execute("SELECT content_hash FROM documents WHERE source = %(s)s", {"s": source}).fetchone()
+    return None if row is None else row["content_hash"]
+
+
+def upsert_document(conn: psycopg.Connection, *, source: str, title: str, url: str | None, content_hash: str,
+                    visible_channels: Sequence[str], visible_groups: Sequence[str],
+                    metadata: dict[str, Any]) -> int:
+    row = conn.execute(
+        "INSERT INTO documents (source, title, url, content_hash, visible_channels, visible_groups, metadata)"
+        " VALUES (%(source)s, %(title)s, %(url)s, %(hash)s, %(channels)s, %(groups)s, %(metadata)s)"
+        " ON CONFLICT (source) DO UPDATE SET title = EXCLUDED.title, url = EXCLUDED.url,"
+        "   content_hash = EXCLUDED.content_hash, visible_channels = EXCLUDED.visible_channels,"
+        "   visible_groups = EXCLUDED.visible_groups, metadata = EXCLUDED.metadata, updated_at = now()"
+        " RETURNING id",
+        {"source": source, "title": title, "url": url, "hash": content_hash, "channels": list(visible_channels),
+         "groups": list(visible_groups), "metadata": Jsonb(metadata)},
+    ).fetchone()
+    return int(row["id"])  # type: ignore[index]
+
+
+def replace_chunks(conn: psycopg.Connection, document_id: int, chunks: Sequence[Chunk],
+                   embeddings: np.ndarray, heading_embeddings: np.ndarray) -> None:
+    vectors(conn)
+    conn.execute("DELETE FROM chunks WHERE document_id = %(d)s", {"d": document_id})
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO chunks (document_id, ord, heading, text, embedding, heading_embedding)"
+            " VALUES (%(d)s, %(ord)s, %(heading)s, %(text)s, %(embedding)s, %(heading_embedding)s)",
+            [{"d": document_id, "ord": c.ord, "heading": c.heading, "text": c.text, "embedding": e,
+              "heading_embedding": h} for c, e, h in zip(chunks, embeddings, heading_embeddings)],
+        )
+
+
+def list_documents(conn: psycopg.Connection) -> list[DocumentRow]:
+    rows = conn.execute(
+        "SELECT d.id, d.source, d.title, d.url, count(c.id)::int AS chunks, d.visible_channels,"
+        " d.visible_groups, d.updated_at FROM documents d LEFT JOIN chunks c ON c.document_id = d.id"
+        " GROUP BY d.id ORDER BY d.source"
+    ).fetchall()
+    return [DocumentRow(**r) for r in rows]
+
+
+def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> bool:
+    if isinstance(id_or_source, int) or str(id_or_source).isdigit():
+        cur = conn.execute("DELETE FROM documents WHERE id = %(id)s", {"id": int(id_or_source)})
+    else:
+        cur = conn.execute("DELETE FROM documents WHERE source = %(s)s", {"s": id_or_source})
+    return bool(cur.rowcount)
+
+
+def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequence[str], groups: Sequence[str]) -> bool:
+    cur = conn.execute(
+        "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
+        " WHERE id = %(id)s", {"c": list(channels), "g": list(groups), "id": document_id})
+    return bool(cur.rowcount)
+
+
+def get_chunks(conn: psycopg.Connection, chunk_ids: Sequence[int]) -> list[ChunkRow]:
+    rows = conn.execute(
+        "SELECT c.id, c.document_id, d.title, c.heading, d.url, d.source, c.text"
+        " FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id = ANY(%(ids)s)",
+        {"ids": list(chunk_ids)},
+    ).fetchall()
+    by_id = {r["id"]: ChunkRow(**r) for r in rows}
+    return [by_id[i] for i in chunk_ids if i in by_id]
+
+
+def add_group_member(conn: psycopg.Connection, group: str, user_id: str) -> None:
+    conn.execute("INSERT INTO group_members (group_name, user_id) VALUES (%(g)s, %(u)s) ON CONFLICT DO NOTHING",
+                 {"g": group, "u": user_id})
