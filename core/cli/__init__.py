@@ -26,10 +26,11 @@ def migrate() -> None:
 
 
 def _register() -> None:
-    from core.cli import agent_cmds, knowledge_cmds, run_cmds
+    from core.cli import agent_cmds, knowledge_cmds, llm_cmds, run_cmds
 
     knowledge_cmds.register(app, eval_app)
-    agent_cmds.register(app)
+    llm_cmds.register(app)
+    agent_cmds.register(app, eval_app)
     run_cmds.register(app)
 
 

@@ -1,9 +1,13 @@
 """`flywheel ask` and `flywheel reviews ...`: the agent from the terminal."""
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
 import typer
 
-from core import db, feedback
+from core import db, evaluation, feedback
 from core.agent import run
 
 
@@ -23,7 +27,7 @@ def _print_outcome(outcome: run.Outcome) -> None:
         typer.echo("Timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in outcome.timings.items()))
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     reviews_app = typer.Typer(no_args_is_help=True, help="Drafts waiting for a human.")
     app.add_typer(reviews_app, name="reviews")
 
@@ -69,3 +73,24 @@ def register(app: typer.Typer) -> None:
                reviewer: str = typer.Option("cli", "--as")) -> None:
         """Reject a draft: the asker gets a polite note that a person will follow up."""
         _decide(review_id, {"action": "reject", "reviewer": reviewer, "reason": reason})
+
+    @eval_app.command("answers")
+    def eval_answers(questions: Path = typer.Option(..., "--questions", exists=True, dir_okay=False),
+                     adapter: str = typer.Option(None, "--adapter", help="Adapter id; default: the base model."),
+                     limit: int = typer.Option(0, "--limit", help="Only the first N questions.")) -> None:
+        """Answer each question through the agent and score against the reference answers.
+        Prints one JSON object on its last line."""
+        try:
+            pairs = evaluation.read_questions(questions)
+        except ValueError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2) from e
+        pairs = pairs[:limit] if limit else pairs
+        context = dataclasses.replace(run.default_context(), adapter_id=adapter, reviews=False)
+        predictions, declined = [], []
+        for pair in pairs:
+            outcome = run.ask(pair.question, run.Asker(surface="eval"), context=context)
+            predictions.append(outcome.text)
+            declined.append(outcome.route == "declined")
+        summary = evaluation.summarise(predictions, [p.answer for p in pairs], declined)
+        typer.echo(json.dumps({"adapter": adapter, **summary}))

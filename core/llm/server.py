@@ -1,0 +1,230 @@
+"""The local generation server: TGI's HTTP API over `LocalModel`, plus adapter loading while
+serving (`POST /adapters`). Unlike TGI, an unknown adapter id is a 422, never the base model."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from core.llm.local_model import AdapterNotLoaded, FinishReason, GenerationParams, LocalModel, TokenOut
+
+VERSION = "flywheel-local-0.1"
+
+
+class GenerateParameters(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    adapter_id: str | None = None
+    details: bool = False
+    do_sample: bool = False
+    max_new_tokens: int | None = Field(default=None, ge=0)
+    seed: int | None = Field(default=None, ge=0)
+    stop: list[str] = Field(default_factory=list, max_length=4)
+    temperature: float | None = Field(default=None, gt=0)
+    top_k: int | None = Field(default=None, gt=0)
+    top_p: float | None = Field(default=None, gt=0, lt=1)
+    return_full_text: bool | None = None
+
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    inputs: str
+    parameters: GenerateParameters = Field(default_factory=GenerateParameters)
+    stream: bool = False
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    model: str | None = None
+    max_tokens: int | None = Field(default=None, ge=0)
+    temperature: float | None = Field(default=None, ge=0)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stop: list[str] | None = None
+    stream: bool = False
+
+
+class AdapterLoad(BaseModel):
+    adapter_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:-]+$")
+    path: str
+
+
+class ValidationFailure(ValueError):
+    pass
+
+
+def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastAPI:
+    app = FastAPI(title="Flywheel local generation server", version=VERSION)
+    max_total = model.max_context
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+    @app.exception_handler(ValidationFailure)
+    async def failure(_: Request, exc: ValidationFailure) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        return JSONResponse({}, status_code=200)
+
+    @app.get("/info")
+    def info() -> dict[str, Any]:
+        return {"model_id": model.name, "model_pipeline_tag": "text-generation", "max_concurrent_requests": 1,
+                "max_best_of": 1, "max_stop_sequences": 4, "max_input_tokens": max_total - 1,
+                "max_total_tokens": max_total, "validation_workers": 1, "max_client_batch_size": 1,
+                "router": "flywheel-local", "version": VERSION}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"id": model.name, "object": "model", "created": 0, "owned_by": "flywheel"}
+
+    @app.get("/adapters")
+    def adapters() -> dict[str, Any]:
+        return {"adapters": [{"adapter_id": k, "path": v} for k, v in model.adapters.items()]}
+
+    @app.post("/adapters")
+    def load(body: AdapterLoad) -> dict[str, Any]:
+        try:
+            model.load_adapter(body.adapter_id, body.path)
+        except FileNotFoundError as e:
+            raise ValidationFailure(str(e)) from e
+        return {"adapter_id": body.adapter_id, "path": body.path, "adapters": sorted(model.adapters)}
+
+    @app.delete("/adapters/{adapter_id}")
+    def unload(adapter_id: str) -> JSONResponse:
+        try:
+            model.unload_adapter(adapter_id)
+        except AdapterNotLoaded:
+            return _error(404, f"Adapter {adapter_id!r} is not loaded.")
+        return JSONResponse({"adapter_id": adapter_id, "adapters": sorted(model.adapters)})
+
+    def params_of(p: GenerateParameters, input_len: int) -> GenerationParams:
+        max_new = p.max_new_tokens if p.max_new_tokens is not None else default_max_new_tokens
+        if input_len + max_new > max_total:
+            raise ValidationFailure(f"`inputs` tokens + `max_new_tokens` must be <= {max_total}. "
+                                    f"Given: {input_len} `inputs` tokens and {max_new} `max_new_tokens`")
+        if p.adapter_id is not None and p.adapter_id not in model.adapters:
+            raise ValidationFailure(_unknown_adapter(p.adapter_id, model))
+        return GenerationParams(max_new_tokens=max_new, do_sample=p.do_sample or bool(p.temperature),
+                                temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
+                                stop=tuple(p.stop))
+
+    @app.post("/")  # TGI's compat route: what huggingface_hub's text_generation posts to
+    @app.post("/generate")
+    def generate(body: GenerateRequest) -> Any:
+        if body.stream:
+            return generate_stream(body)
+        ids = model.prompt_ids(body.inputs)
+        params = params_of(body.parameters, len(ids))
+        tokens, finish = _run(model.generate(ids, params, body.parameters.adapter_id))
+        text = "".join(t.text for t in tokens)
+        if body.parameters.return_full_text:
+            text = body.inputs + text
+        response: dict[str, Any] = {"generated_text": text}
+        if body.parameters.details:
+            response["details"] = {"finish_reason": finish, "generated_tokens": len(tokens), "prefill": [],
+                                   "seed": body.parameters.seed, "tokens": [_token(t) for t in tokens]}
+        return response
+
+    @app.post("/generate_stream")
+    def generate_stream(body: GenerateRequest) -> StreamingResponse:
+        ids = model.prompt_ids(body.inputs)
+        params = params_of(body.parameters, len(ids))
+        stream = model.generate(ids, params, body.parameters.adapter_id)
+
+        def events() -> Iterator[str]:
+            index, text, previous = 0, "", None
+            for item in stream:
+                if isinstance(item, TokenOut):
+                    if previous is not None:
+                        yield _sse({"index": index, "token": _token(previous), "generated_text": None, "details": None})
+                        index += 1
+                    text += item.text
+                    previous = item
+                else:
+                    final = {"finish_reason": item, "generated_tokens": index + 1, "input_length": len(ids),
+                             "seed": body.parameters.seed}
+                    yield _sse({"index": index, "token": _token(previous) if previous else
+                                {"id": 0, "text": "", "logprob": 0.0, "special": True},
+                                "generated_text": text, "details": final if body.parameters.details else None})
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.post("/v1/chat/completions")
+    def chat(body: ChatRequest) -> Any:
+        adapter_id = body.model if body.model and body.model not in ("tgi", model.name) else None
+        if adapter_id is not None and adapter_id not in model.adapters:
+            raise ValidationFailure(_unknown_adapter(adapter_id, model))
+        ids = model.chat_ids([m.model_dump() for m in body.messages])
+        params = params_of(GenerateParameters(adapter_id=adapter_id, max_new_tokens=body.max_tokens,
+                                              temperature=body.temperature or None, top_p=body.top_p
+                                              if body.top_p and body.top_p < 1 else None,
+                                              seed=body.seed, stop=body.stop or []), len(ids))
+        stream = model.generate(ids, params, adapter_id)
+        created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        name = adapter_id or model.name
+        if body.stream:
+            def chunks() -> Iterator[str]:
+                for item in stream:
+                    delta: dict[str, Any] = {"role": "assistant", "content": item.text if isinstance(item, TokenOut) else ""}
+                    finish = None if isinstance(item, TokenOut) else _openai_finish(item)
+                    yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                                "model": name, "system_fingerprint": VERSION,
+                                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(chunks(), media_type="text/event-stream")
+        tokens, finish = _run(stream)
+        return {"id": completion_id, "object": "chat.completion", "created": created, "model": name,
+                "system_fingerprint": VERSION,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(t.text for t in tokens)},
+                             "logprobs": None, "finish_reason": _openai_finish(finish)}],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": len(tokens),
+                          "total_tokens": len(ids) + len(tokens)}}
+
+    return app
+
+
+def _run(stream: Iterator[TokenOut | FinishReason]) -> tuple[list[TokenOut], FinishReason]:
+    tokens: list[TokenOut] = []
+    for item in stream:
+        if isinstance(item, TokenOut):
+            tokens.append(item)
+        else:
+            return tokens, item
+    return tokens, "length"
+
+
+def _token(t: TokenOut) -> dict[str, Any]:
+    return {"id": t.id, "text": t.text, "logprob": t.logprob, "special": t.special}
+
+
+def _openai_finish(reason: FinishReason) -> str:
+    return "length" if reason == "length" else "stop"
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def _unknown_adapter(adapter_id: str, model: LocalModel) -> str:
+    return (f"Unknown adapter {adapter_id!r}: this server has loaded "
+            f"{', '.join(sorted(model.adapters)) or 'no adapters'}. Load it with POST /adapters.")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message, "error_type": "validation" if status == 422 else "generation"},
+                        status_code=status)

@@ -1,0 +1,154 @@
+"""Adapter registry: versions, status, which one is live; and a per-process cache of the live one.
+
+Every function takes a connection and never commits. Promotion notifies listeners
+(`LISTEN flywheel_live_adapter`), so every process switches on its next request."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+logger = logging.getLogger(__name__)
+
+AdapterStatus = Literal["training", "ready", "live", "retired", "failed"]
+LIVE_CHANNEL = "flywheel_live_adapter"
+
+
+@dataclass(frozen=True)
+class Adapter:
+    id: int
+    version: int
+    name: str
+    base_model: str
+    dataset_version: int | None
+    path: str
+    status: AdapterStatus
+    hyperparams: dict[str, Any]
+    metrics: dict[str, Any]
+    error: str | None
+    created_at: dt.datetime
+    promoted_at: dt.datetime | None
+
+
+class PromotionRefused(ValueError):
+    """The adapter cannot go live (failed, still training, unknown)."""
+
+
+_COLUMNS = ", ".join(f.name for f in fields(Adapter))
+
+
+def register(conn: psycopg.Connection, *, base_model: str, path: str, dataset_version: int | None,
+             hyperparams: dict[str, Any], status: AdapterStatus = "training") -> Adapter:
+    """A new version, named `flywheel-v{version}`; the version is taken under a lock."""
+    conn.execute("LOCK TABLE adapters IN SHARE ROW EXCLUSIVE MODE")
+    version = conn.execute("SELECT coalesce(max(version), 0) + 1 AS v FROM adapters").fetchone()["v"]  # type: ignore[index]
+    row = conn.execute(
+        f"INSERT INTO adapters (version, name, base_model, dataset_version, path, status, hyperparams)"
+        f" VALUES (%(v)s, %(n)s, %(b)s, %(d)s, %(p)s, %(s)s, %(h)s) RETURNING {_COLUMNS}",
+        {"v": version, "n": f"flywheel-v{version}", "b": base_model, "d": dataset_version, "p": path,
+         "s": status, "h": Jsonb(hyperparams)},
+    ).fetchone()
+    return Adapter(**row)  # type: ignore[arg-type]
+
+
+def update(conn: psycopg.Connection, version: int, *, status: AdapterStatus | None = None,
+           metrics: dict[str, Any] | None = None, error: str | None = None, path: str | None = None) -> None:
+    conn.execute(
+        "UPDATE adapters SET status = coalesce(%(s)s, status), metrics = coalesce(%(m)s, metrics),"
+        " error = coalesce(%(e)s, error), path = coalesce(%(p)s, path) WHERE version = %(v)s",
+        {"s": status, "m": Jsonb(metrics) if metrics is not None else None, "e": error, "p": path, "v": version},
+    )
+
+
+def get(conn: psycopg.Connection, version: int) -> Adapter | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM adapters WHERE version = %(v)s", {"v": version}).fetchone()
+    return None if row is None else Adapter(**row)
+
+
+def list_adapters(conn: psycopg.Connection) -> list[Adapter]:
+    return [Adapter(**r) for r in conn.execute(f"SELECT {_COLUMNS} FROM adapters ORDER BY version DESC")]
+
+
+def live(conn: psycopg.Connection) -> Adapter | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM adapters WHERE status = 'live'").fetchone()
+    return None if row is None else Adapter(**row)
+
+
+def mark_live(conn: psycopg.Connection, version: int) -> Adapter:
+    """Make `version` the live adapter in the registry (the serving side must already have it
+    loaded: see trainer's promote). Refuses failed or unfinished adapters."""
+    adapter = get(conn, version)
+    if adapter is None:
+        raise PromotionRefused(f"There is no adapter version {version}.")
+    if adapter.status in ("failed", "training"):
+        raise PromotionRefused(f"Adapter v{version} is {adapter.status}; only a finished adapter can go live.")
+    conn.execute("UPDATE adapters SET status = 'retired' WHERE status = 'live' AND version <> %(v)s", {"v": version})
+    conn.execute("UPDATE adapters SET status = 'live', promoted_at = now() WHERE version = %(v)s", {"v": version})
+    conn.execute("SELECT pg_notify(%(ch)s, %(v)s)", {"ch": LIVE_CHANNEL, "v": str(version)})
+    return get(conn, version)  # type: ignore[return-value]
+
+
+def previous_live(conn: psycopg.Connection) -> Adapter | None:
+    """The adapter that was live before the current one: what a rollback promotes."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM adapters WHERE status = 'retired' AND promoted_at IS NOT NULL"
+        " ORDER BY promoted_at DESC LIMIT 1"
+    ).fetchone()
+    return None if row is None else Adapter(**row)
+
+
+def names(conn: psycopg.Connection) -> set[str]:
+    """Names of the adapters that exist and are not failed: what a serving backend may be asked for."""
+    return {r["name"] for r in conn.execute("SELECT name FROM adapters WHERE status <> 'failed'")}
+
+
+class LiveAdapterCache:
+    """The live adapter's name for this process, read once and refreshed when a promotion
+    notifies; a slow re-read (`max_age_s`) covers a missed notification."""
+
+    def __init__(self, url: str, max_age_s: float = 30.0) -> None:
+        self._url = url
+        self._max_age_s = max_age_s
+        self._name: str | None = None
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._listener = threading.Thread(target=self._listen, daemon=True, name="live-adapter-listener")
+        self._listener.start()
+
+    def get(self) -> str | None:
+        with self._lock:
+            if time.monotonic() - self._read_at > self._max_age_s:
+                self._refresh()
+            return self._name
+
+    def _refresh(self) -> None:
+        with psycopg.connect(self._url, autocommit=True, row_factory=dict_row) as conn:
+            adapter = live(conn)
+        self._name = adapter.name if adapter else None
+        self._read_at = time.monotonic()
+
+    def _listen(self) -> None:
+        try:
+            with psycopg.connect(self._url, autocommit=True) as conn:
+                conn.execute(f"LISTEN {LIVE_CHANNEL}")
+                while not self._stop.is_set():
+                    for _ in conn.notifies(timeout=1.0):
+                        with self._lock:
+                            self._read_at = 0.0  # next get() re-reads
+        except psycopg.Error:
+            if self._stop.is_set():
+                return
+            logger.warning("live-adapter listener stopped; falling back to re-reading every %.0f s",
+                           self._max_age_s, exc_info=True)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.join(timeout=5)

@@ -1,0 +1,93 @@
+"""Promotion on the serving side: load an adapter into the running model server, prove it
+answers with the adapter (not silently with the base model), then make it live in the registry.
+
+Per backend: our local server loads adapters while serving (`POST /adapters`); vLLM does
+with `/v1/load_lora_adapter`; TGI loads adapters only at start-up, so a new TGI is started
+with the new `LORA_ADAPTERS` by `core.tgi_controller` and traffic switches to it."""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import httpx
+
+from core import db, models
+from core.config import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+SMOKE_PROMPT = "Question: How do I reset my password?\nAnswer:"
+
+
+class ServingError(RuntimeError):
+    """The serving backend could not load or serve the adapter; nothing was switched."""
+
+
+def load_adapter(name: str, path: str, settings: Settings | None = None) -> None:
+    """Make the serving backend able to answer with `name` (does not make it live)."""
+    settings = settings or get_settings()
+    base = settings.llm_url.rstrip("/")
+    try:
+        if settings.llm_backend == "local":
+            r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, timeout=120)
+        elif settings.llm_backend == "openai":
+            r = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}, timeout=120)
+            if r.status_code == 400 and "already" in r.text.lower():
+                return
+        else:
+            raise ServingError(f"The {settings.llm_backend!r} backend cannot load adapters while serving"
+                               + (": use the TGI controller." if settings.llm_backend == "tgi" else "."))
+    except httpx.HTTPError as e:
+        raise ServingError(f"Could not reach the model server at {base}: {e}") from e
+    if r.status_code >= 400:
+        raise ServingError(f"The model server refused adapter {name!r} ({r.status_code}): {r.text[:300]}")
+
+
+def first_token_logprobs(url: str, adapter_id: str | None, n: int = 8) -> list[float]:
+    """Greedy logprobs of the first tokens through TGI's `/generate` (our server speaks it too)."""
+    parameters = {"max_new_tokens": n, "details": True, "do_sample": False, "adapter_id": adapter_id}
+    r = httpx.post(f"{url.rstrip('/')}/generate", json={"inputs": SMOKE_PROMPT, "parameters": parameters}, timeout=120)
+    r.raise_for_status()
+    return [t["logprob"] for t in r.json()["details"]["tokens"]]
+
+
+def answers_with_adapter(url: str, adapter_id: str) -> bool:
+    """True when the adapter changes the model's output: TGI answers an unknown adapter id with
+    the base model and no error, which shows up as identical logprobs."""
+    base = first_token_logprobs(url, None)
+    adapted = first_token_logprobs(url, adapter_id)
+    return not _same(base, adapted)
+
+
+def _same(a: Sequence[float], b: Sequence[float], tol: float = 1e-5) -> bool:
+    return len(a) == len(b) and all(math.isclose(x, y, abs_tol=tol) for x, y in zip(a, b))
+
+
+def promote(version: int, settings: Settings | None = None) -> models.Adapter:
+    """Load, smoke-check, then switch. Requests in flight finish on the adapter they started
+    with; new requests read the live adapter from the registry and use the new one."""
+    settings = settings or get_settings()
+    with db.connection() as conn:
+        adapter = models.get(conn, version)
+    if adapter is None:
+        raise models.PromotionRefused(f"There is no adapter version {version}.")
+    if adapter.status in ("failed", "training"):
+        raise models.PromotionRefused(f"Adapter v{version} is {adapter.status}; only a finished adapter can go live.")
+    load_adapter(adapter.name, adapter.path, settings)
+    if settings.llm_backend in ("local", "tgi") and not answers_with_adapter(settings.llm_url, adapter.name):
+        raise ServingError(f"The model server answers {adapter.name!r} exactly like the base model: "
+                           "the adapter is not really loaded. Nothing was switched.")
+    with db.connection() as conn:
+        live = models.mark_live(conn, version)
+    logger.info("adapter %s is live", live.name)
+    return live
+
+
+def rollback(settings: Settings | None = None) -> models.Adapter:
+    """Promote the adapter that was live before the current one."""
+    with db.connection() as conn:
+        previous = models.previous_live(conn)
+    if previous is None:
+        raise models.PromotionRefused("There is no earlier live adapter to roll back to.")
+    return promote(previous.version, settings)

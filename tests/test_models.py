@@ -1,0 +1,59 @@
+"""The adapter registry: one live version, refused promotions, rollback, live cache refresh."""
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from core import db, models
+
+
+def _ready(conn: psycopg.Connection, status: models.AdapterStatus = "ready") -> models.Adapter:
+    adapter = models.register(conn, base_model="smollm2", path="/tmp/a", dataset_version=1, hyperparams={"rank": 8})
+    models.update(conn, adapter.version, status=status)
+    return adapter
+
+
+def test_versions_are_numbered_and_named_in_order(database_url: str) -> None:
+    with db.connection() as conn:
+        first, second = _ready(conn), _ready(conn)
+    assert (first.version, first.name, second.name) == (1, "flywheel-v1", "flywheel-v2")
+
+
+def test_promoting_a_failed_or_unknown_adapter_is_refused(database_url: str) -> None:
+    with db.connection() as conn:
+        failed = _ready(conn, "failed")
+        with pytest.raises(models.PromotionRefused, match="failed"):
+            models.mark_live(conn, failed.version)
+        with pytest.raises(models.PromotionRefused, match="no adapter version 42"):
+            models.mark_live(conn, 42)
+        assert models.live(conn) is None
+
+
+def test_one_live_adapter_and_rollback_returns_to_previous(database_url: str) -> None:
+    with db.connection() as conn:
+        v1, v2 = _ready(conn), _ready(conn)
+        models.mark_live(conn, v1.version)
+        models.mark_live(conn, v2.version)
+        assert models.live(conn).version == v2.version  # type: ignore[union-attr]
+        assert models.get(conn, v1.version).status == "retired"  # type: ignore[union-attr]
+        previous = models.previous_live(conn)
+        assert previous is not None and previous.version == v1.version
+        models.mark_live(conn, previous.version)
+        assert [a.status for a in models.list_adapters(conn)] == ["retired", "live"]
+
+
+def test_live_cache_follows_a_promotion_in_another_connection(database_url: str) -> None:
+    cache = models.LiveAdapterCache(database_url, max_age_s=3600)
+    try:
+        assert cache.get() is None
+        with db.connection() as conn:
+            adapter = _ready(conn)
+            models.mark_live(conn, adapter.version)
+        deadline = time.monotonic() + 10
+        while cache.get() != adapter.name and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cache.get() == adapter.name
+    finally:
+        cache.close()
