@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,12 +35,16 @@ def database_url(settings: Settings | None = None) -> str:
 
 
 def embedded_url(pg_dir: Path) -> str:
-    import pgserver  # imported here: production with DATABASE_URL never needs it
+    with warnings.catch_warnings():  # pgserver asks platformdirs for a runtime dir it never uses
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver  # imported here: production with DATABASE_URL never needs it
 
     pg_dir = pg_dir.resolve()
     if pg_dir not in _embedded:
         pg_dir.mkdir(parents=True, exist_ok=True)
-        _embedded[pg_dir] = pgserver.get_server(pg_dir, cleanup_mode="stop")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+            _embedded[pg_dir] = pgserver.get_server(pg_dir, cleanup_mode="stop")
     return _embedded[pg_dir].get_uri()  # type: ignore[attr-defined]
 
 

@@ -4,6 +4,7 @@ Every function takes a connection and never commits. Promotion notifies listener
 (`LISTEN flywheel_live_adapter`), so every process switches on its next request."""
 from __future__ import annotations
 
+import atexit
 import datetime as dt
 import logging
 import threading
@@ -122,6 +123,8 @@ class LiveAdapterCache:
         self._stop = threading.Event()
         self._listener = threading.Thread(target=self._listen, daemon=True, name="live-adapter-listener")
         self._listener.start()
+        # Stop listening before an embedded Postgres shuts down at exit (atexit runs last-in first).
+        atexit.register(self.close)
 
     def get(self) -> str | None:
         with self._lock:

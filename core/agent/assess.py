@@ -21,18 +21,29 @@ def content_words(text: str) -> set[str]:
 
 
 def groundedness(draft: str, sources: Sequence[str], min_overlap: float = 0.6) -> float:
-    """Share of the draft's sentences whose content words mostly appear in the sources (0..1).
-    A cheap, deterministic check: it catches answers that talk about things no source mentions."""
-    source_words = set().union(*(content_words(s) for s in sources)) if sources else set()
+    """Share of the draft's sentences (0..1) supported by one passage of a source: two adjacent
+    source sentences must hold most of the sentence's content words and every number in it.
+    Cheap and deterministic; it catches drafts that mix true words into a claim no source makes
+    ("delivery in Toronto takes 2 hours" when the source says seven working days)."""
+    windows = [content_words(w) for source in sources for w in _windows(source)]
     sentences = [s for s in _SENTENCE.split(_CITATION.sub("", draft)) if content_words(s)]
-    if not sentences:
+    if not sentences or not windows:
         return 0.0
     supported = 0
     for sentence in sentences:
         words = content_words(sentence)
-        if len(words & source_words) / len(words) >= min_overlap:
-            supported += 1
+        numbers = {w for w in words if w.isdigit()}
+        for window in windows:
+            if numbers <= window and len(words & window) / len(words) >= min_overlap:
+                supported += 1
+                break
     return supported / len(sentences)
+
+
+def _windows(text: str) -> list[str]:
+    """Each sentence with the one after it: a claim may span two sentences of a source."""
+    sentences = [s for s in _SENTENCE.split(text) if s.strip()]
+    return [" ".join(sentences[i:i + 2]) for i in range(max(1, len(sentences) - 1))] or [text]
 
 
 def sensitive_topic(text: str, topics: Sequence[str]) -> str | None:

@@ -14,8 +14,9 @@ app.add_typer(eval_app, name="eval")
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("core").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 @app.command()

@@ -23,8 +23,9 @@ def _print_outcome(outcome: run.Outcome) -> None:
     extra = f", review {outcome.review_id}" if outcome.review_id else ""
     conf = f", confidence {outcome.confidence:.2f}" if outcome.confidence is not None else ""
     typer.echo(f"\nRoute: {route} ({outcome.reason}{conf}{extra}); answer {outcome.answer_id}")
-    if outcome.timings:
-        typer.echo("Timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in outcome.timings.items()))
+    steps = [s for s in ("guard", "retrieve", "draft", "assess", "total") if s in outcome.timings]
+    if steps:
+        typer.echo("Timings: " + ", ".join(f"{s} {outcome.timings[s] * 1000:.0f} ms" for s in steps))
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:

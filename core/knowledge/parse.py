@@ -148,10 +148,13 @@ def _html(name: str, text: str, source: str) -> ParsedDocument:
         tag.decompose()
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
     lines: list[str] = []
-    for element in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "td", "pre", "blockquote"]):
-        if element.find_parent(["li", "td", "blockquote"]) is not None and element.name in ("p", "li"):
+    for element in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "tr", "pre", "blockquote"]):
+        if element.name in ("p", "li") and element.find_parent(["li", "td", "th", "blockquote"]) is not None:
             continue  # nested: its text is in the parent's
-        words = element.get_text(" ", strip=True)
+        if element.name == "tr":  # a table row reads as one line, cells side by side
+            words = " | ".join(c.get_text(" ", strip=True) for c in element.find_all(["td", "th"]))
+        else:
+            words = element.get_text(" ", strip=True)
         if not words:
             continue
         if element.name[0] == "h":
