@@ -1,0 +1,68 @@
+"""Parsing and chunking, the pure pieces."""
+from __future__ import annotations
+
+import pytest
+
+from core.knowledge.chunk import chunk_document, split_text
+from core.knowledge.parse import ParseError, parse_bytes
+
+MARKDOWN = b"""# Laptops
+
+Intro line.
+
+## Ordering
+Use the portal.
+
+### Delivery
+Five days.
+
+## Returns
+Bring it back.
+"""
+
+
+def test_markdown_sections_carry_their_heading_path() -> None:
+    [doc] = parse_bytes("laptops.md", MARKDOWN)
+    assert doc.title == "Laptops"
+    assert [(s.heading, s.text) for s in doc.sections] == [
+        ("", "Intro line."), ("Ordering", "Use the portal."), ("Ordering > Delivery", "Five days."),
+        ("Returns", "Bring it back."),
+    ]
+
+
+def test_chunk_text_starts_with_title_and_heading_path() -> None:
+    [doc] = parse_bytes("laptops.md", MARKDOWN)
+    chunks = chunk_document(doc)
+    delivery = next(c for c in chunks if c.heading == "Ordering > Delivery")
+    assert delivery.text == "Laptops\nOrdering > Delivery\n\nFive days."
+    assert delivery.label == "Laptops > Ordering > Delivery"
+
+
+def test_long_sections_split_within_budget_with_overlap() -> None:
+    text = " ".join(f"Sentence number {i} is here." for i in range(200))
+    pieces = split_text(text, max_tokens=50, overlap=10)
+    assert all(len(p.split()) <= 50 for p in pieces)
+    assert len(pieces) > 10
+    for first, second in zip(pieces, pieces[1:]):
+        assert second.split()[:10] == first.split()[-10:]  # neighbours share `overlap` words
+
+
+def test_html_tables_read_row_by_row() -> None:
+    html = b"<html><head><title>Rates</title></head><body><h2>Per day</h2><table><tr><th>Where</th><th>Rate</th></tr>" \
+           b"<tr><td>Portugal</td><td>45 EUR</td></tr></table><script>x()</script></body></html>"
+    [doc] = parse_bytes("rates.html", html)
+    assert doc.title == "Rates"
+    assert doc.sections[0].heading == "Per day"
+    assert "Portugal | 45 EUR" in doc.sections[0].text and "x()" not in doc.text
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("empty.md", b"  \n", "empty.md: the file is empty"),
+    ("fake.pdf", b"\x00\x01binary junk", "fake.pdf: not a PDF file"),
+    ("image.png", b"\x89PNG....", "unsupported file type '.png'"),
+    ("notes", b"hello", "unsupported file type '(none)'"),
+    ("latin1.txt", "caf\xe9".encode("latin-1"), "latin1.txt: not valid UTF-8"),
+])
+def test_bad_files_get_a_message_naming_them(name: str, data: bytes, message: str) -> None:
+    with pytest.raises(ParseError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_bytes(name, data)
