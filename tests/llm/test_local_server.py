@@ -1,0 +1,104 @@
+"""The local generation server over real HTTP: TGI's contract, adapters, errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.llm.base import BackendUnavailable, ChatMessage, UnknownAdapter
+from core.llm.tgi import TGIGenerator
+from support.openapi import validate
+from support.servers import free_port, serve_llm
+from support.tiny_model import make_lora_adapter
+
+PROMPT = {"inputs": "Northwind laptops ship in", "parameters": {"max_new_tokens": 6, "details": True}}
+
+
+def _sse(response: httpx.Response) -> list[dict]:
+    return [json.loads(line[5:]) for line in response.text.splitlines()
+            if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+
+
+def test_every_route_answers_in_tgi_shapes(tiny_server: str) -> None:
+    assert httpx.get(f"{tiny_server}/health").status_code == 200
+    validate(httpx.get(f"{tiny_server}/info").json(), "Info")
+    validate(httpx.get(f"{tiny_server}/v1/models").json(), "ModelInfo")
+    generated = httpx.post(f"{tiny_server}/generate", json=PROMPT, timeout=60).json()
+    validate(generated, "GenerateResponse")
+    assert generated["details"]["generated_tokens"] == 6 and generated["details"]["finish_reason"] == "length"
+    events = _sse(httpx.post(f"{tiny_server}/generate_stream", json=PROMPT, timeout=60))
+    for event in events:
+        validate(event, "StreamResponse")
+    assert len(events) == 6 and events[-1]["generated_text"] == generated["generated_text"]
+    validate(events[-1]["details"], "StreamDetails")
+    chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5}
+    validate(httpx.post(f"{tiny_server}/v1/chat/completions", json=chat, timeout=60).json(), "ChatCompletion")
+    chunks = _sse(httpx.post(f"{tiny_server}/v1/chat/completions", json={**chat, "stream": True}, timeout=60))
+    for chunk in chunks:
+        validate(chunk, "ChatCompletionChunk")
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_bad_requests_are_422_in_tgi_error_shape(tiny_server: str) -> None:
+    too_long = httpx.post(f"{tiny_server}/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 10**6}})
+    assert too_long.status_code == 422 and "max_new_tokens" in too_long.json()["error"]
+    validate(too_long.json(), "ErrorResponse")
+    no_inputs = httpx.post(f"{tiny_server}/generate", json={"parameters": {}})
+    assert no_inputs.status_code == 422
+    validate(no_inputs.json(), "ErrorResponse")
+
+
+def test_tgi_client_chats_generates_and_streams(tiny_server: str) -> None:
+    client = TGIGenerator(tiny_server)
+    reply = client.chat([ChatMessage("user", "Hello")], max_new_tokens=4)
+    assert reply.completion_tokens == 4 and reply.prompt_tokens and reply.adapter_id is None
+    detailed = client.generate("Northwind laptops ship in", max_new_tokens=3)
+    assert len(detailed.details.tokens) == 3 and all(t.logprob <= 0 for t in detailed.details.tokens)
+    assert "".join(client.stream([ChatMessage("user", "Hello")], max_new_tokens=4)) == reply.text
+    assert client.health()
+
+
+def test_adapter_loaded_while_serving_changes_only_its_own_answers(tiny_server: str, tiny_model_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    client = TGIGenerator(tiny_server)
+    before = client.generate("Northwind laptops ship in", max_new_tokens=8)
+    adapter = make_lora_adapter(tiny_model_dir, tmp_path / "adapter")
+    loaded = httpx.post(f"{tiny_server}/adapters", json={"adapter_id": "test-v1", "path": str(adapter)}, timeout=60)
+    assert loaded.status_code == 200 and "test-v1" in loaded.json()["adapters"]
+    with_adapter = client.generate("Northwind laptops ship in", adapter_id="test-v1", max_new_tokens=8)
+    base_after = client.generate("Northwind laptops ship in", max_new_tokens=8)
+    assert [t.logprob for t in with_adapter.details.tokens] != [t.logprob for t in before.details.tokens]
+    assert base_after.generated_text == before.generated_text
+    assert [t.logprob for t in base_after.details.tokens] == pytest.approx([t.logprob for t in before.details.tokens])
+    chat = client.chat([ChatMessage("user", "Hello")], adapter_id="test-v1", max_new_tokens=3)
+    assert chat.model == "test-v1"
+    assert httpx.delete(f"{tiny_server}/adapters/test-v1").status_code == 200
+
+
+def test_unknown_adapter_is_refused_not_silently_served_by_the_base(tiny_server: str) -> None:
+    response = httpx.post(f"{tiny_server}/generate", json={"inputs": "hi", "parameters": {"adapter_id": "nope"}})
+    assert response.status_code == 422 and "Unknown adapter 'nope'" in response.json()["error"]
+    with pytest.raises(UnknownAdapter, match="nope"):
+        TGIGenerator(tiny_server).chat([ChatMessage("user", "hi")], adapter_id="nope")
+    missing = httpx.post(f"{tiny_server}/adapters", json={"adapter_id": "x", "path": "/no/such/folder"})
+    assert missing.status_code == 422 and "adapter_config.json" in missing.json()["error"]
+
+
+def test_nothing_listening_is_backend_unavailable() -> None:
+    with pytest.raises(BackendUnavailable, match="cannot be reached"):
+        TGIGenerator(f"http://127.0.0.1:{free_port()}", timeout=5).chat([ChatMessage("user", "hi")])
+
+
+@pytest.mark.slow
+def test_smollm2_answers_a_handbook_question_from_its_context(smollm2_dir: Path) -> None:
+    context = ("[1] Laptops > Requesting a new laptop\nDelivery takes five working days in Lisbon and seven "
+               "working days in Toronto.")
+    with serve_llm(smollm2_dir) as url:
+        reply = TGIGenerator(url).chat([
+            ChatMessage("system", f"Answer using only the context. Cite [1].\n\nContext:\n{context}"),
+            ChatMessage("user", "How many working days does laptop delivery take in Lisbon?"),
+        ], max_new_tokens=40)
+    assert "five" in reply.text.lower() or "5" in reply.text
+    assert reply.model == "SmolLM2-135M-Instruct"

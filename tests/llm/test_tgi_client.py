@@ -1,0 +1,69 @@
+"""The TGI client against a scripted server speaking TGI's wire format: retries, error mapping,
+and the guard against TGI's silent fallback to the base model on an unknown adapter."""
+from __future__ import annotations
+
+import pytest
+
+from core.llm.base import ChatMessage, InvalidRequest, LLMError, RateLimited, UnknownAdapter
+from core.llm.tgi import TGIGenerator
+from support.servers import CHAT_OK, ScriptedTGI
+
+HI = [ChatMessage("user", "hi")]
+OVERLOADED = (429, {"retry-after": "0.05"}, {"error": "Model is overloaded", "error_type": "overloaded"})
+UNAVAILABLE = (503, {}, {"error": "no backend", "error_type": "unhealthy"})
+OK = (200, {}, CHAT_OK)
+
+
+def _client(url: str, **kwargs: object) -> TGIGenerator:
+    return TGIGenerator(url, backoff_s=0.01, **kwargs)  # type: ignore[arg-type]
+
+
+def test_rate_limit_then_success_is_retried_after_retry_after() -> None:
+    fake = ScriptedTGI([OVERLOADED, OK])
+    with fake.running() as url:
+        reply = _client(url).chat(HI)
+    assert reply.text == "ok [1]" and len(fake.requests) == 2
+
+
+def test_unavailable_twice_then_success() -> None:
+    fake = ScriptedTGI([UNAVAILABLE, UNAVAILABLE, OK])
+    with fake.running() as url:
+        assert _client(url).chat(HI).completion_tokens == 2
+    assert len(fake.requests) == 3
+
+
+def test_persistent_rate_limit_gives_up_after_bounded_retries() -> None:
+    fake = ScriptedTGI([OVERLOADED])
+    with fake.running() as url, pytest.raises(RateLimited, match="overloaded"):
+        _client(url, max_retries=3).chat(HI)
+    assert len(fake.requests) == 4
+
+
+@pytest.mark.parametrize("status, error", [(422, InvalidRequest), (424, LLMError)])
+def test_client_errors_are_not_retried_and_say_what_happened(status: int, error: type[LLMError]) -> None:
+    fake = ScriptedTGI([(status, {}, {"error": "Input validation error: inputs too long", "error_type": "validation"})])
+    with fake.running() as url, pytest.raises(error, match="inputs too long"):
+        _client(url).chat(HI)
+    assert len(fake.requests) == 1
+
+
+def test_adapter_the_server_was_not_started_with_is_refused_before_sending() -> None:
+    fake = ScriptedTGI([OK])
+    with fake.running() as url:
+        client = _client(url, known_adapters=lambda: {"flywheel-v1"})
+        with pytest.raises(UnknownAdapter, match="'flywheel-v2' is not loaded"):
+            client.chat(HI, adapter_id="flywheel-v2")
+        assert fake.requests == []
+        client.chat(HI, adapter_id="flywheel-v1")
+    assert fake.requests[0]["body"]["model"] == "flywheel-v1"  # TGI's chat route takes the adapter in `model`
+
+
+def test_generate_sends_adapter_id_and_details() -> None:
+    body = {"generated_text": " five", "details": {"finish_reason": "length", "generated_tokens": 1, "prefill": [],
+                                                   "tokens": [{"id": 1, "text": " five", "logprob": -0.1, "special": False}]}}
+    fake = ScriptedTGI([(200, {}, body)])
+    with fake.running() as url:
+        out = _client(url, known_adapters=lambda: {"flywheel-v1"}).generate("Laptops ship in", adapter_id="flywheel-v1")
+    assert out.details.tokens[0].text == " five"
+    sent = fake.requests[0]["body"]["parameters"]
+    assert sent["adapter_id"] == "flywheel-v1" and sent["details"] is True
