@@ -57,9 +57,37 @@ class Settings(BaseSettings):
     max_question_chars: int = 4000
     fallback_contact: str = "in #help or the team that owns the topic"
 
+    # Slack (conventional names, no prefix). Socket Mode when an app token is set, else HTTP events.
+    slack_bot_token: SecretStr | None = Field(default=None, validation_alias="SLACK_BOT_TOKEN")
+    slack_app_token: SecretStr | None = Field(default=None, validation_alias="SLACK_APP_TOKEN")
+    slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
+    slack_api_url: str = Field(default="https://slack.com/api/", validation_alias="SLACK_API_URL")
+    review_channel: str = ""               # channel id where review cards go
+    reviewers: list[str] = []              # Slack user ids allowed to decide reviews
+    reviewer_group: str = ""               # or a Slack user group id (its members decide)
+    bot_port: int = 3000                   # HTTP mode: where Slack posts events
+
+    # Dashboard. OIDC through Streamlit's st.login when configured; else a password whose
+    # sha256 hex digest is given here; with neither, it binds to localhost only.
+    dashboard_password_sha256: SecretStr | None = None
+    dashboard_oidc: bool = False           # [auth] is configured in .streamlit/secrets.toml
+    dashboard_admins: list[str] = []       # e-mails (OIDC) that may act; empty: every signed-in user
+    dashboard_viewers: list[str] = []      # e-mails (OIDC) that may look but not act
+    dashboard_port: int = 8501
+
+    # Training and serving adapters
+    adapters_dir: Path | None = None       # default: <data_dir>/adapters
+    auto_promote: bool = False             # promote an adapter that passes the eval gate
+    gate_margin: float = 0.0               # the new adapter may be this much worse and still pass
+    tgi_launch_command: str = ""           # e.g. "text-generation-launcher --port {port} --lora-adapters {lora_adapters}"
+
     @property
     def pg_dir(self) -> Path:
         return self.data_dir / "pg"
+
+    @property
+    def adapter_root(self) -> Path:
+        return self.adapters_dir or self.data_dir / "adapters"
 
 
 @lru_cache(maxsize=1)

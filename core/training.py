@@ -28,6 +28,7 @@ class TrainingRun:
     adapter_version: int | None
     error: str | None
     cancel_requested: bool
+    job_id: int | None
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,15 @@ from core.config import get_settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 _counter = itertools.count()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """A temp folder of this run's own: pytest's shared numbered folders are pruned by other runs
+    started meanwhile, which would delete a running session's embedded Postgres."""
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="flywheel-tests-")
+        config.add_cleanup(lambda: shutil.rmtree(config.option.basetemp, ignore_errors=True))
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from langgraph.types import Command
 
-from core import db, feedback, models
+from core import db, feedback, logs, metrics, models
 from core.agent import prompts
 from core.agent.graph import get_graph
 from core.agent.state import AgentContext, Decision, new_turn
@@ -92,8 +92,9 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> 
         return _outcome(answer_id, review_id=None)
     started = time.perf_counter()
     try:
-        result = graph.invoke(new_turn(answer_id, question, asker.user_id, asker.channel_id), config,
-                              context=context)
+        with logs.bound(answer=answer_id, thread=asker.thread_key):
+            result = graph.invoke(new_turn(answer_id, question, asker.user_id, asker.channel_id), config,
+                                  context=context)
     except Exception as e:
         logger.exception("agent failed on answer %s", answer_id)
         with db.connection() as conn:
@@ -103,7 +104,9 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> 
     review_id = result["__interrupt__"][0].value["review_id"] if result.get("__interrupt__") else None
     with db.connection() as conn:
         answer = feedback.get_answer(conn, answer_id)
-        feedback.update_answer(conn, answer_id, timings={**(answer.timings if answer else {}), "total": total})
+        timings = {**(answer.timings if answer else {}), "total": total}
+        feedback.update_answer(conn, answer_id, timings=timings)
+    metrics.observe_timings(timings)
     return _outcome(answer_id, review_id=review_id)
 
 

@@ -5,7 +5,7 @@ import logging
 
 import typer
 
-from core import db
+from core import db, logs
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Flywheel: a domain copilot that learns.")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answers.")
@@ -14,9 +14,7 @@ app.add_typer(eval_app, name="eval")
 
 @app.callback()
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug detail.")) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("core").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logs.setup(logging.DEBUG if verbose else logging.INFO)
 
 
 @app.command()
@@ -27,12 +25,13 @@ def migrate() -> None:
 
 
 def _register() -> None:
-    from core.cli import agent_cmds, knowledge_cmds, llm_cmds, run_cmds
+    from core.cli import agent_cmds, knowledge_cmds, llm_cmds, ops_cmds, run_cmds
 
     knowledge_cmds.register(app, eval_app)
     llm_cmds.register(app)
     agent_cmds.register(app, eval_app)
     run_cmds.register(app)
+    ops_cmds.register(app)
 
 
 _register()

@@ -1,0 +1,85 @@
+"""Per-step latency of the agent graph on the sample handbook, with the extractive backend.
+
+Generation is excluded (no model): this measures what Flywheel itself adds to a question —
+guard, retrieval, assessment, checkpointing and records. Run: `.venv/bin/python bench/answer_bench.py`.
+Uses its own embedded Postgres in a temporary folder unless DATABASE_URL is set."""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = ROOT / "samples" / "handbook-qa" / "questions.jsonl"
+HANDBOOK = ROOT / "samples" / "handbook"
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def main(n: int = 100) -> None:
+    tmp = tempfile.mkdtemp(prefix="answer-bench-")
+    os.environ.setdefault("FLYWHEEL_DATA_DIR", tmp)
+    os.environ["FLYWHEEL_LLM_BACKEND"] = "extractive"
+    sys.path.insert(0, str(ROOT))
+    from core import db
+    from core.agent import run
+    from core.knowledge import embed, ingest
+
+    db.ensure_schema()
+    t0 = time.perf_counter()
+    report = ingest.ingest_paths([HANDBOOK])
+    print(f"ingested handbook: {report.summary()} in {time.perf_counter() - t0:.1f} s")
+    questions = [json.loads(line)["question"] for line in QUESTIONS.read_text().splitlines() if line.strip()]
+    embed.embed_query("warm up")
+    steps: dict[str, list[float]] = {}
+    routes: dict[str, int] = {}
+    for i in range(n):
+        q = questions[i % len(questions)]
+        outcome = run.ask(q, run.Asker(surface="eval", thread_key=f"bench:{i}"))
+        routes[outcome.route] = routes.get(outcome.route, 0) + 1
+        for step, seconds in outcome.timings.items():
+            steps.setdefault(step, []).append(seconds * 1000)
+    print(f"{n} questions, routes: {routes}")
+    print(f"{'step':<10} {'p50 ms':>8} {'p95 ms':>8} {'mean ms':>8}")
+    for step in ("guard", "retrieve", "draft", "assess", "total"):
+        if step in steps:
+            v = steps[step]
+            print(f"{step:<10} {pct(v, 50):8.1f} {pct(v, 95):8.1f} {statistics.mean(v):8.1f}")
+
+
+def serving_speed(runs: int = 5, new_tokens: int = 128) -> None:
+    """Greedy decoding speed of `flywheel serve-llm` over HTTP: the tiny test model (mechanics
+    only) and SmolLM2-135M-Instruct (the embedded default)."""
+    import httpx
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from core.llm.local_model import ensure_default_model
+    from support.servers import serve_llm
+    from support.tiny_model import build_tiny_model
+
+    tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    for label, model_dir in (("tiny random model", build_tiny_model(tmp / "tiny")),
+                             ("SmolLM2-135M-Instruct", ensure_default_model(tmp))):
+        with serve_llm(model_dir) as url:
+            body = {"inputs": "Write a short note about laptop delivery times.",
+                    "parameters": {"max_new_tokens": new_tokens, "details": True}}
+            httpx.post(f"{url}/generate", json=body, timeout=300)  # warm up
+            rates = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                out = httpx.post(f"{url}/generate", json=body, timeout=300).json()
+                rates.append(out["details"]["generated_tokens"] / (time.perf_counter() - started))
+            print(f"serve-llm, {label}: {statistics.median(rates):.0f} tokens/s "
+                  f"(median of {runs}, {new_tokens} new tokens, greedy, CPU)")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100)
+    serving_speed()

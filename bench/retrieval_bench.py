@@ -1,0 +1,131 @@
+"""Retrieval at scale: 100k synthetic 384-d chunks in pgvector's HNSW index.
+
+Prints recall@10 of HNSW against exact search, p50/p95 query latency of the HNSW scan and of
+the full hybrid query, and ingestion throughput through the real embedder.
+Run: `.venv/bin/python bench/retrieval_bench.py [N]` (own embedded Postgres in a temp folder)."""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+DIM = 384
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def embedding_like_vectors(n: int, rng: np.random.Generator, latent: int = 48, topics: int = 500) -> np.ndarray:
+    """Unit vectors with the structure of sentence embeddings: topics in a low-dimensional
+    latent space, projected to 384 dimensions, plus a little noise. (Uniform noise in 384-d has
+    no neighbourhood structure at all and is no model of real embeddings.)"""
+    projection = rng.standard_normal((latent, DIM)).astype(np.float32)
+    centres = rng.standard_normal((topics, latent)).astype(np.float32)
+    z = centres[rng.integers(0, topics, n)] + 0.5 * rng.standard_normal((n, latent)).astype(np.float32)
+    points = z @ projection + 0.5 * rng.standard_normal((n, DIM)).astype(np.float32)
+    return points / np.linalg.norm(points, axis=1, keepdims=True)
+
+
+def main(n: int = 100_000, queries: int = 200) -> None:
+    os.environ.setdefault("FLYWHEEL_DATA_DIR", tempfile.mkdtemp(prefix="retrieval-bench-"))
+    from pgvector.psycopg import register_vector
+
+    from core import db
+    from core.knowledge import embed, ingest
+    from core.knowledge.search import Viewer, hybrid_search
+
+    db.ensure_schema()
+    rng = np.random.default_rng(0)
+    data = embedding_like_vectors(n + queries, rng)
+    vectors, probes = data[:n], data[n:]  # queries from the same distribution, not in the table
+    # Text with a realistic word distribution: Zipf over a 20k-word vocabulary; the questions'
+    # topic words sit at mid-frequency ranks (200-211), as topic words do in a real corpus.
+    real = "laptop vpn expense travel badge payroll holiday parking printer security phishing leave".split()
+    filler = [f"term{i}" for i in range(20_000)]
+    vocabulary = np.array(filler[:200] + real + filler[200:])
+    weights = 1 / np.arange(1, len(vocabulary) + 1)
+    weights /= weights.sum()
+    with db.connection() as conn:
+        register_vector(conn)
+        doc = conn.execute("INSERT INTO documents (source, title, content_hash) VALUES ('bench', 'Bench', 'x')"
+                           " RETURNING id").fetchone()["id"]
+        # Bulk load first, index after: inserting into a live HNSW index row by row is far slower.
+        conn.execute("DROP INDEX chunks_embedding_hnsw, chunks_heading_embedding_hnsw")
+        started = time.perf_counter()
+        with conn.cursor().copy("COPY chunks (document_id, ord, heading, text, embedding, heading_embedding)"
+                                " FROM STDIN WITH (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "int4", "text", "text", "vector", "vector"])
+            for i, v in enumerate(vectors):
+                text = " ".join(rng.choice(vocabulary, 60, p=weights))
+                copy.write_row((doc, i, "", text, v, v))
+        print(f"loaded {n:,} chunks with COPY in {time.perf_counter() - started:.1f} s")
+    with db.connect(autocommit=True) as conn:  # rebuild the index over the loaded data, timed
+        conn.execute("SET maintenance_work_mem = '2GB'")
+        started = time.perf_counter()
+        conn.execute("CREATE INDEX chunks_embedding_hnsw ON chunks USING hnsw (embedding vector_cosine_ops)")
+        print(f"HNSW index (m=16, ef_construction=64) built in {time.perf_counter() - started:.1f} s")
+        conn.execute("CREATE INDEX chunks_heading_embedding_hnsw ON chunks USING hnsw (heading_embedding vector_cosine_ops)")
+        conn.execute("VACUUM ANALYZE chunks")
+
+    with db.connect() as conn:
+        register_vector(conn)
+        exact: list[set[int]] = []
+        conn.execute("SET LOCAL enable_indexscan = off")
+        for q in probes:
+            rows = conn.execute("SELECT id FROM chunks ORDER BY embedding <=> %(q)s LIMIT 10", {"q": q}).fetchall()
+            exact.append({r["id"] for r in rows})
+        conn.rollback()
+        print(f"{'ef_search':>9} {'recall@10':>10} {'p50 ms':>7} {'p95 ms':>7}")
+        for ef in (40, 100, 200, 400):
+            conn.execute("SELECT set_config('hnsw.ef_search', %(ef)s, false)", {"ef": str(ef)})
+            latencies, recalls = [], []
+            for q, truth in zip(probes, exact):
+                started = time.perf_counter()
+                rows = conn.execute("SELECT id FROM chunks ORDER BY embedding <=> %(q)s LIMIT 10", {"q": q}).fetchall()
+                latencies.append((time.perf_counter() - started) * 1000)
+                recalls.append(len({r["id"] for r in rows} & truth) / 10)
+            print(f"{ef:>9} {statistics.mean(recalls):>10.3f} {pct(latencies, 50):>7.2f} {pct(latencies, 95):>7.2f}")
+
+    embed.embed_query("warm up")
+    questions = ["How do I reset my VPN password?", "What is the hotel limit in Canada?", "parking in Toronto"]
+    latencies, embedding = [], []
+    with db.connection() as conn:
+        for i in range(60):
+            question = questions[i % 3] + f" term{i * 37}"
+            started = time.perf_counter()
+            embed.embed_query(question)
+            embedding.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            hybrid_search(conn, question, Viewer(user_id="U1", channel_id="C1"), k=5)
+            latencies.append((time.perf_counter() - started) * 1000)
+    print(f"hybrid_search over {n:,} chunks (query embedding + text and heading HNSW + full text + RRF):"
+          f" p50 {pct(latencies, 50):.1f} ms, p95 {pct(latencies, 95):.1f} ms,"
+          f" of which embedding the query p50 {pct(embedding, 50):.1f} ms")
+
+    handbook = Path(__file__).resolve().parents[1] / "samples" / "handbook"
+    texts = [p.read_text() for p in sorted(handbook.rglob("*.md"))] * 8
+    started = time.perf_counter()
+    vectors_out = embed.embed_texts([t[i:i + 900] for t in texts for i in range(0, len(t), 900)])
+    elapsed = time.perf_counter() - started
+    print(f"embedder throughput: {len(vectors_out) / elapsed:.0f} chunks/s ({len(vectors_out)} chunks of ~150 words)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(8):
+            for p in sorted(handbook.rglob("*.md")):
+                Path(tmp, f"{k}-{p.name}").write_text(p.read_text().replace("#", f"# copy {k}", 1))
+        started = time.perf_counter()
+        report = ingest.ingest_paths([Path(tmp)])
+        elapsed = time.perf_counter() - started
+    print(f"ingest (parse, chunk, embed, store): {report.chunks / elapsed:.0f} chunks/s "
+          f"({report.chunks} chunks, {len(report.added)} documents, {elapsed:.1f} s)")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100_000)

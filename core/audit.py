@@ -1,0 +1,32 @@
+"""The audit trail: who did what, and when, for every admin action. Takes a connection, never commits,
+so an action and its audit row land in the same transaction or not at all."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    actor: str
+    action: str
+    target: str | None
+    details: dict[str, Any]
+    at: dt.datetime
+
+
+def record(conn: psycopg.Connection, actor: str, action: str, target: str | None = None,
+           details: dict[str, Any] | None = None) -> None:
+    conn.execute("INSERT INTO audit_log (actor, action, target, details) VALUES (%(a)s, %(x)s, %(t)s, %(d)s)",
+                 {"a": actor, "x": action, "t": target, "d": Jsonb(details or {})})
+
+
+def recent(conn: psycopg.Connection, limit: int = 100) -> list[AuditEntry]:
+    rows = conn.execute("SELECT id, actor, action, target, details, at FROM audit_log"
+                        " ORDER BY id DESC LIMIT %(n)s", {"n": limit}).fetchall()
+    return [AuditEntry(**r) for r in rows]

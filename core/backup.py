@@ -1,0 +1,73 @@
+"""Export and import what the loop has learned: answers with their reviews and feedback, curation,
+datasets, the adapter registry and retrain runs, as one JSONL file per table.
+
+The knowledge base is not exported: its documents live where they came from and re-ingest.
+Adapter weights are files under the adapters folder; back that folder up with the export."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+# In dependency order: a row's references are restored before it.
+TABLES: tuple[str, ...] = ("answers", "reviews", "feedback", "deliveries", "curation_items", "datasets",
+                           "dataset_items", "adapters", "training_runs", "training_schedule", "audit_log")
+
+
+class ImportRefused(RuntimeError):
+    """The target database already holds records; importing would mix two histories."""
+
+
+def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
+    """Write `<table>.jsonl` for every table into `folder`; returns rows per table."""
+    folder.mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for table in TABLES:
+        query = sql.SQL("SELECT to_jsonb(t) AS row FROM {} t ORDER BY 1").format(sql.Identifier(table))
+        with (folder / f"{table}.jsonl").open("w", encoding="utf-8") as out:
+            n = 0
+            for record in conn.execute(query):
+                out.write(json.dumps(record["row"], ensure_ascii=False) + "\n")
+                n += 1
+        counts[table] = n
+    (folder / "manifest.json").write_text(json.dumps({"tables": counts}, indent=2))
+    return counts
+
+
+def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
+    """Restore an export into a database with no records yet (migrated, knowledge base allowed).
+    Runs in the caller's transaction: a bad file leaves nothing half-imported."""
+    manifest = folder / "manifest.json"
+    if not manifest.exists():
+        raise FileNotFoundError(f"{folder} is not a Flywheel export (no manifest.json).")
+    for table in TABLES:
+        if table == "training_schedule":
+            continue  # one row that every database has
+        exists = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}) AS e").format(sql.Identifier(table))).fetchone()
+        if exists and exists["e"]:
+            raise ImportRefused(f"The database already has {table}; import into a fresh database.")
+    counts: dict[str, int] = {}
+    for table in TABLES:
+        path = folder / f"{table}.jsonl"
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if path.exists() else []
+        if table == "training_schedule":
+            conn.execute("DELETE FROM training_schedule")
+        insert = sql.SQL("INSERT INTO {t} SELECT * FROM jsonb_populate_record(NULL::{t}, %(row)s)").format(
+            t=sql.Identifier(table))
+        for row in rows:
+            conn.execute(insert, {"row": Jsonb(row)})
+        _advance_sequence(conn, table)
+        counts[table] = len(rows)
+    return counts
+
+
+def _advance_sequence(conn: psycopg.Connection, table: str) -> None:
+    """After explicit ids, the next generated id must come after them."""
+    seq = conn.execute("SELECT pg_get_serial_sequence(%(t)s, 'id') AS s", {"t": table}).fetchone()
+    if seq and seq["s"]:
+        conn.execute(sql.SQL("SELECT setval(%(s)s, coalesce((SELECT max(id) FROM {}), 0) + 1, false)").format(
+            sql.Identifier(table)), {"s": seq["s"]})

@@ -1,0 +1,45 @@
+"""`flywheel doctor | export | import`: keep a running installation healthy and backed up."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from core import backup, db, doctor
+from core.config import get_settings
+
+_MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    def doctor_cmd(embedder: bool = typer.Option(True, "--embedder/--no-embedder",
+                                                 help="Load the embedding model (a few seconds).")) -> None:
+        """Check the database, migrations, embedder, knowledge base, model server and live adapter,
+        Slack and the job queue. Exits 1 when something is broken."""
+        failed = False
+        for check in doctor.run_checks(get_settings(), embedder=embedder):
+            typer.echo(f"{_MARK[check.level]}  {check.name}: {check.detail}")
+            failed = failed or check.level == "fail"
+        if failed:
+            raise typer.Exit(1)
+
+    @app.command("export")
+    def export_cmd(folder: Path = typer.Argument(..., help="Folder to write the JSONL files into.")) -> None:
+        """Write answers, reviews, feedback, curation, datasets, adapters and retrain runs to FOLDER."""
+        with db.connection() as conn:
+            counts = backup.export_to(conn, folder)
+        typer.echo(", ".join(f"{table} {n}" for table, n in counts.items()))
+        typer.echo(f"exported to {folder} (adapter weights live in {get_settings().adapter_root}: back that up too)")
+
+    @app.command("import")
+    def import_cmd(folder: Path = typer.Argument(..., exists=True, file_okay=False)) -> None:
+        """Restore an export into a database that has no answers, curation or adapters yet."""
+        db.ensure_schema()
+        try:
+            with db.connection() as conn:
+                counts = backup.import_from(conn, folder)
+        except (backup.ImportRefused, FileNotFoundError) as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2) from e
+        typer.echo("imported: " + ", ".join(f"{table} {n}" for table, n in counts.items()))

@@ -1,0 +1,254 @@
+"""Curation: admins judge answers (accept as-is, edit and accept, reject) into versioned datasets.
+
+What is accepted is scrubbed of personal data here, once, so neither the dataset nor the
+trainer ever sees it. Every function takes a connection and never commits."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from core import pii
+
+Decision = Literal["accepted", "rejected"]
+RatingFilter = Literal["any", "up", "down", "unrated"]
+
+
+class CurationError(ValueError):
+    """A curation action that cannot be taken; the message is fit to show an admin."""
+
+
+@dataclass(frozen=True)
+class AnswerFilter:
+    rating: RatingFilter = "any"
+    route: str | None = None                 # answered | review | declined
+    since: dt.date | None = None
+    until: dt.date | None = None             # inclusive
+    channel_id: str | None = None
+    text: str | None = None                  # in the question or the answer
+    uncurated_only: bool = False
+    limit: int = 200
+
+
+@dataclass(frozen=True)
+class CurationRow:
+    """An answer as the curation table shows it: the record, its votes and its judgement."""
+
+    answer_id: int
+    created_at: dt.datetime
+    user_id: str | None
+    channel_id: str | None
+    question: str
+    draft: str | None
+    final_answer: str | None
+    route: str | None
+    route_reason: str | None
+    status: str
+    sources: list[dict[str, Any]]
+    ups: int
+    downs: int
+    down_reasons: list[str]
+    down_comments: list[str]
+    suggested_answers: list[str]
+    decision: Decision | None
+    ideal_answer: str | None
+    curated_by: str | None
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    version: int
+    created_by: str
+    note: str
+    created_at: dt.datetime
+    items: int
+
+
+@dataclass(frozen=True)
+class DatasetItem:
+    answer_id: int
+    question: str
+    answer: str
+    context: list[dict[str, Any]]   # [{n, title, heading, text}]
+
+
+_ROW_SQL = """
+SELECT a.id AS answer_id, a.created_at, a.user_id, a.channel_id, a.question, a.draft, a.final_answer,
+       a.route, a.route_reason, a.status, a.sources,
+       count(f.*) FILTER (WHERE f.rating = 'up') AS ups,
+       count(f.*) FILTER (WHERE f.rating = 'down') AS downs,
+       coalesce(array_agg(f.reason) FILTER (WHERE f.reason IS NOT NULL), '{}') AS down_reasons,
+       coalesce(array_agg(f.comment) FILTER (WHERE coalesce(f.comment, '') <> ''), '{}') AS down_comments,
+       coalesce(array_agg(f.suggested_answer) FILTER (WHERE coalesce(f.suggested_answer, '') <> ''), '{}')
+           AS suggested_answers,
+       c.decision, c.ideal_answer, c.curated_by
+FROM answers a
+LEFT JOIN feedback f ON f.answer_id = a.id
+LEFT JOIN curation_items c ON c.answer_id = a.id
+WHERE a.status NOT IN ('running', 'pending_review', 'failed') AND a.surface <> 'eval'
+  AND (%(route)s::text IS NULL OR a.route = %(route)s)
+  AND (%(since)s::date IS NULL OR a.created_at >= %(since)s::date)
+  AND (%(until)s::date IS NULL OR a.created_at < %(until)s::date + 1)
+  AND (%(channel)s::text IS NULL OR a.channel_id = %(channel)s)
+  AND (%(text)s::text IS NULL OR a.question ILIKE %(text)s OR a.final_answer ILIKE %(text)s
+       OR a.draft ILIKE %(text)s)
+  AND (NOT %(uncurated)s OR c.id IS NULL)
+  {answer_clause}
+GROUP BY a.id, c.id
+HAVING CASE %(rating)s WHEN 'up' THEN count(f.*) FILTER (WHERE f.rating = 'up') > 0
+                       WHEN 'down' THEN count(f.*) FILTER (WHERE f.rating = 'down') > 0
+                       WHEN 'unrated' THEN count(f.*) = 0
+                       ELSE true END
+ORDER BY a.created_at DESC, a.id DESC
+LIMIT %(limit)s
+"""
+
+
+def list_answers(conn: psycopg.Connection, flt: AnswerFilter = AnswerFilter()) -> list[CurationRow]:
+    """Finished answers for the curation table, newest first, narrowed by `flt`."""
+    # The admin's words are matched literally: % and _ are not wildcards here.
+    words = (flt.text or "").strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    text = f"%{words}%" if words else None
+    rows = conn.execute(_ROW_SQL.format(answer_clause=""), {
+        "route": flt.route, "since": flt.since, "until": flt.until, "channel": flt.channel_id or None,
+        "text": text, "uncurated": flt.uncurated_only, "rating": flt.rating, "limit": flt.limit,
+    }).fetchall()
+    return [CurationRow(**r) for r in rows]
+
+
+def channels(conn: psycopg.Connection) -> list[str]:
+    """The channels answers were asked in, for the table's channel filter."""
+    rows = conn.execute("SELECT DISTINCT channel_id FROM answers WHERE channel_id IS NOT NULL"
+                        " AND surface <> 'eval' ORDER BY channel_id").fetchall()
+    return [r["channel_id"] for r in rows]
+
+
+def get_row(conn: psycopg.Connection, answer_id: int) -> CurationRow | None:
+    """One answer as the curation detail view shows it (None if unknown or not finished)."""
+    row = conn.execute(_ROW_SQL.format(answer_clause="AND a.id = %(answer_id)s"), {
+        "route": None, "since": None, "until": None, "channel": None, "text": None, "uncurated": False,
+        "rating": "any", "limit": 1, "answer_id": answer_id,
+    }).fetchone()
+    return None if row is None else CurationRow(**row)
+
+
+def accept(conn: psycopg.Connection, answer_id: int, *, curated_by: str, ideal_answer: str | None = None) -> None:
+    """Accept an answer as training material: as delivered, or as the admin's edited ideal answer.
+    Question and answer are scrubbed of personal data before they are stored."""
+    row = get_row(conn, answer_id)
+    if row is None:
+        raise CurationError(f"Answer {answer_id} does not exist or is not finished yet.")
+    edited = ideal_answer is not None and ideal_answer.strip() != (row.final_answer or "").strip()
+    text = (ideal_answer if ideal_answer is not None else row.final_answer) or ""
+    if not text.strip():
+        raise CurationError("The ideal answer is empty: write the answer you want the model to learn.")
+    _upsert(conn, answer_id, "accepted", pii.scrub(row.question), pii.scrub(text.strip()), edited, curated_by)
+
+
+def reject(conn: psycopg.Connection, answer_id: int, *, curated_by: str) -> None:
+    """Keep an answer out of every future dataset."""
+    row = get_row(conn, answer_id)
+    if row is None:
+        raise CurationError(f"Answer {answer_id} does not exist or is not finished yet.")
+    _upsert(conn, answer_id, "rejected", pii.scrub(row.question), None, False, curated_by)
+
+
+def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision, *, curated_by: str) -> int:
+    """Accept (as delivered) or reject many answers; returns how many were judged. Any answer
+    that cannot be accepted stops the whole batch, so the caller's transaction rolls back."""
+    n = 0
+    for answer_id in answer_ids:
+        if decision == "accepted":
+            accept(conn, answer_id, curated_by=curated_by)
+        else:
+            reject(conn, answer_id, curated_by=curated_by)
+        n += 1
+    return n
+
+
+def _upsert(conn: psycopg.Connection, answer_id: int, decision: Decision, question: str, answer: str | None,
+            edited: bool, curated_by: str) -> None:
+    conn.execute(
+        "INSERT INTO curation_items (answer_id, decision, question, ideal_answer, edited, curated_by)"
+        " VALUES (%(a)s, %(d)s, %(q)s, %(i)s, %(e)s, %(by)s)"
+        " ON CONFLICT (answer_id) DO UPDATE SET decision = EXCLUDED.decision, question = EXCLUDED.question,"
+        "  ideal_answer = EXCLUDED.ideal_answer, edited = EXCLUDED.edited, curated_by = EXCLUDED.curated_by,"
+        "  curated_at = now()",
+        {"a": answer_id, "d": decision, "q": question, "i": answer, "e": edited, "by": curated_by},
+    )
+
+
+# -- datasets --------------------------------------------------------------------------------
+
+def accepted_count(conn: psycopg.Connection, since: dt.datetime | None = None) -> int:
+    """Accepted items, or those accepted after `since` (the schedule's "enough new data")."""
+    row = conn.execute("SELECT count(*) AS n FROM curation_items WHERE decision = 'accepted'"
+                       " AND (%(s)s::timestamptz IS NULL OR curated_at > %(s)s)", {"s": since}).fetchone()
+    return int(row["n"])  # type: ignore[index]
+
+
+def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "") -> DatasetInfo:
+    """Freeze every accepted item into a new dataset version, with the text of the sources each
+    answer was drafted from. Refuses to make an empty one."""
+    if accepted_count(conn) == 0:
+        raise CurationError("No accepted answers yet: accept some in Curation before making a dataset.")
+    conn.execute("LOCK TABLE datasets IN EXCLUSIVE MODE")  # two admins never get the same version
+    version = int(conn.execute("SELECT coalesce(max(version), 0) + 1 AS v FROM datasets").fetchone()["v"])  # type: ignore[index]
+    conn.execute("INSERT INTO datasets (version, created_by, note) VALUES (%(v)s, %(by)s, %(n)s)",
+                 {"v": version, "by": created_by, "n": note})
+    items = conn.execute(
+        "SELECT c.id, c.answer_id, c.question, c.ideal_answer, a.sources FROM curation_items c"
+        " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.id").fetchall()
+    for item in items:
+        conn.execute(
+            "INSERT INTO dataset_items (dataset_version, curation_item_id, answer_id, question, answer, context)"
+            " VALUES (%(v)s, %(c)s, %(a)s, %(q)s, %(ans)s, %(ctx)s)",
+            {"v": version, "c": item["id"], "a": item["answer_id"], "q": item["question"],
+             "ans": item["ideal_answer"], "ctx": Jsonb(_context(conn, item["sources"]))})
+    return get_dataset(conn, version)  # type: ignore[return-value]
+
+
+def _context(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    ids = [s["chunk_id"] for s in sources if "chunk_id" in s]
+    texts = {r["id"]: r["text"] for r in conn.execute("SELECT id, text FROM chunks WHERE id = ANY(%(ids)s)",
+                                                       {"ids": ids})}
+    return [{"n": s.get("n", i), "title": s.get("title", ""), "heading": s.get("heading", ""),
+             "text": pii.scrub(texts[s["chunk_id"]])}
+            for i, s in enumerate(sources, start=1) if s.get("chunk_id") in texts]
+
+
+def list_datasets(conn: psycopg.Connection) -> list[DatasetInfo]:
+    rows = conn.execute(
+        "SELECT d.version, d.created_by, d.note, d.created_at, count(i.*) AS items FROM datasets d"
+        " LEFT JOIN dataset_items i ON i.dataset_version = d.version GROUP BY d.version ORDER BY d.version DESC"
+    ).fetchall()
+    return [DatasetInfo(**r) for r in rows]
+
+
+def get_dataset(conn: psycopg.Connection, version: int) -> DatasetInfo | None:
+    return next((d for d in list_datasets(conn) if d.version == version), None)
+
+
+def latest_version(conn: psycopg.Connection) -> int | None:
+    row = conn.execute("SELECT max(version) AS v FROM datasets").fetchone()
+    return None if row is None or row["v"] is None else int(row["v"])
+
+
+def dataset_items(conn: psycopg.Connection, version: int) -> list[DatasetItem]:
+    rows = conn.execute("SELECT answer_id, question, answer, context FROM dataset_items"
+                        " WHERE dataset_version = %(v)s ORDER BY curation_item_id", {"v": version}).fetchall()
+    return [DatasetItem(**r) for r in rows]
+
+
+def export_jsonl(conn: psycopg.Connection, version: int) -> str:
+    """A dataset version as JSON Lines: one `{answer_id, question, answer, context}` per line."""
+    if get_dataset(conn, version) is None:
+        raise CurationError(f"There is no dataset version {version}.")
+    return "".join(json.dumps({"answer_id": i.answer_id, "question": i.question, "answer": i.answer,
+                               "context": i.context}, ensure_ascii=False) + "\n"
+                   for i in dataset_items(conn, version))

@@ -1,0 +1,132 @@
+"""`flywheel doctor`: is every part the product needs in working order? Each check says what it
+found and, when something is wrong, what to do about it."""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import psycopg
+
+from core import db, models
+from core.config import Settings
+
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: Level
+    detail: str
+
+
+def redacted(url: str) -> str:
+    """A connection URL fit to print: no password."""
+    return re.sub(r"(?<=://)([^:/@]+):[^@]*@", r"\1:***@", url).split("?")[0]
+
+
+def run_checks(settings: Settings, *, embedder: bool = True) -> Iterator[Check]:
+    """Database first: when it is down, the checks that read from it are skipped, not failed twice."""
+    try:
+        url = db.database_url(settings)
+    except Exception as e:  # noqa: BLE001  (embedded Postgres may fail in many ways; all are reported)
+        yield Check("database", "fail", f"the embedded Postgres did not start: {e}")
+        return
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+            vector = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    except psycopg.Error as e:
+        yield Check("database", "fail", f"cannot connect to {redacted(url)}: {str(e).strip().splitlines()[0]}. "
+                    "Check DATABASE_URL, or unset it to use the embedded Postgres.")
+        return
+    where = "DATABASE_URL" if settings.database_url else f"embedded, {settings.pg_dir}"
+    yield Check("database", "ok", f"PostgreSQL {version} ({where}), pgvector {vector[0] if vector else 'not installed yet'}")
+    yield from _guarded("migrations", lambda: _migrations(url))
+    if embedder:
+        yield from _guarded("embedder", _embedder)
+    yield from _guarded("knowledge base", lambda: _knowledge(url))
+    yield from _guarded("generation", lambda: _generation(settings, url))
+    yield from _guarded("slack", lambda: _slack(settings))
+    yield from _guarded("queue", lambda: _queue(url))
+
+
+def _guarded(name: str, check: Callable[[], Check]) -> Iterator[Check]:
+    try:
+        yield check()
+    except Exception as e:  # noqa: BLE001  (a broken part is a finding, not a crash of the doctor)
+        yield Check(name, "fail", f"{type(e).__name__}: {e}")
+
+
+def _migrations(url: str) -> Check:
+    with db.connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migrations') AS t").fetchone()
+        applied = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")} if exists["t"] else set()  # type: ignore[index]
+    pending = [p.stem for p in db.migration_files() if p.stem not in applied]
+    if pending:
+        return Check("migrations", "warn", f"{len(pending)} not applied yet ({', '.join(pending)}): `flywheel migrate`")
+    return Check("migrations", "ok", f"{len(applied)} applied, none pending")
+
+
+def _embedder() -> Check:
+    from core.knowledge import embed
+
+    vector = embed.embed_query("health check")
+    return Check("embedder", "ok", f"{embed.model_path()} ({vector.shape[0]} dimensions)")
+
+
+def _knowledge(url: str) -> Check:
+    with db.connect(url) as conn:
+        row = conn.execute("SELECT (SELECT count(*) FROM documents) AS d, (SELECT count(*) FROM chunks) AS c").fetchone()
+    if not row["d"]:  # type: ignore[index]
+        return Check("knowledge base", "warn", "empty: `flywheel ingest PATH`")
+    return Check("knowledge base", "ok", f"{row['d']} documents, {row['c']} chunks")  # type: ignore[index]
+
+
+def _generation(settings: Settings, url: str) -> Check:
+    from core.llm.backends import make_generator
+
+    with db.connect(url) as conn:
+        live = models.live(conn)
+    adapter = f"live adapter {live.name} (v{live.version})" if live else "base model (no live adapter)"
+    generator = make_generator(settings)
+    if generator is None:
+        return Check("generation", "ok", "extractive answers (no model configured)")
+    if not generator.health():
+        return Check("generation", "warn", f"{settings.llm_backend} server at {settings.llm_url} is not answering: "
+                     "answers fall back to cited excerpts until it is (`flywheel serve-llm`)")
+    return Check("generation", "ok", f"{settings.llm_backend} server at {settings.llm_url} is healthy; {adapter}")
+
+
+def _slack(settings: Settings) -> Check:
+    if settings.slack_bot_token is None:
+        return Check("slack", "warn", "not configured (SLACK_BOT_TOKEN unset): questions come through the "
+                     "dashboard's Try it page and the CLI")
+    mode = "Socket Mode" if settings.slack_app_token else "HTTP events" if settings.slack_signing_secret else None
+    if mode is None:
+        return Check("slack", "fail", "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) "
+                     "nor SLACK_SIGNING_SECRET (HTTP events) is")
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError
+
+    try:
+        who = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
+                        timeout=5).auth_test()
+    except SlackApiError as e:
+        return Check("slack", "fail", f"Slack refused the bot token: {e.response.get('error')}")
+    review = f", reviews go to {settings.review_channel}" if settings.review_channel else \
+        ", FLYWHEEL_REVIEW_CHANNEL unset: drafts needing review cannot be shown to reviewers"
+    level: Level = "ok" if settings.review_channel else "warn"
+    return Check("slack", level, f"{mode} as @{who.get('user')} in {who.get('team')}{review}")
+
+
+def _queue(url: str) -> Check:
+    with db.connect(url) as conn:
+        if conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is None:  # type: ignore[index]
+            return Check("queue", "warn", "not set up yet: the worker does it at start (`flywheel worker`)")
+        counts = {r["status"]: r["n"] for r in conn.execute(
+            "SELECT status::text AS status, count(*) AS n FROM procrastinate_jobs GROUP BY 1")}
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no jobs yet"
+    return Check("queue", "ok", summary)

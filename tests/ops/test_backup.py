@@ -1,0 +1,89 @@
+"""`flywheel export` then `flywheel import` into a fresh database brings back every row."""
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from core import backup, curation, db, feedback, models, training
+from core.agent import run
+from core.cli import app
+from core.config import get_settings
+
+_fresh = itertools.count()
+
+
+def _seed(handbook_dir: Path) -> None:
+    from core.knowledge import ingest
+
+    ingest.ingest_paths([handbook_dir])
+    context = run.default_context()
+    answered = run.ask("How do I order a new laptop?", run.Asker(surface="cli", user_id="U1"), context=context)
+    pending = run.ask("When are salary bands reviewed?", run.Asker(surface="slack", user_id="U2", channel_id="C1",
+                                                                   thread_key="slack:C1:1.1"), context=context)
+    assert pending.review_id is not None
+    run.decide(pending.review_id, {"action": "approve", "reviewer": "UREV"}, context=context)
+    with db.connection() as conn:
+        feedback.record_rating(conn, answered.answer_id, "U1", "down", reason="incomplete",
+                               suggested_answer="Use the IT portal.")
+        curation.accept(conn, answered.answer_id, curated_by="admin@example.com", ideal_answer="Use the IT portal [1].")
+        curation.create_dataset(conn, created_by="admin@example.com", note="first")
+        adapter = models.register(conn, base_model="tiny", path="/adapters/v1", dataset_version=1,
+                                  hyperparams={"rank": 4}, status="ready")
+        models.mark_live(conn, adapter.version)
+        run_row = training.create_run(conn, base_model="tiny", dataset_version=1, params={"epochs": 1},
+                                      requested_by="admin@example.com")
+        training.finish_run(conn, run_row.id, "succeeded", metrics={"f1": 0.5}, adapter_version=adapter.version)
+
+
+def _rows(url: str) -> dict[str, list[dict]]:
+    with psycopg.connect(url) as conn:
+        return {t: [r[0] for r in conn.execute(f"SELECT to_jsonb(x) FROM {t} x ORDER BY 1")]  # noqa: S608
+                for t in backup.TABLES}
+
+
+def test_export_then_import_into_fresh_database_round_trips_every_row(
+        database_url: str, pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    handbook = tmp_path / "handbook"
+    handbook.mkdir()
+    (handbook / "laptops.md").write_text("# Laptops\n\n## Ordering\nOrder a new laptop through the IT portal.\n")
+    (handbook / "pay.md").write_text("# Salary bands\n\n## Reviews\nSalary bands are reviewed each March.\n")
+    monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "extractive")
+    get_settings.cache_clear()
+    run._default_generator.cache_clear()
+    _seed(handbook)
+    before = _rows(database_url)
+    assert all(before[t] for t in ("answers", "reviews", "feedback", "curation_items", "dataset_items", "adapters"))
+
+    out = tmp_path / "export"
+    exported = CliRunner().invoke(app, ["export", str(out)])
+    assert exported.exit_code == 0, exported.output
+
+    target = f"restore_{next(_fresh)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
+    target_url = pg_server.replace("/postgres?", f"/{target}?")
+    db.close_pools()
+    monkeypatch.setenv("DATABASE_URL", target_url)
+    get_settings.cache_clear()
+    imported = CliRunner().invoke(app, ["import", str(out)])
+    assert imported.exit_code == 0, imported.output
+    assert _rows(target_url) == before
+
+    again = CliRunner().invoke(app, ["import", str(out)])  # a second import would mix two histories
+    assert again.exit_code == 2 and "fresh database" in again.output
+    with psycopg.connect(target_url) as conn:  # new rows get new ids after the imported ones
+        with conn.transaction():
+            new_id = feedback.create_answer(conn, thread_key="cli:x", surface="cli", question="q")
+    assert new_id > max(r["id"] for r in before["answers"])
+    db.close_pools()
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
+
+
+def test_import_of_a_folder_that_is_not_an_export_is_refused(database_url: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["import", str(tmp_path)])
+    assert result.exit_code == 2 and "not a Flywheel export" in result.output

@@ -1,0 +1,45 @@
+"""`flywheel doctor` names what is broken, clearly, without leaking secrets."""
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from core.cli import app
+from core.config import get_settings
+
+
+def test_doctor_reports_a_broken_database_url_clearly_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql://flywheel:s3cret-pw@127.0.0.1:9/flywheel")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["doctor", "--no-embedder"])
+    get_settings.cache_clear()
+    assert result.exit_code == 1
+    assert "FAIL  database: cannot connect to postgresql://flywheel:***@127.0.0.1:9/flywheel" in result.output
+    assert "DATABASE_URL" in result.output and "s3cret-pw" not in result.output
+
+
+def test_doctor_on_a_healthy_install_checks_every_part(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", "http://127.0.0.1:9")  # no model server: a warning, not a failure
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    lines = {line.split(":")[0].split()[-1] if "knowledge" not in line else "knowledge": line
+             for line in result.output.splitlines()}
+    assert lines["database"].startswith("ok") and "pgvector" in lines["database"]
+    assert lines["migrations"].startswith("ok") and "none pending" in lines["migrations"]
+    assert lines["embedder"].startswith("ok") and "384 dimensions" in lines["embedder"]
+    assert lines["knowledge"].startswith("WARN") and "flywheel ingest" in lines["knowledge"]
+    assert lines["generation"].startswith("WARN") and "not answering" in lines["generation"]
+    assert lines["slack"].startswith("WARN") and "not configured" in lines["slack"]
+    assert "queue" in lines
+
+
+def test_doctor_fails_slack_with_a_bot_token_but_no_way_to_receive_events(database_url: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1234567890-abcdefghij")
+    monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "extractive")
+    get_settings.cache_clear()
+    result = CliRunner().invoke(app, ["doctor", "--no-embedder"])
+    assert result.exit_code == 1
+    assert "FAIL  slack: SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN" in result.output
+    assert "xoxb-1234567890" not in result.output

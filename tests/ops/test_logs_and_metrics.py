@@ -1,0 +1,49 @@
+"""Logs are JSON off a terminal, name their answer, and never carry secrets; metrics count the loop."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+from prometheus_client import generate_latest
+
+from core import db, feedback, logs, metrics
+from core.config import get_settings
+
+
+def test_logs_are_json_lines_with_answer_id_and_no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_SIGNING_SECRET", "a-signing-secret-value")
+    get_settings.cache_clear()
+    out = io.StringIO()
+    logs.setup(logging.INFO, stream=out)
+    log = logging.getLogger("core.test")
+    with logs.bound(answer=42, thread="slack:C1:1.2"):
+        log.info("calling Slack with xoxb-123456-abcdef and secret %s", "a-signing-secret-value")
+        try:
+            raise RuntimeError("connect to postgresql://fly:hunter22@db/flywheel failed")
+        except RuntimeError:
+            log.exception("boom")
+    log.info("outside")
+    logging.getLogger().removeHandler(next(h for h in logging.getLogger().handlers if h.get_name() == "flywheel"))
+    get_settings.cache_clear()
+    first, second, third = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first["answer_id"] == 42 and first["thread_key"] == "slack:C1:1.2"
+    assert "xoxb-123456" not in first["message"] and "a-signing-secret-value" not in first["message"]
+    assert "hunter22" not in second["exception"] and "RuntimeError" in second["exception"]
+    assert "answer_id" not in third
+
+
+def test_metrics_report_questions_routes_feedback_and_latency(database_url: str) -> None:
+    with db.connection() as conn:
+        a = feedback.create_answer(conn, thread_key="cli:1", surface="cli", question="q")
+        feedback.update_answer(conn, a, status="delivered", route="answered")
+        feedback.record_rating(conn, a, "U1", "up")
+    metrics.observe_timings({"retrieve": 0.02, "total": 0.3})
+    collector = metrics.DatabaseCollector(database_url)
+    registry_text = generate_latest(metrics.REGISTRY).decode()
+    found = {(m.name, tuple(sorted(s.labels.items())), s.value) for m in collector.collect() for s in m.samples}
+    assert ("flywheel_questions", (("route", "answered"), ("surface", "cli")), 1) in found
+    assert ("flywheel_feedback", (("rating", "up"),), 1) in found
+    assert ("flywheel_database_up", (), 1) in found
+    assert 'flywheel_answer_seconds_count{step="retrieve"}' in registry_text
