@@ -3,7 +3,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: install up test bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install browser up test bench clean
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,10 +19,14 @@ $(STAMP):
 
 install: $(STAMP)
 
+# Headless Chromium for the dashboard's end-to-end test, from the system's packages.
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 up: install
 	$(VENV)/bin/flywheel up
 
-test: install
+test: install browser
 	$(VENV)/bin/pytest
 
 clean:

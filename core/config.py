@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     gate_margin: float = 0.0               # the new adapter may be this much worse and still pass
     tgi_launch_command: str = ""           # e.g. "text-generation-launcher --port {port} --lora-adapters {lora_adapters}"
 
+    # Prometheus /metrics of the processes that serve no HTTP of their own (0: off). The local
+    # model server serves /metrics on its own port.
+    bot_metrics_port: int = 9101
+    worker_metrics_port: int = 9102
+
     @property
     def pg_dir(self) -> Path:
         return self.data_dir / "pg"

@@ -114,7 +114,7 @@ def list_answers(conn: psycopg.Connection, flt: AnswerFilter = AnswerFilter()) -
     # The admin's words are matched literally: % and _ are not wildcards here.
     words = (flt.text or "").strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     text = f"%{words}%" if words else None
-    rows = conn.execute(_ROW_SQL.format(answer_clause=""), {
+    rows = conn.execute(_ROW_SQL.replace("{answer_clause}", ""), {
         "route": flt.route, "since": flt.since, "until": flt.until, "channel": flt.channel_id or None,
         "text": text, "uncurated": flt.uncurated_only, "rating": flt.rating, "limit": flt.limit,
     }).fetchall()
@@ -130,7 +130,7 @@ def channels(conn: psycopg.Connection) -> list[str]:
 
 def get_row(conn: psycopg.Connection, answer_id: int) -> CurationRow | None:
     """One answer as the curation detail view shows it (None if unknown or not finished)."""
-    row = conn.execute(_ROW_SQL.format(answer_clause="AND a.id = %(answer_id)s"), {
+    row = conn.execute(_ROW_SQL.replace("{answer_clause}", "AND a.id = %(answer_id)s"), {
         "route": None, "since": None, "until": None, "channel": None, "text": None, "uncurated": False,
         "rating": "any", "limit": 1, "answer_id": answer_id,
     }).fetchone()

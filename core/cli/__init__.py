@@ -25,13 +25,14 @@ def migrate() -> None:
 
 
 def _register() -> None:
-    from core.cli import agent_cmds, knowledge_cmds, llm_cmds, ops_cmds, run_cmds
+    from core.cli import agent_cmds, dashboard_cmds, knowledge_cmds, llm_cmds, ops_cmds, run_cmds
 
     knowledge_cmds.register(app, eval_app)
     llm_cmds.register(app)
     agent_cmds.register(app, eval_app)
     run_cmds.register(app)
     ops_cmds.register(app)
+    dashboard_cmds.register(app)
 
 
 _register()

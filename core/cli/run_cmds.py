@@ -3,16 +3,29 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
 import typer
 
 from core import db
-from core.config import get_settings
+from core.config import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "handbook"
+
+
+def slack_status(settings: Settings) -> str:
+    if settings.slack_bot_token is None:
+        return ("not connected: set SLACK_BOT_TOKEN and SLACK_APP_TOKEN (see README, Slack set-up); "
+                "meanwhile ask on the dashboard's Try it page or with `flywheel ask`")
+    if settings.slack_app_token is not None:
+        return "connecting over Socket Mode"
+    if settings.slack_signing_secret is not None:
+        return f"HTTP events on port {settings.bot_port}"
+    return "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN nor SLACK_SIGNING_SECRET: the bot cannot receive events"
 
 
 def register(app: typer.Typer) -> None:
@@ -20,11 +33,15 @@ def register(app: typer.Typer) -> None:
     def up(procfile: Path = typer.Option(ROOT / "Procfile", "--procfile"),
            ingest_samples: bool = typer.Option(True, "--samples/--no-samples",
                                                help="Ingest the sample handbook when the knowledge base is empty.")) -> None:
-        """Migrate, ingest the sample handbook on first start, then start the product with honcho."""
+        """Migrate, ingest the sample handbook on first start, then run the Procfile with honcho
+        until Ctrl-C. The data stays for the next start."""
+        from core import queue
         from core.knowledge import ingest, store
 
         settings = get_settings()
-        applied = db.ensure_schema()
+        url = db.database_url()
+        applied = db.ensure_schema(url)
+        queue.ensure_schema(url)
         where = "DATABASE_URL" if settings.database_url else f"embedded Postgres in {settings.pg_dir}"
         typer.echo(f"database: {where} ({len(applied)} migrations applied)")
         with db.connection() as conn:
@@ -34,9 +51,31 @@ def register(app: typer.Typer) -> None:
             typer.echo(ingest.ingest_paths([SAMPLES]).summary())
         typer.echo(f"generation: {settings.llm_backend} backend at {settings.llm_url} "
                    "(answers fall back to cited excerpts while it is unreachable)")
-        typer.echo('try it: flywheel ask "How do I get a new laptop?"')
-        honcho = shutil.which("honcho", path=str(Path(sys.executable).parent)) or "honcho"
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-        # honcho takes over this process. Each child opens the same database (the embedded server is
-        # shared between processes and stops when the last one exits).
-        os.execvpe(honcho, [honcho, "start", "-f", str(procfile), "-d", str(ROOT)], env)
+        typer.echo(f"dashboard: http://localhost:{settings.dashboard_port}")
+        typer.echo(f"slack: {slack_status(settings)}")
+        typer.echo('terminal: flywheel ask "How do I get a new laptop?"   (Ctrl-C stops everything)')
+        bin_dir = Path(sys.executable).parent
+        honcho = shutil.which("honcho", path=str(bin_dir)) or "honcho"
+        # Every child opens the same embedded database; this process keeps it up while they run
+        # and stops it once they have all exited.
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        if not settings.database_url:
+            env["DATABASE_URL"] = url
+        proc = subprocess.Popen([honcho, "start", "-f", str(procfile), "-d", str(ROOT)], env=env)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # honcho got the same Ctrl-C and is stopping its processes
+            code = _wait_for(proc)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise typer.Exit(0 if code in (0, -signal.SIGINT, 130) else code)
+
+
+def _wait_for(proc: subprocess.Popen[bytes]) -> int:
+    """Ask honcho to stop (a terminal's Ctrl-C reached it already; a signal sent to this process
+    alone did not) and give its processes time to finish what they are doing."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=30)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        return proc.wait()

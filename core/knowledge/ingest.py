@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 
-from core import db
+from core import audit, db
 from core.config import get_settings
 from core.knowledge import chunk, embed, store
 from core.knowledge.parse import SUPPORTED, ParsedDocument, ParseError, parse_bytes, parse_jsonl
@@ -53,12 +53,26 @@ def ingest_paths(paths: Sequence[Path], *, visible_channels: Sequence[str] = (),
 
 
 def ingest_file_bytes(name: str, data: bytes, *, source: str | None = None, visible_channels: Sequence[str] = (),
-                      visible_groups: Sequence[str] = (), url: str | None = None) -> IngestReport:
-    """Ingest one uploaded file (the dashboard's path); same rules as files on disk."""
+                      visible_groups: Sequence[str] = (), url: str | None = None,
+                      audited_by: str | None = None) -> IngestReport:
+    """Ingest one uploaded file (the dashboard's path); same rules as files on disk. With
+    `audited_by`, each stored document gets an audit row in its own transaction."""
     report = IngestReport()
     visibility = _Visibility(tuple(visible_channels), tuple(visible_groups))
-    _store_all(_documents_from_bytes(name, data, source or f"upload:{name}", report), visibility, report, url)
+    _store_all(_documents_from_bytes(name, data, source or f"upload:{name}", report), visibility, report, url,
+               audited_by)
     return report
+
+
+def reindex_document(conn: psycopg.Connection, document_id: int) -> int:
+    """Embed a document's chunks again with the current embedding model (after a model change,
+    or for chunks stored before heading vectors existed); returns how many were re-embedded."""
+    chunks = store.chunk_texts(conn, document_id)
+    vectors = embed.embed_texts([c.text for c in chunks])
+    labels = list(dict.fromkeys(c.label for c in chunks))
+    label_vectors = dict(zip(labels, embed.embed_texts(labels)))
+    store.update_embeddings(conn, [c.id for c in chunks], vectors, [label_vectors[c.label] for c in chunks])
+    return len(chunks)
 
 
 def _documents_from_paths(paths: Sequence[Path], report: IngestReport) -> Iterator[ParsedDocument]:
@@ -109,18 +123,19 @@ def _content_hash(doc: ParsedDocument) -> str:
 
 
 def _store_all(documents: Iterable[ParsedDocument], visibility: _Visibility, report: IngestReport,
-               url: str | None) -> None:
+               url: str | None, audited_by: str | None = None) -> None:
     batch: list[ParsedDocument] = []
     for doc in documents:
         batch.append(doc)
         if len(batch) >= BATCH_DOCUMENTS:
-            _store_batch(batch, visibility, report, url)
+            _store_batch(batch, visibility, report, url, audited_by)
             batch = []
     if batch:
-        _store_batch(batch, visibility, report, url)
+        _store_batch(batch, visibility, report, url, audited_by)
 
 
-def _store_batch(docs: list[ParsedDocument], visibility: _Visibility, report: IngestReport, url: str | None) -> None:
+def _store_batch(docs: list[ParsedDocument], visibility: _Visibility, report: IngestReport, url: str | None,
+                 audited_by: str | None = None) -> None:
     settings = get_settings()
     with db.connection(url) as conn:
         known = {d.source: store.content_hash_of(conn, d.source) for d in docs}
@@ -150,6 +165,9 @@ def _store_batch(docs: list[ParsedDocument], visibility: _Visibility, report: In
                     visible_channels=visibility.channels, visible_groups=visibility.groups, metadata=doc.metadata)
                 store.replace_chunks(conn, document_id, chunks, doc_vectors,
                                      [label_vectors[c.label] for c in chunks])
+                if audited_by is not None:
+                    audit.record(conn, audited_by, "knowledge.ingest", f"document:{document_id}",
+                                 {"source": doc.source, "chunks": len(chunks)})
         except psycopg.Error as e:  # one document's failure must not stop the batch
             logger.exception("storing %s failed", doc.source)
             report.failed.append((doc.source, f"{doc.source}: could not be stored ({type(e).__name__}: {e})"))

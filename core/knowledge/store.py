@@ -34,6 +34,15 @@ class DocumentRow:
 
 
 @dataclass(frozen=True)
+class ChunkText:
+    """What a chunk's two vectors are computed from: its text, and its label (title > heading)."""
+
+    id: int
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
 class ChunkRow:
     id: int
     document_id: int
@@ -85,6 +94,26 @@ def replace_chunks(conn: psycopg.Connection, document_id: int, chunks: Sequence[
             " VALUES (%(d)s, %(ord)s, %(heading)s, %(text)s, %(embedding)s, %(heading_embedding)s)",
             [{"d": document_id, "ord": c.ord, "heading": c.heading, "text": c.text, "embedding": e,
               "heading_embedding": h} for c, e, h in zip(chunks, embeddings, heading_embeddings)],
+        )
+
+
+def chunk_texts(conn: psycopg.Connection, document_id: int) -> list[ChunkText]:
+    """A document's chunks as embedded at ingest (the label is built as chunk.chunk_document does)."""
+    rows = conn.execute(
+        "SELECT c.id, c.text, CASE WHEN c.heading = '' THEN d.title ELSE d.title || ' > ' || c.heading END AS label"
+        " FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.document_id = %(d)s ORDER BY c.ord",
+        {"d": document_id},
+    ).fetchall()
+    return [ChunkText(**r) for r in rows]
+
+
+def update_embeddings(conn: psycopg.Connection, chunk_ids: Sequence[int], embeddings: np.ndarray,
+                      heading_embeddings: np.ndarray) -> None:
+    vectors(conn)
+    with conn.cursor() as cur:
+        cur.executemany(
+            "UPDATE chunks SET embedding = %(e)s, heading_embedding = %(h)s WHERE id = %(id)s",
+            [{"id": i, "e": e, "h": h} for i, e, h in zip(chunk_ids, embeddings, heading_embeddings)],
         )
 
 

@@ -1,0 +1,65 @@
+"""`flywheel dashboard`: run the Streamlit admin dashboard, bound to localhost unless a login is
+configured. Streamlit runs in its own process (exec), so `core` never imports it."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+
+from core import db
+from core.config import Settings, get_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+APP = ROOT / "dashboard" / "app.py"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def login_configured(settings: Settings) -> bool:
+    return settings.dashboard_oidc or settings.dashboard_password_sha256 is not None
+
+
+def bind_address(settings: Settings, requested: str | None) -> str:
+    """Where the server listens: every interface when a login protects it, else the loopback
+    interface only. Asking for a public address without a login is refused."""
+    if requested is None:
+        return "0.0.0.0" if login_configured(settings) else "127.0.0.1"
+    if requested not in LOOPBACK and not login_configured(settings):
+        raise ValueError(f"Refusing to serve the dashboard on {requested} without a login: set "
+                         "FLYWHEEL_DASHBOARD_PASSWORD_SHA256 (sha256 hex of a password) or configure OIDC "
+                         "(FLYWHEEL_DASHBOARD_OIDC=true and [auth] in .streamlit/secrets.toml).")
+    return requested
+
+
+def streamlit_argv(port: int, address: str) -> list[str]:
+    """The `streamlit run` command line: headless, no usage statistics, no file watching, and no
+    developer toolbar (no "Deploy" button) for the people using it."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP),
+            "--server.port", str(port), "--server.address", address,
+            "--server.headless", "true", "--server.runOnSave", "false", "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer"]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def dashboard(port: int = typer.Option(None, "--port", help="Default: FLYWHEEL_DASHBOARD_PORT (8501)."),
+                  address: str = typer.Option(None, "--address", "--host",
+                                              help="Where to listen. Default: 127.0.0.1 without a login, "
+                                                   "0.0.0.0 with one; a public address needs a login.")) -> None:
+        """Serve the admin dashboard (curation, reviews, knowledge, training, models)."""
+        settings = get_settings()
+        try:
+            address = bind_address(settings, address)
+        except ValueError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(2) from e
+        db.ensure_schema()
+        port = port or settings.dashboard_port
+        shown = "localhost" if address in LOOPBACK else address
+        typer.echo(f"dashboard: http://{shown}:{port}"
+                   + ("" if login_configured(settings) else " (no login configured: localhost only)"))
+        # Run from the repository root so `dashboard` and `core` import as packages.
+        os.chdir(ROOT)
+        argv = streamlit_argv(port, address)
+        os.execv(argv[0], argv)

@@ -1,0 +1,1 @@
+"""The Streamlit admin dashboard: curation, reviews, knowledge, training and models."""

@@ -1,0 +1,131 @@
+"""Who is looking at the dashboard, and whether they may act.
+
+Three modes, chosen by settings: OIDC through Streamlit's `st.login` when `dashboard_oidc` is set
+(with `[auth]` in `.streamlit/secrets.toml`); else a shared password whose sha256 is in
+`dashboard_password_sha256`; else no login at all, which is only allowed while the server listens
+on the loopback interface (the `flywheel dashboard` launcher binds it there)."""
+from __future__ import annotations
+
+import getpass
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Literal
+
+import streamlit as st
+
+from core.config import Settings, get_settings
+
+Role = Literal["admin", "viewer"]
+Mode = Literal["oidc", "password", "local"]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+_IDENTITY_KEY = "dashboard_identity"   # session state: who signed in with the password
+
+
+@dataclass(frozen=True)
+class Identity:
+    actor: str     # how the audit log names this person: "oidc:ann@x.com", "password:Ann", "local:ann"
+    role: Role
+    mode: Mode
+
+    @property
+    def can_act(self) -> bool:
+        return self.role == "admin"
+
+
+def mode(settings: Settings) -> Mode:
+    if settings.dashboard_oidc:
+        return "oidc"
+    if settings.dashboard_password_sha256 is not None:
+        return "password"
+    return "local"
+
+
+def password_matches(password: str, expected_sha256_hex: str) -> bool:
+    """Constant-time comparison of the password's sha256 with the configured hex digest."""
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    return hmac.compare_digest(digest, expected_sha256_hex.strip().lower())
+
+
+def oidc_role(email: str, settings: Settings) -> Role | None:
+    """An e-mail listed as admin acts; one listed as viewer looks; with no admin list every
+    signed-in user not listed as viewer is an admin; anyone else is refused (None)."""
+    email = email.strip().lower()
+    admins = {a.strip().lower() for a in settings.dashboard_admins}
+    viewers = {v.strip().lower() for v in settings.dashboard_viewers}
+    if email in admins:
+        return "admin"
+    if email in viewers:
+        return "viewer"
+    return None if admins else "admin"
+
+
+def server_is_loopback_only() -> bool:
+    """True when this Streamlit server listens on the loopback interface only (an unset
+    address means every interface)."""
+    address = st.get_option("server.address")
+    return address is not None and str(address).strip("[]") in LOOPBACK
+
+
+def gate(settings: Settings | None = None) -> Identity:
+    """The signed-in identity. Shows the login and stops the run when there is none, so nothing
+    below a call to `gate` renders for a stranger."""
+    settings = settings or get_settings()
+    current = mode(settings)
+    if current == "oidc":
+        return _oidc(settings)
+    if current == "password":
+        return _password(settings)
+    if not server_is_loopback_only():
+        st.error("No login is configured, so this dashboard only runs bound to 127.0.0.1. Set "
+                 "FLYWHEEL_DASHBOARD_PASSWORD_SHA256 or configure OIDC, or start it with "
+                 "`flywheel dashboard`, which binds it to localhost.")
+        st.stop()
+    return Identity(actor=f"local:{getpass.getuser()}", role="admin", mode="local")
+
+
+def _oidc(settings: Settings) -> Identity:
+    if not st.user.get("is_logged_in", False):
+        st.title("Flywheel admin")
+        st.info("Sign in with your company account to continue.")
+        st.button("Log in", on_click=st.login, type="primary")
+        st.stop()
+    email = str(st.user.get("email") or "")
+    role = oidc_role(email, settings) if email else None
+    if role is None:
+        st.error(f"The account {email or '(no e-mail)'} may not use this dashboard. Ask an admin to add it "
+                 "to FLYWHEEL_DASHBOARD_ADMINS or FLYWHEEL_DASHBOARD_VIEWERS.")
+        st.button("Log out", on_click=st.logout)
+        st.stop()
+    return Identity(actor=f"oidc:{email.lower()}", role=role, mode="oidc")
+
+
+def _password(settings: Settings) -> Identity:
+    identity = st.session_state.get(_IDENTITY_KEY)
+    if isinstance(identity, Identity):
+        return identity
+    st.title("Flywheel admin")
+    with st.form("login"):
+        name = st.text_input("Your name", help="Recorded in the audit log with everything you do.")
+        password = st.text_input("Password", type="password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        expected = settings.dashboard_password_sha256.get_secret_value()  # type: ignore[union-attr]
+        if not name.strip():
+            st.error("Please give your name: the audit log records who did what.")
+        elif not password_matches(password, expected):
+            st.error("Wrong password.")
+        else:
+            st.session_state[_IDENTITY_KEY] = Identity(actor=f"password:{name.strip()}", role="admin",
+                                                       mode="password")
+            st.rerun()
+    st.stop()
+
+
+def log_out(identity: Identity) -> None:
+    """End the session: OIDC through Streamlit, the password by forgetting who signed in."""
+    if identity.mode == "oidc":
+        st.logout()
+    elif identity.mode == "password":
+        st.session_state.pop(_IDENTITY_KEY, None)
+        st.rerun()

@@ -1,0 +1,177 @@
+"""Curation: judge answers into training material (accept, edit and accept, reject; one by one or
+in bulk), with personal data highlighted, and freeze what is accepted into dataset versions."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import audit, curation, db
+from core.knowledge import store
+from dashboard import frame, markup
+
+RATINGS = {"any": "Any", "up": "👍", "down": "👎", "unrated": "Not rated"}
+ROUTES = {"any": "Any", "answered": "Answered", "review": "Reviewed", "declined": "Declined"}
+ALL = "any"
+
+
+def label(row: curation.CurationRow) -> str:
+    question = row.question if len(row.question) <= 70 else row.question[:69] + "…"
+    return f"#{row.answer_id} · {question}"
+
+
+def table(rows: list[curation.CurationRow]) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "id": r.answer_id, "asked": r.created_at, "channel": r.channel_id, "question": r.question,
+        "route": r.route, "👍": r.ups, "👎": r.downs, "judged": r.decision or "",
+        "personal data": "⚠️" if markup.has_pii(r.question, r.final_answer) else "",
+    } for r in rows])
+
+
+def judge(answer_ids: list[int], action: str, actor: str, ideal_answer: str | None = None) -> int:
+    """One transaction: the judgements and their audit row land together or not at all."""
+    with db.connection() as conn:
+        if action == "reject":
+            n = curation.bulk(conn, answer_ids, "rejected", curated_by=actor)
+        elif action == "edit":
+            curation.accept(conn, answer_ids[0], curated_by=actor, ideal_answer=ideal_answer)
+            n = 1
+        else:
+            n = curation.bulk(conn, answer_ids, "accepted", curated_by=actor)
+        target = f"answer:{answer_ids[0]}" if len(answer_ids) == 1 else None
+        audit.record(conn, actor, f"curation.{action}", target, {"answer_ids": answer_ids})
+    return n
+
+
+def make_dataset(actor: str, note: str) -> curation.DatasetInfo:
+    with db.connection() as conn:
+        info = curation.create_dataset(conn, created_by=actor, note=note)
+        audit.record(conn, actor, "dataset.create", f"dataset:v{info.version}", {"items": info.items})
+    return info
+
+
+identity = frame.page("Curation")
+viewer = not identity.can_act
+
+with db.connection() as conn:
+    channels = curation.channels(conn)
+
+with st.container(border=True):
+    c_rating, c_route, c_channel, c_dates = st.columns(4)
+    rating = c_rating.selectbox("Rating", list(RATINGS), format_func=RATINGS.__getitem__, key="cur_rating")
+    route = c_route.selectbox("Route", list(ROUTES), format_func=ROUTES.__getitem__, key="cur_route")
+    channel = c_channel.selectbox("Channel", [ALL, *channels], format_func=lambda c: "Any" if c == ALL else c,
+                                  key="cur_channel")
+    dates = c_dates.date_input("Asked between", value=(), key="cur_dates")
+    c_text, c_uncurated = st.columns([3, 1])
+    search = c_text.text_input("Search questions and answers", key="cur_text")
+    uncurated = c_uncurated.checkbox("Not yet curated", key="cur_uncurated")
+
+since, until = (tuple(dates) + (None, None))[:2] if isinstance(dates, tuple) else (dates, dates)
+answer_filter = curation.AnswerFilter(
+    rating=rating, route=None if route == ALL else route, channel_id=None if channel == ALL else channel,
+    since=since, until=until, text=search or None, uncurated_only=uncurated)
+with db.connection() as conn:
+    rows = curation.list_answers(conn, answer_filter)
+by_id = {r.answer_id: r for r in rows}
+
+st.caption(f"{len(rows)} answers" + (" (the newest 200)" if len(rows) == answer_filter.limit else ""))
+if not rows:
+    st.info("No answers match these filters.")
+else:
+    st.dataframe(table(rows), hide_index=True,
+                 column_config={"asked": st.column_config.DatetimeColumn("asked", format="YYYY-MM-DD HH:mm"),
+                                "question": st.column_config.TextColumn("question", width="large")})
+
+    st.subheader("Bulk")
+    selected = st.multiselect("Answers to judge together", list(by_id), format_func=lambda i: label(by_id[i]),
+                              key="cur_bulk")
+    b_all, b_accept, b_reject = st.columns(3)
+    b_all.button("Select all shown", on_click=lambda: st.session_state.update(cur_bulk=list(by_id)),
+                 disabled=viewer)
+    if b_accept.button("Accept selected as delivered", disabled=viewer or not selected, key="bulk_accept") \
+            and not frame.refuse_viewer(identity):
+        n = frame.attempt("Bulk accept", lambda: judge(selected, "accept", identity.actor), curation.CurationError)
+        if n is not None:
+            frame.done(f"Accepted {n} answers.")
+    if b_reject.button("Reject selected", disabled=viewer or not selected, key="bulk_reject") \
+            and not frame.refuse_viewer(identity):
+        n = frame.attempt("Bulk reject", lambda: judge(selected, "reject", identity.actor), curation.CurationError)
+        if n is not None:
+            frame.done(f"Rejected {n} answers.")
+
+    st.subheader("Answer")
+    if st.session_state.get("cur_open") not in by_id:
+        st.session_state.pop("cur_open", None)  # filtered away: open the newest instead
+    opened = st.selectbox("Open", list(by_id), format_func=lambda i: label(by_id[i]), key="cur_open")
+    row = by_id[opened]
+    with db.connection() as conn:
+        chunks = {c.id: c for c in store.get_chunks(conn, [s["chunk_id"] for s in row.sources if "chunk_id" in s])}
+
+    left, right = st.columns([3, 2])
+    with left:
+        st.markdown(f"**Question** · {row.created_at:%Y-%m-%d %H:%M} · {row.channel_id or 'no channel'} · "
+                    f"{row.user_id or 'unknown user'}")
+        st.markdown(markup.highlight_pii(row.question))
+        st.markdown(f"**Final answer** · route: {row.route} ({markup.escape(row.route_reason or '')})")
+        st.markdown(markup.highlight_pii(row.final_answer or "(none)"))
+        if row.draft and row.draft != row.final_answer:
+            with st.expander("Draft before review"):
+                st.markdown(markup.highlight_pii(row.draft))
+        with st.expander(f"Sources used ({len(row.sources)})"):
+            for source in row.sources:
+                st.markdown(markup.source_line(source))
+                if source.get("chunk_id") in chunks:
+                    st.caption(markup.escape(chunks[source["chunk_id"]].text[:600]))
+    with right:
+        st.markdown(f"**Votes** · {row.ups} 👍 · {row.downs} 👎")
+        for reason in row.down_reasons:
+            st.markdown(f"👎 reason: **{markup.escape(reason)}**")
+        for comment in row.down_comments:
+            st.markdown(f"💬 {markup.highlight_pii(comment)}")
+        for suggestion in row.suggested_answers:
+            st.markdown(f"**Asker's suggested answer:** {markup.highlight_pii(suggestion)}")
+        judged = f"**{row.decision}** by {markup.escape(row.curated_by or '?')}" if row.decision else "not yet"
+        st.markdown(f"**Judged:** {judged}")
+        if row.ideal_answer:
+            st.markdown(f"**Stored ideal answer:** {markup.escape(row.ideal_answer)}")
+
+    ideal = st.text_area("Ideal answer (edit, then accept)", value=row.ideal_answer or row.final_answer or "",
+                         key=f"cur_ideal_{opened}", height=160, disabled=viewer)
+    if markup.has_pii(row.question, ideal):
+        st.caption("Highlighted personal data is replaced (e.g. by [email]) in what is stored.")
+    a_keep, a_edit, a_reject = st.columns(3)
+    actions = {
+        "accept": a_keep.button("Accept as delivered", key="cur_accept", disabled=viewer, type="primary"),
+        "edit": a_edit.button("Accept edited answer", key="cur_accept_edit", disabled=viewer),
+        "reject": a_reject.button("Reject", key="cur_reject", disabled=viewer),
+    }
+    for action, clicked in actions.items():
+        if clicked and not frame.refuse_viewer(identity):
+            result = frame.attempt(f"Curation ({action})",
+                                   lambda: judge([opened], action, identity.actor, ideal), curation.CurationError)
+            if result is not None:
+                frame.done(f"Answer #{opened}: {'rejected' if action == 'reject' else 'accepted'}.")
+
+st.header("Datasets")
+with db.connection() as conn:
+    accepted = curation.accepted_count(conn)
+    datasets = curation.list_datasets(conn)
+st.caption(f"{accepted} accepted answers. A new version freezes all of them, with the source passages "
+           "each answer was drafted from.")
+d_note, d_make = st.columns([3, 1])
+note = d_note.text_input("Note for the new version", key="ds_note", disabled=viewer)
+if d_make.button("Make dataset version", key="ds_make", disabled=viewer) and not frame.refuse_viewer(identity):
+    info = frame.attempt("Making a dataset", lambda: make_dataset(identity.actor, note), curation.CurationError)
+    if info is not None:
+        frame.done(f"Dataset v{info.version} made with {info.items} answers.")
+if datasets:
+    st.dataframe(pd.DataFrame([vars(d) for d in datasets]), hide_index=True)
+    version = st.selectbox("Export version", [d.version for d in datasets], format_func=lambda v: f"v{v}",
+                           key="ds_export")
+    with db.connection() as conn:
+        jsonl = curation.export_jsonl(conn, version)
+    # Training data is sensitive even scrubbed: exporting it is for admins.
+    st.download_button(f"Download v{version} as JSONL", jsonl, file_name=f"flywheel-dataset-v{version}.jsonl",
+                       mime="application/jsonl", on_click="ignore", disabled=viewer, key="ds_download")
+else:
+    st.write("No dataset versions yet.")

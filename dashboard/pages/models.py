@@ -1,0 +1,82 @@
+"""Models: the adapter versions retrains produced (dataset, metrics, status), which one is live,
+the serving backend's health; promote an adapter or roll back to the previous one."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from core import audit, db, models, serving
+from core.config import get_settings
+from core.llm.backends import make_generator
+from dashboard import frame
+
+
+def switch(actor: str, version: int | None) -> models.Adapter:
+    """Promote `version`, or roll back when None. Serving loads and smoke-checks the adapter and
+    commits the switch itself, so the audit row follows in a transaction of its own."""
+    live = serving.promote(version) if version is not None else serving.rollback()
+    with db.connection() as conn:
+        audit.record(conn, actor, "model.promote" if version is not None else "model.rollback",
+                     f"adapter:v{live.version}", {"name": live.name})
+    return live
+
+
+identity = frame.page("Models")
+viewer = not identity.can_act
+settings = get_settings()
+# After a TGI promotion generation may have moved to a new server: check the one in use.
+url = serving.serving_url(settings)
+generator = make_generator(settings.model_copy(update={"llm_url": url}))
+with db.connection() as conn:
+    adapters = models.list_adapters(conn)
+    live = models.live(conn)
+
+c_backend, c_health, c_live = st.columns(3)
+c_backend.metric("Serving backend", settings.llm_backend)
+if generator is None:
+    c_health.metric("Model server", "none", help="Extractive answers: the agent quotes sources, no model.")
+else:
+    c_health.metric("Model server", "healthy" if generator.health() else "unreachable", help=url)
+c_live.metric("Live adapter", live.name if live else "base model")
+if generator is not None:
+    st.caption(f"Model server at {url}")
+
+st.subheader("Adapters")
+if not adapters:
+    st.info("No adapters yet: a retrain registers one (Training page).")
+    st.stop()
+st.dataframe(pd.DataFrame([{
+    "version": a.version, "name": a.name, "status": a.status, "dataset": a.dataset_version,
+    "base model": a.base_model, "metrics": json.dumps(a.metrics) if a.metrics else "", "created": a.created_at,
+    "promoted": a.promoted_at, "error": a.error or "",
+} for a in adapters]), hide_index=True)
+
+by_version = {a.version: a for a in adapters}
+chosen = by_version[st.selectbox("Adapter", list(by_version),
+                                 format_func=lambda v: f"{by_version[v].name} · {by_version[v].status}", key="md_adapter")]
+c_info, c_metrics = st.columns(2)
+c_info.markdown(f"**Path:** `{chosen.path}`  \n**Base model:** `{chosen.base_model}`  \n"
+                f"**Dataset:** {f'v{chosen.dataset_version}' if chosen.dataset_version else '–'}")
+c_info.json(chosen.hyperparams or {})
+if chosen.metrics:
+    c_metrics.markdown("**Eval metrics**")
+    c_metrics.json(chosen.metrics)
+if chosen.error:
+    st.error(f"{chosen.name} failed: {chosen.error}")
+
+c_promote, c_rollback = st.columns(2)
+promote = c_promote.button(f"Promote {chosen.name}", key="md_promote", type="primary",
+                           disabled=viewer or chosen.status == "live")
+rollback = c_rollback.button("Roll back to the previous adapter", key="md_rollback", disabled=viewer or live is None)
+for version, clicked in ((chosen.version, promote), (None, rollback)):
+    if not clicked or frame.refuse_viewer(identity):
+        continue
+    # PromotionRefused: failed, still training, or nothing to roll back to; ServingError: the
+    # model server could not load or serve it. Either way nothing was switched.
+    with st.spinner("Loading and checking the adapter on the model server…"):
+        now_live = frame.attempt("Switching adapters", lambda: switch(identity.actor, version),
+                                 models.PromotionRefused, serving.ServingError)
+    if now_live is not None:
+        frame.done(f"{now_live.name} is live.")

@@ -1,0 +1,78 @@
+"""Reviews: the drafts waiting for a person. Approve, edit or reject here as in Slack: the decision
+resumes the same agent thread, and the Slack bot delivers the outcome to the asker's thread."""
+from __future__ import annotations
+
+import streamlit as st
+
+from core import audit, db, feedback
+from core.agent import run
+from dashboard import auth, frame, markup
+
+DONE = {"approve": "approved", "edit": "sent edited", "reject": "rejected"}
+
+
+class AlreadyDecided(Exception):
+    """Someone (here or in Slack) decided this review first."""
+
+
+def decide(review_id: int, action: str, actor: str, text: str, reason: str) -> run.Outcome:
+    """Resume the paused thread with the decision. `run.decide` commits the decision itself, so
+    the audit row follows in a transaction of its own."""
+    decision: dict[str, str] = {"action": action, "reviewer": actor}
+    if action == "edit":
+        decision["text"] = text
+    if action == "reject":
+        decision["reason"] = reason
+    outcome = run.decide(review_id, decision)  # type: ignore[arg-type]
+    if outcome is None:
+        raise AlreadyDecided(f"Review #{review_id} was already decided by someone else; nothing changed.")
+    with db.connection() as conn:
+        audit.record(conn, actor, f"review.{action}", f"review:{review_id}",
+                     {"answer_id": outcome.answer_id, **({"reason": reason} if action == "reject" else {})})
+    return outcome
+
+
+def on_click(review_id: int, action: str, identity: auth.Identity) -> None:
+    """Decide in the button's callback, before the page reruns: the queue below is then read
+    after the decision, and a review someone decided meanwhile still gets its answer."""
+    if not identity.can_act:
+        frame.flash_error("Viewers cannot change anything here; ask an admin.")
+        return
+    edited = st.session_state.get(f"rv_text_{review_id}", "")
+    reason = st.session_state.get(f"rv_reason_{review_id}", "")
+    # ValueError: an empty edit or a rejection without a reason (the agent refuses both);
+    # LookupError: the review no longer exists.
+    frame.attempt_in_callback(
+        "Deciding the review", lambda: decide(review_id, action, identity.actor, edited, reason),
+        lambda outcome: f"Review #{review_id} {DONE[action]}; the answer is queued for the asker's thread.",
+        ValueError, LookupError, AlreadyDecided)
+
+
+identity = frame.page("Reviews")
+viewer = not identity.can_act
+with db.connection() as conn:
+    pending = feedback.pending_reviews(conn)
+
+if not pending:
+    st.info("No drafts are waiting for review.")
+st.caption(f"{len(pending)} waiting, oldest first.")
+
+for review, answer in pending:
+    with st.container(border=True):
+        st.markdown(f"**Review #{review.id}** · answer #{answer.id} · asked {answer.created_at:%Y-%m-%d %H:%M} by "
+                    f"{markup.escape(answer.user_id or 'unknown')} in {markup.escape(answer.channel_id or 'no channel')}"
+                    f" · why: {markup.escape(review.reason)}"
+                    + (f" · confidence {answer.confidence:.2f}" if answer.confidence is not None else ""))
+        st.markdown(f"**Question:** {markup.highlight_pii(answer.question)}")
+        st.markdown(f"**Draft:** {markup.highlight_pii(answer.draft or '')}")
+        with st.expander(f"Sources ({len(answer.sources)})"):
+            for source in answer.sources:
+                st.markdown(markup.source_line(source))
+        st.text_area("Edited answer (for Send edited)", value=answer.draft or "", key=f"rv_text_{review.id}",
+                     disabled=viewer)
+        st.text_input("Reason (for Reject)", key=f"rv_reason_{review.id}", disabled=viewer)
+        for column, (action, label) in zip(st.columns(3), (("approve", "Approve"), ("edit", "Send edited"),
+                                                           ("reject", "Reject"))):
+            column.button(label, key=f"rv_{action}_{review.id}", on_click=on_click,
+                          args=(review.id, action, identity), type="primary" if action == "approve" else "secondary",
+                          disabled=viewer)

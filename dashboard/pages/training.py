@@ -1,0 +1,128 @@
+"""Training: start a LoRA retrain on a dataset version, set the periodic schedule, and follow runs
+(status, progress, loss curve, eval metrics, log), cancelling one if needed."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core import audit, curation, db, retrain, training
+from dashboard import frame
+
+RANKS = [4, 8, 16, 32, 64]
+DEFAULT_EPOCHS = 3  # the trainer's own default (trainer.train.TrainConfig)
+ACTIVE = ("queued", "running")
+
+
+def start(version: int | None, base_model: str, epochs: int, rank: int, actor: str) -> training.TrainingRun:
+    # request_retrain records the run, its audit row and the queued job itself.
+    return retrain.request_retrain(requested_by=actor, dataset_version=version, base_model=base_model or None,
+                                   params={"epochs": epochs, "rank": rank})
+
+
+def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, actor: str) -> training.Schedule:
+    with db.connection() as conn:
+        training.set_schedule(conn, enabled=enabled, cron=cron.strip(), min_new_examples=min_new,
+                              params={"epochs": epochs, "rank": rank})
+        audit.record(conn, actor, "schedule.set", "training_schedule",
+                     {"enabled": enabled, "cron": cron.strip(), "min_new_examples": min_new,
+                      "epochs": epochs, "rank": rank})
+        return training.get_schedule(conn)
+
+
+def cancel(run_id: int, actor: str) -> bool:
+    if not retrain.cancel_retrain(run_id, requested_by=actor):  # audits the request itself
+        raise LookupError(f"Run {run_id} is not queued or running any more.")
+    return True
+
+
+identity = frame.page("Training")
+viewer = not identity.can_act
+with db.connection() as conn:
+    datasets = curation.list_datasets(conn)
+    schedule = training.get_schedule(conn)
+    runs = training.list_runs(conn)
+
+st.subheader("Retrain now")
+with st.form("tr_start"):
+    c_data, c_base = st.columns(2)
+    version = c_data.selectbox("Dataset version", [d.version for d in datasets],
+                               format_func=lambda v: next(f"v{d.version} ({d.items} answers)" for d in datasets
+                                                          if d.version == v),
+                               placeholder="No datasets yet: make one in Curation", key="tr_version")
+    base_model = c_base.text_input("Base model", key="tr_base",
+                                   placeholder="empty: the configured base model (FLYWHEEL_LLM_MODEL)")
+    c_epochs, c_rank = st.columns(2)
+    epochs = c_epochs.number_input("Epochs", min_value=1, max_value=20, value=DEFAULT_EPOCHS, key="tr_epochs")
+    rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(16), key="tr_rank")
+    submitted = st.form_submit_button("Start retrain", type="primary", disabled=viewer)
+if submitted and not frame.refuse_viewer(identity):
+    # The first retrain on the default base model prepares it locally, which takes a while.
+    with st.spinner("Queuing the retrain…"):
+        started = frame.attempt("Starting a retrain",
+                                lambda: start(version, base_model.strip(), int(epochs), int(rank), identity.actor),
+                                curation.CurationError, training.RunAlreadyActive)
+    if started is not None:
+        frame.done(f"Retrain run {started.id} queued on dataset v{started.dataset_version}.")
+
+st.subheader("Schedule")
+with st.form("tr_schedule"):
+    enabled = st.toggle("Retrain periodically", value=schedule.enabled, key="sc_enabled")
+    c_cron, c_min = st.columns(2)
+    cron = c_cron.text_input("When (cron, server time)", value=schedule.cron, key="sc_cron",
+                             help="'0 3 * * 1' is Mondays at 03:00.")
+    min_new = c_min.number_input("Only with at least this many new accepted answers", min_value=1,
+                                 value=schedule.min_new_examples, key="sc_min")
+    c_epochs, c_rank = st.columns(2)
+    sc_epochs = c_epochs.number_input("Epochs", min_value=1, max_value=20,
+                                      value=int(schedule.params.get("epochs", DEFAULT_EPOCHS)), key="sc_epochs")
+    default_rank = int(schedule.params.get("rank", 16))
+    sc_rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(default_rank) if default_rank in RANKS else 2,
+                               key="sc_rank")
+    saved = st.form_submit_button("Save schedule", disabled=viewer)
+st.caption(f"Last fired: {schedule.last_fired_at:%Y-%m-%d %H:%M}" if schedule.last_fired_at else "Never fired yet.")
+if saved and not frame.refuse_viewer(identity):
+    # ValueError: an invalid cron expression or minimum (the message says which).
+    saved_schedule = frame.attempt("Saving the schedule", lambda: save_schedule(
+        enabled, cron, int(min_new), int(sc_epochs), int(sc_rank), identity.actor), ValueError)
+    if saved_schedule is not None:
+        frame.done("Schedule saved: " + (f"retrains at '{saved_schedule.cron}' with at least "
+                                         f"{saved_schedule.min_new_examples} new answers."
+                                         if saved_schedule.enabled else "periodic retrains are off."))
+
+st.subheader("Runs")
+if not runs:
+    st.info("No retrains yet.")
+    st.stop()
+st.dataframe(pd.DataFrame([{
+    "run": r.id, "status": r.status, "dataset": r.dataset_version, "progress": r.progress,
+    "adapter": r.adapter_version, "by": r.requested_by, "created": r.created_at, "finished": r.finished_at,
+} for r in runs]), hide_index=True,
+    column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
+
+by_id = {r.id: r for r in runs}
+chosen = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"run {i} · {by_id[i].status}", key="tr_run")]
+st.progress(min(max(chosen.progress, 0.0), 1.0), text=f"{chosen.status} · {chosen.progress:.0%}")
+if chosen.error:
+    st.error(chosen.error)
+losses = pd.DataFrame(chosen.losses)
+if "step" in losses:
+    st.markdown("**Loss**")
+    st.line_chart(losses.set_index("step")[[c for c in ("train_loss", "val_loss") if c in losses]])
+if chosen.metrics:
+    st.markdown("**Eval metrics**")
+    st.json(chosen.metrics)
+st.markdown(f"**Parameters:** base `{chosen.base_model}` · {chosen.params}")
+with st.expander("Log", expanded=chosen.status in ACTIVE):
+    st.code(chosen.log or "(empty)", language=None)
+if chosen.status in ACTIVE:
+    if st.button("Cancel this run", key="tr_cancel", disabled=viewer) and not frame.refuse_viewer(identity):
+        if frame.attempt("Cancelling", lambda: cancel(chosen.id, identity.actor), LookupError):
+            frame.done(f"Run {chosen.id}: cancellation requested.")
+if chosen.status == "failed":
+    if st.button("Resume from the last checkpoint", key="tr_resume", disabled=viewer) \
+            and not frame.refuse_viewer(identity):
+        # ValueError: the run is not failed any more; RunAlreadyActive: another retrain is active.
+        resumed = frame.attempt("Resuming", lambda: retrain.resume_retrain(chosen.id, requested_by=identity.actor),
+                                ValueError, training.RunAlreadyActive)
+        if resumed is not None:
+            frame.done(f"Run {resumed.id} queued again; it continues from its last checkpoint.")

@@ -1,0 +1,111 @@
+"""Who may see and do what: no page content without a login; viewers look but do not act."""
+from __future__ import annotations
+
+import pytest
+from streamlit import config as st_config
+from streamlit.testing.v1 import AppTest
+
+from core.config import get_settings
+from dashboard import auth, frame
+from dashboard_helpers import PASSWORD, PASSWORD_SHA256, ROOT, open_page, seed_answer, texts
+
+
+@pytest.fixture
+def password_env(dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", PASSWORD_SHA256)
+    get_settings.cache_clear()
+    return dashboard_db
+
+
+def test_logged_out_visitor_sees_only_the_login_form(password_env: str) -> None:
+    at = open_page()
+    assert [t.value for t in at.title] == ["Flywheel admin"]
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert "Questions" not in texts(at) and not at.metric and not at.dataframe
+
+
+def test_wrong_password_is_refused(password_env: str) -> None:
+    at = open_page()
+    at.text_input[0].input("Ann")
+    at.text_input[1].input("guess")
+    at.button[0].click().run()
+    assert [e.value for e in at.error] == ["Wrong password."]
+    assert not at.metric
+
+
+def test_right_password_signs_in_as_admin_and_shows_the_overview(password_env: str) -> None:
+    at = open_page()
+    at.text_input[0].input("Ann")
+    at.text_input[1].input(PASSWORD)
+    at.button[0].click().run()
+    assert not at.exception
+    assert at.title[0].value == "Overview"
+    assert "password:Ann" in texts(at)
+    assert at.session_state["dashboard_identity"] == auth.Identity("password:Ann", "admin", "password")
+
+
+PAGES = ["overview", "curation", "reviews", "try_it", "knowledge", "training", "models"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_each_page_file_alone_refuses_a_logged_out_visitor(password_env: str, page: str) -> None:
+    at = AppTest.from_file(str(ROOT / "dashboard" / "pages" / f"{page}.py"), default_timeout=60).run()
+    assert not at.exception
+    assert [t.value for t in at.title] == ["Flywheel admin"] and [b.label for b in at.button] == ["Sign in"]
+    assert not at.dataframe and not at.metric and not at.selectbox
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_each_page_renders_for_a_signed_in_admin(password_env: str, page: str) -> None:
+    at = open_page(page, session={"dashboard_identity": auth.Identity("password:Ann", "admin", "password")})
+    assert not at.error, [e.value for e in at.error]
+    assert frame.LOCAL_BANNER not in texts(at)
+
+
+@pytest.fixture
+def oidc_env(dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_OIDC", "true")
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_ADMINS", '["ann@northwind.example"]')
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_VIEWERS", '["vic@northwind.example"]')
+    get_settings.cache_clear()
+
+
+def test_oidc_logged_out_sees_only_the_login_button(oidc_env: None) -> None:
+    at = open_page(user={"is_logged_in": False})
+    assert [b.label for b in at.button] == ["Log in"] and not at.metric
+
+
+def test_oidc_account_not_listed_is_refused(oidc_env: None) -> None:
+    at = open_page(user={"is_logged_in": True, "email": "mallory@elsewhere.example"})
+    assert "may not use this dashboard" in at.error[0].value
+    assert [b.label for b in at.button] == ["Log out"] and not at.metric
+
+
+def test_oidc_admin_acts_and_viewer_only_looks(oidc_env: None) -> None:
+    seed_answer("How do I order a laptop?", "In the IT portal.")
+    admin = open_page("curation", user={"is_logged_in": True, "email": "Ann@northwind.example"})
+    assert admin.button(key="cur_accept").disabled is False
+
+    viewer = open_page("curation", user={"is_logged_in": True, "email": "vic@northwind.example"})
+    assert frame.VIEWER_NOTE in texts(viewer)
+    assert viewer.dataframe  # may look
+    assert all(viewer.button(key=k).disabled for k in ("cur_accept", "cur_accept_edit", "cur_reject", "ds_make"))
+    assert viewer.text_area(key=f"cur_ideal_{1}").disabled
+
+
+def test_without_login_the_dashboard_runs_only_on_loopback(dashboard_db: str) -> None:
+    at = open_page()
+    assert frame.LOCAL_BANNER in texts(at) and at.title[0].value == "Overview"
+    st_config.set_option("server.address", "0.0.0.0")
+    at = open_page()
+    assert at.error[0].value.startswith("No login is configured, so this dashboard only runs bound to 127.0.0.1")
+    assert not at.metric
+
+
+def test_password_check_and_roles_are_plain_functions() -> None:
+    assert auth.password_matches(PASSWORD, PASSWORD_SHA256.upper() + "\n")
+    assert not auth.password_matches("wrong", PASSWORD_SHA256)
+    settings = get_settings().model_copy(update={"dashboard_admins": ["a@x.io"], "dashboard_viewers": ["v@x.io"]})
+    assert [auth.oidc_role(e, settings) for e in ("A@x.io", "v@x.io", "z@x.io")] == ["admin", "viewer", None]
+    open_settings = settings.model_copy(update={"dashboard_admins": []})
+    assert [auth.oidc_role(e, open_settings) for e in ("z@x.io", "v@x.io")] == ["admin", "viewer"]

@@ -1,0 +1,102 @@
+"""End to end: `streamlit run` the dashboard, sign in with the password in headless Chromium, open
+Curation, and keep a screenshot (artifacts/dashboard-curation.png)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from core.cli import dashboard_cmds
+from dashboard_helpers import PASSWORD, PASSWORD_SHA256, ROOT, seed_answer
+from support.servers import free_port
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACT = ROOT / "artifacts" / "dashboard-curation.png"
+START_DEADLINE_S = 90
+UI_TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="Debian's chromium is not installed (/usr/bin/chromium): apt-get install chromium")
+
+
+@pytest.fixture
+def dashboard_url(dashboard_db: str, tmp_path: Path) -> Iterator[str]:
+    """The real dashboard in its own process, on a free port, with a password login."""
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": dashboard_db, "FLYWHEEL_DASHBOARD_PASSWORD_SHA256": PASSWORD_SHA256,
+           "FLYWHEEL_LLM_BACKEND": "extractive", "FLYWHEEL_DATA_DIR": str(tmp_path / "data")}
+    log_path = tmp_path / "streamlit.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(dashboard_cmds.streamlit_argv(port, "127.0.0.1"), cwd=ROOT, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_DEADLINE_S
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"streamlit did not answer /_stcore/health:\n{log_path.read_text()[-3000:]}")
+            try:  # between checks, wait on the process itself: an early exit is noticed at once
+                server.wait(timeout=0.25)
+            except subprocess.TimeoutExpired:
+                pass
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def test_sign_in_and_open_curation_in_chromium(dashboard_url: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    seed_answer("How do I order a laptop? Mail me at oscar@northwind.example", "Through the IT portal [1].")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 2000})
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.goto(dashboard_url)
+            page.get_by_role("textbox", name="Your name").fill("Ann")
+            page.locator("input[type=password]").fill(PASSWORD)
+            page.get_by_role("button", name="Sign in").click()
+            expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+            expect(page.get_by_text("Signed in as")).to_be_visible()
+
+            page.get_by_role("link", name="Curation").click()
+            expect(page.get_by_role("heading", name="Curation")).to_be_visible()
+            expect(page.get_by_text("Mail me at").first).to_be_visible()
+            expect(page.get_by_role("button", name="Accept as delivered")).to_be_visible()
+            # The table draws on a canvas once its data has arrived; wait for it, and for the run to end.
+            expect(page.locator("[data-testid='stDataFrame'] canvas").first).to_be_visible()
+            expect(page.get_by_test_id("stStatusWidget")).to_have_count(0)
+            ARTIFACT.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACT), full_page=True)
+
+            page.get_by_role("button", name="Log out").click()
+            expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+            expect(page.get_by_role("heading", name="Curation")).to_have_count(0)
+        finally:
+            browser.close()
+    assert ARTIFACT.stat().st_size > 10_000
+    with capsys.disabled():  # shown even when pytest captures output
+        print(f"\nscreenshot of the Curation page: {ARTIFACT}")

@@ -1,0 +1,211 @@
+"""core.curation, core.pii and core.audit: judging answers into scrubbed, versioned datasets."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from core import audit, curation, db, pii
+from core.knowledge import ingest, store
+from dashboard_helpers import rate, seed_answer
+
+# -- personal data ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("text", "kind", "found"), [
+    ("write to anna.berg@northwind.example today", "email", "anna.berg@northwind.example"),
+    ("call me on +1 (555) 123-4567.", "phone", "+1 (555) 123-4567"),
+    ("my number is 030 1234 5678", "phone", "030 1234 5678"),
+    ("the bot token xoxb-1234567890-abcdefghij leaked", "token", "xoxb-1234567890-abcdefghij"),
+    ("use sk-abcdefghijklmnop1234 for the API", "token", "sk-abcdefghijklmnop1234"),
+    ("Authorization: Bearer abcdefghijklmnopqrstuvwxyz", "token", "abcdefghijklmnopqrstuvwxyz"),
+    ("ask <@U024BE7LH> about it", "mention", "<@U024BE7LH>"),
+    ("Hello, my name is Maria Lopez and I need a laptop", "name", "Maria Lopez"),
+    ("Dr. Jane Doe signed it", "name", "Jane Doe"),
+    ("Hi Anna, where is the form?", "name", "Anna"),
+    ("Where is the form?\nThanks,\nTom Baker", "name", "Tom Baker"),
+])
+def test_find_pii_finds_each_kind(text: str, kind: str, found: str) -> None:
+    spans = pii.find_pii(text)
+    assert [(s.kind, s.text) for s in spans] == [(kind, found)]
+    assert text[spans[0].start:spans[0].end] == found
+
+
+@pytest.mark.parametrize("text", [
+    "Delivery takes five working days; orders before 2024-03-15 ship from v1.2.3 stock.",
+    "The budget is 1,250,000 and pi is 3.14159265358.",
+    "Hi all, the office opens at 09:00.",
+])
+def test_find_pii_leaves_dates_amounts_and_versions_alone(text: str) -> None:
+    assert pii.find_pii(text) == []
+
+
+def test_scrub_replaces_each_piece_with_a_placeholder() -> None:
+    text = "I'm Oscar, mail oscar@northwind.example or call +44 20 7946 0958; token ghp_abcdefghijklmnopqrstuvwx."
+    assert pii.scrub(text) == "I'm [name], mail [email] or call [phone]; token [secret]."
+
+
+# -- answers, filters and judgements ------------------------------------------------------------
+
+
+@pytest.fixture
+def answers(database_url: str) -> dict[str, int]:
+    yesterday = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    ids = {
+        "laptop": seed_answer("How do I order a laptop?", "Through the IT portal [1].", channel_id="C_IT"),
+        "vpn": seed_answer("How do I set up the VPN?", "Install the client [1].", channel_id="C_IT",
+                           created_at=yesterday - dt.timedelta(days=5)),
+        "parking": seed_answer("Where can I park?", "I couldn't find this.", route="declined", status="declined",
+                               channel_id="C_GENERAL", route_reason="nothing relevant found"),
+        "salary": seed_answer("When are salary bands reviewed?", "Each March [1].", route="review",
+                              channel_id="C_HR"),
+    }
+    seed_answer("Still running", None, status="running", route="answered")  # never listed
+    rate(ids["laptop"], "up")
+    rate(ids["vpn"], "down", reason="outdated", comment="we moved to WireGuard",
+         suggested="Install WireGuard from the portal.")
+    return ids
+
+
+def listed(**kwargs: object) -> set[int]:
+    with db.connection() as conn:
+        return {r.answer_id for r in curation.list_answers(conn, curation.AnswerFilter(**kwargs))}  # type: ignore[arg-type]
+
+
+def test_filters_narrow_the_list(answers: dict[str, int]) -> None:
+    assert listed() == set(answers.values())
+    assert listed(rating="up") == {answers["laptop"]}
+    assert listed(rating="down") == {answers["vpn"]}
+    assert listed(rating="unrated") == {answers["parking"], answers["salary"]}
+    assert listed(route="declined") == {answers["parking"]}
+    assert listed(channel_id="C_IT") == {answers["laptop"], answers["vpn"]}
+    assert listed(text="vpn") == {answers["vpn"]}
+    assert listed(text="portal") == {answers["laptop"]}
+    assert listed(text="100%") == set()  # % is a character here, not a wildcard
+    today = dt.datetime.now(dt.UTC).date()
+    assert listed(since=today - dt.timedelta(days=1)) == {answers["laptop"], answers["parking"], answers["salary"]}
+    assert listed(until=today - dt.timedelta(days=2)) == {answers["vpn"]}
+
+
+def test_row_carries_the_askers_down_vote(answers: dict[str, int]) -> None:
+    with db.connection() as conn:
+        row = curation.get_row(conn, answers["vpn"])
+    assert row is not None and (row.ups, row.downs) == (0, 1)
+    assert row.down_reasons == ["outdated"] and row.down_comments == ["we moved to WireGuard"]
+    assert row.suggested_answers == ["Install WireGuard from the portal."]
+
+
+def test_accept_edit_and_reject_write_one_judgement_each(answers: dict[str, int]) -> None:
+    with db.connection() as conn:
+        curation.accept(conn, answers["laptop"], curated_by="ann")
+        curation.accept(conn, answers["vpn"], curated_by="ann", ideal_answer="Install WireGuard from the portal.")
+        curation.reject(conn, answers["parking"], curated_by="ann")
+        rows = conn.execute("SELECT answer_id, decision, ideal_answer, edited, curated_by FROM curation_items"
+                            " ORDER BY answer_id").fetchall()
+    assert rows == [
+        {"answer_id": answers["laptop"], "decision": "accepted", "ideal_answer": "Through the IT portal [1].",
+         "edited": False, "curated_by": "ann"},
+        {"answer_id": answers["vpn"], "decision": "accepted", "ideal_answer": "Install WireGuard from the portal.",
+         "edited": True, "curated_by": "ann"},
+        {"answer_id": answers["parking"], "decision": "rejected", "ideal_answer": None, "edited": False,
+         "curated_by": "ann"},
+    ]
+    assert listed(uncurated_only=True) == {answers["salary"]}
+
+
+def test_a_later_judgement_replaces_the_earlier_one(answers: dict[str, int]) -> None:
+    with db.connection() as conn:
+        curation.accept(conn, answers["laptop"], curated_by="ann")
+        curation.reject(conn, answers["laptop"], curated_by="bob")
+        row = curation.get_row(conn, answers["laptop"])
+    assert row is not None and (row.decision, row.curated_by, row.ideal_answer) == ("rejected", "bob", None)
+
+
+def test_empty_edited_answer_is_refused(answers: dict[str, int]) -> None:
+    with db.connection() as conn, pytest.raises(curation.CurationError, match="empty"):
+        curation.accept(conn, answers["laptop"], curated_by="ann", ideal_answer="   ")
+    assert listed(uncurated_only=True) == set(answers.values())
+
+
+def test_accepted_text_is_scrubbed_of_personal_data(database_url: str) -> None:
+    answer_id = seed_answer("Hi, I'm Oscar (oscar@northwind.example): how do I order a laptop?", "Use the portal.")
+    with db.connection() as conn:
+        curation.accept(conn, answer_id, curated_by="ann", ideal_answer="Use the portal or call +44 20 7946 0958.")
+        row = curation.get_row(conn, answer_id)
+        stored = conn.execute("SELECT question FROM curation_items WHERE answer_id = %(a)s",
+                              {"a": answer_id}).fetchone()
+    assert row is not None and row.ideal_answer == "Use the portal or call [phone]."
+    assert stored == {"question": "Hi, I'm [name] ([email]): how do I order a laptop?"}
+
+
+def test_bulk_judges_all_or_nothing(answers: dict[str, int]) -> None:
+    empty = seed_answer("Unanswerable?", "", route="declined", status="declined")
+    with db.connection() as conn:
+        assert curation.bulk(conn, [answers["laptop"], answers["salary"]], "accepted", curated_by="ann") == 2
+    with pytest.raises(curation.CurationError), db.connection() as conn:
+        curation.bulk(conn, [answers["vpn"], empty], "accepted", curated_by="ann")  # rolls back, vpn too
+    assert listed(uncurated_only=True) == {answers["vpn"], answers["parking"], empty}
+    with db.connection() as conn:
+        assert curation.bulk(conn, [answers["vpn"], empty], "rejected", curated_by="ann") == 2
+
+
+def test_empty_dataset_is_refused(answers: dict[str, int]) -> None:
+    with db.connection() as conn:
+        curation.reject(conn, answers["laptop"], curated_by="ann")
+        with pytest.raises(curation.CurationError, match="No accepted answers"):
+            curation.create_dataset(conn, created_by="ann")
+        assert curation.list_datasets(conn) == []
+
+
+def test_dataset_snapshots_accepted_items_with_their_context(database_url: str, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "laptops.md").write_text("# Laptops\n\n## Ordering\nOrder laptops in the IT portal. "
+                                         "Questions go to it-help@northwind.example.\n")
+    assert not ingest.ingest_paths([tmp_path]).failed
+    with db.connection() as conn:
+        chunk_id = conn.execute("SELECT id FROM chunks").fetchone()["id"]  # type: ignore[index]
+        document_id = store.list_documents(conn)[0].id
+    source = {"n": 1, "chunk_id": chunk_id, "document_id": document_id, "title": "Laptops", "heading": "Ordering",
+              "url": None, "score": 0.1, "dense_score": 0.8}
+    laptop = seed_answer("How do I order a laptop?", "In the IT portal [1].", sources=[source])
+    other = seed_answer("Where is the canteen?", "Floor 3.")
+    with db.connection() as conn:
+        curation.accept(conn, laptop, curated_by="ann")
+        first = curation.create_dataset(conn, created_by="ann", note="first")
+        curation.accept(conn, other, curated_by="ann")
+        second = curation.create_dataset(conn, created_by="ann")
+        items = curation.dataset_items(conn, 1)
+        versions = curation.list_datasets(conn)
+        curation.reject(conn, laptop, curated_by="bob")  # later judgements never change a version
+        frozen = curation.dataset_items(conn, 1)
+    assert (first.version, first.items, second.version, second.items) == (1, 1, 2, 2)
+    assert [(d.version, d.items) for d in versions] == [(2, 2), (1, 1)]
+    assert frozen == items and len(items) == 1
+    assert items[0].context == [{"n": 1, "title": "Laptops", "heading": "Ordering",
+                                 "text": "Laptops\nOrdering\n\nOrder laptops in the IT portal. "
+                                         "Questions go to [email]."}]
+
+
+def test_export_is_one_json_object_per_line(answers: dict[str, int]) -> None:
+    with db.connection() as conn:
+        curation.bulk(conn, [answers["laptop"], answers["vpn"]], "accepted", curated_by="ann")
+        info = curation.create_dataset(conn, created_by="ann")
+        lines = curation.export_jsonl(conn, info.version).splitlines()
+        with pytest.raises(curation.CurationError, match="no dataset version 9"):
+            curation.export_jsonl(conn, 9)
+    records = [json.loads(line) for line in lines]
+    assert [(r["answer_id"], r["question"], r["answer"], r["context"]) for r in records] == [
+        (answers["laptop"], "How do I order a laptop?", "Through the IT portal [1].", []),
+        (answers["vpn"], "How do I set up the VPN?", "Install the client [1].", []),
+    ]
+
+
+def test_audit_records_who_did_what(database_url: str) -> None:
+    with db.connection() as conn:
+        audit.record(conn, "oidc:ann@northwind.example", "curation.accept", "answer:7", {"edited": True})
+        audit.record(conn, "password:Bob", "dataset.create", "dataset:v1")
+        entries = audit.recent(conn)
+    assert [(e.actor, e.action, e.target, e.details) for e in entries] == [
+        ("password:Bob", "dataset.create", "dataset:v1", {}),
+        ("oidc:ann@northwind.example", "curation.accept", "answer:7", {"edited": True}),
+    ]

@@ -1,0 +1,145 @@
+"""The Curation page: filter, open, judge (one by one and in bulk), make and export datasets."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from dashboard_helpers import audit_rows, curation_rows, open_page, rate, seed_answer, table, texts
+
+
+@pytest.fixture
+def answers(dashboard_db: str) -> dict[str, int]:
+    ids = {
+        "vpn": seed_answer("How do I set up the VPN?", "Install the client [1].", channel_id="C_IT",
+                           created_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=10)),
+        "parking": seed_answer("Where can I park?", "I couldn't find this.", route="declined", status="declined",
+                               channel_id="C_GENERAL"),
+        "laptop": seed_answer("Hi, I'm Oscar (oscar@northwind.example): how do I order a laptop?",
+                              "Through the IT portal [1].", channel_id="C_IT"),
+    }
+    rate(ids["vpn"], "down", reason="outdated", comment="we use WireGuard now",
+         suggested="Install WireGuard from the portal.")
+    rate(ids["laptop"], "up")
+    return ids
+
+
+def shown_ids(at) -> list[int]:  # noqa: ANN001
+    shown = table(at, "question", "judged")
+    return [] if shown is None else shown["id"].tolist()
+
+
+def test_filters_narrow_the_table(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    assert shown_ids(at) == [answers["laptop"], answers["parking"], answers["vpn"]]
+    at.selectbox(key="cur_rating").select("down").run()
+    assert shown_ids(at) == [answers["vpn"]]
+    at.selectbox(key="cur_rating").select("any")
+    at.selectbox(key="cur_channel").select("C_IT").run()
+    assert shown_ids(at) == [answers["laptop"], answers["vpn"]]
+    at.text_input(key="cur_text").input("laptop").run()
+    assert shown_ids(at) == [answers["laptop"]]
+    at.text_input(key="cur_text").input("")
+    at.selectbox(key="cur_channel").select("any")
+    at.selectbox(key="cur_route").select("declined").run()
+    assert shown_ids(at) == [answers["parking"]]
+    at.selectbox(key="cur_route").select("any")
+    today = dt.date.today()
+    at.date_input(key="cur_dates").set_value((today - dt.timedelta(days=1), today)).run()
+    assert shown_ids(at) == [answers["laptop"], answers["parking"]]
+
+
+def test_detail_shows_votes_suggestion_and_highlights_personal_data(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    page = texts(at)
+    assert ":red-background[oscar\\@northwind\\.example]" in page and ":red-background[Oscar]" in page
+    assert at.dataframe[0].value.set_index("id").loc[answers["laptop"], "personal data"] == "⚠️"
+    at.selectbox(key="cur_open").select(answers["vpn"]).run()
+    page = texts(at)
+    assert "👎 reason: **outdated**" in page and "we use WireGuard now" in page
+    assert "Install WireGuard from the portal" in page
+
+
+def test_accept_as_delivered_writes_curation_and_audit_rows(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.button(key="cur_accept").click().run()
+    assert not at.error and f"Answer #{answers['laptop']}: accepted." in texts(at)
+    [row] = curation_rows()
+    assert row["answer_id"] == answers["laptop"] and row["decision"] == "accepted"
+    assert row["question"] == "Hi, I'm [name] ([email]): how do I order a laptop?"  # scrubbed
+    assert row["ideal_answer"] == "Through the IT portal [1]." and row["curated_by"].startswith("local:")
+    [entry] = audit_rows()
+    assert entry["action"] == "curation.accept" and entry["target"] == f"answer:{answers['laptop']}"
+    assert entry["actor"] == row["curated_by"]
+
+
+def test_edit_into_the_ideal_answer_and_accept(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.selectbox(key="cur_open").select(answers["vpn"]).run()
+    at.text_area(key=f"cur_ideal_{answers['vpn']}").input("Install WireGuard; ask it-help@northwind.example.")
+    at.button(key="cur_accept_edit").click().run()
+    assert not at.error
+    [row] = curation_rows()
+    assert (row["answer_id"], row["decision"], row["edited"]) == (answers["vpn"], "accepted", True)
+    assert row["ideal_answer"] == "Install WireGuard; ask [email]."
+    assert [e["action"] for e in audit_rows()] == ["curation.edit"]
+
+
+def test_empty_edited_answer_is_refused_and_nothing_changes(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.text_area(key=f"cur_ideal_{answers['laptop']}").input("   ")
+    at.button(key="cur_accept_edit").click().run()
+    assert [e.value for e in at.error] == [
+        "The ideal answer is empty: write the answer you want the model to learn."]
+    assert curation_rows() == [] and audit_rows() == []
+
+
+def test_reject_keeps_the_answer_out(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.selectbox(key="cur_open").select(answers["parking"]).run()
+    at.button(key="cur_reject").click().run()
+    [row] = curation_rows()
+    assert (row["answer_id"], row["decision"], row["ideal_answer"]) == (answers["parking"], "rejected", None)
+    assert [e["action"] for e in audit_rows()] == ["curation.reject"]
+    at.checkbox(key="cur_uncurated").check().run()
+    assert shown_ids(at) == [answers["laptop"], answers["vpn"]]
+
+
+def test_bulk_accept_and_reject(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.multiselect(key="cur_bulk").set_value([answers["laptop"], answers["vpn"]]).run()
+    at.button(key="bulk_accept").click().run()
+    assert "Accepted 2 answers." in texts(at)
+    at.multiselect(key="cur_bulk").set_value([answers["parking"]]).run()
+    at.button(key="bulk_reject").click().run()
+    assert {(r["answer_id"], r["decision"]) for r in curation_rows()} == {
+        (answers["laptop"], "accepted"), (answers["vpn"], "accepted"), (answers["parking"], "rejected")}
+    bulk = [e for e in audit_rows() if e["action"] == "curation.accept"]
+    assert bulk[0]["details"] == {"answer_ids": [answers["laptop"], answers["vpn"]]}
+
+
+def test_dataset_versions_are_made_counted_and_exported(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.button(key="ds_make").click().run()
+    assert [e.value for e in at.error] == [
+        "No accepted answers yet: accept some in Curation before making a dataset."]
+    at.button(key="cur_accept").click().run()
+    at.text_input(key="ds_note").input("first cut")
+    at.button(key="ds_make").click().run()
+    assert "Dataset v1 made with 1 answers." in texts(at)
+    versions = table(at, "version", "items")
+    assert versions[["version", "items", "note"]].to_dict("records") == [{"version": 1, "items": 1, "note": "first cut"}]
+    download = at.get("download_button")[0]
+    assert download.proto.label == "Download v1 as JSONL"
+    assert "dataset.create" in [e["action"] for e in audit_rows()]
+
+
+def test_export_content_is_the_dataset_as_jsonl(answers: dict[str, int]) -> None:
+    from core import curation, db
+
+    with db.connection() as conn:
+        curation.accept(conn, answers["laptop"], curated_by="ann")
+        curation.create_dataset(conn, created_by="ann")
+        exported = curation.export_jsonl(conn, 1)
+    assert json.loads(exported)["question"] == "Hi, I'm [name] ([email]): how do I order a laptop?"

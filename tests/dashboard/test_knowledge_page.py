@@ -1,0 +1,65 @@
+"""The Knowledge page: upload to ingest, list, change visibility, re-index, delete."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from core import db
+from core.knowledge import store
+from dashboard_helpers import audit_rows, open_page, table, texts
+
+GUIDE = b"# Parking guide\n\n## Where to park\nStaff park in the north garage, levels 2 to 4.\n"
+
+
+def documents() -> list[store.DocumentRow]:
+    with db.connection() as conn:
+        return store.list_documents(conn)
+
+
+def test_upload_ingests_the_file(dashboard_db: str) -> None:
+    at = open_page("knowledge")
+    at.file_uploader[0].upload("parking.md", GUIDE, "text/markdown").run()
+    at.text_input(key="kn_up_channels").input("#C_FACILITIES")
+    at.button(key="kn_ingest").click().run()
+    assert not at.error and "1 added, 0 updated, 0 unchanged, 0 failed" in texts(at)
+    [doc] = documents()
+    assert (doc.source, doc.title, doc.chunks, doc.visible_channels) == (
+        "upload:parking.md", "Parking guide", 1, ["C_FACILITIES"])
+    listed = table(at, "title", "chunks", "visibility")
+    assert listed[["title", "chunks", "visibility"]].to_dict("records") == [
+        {"title": "Parking guide", "chunks": 1, "visibility": "only #C_FACILITIES"}]
+    [entry] = audit_rows()
+    assert (entry["action"], entry["target"]) == ("knowledge.ingest", f"document:{doc.id}")
+
+
+def test_unsupported_upload_is_refused_and_nothing_changes(dashboard_db: str) -> None:
+    at = open_page("knowledge")
+    at.file_uploader[0].upload("report.docx", b"PK\x03\x04 not a text file", "application/octet-stream").run()
+    at.button(key="kn_ingest").click().run()
+    assert [e.value for e in at.error] == [
+        "report.docx: unsupported file type '.docx'; supported: .md, .markdown, .txt, .html, .htm, .pdf, .jsonl"]
+    assert documents() == [] and audit_rows() == []
+
+
+def test_visibility_reindex_and_delete(handbook: Path) -> None:
+    laptops = next(d for d in documents() if d.title == "Laptop requests")
+    with db.connection() as conn:
+        conn.execute("UPDATE chunks SET heading_embedding = NULL WHERE document_id = %(d)s", {"d": laptops.id})
+    at = open_page("knowledge")
+    at.selectbox(key="kn_doc").select(laptops.id).run()
+    at.text_input(key=f"kn_channels_{laptops.id}").input("C_IT, C_HELP")
+    at.button(key="kn_save").click().run()
+    assert "Laptop requests: visibility saved." in texts(at)
+    assert next(d for d in documents() if d.id == laptops.id).visible_channels == ["C_IT", "C_HELP"]
+
+    at.button(key="kn_reindex").click().run()
+    assert f"Laptop requests: {laptops.chunks} chunks re-embedded." in texts(at)
+    with db.connection() as conn:
+        missing = conn.execute("SELECT count(*) AS n FROM chunks WHERE heading_embedding IS NULL").fetchone()
+    assert missing == {"n": 0}
+
+    at.button(key="kn_delete").click().run()
+    assert [e.value for e in at.error] == ["Tick “Yes, delete this document” first."]
+    at.checkbox(key=f"kn_confirm_{laptops.id}").check()
+    at.button(key="kn_delete").click().run()
+    assert [d.title for d in documents()] == ["Salary bands"]
+    assert [e["action"] for e in audit_rows()] == ["knowledge.visibility", "knowledge.reindex", "knowledge.delete"]

@@ -1,0 +1,73 @@
+"""`flywheel dashboard` (bind address, command line) and the Markdown the pages show."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+import typer
+from pydantic import SecretStr
+from typer.testing import CliRunner
+
+from core.cli import dashboard_cmds
+from core.config import Settings
+from dashboard import markup
+
+
+def settings(**values: object) -> Settings:
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def test_without_a_login_the_dashboard_binds_to_localhost_only() -> None:
+    assert dashboard_cmds.bind_address(settings(), None) == "127.0.0.1"
+    assert dashboard_cmds.bind_address(settings(), "localhost") == "localhost"
+    with pytest.raises(ValueError, match="without a login"):
+        dashboard_cmds.bind_address(settings(), "0.0.0.0")
+
+
+def test_with_a_login_it_listens_everywhere_or_where_asked() -> None:
+    with_password = settings(dashboard_password_sha256=SecretStr("ab" * 32))
+    assert dashboard_cmds.bind_address(with_password, None) == "0.0.0.0"
+    assert dashboard_cmds.bind_address(settings(dashboard_oidc=True), "10.0.0.5") == "10.0.0.5"
+
+
+def test_streamlit_command_line_is_headless_on_the_given_address() -> None:
+    argv = dashboard_cmds.streamlit_argv(8600, "127.0.0.1")
+    assert argv[:4] == [sys.executable, "-m", "streamlit", "run"] and argv[4].endswith("dashboard/app.py")
+    options = dict(zip(argv[5::2], argv[6::2]))
+    assert options["--server.address"] == "127.0.0.1" and options["--server.port"] == "8600"
+    assert options["--server.headless"] == "true" and options["--browser.gatherUsageStats"] == "false"
+
+
+def test_command_execs_streamlit_or_refuses_a_public_address(database_url: str,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "FLYWHEEL_DASHBOARD_OIDC"):
+        monkeypatch.delenv(name, raising=False)
+    app = typer.Typer()
+    dashboard_cmds.register(app)
+    app.command("noop")(lambda: None)  # a second command, so `dashboard` is a subcommand as in `flywheel`
+    execs: list[list[str]] = []
+    monkeypatch.setattr(dashboard_cmds.os, "execv", lambda path, argv: execs.append(argv))
+    monkeypatch.setattr(dashboard_cmds.os, "chdir", lambda path: None)
+    refused = CliRunner().invoke(app, ["dashboard", "--address", "0.0.0.0"])
+    assert refused.exit_code == 2 and "without a login" in refused.output and execs == []
+    started = CliRunner().invoke(app, ["dashboard", "--port", "8601"])
+    assert started.exit_code == 0, started.output
+    assert "http://localhost:8601 (no login configured: localhost only)" in started.output
+    assert execs == [dashboard_cmds.streamlit_argv(8601, "127.0.0.1")]
+
+
+def test_markdown_is_escaped_so_text_cannot_format_the_page() -> None:
+    assert markup.escape("**bold** [link](http://x) $x$ :red[hi]") == (
+        "\\*\\*bold\\*\\* \\[link\\]\\(http\\:\\/\\/x\\) \\$x\\$ \\:red\\[hi\\]")
+    assert markup.escape("line one\nline two") == "line one  \nline two"
+
+
+def test_personal_data_is_highlighted_in_place() -> None:
+    assert markup.highlight_pii("Mail ann@x.io now") == "Mail :red-background[ann\\@x\\.io] now"
+    assert markup.has_pii("call +1 555 123 4567") and not markup.has_pii("nothing here", None)
+
+
+def test_source_line_names_title_heading_score_and_link() -> None:
+    line = markup.source_line({"n": 2, "title": "Laptops", "heading": "Ordering", "dense_score": 0.8123,
+                               "url": "https://wiki/laptops"})
+    assert line == "\\[2\\] Laptops › Ordering (0.81) — https\\:\\/\\/wiki\\/laptops"

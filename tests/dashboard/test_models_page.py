@@ -1,0 +1,115 @@
+"""The Models page: adapters, the live one, the server's health; promote and roll back, and clear
+refusals that change nothing."""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from core import db, models
+from core.config import get_settings
+from dashboard_helpers import audit_rows, open_page, table, texts
+
+
+class FakeVLLM(BaseHTTPRequestHandler):
+    """Just enough of vLLM for a promotion: health, and runtime LoRA loading."""
+
+    loaded: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._reply(200 if self.path == "/health" else 404, {})
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/v1/load_lora_adapter":
+            FakeVLLM.loaded.append(body["lora_name"])
+            self._reply(200, {})
+        else:
+            self._reply(404, {})
+
+    def _reply(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def vllm(dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeVLLM)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "openai")
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
+    get_settings.cache_clear()
+    FakeVLLM.loaded = []
+    yield url
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def register(status: str, dataset_version: int = 1) -> models.Adapter:
+    with db.connection() as conn:
+        adapter = models.register(conn, base_model="base", path=f"/adapters/{status}", dataset_version=dataset_version,
+                                  hyperparams={"rank": 8}, status="training")
+        models.update(conn, adapter.version, status=status, metrics={"eval_loss": 1.5},  # type: ignore[arg-type]
+                      error="diverged" if status == "failed" else None)
+        return models.get(conn, adapter.version)  # type: ignore[return-value]
+
+
+def live_name() -> str | None:
+    with db.connection() as conn:
+        adapter = models.live(conn)
+    return adapter.name if adapter else None
+
+
+def test_promote_and_roll_back(vllm: str) -> None:
+    first, second = register("ready"), register("ready")
+    at = open_page("models")
+    assert "Model server healthy" in texts(at) and "Live adapter base model" in texts(at)
+    at.selectbox(key="md_adapter").select(first.version).run()
+    at.button(key="md_promote").click().run()
+    assert not at.error and "flywheel-v1 is live." in texts(at)
+    at.selectbox(key="md_adapter").select(second.version).run()
+    at.button(key="md_promote").click().run()
+    assert live_name() == "flywheel-v2" and FakeVLLM.loaded == ["flywheel-v1", "flywheel-v2"]
+    statuses = table(at, "version", "status").set_index("version")["status"].to_dict()
+    assert statuses == {2: "live", 1: "retired"}
+    at.button(key="md_rollback").click().run()
+    assert live_name() == "flywheel-v1" and "flywheel-v1 is live." in texts(at)
+    assert [(e["action"], e["target"]) for e in audit_rows()] == [
+        ("model.promote", "adapter:v1"), ("model.promote", "adapter:v2"), ("model.rollback", "adapter:v1")]
+
+
+def test_promoting_a_failed_adapter_is_refused_and_nothing_changes(vllm: str) -> None:
+    failed = register("failed")
+    at = open_page("models")
+    at.selectbox(key="md_adapter").select(failed.version).run()
+    assert "flywheel-v1 failed: diverged" in [e.value for e in at.error]
+    at.button(key="md_promote").click().run()
+    assert "Adapter v1 is failed; only a finished adapter can go live." in [e.value for e in at.error]
+    assert live_name() is None and FakeVLLM.loaded == [] and audit_rows() == []
+
+
+def test_unreachable_model_server_is_a_clear_error(dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "local")
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    get_settings.cache_clear()
+    ready = register("ready")
+    at = open_page("models")
+    assert "Model server unreachable" in texts(at)
+    at.selectbox(key="md_adapter").select(ready.version).run()
+    at.button(key="md_promote").click().run()
+    [error] = [e.value for e in at.error]
+    assert error.startswith("Could not reach the model server at http://127.0.0.1:9")
+    assert live_name() is None and audit_rows() == []

@@ -1,0 +1,117 @@
+"""The Training page: start (or refuse) a retrain, set the schedule, follow and cancel runs."""
+from __future__ import annotations
+
+import pytest
+
+from core import curation, db, queue, training
+from dashboard_helpers import audit_rows, open_page, seed_answer, table, texts
+
+
+def runs() -> list[training.TrainingRun]:
+    with db.connection() as conn:
+        return training.list_runs(conn)
+
+
+def start(at, base_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"):  # noqa: ANN001, ANN201
+    at.text_input(key="tr_base").input(base_model)
+    at.number_input(key="tr_epochs").set_value(3)
+    at.selectbox(key="tr_rank").select(8)
+    return at.button[0].click().run()  # the form's "Start retrain"
+
+
+@pytest.fixture
+def dataset(dashboard_db: str) -> int:
+    queue.ensure_schema(dashboard_db)
+    answer_id = seed_answer("How do I order a laptop?", "In the IT portal.")
+    with db.connection() as conn:
+        curation.accept(conn, answer_id, curated_by="ann")
+        return curation.create_dataset(conn, created_by="ann").version
+
+
+def test_retrain_without_a_dataset_is_refused(dashboard_db: str) -> None:
+    at = start(open_page("training"))
+    assert [e.value for e in at.error] == [
+        "There is no dataset yet: accept answers in Curation and make a dataset."]
+    assert runs() == [] and audit_rows() == []
+
+
+def test_retrain_on_an_empty_dataset_is_refused(dashboard_db: str) -> None:
+    with db.connection() as conn:  # a version with no items (create_dataset itself refuses to make one)
+        conn.execute("INSERT INTO datasets (version, created_by) VALUES (1, 'ann')")
+    at = start(open_page("training"))
+    assert [e.value for e in at.error] == ["Dataset v1 is empty: nothing to train on."]
+    assert runs() == [] and audit_rows() == []
+
+
+def test_retrain_is_queued_listed_and_cancelled(dataset: int) -> None:
+    at = start(open_page("training"))
+    assert not at.error, [e.value for e in at.error]
+    [run] = runs()
+    assert (run.status, run.dataset_version, run.params) == ("queued", dataset, {"epochs": 3, "rank": 8})
+    assert run.requested_by is not None and run.requested_by.startswith("local:") and run.job_id is not None
+    assert f"Retrain run {run.id} queued on dataset v{dataset}." in texts(at)
+    assert table(at, "run", "status")["status"].tolist() == ["queued"]
+
+    start(at)
+    assert [e.value for e in at.error] == [
+        f"Retrain run {run.id} is already queued or running; wait for it or cancel it first."]
+
+    at.button(key="tr_cancel").click().run()
+    assert f"Run {run.id}: cancellation requested." in texts(at)
+    assert runs()[0].status == "cancelled"
+    assert [e["action"] for e in audit_rows()] == ["retrain.start", "retrain.cancel"]
+
+
+def test_run_details_show_progress_losses_metrics_and_log(dashboard_db: str) -> None:
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model="base", dataset_version=1, params={"epochs": 1},
+                                  requested_by="ann")
+        training.start_run(conn, run.id)
+        training.report_progress(conn, run.id, step=1, total=4, train_loss=2.5, val_loss=2.7)
+        training.report_progress(conn, run.id, step=2, total=4, train_loss=2.1, val_loss=2.4)
+        training.append_log(conn, run.id, "epoch 1: loss 2.1")
+        training.finish_run(conn, run.id, "failed", metrics={"eval_loss": 2.4}, error="out of memory")
+    at = open_page("training")
+    assert [e.value for e in at.error] == ["out of memory"]
+    [log] = [c.value for c in at.code]
+    assert log.rstrip().endswith("epoch 1: loss 2.1")
+    assert at.json[-1].value == '{"eval_loss": 2.4}'
+    assert len(at.get("vega_lite_chart")) == 1  # the loss curve
+    assert "tr_cancel" not in {b.key for b in at.button}  # a finished run cannot be cancelled
+
+
+def test_a_failed_run_can_be_resumed_and_a_second_active_run_is_refused(dashboard_db: str) -> None:
+    queue.ensure_schema(dashboard_db)
+    with db.connection() as conn:
+        failed = training.create_run(conn, base_model="base", dataset_version=1, params={}, requested_by="ann")
+        training.finish_run(conn, failed.id, "failed", error="worker died")
+        other = training.create_run(conn, base_model="base", dataset_version=1, params={}, requested_by="ann")
+    at = open_page("training")
+    at.selectbox(key="tr_run").select(failed.id).run()
+    at.button(key="tr_resume").click().run()
+    assert [e.value for e in at.error][-1] == (
+        "Another retrain is already queued or running; wait for it or cancel it first.")
+    with db.connection() as conn:
+        training.finish_run(conn, other.id, "cancelled")
+    at.button(key="tr_resume").click().run()
+    assert f"Run {failed.id} queued again; it continues from its last checkpoint." in texts(at)
+    assert runs()[-1].status == "queued" and "retrain.resume" in [e["action"] for e in audit_rows()]
+
+
+def test_schedule_is_validated_and_saved(dashboard_db: str) -> None:
+    at = open_page("training")
+    at.toggle(key="sc_enabled").set_value(True)
+    at.text_input(key="sc_cron").input("every monday")
+    at.button[1].click().run()  # the schedule form's "Save schedule"
+    assert [e.value for e in at.error] == [
+        "'every monday' is not a valid cron expression (e.g. '0 3 * * 1' for Mondays 03:00)."]
+    with db.connection() as conn:
+        assert training.get_schedule(conn).enabled is False
+    at.text_input(key="sc_cron").input("0 4 * * 2")
+    at.number_input(key="sc_min").set_value(20)
+    at.button[1].click().run()
+    assert "Schedule saved: retrains at '0 4 * * 2' with at least 20 new answers." in texts(at)
+    with db.connection() as conn:
+        schedule = training.get_schedule(conn)
+    assert (schedule.enabled, schedule.cron, schedule.min_new_examples) == (True, "0 4 * * 2", 20)
+    assert [e["action"] for e in audit_rows()] == ["schedule.set"]
