@@ -21,7 +21,7 @@ install: $(STAMP)
 
 # Headless Chromium for the dashboard's end-to-end test, from the system's packages.
 browser:
-	@command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null && [ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null; }
 
 up: install
 	$(VENV)/bin/flywheel up

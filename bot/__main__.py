@@ -1,0 +1,8 @@
+"""`python -m bot`: run the Slack bot (Socket Mode, or HTTP events), or say how to configure it."""
+from __future__ import annotations
+
+import sys
+
+from bot.app import main
+
+sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,128 @@
+"""From a Slack message to an answer in its thread: placeholder, agent run, answer or review.
+
+The listener thread only records the question and posts the placeholder; the agent runs on the
+bot's worker pool, so Bolt's threads stay free to acknowledge the next request at once."""
+from __future__ import annotations
+
+import html
+import logging
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from slack_sdk import WebClient
+
+from bot import blocks, posting, reviews, store
+from bot.deps import Deps
+from core import db
+from core.agent import run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Question:
+    channel_id: str
+    user_id: str
+    text: str
+    ts: str
+    thread_ts: str
+    event_id: str | None
+
+    @property
+    def thread_key(self) -> str:
+        """The agent's thread: one per Slack thread, so follow-ups share the history."""
+        return f"slack:{self.channel_id}:{self.thread_ts}"
+
+
+def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id: str | None) -> Question | None:
+    """The question in an app_mention or message event, without the bot's own mention and with
+    Slack's entities (&amp; &lt; &gt;) turned back into text. None when it has no author or
+    comes from a bot (two bots answering each other never stop)."""
+    user, channel, ts = event.get("user"), event.get("channel"), event.get("ts")
+    if not (user and channel and ts) or event.get("bot_id"):
+        return None
+    text = event.get("text") or ""
+    if bot_user_id:
+        text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", " ", text)
+    text = html.unescape(re.sub(r"[ \t]+", " ", text)).strip()
+    return Question(channel_id=channel, user_id=user, text=text, ts=ts,
+                    thread_ts=event.get("thread_ts") or ts, event_id=event_id)
+
+
+def is_direct_question(event: dict[str, Any]) -> bool:
+    """A person's new message in a DM with the bot: not an edit, a deletion, a join or a bot."""
+    return (event.get("channel_type") == "im" and not event.get("subtype") and not event.get("bot_id")
+            and bool(event.get("user")))
+
+
+def take_up(question: Question, client: WebClient, deps: Deps) -> None:
+    """Record the question (once per message), post the placeholder, and queue the agent run."""
+    try:
+        with db.connection() as conn:
+            row_id = store.open_question(conn, channel_id=question.channel_id, question_ts=question.ts,
+                                         thread_ts=question.thread_ts, user_id=question.user_id,
+                                         event_id=question.event_id)
+    except Exception:
+        logger.exception("could not record a question in %s", question.channel_id)
+        _apologise(question, None, client, deps)
+        return
+    if row_id is None:
+        logger.info("message %s in %s was already taken up", question.ts, question.channel_id)
+        return
+    reply_ts: str | None = None
+    try:
+        reply_ts = posting.post(client, channel=question.channel_id, thread_ts=question.thread_ts,
+                                message=blocks.placeholder())
+        with db.connection() as conn:
+            store.set_reply(conn, row_id, reply_ts)
+    except Exception:
+        # Still answer: the answer is posted instead of replacing the placeholder.
+        logger.exception("could not post the placeholder in %s", question.channel_id)
+    deps.workers.submit(answer, question, row_id, reply_ts, client, deps)
+
+
+def answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> None:
+    """Run the agent and show what came of it. Any failure leaves an apology, never silence."""
+    try:
+        with deps.conversation(question.thread_key):
+            outcome = run.ask(question.text,
+                              run.Asker(surface="slack", user_id=question.user_id,
+                                        channel_id=question.channel_id, thread_key=question.thread_key),
+                              context=deps.agent_context())
+    except run.AgentFailed as e:
+        logger.exception("the agent failed on a question in %s", question.channel_id)
+        _apologise(question, reply_ts, client, deps)
+        with db.connection() as conn:  # the failed answer row stays findable from the thread
+            store.link_answer(conn, row_id, e.answer_id)
+        return
+    except Exception:
+        logger.exception("answering a question in %s failed", question.channel_id)
+        _apologise(question, reply_ts, client, deps)
+        return
+    try:
+        with db.connection() as conn:
+            store.link_answer(conn, row_id, outcome.answer_id)
+        _show(question, reply_ts, outcome, client, deps)
+    except Exception:
+        logger.exception("showing answer %s in %s failed", outcome.answer_id, question.channel_id)
+        _apologise(question, reply_ts, client, deps)
+
+
+def _show(question: Question, reply_ts: str | None, outcome: run.Outcome, client: WebClient, deps: Deps) -> None:
+    if outcome.status == "delivered":
+        messages = blocks.answer_messages(outcome.answer_id, outcome.text, outcome.sources)
+    else:  # waiting for a reviewer, or declined (not found, guard): a note without buttons
+        messages = [blocks.note(outcome.text)]
+    posting.show(client, deps.throttle, channel=question.channel_id, thread_ts=question.thread_ts,
+                 ts=reply_ts, messages=messages)
+    if outcome.status == "pending_review" and outcome.review_id is not None:
+        reviews.post_card(client, deps.settings, outcome.review_id)
+
+
+def _apologise(question: Question, reply_ts: str | None, client: WebClient, deps: Deps) -> None:
+    try:
+        posting.show(client, deps.throttle, channel=question.channel_id, thread_ts=question.thread_ts,
+                     ts=reply_ts, messages=[blocks.apology()])
+    except Exception:
+        logger.exception("could not even apologise in %s", question.channel_id)

@@ -1,0 +1,19 @@
+"""Direct messages to the bot (message.im), top-level or in a DM thread."""
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt import Ack, BoltContext
+from slack_sdk import WebClient
+
+from bot import answering, deps
+
+
+def handle_direct_message(ack: Ack, body: dict[str, Any], event: dict[str, Any], client: WebClient,
+                          context: BoltContext) -> None:
+    ack()
+    if not answering.is_direct_question(event):
+        return  # edits, deletions, bots, channel messages: nothing to answer
+    question = answering.question_from_event(event, body.get("event_id"), context.bot_user_id)
+    if question is not None:
+        answering.take_up(question, client, deps.of(context))

@@ -1,0 +1,29 @@
+"""Slack retries an event it thinks timed out: answer each event id once."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from slack_bolt import BoltRequest, BoltResponse
+
+from bot import store
+from core import db
+
+
+def drop_retries(body: dict[str, Any], request: BoltRequest, next: Callable[[], None],  # noqa: A002
+                 logger: logging.Logger) -> BoltResponse | None:
+    """Listener middleware: record the event id before the listener runs (and before Slack's
+    request is answered); an id already recorded is acknowledged and dropped."""
+    event_id = body.get("event_id")
+    if not event_id:
+        next()
+        return None
+    with db.connection() as conn:
+        first = store.record_event(conn, event_id, (body.get("event") or {}).get("type") or "unknown")
+    if first:
+        next()
+        return None
+    retry = (request.headers.get("x-slack-retry-num") or ["?"])[0]
+    logger.info("event %s already taken up; dropping retry %s", event_id, retry)
+    return BoltResponse(status=200, body="")

@@ -1,0 +1,147 @@
+"""Block Kit for reviewers: the review card (pending or decided) and the edit and reject modals.
+
+Pure functions over `core.feedback` records, so the card looks the same whoever renders it: the
+listener that took the decision or the delivery loop after a decision in the dashboard."""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from bot import blocks
+from bot.blocks import Block, Message
+from core import feedback
+
+APPROVE = "approve_review"
+EDIT = "edit_review"
+REJECT = "reject_review"
+EDIT_MODAL = "edit_review_submit"
+REJECT_MODAL = "reject_review_submit"
+
+ONLY_REVIEWERS = "Only reviewers can do this."
+ALREADY_DECIDED = "This review was already decided, so nothing changed."
+DECISION_FAILED = "Sorry, recording that decision failed; the review is still open. Please try again."
+EMPTY_EDIT = "The answer can't be empty."
+EMPTY_REASON = "Please say why, for the record."
+
+_SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
+# Room in one message for everything around the draft (header, facts, question, sources, ...).
+_DRAFT_BLOCKS = blocks.MAX_BLOCKS - 12
+
+
+def who(user: str | None) -> str:
+    """A Slack user id as a mention; someone from the dashboard or CLI by name."""
+    if not user:
+        return "someone"
+    return f"<@{user}>" if _SLACK_USER.match(user) else blocks.escape(user)
+
+
+def where(channel_id: str | None) -> str:
+    if not channel_id:
+        return "outside Slack"
+    return "a direct message" if channel_id.startswith("D") else f"<#{channel_id}>"
+
+
+def review_card(review: feedback.Review, answer: feedback.Answer) -> Message:
+    """The card in the reviewers' channel: buttons while pending, who decided and when after."""
+    confidence = "n/a" if answer.confidence is None else f"{answer.confidence:.2f}"
+    out: list[Block] = [
+        {"type": "header", "text": {"type": "plain_text", "text": "Answer waiting for review", "emoji": True}},
+        {"type": "section", "fields": [
+            {"type": "mrkdwn", "text": f"*Asked by*\n{who(answer.user_id)}"},
+            {"type": "mrkdwn", "text": f"*In*\n{where(answer.channel_id)}"},
+            {"type": "mrkdwn", "text": f"*Confidence*\n{confidence}"},
+            {"type": "mrkdwn", "text": f"*Why it needs review*\n{blocks.clip(review.reason, 1900)}"},
+        ]},
+        blocks.section(f"*Question*\n{blocks.clip(answer.question, 2900)}"),
+        blocks.section("*Draft answer*"),
+        *_limited(answer.draft or "(no draft)", _DRAFT_BLOCKS),
+    ]
+    sources = blocks.sources_block(answer.sources, answer.draft or "")
+    if sources is not None:
+        out.append(sources)
+    out.append({"type": "divider"})
+    if review.status == "pending":
+        out.append(_buttons(review.id))
+    else:
+        out.extend(_decision(review))
+    return Message(text=f"Review needed: {blocks.clip(answer.question, 200)}", blocks=out)
+
+
+def _limited(text: str, max_blocks: int) -> list[Block]:
+    parts = blocks.sections(blocks.to_mrkdwn(text))
+    if len(parts) <= max_blocks:
+        return parts
+    return [*parts[: max_blocks - 1], blocks.section("_… cut here; the whole draft is in the dashboard._")]
+
+
+def _buttons(review_id: int) -> Block:
+    value = str(review_id)
+    return {"type": "actions", "block_id": "review", "elements": [
+        {"type": "button", "action_id": APPROVE, "value": value, "style": "primary",
+         "text": {"type": "plain_text", "text": "Approve"}},
+        {"type": "button", "action_id": EDIT, "value": value,
+         "text": {"type": "plain_text", "text": "Edit & approve"}},
+        {"type": "button", "action_id": REJECT, "value": value, "style": "danger",
+         "text": {"type": "plain_text", "text": "Reject"}},
+    ]}
+
+
+def _decision(review: feedback.Review) -> list[Block]:
+    when = _date(review)
+    if review.status == "approved":
+        line = f":white_check_mark: Approved by {who(review.decided_by)} {when}"
+        return [_context(line)]
+    if review.status == "edited":
+        line = f":pencil2: Edited and approved by {who(review.decided_by)} {when}. Sent instead of the draft:"
+        return [_context(line), *_limited(review.edited_text or "", 8)]
+    reason = blocks.clip(review.reject_reason or "", 2000)
+    return [_context(f":no_entry: Rejected by {who(review.decided_by)} {when}. Reason: {reason}")]
+
+
+def _context(text: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": text[: blocks.SECTION_CHARS]}]}
+
+
+def _date(review: feedback.Review) -> str:
+    if review.decided_at is None:
+        return ""
+    epoch = int(review.decided_at.timestamp())
+    return f"on <!date^{epoch}^{{date_short_pretty}} at {{time}}|{review.decided_at:%Y-%m-%d %H:%M UTC}>"
+
+
+def edit_modal(review_id: int, draft: str) -> dict[str, Any]:
+    """Edit & approve: the draft, prefilled, becomes the answer the asker gets."""
+    return {
+        "type": "modal", "callback_id": EDIT_MODAL, "private_metadata": str(review_id),
+        "title": {"type": "plain_text", "text": "Edit & approve"},
+        "submit": {"type": "plain_text", "text": "Approve"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [{"type": "input", "block_id": "answer",
+                    "label": {"type": "plain_text", "text": "Answer to send"},
+                    "element": {"type": "plain_text_input", "action_id": "answer", "multiline": True,
+                                "max_length": blocks.SECTION_CHARS,
+                                "initial_value": draft[: blocks.SECTION_CHARS]}}],
+    }
+
+
+def reject_modal(review_id: int) -> dict[str, Any]:
+    return {
+        "type": "modal", "callback_id": REJECT_MODAL, "private_metadata": str(review_id),
+        "title": {"type": "plain_text", "text": "Reject the draft"},
+        "submit": {"type": "plain_text", "text": "Reject"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text":
+                "The asker is told that a person will follow up. Your reason stays with the review."}},
+            {"type": "input", "block_id": "reason", "label": {"type": "plain_text", "text": "Why?"},
+             "element": {"type": "plain_text_input", "action_id": "reason", "multiline": True,
+                         "max_length": 2000}},
+        ],
+    }
+
+
+def read_modal_text(values: Mapping[str, Any], block_id: str) -> str:
+    """The text a reviewer typed into the modal's one input (`answer` or `reason`)."""
+    value = ((values.get(block_id) or {}).get(block_id) or {}).get("value")
+    return value.strip() if isinstance(value, str) else ""

@@ -1,0 +1,109 @@
+"""Running the bot: the Slack Web API client, Socket Mode or an HTTP server, and the message
+shown when Slack is not configured."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from socketserver import ThreadingMixIn
+from typing import Literal
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from slack_bolt import App
+from slack_bolt.adapter.socket_mode import SocketModeHandler
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.http_retry import default_retry_handlers
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from bot.deliveries import DeliveryLoop
+from bot.deps import Deps
+from core.config import Settings
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["socket", "http"]
+EVENTS_PATH = "/slack/events"
+
+HOW_TO = """\
+To connect Flywheel to Slack:
+  1. Create a Slack app from bot/manifest.yml (https://api.slack.com/apps > Create New App >
+     From a manifest) and install it to your workspace.
+  2. Set SLACK_BOT_TOKEN (xoxb-..., from OAuth & Permissions) and one of
+       SLACK_APP_TOKEN (xapp-..., an app-level token with connections:write) for Socket Mode, the default;
+       SLACK_SIGNING_SECRET (from Basic Information) for HTTP events on port {port}, path {path}.
+  3. Set FLYWHEEL_REVIEW_CHANNEL (the channel id for review cards; invite the bot there) and
+     FLYWHEEL_REVIEWERS='["U0123ABCD"]' and/or FLYWHEEL_REVIEWER_GROUP (a user group id).
+  Put them in .env or the environment and start the bot again."""
+
+
+def mode(settings: Settings) -> Mode | None:
+    """Socket Mode when an app token is set, else HTTP when a signing secret is; None: not configured."""
+    if settings.slack_bot_token is None:
+        return None
+    if settings.slack_app_token is not None:
+        return "socket"
+    if settings.slack_signing_secret is not None:
+        return "http"
+    return None
+
+
+def not_configured(settings: Settings) -> str:
+    """What is missing, and how to set it up."""
+    if settings.slack_bot_token is None:
+        missing = "Slack is not configured (no SLACK_BOT_TOKEN), so the Flywheel bot is not running."
+    else:
+        missing = ("SLACK_BOT_TOKEN is set, but neither SLACK_APP_TOKEN (Socket Mode) nor "
+                   "SLACK_SIGNING_SECRET (HTTP events) is, so the Flywheel bot is not running.")
+    return f"{missing}\nEverything else works without it.\n{HOW_TO.format(port=settings.bot_port, path=EVENTS_PATH)}"
+
+
+def web_client(settings: Settings) -> WebClient:
+    """The Web API client: `SLACK_API_URL` as base url (tests point it at a fake), and 429s
+    retried after Slack's Retry-After instead of dropped."""
+    token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
+    return WebClient(token=token, base_url=settings.slack_api_url,
+                     retry_handlers=[*default_retry_handlers(), RateLimitErrorRetryHandler(max_retry_count=3)])
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002  (http.server's signature)
+        logger.debug(format, *args)
+
+
+def http_server(app: App, *, host: str = "0.0.0.0", port: int = 3000) -> WSGIServer:  # noqa: S104
+    """Bolt's WSGI adapter on a threaded server from the standard library: each request gets
+    a thread, so one slow acknowledgement never holds up the next."""
+    return make_server(host, port, SlackRequestHandler(app, path=EVENTS_PATH),
+                       server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+
+
+def run(app: App, deps: Deps) -> None:
+    """Serve until stopped, with the delivery loop alongside. SIGTERM (honcho, docker, systemd)
+    unwinds like Ctrl-C: answers under way are finished before the process ends."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    settings = deps.settings
+    loop = DeliveryLoop(deps).start()
+    try:
+        if mode(settings) == "socket":
+            assert settings.slack_app_token is not None
+            logger.info("Flywheel bot connecting to Slack in Socket Mode")
+            SocketModeHandler(app, settings.slack_app_token.get_secret_value(), web_client=deps.client).start()
+        else:
+            with http_server(app, port=settings.bot_port) as server:
+                logger.info("Flywheel bot listening for Slack events on :%s%s", settings.bot_port, EVENTS_PATH)
+                server.serve_forever()
+    finally:
+        loop.stop()
+        deps.close()
+
+
+def idle() -> int:
+    """Stay up doing nothing (under honcho, a process that exits stops all the others)."""
+    threading.Event().wait()
+    return 0

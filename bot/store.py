@@ -1,0 +1,100 @@
+"""The bot's own records: Slack events seen, and where each answer's messages live in Slack.
+
+Every function takes a connection and never commits: the caller owns the transaction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+import psycopg
+
+
+@dataclass(frozen=True)
+class SlackAnswer:
+    """One question asked in Slack and the bot's messages about it."""
+
+    id: int
+    channel_id: str
+    question_ts: str
+    thread_ts: str
+    user_id: str
+    event_id: str | None
+    answer_id: int | None
+    reply_ts: str | None
+    review_channel_id: str | None
+    review_ts: str | None
+    delivered_ts: str | None
+
+
+_COLUMNS = ", ".join(f"s.{f.name}" for f in fields(SlackAnswer))
+
+
+def _one(row: dict[str, Any] | None) -> SlackAnswer | None:
+    return None if row is None else SlackAnswer(**row)
+
+
+def record_event(conn: psycopg.Connection, event_id: str, event_type: str) -> bool:
+    """Note an event id; False when it was seen before (Slack retried it)."""
+    cur = conn.execute(
+        "INSERT INTO slack_events (event_id, event_type) VALUES (%(id)s, %(type)s)"
+        " ON CONFLICT (event_id) DO NOTHING",
+        {"id": event_id, "type": event_type},
+    )
+    return bool(cur.rowcount)
+
+
+def forget_events(conn: psycopg.Connection, older_than_s: float) -> int:
+    """Drop event ids older than Slack's retry window; returns how many."""
+    cur = conn.execute(
+        "DELETE FROM slack_events WHERE received_at < now() - make_interval(secs => %(s)s)",
+        {"s": older_than_s},
+    )
+    return cur.rowcount
+
+
+def open_question(conn: psycopg.Connection, *, channel_id: str, question_ts: str, thread_ts: str,
+                  user_id: str, event_id: str | None) -> int | None:
+    """Start the record of a question; None when this message was already taken up."""
+    row = conn.execute(
+        "INSERT INTO slack_answers (channel_id, question_ts, thread_ts, user_id, event_id)"
+        " VALUES (%(c)s, %(q)s, %(t)s, %(u)s, %(e)s)"
+        " ON CONFLICT (channel_id, question_ts) DO NOTHING RETURNING id",
+        {"c": channel_id, "q": question_ts, "t": thread_ts, "u": user_id, "e": event_id},
+    ).fetchone()
+    return None if row is None else int(row["id"])
+
+
+def set_reply(conn: psycopg.Connection, slack_answer_id: int, reply_ts: str) -> None:
+    conn.execute("UPDATE slack_answers SET reply_ts = %(ts)s WHERE id = %(id)s",
+                 {"ts": reply_ts, "id": slack_answer_id})
+
+
+def link_answer(conn: psycopg.Connection, slack_answer_id: int, answer_id: int) -> None:
+    conn.execute("UPDATE slack_answers SET answer_id = %(a)s WHERE id = %(id)s",
+                 {"a": answer_id, "id": slack_answer_id})
+
+
+def set_review_card(conn: psycopg.Connection, answer_id: int, channel_id: str, ts: str) -> None:
+    conn.execute("UPDATE slack_answers SET review_channel_id = %(c)s, review_ts = %(ts)s"
+                 " WHERE answer_id = %(a)s", {"c": channel_id, "ts": ts, "a": answer_id})
+
+
+def set_delivered(conn: psycopg.Connection, answer_id: int, ts: str) -> None:
+    conn.execute("UPDATE slack_answers SET delivered_ts = %(ts)s WHERE answer_id = %(a)s",
+                 {"ts": ts, "a": answer_id})
+
+
+def get(conn: psycopg.Connection, slack_answer_id: int) -> SlackAnswer | None:
+    return _one(conn.execute(f"SELECT {_COLUMNS} FROM slack_answers s WHERE s.id = %(id)s",
+                             {"id": slack_answer_id}).fetchone())
+
+
+def for_answer(conn: psycopg.Connection, answer_id: int) -> SlackAnswer | None:
+    return _one(conn.execute(f"SELECT {_COLUMNS} FROM slack_answers s WHERE s.answer_id = %(a)s",
+                             {"a": answer_id}).fetchone())
+
+
+def for_review(conn: psycopg.Connection, review_id: int) -> SlackAnswer | None:
+    return _one(conn.execute(
+        f"SELECT {_COLUMNS} FROM slack_answers s JOIN reviews r ON r.answer_id = s.answer_id"
+        " WHERE r.id = %(r)s", {"r": review_id}).fetchone())

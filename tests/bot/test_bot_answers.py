@@ -1,0 +1,105 @@
+"""Questions in Slack: mention or DM -> placeholder -> the answer in the thread, once."""
+from __future__ import annotations
+
+import slack_payloads
+from conftest import ASKER, BOT_USER, SlackBot, rows, wait_until
+from support.scripted_model import ScriptedModel
+
+from bot import blocks
+from core.agent import prompts
+
+
+def test_mention_gets_placeholder_then_answer_with_sources_and_feedback_buttons(bot: SlackBot) -> None:
+    ts = bot.mention("How do I get a new laptop?", channel="CGENERAL")
+
+    placeholder = bot.placeholder("CGENERAL", ts)
+    assert placeholder.args["text"] == blocks.PLACEHOLDER
+    answer = bot.reply("CGENERAL", ts)
+
+    # mrkdwn control characters from the answer are escaped; citations stay numbered
+    assert "Hardware &gt; Laptop request [1]" in answer.shown_text
+    sources = next(b for b in answer.blocks if b.get("block_id") == "sources")
+    assert sources["elements"][0]["text"] == (
+        "[1] <https://handbook.example/it?section=laptops&amp;lang=en|Laptop requests › Getting a new laptop>")
+    [row] = rows("SELECT a.id, a.status, a.surface, a.user_id, a.thread_key, s.reply_ts FROM answers a"
+                 " JOIN slack_answers s ON s.answer_id = a.id")
+    assert answer.action_values() == {blocks.RATE_UP: str(row["id"]), blocks.RATE_DOWN: str(row["id"])}
+    assert row["status"] == "delivered" and row["surface"] == "slack" and row["user_id"] == ASKER
+    assert row["thread_key"] == f"slack:CGENERAL:{ts}" and row["reply_ts"] == placeholder.response["ts"]
+
+
+def test_follow_up_in_the_thread_shares_the_conversation(bot: SlackBot, model: ScriptedModel) -> None:
+    ts = bot.mention("How do I get a new laptop?", channel="CGENERAL")
+    bot.reply("CGENERAL", ts)
+    bot.mention("And how long does delivery take?", channel="CGENERAL", thread_ts=ts)
+    bot.slack.wait_for("chat.update", lambda c: c.args["channel"] == "CGENERAL", count=2)
+
+    keys = rows("SELECT thread_key FROM answers ORDER BY id")
+    assert [k["thread_key"] for k in keys] == [f"slack:CGENERAL:{ts}"] * 2
+    # the model saw the first turn as history in the second
+    assert any(m.content == "How do I get a new laptop?" for m in model.calls[-1])
+
+
+def test_direct_message_is_answered_in_its_thread(bot: SlackBot) -> None:
+    ts = bot.dm("How do I get a new laptop?", channel="DASKER")
+    answer = bot.reply("DASKER", ts)
+    assert "Laptop request" in answer.shown_text and blocks.RATE_UP in answer.action_values()
+
+
+def test_edits_bot_messages_and_other_message_events_are_not_answered(bot: SlackBot) -> None:
+    bot.dm("How do I get a new laptop?", subtype="message_changed")
+    bot.dm("How do I get a new laptop?", bot_id="B999")
+    ts = bot.dm("How do I get a new laptop?")   # a real one, to know the others were processed first
+    bot.reply("DASKER", ts)
+    assert len(bot.slack.calls_to("chat.postMessage")) == 1
+    assert len(rows("SELECT id FROM answers")) == 1
+
+
+def test_event_retry_is_not_answered_twice(bot: SlackBot) -> None:
+    ts = bot.mention("How do I get a new laptop?", event_id="EvRETRY1")
+    # Slack thought the first delivery timed out and sends the same event again
+    bot.send_event(_same_mention(ts), retry_num=1)
+    bot.send_event(_same_mention(ts), retry_num=2)
+    bot.reply("CGENERAL", ts)
+
+    assert len(bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)) == 1
+    assert len(rows("SELECT id FROM answers")) == 1
+    assert rows("SELECT event_id FROM slack_events") == [{"event_id": "EvRETRY1"}]
+
+
+def _same_mention(ts: str) -> dict:
+    return slack_payloads.app_mention(text="How do I get a new laptop?", user=ASKER, channel="CGENERAL", ts=ts,
+                                      event_id="EvRETRY1", bot_user_id=BOT_USER)
+
+
+def test_agent_failure_leaves_an_apology_in_the_thread(bot: SlackBot, model: ScriptedModel) -> None:
+    model.error = RuntimeError("the model server fell over")
+    ts = bot.mention("How do I get a new laptop?")
+    reply = bot.reply("CGENERAL", ts)
+
+    assert blocks.APOLOGY in reply.shown_text and not reply.action_values()
+    [row] = wait_until(lambda: rows("SELECT a.status, a.error FROM answers a JOIN slack_answers s"
+                                    " ON s.answer_id = a.id"), what="the failed answer linked to its thread")
+    assert row["status"] == "failed" and "fell over" in row["error"]
+
+
+def test_nothing_found_is_a_note_without_buttons(bot: SlackBot) -> None:
+    ts = bot.mention("What is the capital of Mongolia's stock exchange index?")
+    reply = bot.reply("CGENERAL", ts)
+    assert "couldn't find this" in reply.shown_text and not reply.action_values()
+    assert prompts.NOT_FOUND.split("{")[0].strip() in reply.shown_text
+
+
+def test_rate_limited_update_is_retried_after_retry_after(bot: SlackBot) -> None:
+    bot.slack.fail_next("chat.update", status=429, headers={"Retry-After": "0"},
+                        body={"ok": False, "error": "ratelimited"})
+    ts = bot.mention("How do I get a new laptop?")
+    reply = bot.reply("CGENERAL", ts, count=2)
+    assert reply.status == 200 and "Laptop request" in reply.shown_text
+
+
+def test_placeholder_that_cannot_be_updated_is_replaced_by_a_new_message(bot: SlackBot) -> None:
+    bot.slack.fail_next("chat.update", body={"ok": False, "error": "message_not_found"})  # someone deleted it
+    ts = bot.mention("How do I get a new laptop?")
+    answer = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts, count=2)[-1]
+    assert "Laptop request" in answer.shown_text and blocks.RATE_UP in answer.action_values()

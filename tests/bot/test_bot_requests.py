@@ -1,0 +1,71 @@
+"""Requests that do not come from Slack are refused; Slack's URL check is answered."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import slack_payloads
+from conftest import ASKER, BOT_USER, SECRET, SlackBot, rows
+from slack_bolt import BoltRequest
+from support.fake_slack import FakeSlack
+from support.scripted_model import ScriptedModel
+
+from bot import serve
+from bot.app import build_app
+from bot.deps import Deps
+from core.agent.state import AgentContext
+from core.config import get_settings
+
+
+def _mention_body(bot: SlackBot) -> str:
+    return json.dumps(slack_payloads.app_mention(text="How do I get a new laptop?", user=ASKER, channel="CGENERAL",
+                                                 ts=bot.next_ts(), event_id="EvFORGED", bot_user_id=BOT_USER))
+
+
+def test_bad_signature_is_rejected(bot: SlackBot) -> None:
+    response = bot.post(_mention_body(bot), secret="not-the-signing-secret")
+    assert response.status_code == 401
+    assert not bot.slack.calls_to("chat.postMessage") and not rows("SELECT event_id FROM slack_events")
+
+
+def test_stale_timestamp_is_rejected_even_when_correctly_signed(bot: SlackBot) -> None:
+    response = bot.post(_mention_body(bot), timestamp=int(time.time()) - 6 * 60)
+    assert response.status_code == 401
+    assert not bot.slack.calls_to("chat.postMessage") and not rows("SELECT event_id FROM slack_events")
+
+
+def test_tampered_body_is_rejected(bot: SlackBot) -> None:
+    body = _mention_body(bot)
+    headers = slack_payloads.signed_headers(body, SECRET)
+    response = httpx.post(bot.url, content=body.replace("laptop", "salary").encode(), headers=headers, timeout=30)
+    assert response.status_code == 401
+
+
+def test_url_verification_challenge_is_answered(bot: SlackBot) -> None:
+    challenge = json.loads((slack_payloads.CONTRACTS / "events" / "url_verification.json").read_text())
+    response = bot.post(json.dumps(challenge))
+    assert response.status_code == 200 and response.json() == {"challenge": challenge["challenge"]}
+
+
+def test_socket_mode_requests_need_no_signing_secret(bot_settings: None, handbook: Path, slack: FakeSlack,
+                                                    model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLACK_SIGNING_SECRET")
+    monkeypatch.setenv("SLACK_APP_TOKEN", "xapp-1-test")
+    get_settings.cache_clear()
+    settings = get_settings()
+    assert serve.mode(settings) == "socket"
+    deps = Deps(settings=settings, client=serve.web_client(settings),
+                agent_context=lambda: AgentContext(settings=settings, generator=model))
+    app = build_app(deps)
+    try:
+        envelope = slack_payloads.app_mention(text="How do I get a new laptop?", user=ASKER, channel="CSOCK",
+                                              ts="1600000001.000001", event_id="EvSOCK", bot_user_id=BOT_USER)
+        # what Bolt's SocketModeHandler hands the app for each envelope it receives
+        assert app.dispatch(BoltRequest(body=envelope, mode="socket_mode")).status == 200
+        answer = slack.wait_for("chat.update", lambda c: c.args["channel"] == "CSOCK")[0]
+        assert "Laptop request" in answer.shown_text
+    finally:
+        deps.close()

@@ -1,0 +1,201 @@
+"""Drafts that need a person: the card, reviewers' decisions, and the result in the asker's thread."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from conftest import (ASKER, GROUP_MEMBER, OUTSIDER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SlackBot, rows,
+                      wait_until)
+from support.fake_slack import Call
+from support.scripted_model import ScriptedModel
+
+from bot import blocks, review_view
+from bot.deliveries import DeliveryLoop
+from core.agent import graph, run
+
+QUESTION = "When are salary bands reviewed?"
+
+
+def _pending(bot: SlackBot, model: ScriptedModel) -> tuple[str, Call]:
+    """Ask something sensitive: the asker is told a reviewer is checking; the card goes out."""
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(QUESTION, channel="CGENERAL")
+    note = bot.reply("CGENERAL", ts)
+    assert "A reviewer is checking this answer" in note.shown_text and not note.action_values()
+    card = bot.card()
+    wait_until(lambda: rows("SELECT review_ts FROM slack_answers WHERE review_ts IS NOT NULL"),
+               what="the card's place recorded")
+    return ts, card
+
+
+def _review_id() -> int:
+    return int(rows("SELECT id FROM reviews")[0]["id"])
+
+
+def _results(bot: SlackBot, ts: str) -> list[Call]:
+    """What the bot posted in the asker's thread besides the placeholder."""
+    return bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)[1:]
+
+
+def _card_update(bot: SlackBot, card: Call) -> Call:
+    return bot.slack.wait_for("chat.update", lambda c: c.args["channel"] == REVIEW_CHANNEL
+                              and c.args["ts"] == card.response["ts"])[0]
+
+
+def test_card_shows_question_asker_channel_draft_sources_confidence_reason_and_buttons(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    _, card = _pending(bot, model)
+    text = card.shown_text
+    assert QUESTION in text and f"<@{ASKER}>" in text and "<#CGENERAL>" in text
+    assert SALARY_DRAFT in text and "Salary bands › How salary bands work" in text
+    assert "touches a sensitive topic (salary)" in text and "*Confidence*\n" in text
+    review_id = str(_review_id())
+    assert card.action_values() == {review_view.APPROVE: review_id, review_view.EDIT: review_id,
+                                    review_view.REJECT: review_id}
+    assert rows("SELECT review_channel_id, review_ts FROM slack_answers") == [
+        {"review_channel_id": REVIEW_CHANNEL, "review_ts": card.response["ts"]}]
+
+
+def test_reviewer_approves_and_asker_gets_the_draft_with_feedback_buttons_once(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts, card = _pending(bot, model)
+    bot.click(card, review_view.APPROVE, user=REVIEWER)
+
+    [result] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts
+                                  and "People team" in c.shown_text)
+    answer_id = rows("SELECT answer_id FROM reviews")[0]["answer_id"]
+    assert result.args["channel"] == "CGENERAL"
+    assert result.action_values() == {blocks.RATE_UP: str(answer_id), blocks.RATE_DOWN: str(answer_id)}
+    updated = _card_update(bot, card)
+    assert not updated.action_values() and f"Approved by <@{REVIEWER}> on <!date^" in updated.shown_text
+    [review] = rows("SELECT status, decided_by FROM reviews")
+    assert review == {"status": "approved", "decided_by": REVIEWER}
+    # the outbox row is marked sent when the posting transaction commits, just after the posts
+    wait_until(lambda: rows("SELECT id FROM deliveries WHERE delivered_at IS NOT NULL"), what="delivery marked sent")
+    assert rows("SELECT delivered_ts FROM slack_answers") == [{"delivered_ts": result.response["ts"]}]
+    assert len(_results(bot, ts)) == 1
+
+
+def test_group_member_edits_the_draft_in_a_prefilled_modal_and_asker_gets_the_edit(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts, card = _pending(bot, model)
+    bot.click(card, review_view.EDIT, user=GROUP_MEMBER)
+    modal = bot.modal(review_view.EDIT_MODAL)
+    assert modal["private_metadata"] == str(_review_id())
+    assert modal["blocks"][0]["element"]["initial_value"] == SALARY_DRAFT
+
+    edited = "Bands are reviewed every March; ask your manager for yours [1]."
+    bot.submit(modal, {"answer": {"answer": {"type": "plain_text_input", "value": edited}}}, user=GROUP_MEMBER)
+
+    [result] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts
+                                  and "ask your manager" in c.shown_text)
+    assert blocks.RATE_UP in result.action_values()
+    updated = _card_update(bot, card)
+    assert f"Edited and approved by <@{GROUP_MEMBER}>" in updated.shown_text and edited in updated.shown_text
+    assert rows("SELECT status, decided_by, edited_text FROM reviews") == [
+        {"status": "edited", "decided_by": GROUP_MEMBER, "edited_text": edited}]
+    assert rows("SELECT final_answer FROM answers") == [{"final_answer": edited}]
+
+
+def test_reviewer_rejects_with_a_reason_and_asker_is_told_a_person_will_follow_up(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts, card = _pending(bot, model)
+    bot.click(card, review_view.REJECT, user=REVIEWER)
+    modal = bot.modal(review_view.REJECT_MODAL)
+    bot.submit(modal, {"reason": {"reason": {"type": "plain_text_input", "value": "bands are confidential"}}},
+               user=REVIEWER)
+
+    [result] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts
+                                  and "A person will follow up" in c.shown_text)
+    assert not result.action_values() and "People team" not in result.shown_text
+    updated = _card_update(bot, card)
+    assert f"Rejected by <@{REVIEWER}>" in updated.shown_text and "bands are confidential" in updated.shown_text
+    assert rows("SELECT status, reject_reason FROM reviews") == [
+        {"status": "rejected", "reject_reason": "bands are confidential"}]
+
+
+def test_empty_edited_answer_is_refused_in_the_modal(bot: SlackBot, model: ScriptedModel) -> None:
+    _, card = _pending(bot, model)
+    bot.click(card, review_view.EDIT, user=REVIEWER)
+    modal = bot.modal(review_view.EDIT_MODAL)
+    response = bot.submit(modal, {"answer": {"answer": {"type": "plain_text_input", "value": "   "}}}, user=REVIEWER)
+    assert response.json() == {"response_action": "errors", "errors": {"answer": review_view.EMPTY_EDIT}}
+    assert rows("SELECT status FROM reviews") == [{"status": "pending"}]
+
+
+def test_non_reviewer_is_refused_privately_and_nothing_changes(bot: SlackBot, model: ScriptedModel) -> None:
+    ts, card = _pending(bot, model)
+    for action in (review_view.APPROVE, review_view.EDIT, review_view.REJECT):
+        bot.click(card, action, user=OUTSIDER)
+    refusals = bot.slack.wait_for("chat.postEphemeral", lambda c: c.args["user"] == OUTSIDER, count=3)
+    assert all(c.args["text"] == review_view.ONLY_REVIEWERS and c.args["channel"] == REVIEW_CHANNEL
+               for c in refusals)
+    # a modal submitted by someone who is not (or no longer) a reviewer is refused in the modal
+    response = bot.submit(review_view.edit_modal(_review_id(), "x"),
+                          {"answer": {"answer": {"type": "plain_text_input", "value": "sneaky"}}}, user=OUTSIDER)
+    assert response.json()["errors"] == {"answer": review_view.ONLY_REVIEWERS}
+
+    assert not bot.slack.calls_to("views.open")
+    assert rows("SELECT status FROM reviews") == [{"status": "pending"}]
+    assert not rows("SELECT id FROM deliveries") and not _results(bot, ts)
+
+
+def test_two_fast_approve_clicks_deliver_once(bot: SlackBot, model: ScriptedModel) -> None:
+    ts, card = _pending(bot, model)
+    clicks = [threading.Thread(target=bot.click, args=(card, review_view.APPROVE), kwargs={"user": REVIEWER})
+              for _ in range(2)]
+    for click in clicks:
+        click.start()
+    for click in clicks:
+        click.join()
+
+    bot.ephemeral(REVIEWER, review_view.ALREADY_DECIDED)   # the second click is told
+    bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts and "People team" in c.shown_text)
+    _card_update(bot, card)
+    assert len(_results(bot, ts)) == 1
+    assert len(bot.slack.calls_to("chat.update", lambda c: c.args["channel"] == REVIEW_CHANNEL)) == 1
+
+
+def test_decision_taken_outside_slack_is_posted_by_the_delivery_loop(bot: SlackBot, model: ScriptedModel) -> None:
+    ts, card = _pending(bot, model)
+    graph.reset_graphs()   # as if the dashboard were another process: the thread resumes from Postgres
+    decided = run.decide(_review_id(), {"action": "approve", "reviewer": "alice@northwind.example"},
+                         context=bot.context())
+    assert decided is not None
+
+    [result] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts
+                                  and "People team" in c.shown_text)
+    assert blocks.RATE_DOWN in result.action_values()
+    assert "Approved by alice@northwind.example" in _card_update(bot, card).shown_text
+
+
+def test_decisions_queued_while_the_bot_was_down_are_posted_when_it_starts(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts, _ = _pending(bot, model)
+    bot.loop.stop()
+    run.decide(_review_id(), {"action": "reject", "reviewer": "cli", "reason": "not for chat"},
+               context=bot.context())
+    assert rows("SELECT delivered_at FROM deliveries") == [{"delivered_at": None}]
+
+    bot.loop = DeliveryLoop(bot.deps).start()
+    bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts
+                       and "A person will follow up" in c.shown_text)
+    wait_until(lambda: rows("SELECT delivered_at FROM deliveries WHERE delivered_at IS NOT NULL"),
+               what="the delivery marked as sent")
+
+
+@pytest.mark.parametrize(("channel", "logged"), [("", "no review channel is configured"),
+                                                  ("CMISSING", "could not post the card")])
+def test_review_without_a_usable_channel_still_tells_the_asker(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        channel: str, logged: str) -> None:
+    bot.slack.missing_channels.add("CMISSING")
+    monkeypatch.setattr(bot.deps.settings, "review_channel", channel)
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(QUESTION)
+    assert "A reviewer is checking this answer" in bot.reply("CGENERAL", ts).shown_text
+    wait_until(lambda: any(logged in r.getMessage() for r in caplog.records), what=logged)
+
+    assert len(bot.slack.calls_to("chat.update")) == 1   # no apology: the review waits in the dashboard
+    assert rows("SELECT status FROM reviews") == [{"status": "pending"}]
+    assert rows("SELECT review_ts FROM slack_answers") == [{"review_ts": None}]
