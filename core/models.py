@@ -1,12 +1,16 @@
-"""Adapter registry: versions, status, which one is live; and a per-process cache of the live one.
+"""Adapter registry: versions, status, which one is live, and where it is served; plus a
+per-process cache of the live adapter and serving URL.
 
 Every function takes a connection and never commits. Promotion notifies listeners
-(`LISTEN flywheel_live_adapter`), so every process switches on its next request."""
+(`LISTEN flywheel_live_adapter`), so every process switches on its next request. The serving
+URL changes only when a promotion starts a new server (TGI): it switches in the same
+transaction as the live adapter, so no process ever pairs the new adapter with the old server."""
 from __future__ import annotations
 
 import atexit
 import datetime as dt
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -38,6 +42,16 @@ class Adapter:
     promoted_at: dt.datetime | None
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """The server generation goes to, when a promotion started it (else the configured URL)."""
+
+    url: str
+    pid: int | None = None
+    host: str | None = None
+    adapters: str = ""
+
+
 class PromotionRefused(ValueError):
     """The adapter cannot go live (failed, still training, unknown)."""
 
@@ -60,11 +74,14 @@ def register(conn: psycopg.Connection, *, base_model: str, path: str, dataset_ve
 
 
 def update(conn: psycopg.Connection, version: int, *, status: AdapterStatus | None = None,
-           metrics: dict[str, Any] | None = None, error: str | None = None, path: str | None = None) -> None:
+           metrics: dict[str, Any] | None = None, error: str | None = None, path: str | None = None,
+           clear_error: bool = False) -> None:
     conn.execute(
         "UPDATE adapters SET status = coalesce(%(s)s, status), metrics = coalesce(%(m)s, metrics),"
-        " error = coalesce(%(e)s, error), path = coalesce(%(p)s, path) WHERE version = %(v)s",
-        {"s": status, "m": Jsonb(metrics) if metrics is not None else None, "e": error, "p": path, "v": version},
+        " error = CASE WHEN %(clear)s THEN NULL ELSE coalesce(%(e)s, error) END,"
+        " path = coalesce(%(p)s, path) WHERE version = %(v)s",
+        {"s": status, "m": Jsonb(metrics) if metrics is not None else None, "e": error, "p": path, "v": version,
+         "clear": clear_error},
     )
 
 
@@ -82,18 +99,37 @@ def live(conn: psycopg.Connection) -> Adapter | None:
     return None if row is None else Adapter(**row)
 
 
-def mark_live(conn: psycopg.Connection, version: int) -> Adapter:
-    """Make `version` the live adapter in the registry (the serving side must already have it
-    loaded: see trainer's promote). Refuses failed or unfinished adapters."""
+def promotable(conn: psycopg.Connection, version: int) -> Adapter:
+    """The adapter, if it may go live; else `PromotionRefused` saying why."""
     adapter = get(conn, version)
     if adapter is None:
         raise PromotionRefused(f"There is no adapter version {version}.")
     if adapter.status in ("failed", "training"):
         raise PromotionRefused(f"Adapter v{version} is {adapter.status}; only a finished adapter can go live.")
+    return adapter
+
+
+def mark_live(conn: psycopg.Connection, version: int, *, endpoint: Endpoint | None = None) -> Adapter:
+    """Make `version` the live adapter in the registry (the serving side must already have it
+    loaded: see `core.serving.promote`), and switch the serving endpoint with it when the
+    promotion started a new server. Refuses failed or unfinished adapters."""
+    promotable(conn, version)
     conn.execute("UPDATE adapters SET status = 'retired' WHERE status = 'live' AND version <> %(v)s", {"v": version})
     conn.execute("UPDATE adapters SET status = 'live', promoted_at = now() WHERE version = %(v)s", {"v": version})
+    if endpoint is not None:
+        conn.execute(
+            "INSERT INTO serving_endpoint (id, url, pid, host, adapters) VALUES (1, %(u)s, %(p)s, %(h)s, %(a)s)"
+            " ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, pid = EXCLUDED.pid, host = EXCLUDED.host,"
+            " adapters = EXCLUDED.adapters, updated_at = now()",
+            {"u": endpoint.url, "p": endpoint.pid, "h": endpoint.host, "a": endpoint.adapters})
     conn.execute("SELECT pg_notify(%(ch)s, %(v)s)", {"ch": LIVE_CHANNEL, "v": str(version)})
     return get(conn, version)  # type: ignore[return-value]
+
+
+def endpoint(conn: psycopg.Connection) -> Endpoint | None:
+    """The server a promotion switched generation to; None: the configured URL."""
+    row = conn.execute("SELECT url, pid, host, adapters FROM serving_endpoint WHERE id = 1").fetchone()
+    return None if row is None else Endpoint(**row)
 
 
 def previous_live(conn: psycopg.Connection) -> Adapter | None:
@@ -111,14 +147,16 @@ def names(conn: psycopg.Connection) -> set[str]:
 
 
 class LiveAdapterCache:
-    """The live adapter's name for this process, read once and refreshed when a promotion
-    notifies; a slow re-read (`max_age_s`) covers a missed notification."""
+    """The live adapter's name (and the serving URL, when a promotion switched it) for this
+    process, read once and refreshed when a promotion notifies; a slow re-read (`max_age_s`)
+    covers a missed notification."""
 
     def __init__(self, url: str, max_age_s: float = 30.0) -> None:
         self._url = url
         self._max_age_s = max_age_s
         self._name: str | None = None
-        self._read_at = 0.0
+        self._serving_url: str | None = None
+        self._read_at = -math.inf  # not read yet (monotonic time may be small after boot)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._listener = threading.Thread(target=self._listen, daemon=True, name="live-adapter-listener")
@@ -127,15 +165,25 @@ class LiveAdapterCache:
         atexit.register(self.close)
 
     def get(self) -> str | None:
+        return self.current()[0]
+
+    def serving_url(self) -> str | None:
+        """Where to send generation requests; None: the configured URL."""
+        return self.current()[1]
+
+    def current(self) -> tuple[str | None, str | None]:
+        """(live adapter name, serving URL), read together so they always match."""
         with self._lock:
             if time.monotonic() - self._read_at > self._max_age_s:
                 self._refresh()
-            return self._name
+            return self._name, self._serving_url
 
     def _refresh(self) -> None:
         with psycopg.connect(self._url, autocommit=True, row_factory=dict_row) as conn:
-            adapter = live(conn)
-        self._name = adapter.name if adapter else None
+            row = conn.execute(  # one statement: one snapshot, so the pair is always consistent
+                "SELECT (SELECT name FROM adapters WHERE status = 'live') AS name,"
+                " (SELECT url FROM serving_endpoint WHERE id = 1) AS url").fetchone()
+        self._name, self._serving_url = row["name"], row["url"]  # type: ignore[index]
         self._read_at = time.monotonic()
 
     def _listen(self) -> None:
@@ -145,7 +193,7 @@ class LiveAdapterCache:
                 while not self._stop.is_set():
                     for _ in conn.notifies(timeout=1.0):
                         with self._lock:
-                            self._read_at = 0.0  # next get() re-reads
+                            self._read_at = -math.inf  # next get() re-reads
         except psycopg.Error:
             if self._stop.is_set():
                 return

@@ -1,15 +1,20 @@
 """The job queue (procrastinate on our Postgres): retrains run in the worker process.
 
 `core` defers jobs by task name, so it never imports the trainer; the worker imports
-`trainer.jobs`, where the tasks are defined on this same app."""
+`trainer.jobs` (the app's import path), where the tasks are defined on this same app."""
 from __future__ import annotations
 
 import procrastinate
+import procrastinate.tasks
+import psycopg
 
 from core import db
 
 RETRAIN_TASK = "trainer.jobs.retrain"
+SCHEDULE_TASK = "trainer.jobs.tick"
 TRAINING_QUEUE = "training"
+# A worker that sent no heartbeat for this long is dead (procrastinate beats every 10 s).
+STALLED_AFTER_S = 60
 
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(kwargs={}),
@@ -18,7 +23,7 @@ app = procrastinate.App(
 
 
 def configure(url: str | None = None) -> procrastinate.App:
-    """Point the app at our database (DATABASE_URL or the embedded one) and return it."""
+    """An app on our database (DATABASE_URL or the embedded one), for deferring and managing jobs."""
     return app.with_connector(procrastinate.PsycopgConnector(conninfo=url or db.database_url()))
 
 
@@ -31,11 +36,25 @@ def ensure_schema(url: str | None = None) -> None:
             conn.execute(configure(url).schema_manager.get_schema())  # type: ignore[arg-type]
 
 
+def run_worker(url: str | None = None, *, wait: bool = True, install_signal_handlers: bool = True,
+               shutdown_graceful_timeout: float = 30, fetch_job_polling_interval: float = 5.0) -> None:
+    """Run the worker on the training queue, one job at a time, with the periodic schedule tick.
+    On the same app object (its tasks defer the periodic jobs through it), pointed at our database."""
+    with app.replace_connector(procrastinate.PsycopgConnector(conninfo=url or db.database_url())):
+        app.run_worker(queues=[TRAINING_QUEUE], concurrency=1, wait=wait, name="flywheel-worker",
+                       install_signal_handlers=install_signal_handlers,
+                       shutdown_graceful_timeout=shutdown_graceful_timeout,
+                       fetch_job_polling_interval=fetch_job_polling_interval)
+
+
 def defer_retrain(run_id: int, url: str | None = None) -> int:
-    """Queue the retrain of a recorded run; returns the job id."""
+    """Queue the retrain of a recorded run; returns the job id. By name: `App.configure_task`
+    would import the trainer (the app's import path) into whichever process defers."""
     queued = configure(url)
     with queued.open():
-        return queued.configure_task(RETRAIN_TASK, queue=TRAINING_QUEUE).defer(run_id=run_id)
+        deferrer = procrastinate.tasks.configure_task(name=RETRAIN_TASK, job_manager=queued.job_manager,
+                                                      queue=TRAINING_QUEUE)
+        return deferrer.defer(run_id=run_id)
 
 
 def cancel_job(job_id: int, url: str | None = None) -> bool:
@@ -43,3 +62,23 @@ def cancel_job(job_id: int, url: str | None = None) -> bool:
     queued = configure(url)
     with queued.open():
         return queued.job_manager.cancel_job_by_id(job_id)
+
+
+def orphaned_runs(conn: psycopg.Connection, stalled_after_s: float = STALLED_AFTER_S) -> list[dict[str, object]]:
+    """Runs marked running whose job no live worker holds: the worker died (killed, machine
+    lost) while it trained. [{run_id, job_id, job_status}]."""
+    if conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is None:  # type: ignore[index]
+        return []
+    rows = conn.execute(
+        "SELECT r.id AS run_id, j.id AS job_id, j.status::text AS job_status FROM training_runs r"
+        " LEFT JOIN procrastinate_jobs j ON j.id = r.job_id"
+        " LEFT JOIN procrastinate_workers w ON w.id = j.worker_id"
+        " WHERE r.status = 'running' AND (j.id IS NULL OR j.status <> 'doing' OR w.id IS NULL"
+        "  OR w.last_heartbeat < now() - make_interval(secs => %(s)s))", {"s": stalled_after_s}).fetchall()
+    return [dict(r) for r in rows]
+
+
+def fail_job(conn: psycopg.Connection, job_id: int) -> None:
+    """Close a job whose worker died, so the queue shows it failed rather than doing forever."""
+    conn.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %(id)s AND status = 'doing'",
+                 {"id": job_id})

@@ -4,10 +4,17 @@ A retrain is a recorded run (`core.training`) plus a job in the queue (`core.que
 worker picks up; this module owns the transactions around both."""
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
-from core import audit, curation, db, queue, training
+from core import audit, curation, db, models, queue, training
 from core.config import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+SCHEDULE_ACTOR = "schedule"
 
 
 def default_base_model(settings: Settings | None = None) -> str:
@@ -56,3 +63,94 @@ def cancel_retrain(run_id: int, *, requested_by: str) -> bool:
         with db.connection() as conn:
             training.finish_run(conn, run_id, "cancelled", error=f"cancelled by {requested_by} before it started")
     return True
+
+
+def resume_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun:
+    """Queue a failed (crashed, killed) run again; the worker resumes it from its last
+    checkpoint on the same dataset version and parameters."""
+    with db.connection() as conn:
+        run = training.requeue(conn, run_id)
+        audit.record(conn, requested_by, "retrain.resume", f"run:{run_id}")
+    job_id = queue.defer_retrain(run.id)
+    with db.connection() as conn:
+        training.set_job(conn, run.id, job_id)
+        return training.get_run(conn, run.id)  # type: ignore[return-value]
+
+
+def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
+    """What the worker's periodic task calls every minute: when the schedule is enabled and a
+    cron time has passed since it last fired (or since it was saved), and at least
+    `min_new_examples` answers were accepted since the last successful retrain, freeze a new
+    dataset version and queue a retrain on it. Each cron time is considered once; a skip is
+    audited with its reason. Returns the queued run, if any."""
+    from croniter import croniter
+
+    with db.connection() as conn:
+        schedule = training.get_schedule(conn)
+        if not schedule.enabled:
+            return None
+        due = croniter(schedule.cron, now).get_prev(dt.datetime)
+        if due <= (schedule.last_fired_at or schedule.updated_at):
+            return None
+        training.mark_schedule_fired(conn, now)
+        if training.active_run(conn) is not None:
+            audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
+                         {"reason": "a retrain is already queued or running"})
+            return None
+        last = training.last_succeeded(conn)
+        new = curation.accepted_count(conn, since=last.created_at if last else None)
+        if new < schedule.min_new_examples:
+            audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
+                         {"reason": "not enough new accepted answers", "new": new,
+                          "min_new_examples": schedule.min_new_examples})
+            return None
+        dataset = curation.create_dataset(conn, created_by=SCHEDULE_ACTOR, note=f"scheduled ({schedule.cron})")
+    try:
+        return request_retrain(requested_by=SCHEDULE_ACTOR, dataset_version=dataset.version, params=schedule.params)
+    except training.RunAlreadyActive as e:
+        with db.connection() as conn:
+            audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
+        logger.info("scheduled retrain skipped: %s", e)
+        return None
+
+
+def fail_run(run_id: int, reason: str) -> None:
+    """Mark a run failed with its reason, and the adapter it was training with it."""
+    with db.connection() as conn:
+        run = training.get_run(conn, run_id)
+        training.append_log(conn, run_id, f"failed: {reason}")
+        training.finish_run(conn, run_id, "failed", error=reason)
+        if run is not None and run.adapter_version is not None:
+            models.update(conn, run.adapter_version, status="failed", error=reason)
+
+
+def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> list[int]:
+    """Fail the runs whose worker died mid-way (no heartbeat): they would show "running"
+    forever. Their checkpoints stay, so `resume_retrain` continues them."""
+    with db.connection() as conn:
+        orphans = queue.orphaned_runs(conn, stalled_after_s)
+        for orphan in orphans:
+            if orphan["job_status"] == "doing":
+                queue.fail_job(conn, orphan["job_id"])  # type: ignore[arg-type]
+    for orphan in orphans:
+        run_id = int(orphan["run_id"])  # type: ignore[call-overload]
+        fail_run(run_id, f"The worker stopped while it ran this retrain (no heartbeat for {stalled_after_s:.0f} s). "
+                         f"Resume it from its last checkpoint with `flywheel train resume {run_id}`.")
+        logger.warning("retrain run %s was orphaned by a dead worker; marked failed", run_id)
+    return [int(o["run_id"]) for o in orphans]  # type: ignore[call-overload]
+
+
+def wait_for_run(run_id: int, *, timeout_s: float, poll_s: float = 1.0,
+                 on_update: Callable[[training.TrainingRun], None] | None = None) -> training.TrainingRun:
+    """Poll until the run has finished (succeeded, failed, cancelled) or `timeout_s` passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with db.connection() as conn:
+            run = training.get_run(conn, run_id)
+        if run is None:
+            raise LookupError(f"There is no retrain run {run_id}.")
+        if on_update is not None:
+            on_update(run)
+        if run.status in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return run
+        time.sleep(poll_s)

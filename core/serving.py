@@ -3,7 +3,9 @@ answers with the adapter (not silently with the base model), then make it live i
 
 Per backend: our local server loads adapters while serving (`POST /adapters`); vLLM does
 with `/v1/load_lora_adapter`; TGI loads adapters only at start-up, so a new TGI is started
-with the new `LORA_ADAPTERS` by `core.tgi_controller` and traffic switches to it."""
+with the new `LORA_ADAPTERS` by `core.tgi_controller` and traffic switches to it. Adapters
+already loaded stay loaded, so requests in flight finish on the adapter they started with,
+and a rollback on the local server or vLLM is only a switch."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from core import db, models
+from core import db, models, tgi_controller
 from core.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -24,20 +26,27 @@ class ServingError(RuntimeError):
     """The serving backend could not load or serve the adapter; nothing was switched."""
 
 
-def load_adapter(name: str, path: str, settings: Settings | None = None) -> None:
-    """Make the serving backend able to answer with `name` (does not make it live)."""
+def serving_url(settings: Settings | None = None) -> str:
+    """Where generation requests go now: the endpoint a promotion switched to, else the
+    configured URL."""
     settings = settings or get_settings()
-    base = settings.llm_url.rstrip("/")
+    with db.connection() as conn:
+        endpoint = models.endpoint(conn)
+    return endpoint.url if endpoint else settings.llm_url
+
+
+def load_adapter(name: str, path: str, url: str, backend: str) -> None:
+    """Make the server at `url` able to answer with `name` (does not make it live)."""
+    base = url.rstrip("/")
     try:
-        if settings.llm_backend == "local":
+        if backend == "local":
             r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, timeout=120)
-        elif settings.llm_backend == "openai":
+        elif backend == "openai":
             r = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}, timeout=120)
             if r.status_code == 400 and "already" in r.text.lower():
                 return
         else:
-            raise ServingError(f"The {settings.llm_backend!r} backend cannot load adapters while serving"
-                               + (": use the TGI controller." if settings.llm_backend == "tgi" else "."))
+            raise ServingError(f"The {backend!r} backend cannot load adapters while serving.")
     except httpx.HTTPError as e:
         raise ServingError(f"Could not reach the model server at {base}: {e}") from e
     if r.status_code >= 400:
@@ -69,13 +78,19 @@ def promote(version: int, settings: Settings | None = None) -> models.Adapter:
     with; new requests read the live adapter from the registry and use the new one."""
     settings = settings or get_settings()
     with db.connection() as conn:
-        adapter = models.get(conn, version)
-    if adapter is None:
-        raise models.PromotionRefused(f"There is no adapter version {version}.")
-    if adapter.status in ("failed", "training"):
-        raise models.PromotionRefused(f"Adapter v{version} is {adapter.status}; only a finished adapter can go live.")
-    load_adapter(adapter.name, adapter.path, settings)
-    if settings.llm_backend in ("local", "tgi") and not answers_with_adapter(settings.llm_url, adapter.name):
+        adapter = models.promotable(conn, version)
+    if settings.llm_backend == "tgi":
+        try:
+            return tgi_controller.promote(adapter, settings)
+        except tgi_controller.TGIControllerError as e:
+            raise ServingError(str(e)) from e
+    if settings.llm_backend == "extractive":
+        raise ServingError("The extractive backend serves no model, so no adapter can go live; "
+                           "set FLYWHEEL_LLM_BACKEND to local, tgi or openai.")
+    url = serving_url(settings)
+    load_adapter(adapter.name, adapter.path, url, settings.llm_backend)
+    # vLLM refuses unknown adapter names itself; TGI-style servers are checked.
+    if settings.llm_backend == "local" and not answers_with_adapter(url, adapter.name):
         raise ServingError(f"The model server answers {adapter.name!r} exactly like the base model: "
                            "the adapter is not really loaded. Nothing was switched.")
     with db.connection() as conn:

@@ -41,6 +41,7 @@ class Schedule:
     min_new_examples: int
     params: dict[str, Any]
     last_fired_at: dt.datetime | None
+    updated_at: dt.datetime
 
 
 class RunAlreadyActive(RuntimeError):
@@ -80,6 +81,41 @@ def set_job(conn: psycopg.Connection, run_id: int, job_id: int) -> None:
     conn.execute("UPDATE training_runs SET job_id = %(j)s WHERE id = %(id)s", {"j": job_id, "id": run_id})
 
 
+def attach_adapter(conn: psycopg.Connection, run_id: int, adapter_version: int) -> None:
+    """The adapter version this run trains (registered when training starts)."""
+    conn.execute("UPDATE training_runs SET adapter_version = %(a)s WHERE id = %(id)s",
+                 {"a": adapter_version, "id": run_id})
+
+
+def requeue(conn: psycopg.Connection, run_id: int) -> TrainingRun:
+    """Queue a failed run again: it resumes from its last checkpoint. Refuses a run that is not
+    failed, and (through the unique index) a second active run."""
+    run = get_run(conn, run_id)
+    if run is None:
+        raise ValueError(f"There is no retrain run {run_id}.")
+    if run.status != "failed":
+        raise ValueError(f"Retrain run {run_id} is {run.status}; only a failed run can be resumed.")
+    try:
+        with conn.transaction():
+            conn.execute("UPDATE training_runs SET status = 'queued', error = NULL, finished_at = NULL,"
+                         " cancel_requested = false WHERE id = %(id)s", {"id": run_id})
+    except psycopg.errors.UniqueViolation as e:
+        raise RunAlreadyActive("Another retrain is already queued or running; wait for it or cancel it first.") from e
+    return get_run(conn, run_id)  # type: ignore[return-value]
+
+
+def active_run(conn: psycopg.Connection) -> TrainingRun | None:
+    """The run queued or running, if any (there is at most one)."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM training_runs WHERE status IN ('queued', 'running')").fetchone()
+    return None if row is None else TrainingRun(**row)
+
+
+def last_succeeded(conn: psycopg.Connection) -> TrainingRun | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM training_runs WHERE status = 'succeeded'"
+                       " ORDER BY created_at DESC LIMIT 1").fetchone()
+    return None if row is None else TrainingRun(**row)
+
+
 def start_run(conn: psycopg.Connection, run_id: int) -> None:
     conn.execute("UPDATE training_runs SET status = 'running', started_at = coalesce(started_at, now()),"
                  " error = NULL WHERE id = %(id)s", {"id": run_id})
@@ -93,8 +129,10 @@ def report_progress(conn: psycopg.Connection, run_id: int, *, step: int, total: 
 
 
 def append_log(conn: psycopg.Connection, run_id: int, line: str) -> None:
+    """One line of the run's log, stamped with the time (UTC)."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S")
     conn.execute("UPDATE training_runs SET log = log || %(l)s WHERE id = %(id)s",
-                 {"l": line.rstrip("\n") + "\n", "id": run_id})
+                 {"l": f"{stamp} {line.rstrip()}\n", "id": run_id})
 
 
 def finish_run(conn: psycopg.Connection, run_id: int, status: RunStatus, *, metrics: dict[str, Any] | None = None,
@@ -121,7 +159,7 @@ def cancel_requested(conn: psycopg.Connection, run_id: int) -> bool:
 
 
 def get_schedule(conn: psycopg.Connection) -> Schedule:
-    row = conn.execute("SELECT enabled, cron, min_new_examples, params, last_fired_at"
+    row = conn.execute("SELECT enabled, cron, min_new_examples, params, last_fired_at, updated_at"
                        " FROM training_schedule WHERE id = 1").fetchone()
     return Schedule(**row)  # type: ignore[arg-type]
 

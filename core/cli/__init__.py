@@ -25,7 +25,7 @@ def migrate() -> None:
 
 
 def _register() -> None:
-    from core.cli import agent_cmds, dashboard_cmds, knowledge_cmds, llm_cmds, ops_cmds, run_cmds
+    from core.cli import agent_cmds, dashboard_cmds, knowledge_cmds, llm_cmds, ops_cmds, run_cmds, train_cmds
 
     knowledge_cmds.register(app, eval_app)
     llm_cmds.register(app)
@@ -33,6 +33,7 @@ def _register() -> None:
     run_cmds.register(app)
     ops_cmds.register(app)
     dashboard_cmds.register(app)
+    train_cmds.register(app)
 
 
 _register()

@@ -1,21 +1,30 @@
 """The local generation server: TGI's HTTP API over `LocalModel`, plus adapter loading while
-serving (`POST /adapters`). Unlike TGI, an unknown adapter id is a 422, never the base model."""
+serving (`POST /adapters`). Unlike TGI, an unknown adapter id is a 422, never the base model.
+
+`/metrics` gives TGI's request counter and queue gauges (Prometheus text), which is what a
+promotion watches to know an old server has drained."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from core import metrics as flywheel_metrics
+from core.config import get_settings
 from core.llm.local_model import AdapterNotLoaded, FinishReason, GenerationParams, LocalModel, TokenOut
 
 VERSION = "flywheel-local-0.1"
+GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions"})
 
 
 class GenerateParameters(BaseModel):
@@ -66,9 +75,43 @@ class ValidationFailure(ValueError):
     pass
 
 
+@dataclass
+class _Counter:
+    now: int = 0
+    total: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _InFlight:
+    """ASGI middleware: counts generation requests from arrival until their last byte is sent
+    (streams too)."""
+
+    def __init__(self, app: Any, counter: _Counter) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or scope["path"] not in GENERATION_PATHS:
+            await self.app(scope, receive, send)
+            return
+        with self.counter.lock:
+            self.counter.now += 1
+            self.counter.total += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            with self.counter.lock:
+                self.counter.now -= 1
+
+
 def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastAPI:
+    settings = get_settings()
+    if settings.database_url is not None:  # report the loop's totals; never start a database for it
+        flywheel_metrics.watch_database(settings.database_url.get_secret_value())
     app = FastAPI(title="Flywheel local generation server", version=VERSION)
     max_total = model.max_context
+    requests = _Counter()
+    app.add_middleware(_InFlight, counter=requests)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -88,6 +131,17 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
                 "max_best_of": 1, "max_stop_sequences": 4, "max_input_tokens": max_total - 1,
                 "max_total_tokens": max_total, "validation_workers": 1, "max_client_batch_size": 1,
                 "router": "flywheel-local", "version": VERSION}
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        # TGI's names. One generation runs at a time here: the rest wait in the queue.
+        with requests.lock:
+            now, total = requests.now, requests.total
+        lines = ["# TYPE tgi_request_count counter", f"tgi_request_count {total}",
+                 "# TYPE tgi_queue_size gauge", f"tgi_queue_size {max(0, now - 1)}",
+                 "# TYPE tgi_batch_current_size gauge", f"tgi_batch_current_size {min(now, 1)}"]
+        # Flywheel's own: answer latency and, with a database configured, the loop's totals.
+        return PlainTextResponse("\n".join(lines) + "\n" + generate_latest(flywheel_metrics.REGISTRY).decode())
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:

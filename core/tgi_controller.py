@@ -1,0 +1,224 @@
+"""Promotion on TGI, which loads LoRA adapters only at start-up (TGI issue 2177): start a second
+server with the new adapter, prove it answers with it, switch traffic, drain and stop the old.
+
+The server is started by `settings.tgi_launch_command`, a command line with format fields
+{port}, {host}, {model} and {lora_adapters} (`name=/path,...`, also passed as the
+LORA_ADAPTERS environment variable), e.g.
+`text-generation-launcher --model-id {model} --port {port} --lora-adapters {lora_adapters}` or a
+`docker run --rm -p {port}:80 ...` that stays in the foreground. The switch is the serving
+endpoint in Postgres, changed in the same transaction as the live adapter: every process
+reads both from `models.LiveAdapterCache`, so none pairs the new adapter with the old server."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from core import db, models
+from core.config import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Processes this process started, so that stopping one also reaps it.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+class TGIControllerError(RuntimeError):
+    """The new server could not be started or proved; the old one still serves."""
+
+
+@dataclass(frozen=True)
+class Launched:
+    url: str
+    pid: int
+    adapters: str
+    log: Path
+
+
+def promote(adapter: models.Adapter, settings: Settings | None = None, *, health_timeout_s: float = 900,
+            drain_timeout_s: float | None = None) -> models.Adapter:
+    """Start a TGI with `adapter` (and the live one, so both ids answer), smoke-check it,
+    switch the live adapter and the serving URL together, then drain and stop the old server.
+    On any failure before the switch the new server is stopped and nothing changes."""
+    from core import serving  # the smoke check lives there (and serving dispatches here)
+
+    settings = settings or get_settings()
+    with db.connection() as conn:
+        old = models.endpoint(conn) or models.Endpoint(url=settings.llm_url)
+        live = models.live(conn)
+    adapters = {adapter.name: adapter.path}
+    if live is not None and live.version != adapter.version:
+        adapters[live.name] = live.path
+    launched = launch(adapters, settings)
+    try:
+        wait_healthy(launched, timeout_s=health_timeout_s)
+        if not serving.answers_with_adapter(launched.url, adapter.name):
+            raise TGIControllerError(
+                f"The new server at {launched.url} answers {adapter.name!r} exactly like the base model: TGI "
+                f"did not load the adapter (it falls back silently). Check the launch command and {launched.log}.")
+        with db.connection() as conn:
+            promoted = models.mark_live(conn, adapter.version, endpoint=models.Endpoint(
+                url=launched.url, pid=launched.pid, host=socket.gethostname(), adapters=launched.adapters))
+    except BaseException:
+        stop(launched.pid)
+        raise
+    logger.info("adapter %s is live on %s; draining %s", adapter.name, launched.url, old.url)
+    drain(old.url, timeout_s=drain_timeout_s if drain_timeout_s is not None else _default_drain_s(settings))
+    if old.pid is not None and old.host == socket.gethostname():
+        stop(old.pid)
+    else:
+        logger.warning("the previous server at %s was not started by Flywheel on this machine; "
+                       "it no longer gets requests: stop it yourself", old.url)
+    return promoted
+
+
+def launch(adapters: Mapping[str, str], settings: Settings) -> Launched:
+    """Run the launch command for a free port, in a process group of its own (so stopping it
+    stops what it started); its output goes to a log file under the data folder."""
+    if not settings.tgi_launch_command.strip():
+        raise TGIControllerError("FLYWHEEL_TGI_LAUNCH_COMMAND is not set: Flywheel needs it to start a TGI "
+                                 "with the new adapter (e.g. 'text-generation-launcher --model-id {model} "
+                                 "--port {port} --lora-adapters {lora_adapters}').")
+    port = _free_port(settings.llm_host)
+    spec = ",".join(f"{name}={path}" for name, path in adapters.items())
+    fields = {"port": port, "host": settings.llm_host, "model": settings.llm_model, "lora_adapters": spec}
+    try:
+        argv = [part.format(**fields) for part in shlex.split(settings.tgi_launch_command)]
+    except (KeyError, IndexError, ValueError) as e:
+        raise TGIControllerError(f"FLYWHEEL_TGI_LAUNCH_COMMAND has a field Flywheel does not fill ({e}); "
+                                 "use {port}, {host}, {model} and {lora_adapters}.") from e
+    log = settings.data_dir / "tgi" / f"tgi-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LORA_ADAPTERS": spec, "PORT": str(port)}
+    with log.open("ab") as out:
+        try:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        except OSError as e:
+            raise TGIControllerError(f"Could not run {argv[0]!r}: {e}") from e
+    _children[proc.pid] = proc
+    logger.info("started a model server (pid %d) on port %d with %s", proc.pid, port, spec)
+    return Launched(f"http://{settings.llm_host}:{port}", proc.pid, spec, log)
+
+
+def wait_healthy(launched: Launched, *, timeout_s: float) -> None:
+    """Until /health answers 200; fails early when the process exits."""
+    deadline = time.monotonic() + timeout_s
+    proc = _children.get(launched.pid)
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise TGIControllerError(f"The new model server exited with {proc.returncode} before it was healthy; "
+                                     f"see {launched.log}:\n{_tail(launched.log)}")
+        try:
+            if httpx.get(f"{launched.url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TGIControllerError(f"The new model server at {launched.url} was not healthy after {timeout_s:.0f} s; "
+                                     f"see {launched.log}")
+        time.sleep(0.5)
+
+
+def drain(url: str, *, timeout_s: float, quiet_s: float = 2.0) -> bool:
+    """Wait until the old server has nothing queued or running and has received no new request
+    for `quiet_s` (processes that missed the notification re-read within their cache age).
+    Reads TGI's Prometheus gauges; True when drained, False when `timeout_s` ran out."""
+    deadline = time.monotonic() + timeout_s
+    last_total, quiet_since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        gauges = _metrics(url)
+        if gauges is None:
+            return True  # gone already: nothing left to drain
+        if not gauges:  # no Prometheus endpoint: nothing tells when it is idle, so wait it out
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            return True
+        busy = gauges.get("tgi_queue_size", 0) + gauges.get("tgi_batch_current_size", 0)
+        total = gauges.get("tgi_request_count")
+        if busy or total != last_total:
+            last_total, quiet_since = total, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            return True
+        time.sleep(0.2)
+    logger.warning("the old model server at %s still had work after %.0f s; stopping it anyway", url, timeout_s)
+    return False
+
+
+def stop(pid: int, *, timeout_s: float = 30) -> None:
+    """SIGTERM the server's process group (TGI shuts down its shards; `docker run` passes the
+    signal on), then SIGKILL if it lingers."""
+    proc = _children.pop(pid, None)
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    except PermissionError:
+        logger.warning("not allowed to stop process group %d", pid)
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return
+        if proc is None and not _alive(pid):
+            return
+        time.sleep(0.1)
+    logger.warning("model server %d did not stop in %.0f s; killing it", pid, timeout_s)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if proc is not None:
+        proc.wait(timeout=10)
+
+
+def _metrics(url: str) -> dict[str, float] | None:
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/metrics", timeout=2)
+    except httpx.HTTPError:
+        return None
+    if r.status_code != 200:
+        return {}  # answers, but shows no gauges
+    values: dict[str, float] = {}
+    for line in r.text.splitlines():
+        m = re.match(r"^(tgi_request_count|tgi_queue_size|tgi_batch_current_size)(?:\{[^}]*\})?\s+(\S+)", line)
+        if m:
+            values[m.group(1)] = values.get(m.group(1), 0.0) + float(m.group(2))
+    return values
+
+
+def _default_drain_s(settings: Settings) -> float:
+    # A request may take the generator's whole timeout; a process that missed the NOTIFY
+    # re-reads the live adapter within the cache age (30 s).
+    return settings.llm_timeout_s + 30
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

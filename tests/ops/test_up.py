@@ -1,0 +1,121 @@
+"""`make up` end to end: `flywheel up` on a fresh data folder starts every Procfile process on the
+embedded database, each becomes healthy, a question is answered through the dashboard's Try it
+page and the CLI, and Ctrl-C stops everything, keeping the data for the next start."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import db
+from core.config import get_settings
+from support.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[str], log: Path,
+             timeout_s: float = 240) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"flywheel up exited ({proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
+        time.sleep(0.5)
+
+
+def answers_http(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture
+def product(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, object]]:
+    """`flywheel up` in its own process group (as a terminal runs it), on free ports."""
+    ports = {"llm": free_port(), "dashboard": free_port(), "worker_metrics": free_port()}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL"))}
+    env.update({
+        "FLYWHEEL_DATA_DIR": str(tmp_path / "data"), "FLYWHEEL_LLM_MODEL": str(tiny_model_dir),
+        "FLYWHEEL_LLM_PORT": str(ports["llm"]), "FLYWHEEL_LLM_URL": f"http://127.0.0.1:{ports['llm']}",
+        "FLYWHEEL_DASHBOARD_PORT": str(ports["dashboard"]), "FLYWHEEL_WORKER_METRICS_PORT": str(ports["worker_metrics"]),
+        "FLYWHEEL_LLM_MAX_NEW_TOKENS": "16", "FLYWHEEL_BOT_METRICS_PORT": "0",
+    })
+    for key, value in env.items():
+        if key.startswith("FLYWHEEL_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "core.cli", "up"], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        yield {"proc": proc, "ports": ports, "log": log, "env": env, "data": tmp_path / "data"}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        db.close_pools()
+        get_settings.cache_clear()
+
+
+def test_make_up_runs_every_process_answers_and_stops_cleanly_keeping_data(product: dict) -> None:
+    proc, ports, log, env = product["proc"], product["ports"], product["log"], product["env"]
+    wait_for("the model server", lambda: answers_http(f"http://127.0.0.1:{ports['llm']}/health"), proc, log)
+    wait_for("the dashboard", lambda: answers_http(f"http://127.0.0.1:{ports['dashboard']}/_stcore/health"), proc, log)
+    wait_for("the worker", lambda: answers_http(f"http://127.0.0.1:{ports['worker_metrics']}/metrics"), proc, log)
+    printed = log.read_text()
+    assert "first start: ingesting the sample handbook" in printed
+    assert f"dashboard: http://localhost:{ports['dashboard']}" in printed
+    assert "slack: not connected: set SLACK_BOT_TOKEN" in printed
+    assert "bot.1" in printed and "Slack is not configured" in printed  # idle, not exited
+    metrics = httpx.get(f"http://127.0.0.1:{ports['llm']}/metrics", timeout=5).text
+    assert "flywheel_questions" in metrics
+
+    asked = subprocess.run([sys.executable, "-m", "core.cli", "ask", "How do I get a new laptop?"], cwd=ROOT,
+                           env=env, capture_output=True, text=True, timeout=240)
+    assert asked.returncode == 0, asked.stderr
+    assert "Route:" in asked.stdout and "Sources:" in asked.stdout
+
+    # The Try it page, as the running dashboard serves it, on the same database.
+    os.environ["DATABASE_URL"] = db.embedded_url(product["data"] / "pg")
+    try:
+        get_settings.cache_clear()
+        at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=240)
+        at.run()
+        at.switch_page("pages/try_it.py").run()
+        at.text_area(key="tryit_question").input("How do I connect to the VPN?")
+        at.button(key="tryit_ask").click().run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+            surfaces = [r[0] for r in conn.execute("SELECT surface FROM answers ORDER BY id")]
+            documents = conn.execute("SELECT count(*) FROM documents").fetchone()[0]  # type: ignore[index]
+        assert surfaces == ["cli", "dashboard"] and documents > 20
+    finally:
+        del os.environ["DATABASE_URL"]
+        db.close_pools()
+
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal
+    assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+    assert not answers_http(f"http://127.0.0.1:{ports['llm']}/health")
+    assert not answers_http(f"http://127.0.0.1:{ports['dashboard']}/_stcore/health")
+    deadline = time.monotonic() + 30
+    while (product["data"] / "pg" / "postmaster.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not (product["data"] / "pg" / "postmaster.pid").exists(), "the embedded Postgres was left running"
+
+    again = subprocess.run([sys.executable, "-m", "core.cli", "docs", "ls"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.count("chunks") == documents

@@ -1,0 +1,145 @@
+"""When a retrain goes wrong: a killed training resumes from its checkpoint, a dead worker's run
+is failed, nothing to train on is a clear error, and a cancel stops between steps."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from core import curation, db, models, queue, retrain, serving, training
+from core.config import get_settings
+from retrain_support import CURATED, TINY_PARAMS, answer_and_curate, finished_run, wait_until
+from trainer import jobs
+
+LONG = {**TINY_PARAMS, "epochs": 10, "val_every": 5}  # 30 steps: long enough to be stopped mid-way
+
+
+def _work(run_id: int) -> Path:
+    return get_settings().adapter_root / "runs" / f"run-{run_id}"
+
+
+def _training_pid(run_id: int) -> int:
+    def pid() -> int | None:
+        with db.connection() as conn:
+            found = re.search(r"training process (\d+) started", training.get_run(conn, run_id).log)  # type: ignore[union-attr]
+        return int(found.group(1)) if found else None
+
+    return wait_until(pid, timeout_s=120, what="the training process to start")  # type: ignore[return-value]
+
+
+def _checkpointed(run_id: int) -> None:
+    wait_until(lambda: list((_work(run_id) / "checkpoints").glob("step-*/state.json")), timeout_s=120,
+               what="a first checkpoint")
+
+
+def test_killed_training_is_marked_failed_and_resumes_from_its_checkpoint(
+        curated_dataset: int, start_worker: object) -> None:
+    run = retrain.request_retrain(requested_by="admin", params=LONG)
+    start_worker()  # type: ignore[operator]
+    pid = _training_pid(run.id)
+    _checkpointed(run.id)
+    os.kill(pid, signal.SIGKILL)
+
+    failed = finished_run(run.id)
+    assert failed.status == "failed"
+    assert "killed by SIGKILL" in (failed.error or "") and "resume" in (failed.error or "")
+    with db.connection() as conn:
+        adapter = models.get(conn, failed.adapter_version)  # type: ignore[arg-type]
+    assert adapter is not None and adapter.status == "failed" and "SIGKILL" in (adapter.error or "")
+    with pytest.raises(models.PromotionRefused, match="failed"):
+        serving.promote(adapter.version)
+
+    retrain.resume_retrain(run.id, requested_by="admin")
+    done = finished_run(run.id)
+    assert done.status == "succeeded", f"{done.error}\n{done.log}"
+    resumed_from = done.metrics["train"]["resumed_from"]
+    assert resumed_from is not None and resumed_from >= 2 and f"resumed from the checkpoint at step {resumed_from}" in done.log
+    assert done.adapter_version == adapter.version  # the same version, now trained
+    with db.connection() as conn:
+        assert models.get(conn, adapter.version).status == "ready"  # type: ignore[union-attr]
+    assert not (_work(run.id) / "checkpoints").exists()
+
+
+def test_run_of_a_dead_worker_is_failed_and_its_training_stops(curated_dataset: int, start_worker: object) -> None:
+    run = retrain.request_retrain(requested_by="admin", params=LONG)
+    worker = start_worker()  # type: ignore[operator]
+    pid = _training_pid(run.id)
+    _checkpointed(run.id)
+    worker.kill()  # type: ignore[attr-defined]
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    wait_until(gone, timeout_s=60, what="the training process to notice its worker is gone")
+    with db.connection() as conn:
+        assert training.get_run(conn, run.id).status == "running"  # type: ignore[union-attr]
+    assert retrain.recover_orphaned_runs(stalled_after_s=0) == [run.id]
+    with db.connection() as conn:
+        failed = training.get_run(conn, run.id)
+        job = conn.execute("SELECT status::text AS s FROM procrastinate_jobs WHERE id = %(j)s",
+                           {"j": failed.job_id}).fetchone()  # type: ignore[union-attr]
+    assert failed.status == "failed" and "worker stopped" in failed.error  # type: ignore[union-attr,operator]
+    assert job["s"] == "failed"  # type: ignore[index]
+    assert retrain.recover_orphaned_runs(stalled_after_s=0) == []
+
+
+def test_all_rejected_answers_are_a_clear_error_and_no_run(tiny_base: Path) -> None:
+    answer_and_curate([], rejected=CURATED[:2])
+    with db.connection() as conn, pytest.raises(curation.CurationError, match="No accepted answers"):
+        curation.create_dataset(conn, created_by="admin")
+    with pytest.raises(curation.CurationError, match="no dataset yet"):
+        retrain.request_retrain(requested_by="admin")
+    with db.connection() as conn:
+        assert training.list_runs(conn) == [] and models.list_adapters(conn) == []
+
+
+def test_empty_dataset_fails_the_run_with_a_clear_error_and_no_adapter(tiny_base: Path) -> None:
+    with db.connection() as conn:
+        conn.execute("INSERT INTO datasets (version, created_by) VALUES (1, 'admin')")
+    with pytest.raises(curation.CurationError, match="empty"):
+        retrain.request_retrain(requested_by="admin", dataset_version=1)
+    # A run recorded some other way still refuses in the worker, before anything is registered.
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model=str(tiny_base), dataset_version=1, params={}, requested_by="x")
+    jobs.run_retrain(run.id)
+    with db.connection() as conn:
+        failed = training.get_run(conn, run.id)
+        assert models.list_adapters(conn) == []
+    assert failed.status == "failed" and "no accepted answers to train on" in (failed.error or "")  # type: ignore[union-attr]
+
+
+def test_unknown_parameter_fails_the_run_with_the_known_ones(curated_dataset: int) -> None:
+    run = retrain.request_retrain(requested_by="admin", params={"epoch": 2})
+    jobs.run_retrain(run.id)
+    with db.connection() as conn:
+        failed = training.get_run(conn, run.id)
+    assert failed.status == "failed" and "Unknown retrain parameter(s) ['epoch']" in (failed.error or "")  # type: ignore[union-attr]
+    assert "epochs" in (failed.error or "")  # type: ignore[union-attr]
+
+
+def test_cancel_stops_a_running_retrain_between_steps(curated_dataset: int) -> None:
+    run = retrain.request_retrain(requested_by="admin", params=LONG)
+    worker = threading.Thread(target=jobs.run_retrain, args=(run.id,))  # the task's body, in this process
+    worker.start()
+    _training_pid(run.id)
+    wait_until(lambda: _progress(run.id) > 0, timeout_s=120, what="training progress")
+    assert retrain.cancel_retrain(run.id, requested_by="admin")
+    worker.join(timeout=120)
+    cancelled = finished_run(run.id, timeout_s=1)
+    assert cancelled.status == "cancelled" and "cancelled at step" in (cancelled.error or "")
+    assert 0 < cancelled.progress < 1
+    with db.connection() as conn:
+        assert models.get(conn, cancelled.adapter_version).status == "failed"  # type: ignore[arg-type,union-attr]
+
+
+def _progress(run_id: int) -> float:
+    with db.connection() as conn:
+        return training.get_run(conn, run_id).progress  # type: ignore[union-attr]

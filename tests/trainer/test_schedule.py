@@ -1,0 +1,61 @@
+"""The periodic retrain: due by the cron in the database, only with enough new curated answers,
+one at a time; and the worker's minute tick that checks it."""
+from __future__ import annotations
+
+import datetime as dt
+
+from core import audit, curation, db, queue, retrain, training
+
+NOW = dt.datetime(2026, 3, 2, 3, 0, 30, tzinfo=dt.timezone.utc)  # a Monday, just after 03:00
+
+
+def _schedule(enabled: bool = True, cron: str = "0 3 * * 1", min_new: int = 5, saved: dt.datetime | None = None) -> None:
+    with db.connection() as conn:
+        training.set_schedule(conn, enabled=enabled, cron=cron, min_new_examples=min_new, params={"epochs": 1})
+        conn.execute("UPDATE training_schedule SET updated_at = %(t)s", {"t": saved or NOW - dt.timedelta(days=3)})
+
+
+def test_due_schedule_with_enough_new_answers_makes_a_dataset_and_queues_a_retrain(curated_dataset: int) -> None:
+    _schedule()
+    run = retrain.scheduled_retrain(NOW)
+    assert run is not None and run.status == "queued" and run.requested_by == "schedule"
+    assert run.params == {"epochs": 1} and run.job_id is not None
+    with db.connection() as conn:
+        assert run.dataset_version == curation.latest_version(conn) == curated_dataset + 1
+        assert training.get_schedule(conn).last_fired_at == NOW
+    # The same cron time is not considered twice, and the next one finds a run still active.
+    assert retrain.scheduled_retrain(NOW + dt.timedelta(minutes=5)) is None
+    assert retrain.scheduled_retrain(NOW + dt.timedelta(days=7)) is None
+    with db.connection() as conn:
+        assert [e.details["reason"] for e in audit.recent(conn) if e.action == "retrain.skip"] == \
+            ["a retrain is already queued or running"]
+
+
+def test_schedule_waits_for_enough_new_answers_since_the_last_successful_retrain(curated_dataset: int) -> None:
+    with db.connection() as conn:
+        done = training.create_run(conn, base_model="tiny", dataset_version=curated_dataset, params={},
+                                   requested_by="admin")
+        training.finish_run(conn, done.id, "succeeded")
+    _schedule(min_new=1)
+    assert retrain.scheduled_retrain(NOW) is None  # every accepted answer predates that retrain
+    with db.connection() as conn:
+        [skip] = [e for e in audit.recent(conn) if e.action == "retrain.skip"]
+    assert skip.details == {"reason": "not enough new accepted answers", "new": 0, "min_new_examples": 1}
+
+
+def test_schedule_is_not_due_when_disabled_or_before_its_time(curated_dataset: int) -> None:
+    _schedule(enabled=False)
+    assert retrain.scheduled_retrain(NOW) is None
+    _schedule(saved=NOW - dt.timedelta(minutes=10))  # saved at 02:50, and it is 02:59:30:
+    assert retrain.scheduled_retrain(NOW - dt.timedelta(minutes=1)) is None  # the last cron time predates the save
+    with db.connection() as conn:
+        assert training.list_runs(conn) == [] and training.get_schedule(conn).last_fired_at is None
+
+
+def test_the_worker_ticks_every_minute_on_the_training_queue() -> None:
+    import trainer.jobs  # noqa: F401  (registers the tasks on core.queue.app)
+
+    [periodic] = [p for (name, _), p in queue.app.periodic_registry.periodic_tasks.items() if name == queue.SCHEDULE_TASK]
+    assert periodic.cron == "* * * * *"
+    assert periodic.task.queue == queue.TRAINING_QUEUE and periodic.task.queueing_lock == "retrain-schedule"
+    assert queue.app.tasks[queue.RETRAIN_TASK].queue == queue.TRAINING_QUEUE

@@ -1,0 +1,85 @@
+"""Promotion on TGI, with a launcher command that starts our local server (the same HTTP
+contract) on a new port: start, smoke-check, switch, drain, stop; and a TGI that silently
+answers with the base model is caught before anything switches."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import db, models, serving, tgi_controller
+from core.config import get_settings
+from retrain_support import Client, wait_until
+from support.servers import free_port
+from support.tiny_model import make_lora_adapter
+
+LAUNCHER = Path(__file__).resolve().parent / "fake_tgi.py"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def tgi(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[models.Adapter]:
+    """TGI settings with the stand-in launcher, and two ready adapters that change the output."""
+    monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "tgi")
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", f"http://127.0.0.1:{free_port()}")  # the operator's TGI: not running
+    monkeypatch.setenv("FLYWHEEL_TGI_LAUNCH_COMMAND",
+                       f"{sys.executable} {LAUNCHER} --model {{model}} --port {{port}} --lora-adapters {{lora_adapters}}")
+    monkeypatch.setenv("FLYWHEEL_LLM_TIMEOUT_S", "10")
+    get_settings.cache_clear()
+    adapters = []
+    with db.connection() as conn:
+        for seed in (1, 2):
+            path = make_lora_adapter(tiny_base, tmp_path / f"adapter-{seed}", seed=seed)
+            adapter = models.register(conn, base_model=str(tiny_base), path=str(path), dataset_version=1,
+                                      hyperparams={"rank": 4}, status="ready")
+            adapters.append(adapter)
+    return adapters
+
+
+def test_tgi_promotion_starts_a_new_server_switches_traffic_then_stops_the_old_one(
+        tgi: list[models.Adapter], database_url: str) -> None:
+    v1, v2 = tgi
+    serving.promote(v1.version)
+    with db.connection() as conn:
+        first = models.endpoint(conn)
+    assert first is not None and first.pid is not None and f"{v1.name}=" in first.adapters
+
+    with Client(database_url, get_settings().llm_url) as client:
+        wait_until(lambda: client.answered_by(v1.name) >= 3, timeout_s=60, what="traffic on the first server")
+        serving.promote(v2.version)  # returns once the old server has drained and stopped
+        wait_until(lambda: client.answered_by(v2.name) >= 3, timeout_s=60, what="traffic on the new server")
+    assert client.failures == []
+
+    with db.connection() as conn:
+        second = models.endpoint(conn)
+        assert models.live(conn).name == v2.name  # type: ignore[union-attr]
+    assert second is not None and second.url != first.url
+    assert {url for adapter, url in client.answered if adapter == v2.name} == {second.url}
+    assert not _alive(first.pid)  # drained, then stopped
+    assert serving.answers_with_adapter(second.url, v2.name)
+    assert serving.answers_with_adapter(second.url, v1.name)  # the previous live adapter rides along
+
+    tgi_controller.stop(second.pid)  # type: ignore[arg-type]
+
+
+def test_tgi_that_silently_answers_with_the_base_model_is_caught_and_nothing_switches(
+        tgi: list[models.Adapter], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("FLYWHEEL_TGI_LAUNCH_COMMAND", f"{get_settings().tgi_launch_command} --drop-adapters")
+    get_settings.cache_clear()
+    with caplog.at_level("INFO", logger="core.tgi_controller"), \
+            pytest.raises(serving.ServingError, match="exactly like the base model"):
+        serving.promote(tgi[0].version)
+    with db.connection() as conn:
+        assert models.live(conn) is None and models.endpoint(conn) is None
+        assert models.get(conn, tgi[0].version).status == "ready"  # type: ignore[union-attr]
+    [started] = [r for r in caplog.records if r.getMessage().startswith("started a model server")]
+    assert not _alive(int(started.args[0]))  # type: ignore[index]  # the refused server was stopped

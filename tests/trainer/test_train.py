@@ -1,0 +1,173 @@
+"""The training core on the CPU with a tiny model of SmolLM2's architecture."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from trainer import train
+
+MESSAGES = [{"role": "system", "content": "Answer from the context."},
+            {"role": "user", "content": "How long does laptop delivery take?"},
+            {"role": "assistant", "content": "Five working days in Lisbon [1]."}]
+
+
+def _examples(n: int, seed: int = 0) -> list[train.TokenizedExample]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        length = 12 + i % 7
+        ids = torch.randint(10, 400, (length,), generator=g).tolist()
+        out.append(train.TokenizedExample(ids, [train.IGNORE] * 5 + ids[5:]))
+    return out
+
+
+@pytest.fixture
+def tiny(tiny_model_dir: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+def test_labels_cover_only_the_answer(tiny_model_dir: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ex = train.tokenize_chat_example(tokenizer, MESSAGES, max_len=512)
+    assert ex is not None
+    answer = tokenizer.decode([t for t in ex.labels if t != train.IGNORE])
+    assert answer.startswith("Five working days in Lisbon [1].")
+    prompt = tokenizer.decode([t for t, label in zip(ex.input_ids, ex.labels) if label == train.IGNORE])
+    assert "How long does laptop delivery take?" in prompt and "Five" not in prompt
+    assert train.tokenize_chat_example(tokenizer, MESSAGES, max_len=10) is None  # no room for the answer
+
+
+def test_packed_loss_equals_loss_of_examples_one_by_one(tiny: torch.nn.Module) -> None:
+    examples = _examples(4)
+    [packed] = train.pack(examples, max_len=256)
+    assert packed.position_ids.count(0) == 4
+    ids, labels, pos = (torch.tensor([x]) for x in (packed.input_ids, packed.labels, packed.position_ids))
+    with torch.no_grad():
+        loss, n = train.answer_loss(tiny, ids, labels, pos)
+        total, count = 0.0, 0
+        for ex in examples:
+            t = torch.tensor([ex.input_ids])
+            one, k = train.answer_loss(tiny, t, torch.tensor([ex.labels]), torch.arange(len(ex.input_ids))[None])
+            total += float(one) * k
+            count += k
+    assert n == count
+    assert float(loss) == pytest.approx(total / count, rel=1e-5)  # no attention across examples
+
+
+def test_chunked_loss_matches_full_cross_entropy_in_value_and_gradient(tiny: torch.nn.Module) -> None:
+    ex = _examples(1)[0]
+    ids, labels = torch.tensor([ex.input_ids]), torch.tensor([ex.labels])
+    pos = torch.arange(ids.shape[1])[None]
+    chunked, _ = train.answer_loss(tiny, ids, labels, pos, chunk=3)
+    chunked.backward()
+    grad_chunked = tiny.model.layers[0].self_attn.q_proj.weight.grad.clone()
+    tiny.zero_grad()
+    full = tiny(input_ids=ids, labels=labels).loss
+    full.backward()
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-5)
+    assert torch.allclose(grad_chunked, tiny.model.layers[0].self_attn.q_proj.weight.grad, atol=1e-6)
+
+
+def _config(**kwargs: object) -> train.TrainConfig:
+    defaults = dict(rank=4, alpha=8, dropout=0.0, epochs=30, lr=5e-3, max_seq_len=64, batch_tokens=64,
+                    val_every=5, patience=100, checkpoint_every=10)
+    return train.TrainConfig(**{**defaults, **kwargs})  # type: ignore[arg-type]
+
+
+def test_training_lowers_the_loss_on_what_it_learns(tiny: torch.nn.Module, tiny_model_dir: Path,
+                                                   tmp_path: Path) -> None:
+    examples = _examples(2)
+    before = train.evaluate_loss(tiny, train.pack(examples, 64), "cpu")  # about ln(49152) = 10.8
+    result = train.train_lora(tiny_model_dir, examples, examples, tmp_path, _config())
+    # The tiny model's frozen tied embeddings and final norm cap its logits, so the loss cannot
+    # fall far; a LoRA that learns nothing stays within noise of `before`.
+    assert result.val_loss is not None and result.val_loss < before - 0.5
+    assert (result.adapter_dir / "adapter_config.json").exists()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_same_seed_gives_the_same_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    a = train.train_lora(tiny_model_dir, _examples(3), [], tmp_path / "a", _config(epochs=2))
+    b = train.train_lora(tiny_model_dir, _examples(3), [], tmp_path / "b", _config(epochs=2))
+    wa, wb = (load_file(str(r.adapter_dir / "adapter_model.safetensors")) for r in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_crashed_run_resumes_from_its_last_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    def crash(step: int, total: int, loss: float, val: float | None) -> None:
+        if step == 15:
+            raise RuntimeError("worker killed")
+
+    with pytest.raises(RuntimeError, match="worker killed"):
+        train.train_lora(tiny_model_dir, _examples(2), [], tmp_path, _config(epochs=20), on_progress=crash)
+    assert (tmp_path / "checkpoints" / "step-000010" / "state.json").exists()
+    resumed = train.train_lora(tiny_model_dir, _examples(2), [], tmp_path, _config(epochs=20))
+    assert resumed.resumed_from == 10 and resumed.steps == 20
+
+
+def test_cancel_stops_between_steps_without_an_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    calls = iter(range(100))
+    with pytest.raises(train.TrainingCancelled, match="cancelled at step 3"):
+        train.train_lora(tiny_model_dir, _examples(2), [], tmp_path, _config(), should_stop=lambda: next(calls) >= 3)
+    assert not (tmp_path / "adapter").exists()
+
+
+def test_early_stopping_when_validation_loss_stops_improving(tiny_model_dir: Path, tmp_path: Path) -> None:
+    unrelated = _examples(2, seed=99)
+    result = train.train_lora(tiny_model_dir, _examples(2), unrelated, tmp_path,
+                              _config(epochs=200, val_every=2, patience=2))
+    assert result.stopped_early and result.steps < 200
+
+
+def test_no_examples_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="No training examples"):
+        train.train_lora(tiny_model_dir, [], [], tmp_path, _config())
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+# torch.compile's tracing and inductor warn about torch's own internals, and transformers' flex
+# attention passes create_block_mask's deprecated `_compile` flag. None of it is our call.
+torch_internals = [pytest.mark.filterwarnings("ignore::DeprecationWarning:torch"),
+                   pytest.mark.filterwarnings("ignore::UserWarning:torch"),
+                   pytest.mark.filterwarnings("ignore:_compile flag on create_block_mask:DeprecationWarning")]
+
+
+@pytest.mark.gpu
+@needs_cuda
+@torch_internals[0]
+@torch_internals[1]
+@torch_internals[2]
+def test_on_the_gpu_compiled_bf16_training_lowers_the_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
+    examples = _examples(2)
+    result = train.train_lora(tiny_model_dir, examples, examples, tmp_path, _config(epochs=30))  # GPU defaults
+    assert result.peak_mem_gb is not None and result.peak_mem_gb > 0
+    assert result.val_loss is not None and result.val_loss < 10.0  # from about ln(49152) = 10.8
+    assert (result.adapter_dir / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@torch_internals[0]
+@torch_internals[1]
+@torch_internals[2]
+def test_on_the_gpu_flex_attention_keeps_packed_examples_apart(tiny_model_dir: Path) -> None:
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="flex_attention").cuda()
+    examples = _examples(4)
+    [packed] = train.pack(examples, max_len=256)
+    ids, labels, pos = (torch.tensor([x], device="cuda") for x in (packed.input_ids, packed.labels, packed.position_ids))
+    with torch.no_grad():
+        loss, n = train.answer_loss(model, ids, labels, pos)
+        total = 0.0
+        for ex in examples:
+            one, k = train.answer_loss(model, torch.tensor([ex.input_ids], device="cuda"),
+                                       torch.tensor([ex.labels], device="cuda"),
+                                       torch.arange(len(ex.input_ids), device="cuda")[None])
+            total += float(one) * k
+    assert float(loss) == pytest.approx(total / n, rel=1e-4)

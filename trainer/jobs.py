@@ -1,0 +1,259 @@
+"""The worker's tasks: `retrain(run_id)` and the periodic schedule tick (procrastinate, on
+`core.queue.app`; run them with `flywheel worker`).
+
+A retrain: start the run -> build the dataset (refusing an empty one) -> register the adapter
+version (status training) -> train and gate in a child process (`trainer.runner`) whose
+progress, loss and log go to Postgres -> mark the adapter ready with its metrics (or failed,
+with the reason) -> promote it when it passed the gate and `auto_promote` is set. The child
+process keeps a crash (OOM kill, segfault) from taking the worker with it; its checkpoints let
+`core.retrain.resume_retrain` continue a failed run. One retrain at a time: the worker runs one
+job at a time and the database allows one queued or running run."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import procrastinate
+
+from core import db, models, queue, serving, training
+from core import retrain as retrains
+from core.config import Settings, get_settings
+from trainer import dataset, train
+from trainer.runner import CANCELLED_EXIT
+
+logger = logging.getLogger(__name__)
+app = queue.app
+
+_TRAIN_KEYS = {f.name for f in fields(train.TrainConfig)}
+_DATA_KEYS = {f.name for f in fields(dataset.DatasetConfig)}
+_GATE_DEFAULTS = {"gate_questions": 32, "gate_max_new_tokens": 128}
+
+
+class ParamsError(ValueError):
+    """A run's parameters are not ones the trainer knows."""
+
+
+class _ChildFailed(RuntimeError):
+    """The training process failed, was killed, or was stopped by a worker shutdown."""
+
+
+@app.task(name=queue.RETRAIN_TASK, queue=queue.TRAINING_QUEUE, pass_context=True)
+def retrain(context: procrastinate.JobContext, run_id: int) -> None:
+    run_retrain(run_id, should_abort=context.should_abort)
+
+
+@app.periodic(cron="* * * * *", periodic_id="retrain-schedule")
+@app.task(name=queue.SCHEDULE_TASK, queue=queue.TRAINING_QUEUE, queueing_lock="retrain-schedule")
+def tick(timestamp: int) -> None:
+    """Every minute: fail runs orphaned by a dead worker, then fire the schedule if it is due."""
+    retrains.recover_orphaned_runs()
+    retrains.scheduled_retrain(dt.datetime.fromtimestamp(timestamp).astimezone())
+
+
+def run_retrain(run_id: int, *, should_abort: Callable[[], bool] = lambda: False,
+                settings: Settings | None = None) -> None:
+    """Carry out one recorded run (see the module docstring). Expected failures end the run
+    with a clear reason; anything else is recorded too, then raised for the queue to see."""
+    settings = settings or get_settings()
+    with db.connection() as conn:
+        run = training.get_run(conn, run_id)
+        if run is None:
+            raise LookupError(f"There is no retrain run {run_id}.")
+        if run.status != "queued":
+            logger.warning("retrain run %s is %s, not queued: nothing to do", run_id, run.status)
+            return
+        if run.cancel_requested:
+            training.finish_run(conn, run_id, "cancelled", error="cancelled before it started")
+            return
+        training.start_run(conn, run_id)
+        training.append_log(conn, run_id, f"started on {socket.gethostname()} (worker pid {os.getpid()})")
+    try:
+        _retrain(run, settings, should_abort)
+    except (dataset.DatasetError, ParamsError, _ChildFailed) as e:
+        retrains.fail_run(run_id, str(e))
+    except BaseException as e:
+        logger.exception("retrain run %s crashed", run_id)
+        retrains.fail_run(run_id, f"{type(e).__name__}: {e}")
+        raise
+
+
+def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callable[[], bool]) -> None:
+    work = settings.adapter_root / "runs" / f"run-{run.id}"
+    train_config, data_config, gate = parse_params(run.params)
+    if not (work / "data" / "manifest.json").exists():  # a resumed run keeps the data it started with
+        if run.dataset_version is None:
+            raise dataset.DatasetError("This run names no dataset version.")
+        with db.connection() as conn:
+            built = dataset.build(conn, run.dataset_version, data_config)
+        dataset.save(built, work / "data")
+    manifest = json.loads((work / "data" / "manifest.json").read_text())
+    _log(run.id, f"dataset v{manifest['dataset_version']}: {manifest['domain_train']} domain + "
+                 f"{manifest['general_train']} general training examples, {manifest['val']} held out "
+                 f"({manifest['dropped_duplicates']} duplicates dropped)")
+    adapter = _adapter_for(run, settings, train_config)
+    with db.connection() as conn:
+        live = models.live(conn)
+    baseline = ({"name": live.name, "path": live.path}
+                if live is not None and live.base_model == run.base_model and Path(live.path).exists() else None)
+    spec = {"run_id": run.id, "base_model": run.base_model, "train": train.config_dict(train_config),
+            "gate": {"margin": settings.gate_margin, "questions": gate["gate_questions"],
+                     "max_new_tokens": gate["gate_max_new_tokens"]},
+            "baseline": baseline, "supervisor_pid": os.getpid()}
+    (work / "spec.json").write_text(json.dumps(spec, indent=2))
+    (work / "result.json").unlink(missing_ok=True)
+    code = _run_child(work, run.id, should_abort)
+    result = json.loads((work / "result.json").read_text()) if (work / "result.json").exists() else {}
+    if code == CANCELLED_EXIT:
+        with db.connection() as conn:
+            models.update(conn, adapter.version, status="failed", error="training was cancelled")
+            training.finish_run(conn, run.id, "cancelled", error=result.get("error", "cancelled"))
+        return
+    if code != 0 or result.get("status") != "succeeded":
+        raise _ChildFailed(_failure_reason(code, result, work))
+    final = Path(adapter.path)
+    shutil.rmtree(final, ignore_errors=True)
+    shutil.copytree(work / "adapter", final)
+    metrics: dict[str, Any] = {"train": result["train"], "gate": result["gate"],
+                               "dataset": _manifest_summary(manifest)}
+    with db.connection() as conn:
+        models.update(conn, adapter.version, status="ready", metrics=metrics, clear_error=True)
+        training.append_log(conn, run.id, f"adapter {adapter.name} is ready in {final}")
+    metrics["promoted"] = _auto_promote(run.id, adapter, bool(result["gate"].get("passed")), settings)
+    with db.connection() as conn:
+        training.finish_run(conn, run.id, "succeeded", metrics=metrics, adapter_version=adapter.version)
+
+
+def _auto_promote(run_id: int, adapter: models.Adapter, passed: bool, settings: Settings) -> bool:
+    if not settings.auto_promote:
+        return False
+    if not passed:
+        _log(run_id, f"{adapter.name} is not promoted: it did not pass the gate")
+        return False
+    try:
+        serving.promote(adapter.version, settings)
+    except (serving.ServingError, models.PromotionRefused) as e:
+        logger.exception("auto-promotion of %s failed", adapter.name)
+        _log(run_id, f"auto-promotion of {adapter.name} failed, the live adapter is unchanged: {e}")
+        return False
+    _log(run_id, f"promoted {adapter.name}: it passed the gate and auto-promote is on")
+    return True
+
+
+def parse_params(params: dict[str, Any]) -> tuple[train.TrainConfig, dataset.DatasetConfig, dict[str, int]]:
+    """A run's parameters (`epochs`, `rank`, `lr`, `general_ratio`, ... from the dashboard, CLI or
+    schedule) into the trainer's configs; an unknown key is refused, not ignored."""
+    unknown = set(params) - _TRAIN_KEYS - _DATA_KEYS - set(_GATE_DEFAULTS)
+    if unknown:
+        raise ParamsError(f"Unknown retrain parameter(s) {sorted(unknown)}; known: "
+                          f"{sorted(_TRAIN_KEYS | _DATA_KEYS | set(_GATE_DEFAULTS))}.")
+    try:
+        train_config = train.TrainConfig(**{k: v for k, v in params.items() if k in _TRAIN_KEYS})
+        data_config = dataset.DatasetConfig(**{k: v for k, v in params.items() if k in _DATA_KEYS})
+    except TypeError as e:
+        raise ParamsError(f"Bad retrain parameters: {e}") from e
+    if "rank" in params and "alpha" not in params:
+        train_config = train.TrainConfig(**{**asdict(train_config), "alpha": 2 * train_config.rank})
+    gate = {k: int(params.get(k, v)) for k, v in _GATE_DEFAULTS.items()}
+    return train_config, data_config, gate
+
+
+def _adapter_for(run: training.TrainingRun, settings: Settings, config: train.TrainConfig) -> models.Adapter:
+    """The adapter version this run trains: registered now, or the one a resumed run had."""
+    with db.connection() as conn:
+        if run.adapter_version is not None:
+            models.update(conn, run.adapter_version, status="training", clear_error=True)
+            return models.get(conn, run.adapter_version)  # type: ignore[return-value]
+        adapter = models.register(conn, base_model=run.base_model, path="", dataset_version=run.dataset_version,
+                                  hyperparams=train.config_dict(config))
+        path = str((settings.adapter_root / adapter.name).resolve())
+        models.update(conn, adapter.version, path=path)
+        training.attach_adapter(conn, run.id, adapter.version)
+        training.append_log(conn, run.id, f"training adapter {adapter.name}")
+        return models.get(conn, adapter.version)  # type: ignore[return-value]
+
+
+def child_command(work: Path) -> list[str]:
+    """`python -m trainer.runner WORK`, under `accelerate launch` on a machine with several GPUs."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus > 1:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+                "-m", "trainer.runner", str(work)]
+    return [sys.executable, "-m", "trainer.runner", str(work)]
+
+
+def _run_child(work: Path, run_id: int, should_abort: Callable[[], bool]) -> int:
+    """Run the training process and wait for it; a worker shutdown stops it (its checkpoints
+    stay for a resume)."""
+    env = {**os.environ, "DATABASE_URL": db.database_url(), "PYTHONUNBUFFERED": "1"}
+    with (work / "train.log").open("ab") as log:
+        proc = subprocess.Popen(child_command(work), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True)
+        try:
+            while True:
+                try:
+                    return proc.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+                if should_abort():
+                    _log(run_id, "the worker is shutting down: stopping the training process")
+                    _terminate(proc)
+                    raise _ChildFailed("The worker shut down during training. Resume the run from its last "
+                                       f"checkpoint with `flywheel train resume {run_id}`.")
+        except BaseException:
+            if proc.poll() is None:
+                _terminate(proc)
+            raise
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout_s)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
+    if result.get("error"):
+        return str(result["error"])
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
+        why = f"The training process was killed by {name}{hint}"
+    else:
+        why = f"The training process exited with code {code}"
+    tail = _tail(work / "train.log")
+    return why + (f"; last output:\n{tail}" if tail else "") + "\nIts checkpoints are kept: resume the run to continue."
+
+
+def _tail(path: Path, lines: int = 8) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in manifest.items() if k != "val_keys"}
+
+
+def _log(run_id: int, line: str) -> None:
+    logger.info("run %s: %s", run_id, line)
+    with db.connection() as conn:
+        training.append_log(conn, run_id, line)

@@ -1,0 +1,159 @@
+"""One retrain's compute, in a process of its own: `python -m trainer.runner WORK_DIR`.
+
+The worker (`trainer.jobs`) writes WORK_DIR/spec.json and the dataset, starts this process
+(under `accelerate launch` when there are several GPUs) and watches it. This process trains,
+reporting progress and loss to Postgres and stopping between steps when a cancel is asked or
+its worker died, then runs the eval gate, and writes WORK_DIR/result.json. A crash, an OOM kill
+or a lost machine leaves the checkpoints in WORK_DIR, from which a re-run resumes."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from core import db, training
+from trainer import dataset, evaluate, train
+
+logger = logging.getLogger("trainer.runner")
+CANCELLED_EXIT = 3
+
+
+def main(work: Path) -> int:
+    from accelerate import PartialState
+
+    spec = json.loads((work / "spec.json").read_text())
+    run_id = int(spec["run_id"])
+    main_process = PartialState().is_main_process
+    conn = db.connect(os.environ["DATABASE_URL"], autocommit=True) if main_process else None
+    parent = int(spec["supervisor_pid"])
+
+    def log(line: str) -> None:
+        logger.info(line)
+        if conn is not None:
+            training.append_log(conn, run_id, line)
+
+    try:
+        result = _run(spec, work, run_id, conn, parent, log, main_process)
+    except train.TrainingCancelled as e:
+        log(str(e))
+        _write(work, {"status": "cancelled", "error": str(e)}, main_process)
+        return CANCELLED_EXIT
+    except Exception as e:  # the boundary of the process: the worker reads the reason from result.json
+        logger.exception("retrain run %s failed", run_id)
+        _write(work, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                      "traceback": traceback.format_exc()[-4000:]}, main_process)
+        return 1
+    finally:
+        if conn is not None:
+            conn.close()
+    _write(work, result, main_process)
+    return 0
+
+
+def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, log: Any,
+         main_process: bool) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    base_model = spec["base_model"]
+    config = train.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["train"].items()})
+    data = dataset.load(work / "data")
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    train_examples = _tokenize(tokenizer, data.train, config.max_seq_len)
+    val_examples = _tokenize(tokenizer, data.val, config.max_seq_len)
+    dropped = len(data.train) + len(data.val) - len(train_examples) - len(val_examples)
+    log(f"tokenized {len(train_examples)} training and {len(val_examples)} held-out examples"
+        + (f"; {dropped} left no room for the answer within {config.max_seq_len} tokens and were dropped"
+           if dropped else ""))
+    if not train_examples:
+        raise dataset.DatasetError(f"No example fits in {config.max_seq_len} tokens with its answer.")
+
+    def on_progress(step: int, total: int, loss: float, val_loss: float | None) -> None:
+        training.report_progress(conn, run_id, step=step, total=total, train_loss=round(loss, 4),
+                                 val_loss=None if val_loss is None else round(val_loss, 4))
+        if step == 1 or step == total or step % max(1, total // 10) == 0:
+            log(f"step {step}/{total}: train loss {loss:.4f}"
+                + (f", val loss {val_loss:.4f}" if val_loss is not None else ""))
+
+    def should_stop() -> bool:
+        if not _alive(parent):  # the worker died: stop rather than train for nobody
+            raise RuntimeError(f"the worker process {parent} that started this training is gone")
+        return training.cancel_requested(conn, run_id)
+
+    log(f"training process {os.getpid()} started")  # tests and operators find the process by this line
+    result = train.train_lora(base_model, train_examples, val_examples, work, config,
+                              on_progress=on_progress, should_stop=should_stop)
+    if result.resumed_from is not None:
+        log(f"resumed from the checkpoint at step {result.resumed_from}")
+    log(f"trained {result.steps} steps at {result.tokens_per_s:.0f} tokens/s"
+        + (", stopped early: the val loss stopped improving" if result.stopped_early else ""))
+    if not main_process:
+        return {}
+    outcome: dict[str, Any] = {"status": "succeeded", "train": {
+        "steps": result.steps, "train_loss": round(result.train_loss, 4),
+        "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
+        "tokens_per_s": round(result.tokens_per_s, 1), "peak_mem_gb": result.peak_mem_gb,
+        "resumed_from": result.resumed_from, "stopped_early": result.stopped_early}}
+    if data.val:
+        _release_training_memory()
+        baseline = spec.get("baseline")
+        gate = evaluate.evaluate(base_model, result.adapter_dir, data.val,
+                                 baseline=(baseline["name"], Path(baseline["path"])) if baseline else None,
+                                 margin=float(spec["gate"]["margin"]), max_seq_len=config.max_seq_len,
+                                 max_questions=int(spec["gate"]["questions"]),
+                                 max_new_tokens=int(spec["gate"]["max_new_tokens"]))
+        outcome["gate"] = gate.as_dict()
+        log(f"gate {'passed' if gate.passed else 'failed'} against {gate.baseline_name}: "
+            f"F1 {gate.candidate.token_f1} vs {gate.baseline.token_f1}, ROUGE-L {gate.candidate.rouge_l} vs "
+            f"{gate.baseline.rouge_l}, grounded {gate.candidate.groundedness} vs {gate.baseline.groundedness}"
+            + ("" if gate.passed else f" ({'; '.join(gate.reasons)})"))
+    else:
+        outcome["gate"] = {"passed": False, "reasons": ["no held-out examples: the dataset is too small to evaluate"]}
+        log("gate not run: no held-out examples")
+    return outcome
+
+
+def _release_training_memory() -> None:
+    """The gate loads the model afresh; hand back what training held (an 8B model twice is tight)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tokenize(tokenizer: Any, examples: list[dataset.SFTExample], max_len: int) -> list[train.TokenizedExample]:
+    out = (train.tokenize_chat_example(tokenizer, e.messages, max_len) for e in examples)
+    return [t for t in out if t is not None]
+
+
+def _write(work: Path, result: dict[str, Any], main_process: bool) -> None:
+    if main_process:
+        partial = work / "result.json.partial"
+        partial.write_text(json.dumps(result, indent=2, default=_jsonable))
+        partial.rename(work / "result.json")
+
+
+def _jsonable(value: Any) -> Any:
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else str(value)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(main(Path(sys.argv[1])))

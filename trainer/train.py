@@ -1,0 +1,381 @@
+"""LoRA supervised fine-tuning (transformers + peft): the step, the loop, checkpoints.
+
+What makes it fast, and why:
+- Loss only on answer tokens, and the vocabulary projection only for those tokens, in chunks
+  recomputed in the backward pass: the (tokens x 128k vocabulary) logits of an 8B model are
+  never materialised (`answer_loss`).
+- Examples are packed into full sequences; position ids restart at each example, from which
+  transformers builds a block-diagonal causal mask, so no attention crosses examples. On a GPU
+  the mask goes to flex attention, which skips the blocks it masks.
+- Gradient checkpointing only when memory needs it; bf16 autocast on a GPU (LoRA weights and
+  optimiser state stay float32); fused AdamW; each decoder layer compiled on a GPU.
+- `accelerate` prepares the loss module and optimiser; under `accelerate launch` on several GPUs
+  each process takes its share of every step's packs and DDP averages the gradients."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+logger = logging.getLogger(__name__)
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0                # peft's default; a dropout copies every LoRA input
+    target_modules: tuple[str, ...] | str = "all-linear"
+    epochs: int = 3
+    lr: float = 2e-4
+    max_seq_len: int = 2048
+    batch_tokens: int = 16_384          # tokens per optimiser step (packs x accumulation)
+    min_steps_per_epoch: int = 8        # small datasets: fewer packs per step rather than 1-2 steps
+    warmup_ratio: float = 0.03
+    seed: int = 0
+    val_every: int = 50                 # steps between validations
+    patience: int = 3                   # validations without improvement before stopping
+    checkpoint_every: int = 100
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    compile: bool | Literal["auto"] = "auto"    # torch.compile each decoder layer; auto: on a GPU
+    attn_implementation: str = "auto"           # auto: flex_attention on a GPU, sdpa on a CPU
+    loss_chunk: int = 4096              # answer tokens per vocabulary-projection chunk
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    labels: list[int]   # IGNORE where no loss
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    adapter_dir: Path
+    steps: int
+    train_loss: float
+    val_loss: float | None
+    tokens_per_s: float
+    peak_mem_gb: float | None
+    resumed_from: int | None
+    stopped_early: bool
+
+
+class TrainingCancelled(RuntimeError):
+    """`should_stop` asked the run to stop; no adapter was written."""
+
+
+# -- data ------------------------------------------------------------------------------------
+
+def tokenize_chat_example(tokenizer: Any, messages: list[dict[str, str]], max_len: int) -> TokenizedExample | None:
+    """Render with the tokenizer's chat template; labels only on the final assistant turn.
+    None when the prompt leaves no room for the answer within `max_len`."""
+    prompt = list(token_ids(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)))
+    full = list(token_ids(tokenizer.apply_chat_template(messages, tokenize=True)))
+    if full[: len(prompt)] != prompt:
+        raise ValueError("the chat template renders the prompt differently inside the full conversation")
+    full = full[:max_len]
+    labels = [IGNORE] * len(prompt) + full[len(prompt):]
+    labels = labels[: len(full)]
+    if all(label == IGNORE for label in labels):
+        return None
+    return TokenizedExample(full, labels)
+
+
+def token_ids(value: Any) -> Any:
+    """`apply_chat_template(tokenize=True)` gives ids, or a mapping holding them."""
+    return value["input_ids"] if hasattr(value, "keys") else value
+
+
+@dataclass(frozen=True)
+class Pack:
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]   # restart at 0 for each example: the attention boundary
+
+
+def pack(examples: Sequence[TokenizedExample], max_len: int) -> list[Pack]:
+    """First-fit-decreasing into sequences of at most `max_len` tokens."""
+    bins: list[list[TokenizedExample]] = []
+    room: list[int] = []
+    for ex in sorted(examples, key=lambda e: -len(e.input_ids)):
+        for i, free in enumerate(room):
+            if len(ex.input_ids) <= free:
+                bins[i].append(ex)
+                room[i] -= len(ex.input_ids)
+                break
+        else:
+            bins.append([ex])
+            room.append(max_len - len(ex.input_ids))
+    packs = []
+    for b in bins:
+        packs.append(Pack([t for e in b for t in e.input_ids], [t for e in b for t in e.labels],
+                          [p for e in b for p in range(len(e.input_ids))]))
+    return packs
+
+
+# -- the loss --------------------------------------------------------------------------------
+
+def answer_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor,
+                chunk: int = 4096) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over the answer tokens, computing logits only for them, a chunk at a
+    time, recomputed in the backward pass. Returns (loss, number of answer tokens)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model.model.model
+    # No cache: with one, transformers would not read packing from the position ids, and
+    # attention would leak across the packed examples.
+    hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    hidden = hidden[:, :-1][keep]
+    targets = targets[keep]
+    n = int(targets.numel())
+    if n == 0:
+        return hidden.sum() * 0.0, 0
+    head = model.get_output_embeddings()
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, n, chunk):
+        total = total + checkpoint(_chunk_loss, head.weight, hidden[start:start + chunk],
+                                   targets[start:start + chunk], use_reentrant=False)
+    return total / n, n
+
+
+def _chunk_loss(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(F.linear(hidden, weight).float(), targets, reduction="sum")
+
+
+class AnswerLoss(torch.nn.Module):
+    """`answer_loss` as a module, so that DDP (several GPUs) wraps the whole forward pass."""
+
+    def __init__(self, model: Any, chunk: int) -> None:
+        super().__init__()
+        self.model = model
+        self.chunk = chunk
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return answer_loss(self.model, input_ids, labels, position_ids, self.chunk)[0]
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+def prepare_model(base_model: Any, config: TrainConfig) -> Any:
+    """Load (if a path) and wrap the base model with fresh LoRA layers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    cuda = torch.cuda.is_available()
+    if isinstance(base_model, (str, Path)):
+        attn = config.attn_implementation if config.attn_implementation != "auto" else (
+            "flex_attention" if cuda else "sdpa")
+        base_model = AutoModelForCausalLM.from_pretrained(
+            base_model, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation=attn)
+    if cuda:
+        from accelerate import PartialState
+
+        base_model = base_model.to(PartialState().device)
+    lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
+                      target_modules=list(config.target_modules) if isinstance(config.target_modules, tuple)
+                      else config.target_modules, task_type="CAUSAL_LM")
+    model = get_peft_model(base_model, lora)
+    if _needs_checkpointing(model, config):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if config.compile is True or (config.compile == "auto" and cuda):
+        for layer in model.get_decoder().layers:
+            layer.compile()
+    return model
+
+
+def _needs_checkpointing(model: Any, config: TrainConfig) -> bool:
+    """Activations of a decoder layer in bf16 are roughly 34 x hidden bytes per token (flash and
+    flex attention keep no score matrix; measured: about 9 GiB for 2048 tokens of Llama-3-8B);
+    checkpoint only when they would not fit beside the weights in three quarters of the card."""
+    if config.gradient_checkpointing != "auto":
+        return bool(config.gradient_checkpointing)
+    if not torch.cuda.is_available():
+        return False
+    activations = 34 * model.config.hidden_size * model.config.num_hidden_layers * config.max_seq_len
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return weights + activations > torch.cuda.get_device_properties(0).total_memory * 0.75
+
+
+def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence[TokenizedExample],
+               output_dir: Path, config: TrainConfig = TrainConfig(), *,
+               on_progress: Callable[[int, int, float, float | None], None] | None = None,
+               should_stop: Callable[[], bool] | None = None) -> TrainResult:
+    """Train a LoRA adapter; save it in `output_dir/adapter` (the best by val loss when there
+    is a val set). Resumes from the newest checkpoint in `output_dir/checkpoints` if a crashed
+    run left one. `on_progress(step, total, train_loss, val_loss)` and `should_stop()` run on
+    the main process only, between optimiser steps."""
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+
+    if not train:
+        raise ValueError("No training examples: curate and accept answers first.")
+    _seed(config.seed)
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    model = prepare_model(base_model, config)
+    packs = pack(train, config.max_seq_len)
+    val_packs = pack(val, config.max_seq_len)
+    accumulation = max(1, min(round(config.batch_tokens / config.max_seq_len),
+                              math.ceil(len(packs) / config.min_steps_per_epoch)))
+    steps_per_epoch = math.ceil(len(packs) / accumulation)
+    total_steps = steps_per_epoch * config.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, fused=torch.cuda.is_available())
+    warmup = max(1, int(total_steps * config.warmup_ratio))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    loss_module, optimizer = accelerator.prepare(AnswerLoss(model, config.loss_chunk), optimizer)
+    main = accelerator.is_main_process
+    rank, world = accelerator.process_index, accelerator.num_processes
+
+    checkpoints = output_dir / "checkpoints"
+    step, resumed_from = 0, None
+    best_val, bad_validations, stopped_early = math.inf, 0, False
+    latest = _latest_checkpoint(checkpoints)
+    if latest is not None:
+        step, best_val, bad_validations = _load_checkpoint(latest, model, optimizer, scheduler)
+        resumed_from = step
+        logger.info("resuming from checkpoint at step %d", step)
+
+    order = _epoch_orders(len(packs), config.epochs, config.seed)
+    tokens, started, last_loss, val_loss = 0, time.perf_counter(), float("nan"), None
+    loss_module.train()
+    while step < total_steps:
+        stop = [bool(should_stop()) if main and should_stop is not None else False]
+        if world > 1:
+            broadcast_object_list(stop)
+        if stop[0]:
+            raise TrainingCancelled(f"cancelled at step {step} of {total_steps}")
+        batch = order[step * accumulation: (step + 1) * accumulation]
+        # Each process takes every world-th pack; all run the same number of backward passes
+        # (DDP synchronises on each), a missing one as a zero-weighted repeat.
+        share = math.ceil(len(batch) / world)
+        mine = batch[rank::world]
+        losses = []
+        for i in range(share):
+            index, weight = (mine[i], 1.0) if i < len(mine) else (batch[0], 0.0)
+            ids, labels, positions = _tensors(packs[index], accelerator.device)
+            sync = accelerator.no_sync(loss_module) if i < share - 1 else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                loss = loss_module(ids, labels, positions)
+                accelerator.backward(loss * weight / share)
+            if weight:
+                losses.append(float(loss.detach()))
+                tokens += ids.numel()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        last_loss = sum(losses) / max(len(losses), 1)
+        if val_packs and (step % config.val_every == 0 or step == total_steps):
+            with accelerator.autocast():
+                val_loss = evaluate_loss(model, val_packs, accelerator.device, config.loss_chunk)
+            if val_loss < best_val - 1e-4:
+                best_val, bad_validations = val_loss, 0
+                if main:
+                    model.save_pretrained(output_dir / "adapter")
+            else:
+                bad_validations += 1
+        if main and on_progress is not None:
+            on_progress(step, total_steps, last_loss, val_loss)
+        if main and step % config.checkpoint_every == 0 and step < total_steps:
+            _save_checkpoint(checkpoints / f"step-{step:06d}", model, optimizer, scheduler,
+                             step, best_val, bad_validations)
+        if bad_validations >= config.patience:
+            stopped_early = True
+            break
+    elapsed = time.perf_counter() - started
+    accelerator.wait_for_everyone()
+    if main:
+        if not val_packs or not (output_dir / "adapter").exists():
+            model.save_pretrained(output_dir / "adapter")
+        shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the adapter is what remains
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    return TrainResult(output_dir / "adapter", step, last_loss, best_val if val_packs else None,
+                       tokens * world / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early)
+
+
+@torch.no_grad()
+def evaluate_loss(model: Any, packs: Sequence[Pack], device: Any, chunk: int = 4096) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for p in packs:
+        ids, labels, positions = _tensors(p, device)
+        loss, n = answer_loss(model, ids, labels, positions, chunk)
+        total += float(loss) * n
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def _tensors(p: Pack, device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.tensor([p.input_ids], device=device), torch.tensor([p.labels], device=device),
+            torch.tensor([p.position_ids], device=device))
+
+
+def _epoch_orders(n: int, epochs: int, seed: int) -> list[int]:
+    rng = random.Random(seed)
+    order: list[int] = []
+    for _ in range(epochs):
+        epoch = list(range(n))
+        rng.shuffle(epoch)
+        order += epoch
+    return order
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def _latest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("step-*")) if folder.exists() else []
+    complete = [f for f in found if (f / "state.json").exists()]
+    return complete[-1] if complete else None
+
+
+def _save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, step: int, best_val: float,
+                     bad_validations: int) -> None:
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial / "adapter")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state()}, partial / "optimizer.pt")
+    (partial / "state.json").write_text(json.dumps({"step": step, "best_val": best_val,
+                                                    "bad_validations": bad_validations}))
+    partial.rename(folder)  # a crash mid-save never leaves a checkpoint that looks complete
+    for old in sorted(folder.parent.glob("step-*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, float, int]:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
+    state = torch.load(folder / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    meta = json.loads((folder / "state.json").read_text())
+    return int(meta["step"]), float(meta["best_val"]), int(meta["bad_validations"])
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
