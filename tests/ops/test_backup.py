@@ -75,7 +75,7 @@ def test_export_then_import_into_fresh_database_round_trips_every_row(
 
     again = CliRunner().invoke(app, ["import", str(out)])  # a second import would mix two histories
     assert again.exit_code == 2 and "fresh database" in again.output
-    with psycopg.connect(target_url) as conn:  # new rows get new ids after the imported ones
+    with db.connect(target_url) as conn:  # new rows get new ids after the imported ones
         with conn.transaction():
             new_id = feedback.create_answer(conn, thread_key="cli:x", surface="cli", question="q")
     assert new_id > max(r["id"] for r in before["answers"])

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from core import db
@@ -90,9 +91,11 @@ def test_make_up_runs_every_process_answers_and_stops_cleanly_keeping_data(produ
     assert "Route:" in asked.stdout and "Sources:" in asked.stdout
 
     # The Try it page, as the running dashboard serves it, on the same database.
-    os.environ["DATABASE_URL"] = db.embedded_url(product["data"] / "pg")
+    # The running server's socket, without joining pgserver's list of processes that keep it up.
+    os.environ["DATABASE_URL"] = f"postgresql://postgres:@/postgres?host={product['data'] / 'pg'}"
     try:
         get_settings.cache_clear()
+        st_config.set_option("server.address", "127.0.0.1")  # as `flywheel dashboard` binds it without a login
         at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=240)
         at.run()
         at.switch_page("pages/try_it.py").run()
