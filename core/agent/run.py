@@ -56,10 +56,12 @@ REVIEW_WAIT = "A reviewer is checking this answer. You'll get it here once it's 
 
 
 @lru_cache(maxsize=1)
-def _default_generator() -> Any:
+def _default_generator(url: str | None = None) -> Any:
+    """The configured backend, at `url` when a promotion moved serving to another server (TGI)."""
     from core.llm.backends import make_generator
 
-    return make_generator(get_settings())
+    settings = get_settings()
+    return make_generator(settings.model_copy(update={"llm_url": url}) if url else settings)
 
 
 @lru_cache(maxsize=4)
@@ -70,8 +72,8 @@ def _live_adapter_cache(url: str) -> models.LiveAdapterCache:
 def default_context() -> AgentContext:
     """Settings, the configured generator, and the live adapter (None: the base model), read
     per question from a cache that a promotion refreshes."""
-    live = _live_adapter_cache(db.database_url()).get()
-    return AgentContext(settings=get_settings(), generator=_default_generator(), adapter_id=live)
+    live, url = _live_adapter_cache(db.database_url()).current()
+    return AgentContext(settings=get_settings(), generator=_default_generator(url), adapter_id=live)
 
 
 def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> Outcome:
