@@ -47,10 +47,8 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
     messages = (blocks.answer_messages(item.answer_id, item.text, answer.sources) if item.kind == "answer"
                 else [blocks.note(item.text)])
     try:
-        first = None
-        for message in messages:
-            ts = posting.post(deps.client, channel=where.channel_id, thread_ts=where.thread_ts, message=message)
-            first = first or ts
+        first = posting.show(deps.client, deps.throttle, channel=where.channel_id, thread_ts=where.thread_ts,
+                             ts=None, messages=messages)
     except SlackApiError:
         logger.exception("Slack refused the %s for answer %s; not retrying", item.kind, item.answer_id)
         return

@@ -84,11 +84,6 @@ def set_delivered(conn: psycopg.Connection, answer_id: int, ts: str) -> None:
                  {"ts": ts, "a": answer_id})
 
 
-def get(conn: psycopg.Connection, slack_answer_id: int) -> SlackAnswer | None:
-    return _one(conn.execute(f"SELECT {_COLUMNS} FROM slack_answers s WHERE s.id = %(id)s",
-                             {"id": slack_answer_id}).fetchone())
-
-
 def for_answer(conn: psycopg.Connection, answer_id: int) -> SlackAnswer | None:
     return _one(conn.execute(f"SELECT {_COLUMNS} FROM slack_answers s WHERE s.answer_id = %(a)s",
                              {"a": answer_id}).fetchone())

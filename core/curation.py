@@ -222,16 +222,18 @@ def _context(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) -> lis
             for i, s in enumerate(sources, start=1) if s.get("chunk_id") in texts]
 
 
+_DATASETS_SQL = ("SELECT d.version, d.created_by, d.note, d.created_at, count(i.*) AS items FROM datasets d"
+                 " LEFT JOIN dataset_items i ON i.dataset_version = d.version"
+                 " WHERE %(v)s::int IS NULL OR d.version = %(v)s GROUP BY d.version ORDER BY d.version DESC")
+
+
 def list_datasets(conn: psycopg.Connection) -> list[DatasetInfo]:
-    rows = conn.execute(
-        "SELECT d.version, d.created_by, d.note, d.created_at, count(i.*) AS items FROM datasets d"
-        " LEFT JOIN dataset_items i ON i.dataset_version = d.version GROUP BY d.version ORDER BY d.version DESC"
-    ).fetchall()
-    return [DatasetInfo(**r) for r in rows]
+    return [DatasetInfo(**r) for r in conn.execute(_DATASETS_SQL, {"v": None}).fetchall()]
 
 
 def get_dataset(conn: psycopg.Connection, version: int) -> DatasetInfo | None:
-    return next((d for d in list_datasets(conn) if d.version == version), None)
+    row = conn.execute(_DATASETS_SQL, {"v": version}).fetchone()
+    return None if row is None else DatasetInfo(**row)
 
 
 def latest_version(conn: psycopg.Connection) -> int | None:

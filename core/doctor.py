@@ -9,7 +9,7 @@ from typing import Literal
 
 import psycopg
 
-from core import db, models
+from core import db, models, serving
 from core.config import Settings
 
 Level = Literal["ok", "warn", "fail"]
@@ -91,20 +91,29 @@ def _generation(settings: Settings, url: str) -> Check:
     with db.connect(url) as conn:
         live = models.live(conn)
     adapter = f"live adapter {live.name} (v{live.version})" if live else "base model (no live adapter)"
-    generator = make_generator(settings)
+    url = serving.serving_url(settings)  # a TGI promotion may have moved serving to another server
+    generator = make_generator(settings.model_copy(update={"llm_url": url}))
     if generator is None:
         return Check("generation", "ok", "extractive answers (no model configured)")
     if not generator.health():
-        return Check("generation", "warn", f"{settings.llm_backend} server at {settings.llm_url} is not answering: "
+        return Check("generation", "warn", f"{settings.llm_backend} server at {url} is not answering: "
                      "answers fall back to cited excerpts until it is (`flywheel serve-llm`)")
-    return Check("generation", "ok", f"{settings.llm_backend} server at {settings.llm_url} is healthy; {adapter}")
+    return Check("generation", "ok", f"{settings.llm_backend} server at {url} is healthy; {adapter}")
+
+
+def slack_mode(settings: Settings) -> str | None:
+    """How the bot receives events: Socket Mode when an app token is set, else HTTP events with a
+    signing secret; None when it cannot receive any."""
+    if settings.slack_app_token is not None:
+        return "Socket Mode"
+    return "HTTP events" if settings.slack_signing_secret is not None else None
 
 
 def _slack(settings: Settings) -> Check:
     if settings.slack_bot_token is None:
         return Check("slack", "warn", "not configured (SLACK_BOT_TOKEN unset): questions come through the "
                      "dashboard's Try it page and the CLI")
-    mode = "Socket Mode" if settings.slack_app_token else "HTTP events" if settings.slack_signing_secret else None
+    mode = slack_mode(settings)
     if mode is None:
         return Check("slack", "fail", "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN (Socket Mode) "
                      "nor SLACK_SIGNING_SECRET (HTTP events) is")

@@ -43,10 +43,21 @@ def request_retrain(*, requested_by: str, dataset_version: int | None = None, ba
         run = training.create_run(conn, base_model=base_model or default_base_model(), dataset_version=version,
                                   params=params or {}, requested_by=requested_by)
         audit.record(conn, requested_by, "retrain.start", f"run:{run.id}", {"dataset_version": version, **(params or {})})
-    job_id = queue.defer_retrain(run.id)
+    return _enqueue(run.id)
+
+
+def _enqueue(run_id: int) -> training.TrainingRun:
+    """Put a recorded run on the worker's queue. If the queue cannot take it, the run is failed
+    with the reason, so it never blocks later retrains as a run forever 'queued'."""
+    try:
+        job_id = queue.defer_retrain(run_id)
+    except Exception as e:
+        with db.connection() as conn:
+            training.finish_run(conn, run_id, "failed", error=f"could not queue the job: {type(e).__name__}: {e}")
+        raise
     with db.connection() as conn:
-        training.set_job(conn, run.id, job_id)
-        return training.get_run(conn, run.id)  # type: ignore[return-value]
+        training.set_job(conn, run_id, job_id)
+        return training.get_run(conn, run_id)  # type: ignore[return-value]
 
 
 def cancel_retrain(run_id: int, *, requested_by: str) -> bool:
@@ -71,10 +82,7 @@ def resume_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun:
     with db.connection() as conn:
         run = training.requeue(conn, run_id)
         audit.record(conn, requested_by, "retrain.resume", f"run:{run_id}")
-    job_id = queue.defer_retrain(run.id)
-    with db.connection() as conn:
-        training.set_job(conn, run.id, job_id)
-        return training.get_run(conn, run.id)  # type: ignore[return-value]
+    return _enqueue(run.id)
 
 
 def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from core import db, models
 from core.config import Settings, get_settings
@@ -168,7 +169,7 @@ def stop(pid: int, *, timeout_s: float = 30) -> None:
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return
-        if proc is None and not _alive(pid):
+        if proc is None and not psutil.pid_exists(pid):
             return
         time.sleep(0.1)
     logger.warning("model server %d did not stop in %.0f s; killing it", pid, timeout_s)
@@ -199,16 +200,6 @@ def _default_drain_s(settings: Settings) -> float:
     # A request may take the generator's whole timeout; a process that missed the NOTIFY
     # re-reads the live adapter within the cache age (30 s).
     return settings.llm_timeout_s + 30
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _free_port(host: str) -> int:

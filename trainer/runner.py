@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from core import db, training
 from trainer import dataset, evaluate, train
 
@@ -80,7 +82,7 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, 
                 + (f", val loss {val_loss:.4f}" if val_loss is not None else ""))
 
     def should_stop() -> bool:
-        if not _alive(parent):  # the worker died: stop rather than train for nobody
+        if not psutil.pid_exists(parent):  # the worker died: stop rather than train for nobody
             raise RuntimeError(f"the worker process {parent} that started this training is gone")
         return training.cancel_requested(conn, run_id)
 
@@ -126,16 +128,6 @@ def _release_training_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _tokenize(tokenizer: Any, examples: list[dataset.SFTExample], max_len: int) -> list[train.TokenizedExample]:

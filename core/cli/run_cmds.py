@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from core import db
+from core import db, doctor, serving
 from core.config import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,11 +21,10 @@ def slack_status(settings: Settings) -> str:
     if settings.slack_bot_token is None:
         return ("not connected: set SLACK_BOT_TOKEN and SLACK_APP_TOKEN (see README, Slack set-up); "
                 "meanwhile ask on the dashboard's Try it page or with `flywheel ask`")
-    if settings.slack_app_token is not None:
-        return "connecting over Socket Mode"
-    if settings.slack_signing_secret is not None:
-        return f"HTTP events on port {settings.bot_port}"
-    return "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN nor SLACK_SIGNING_SECRET: the bot cannot receive events"
+    mode = doctor.slack_mode(settings)
+    if mode is None:
+        return "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN nor SLACK_SIGNING_SECRET: the bot cannot receive events"
+    return f"connecting over {mode}" + (f" on port {settings.bot_port}" if mode == "HTTP events" else "")
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +48,7 @@ def register(app: typer.Typer) -> None:
         if empty and ingest_samples:
             typer.echo(f"first start: ingesting the sample handbook from {SAMPLES.relative_to(ROOT)}")
             typer.echo(ingest.ingest_paths([SAMPLES]).summary())
-        typer.echo(f"generation: {settings.llm_backend} backend at {settings.llm_url} "
+        typer.echo(f"generation: {settings.llm_backend} backend at {serving.serving_url(settings)} "
                    "(answers fall back to cited excerpts while it is unreachable)")
         typer.echo(f"dashboard: http://localhost:{settings.dashboard_port}")
         typer.echo(f"slack: {slack_status(settings)}")

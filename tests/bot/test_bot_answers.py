@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import slack_payloads
-from conftest import ASKER, BOT_USER, SlackBot, rows, wait_until
+from bot_support import ASKER, BOT_USER, SlackBot, rows, wait_until
 from support.scripted_model import ScriptedModel
 
 from bot import blocks

@@ -1,7 +1,7 @@
 """👍 / 👎 on answers: one vote per person and answer, the 👎 modal's reason and correction."""
 from __future__ import annotations
 
-from conftest import ASKER, OUTSIDER, SlackBot, rows, wait_until
+from bot_support import ASKER, OUTSIDER, SlackBot, rows, wait_until
 from support.fake_slack import Call
 
 from bot import blocks

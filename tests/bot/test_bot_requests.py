@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 import slack_payloads
-from conftest import ASKER, BOT_USER, SECRET, SlackBot, rows
+from bot_support import ASKER, BOT_USER, SECRET, SlackBot, rows
 from slack_bolt import BoltRequest
 from support.fake_slack import FakeSlack
 from support.scripted_model import ScriptedModel

@@ -4,8 +4,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from conftest import (ASKER, GROUP_MEMBER, OUTSIDER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SlackBot, rows,
-                      wait_until)
+from bot_support import (ASKER, GROUP_MEMBER, OUTSIDER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SlackBot, rows,
+                         wait_until)
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from core.cli import dashboard_cmds
 from dashboard_helpers import PASSWORD, PASSWORD_SHA256, ROOT, seed_answer
-from support.servers import free_port
+from support.servers import free_port, stop, wait_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -38,29 +36,10 @@ def dashboard_url(dashboard_db: str, tmp_path: Path) -> Iterator[str]:
                                   stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_DEADLINE_S
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"streamlit exited with {server.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"streamlit did not answer /_stcore/health:\n{log_path.read_text()[-3000:]}")
-            try:  # between checks, wait on the process itself: an early exit is noticed at once
-                server.wait(timeout=0.25)
-            except subprocess.TimeoutExpired:
-                pass
+        wait_healthy(server, f"{url}/_stcore/health", START_DEADLINE_S, log_path)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop(server)
 
 
 def test_sign_in_and_open_curation_in_chromium(dashboard_url: str, tmp_path: Path,

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,27 +19,9 @@ from streamlit.testing.v1 import AppTest
 
 from core import db
 from core.config import get_settings
-from support.servers import free_port
+from support.servers import answers_http, free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def wait_for(what: str, ready: Callable[[], bool], proc: subprocess.Popen[str], log: Path,
-             timeout_s: float = 240) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"flywheel up exited ({proc.returncode}) before {what}:\n{log.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-
-
-def answers_http(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture
@@ -74,9 +56,9 @@ def product(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_make_up_runs_every_process_answers_and_stops_cleanly_keeping_data(product: dict) -> None:
     proc, ports, log, env = product["proc"], product["ports"], product["log"], product["env"]
-    wait_for("the model server", lambda: answers_http(f"http://127.0.0.1:{ports['llm']}/health"), proc, log)
-    wait_for("the dashboard", lambda: answers_http(f"http://127.0.0.1:{ports['dashboard']}/_stcore/health"), proc, log)
-    wait_for("the worker", lambda: answers_http(f"http://127.0.0.1:{ports['worker_metrics']}/metrics"), proc, log)
+    for health in (f"http://127.0.0.1:{ports['llm']}/health", f"http://127.0.0.1:{ports['dashboard']}/_stcore/health",
+                   f"http://127.0.0.1:{ports['worker_metrics']}/metrics"):
+        wait_healthy(proc, health, 240, log)
     printed = log.read_text()
     assert "first start: ingesting the sample handbook" in printed
     assert f"dashboard: http://localhost:{ports['dashboard']}" in printed

@@ -33,26 +33,42 @@ def serve_llm(model_dir: Path, *extra: str, timeout_s: float = 180) -> Iterator[
                              "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve-llm exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("serve-llm did not become healthy")
-            time.sleep(0.3)
+        wait_healthy(proc, f"{url}/health", timeout_s)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
+
+
+def answers_http(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def wait_healthy(proc: subprocess.Popen, health_url: str, timeout_s: float, log: Path | None = None) -> None:
+    """Wait until `health_url` answers 200; fail at once, with the log's tail, if `proc` exits."""
+    tail = (lambda: "\n" + log.read_text()[-3000:]) if log is not None else (lambda: "")
+    deadline = time.monotonic() + timeout_s
+    while not answers_http(health_url):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}{tail()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{health_url} did not answer within {timeout_s:.0f} s{tail()}")
+        try:  # between checks, wait on the process itself: an early exit is noticed at once
+            proc.wait(timeout=0.25)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def stop(proc: subprocess.Popen, timeout_s: float = 15) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 CHAT_OK = {"id": "c1", "object": "chat.completion", "created": 0, "model": "tgi", "system_fingerprint": "3.3.6",
