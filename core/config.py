@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     adapters_dir: Path | None = None       # default: <data_dir>/adapters
     auto_promote: bool = False             # promote an adapter that passes the eval gate
     gate_margin: float = 0.0               # the new adapter may be this much worse and still pass
+    train_processes: int = 0               # training processes (data parallel); 0: one per GPU, one on a CPU
     tgi_launch_command: str = ""           # e.g. "text-generation-launcher --port {port} --lora-adapters {lora_adapters}"
 
     # Prometheus /metrics of the processes that serve no HTTP of their own (0: off). The local

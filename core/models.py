@@ -20,6 +20,8 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from core import audit
+
 logger = logging.getLogger(__name__)
 
 AdapterStatus = Literal["training", "ready", "live", "retired", "failed"]
@@ -109,10 +111,12 @@ def promotable(conn: psycopg.Connection, version: int) -> Adapter:
     return adapter
 
 
-def mark_live(conn: psycopg.Connection, version: int, *, endpoint: Endpoint | None = None) -> Adapter:
+def mark_live(conn: psycopg.Connection, version: int, *, actor: str, action: str = "model.promote",
+              endpoint: Endpoint | None = None) -> Adapter:
     """Make `version` the live adapter in the registry (the serving side must already have it
-    loaded: see `core.serving.promote`), and switch the serving endpoint with it when the
-    promotion started a new server. Refuses failed or unfinished adapters."""
+    loaded: see `core.serving.promote`), switch the serving endpoint with it when the promotion
+    started a new server, and audit who did it, all in the caller's transaction. Checks again
+    that the adapter may go live: loading it can take minutes, during which its status may change."""
     promotable(conn, version)
     conn.execute("UPDATE adapters SET status = 'retired' WHERE status = 'live' AND version <> %(v)s", {"v": version})
     conn.execute("UPDATE adapters SET status = 'live', promoted_at = now() WHERE version = %(v)s", {"v": version})
@@ -123,7 +127,10 @@ def mark_live(conn: psycopg.Connection, version: int, *, endpoint: Endpoint | No
             " adapters = EXCLUDED.adapters, updated_at = now()",
             {"u": endpoint.url, "p": endpoint.pid, "h": endpoint.host, "a": endpoint.adapters})
     conn.execute("SELECT pg_notify(%(ch)s, %(v)s)", {"ch": LIVE_CHANNEL, "v": str(version)})
-    return get(conn, version)  # type: ignore[return-value]
+    live: Adapter = get(conn, version)  # type: ignore[assignment]
+    audit.record(conn, actor, action, f"adapter:v{version}",
+                 {"name": live.name, **({"url": endpoint.url} if endpoint is not None else {})})
+    return live
 
 
 def endpoint(conn: psycopg.Connection) -> Endpoint | None:

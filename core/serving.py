@@ -73,15 +73,17 @@ def _same(a: Sequence[float], b: Sequence[float], tol: float = 1e-5) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, abs_tol=tol) for x, y in zip(a, b))
 
 
-def promote(version: int, settings: Settings | None = None) -> models.Adapter:
-    """Load, smoke-check, then switch. Requests in flight finish on the adapter they started
-    with; new requests read the live adapter from the registry and use the new one."""
+def promote(version: int, settings: Settings | None = None, *, actor: str,
+            action: str = "model.promote") -> models.Adapter:
+    """Load, smoke-check, then switch, audited as `actor` in the switch's transaction. Requests
+    in flight finish on the adapter they started with; new requests read the live adapter from
+    the registry and use the new one."""
     settings = settings or get_settings()
     with db.connection() as conn:
         adapter = models.promotable(conn, version)
     if settings.llm_backend == "tgi":
         try:
-            return tgi_controller.promote(adapter, settings)
+            return tgi_controller.promote(adapter, settings, actor=actor, action=action)
         except tgi_controller.TGIControllerError as e:
             raise ServingError(str(e)) from e
     if settings.llm_backend == "extractive":
@@ -94,15 +96,15 @@ def promote(version: int, settings: Settings | None = None) -> models.Adapter:
         raise ServingError(f"The model server answers {adapter.name!r} exactly like the base model: "
                            "the adapter is not really loaded. Nothing was switched.")
     with db.connection() as conn:
-        live = models.mark_live(conn, version)
+        live = models.mark_live(conn, version, actor=actor, action=action)
     logger.info("adapter %s is live", live.name)
     return live
 
 
-def rollback(settings: Settings | None = None) -> models.Adapter:
+def rollback(settings: Settings | None = None, *, actor: str) -> models.Adapter:
     """Promote the adapter that was live before the current one."""
     with db.connection() as conn:
         previous = models.previous_live(conn)
     if previous is None:
         raise models.PromotionRefused("There is no earlier live adapter to roll back to.")
-    return promote(previous.version, settings)
+    return promote(previous.version, settings, actor=actor, action="model.rollback")

@@ -46,7 +46,8 @@ class Launched:
     log: Path
 
 
-def promote(adapter: models.Adapter, settings: Settings | None = None, *, health_timeout_s: float = 900,
+def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor: str,
+            action: str = "model.promote", health_timeout_s: float = 900,
             drain_timeout_s: float | None = None) -> models.Adapter:
     """Start a TGI with `adapter` (and the live one, so both ids answer), smoke-check it,
     switch the live adapter and the serving URL together, then drain and stop the old server.
@@ -68,7 +69,7 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, health
                 f"The new server at {launched.url} answers {adapter.name!r} exactly like the base model: TGI "
                 f"did not load the adapter (it falls back silently). Check the launch command and {launched.log}.")
         with db.connection() as conn:
-            promoted = models.mark_live(conn, adapter.version, endpoint=models.Endpoint(
+            promoted = models.mark_live(conn, adapter.version, actor=actor, action=action, endpoint=models.Endpoint(
                 url=launched.url, pid=launched.pid, host=socket.gethostname(), adapters=launched.adapters))
     except BaseException:
         stop(launched.pid)

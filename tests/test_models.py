@@ -6,7 +6,7 @@ import time
 import psycopg
 import pytest
 
-from core import db, models
+from core import audit, db, models
 
 
 def _ready(conn: psycopg.Connection, status: models.AdapterStatus = "ready") -> models.Adapter:
@@ -25,23 +25,27 @@ def test_promoting_a_failed_or_unknown_adapter_is_refused(database_url: str) -> 
     with db.connection() as conn:
         failed = _ready(conn, "failed")
         with pytest.raises(models.PromotionRefused, match="failed"):
-            models.mark_live(conn, failed.version)
+            models.mark_live(conn, failed.version, actor="admin")
         with pytest.raises(models.PromotionRefused, match="no adapter version 42"):
-            models.mark_live(conn, 42)
-        assert models.live(conn) is None
+            models.mark_live(conn, 42, actor="admin")
+        assert models.live(conn) is None and audit.recent(conn) == []
 
 
 def test_one_live_adapter_and_rollback_returns_to_previous(database_url: str) -> None:
     with db.connection() as conn:
         v1, v2 = _ready(conn), _ready(conn)
-        models.mark_live(conn, v1.version)
-        models.mark_live(conn, v2.version)
+        models.mark_live(conn, v1.version, actor="admin")
+        models.mark_live(conn, v2.version, actor="admin")
         assert models.live(conn).version == v2.version  # type: ignore[union-attr]
         assert models.get(conn, v1.version).status == "retired"  # type: ignore[union-attr]
         previous = models.previous_live(conn)
         assert previous is not None and previous.version == v1.version
-        models.mark_live(conn, previous.version)
+        models.mark_live(conn, previous.version, actor="bob", action="model.rollback")
         assert [a.status for a in models.list_adapters(conn)] == ["retired", "live"]
+        # Each switch is audited in its own transaction.
+        assert [(e.actor, e.action, e.target) for e in reversed(audit.recent(conn))] == [
+            ("admin", "model.promote", "adapter:v1"), ("admin", "model.promote", "adapter:v2"),
+            ("bob", "model.rollback", "adapter:v1")]
 
 
 def test_live_cache_follows_a_promotion_in_another_connection(database_url: str) -> None:
@@ -50,7 +54,7 @@ def test_live_cache_follows_a_promotion_in_another_connection(database_url: str)
         assert cache.get() is None
         with db.connection() as conn:
             adapter = _ready(conn)
-            models.mark_live(conn, adapter.version)
+            models.mark_live(conn, adapter.version, actor="admin")
         deadline = time.monotonic() + 10
         while cache.get() != adapter.name and time.monotonic() < deadline:
             time.sleep(0.05)

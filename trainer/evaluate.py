@@ -82,8 +82,7 @@ def evaluate(base_model: str | Path, candidate_dir: Path, val: Sequence[SFTExamp
     if baseline is not None:
         model.load_adapter(str(baseline[1]), adapter_name="baseline")
     questions = list(val)[:max_questions]
-    tokenized = [t for t in (train.tokenize_chat_example(tokenizer, e.messages, max_seq_len) for e in val) if t]
-    packs = train.pack(tokenized, max_seq_len)
+    packs = train.pack(train.tokenize_chat_examples(tokenizer, [e.messages for e in val], max_seq_len), max_seq_len)
 
     def arm(adapter: str | None) -> tuple[Scores, list[str]]:
         with _active(model, adapter):

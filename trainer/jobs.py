@@ -38,6 +38,7 @@ app = queue.app
 _TRAIN_KEYS = {f.name for f in fields(train.TrainConfig)}
 _DATA_KEYS = {f.name for f in fields(dataset.DatasetConfig)}
 _GATE_DEFAULTS = {"gate_questions": 32, "gate_max_new_tokens": 128}
+AUTO_PROMOTE_ACTOR = "auto-promote"   # who the audit log says promoted an adapter that passed the gate
 
 
 class ParamsError(ValueError):
@@ -112,9 +113,13 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
             "baseline": baseline, "supervisor_pid": os.getpid()}
     (work / "spec.json").write_text(json.dumps(spec, indent=2))
     (work / "result.json").unlink(missing_ok=True)
-    code = _run_child(work, run.id, should_abort)
+    processes = training_processes(settings)
+    if processes > 1:
+        _log(run.id, f"training in {processes} processes")
+    code = _run_child(child_command(work, processes), work, run.id, should_abort)
     result = json.loads((work / "result.json").read_text()) if (work / "result.json").exists() else {}
-    if code == CANCELLED_EXIT:
+    # torchrun reports any worker's non-zero exit as 1: the result file says what happened.
+    if code == CANCELLED_EXIT or result.get("status") == "cancelled":
         with db.connection() as conn:
             models.update(conn, adapter.version, status="failed", error="training was cancelled")
             training.finish_run(conn, run.id, "cancelled", error=result.get("error", "cancelled"))
@@ -141,7 +146,7 @@ def _auto_promote(run_id: int, adapter: models.Adapter, passed: bool, settings: 
         _log(run_id, f"{adapter.name} is not promoted: it did not pass the gate")
         return False
     try:
-        serving.promote(adapter.version, settings)
+        serving.promote(adapter.version, settings, actor=AUTO_PROMOTE_ACTOR)
     except (serving.ServingError, models.PromotionRefused) as e:
         logger.exception("auto-promotion of %s failed", adapter.name)
         _log(run_id, f"auto-promotion of {adapter.name} failed, the live adapter is unchanged: {e}")
@@ -183,23 +188,30 @@ def _adapter_for(run: training.TrainingRun, settings: Settings, config: train.Tr
         return models.get(conn, adapter.version)  # type: ignore[return-value]
 
 
-def child_command(work: Path) -> list[str]:
-    """`python -m trainer.runner WORK`, under `accelerate launch` on a machine with several GPUs."""
+def training_processes(settings: Settings) -> int:
+    """`FLYWHEEL_TRAIN_PROCESSES`, or one process per GPU (one without a GPU)."""
+    if settings.train_processes > 0:
+        return settings.train_processes
     import torch
 
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if gpus > 1:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(gpus),
+    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
+
+
+def child_command(work: Path, processes: int = 1) -> list[str]:
+    """`python -m trainer.runner WORK`; several processes are started by `torchrun`, and
+    `accelerate` in each finds its rank and the others from what torchrun sets."""
+    if processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes),
                 "-m", "trainer.runner", str(work)]
     return [sys.executable, "-m", "trainer.runner", str(work)]
 
 
-def _run_child(work: Path, run_id: int, should_abort: Callable[[], bool]) -> int:
+def _run_child(command: list[str], work: Path, run_id: int, should_abort: Callable[[], bool]) -> int:
     """Run the training process and wait for it; a worker shutdown stops it (its checkpoints
     stay for a resume)."""
     env = {**os.environ, "DATABASE_URL": db.database_url(), "PYTHONUNBUFFERED": "1"}
     with (work / "train.log").open("ab") as log:
-        proc = subprocess.Popen(child_command(work), stdout=log, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True)
         try:
             while True:

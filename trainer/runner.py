@@ -1,7 +1,7 @@
 """One retrain's compute, in a process of its own: `python -m trainer.runner WORK_DIR`.
 
 The worker (`trainer.jobs`) writes WORK_DIR/spec.json and the dataset, starts this process
-(under `accelerate launch` when there are several GPUs) and watches it. This process trains,
+(under `torchrun` when it trains in several processes, one per GPU) and watches it. This process trains,
 reporting progress and loss to Postgres and stopping between steps when a cancel is asked or
 its worker died, then runs the eval gate, and writes WORK_DIR/result.json. A crash, an OOM kill
 or a lost machine leaves the checkpoints in WORK_DIR, from which a re-run resumes."""
@@ -26,11 +26,9 @@ CANCELLED_EXIT = 3
 
 
 def main(work: Path) -> int:
-    from accelerate import PartialState
-
     spec = json.loads((work / "spec.json").read_text())
     run_id = int(spec["run_id"])
-    main_process = PartialState().is_main_process
+    main_process = train.process_state().is_main_process
     conn = db.connect(os.environ["DATABASE_URL"], autocommit=True) if main_process else None
     parent = int(spec["supervisor_pid"])
 
@@ -65,8 +63,8 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, 
     config = train.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["train"].items()})
     data = dataset.load(work / "data")
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    train_examples = _tokenize(tokenizer, data.train, config.max_seq_len)
-    val_examples = _tokenize(tokenizer, data.val, config.max_seq_len)
+    train_examples = train.tokenize_chat_examples(tokenizer, [e.messages for e in data.train], config.max_seq_len)
+    val_examples = train.tokenize_chat_examples(tokenizer, [e.messages for e in data.val], config.max_seq_len)
     dropped = len(data.train) + len(data.val) - len(train_examples) - len(val_examples)
     log(f"tokenized {len(train_examples)} training and {len(val_examples)} held-out examples"
         + (f"; {dropped} left no room for the answer within {config.max_seq_len} tokens and were dropped"
@@ -128,11 +126,6 @@ def _release_training_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _tokenize(tokenizer: Any, examples: list[dataset.SFTExample], max_len: int) -> list[train.TokenizedExample]:
-    out = (train.tokenize_chat_example(tokenizer, e.messages, max_len) for e in examples)
-    return [t for t in out if t is not None]
 
 
 def _write(work: Path, result: dict[str, Any], main_process: bool) -> None:

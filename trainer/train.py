@@ -9,8 +9,11 @@ What makes it fast, and why:
   the mask goes to flex attention, which skips the blocks it masks.
 - Gradient checkpointing only when memory needs it; bf16 autocast on a GPU (LoRA weights and
   optimiser state stay float32); fused AdamW; each decoder layer compiled on a GPU.
-- `accelerate` prepares the loss module and optimiser; under `accelerate launch` on several GPUs
-  each process takes its share of every step's packs and DDP averages the gradients."""
+- The loss of a step is the mean over all its answer tokens, however its packs are split into
+  forward passes (`packs_per_forward`) and across processes: the same step gives the same update.
+- `accelerate` prepares the loss module and optimiser; started by `torchrun` with several
+  processes (one per GPU), each takes its share of every step's packs and DDP averages the
+  gradients (NCCL on GPUs, gloo on CPUs)."""
 from __future__ import annotations
 
 import contextlib
@@ -53,6 +56,7 @@ class TrainConfig:
     compile: bool | Literal["auto"] = "auto"    # torch.compile each decoder layer; auto: on a GPU
     attn_implementation: str = "auto"           # auto: flex_attention on a GPU, sdpa on a CPU
     loss_chunk: int = 4096              # answer tokens per vocabulary-projection chunk
+    packs_per_forward: int = 1          # packs in one forward pass, padded to the longest
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,13 @@ def tokenize_chat_example(tokenizer: Any, messages: list[dict[str, str]], max_le
     return TokenizedExample(full, labels)
 
 
+def tokenize_chat_examples(tokenizer: Any, conversations: Sequence[list[dict[str, str]]],
+                           max_len: int) -> list[TokenizedExample]:
+    """`tokenize_chat_example` for each; those without room for their answer are left out."""
+    out = (tokenize_chat_example(tokenizer, messages, max_len) for messages in conversations)
+    return [t for t in out if t is not None]
+
+
 def token_ids(value: Any) -> Any:
     """`apply_chat_template(tokenize=True)` gives ids, or a mapping holding them."""
     return value["input_ids"] if hasattr(value, "keys") else value
@@ -104,6 +115,11 @@ class Pack:
     input_ids: list[int]
     labels: list[int]
     position_ids: list[int]   # restart at 0 for each example: the attention boundary
+
+    @property
+    def answer_tokens(self) -> int:
+        """Tokens the loss is taken on: those with a label, after the first (nothing predicts it)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE)
 
 
 def pack(examples: Sequence[TokenizedExample], max_len: int) -> list[Pack]:
@@ -156,7 +172,8 @@ def _chunk_loss(weight: torch.Tensor, hidden: torch.Tensor, targets: torch.Tenso
 
 
 class AnswerLoss(torch.nn.Module):
-    """`answer_loss` as a module, so that DDP (several GPUs) wraps the whole forward pass."""
+    """The summed `answer_loss` as a module, so that DDP (several processes) wraps the whole
+    forward pass."""
 
     def __init__(self, model: Any, chunk: int) -> None:
         super().__init__()
@@ -164,10 +181,19 @@ class AnswerLoss(torch.nn.Module):
         self.chunk = chunk
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        return answer_loss(self.model, input_ids, labels, position_ids, self.chunk)[0]
+        mean, n = answer_loss(self.model, input_ids, labels, position_ids, self.chunk)
+        return mean * n
 
 
 # -- the loop --------------------------------------------------------------------------------
+
+def process_state() -> Any:
+    """This process's place among the training processes (`accelerate.PartialState`). Without a
+    GPU, several processes started by `torchrun` train together over gloo."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
 
 def prepare_model(base_model: Any, config: TrainConfig) -> Any:
     """Load (if a path) and wrap the base model with fresh LoRA layers."""
@@ -181,9 +207,7 @@ def prepare_model(base_model: Any, config: TrainConfig) -> Any:
         base_model = AutoModelForCausalLM.from_pretrained(
             base_model, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation=attn)
     if cuda:
-        from accelerate import PartialState
-
-        base_model = base_model.to(PartialState().device)
+        base_model = base_model.to(process_state().device)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules) if isinstance(config.target_modules, tuple)
                       else config.target_modules, task_type="CAUSAL_LM")
@@ -224,7 +248,9 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     if not train:
         raise ValueError("No training examples: curate and accept answers first.")
     _seed(config.seed)
-    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    process_state()
+    accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
+                              cpu=not torch.cuda.is_available())
     model = prepare_model(base_model, config)
     packs = pack(train, config.max_seq_len)
     val_packs = pack(val, config.max_seq_len)
@@ -260,26 +286,32 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
         if stop[0]:
             raise TrainingCancelled(f"cancelled at step {step} of {total_steps}")
         batch = order[step * accumulation: (step + 1) * accumulation]
-        # Each process takes every world-th pack; all run the same number of backward passes
-        # (DDP synchronises on each), a missing one as a zero-weighted repeat.
-        share = math.ceil(len(batch) / world)
+        answer_tokens = sum(packs[i].answer_tokens for i in batch)
+        # Each process takes every world-th pack, `packs_per_forward` at a time. All run the same
+        # number of backward passes (DDP synchronises on the last), a missing one as a
+        # zero-weighted repeat. Each pass adds its summed loss over the step's answer tokens;
+        # DDP averages over processes, hence `world`.
         mine = batch[rank::world]
-        losses = []
-        for i in range(share):
-            index, weight = (mine[i], 1.0) if i < len(mine) else (batch[0], 0.0)
-            ids, labels, positions = _tensors(packs[index], accelerator.device)
-            sync = accelerator.no_sync(loss_module) if i < share - 1 else contextlib.nullcontext()
+        per_forward = max(1, config.packs_per_forward)
+        groups = [mine[i:i + per_forward] for i in range(0, len(mine), per_forward)]
+        passes = math.ceil(math.ceil(len(batch) / world) / per_forward)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for i in range(passes):
+            group, weight = (groups[i], 1.0) if i < len(groups) else (batch[:1], 0.0)
+            ids, labels, positions = _tensors([packs[j] for j in group], accelerator.device)
+            sync = accelerator.no_sync(loss_module) if i < passes - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                loss = loss_module(ids, labels, positions)
-                accelerator.backward(loss * weight / share)
-            if weight:
-                losses.append(float(loss.detach()))
-                tokens += ids.numel()
+                summed = loss_module(ids, labels, positions)
+                accelerator.backward(summed * (weight * world / max(answer_tokens, 1)))
+            loss_sum += summed.detach().float() * weight
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        last_loss = sum(losses) / max(len(losses), 1)
+        tokens += sum(len(packs[i].input_ids) for i in batch)
+        if world > 1:
+            loss_sum = accelerator.reduce(loss_sum, reduction="sum")
+        last_loss = float(loss_sum) / max(answer_tokens, 1)
         if val_packs and (step % config.val_every == 0 or step == total_steps):
             with accelerator.autocast():
                 val_loss = evaluate_loss(model, val_packs, accelerator.device, config.loss_chunk)
@@ -305,7 +337,7 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
         shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the adapter is what remains
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return TrainResult(output_dir / "adapter", step, last_loss, best_val if val_packs else None,
-                       tokens * world / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early)
+                       tokens / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early)
 
 
 @torch.no_grad()
@@ -314,7 +346,7 @@ def evaluate_loss(model: Any, packs: Sequence[Pack], device: Any, chunk: int = 4
     model.eval()
     total, count = 0.0, 0
     for p in packs:
-        ids, labels, positions = _tensors(p, device)
+        ids, labels, positions = _tensors([p], device)
         loss, n = answer_loss(model, ids, labels, positions, chunk)
         total += float(loss) * n
         count += n
@@ -322,9 +354,18 @@ def evaluate_loss(model: Any, packs: Sequence[Pack], device: Any, chunk: int = 4
     return total / max(count, 1)
 
 
-def _tensors(p: Pack, device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (torch.tensor([p.input_ids], device=device), torch.tensor([p.labels], device=device),
-            torch.tensor([p.position_ids], device=device))
+def _tensors(group: Sequence[Pack], device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of packs, each padded to the longest. The padding is an example of its own
+    (positions from 0, no labels), so nothing attends to it and it has no loss."""
+    width = max(len(p.input_ids) for p in group)
+
+    def padded(p: Pack) -> tuple[list[int], list[int], list[int]]:
+        pad = width - len(p.input_ids)
+        return p.input_ids + [0] * pad, p.labels + [IGNORE] * pad, p.position_ids + list(range(pad))
+
+    ids, labels, positions = zip(*(padded(p) for p in group))
+    return (torch.tensor(ids, device=device), torch.tensor(labels, device=device),
+            torch.tensor(positions, device=device))
 
 
 def _epoch_orders(n: int, epochs: int, seed: int) -> list[int]:

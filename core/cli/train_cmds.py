@@ -103,14 +103,14 @@ def register(app: typer.Typer) -> None:
                        f"{a.created_at:%Y-%m-%d %H:%M}\t{figures or a.error or ''}")
 
     @models_app.command("promote")
-    def promote(version: int) -> None:
+    def promote(version: int, by: str = typer.Option("cli", "--as", help="Who promotes (recorded).")) -> None:
         """Load adapter VERSION into the serving model, check it, and make it live."""
-        _switch(lambda: serving.promote(version))
+        _switch(lambda: serving.promote(version, actor=by))
 
     @models_app.command("rollback")
-    def rollback() -> None:
+    def rollback(by: str = typer.Option("cli", "--as", help="Who rolls back (recorded).")) -> None:
         """Make the previously live adapter live again."""
-        _switch(serving.rollback)
+        _switch(lambda: serving.rollback(actor=by))
 
 
 def _switch(action: Callable[[], models.Adapter]) -> None:

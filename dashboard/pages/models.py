@@ -7,20 +7,15 @@ import json
 import pandas as pd
 import streamlit as st
 
-from core import audit, db, models, serving
+from core import db, models, serving
 from core.config import get_settings
 from core.llm.backends import make_generator
 from dashboard import frame
 
 
 def switch(actor: str, version: int | None) -> models.Adapter:
-    """Promote `version`, or roll back when None. Serving loads and smoke-checks the adapter and
-    commits the switch itself, so the audit row follows in a transaction of its own."""
-    live = serving.promote(version) if version is not None else serving.rollback()
-    with db.connection() as conn:
-        audit.record(conn, actor, "model.promote" if version is not None else "model.rollback",
-                     f"adapter:v{live.version}", {"name": live.name})
-    return live
+    """Promote `version`, or roll back when None (audited with the switch)."""
+    return serving.promote(version, actor=actor) if version is not None else serving.rollback(actor=actor)
 
 
 identity = frame.page("Models")

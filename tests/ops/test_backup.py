@@ -33,7 +33,7 @@ def _seed(handbook_dir: Path) -> None:
         curation.create_dataset(conn, created_by="admin@example.com", note="first")
         adapter = models.register(conn, base_model="tiny", path="/adapters/v1", dataset_version=1,
                                   hyperparams={"rank": 4}, status="ready")
-        models.mark_live(conn, adapter.version)
+        models.mark_live(conn, adapter.version, actor="admin")
         run_row = training.create_run(conn, base_model="tiny", dataset_version=1, params={"epochs": 1},
                                       requested_by="admin@example.com")
         training.finish_run(conn, run_row.id, "succeeded", metrics={"f1": 0.5}, adapter_version=adapter.version)

@@ -51,7 +51,7 @@ def test_killed_training_is_marked_failed_and_resumes_from_its_checkpoint(
         adapter = models.get(conn, failed.adapter_version)  # type: ignore[arg-type]
     assert adapter is not None and adapter.status == "failed" and "SIGKILL" in (adapter.error or "")
     with pytest.raises(models.PromotionRefused, match="failed"):
-        serving.promote(adapter.version)
+        serving.promote(adapter.version, actor="admin")
 
     retrain.resume_retrain(run.id, requested_by="admin")
     done = finished_run(run.id)

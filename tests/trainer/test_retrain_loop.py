@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from retrain_support import TINY_PARAMS, Client, finished_run, wait_until
-from core import db, models, serving, training
+from core import audit, db, models, serving, training
 from core.cli import train_cmds
 from core.config import get_settings
 from support.servers import serve_llm
@@ -55,6 +55,9 @@ def test_curated_answers_become_a_live_adapter_without_a_failed_request(
         assert run.metrics["promoted"] is True and run.progress == 1
         assert [p["step"] for p in run.losses] == list(range(1, len(run.losses) + 1))
         assert "promoted flywheel-v1" in run.log
+        with db.connection() as conn:
+            assert [(e.actor, e.action, e.target) for e in audit.recent(conn) if e.action.startswith("model.")] == [
+                ("auto-promote", "model.promote", "adapter:v1")]
         # The server really answers with it: not the base model's output.
         assert serving.answers_with_adapter(llm_url, "flywheel-v1")
 
@@ -66,10 +69,10 @@ def test_promoting_a_failed_adapter_is_refused(database_url: str) -> None:
     with db.connection() as conn:
         adapter = models.register(conn, base_model="tiny", path="/nowhere", dataset_version=1, hyperparams={})
         models.update(conn, adapter.version, status="failed", error="training process was killed")
-    refused = CliRunner().invoke(_cli(), ["models", "promote", str(adapter.version)])
+    refused = CliRunner().invoke(_cli(), ["models", "promote", str(adapter.version), "--as", "alice"])
     assert refused.exit_code == 2 and "failed; only a finished adapter can go live" in refused.output
     with pytest.raises(models.PromotionRefused):
-        serving.promote(adapter.version)
+        serving.promote(adapter.version, actor="admin")
     with db.connection() as conn:
-        assert models.live(conn) is None
+        assert models.live(conn) is None and audit.recent(conn) == []
         assert training.list_runs(conn) == []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core import db, models, serving, tgi_controller
+from core import audit, db, models, serving, tgi_controller
 from core.config import get_settings
 from retrain_support import Client, wait_until
 from support.servers import free_port
@@ -48,20 +48,23 @@ def tgi(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> lis
 def test_tgi_promotion_starts_a_new_server_switches_traffic_then_stops_the_old_one(
         tgi: list[models.Adapter], database_url: str) -> None:
     v1, v2 = tgi
-    serving.promote(v1.version)
+    serving.promote(v1.version, actor="admin")
     with db.connection() as conn:
         first = models.endpoint(conn)
     assert first is not None and first.pid is not None and f"{v1.name}=" in first.adapters
 
     with Client(database_url, get_settings().llm_url) as client:
         wait_until(lambda: client.answered_by(v1.name) >= 3, timeout_s=60, what="traffic on the first server")
-        serving.promote(v2.version)  # returns once the old server has drained and stopped
+        serving.promote(v2.version, actor="admin")  # returns once the old server has drained and stopped
         wait_until(lambda: client.answered_by(v2.name) >= 3, timeout_s=60, what="traffic on the new server")
     assert client.failures == []
 
     with db.connection() as conn:
         second = models.endpoint(conn)
         assert models.live(conn).name == v2.name  # type: ignore[union-attr]
+        promoted = audit.recent(conn)[0]
+    assert (promoted.action, promoted.target, promoted.details["url"]) == ("model.promote", f"adapter:v{v2.version}",
+                                                                        second.url if second else None)
     assert second is not None and second.url != first.url
     assert {url for adapter, url in client.answered if adapter == v2.name} == {second.url}
     assert not _alive(first.pid)  # drained, then stopped
@@ -77,7 +80,7 @@ def test_tgi_that_silently_answers_with_the_base_model_is_caught_and_nothing_swi
     get_settings.cache_clear()
     with caplog.at_level("INFO", logger="core.tgi_controller"), \
             pytest.raises(serving.ServingError, match="exactly like the base model"):
-        serving.promote(tgi[0].version)
+        serving.promote(tgi[0].version, actor="admin")
     with db.connection() as conn:
         assert models.live(conn) is None and models.endpoint(conn) is None
         assert models.get(conn, tgi[0].version).status == "ready"  # type: ignore[union-attr]
