@@ -79,7 +79,31 @@ def take_up(question: Question, client: WebClient, deps: Deps) -> None:
     except Exception:
         # Still answer: the answer is posted instead of replacing the placeholder.
         logger.exception("could not post the placeholder in %s", question.channel_id)
-    deps.workers.submit(answer, question, row_id, reply_ts, client, deps)
+    _answer_later(question, row_id, reply_ts, client, deps)
+
+
+def answer_waiting(client: WebClient, deps: Deps) -> int:
+    """Answer the questions a stopped bot took up but had not begun (at start-up); returns how many."""
+    with db.connection() as conn:
+        waiting = store.take_waiting(conn)
+    for row, text in waiting:
+        question = Question(channel_id=row.channel_id, user_id=row.user_id, text=text, ts=row.question_ts,
+                            thread_ts=row.thread_ts, event_id=row.event_id)
+        _answer_later(question, row.id, row.reply_ts, client, deps)
+    if waiting:
+        logger.info("answering %d questions left waiting when the bot last stopped", len(waiting))
+    return len(waiting)
+
+
+def _answer_later(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> None:
+    def keep_for_next_start() -> None:
+        try:
+            with db.connection() as conn:
+                store.keep_waiting(conn, row_id, question.text)
+        except Exception:
+            logger.exception("could not keep a waiting question from %s for the next start", question.channel_id)
+
+    deps.run_later(lambda: answer(question, row_id, reply_ts, client, deps), if_not_started=keep_for_next_start)
 
 
 def answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> None:

@@ -43,8 +43,14 @@ class Deps:
         with self._thread_locks[hash(thread_key) % _STRIPES]:
             yield
 
+    def run_later(self, work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
+        """Run `work` on the worker pool; `if_not_started` instead when the pool closes first."""
+        future = self.workers.submit(work)
+        future.add_done_callback(lambda f: if_not_started() if f.cancelled() else None)
+
     def close(self) -> None:
-        """Finish the agent runs under way; drop those still waiting (the process is stopping)."""
+        """Finish the agent runs under way; those not begun get their `if_not_started` (the
+        process is stopping)."""
         self.workers.shutdown(wait=True, cancel_futures=True)
 
 

@@ -17,6 +17,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import default_retry_handlers
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from bot import answering
 from bot.deliveries import DeliveryLoop
 from bot.deps import Deps
 from core.config import Settings
@@ -88,10 +89,12 @@ def http_server(app: App, *, host: str = "0.0.0.0", port: int = 3000) -> WSGISer
 
 def run(app: App, deps: Deps) -> None:
     """Serve until stopped, with the delivery loop alongside. SIGTERM (honcho, docker, systemd)
-    unwinds like Ctrl-C: answers under way are finished before the process ends."""
+    unwinds like Ctrl-C: answers under way are finished before the process ends, and questions
+    not yet begun are kept and answered at the next start."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     settings = deps.settings
     loop = DeliveryLoop(deps).start()
+    answering.answer_waiting(deps.client, deps)
     try:
         if mode(settings) == "socket":
             assert settings.slack_app_token is not None

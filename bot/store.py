@@ -64,6 +64,25 @@ def open_question(conn: psycopg.Connection, *, channel_id: str, question_ts: str
     return None if row is None else int(row["id"])
 
 
+def keep_waiting(conn: psycopg.Connection, slack_answer_id: int, question: str) -> None:
+    """The bot is stopping before it began this question: keep its text for the next start."""
+    conn.execute("UPDATE slack_answers SET waiting_question = %(q)s WHERE id = %(id)s AND answer_id IS NULL",
+                 {"q": question, "id": slack_answer_id})
+
+
+def take_waiting(conn: psycopg.Connection, limit: int = 1000) -> list[tuple[SlackAnswer, str]]:
+    """Claim the questions a stopped bot left waiting, oldest first, with their text; another
+    bot starting at the same time takes the others."""
+    rows = conn.execute(
+        f"UPDATE slack_answers s SET waiting_question = NULL FROM ("
+        "  SELECT id, waiting_question FROM slack_answers WHERE waiting_question IS NOT NULL"
+        "  ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED) w"
+        f" WHERE s.id = w.id RETURNING {_COLUMNS}, w.waiting_question", {"n": limit}).fetchall()
+    taken = [(SlackAnswer(**{k: v for k, v in r.items() if k != "waiting_question"}), r["waiting_question"])
+             for r in rows]
+    return sorted(taken, key=lambda t: t[0].id)
+
+
 def set_reply(conn: psycopg.Connection, slack_answer_id: int, reply_ts: str) -> None:
     conn.execute("UPDATE slack_answers SET reply_ts = %(ts)s WHERE id = %(id)s",
                  {"ts": reply_ts, "id": slack_answer_id})

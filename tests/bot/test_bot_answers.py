@@ -1,11 +1,14 @@
 """Questions in Slack: mention or DM -> placeholder -> the answer in the thread, once."""
 from __future__ import annotations
 
+import threading
+
 import slack_payloads
 from bot_support import ASKER, BOT_USER, SlackBot, rows, wait_until
 from support.scripted_model import ScriptedModel
 
-from bot import blocks
+from bot import answering, blocks
+from bot.deps import AGENT_RUNS, Deps
 from core.agent import prompts
 
 
@@ -103,3 +106,42 @@ def test_placeholder_that_cannot_be_updated_is_replaced_by_a_new_message(bot: Sl
     ts = bot.mention("How do I get a new laptop?")
     answer = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts, count=2)[-1]
     assert "Laptop request" in answer.shown_text and blocks.RATE_UP in answer.action_values()
+
+
+def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_again(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    held, started = threading.Event(), threading.Semaphore(0)
+    answer_as_scripted = model.chat
+
+    def held_chat(*args: object, **kwargs: object) -> object:
+        started.release()
+        held.wait(30)
+        return answer_as_scripted(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.chat = held_chat  # type: ignore[method-assign]
+    asked = [bot.mention(f"How do I get a new laptop? ({i})", channel="CGENERAL") for i in range(AGENT_RUNS + 1)]
+    for ts in asked:  # all taken up; one more than the bot answers at once, so the last one waits
+        bot.placeholder("CGENERAL", ts)
+    for _ in range(AGENT_RUNS):
+        assert started.acquire(timeout=30), "every agent run under way"
+
+    stopping = threading.Thread(target=bot.deps.close)  # what SIGTERM does: finish the runs under way
+    stopping.start()
+    [kept] = wait_until(lambda: rows("SELECT question_ts, waiting_question FROM slack_answers"
+                                     " WHERE waiting_question IS NOT NULL"), what="the waiting question kept")
+    held.set()
+    stopping.join(timeout=30)
+    assert kept == {"question_ts": asked[-1], "waiting_question": f"How do I get a new laptop? ({AGENT_RUNS})"}
+    assert len(rows("SELECT id FROM answers")) == AGENT_RUNS and not bot.slack.calls_to(
+        "chat.update", lambda c: c.args["ts"] == bot.placeholder("CGENERAL", asked[-1]).response["ts"])
+
+    restarted = Deps(settings=bot.deps.settings, client=bot.deps.client, agent_context=bot.context)
+    try:
+        assert answering.answer_waiting(restarted.client, restarted) == 1
+        reply = bot.reply("CGENERAL", asked[-1])  # the placeholder it left becomes the answer
+    finally:
+        restarted.close()
+    assert "Laptop request" in reply.shown_text
+    assert rows("SELECT waiting_question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
+        {"waiting_question": None}]
+    assert answering.answer_waiting(restarted.client, restarted) == 0  # taken once
