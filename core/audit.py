@@ -26,6 +26,14 @@ def record(conn: psycopg.Connection, actor: str, action: str, target: str | None
                  {"a": actor, "x": action, "t": target, "d": Jsonb(details or {})})
 
 
+def count_since(conn: psycopg.Connection, action: str, seconds: float, target: str | None = None) -> int:
+    """How many `action` rows (on `target`) the last `seconds` hold."""
+    row = conn.execute("SELECT count(*) AS n FROM audit_log WHERE action = %(x)s AND target IS NOT DISTINCT FROM %(t)s"
+                       " AND at > now() - make_interval(secs => %(s)s)",
+                       {"x": action, "t": target, "s": seconds}).fetchone()
+    return int(row["n"])  # type: ignore[index]
+
+
 def recent(conn: psycopg.Connection, limit: int = 100) -> list[AuditEntry]:
     rows = conn.execute("SELECT id, actor, action, target, details, at FROM audit_log"
                         " ORDER BY id DESC LIMIT %(n)s", {"n": limit}).fetchall()

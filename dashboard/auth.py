@@ -14,12 +14,17 @@ from typing import Literal
 
 import streamlit as st
 
+from core import audit, db
 from core.config import Settings, get_settings
 
 Role = Literal["admin", "viewer"]
 Mode = Literal["oidc", "password", "local"]
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _IDENTITY_KEY = "dashboard_identity"   # session state: who signed in with the password
+# Guessing the password: this many failed sign-ins from one address lock it out until the
+# oldest is this old. Failures are audited, so the count holds across sessions and processes.
+SIGN_IN_ATTEMPTS = 10
+SIGN_IN_WINDOW_S = 600
 
 
 @dataclass(frozen=True)
@@ -111,15 +116,30 @@ def _password(settings: Settings) -> Identity:
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
         expected = settings.dashboard_password_sha256.get_secret_value()  # type: ignore[union-attr]
-        if not name.strip():
-            st.error("Please give your name: the audit log records who did what.")
-        elif not password_matches(password, expected):
-            st.error("Wrong password.")
-        else:
-            st.session_state[_IDENTITY_KEY] = Identity(actor=f"password:{name.strip()}", role="admin",
-                                                       mode="password")
+        address = _client_address()
+        actor = f"password:{name.strip()}"
+        with db.connection() as conn:
+            locked = audit.count_since(conn, "login.failed", SIGN_IN_WINDOW_S, address) >= SIGN_IN_ATTEMPTS
+            if locked:
+                st.error(f"Too many failed sign-ins from this address: try again in {SIGN_IN_WINDOW_S // 60} minutes.")
+            elif not name.strip():
+                st.error("Please give your name: the audit log records who did what.")
+            elif not password_matches(password, expected):
+                audit.record(conn, actor, "login.failed", address)
+                st.error("Wrong password.")
+            else:
+                audit.record(conn, actor, "login", address)
+                st.session_state[_IDENTITY_KEY] = Identity(actor=actor, role="admin", mode="password")
+        if _IDENTITY_KEY in st.session_state:
             st.rerun()
     st.stop()
+
+
+def _client_address() -> str:
+    """The browser's address as Streamlit sees it (a proxy's, behind one); "ip:unknown" when it
+    has none (Streamlit's test runner)."""
+    ip = st.context.ip_address
+    return f"ip:{ip if isinstance(ip, str) and ip else 'unknown'}"
 
 
 def log_out(identity: Identity) -> None:

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import get_settings
 from dashboard import auth, frame
-from dashboard_helpers import PASSWORD, PASSWORD_SHA256, ROOT, open_page, seed_answer, texts
+from dashboard_helpers import PASSWORD, PASSWORD_SHA256, ROOT, audit_rows, open_page, seed_answer, texts
 
 
 @pytest.fixture
@@ -33,6 +33,21 @@ def test_wrong_password_is_refused(password_env: str) -> None:
     assert not at.metric
 
 
+def test_repeated_wrong_passwords_lock_the_address_out_even_for_the_right_one(password_env: str) -> None:
+    at = open_page()
+    for _ in range(auth.SIGN_IN_ATTEMPTS):
+        at.text_input[0].input("Mallory")
+        at.text_input[1].input("guess")
+        at.button[0].click().run()
+        assert [e.value for e in at.error] == ["Wrong password."]
+    at.text_input[0].input("Mallory")
+    at.text_input[1].input(PASSWORD)
+    at.button[0].click().run()
+    assert [e.value for e in at.error] == ["Too many failed sign-ins from this address: try again in 10 minutes."]
+    assert "dashboard_identity" not in at.session_state and not at.metric
+    assert [(r["actor"], r["action"]) for r in audit_rows()] == [("password:Mallory", "login.failed")] * 10
+
+
 def test_right_password_signs_in_as_admin_and_shows_the_overview(password_env: str) -> None:
     at = open_page()
     at.text_input[0].input("Ann")
@@ -42,6 +57,7 @@ def test_right_password_signs_in_as_admin_and_shows_the_overview(password_env: s
     assert at.title[0].value == "Overview"
     assert "password:Ann" in texts(at)
     assert at.session_state["dashboard_identity"] == auth.Identity("password:Ann", "admin", "password")
+    assert [(r["actor"], r["action"]) for r in audit_rows()] == [("password:Ann", "login")]
 
 
 PAGES = ["overview", "curation", "reviews", "try_it", "knowledge", "training", "models"]
