@@ -204,21 +204,22 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     items = conn.execute(
         "SELECT c.id, c.answer_id, c.question, c.ideal_answer, a.sources FROM curation_items c"
         " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.id").fetchall()
-    for item in items:
-        conn.execute(
+    chunk_ids = list({s["chunk_id"] for item in items for s in item["sources"] if "chunk_id" in s})
+    texts = {r["id"]: pii.scrub(r["text"]) for r in conn.execute(
+        "SELECT id, text FROM chunks WHERE id = ANY(%(ids)s)", {"ids": chunk_ids})}
+    with conn.cursor() as cur:
+        cur.executemany(
             "INSERT INTO dataset_items (dataset_version, curation_item_id, answer_id, question, answer, context)"
             " VALUES (%(v)s, %(c)s, %(a)s, %(q)s, %(ans)s, %(ctx)s)",
-            {"v": version, "c": item["id"], "a": item["answer_id"], "q": item["question"],
-             "ans": item["ideal_answer"], "ctx": Jsonb(_context(conn, item["sources"]))})
+            [{"v": version, "c": item["id"], "a": item["answer_id"], "q": item["question"],
+              "ans": item["ideal_answer"], "ctx": Jsonb(_context(item["sources"], texts))} for item in items])
     return get_dataset(conn, version)  # type: ignore[return-value]
 
 
-def _context(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    ids = [s["chunk_id"] for s in sources if "chunk_id" in s]
-    texts = {r["id"]: r["text"] for r in conn.execute("SELECT id, text FROM chunks WHERE id = ANY(%(ids)s)",
-                                                       {"ids": ids})}
+def _context(sources: Sequence[dict[str, Any]], texts: dict[int, str]) -> list[dict[str, Any]]:
+    """The passages an answer was drafted from, as numbered in it; a chunk deleted since is left out."""
     return [{"n": s.get("n", i), "title": s.get("title", ""), "heading": s.get("heading", ""),
-             "text": pii.scrub(texts[s["chunk_id"]])}
+             "text": texts[s["chunk_id"]]}
             for i, s in enumerate(sources, start=1) if s.get("chunk_id") in texts]
 
 

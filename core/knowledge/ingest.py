@@ -132,6 +132,9 @@ def _store_all(documents: Iterable[ParsedDocument], visibility: _Visibility, rep
             batch = []
     if batch:
         _store_batch(batch, visibility, report, url, audited_by)
+    if report.added or report.updated:
+        with db.connection(url) as conn:
+            store.refresh_statistics(conn)
 
 
 def _store_batch(docs: list[ParsedDocument], visibility: _Visibility, report: IngestReport, url: str | None,

@@ -63,7 +63,7 @@ WITH dense AS (
 ), lexical AS (
     SELECT id, lex, row_number() OVER (ORDER BY lex DESC, id) AS rank FROM (
         SELECT c.id, ts_rank(c.tsv, q, 1) AS lex
-        FROM chunks c JOIN documents d ON d.id = c.document_id, to_tsquery('english', %(tsquery)s) q
+        FROM chunks c JOIN documents d ON d.id = c.document_id, CAST(%(tsquery)s AS tsquery) q
         WHERE c.tsv @@ q AND {_VISIBLE}
         ORDER BY lex DESC
         LIMIT %(candidates)s
@@ -95,11 +95,38 @@ def check_query(query: str) -> str:
     return query
 
 
-def or_tsquery(query: str) -> str:
-    """Any of the query's words (Postgres drops stop words and stems the rest). An AND of
-    every word, as plainto_tsquery builds, matches almost nothing for a natural question."""
-    words = dict.fromkeys(w.lower() for w in _WORD.findall(query))
-    return " | ".join(words) or "''"
+# A word found in more than this share of the chunks is left out of the full-text query when the
+# query has rarer words: it tells chunks apart no better than chance (ts_rank has no inverse
+# document frequency to discount it), and ranking every chunk that holds it made full-text
+# search slow (p95 515 ms over 100k chunks).
+COMMON_WORD_SHARE = 0.2
+
+# The query's lexemes (stemmed, stop words dropped, as the chunks' `tsv` column holds them) with
+# the share of chunks holding each, from the statistics ANALYZE keeps for `chunks.tsv` (0 for a
+# word too rare to be listed there, or before the table was first analysed).
+_QUERY_LEXEMES = """
+SELECT w.lexeme, coalesce(common.share, 0) AS share
+FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS w(lexeme)
+LEFT JOIN (
+    SELECT e.lexeme, e.share
+    FROM pg_stats s, unnest(s.most_common_elems::text::text[], s.most_common_elem_freqs) AS e(lexeme, share)
+    WHERE s.schemaname = current_schema() AND s.tablename = 'chunks' AND s.attname = 'tsv'
+) common ON common.lexeme = w.lexeme
+"""
+
+
+def lexical_query(conn: psycopg.Connection, query: str) -> str:
+    """The full-text query, as tsquery text: any of the query's words, without those in more
+    than `COMMON_WORD_SHARE` of the chunks unless no other is left. (An AND of every word, as
+    plainto_tsquery builds, matches almost nothing for a natural question.)"""
+    rows = conn.execute(_QUERY_LEXEMES, {"query": query}).fetchall()
+    rare = [r["lexeme"] for r in rows if r["share"] <= COMMON_WORD_SHARE]
+    return " | ".join(_quote_lexeme(lexeme) for lexeme in sorted(rare or [r["lexeme"] for r in rows]))
+
+
+def _quote_lexeme(lexeme: str) -> str:
+    """A lexeme as a tsquery operand, taken literally (no further stemming)."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def hybrid_search(conn: psycopg.Connection, query: str, viewer: Viewer = Viewer(), k: int | None = None) -> list[Hit]:
@@ -111,7 +138,7 @@ def hybrid_search(conn: psycopg.Connection, query: str, viewer: Viewer = Viewer(
     conn.execute("SELECT set_config('hnsw.ef_search', %(ef)s, true)",
                  {"ef": str(max(settings.hnsw_ef_search, candidates))})
     rows = conn.execute(_SQL, {
-        "qvec": embed.embed_query(query), "tsquery": or_tsquery(query), "candidates": candidates, "k": k,
+        "qvec": embed.embed_query(query), "tsquery": lexical_query(conn, query), "candidates": candidates, "k": k,
         "wd": settings.dense_weight, "wl": settings.lexical_weight, "rrf_k": settings.rrf_k,
         "channel": viewer.channel_id, "user": viewer.user_id,
     }).fetchall()

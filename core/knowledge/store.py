@@ -97,6 +97,12 @@ def replace_chunks(conn: psycopg.Connection, document_id: int, chunks: Sequence[
         )
 
 
+def refresh_statistics(conn: psycopg.Connection) -> None:
+    """ANALYZE the chunks after an ingest: the planner's row estimates, and the share of chunks
+    holding each word that `search.lexical_query` reads."""
+    conn.execute("ANALYZE chunks")
+
+
 def chunk_texts(conn: psycopg.Connection, document_id: int) -> list[ChunkText]:
     """A document's chunks as embedded at ingest (the label is built as chunk.chunk_document does)."""
     rows = conn.execute(
