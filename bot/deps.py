@@ -19,7 +19,32 @@ from core.config import Settings
 
 KEY = "flywheel"
 AGENT_RUNS = 8          # questions answered at once per bot process; more wait their turn
-_STRIPES = 64
+
+
+class KeyedLocks:
+    """A lock per key, kept only while some thread holds or waits for it: threads with
+    different keys never wait for each other."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}   # key: (lock, [users])
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
+            users[0] += 1
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                users[0] -= 1
+                if users[0] == 0:
+                    del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 @dataclass(frozen=True)
@@ -33,19 +58,23 @@ class Deps:
     workers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=AGENT_RUNS, thread_name_prefix="agent"))
     throttle: UpdateThrottle = field(default_factory=UpdateThrottle)
-    _thread_locks: tuple[threading.Lock, ...] = field(
-        default_factory=lambda: tuple(threading.Lock() for _ in range(_STRIPES)))
+    _thread_locks: KeyedLocks = field(default_factory=KeyedLocks)
 
     @contextmanager
     def conversation(self, thread_key: str) -> Iterator[None]:
         """One agent run at a time per Slack thread in this process: a quick follow-up waits
         for the answer before it, so the thread's history stays in order."""
-        with self._thread_locks[hash(thread_key) % _STRIPES]:
+        with self._thread_locks.hold(thread_key):
             yield
 
     def run_later(self, work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
-        """Run `work` on the worker pool; `if_not_started` instead when the pool closes first."""
-        future = self.workers.submit(work)
+        """Run `work` on the worker pool; `if_not_started` instead when the pool closes first
+        (or has already closed: a question can arrive while the process stops)."""
+        try:
+            future = self.workers.submit(work)
+        except RuntimeError:  # cannot schedule new futures after shutdown
+            if_not_started()
+            return
         future.add_done_callback(lambda f: if_not_started() if f.cancelled() else None)
 
     def close(self) -> None:

@@ -145,3 +145,11 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
     assert rows("SELECT waiting_question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
         {"waiting_question": None}]
     assert answering.answer_waiting(restarted.client, restarted) == 0  # taken once
+
+
+def test_a_question_arriving_while_the_bot_stops_is_kept_for_the_next_start(bot: SlackBot) -> None:
+    bot.deps.close()
+    ts = bot.mention("How do I get a new laptop?", channel="CGENERAL")
+    bot.placeholder("CGENERAL", ts)
+    assert wait_until(lambda: rows("SELECT waiting_question FROM slack_answers WHERE question_ts = %(ts)s"
+                                   " AND waiting_question IS NOT NULL", ts=ts), what="the question kept")
