@@ -189,12 +189,18 @@ def _adapter_for(run: training.TrainingRun, settings: Settings, config: train.Tr
 
 
 def training_processes(settings: Settings) -> int:
-    """`FLYWHEEL_TRAIN_PROCESSES`, or one process per GPU (one without a GPU)."""
-    if settings.train_processes > 0:
-        return settings.train_processes
+    """`FLYWHEEL_TRAIN_PROCESSES` (at most one per GPU where there are GPUs), or one process
+    per GPU (one without a GPU)."""
     import torch
 
-    return max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if settings.train_processes > 0:
+        if gpus and settings.train_processes > gpus:
+            logger.warning("FLYWHEEL_TRAIN_PROCESSES=%d but there are %d GPUs: training in %d processes",
+                           settings.train_processes, gpus, gpus)
+            return gpus
+        return settings.train_processes
+    return max(1, gpus)
 
 
 def child_command(work: Path, processes: int = 1) -> list[str]:

@@ -1,4 +1,4 @@
-"""LoRA supervised fine-tuning (transformers + peft): the step, the loop, checkpoints.
+"""LoRA supervised fine-tuning (transformers + peft): the data, the loss, the step and the loop.
 
 What makes it fast, and why:
 - Loss only on answer tokens, and the vocabulary projection only for those tokens, in chunks
@@ -17,7 +17,6 @@ What makes it fast, and why:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import random
@@ -31,6 +30,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from trainer import checkpoints
 
 logger = logging.getLogger(__name__)
 IGNORE = -100
@@ -267,12 +268,12 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     main = accelerator.is_main_process
     rank, world = accelerator.process_index, accelerator.num_processes
 
-    checkpoints = output_dir / "checkpoints"
+    checkpoint_dir = output_dir / "checkpoints"
     step, resumed_from = 0, None
     best_val, bad_validations, stopped_early = math.inf, 0, False
-    latest = _latest_checkpoint(checkpoints)
+    latest = checkpoints.latest(checkpoint_dir)
     if latest is not None:
-        step, best_val, bad_validations = _load_checkpoint(latest, model, optimizer, scheduler)
+        step, best_val, bad_validations = checkpoints.load(latest, model, optimizer, scheduler)
         resumed_from = step
         logger.info("resuming from checkpoint at step %d", step)
 
@@ -314,7 +315,7 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
         last_loss = float(loss_sum) / max(answer_tokens, 1)
         if val_packs and (step % config.val_every == 0 or step == total_steps):
             with accelerator.autocast():
-                val_loss = evaluate_loss(model, val_packs, accelerator.device, config.loss_chunk)
+                val_loss = _validation_loss(model, val_packs, accelerator, config.loss_chunk)
             if val_loss < best_val - 1e-4:
                 best_val, bad_validations = val_loss, 0
                 if main:
@@ -324,7 +325,7 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
         if main and on_progress is not None:
             on_progress(step, total_steps, last_loss, val_loss)
         if main and step % config.checkpoint_every == 0 and step < total_steps:
-            _save_checkpoint(checkpoints / f"step-{step:06d}", model, optimizer, scheduler,
+            checkpoints.save(checkpoint_dir / f"step-{step:06d}", model, optimizer, scheduler,
                              step, best_val, bad_validations)
         if bad_validations >= config.patience:
             stopped_early = True
@@ -334,14 +335,33 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     if main:
         if not val_packs or not (output_dir / "adapter").exists():
             model.save_pretrained(output_dir / "adapter")
-        shutil.rmtree(checkpoints, ignore_errors=True)  # finished: the adapter is what remains
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the adapter is what remains
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     return TrainResult(output_dir / "adapter", step, last_loss, best_val if val_packs else None,
                        tokens / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early)
 
 
-@torch.no_grad()
 def evaluate_loss(model: Any, packs: Sequence[Pack], device: Any, chunk: int = 4096) -> float:
+    """Mean loss over the answer tokens of `packs`."""
+    total, count = _loss_sum(model, packs, device, chunk)
+    return total / max(count, 1)
+
+
+def _validation_loss(model: Any, packs: Sequence[Pack], accelerator: Any, chunk: int) -> float:
+    """`evaluate_loss` with each process taking its share of the packs: every process gets the
+    same figure, so all agree on the best adapter and on stopping early (a process that stopped
+    alone would leave the others waiting in a collective for ever)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    total, count = _loss_sum(model, packs[rank::world], accelerator.device, chunk)
+    sums = torch.tensor([total, count], dtype=torch.float64, device=accelerator.device)
+    if world > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    return float(sums[0]) / max(float(sums[1]), 1.0)
+
+
+@torch.no_grad()
+def _loss_sum(model: Any, packs: Sequence[Pack], device: Any, chunk: int) -> tuple[float, int]:
+    """Summed loss over the answer tokens of `packs`, and how many there were."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -351,7 +371,7 @@ def evaluate_loss(model: Any, packs: Sequence[Pack], device: Any, chunk: int = 4
         total += float(loss) * n
         count += n
     model.train(was_training)
-    return total / max(count, 1)
+    return total, count
 
 
 def _tensors(group: Sequence[Pack], device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -383,39 +403,6 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
-
-
-def _latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(folder.glob("step-*")) if folder.exists() else []
-    complete = [f for f in found if (f / "state.json").exists()]
-    return complete[-1] if complete else None
-
-
-def _save_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any, step: int, best_val: float,
-                     bad_validations: int) -> None:
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial / "adapter")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}, partial / "optimizer.pt")
-    (partial / "state.json").write_text(json.dumps({"step": step, "best_val": best_val,
-                                                    "bad_validations": bad_validations}))
-    partial.rename(folder)  # a crash mid-save never leaves a checkpoint that looks complete
-    for old in sorted(folder.parent.glob("step-*"))[:-2]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, float, int]:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
-    state = torch.load(folder / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
-    meta = json.loads((folder / "state.json").read_text())
-    return int(meta["step"]), float(meta["best_val"]), int(meta["bad_validations"])
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:

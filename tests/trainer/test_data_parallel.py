@@ -56,15 +56,21 @@ def test_a_step_gives_the_same_update_however_its_packs_are_split_into_forward_p
 
 
 def test_two_processes_train_the_same_adapter_as_one(tiny_model_dir: Path, tmp_path: Path) -> None:
-    train.train_lora(tiny_model_dir, _examples(), [], tmp_path / "one", train.TrainConfig(**CONFIG))
+    # Validated every step, each process on its share of the held-out packs: they must agree
+    # on the loss, hence on which adapter is best.
+    config = {**CONFIG, "val_every": 1}
+    val = _examples()[::2]
+    one = train.train_lora(tiny_model_dir, _examples(), val, tmp_path / "one", train.TrainConfig(**config))
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"model": str(tiny_model_dir), "out": str(tmp_path / "two"), "config": CONFIG,
-                                "examples": [asdict(e) for e in _examples()]}))
+    spec.write_text(json.dumps({"model": str(tiny_model_dir), "out": str(tmp_path / "two"), "config": config,
+                                "examples": [asdict(e) for e in _examples()], "val": [asdict(e) for e in val]}))
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(Path(__file__).with_name("train_process.py")), str(spec)],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    val_losses = [json.loads(line)["val_loss"] for line in done.stdout.splitlines() if line.startswith("{")]
+    assert len(val_losses) == 2 and all(abs(v - one.val_loss) < 1e-4 for v in val_losses)  # type: ignore[operator]
     _assert_same_adapter(_adapter(tmp_path / "one"), _adapter(tmp_path / "two"))
 
 

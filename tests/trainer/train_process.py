@@ -1,5 +1,6 @@
 """`train_lora` in one of the processes `torchrun` starts: `torchrun ... train_process.py SPEC`,
-where SPEC is a JSON file with the base model, output folder, examples and config."""
+where SPEC is a JSON file with the base model, output folder, examples (and held-out ones)
+and config. Prints the best validation loss."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,9 @@ from trainer import train
 def main(spec_file: Path) -> None:
     spec = json.loads(spec_file.read_text())
     examples = [train.TokenizedExample(**e) for e in spec["examples"]]
-    train.train_lora(spec["model"], examples, [], Path(spec["out"]), train.TrainConfig(**spec["config"]))
+    val = [train.TokenizedExample(**e) for e in spec["val"]]
+    result = train.train_lora(spec["model"], examples, val, Path(spec["out"]), train.TrainConfig(**spec["config"]))
+    print(json.dumps({"val_loss": result.val_loss}))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""Training checkpoints: the adapter so far, the optimiser and scheduler state and the loop's
+counters, written so that a crash mid-save never leaves one that looks complete; the newest
+complete one is where a re-run resumes."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def latest(folder: Path) -> Path | None:
+    """The newest complete checkpoint in `folder`, if any."""
+    found = sorted(folder.glob("step-*")) if folder.exists() else []
+    complete = [f for f in found if (f / "state.json").exists()]
+    return complete[-1] if complete else None
+
+
+def save(folder: Path, model: Any, optimizer: Any, scheduler: Any, step: int, best_val: float,
+         bad_validations: int) -> None:
+    """Write a checkpoint to `folder`; keep only the newest two."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial / "adapter")
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state()}, partial / "optimizer.pt")
+    (partial / "state.json").write_text(json.dumps({"step": step, "best_val": best_val,
+                                                    "bad_validations": bad_validations}))
+    partial.rename(folder)  # a crash mid-save never leaves a checkpoint that looks complete
+    for old in sorted(folder.parent.glob("step-*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, float, int]:
+    """Restore a checkpoint into the model, optimiser and scheduler; returns (step, best val
+    loss, validations without improvement)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
+    state = torch.load(folder / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"])
+    meta = json.loads((folder / "state.json").read_text())
+    return int(meta["step"]), float(meta["best_val"]), int(meta["bad_validations"])
