@@ -95,17 +95,22 @@ def check_query(query: str) -> str:
     return query
 
 
-# A word found in more than this share of the chunks is left out of the full-text query when the
-# query has rarer words: it tells chunks apart no better than chance (ts_rank has no inverse
-# document frequency to discount it), and ranking every chunk that holds it made full-text
-# search slow (p95 515 ms over 100k chunks).
+# Over a large knowledge base (COMMON_WORD_MIN_CHUNKS or more), a word found in more than
+# COMMON_WORD_SHARE of the chunks is left out of the full-text query when a rarer word of the
+# question occurs in some chunk: ts_rank has no inverse document frequency to discount such a
+# word, and ranking every chunk that holds it made full-text search slow (p95 224 -> 43 ms at
+# 100k chunks). A small knowledge base ranks every match quickly, and there a topic's own word
+# ("vpn" in a tenth of a handbook) may well pass the share.
 COMMON_WORD_SHARE = 0.2
+COMMON_WORD_MIN_CHUNKS = 5000
 
 # The query's lexemes (stemmed, stop words dropped, as the chunks' `tsv` column holds them) with
 # the share of chunks holding each, from the statistics ANALYZE keeps for `chunks.tsv` (0 for a
-# word too rare to be listed there, or before the table was first analysed).
+# word too rare to be listed there, or before the table was first analysed), and the number of
+# chunks the statistics saw.
 _QUERY_LEXEMES = """
-SELECT w.lexeme, coalesce(common.share, 0) AS share
+SELECT w.lexeme, coalesce(common.share, 0) AS share,
+       (SELECT reltuples FROM pg_class WHERE oid = 'chunks'::regclass) AS chunks
 FROM unnest(tsvector_to_array(to_tsvector('english', %(query)s))) AS w(lexeme)
 LEFT JOIN (
     SELECT e.lexeme, e.share
@@ -114,14 +119,25 @@ LEFT JOIN (
 ) common ON common.lexeme = w.lexeme
 """
 
+# Which of these tsquery operands match some chunk (a GIN index lookup each).
+_OCCURRING = """
+SELECT w.lexeme FROM unnest(%(lexemes)s::text[], %(operands)s::text[]) AS w(lexeme, operand)
+WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.tsv @@ CAST(w.operand AS tsquery))
+"""
+
 
 def lexical_query(conn: psycopg.Connection, query: str) -> str:
-    """The full-text query, as tsquery text: any of the query's words, without those in more
-    than `COMMON_WORD_SHARE` of the chunks unless no other is left. (An AND of every word, as
+    """The full-text query, as tsquery text: any of the query's words, less the very common
+    ones over a large knowledge base (see `COMMON_WORD_SHARE`). (An AND of every word, as
     plainto_tsquery builds, matches almost nothing for a natural question.)"""
     rows = conn.execute(_QUERY_LEXEMES, {"query": query}).fetchall()
+    words = [r["lexeme"] for r in rows]
     rare = [r["lexeme"] for r in rows if r["share"] <= COMMON_WORD_SHARE]
-    return " | ".join(_quote_lexeme(lexeme) for lexeme in sorted(rare or [r["lexeme"] for r in rows]))
+    if rows and rows[0]["chunks"] >= COMMON_WORD_MIN_CHUNKS and rare and len(rare) < len(words):
+        occurring = conn.execute(_OCCURRING, {"lexemes": rare, "operands": [_quote_lexeme(w) for w in rare]}).fetchall()
+        if occurring:
+            words = rare
+    return " | ".join(_quote_lexeme(lexeme) for lexeme in sorted(words))
 
 
 def _quote_lexeme(lexeme: str) -> str:

@@ -123,7 +123,8 @@ def test_unsearchable_queries_get_a_clear_message(database_url: str, query: str,
         _search(query)
 
 
-def test_a_word_in_most_chunks_is_left_out_of_the_full_text_query(database_url: str, tmp_path: Path) -> None:
+def test_over_a_large_knowledge_base_a_word_in_most_chunks_is_left_out_of_the_full_text_query(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for i in range(30):  # "policy" is in every document, "parking" in one
         topic = "Parking spaces are in the garage." if i == 0 else f"Item {i} of the list."
         (tmp_path / f"policy-{i}.md").write_text(f"# Policy {i}\n\nThis policy says: {topic}\n")
@@ -131,8 +132,11 @@ def test_a_word_in_most_chunks_is_left_out_of_the_full_text_query(database_url: 
         assert search.lexical_query(conn, "the parking policy") == "'park' | 'polici'"  # no statistics yet
     assert ingest.ingest_paths([tmp_path]).failed == []  # which brings them up to date
     with db.connection() as conn:
+        assert search.lexical_query(conn, "the parking policy") == "'park' | 'polici'"  # 30 chunks: a small one
+        monkeypatch.setattr(search, "COMMON_WORD_MIN_CHUNKS", 30)
         assert search.lexical_query(conn, "the parking policy") == "'park'"
         assert search.lexical_query(conn, "policy?") == "'polici'"  # nothing rarer to search for
+        assert search.lexical_query(conn, "policy kaput") == "'kaput' | 'polici'"  # the rarer word is in no chunk
         assert search.lexical_query(conn, "what is it") == ""  # only stop words
     [hit] = [h for h in _search("the parking policy") if h.lexical_score is not None]
     assert hit.title == "Policy 0"
