@@ -3,7 +3,8 @@
 `core.agent.run.decide` queues one delivery row per decided answer and NOTIFYs. The bot claims
 rows for surface 'slack' one at a time and posts each inside the claiming transaction, so a
 post that fails for a passing reason (network) rolls the claim back and is tried again later,
-and two bot processes never post the same row."""
+and two bot processes never post the same row. The same loop takes up the questions a stopped
+bot left waiting (`answering.answer_waiting`), at start-up and on every round after."""
 from __future__ import annotations
 
 import logging
@@ -14,7 +15,7 @@ import psycopg
 from psycopg import sql
 from slack_sdk.errors import SlackApiError
 
-from bot import blocks, posting, reviews, store
+from bot import answering, blocks, posting, reviews, store
 from bot.deps import Deps
 from core import db, feedback
 
@@ -61,7 +62,8 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
 
 class DeliveryLoop:
     """A background thread in the bot process: LISTENs for new deliveries and drains at once,
-    and drains every `poll_s` anyway (a missed notification, a row whose post failed)."""
+    and drains every `poll_s` anyway (a missed notification, a row whose post failed); takes
+    up waiting questions each time."""
 
     def __init__(self, deps: Deps, *, poll_s: float = 30.0, url: str | None = None) -> None:
         self.deps = deps
@@ -96,6 +98,7 @@ class DeliveryLoop:
         forget_at = 0.0
         while not self._stop.is_set():
             self._drain()
+            self._answer_waiting()
             if time.monotonic() >= forget_at:
                 store.forget_events(conn, EVENT_MEMORY_S)
                 forget_at = time.monotonic() + 3600
@@ -110,3 +113,9 @@ class DeliveryLoop:
             drain(self.deps)
         except Exception:
             logger.exception("posting deliveries failed; trying again on the next wake-up")
+
+    def _answer_waiting(self) -> None:
+        try:
+            answering.answer_waiting(self.deps.client, self.deps)
+        except Exception:
+            logger.exception("taking up waiting questions failed; trying again on the next wake-up")

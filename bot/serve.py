@@ -17,7 +17,6 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import default_retry_handlers
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot import answering
 from bot.deliveries import DeliveryLoop
 from bot.deps import Deps
 from core.config import Settings
@@ -93,8 +92,7 @@ def run(app: App, deps: Deps) -> None:
     not yet begun are kept and answered at the next start."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     settings = deps.settings
-    loop = DeliveryLoop(deps).start()
-    answering.answer_waiting(deps.client, deps)
+    loop = DeliveryLoop(deps).start()   # also takes up questions a stopped bot left waiting
     try:
         if mode(settings) == "socket":
             assert settings.slack_app_token is not None

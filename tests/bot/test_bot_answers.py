@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import slack_payloads
 from bot_support import ASKER, BOT_USER, SlackBot, rows, wait_until
 from support.scripted_model import ScriptedModel
 
-from bot import answering, blocks
+from bot import blocks
+from bot.deliveries import DeliveryLoop
 from bot.deps import AGENT_RUNS, Deps
 from core.agent import prompts
 
@@ -119,13 +121,15 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
         return answer_as_scripted(*args, **kwargs)  # type: ignore[arg-type]
 
     model.chat = held_chat  # type: ignore[method-assign]
-    asked = [bot.mention(f"How do I get a new laptop? ({i})", channel="CGENERAL") for i in range(AGENT_RUNS + 1)]
-    for ts in asked:  # all taken up; one more than the bot answers at once, so the last one waits
-        bot.placeholder("CGENERAL", ts)
-    for _ in range(AGENT_RUNS):
-        assert started.acquire(timeout=30), "every agent run under way"
+    asked = []
+    for i in range(AGENT_RUNS):  # one at a time, so that these are the runs under way
+        asked.append(bot.mention(f"How do I get a new laptop? ({i})", channel="CGENERAL"))
+        assert started.acquire(timeout=30), f"agent run {i} under way"
+    asked.append(bot.mention(f"How do I get a new laptop? ({AGENT_RUNS})", channel="CGENERAL"))
+    bot.placeholder("CGENERAL", asked[-1])  # taken up, waiting for a free agent run
 
-    stopping = threading.Thread(target=bot.deps.close)  # what SIGTERM does: finish the runs under way
+    bot.loop.stop()  # what SIGTERM does (bot.serve.run): stop the loop, finish the runs under way
+    stopping = threading.Thread(target=bot.deps.close)
     stopping.start()
     [kept] = wait_until(lambda: rows("SELECT question_ts, waiting_question FROM slack_answers"
                                      " WHERE waiting_question IS NOT NULL"), what="the waiting question kept")
@@ -135,16 +139,19 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
     assert len(rows("SELECT id FROM answers")) == AGENT_RUNS and not bot.slack.calls_to(
         "chat.update", lambda c: c.args["ts"] == bot.placeholder("CGENERAL", asked[-1]).response["ts"])
 
+    # A bot starts (or one still running wakes up): its loop takes the question up.
     restarted = Deps(settings=bot.deps.settings, client=bot.deps.client, agent_context=bot.context)
+    loop = DeliveryLoop(restarted, poll_s=0.5).start()
     try:
-        assert answering.answer_waiting(restarted.client, restarted) == 1
         reply = bot.reply("CGENERAL", asked[-1])  # the placeholder it left becomes the answer
+        time.sleep(1.0)  # two more rounds of the loop: it must not answer again
     finally:
+        loop.stop()
         restarted.close()
     assert "Laptop request" in reply.shown_text
     assert rows("SELECT waiting_question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
         {"waiting_question": None}]
-    assert answering.answer_waiting(restarted.client, restarted) == 0  # taken once
+    assert len(rows("SELECT id FROM answers")) == AGENT_RUNS + 1
 
 
 def test_a_question_arriving_while_the_bot_stops_is_kept_for_the_next_start(bot: SlackBot) -> None:
