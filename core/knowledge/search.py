@@ -96,11 +96,13 @@ def check_query(query: str) -> str:
 
 
 # Over a large knowledge base (COMMON_WORD_MIN_CHUNKS or more), a word found in more than
-# COMMON_WORD_SHARE of the chunks is left out of the full-text query when a rarer word of the
-# question occurs in some chunk: ts_rank has no inverse document frequency to discount such a
-# word, and ranking every chunk that holds it made full-text search slow (p95 224 -> 43 ms at
-# 100k chunks). A small knowledge base ranks every match quickly, and there a topic's own word
-# ("vpn" in a tenth of a handbook) may well pass the share.
+# COMMON_WORD_SHARE of the chunks is left out of the full-text query when the question has a
+# rarer word (even one no chunk holds: full text then finds nothing, and dense search carries
+# the question): ts_rank has no inverse document frequency to discount such a word, and
+# ranking every chunk that holds it made full-text search slow (p95 134 -> 26 ms at 100k
+# chunks, bench/retrieval_bench.py). A small knowledge base ranks every match quickly, and
+# there a topic's own word ("vpn" in a quarter of a small handbook) may well pass the share,
+# so all words are kept.
 COMMON_WORD_SHARE = 0.2
 COMMON_WORD_MIN_CHUNKS = 5000
 
@@ -119,13 +121,6 @@ LEFT JOIN (
 ) common ON common.lexeme = w.lexeme
 """
 
-# Which of these tsquery operands match some chunk (a GIN index lookup each).
-_OCCURRING = """
-SELECT w.lexeme FROM unnest(%(lexemes)s::text[], %(operands)s::text[]) AS w(lexeme, operand)
-WHERE EXISTS (SELECT 1 FROM chunks c WHERE c.tsv @@ CAST(w.operand AS tsquery))
-"""
-
-
 def lexical_query(conn: psycopg.Connection, query: str) -> str:
     """The full-text query, as tsquery text: any of the query's words, less the very common
     ones over a large knowledge base (see `COMMON_WORD_SHARE`). (An AND of every word, as
@@ -133,10 +128,8 @@ def lexical_query(conn: psycopg.Connection, query: str) -> str:
     rows = conn.execute(_QUERY_LEXEMES, {"query": query}).fetchall()
     words = [r["lexeme"] for r in rows]
     rare = [r["lexeme"] for r in rows if r["share"] <= COMMON_WORD_SHARE]
-    if rows and rows[0]["chunks"] >= COMMON_WORD_MIN_CHUNKS and rare and len(rare) < len(words):
-        occurring = conn.execute(_OCCURRING, {"lexemes": rare, "operands": [_quote_lexeme(w) for w in rare]}).fetchall()
-        if occurring:
-            words = rare
+    if rows and rows[0]["chunks"] >= COMMON_WORD_MIN_CHUNKS and rare:
+        words = rare
     return " | ".join(_quote_lexeme(lexeme) for lexeme in sorted(words))
 
 
