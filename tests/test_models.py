@@ -42,7 +42,7 @@ def test_one_live_adapter_and_rollback_returns_to_previous(database_url: str) ->
         assert previous is not None and previous.version == v1.version
         models.mark_live(conn, previous.version, actor="bob", action="model.rollback")
         assert [a.status for a in models.list_adapters(conn)] == ["retired", "live"]
-        # Each switch is audited in its own transaction.
+        # Each switch writes its audit row in the same transaction as the switch.
         assert [(e.actor, e.action, e.target) for e in reversed(audit.recent(conn))] == [
             ("admin", "model.promote", "adapter:v1"), ("admin", "model.promote", "adapter:v2"),
             ("bob", "model.rollback", "adapter:v1")]

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -247,9 +248,15 @@ def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
         proc.wait()
 
 
+# How torchrun reports a process of its group that a signal killed (torchrun itself exits 1).
+_TORCHRUN_SIGNALLED = re.compile(r"exitcode\s*:\s*-(\d+)")
+
+
 def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
     if result.get("error"):
         return str(result["error"])
+    if code > 0 and (signalled := _TORCHRUN_SIGNALLED.findall(_tail(work / "train.log", lines=40))):
+        code = -int(signalled[-1])  # the root cause, which torchrun lists last
     if code < 0:
         name = signal.Signals(-code).name
         hint = " (out of memory?)" if name == "SIGKILL" else ""

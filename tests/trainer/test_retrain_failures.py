@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -143,3 +144,15 @@ def test_cancel_stops_a_running_retrain_between_steps(curated_dataset: int) -> N
 def _progress(run_id: int) -> float:
     with db.connection() as conn:
         return training.get_run(conn, run_id).progress  # type: ignore[union-attr]
+
+
+def test_a_training_process_killed_under_torchrun_is_reported_as_killed(tmp_path: Path) -> None:
+    # torchrun exits 1 when one of its processes is killed; the reason still names the signal.
+    script = tmp_path / "killed.py"
+    script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    code = jobs._run_child(command, tmp_path, run_id=0, should_abort=lambda: False)
+    assert code == 1
+    reason = jobs._failure_reason(code, {}, tmp_path)
+    assert reason.startswith("The training process was killed by SIGKILL (out of memory?)")
+    assert "resume the run" in reason

@@ -1,9 +1,11 @@
 """`train_lora` in one of the processes `torchrun` starts: `torchrun ... train_process.py SPEC`,
 where SPEC is a JSON file with the base model, output folder, examples (and held-out ones)
-and config. Prints the best validation loss."""
+and config. Writes the best validation loss this process saw to OUT/../val-loss-RANK.json (a
+file each: two processes printing to one pipe can interleave their lines)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +17,8 @@ def main(spec_file: Path) -> None:
     examples = [train.TokenizedExample(**e) for e in spec["examples"]]
     val = [train.TokenizedExample(**e) for e in spec["val"]]
     result = train.train_lora(spec["model"], examples, val, Path(spec["out"]), train.TrainConfig(**spec["config"]))
-    print(json.dumps({"val_loss": result.val_loss}))
+    out = Path(spec["out"]).parent / f"val-loss-{os.environ['RANK']}.json"
+    out.write_text(json.dumps({"val_loss": result.val_loss}))
 
 
 if __name__ == "__main__":
