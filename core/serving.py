@@ -56,9 +56,14 @@ def load_adapter(name: str, path: str, url: str, backend: str) -> None:
 def first_token_logprobs(url: str, adapter_id: str | None, n: int = 8) -> list[float]:
     """Greedy logprobs of the first tokens through TGI's `/generate` (our server speaks it too)."""
     parameters = {"max_new_tokens": n, "details": True, "do_sample": False, "adapter_id": adapter_id}
-    r = httpx.post(f"{url.rstrip('/')}/generate", json={"inputs": SMOKE_PROMPT, "parameters": parameters}, timeout=120)
-    r.raise_for_status()
-    return [t["logprob"] for t in r.json()["details"]["tokens"]]
+    try:
+        r = httpx.post(f"{url.rstrip('/')}/generate", json={"inputs": SMOKE_PROMPT, "parameters": parameters},
+                       timeout=120)
+        r.raise_for_status()
+        return [t["logprob"] for t in r.json()["details"]["tokens"]]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+        raise ServingError(f"The smoke request to {url} with adapter {adapter_id!r} failed: "
+                           f"{type(e).__name__}: {e}. Nothing was switched.") from e
 
 
 def answers_with_adapter(url: str, adapter_id: str) -> bool:

@@ -35,6 +35,12 @@ class DatasetConfig:
     general_ratio: float = 0.3       # share of general examples in the training set (0.3 = 30:70)
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("val_ratio", "general_ratio"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 <= value < 1):
+                raise ValueError(f"{name} must be at least 0 and below 1")
+
 
 @dataclass(frozen=True)
 class SFTExample:

@@ -135,6 +135,11 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
     with db.connection() as conn:
         models.update(conn, adapter.version, status="ready", metrics=metrics, clear_error=True)
         training.append_log(conn, run.id, f"adapter {adapter.name} is ready in {final}")
+    with db.connection() as conn:
+        if training.cancel_requested(conn, run.id):  # asked while the gate ran: ready, not promoted
+            training.finish_run(conn, run.id, "cancelled", metrics=metrics, adapter_version=adapter.version,
+                                error=f"cancelled after training: {adapter.name} is ready but was not promoted")
+            return
     metrics["promoted"] = _auto_promote(run.id, adapter, bool(result["gate"].get("passed")), settings)
     with db.connection() as conn:
         training.finish_run(conn, run.id, "succeeded", metrics=metrics, adapter_version=adapter.version)
@@ -148,7 +153,7 @@ def _auto_promote(run_id: int, adapter: models.Adapter, passed: bool, settings: 
         return False
     try:
         serving.promote(adapter.version, settings, actor=AUTO_PROMOTE_ACTOR)
-    except (serving.ServingError, models.PromotionRefused) as e:
+    except Exception as e:  # whatever went wrong, the adapter itself is ready: never fail it for this
         logger.exception("auto-promotion of %s failed", adapter.name)
         _log(run_id, f"auto-promotion of {adapter.name} failed, the live adapter is unchanged: {e}")
         return False
@@ -166,8 +171,8 @@ def parse_params(params: dict[str, Any]) -> tuple[train.TrainConfig, dataset.Dat
     try:
         train_config = train.TrainConfig(**{k: v for k, v in params.items() if k in _TRAIN_KEYS})
         data_config = dataset.DatasetConfig(**{k: v for k, v in params.items() if k in _DATA_KEYS})
-    except TypeError as e:
-        raise ParamsError(f"Bad retrain parameters: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise ParamsError(f"Bad retrain parameters: {e}.") from e
     if "rank" in params and "alpha" not in params:
         train_config = train.TrainConfig(**{**asdict(train_config), "alpha": 2 * train_config.rank})
     gate = {k: int(params.get(k, v)) for k, v in _GATE_DEFAULTS.items()}

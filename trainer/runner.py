@@ -99,6 +99,8 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, 
         "tokens_per_s": round(result.tokens_per_s, 1), "peak_mem_gb": result.peak_mem_gb,
         "resumed_from": result.resumed_from, "stopped_early": result.stopped_early}}
     if data.val:
+        if should_stop():  # the gate takes minutes on a CPU: a cancel asked during training is honoured first
+            raise train.TrainingCancelled(f"cancelled after {result.steps} steps, before the gate")
         _release_training_memory()
         baseline = spec.get("baseline")
         gate = evaluate.evaluate(base_model, result.adapter_dir, data.val,

@@ -59,6 +59,20 @@ class TrainConfig:
     loss_chunk: int = 4096              # answer tokens per vocabulary-projection chunk
     packs_per_forward: int = 1          # packs in one forward pass, padded to the longest
 
+    def __post_init__(self) -> None:
+        at_least_one = ("rank", "epochs", "max_seq_len", "batch_tokens", "min_steps_per_epoch", "val_every",
+                        "patience", "checkpoint_every", "loss_chunk", "packs_per_forward")
+        problems = [f"{name} must be a whole number of at least 1" for name in at_least_one
+                    if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
+        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
+            problems.append("lr must be a positive number")
+        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            problems.append("alpha must be a positive number")
+        problems += [f"{name} must be at least 0 and below 1" for name in ("dropout", "warmup_ratio")
+                     if not (isinstance(getattr(self, name), (int, float)) and 0 <= getattr(self, name) < 1)]
+        if problems:
+            raise ValueError("; ".join(problems))
+
 
 @dataclass(frozen=True)
 class TokenizedExample:
@@ -80,6 +94,10 @@ class TrainResult:
 
 class TrainingCancelled(RuntimeError):
     """`should_stop` asked the run to stop; no adapter was written."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; no adapter was written."""
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -257,8 +275,9 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     val_packs = pack(val, config.max_seq_len)
     accumulation = max(1, min(round(config.batch_tokens / config.max_seq_len),
                               math.ceil(len(packs) / config.min_steps_per_epoch)))
-    steps_per_epoch = math.ceil(len(packs) / accumulation)
-    total_steps = steps_per_epoch * config.epochs
+    # Steps take consecutive slices of all epochs' orders, so a step may span two epochs and
+    # none is left empty.
+    total_steps = math.ceil(len(packs) * config.epochs / accumulation)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0, fused=torch.cuda.is_available())
     warmup = max(1, int(total_steps * config.warmup_ratio))
@@ -313,6 +332,9 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
         if world > 1:
             loss_sum = accelerator.reduce(loss_sum, reduction="sum")
         last_loss = float(loss_sum) / max(answer_tokens, 1)
+        if not math.isfinite(last_loss):
+            raise TrainingDiverged(f"Training diverged at step {step} of {total_steps} (the loss is {last_loss}): "
+                                   f"try a lower learning rate than {config.lr}.")
         if val_packs and (step % config.val_every == 0 or step == total_steps):
             with accelerator.autocast():
                 val_loss = _validation_loss(model, val_packs, accelerator, config.loss_chunk)

@@ -1,7 +1,8 @@
 """A stand-in for `text-generation-launcher` in tests: our local server (TGI's HTTP contract) on
 the given port with the given `--lora-adapters name=/path,...`. With `--drop-adapters` it
 behaves like a TGI that did not load them: an unknown adapter id is answered, silently, by the
-base model (TGI issue 2505), which the controller's smoke check must catch."""
+base model (TGI issue 2505), which the controller's smoke check must catch. With
+`--fail-generate` every generation fails (a server that is healthy but cannot answer)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--lora-adapters", default="")
     parser.add_argument("--drop-adapters", action="store_true")
+    parser.add_argument("--fail-generate", action="store_true")
     args = parser.parse_args()
     model = LocalModel(args.model)
     if args.drop_adapters:
@@ -37,6 +39,11 @@ def main() -> None:
 
         def generate(input_ids: list[int], params: Any, adapter_id: str | None = None) -> Any:
             return base_generate(input_ids, params, None)
+
+        model.generate = generate  # type: ignore[method-assign]
+    elif args.fail_generate:
+        def generate(input_ids: list[int], params: Any, adapter_id: str | None = None) -> Any:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
         model.generate = generate  # type: ignore[method-assign]
     else:

@@ -126,6 +126,38 @@ def test_unknown_parameter_fails_the_run_with_the_known_ones(curated_dataset: in
     assert "epochs" in (failed.error or "")  # type: ignore[union-attr]
 
 
+def test_out_of_range_parameters_fail_the_run_naming_each_one(curated_dataset: int) -> None:
+    run = retrain.request_retrain(requested_by="admin", params={"epochs": 0, "lr": -1, "general_ratio": 1})
+    jobs.run_retrain(run.id)
+    with db.connection() as conn:
+        failed = training.get_run(conn, run.id)
+        assert models.list_adapters(conn) == []
+    assert failed.status == "failed"  # type: ignore[union-attr]
+    assert "epochs must be a whole number of at least 1; lr must be a positive number" in (failed.error or "")  # type: ignore[union-attr]
+    with pytest.raises(jobs.ParamsError, match="general_ratio must be at least 0 and below 1"):
+        jobs.parse_params({"general_ratio": 1})
+
+
+def test_a_cancel_asked_while_the_gate_runs_leaves_the_adapter_ready_and_not_promoted(
+        curated_dataset: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = retrain.request_retrain(requested_by="admin", params=TINY_PARAMS)
+    train_and_gate = jobs._run_child
+
+    def admin_cancels_after_the_last_check(*args: object, **kwargs: object) -> int:
+        code = train_and_gate(*args, **kwargs)  # type: ignore[arg-type]
+        assert retrain.cancel_retrain(run.id, requested_by="admin")
+        return code
+
+    monkeypatch.setattr(jobs, "_run_child", admin_cancels_after_the_last_check)
+    jobs.run_retrain(run.id, settings=get_settings().model_copy(update={"auto_promote": True}))
+    with db.connection() as conn:
+        cancelled = training.get_run(conn, run.id)
+        adapter = models.get(conn, cancelled.adapter_version)  # type: ignore[union-attr, arg-type]
+        assert models.live(conn) is None
+    assert cancelled.status == "cancelled" and "is ready but was not promoted" in (cancelled.error or "")  # type: ignore[union-attr]
+    assert adapter is not None and adapter.status == "ready" and adapter.metrics["gate"]
+
+
 def test_cancel_stops_a_running_retrain_between_steps(curated_dataset: int) -> None:
     run = retrain.request_retrain(requested_by="admin", params=LONG)
     worker = threading.Thread(target=jobs.run_retrain, args=(run.id,))  # the task's body, in this process

@@ -1,6 +1,6 @@
 """Promotion on TGI, with a launcher command that starts our local server (the same HTTP
 contract) on a new port: start, smoke-check, switch, drain, stop; and a TGI that silently
-answers with the base model is caught before anything switches."""
+answers with the base model, or cannot answer at all, is caught before anything switches."""
 from __future__ import annotations
 
 import os
@@ -74,12 +74,16 @@ def test_tgi_promotion_starts_a_new_server_switches_traffic_then_stops_the_old_o
     tgi_controller.stop(second.pid)  # type: ignore[arg-type]
 
 
-def test_tgi_that_silently_answers_with_the_base_model_is_caught_and_nothing_switches(
-        tgi: list[models.Adapter], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setenv("FLYWHEEL_TGI_LAUNCH_COMMAND", f"{get_settings().tgi_launch_command} --drop-adapters")
+@pytest.mark.parametrize(("launcher_flag", "refusal"), [
+    ("--drop-adapters", "exactly like the base model"),                # TGI's silent fallback (issue 2505)
+    ("--fail-generate", "smoke request .* failed: HTTPStatusError"),   # healthy, but cannot answer
+])
+def test_a_new_tgi_that_fails_the_smoke_check_is_stopped_and_nothing_switches(
+        tgi: list[models.Adapter], launcher_flag: str, refusal: str, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("FLYWHEEL_TGI_LAUNCH_COMMAND", f"{get_settings().tgi_launch_command} {launcher_flag}")
     get_settings.cache_clear()
-    with caplog.at_level("INFO", logger="core.tgi_controller"), \
-            pytest.raises(serving.ServingError, match="exactly like the base model"):
+    with caplog.at_level("INFO", logger="core.tgi_controller"), pytest.raises(serving.ServingError, match=refusal):
         serving.promote(tgi[0].version, actor="admin")
     with db.connection() as conn:
         assert models.live(conn) is None and models.endpoint(conn) is None

@@ -100,6 +100,8 @@ def test_same_seed_gives_the_same_adapter(tiny_model_dir: Path, tmp_path: Path) 
 
 
 def test_crashed_run_resumes_from_its_last_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
     def crash(step: int, total: int, loss: float, val: float | None) -> None:
         if step == 15:
             raise RuntimeError("worker killed")
@@ -109,6 +111,11 @@ def test_crashed_run_resumes_from_its_last_checkpoint(tiny_model_dir: Path, tmp_
     assert (tmp_path / "checkpoints" / "step-000010" / "state.json").exists()
     resumed = train.train_lora(tiny_model_dir, _examples(2), [], tmp_path, _config(epochs=20))
     assert resumed.resumed_from == 10 and resumed.steps == 20
+    # The checkpoint brought back the adapter, optimiser and schedule: the same adapter as a run
+    # that never stopped.
+    whole = train.train_lora(tiny_model_dir, _examples(2), [], tmp_path / "whole", _config(epochs=20))
+    wa, wb = (load_file(str(r.adapter_dir / "adapter_model.safetensors")) for r in (resumed, whole))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_cancel_stops_between_steps_without_an_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -123,6 +130,22 @@ def test_early_stopping_when_validation_loss_stops_improving(tiny_model_dir: Pat
     result = train.train_lora(tiny_model_dir, _examples(2), unrelated, tmp_path,
                               _config(epochs=200, val_every=2, patience=2))
     assert result.stopped_early and result.steps < 200
+
+
+def test_every_step_trains_on_some_packs_when_steps_span_epochs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # 5 packs, 2 per step, 3 epochs: 8 steps, the last one with a single pack (none empty).
+    losses: list[float] = []
+    config = _config(epochs=3, batch_tokens=32, max_seq_len=16, min_steps_per_epoch=1)
+    result = train.train_lora(tiny_model_dir, _examples(5), [], tmp_path, config,
+                              on_progress=lambda step, total, loss, val: losses.append(loss))
+    assert result.steps == len(losses) == 8
+    assert all(loss > 0 for loss in losses) and result.train_loss == losses[-1] > 0
+
+
+def test_a_diverging_loss_stops_training_with_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(train.TrainingDiverged, match="lower learning rate"):
+        train.train_lora(tiny_model_dir, _examples(2), [], tmp_path, _config(lr=1e30))
+    assert not (tmp_path / "adapter").exists()
 
 
 def test_no_examples_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
