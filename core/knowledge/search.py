@@ -15,8 +15,17 @@ _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 
 @dataclass(frozen=True)
 class Viewer:
+    """Who will read the answer: the asker, in a channel (None: only the asker, e.g. the CLI)."""
     user_id: str | None = None
     channel_id: str | None = None
+
+    @property
+    def group_member(self) -> str | None:
+        """The user whose groups open documents to them: only where the answer stays theirs,
+        a direct message (Slack ids "D...") or no channel. In a channel everyone reads the
+        answer, so there only the channel's own documents and public ones count."""
+        private = self.channel_id is None or self.channel_id.startswith("D")
+        return self.user_id if private else None
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,6 @@ def hybrid_search(conn: psycopg.Connection, query: str, viewer: Viewer = Viewer(
     rows = conn.execute(_SQL, {
         "qvec": embed.embed_query(query), "tsquery": lexical_query(conn, query), "candidates": candidates, "k": k,
         "wd": settings.dense_weight, "wl": settings.lexical_weight, "rrf_k": settings.rrf_k,
-        "channel": viewer.channel_id, "user": viewer.user_id,
+        "channel": viewer.channel_id, "user": viewer.group_member,
     }).fetchall()
     return [Hit(**r) for r in rows]

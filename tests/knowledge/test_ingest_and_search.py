@@ -87,7 +87,10 @@ def test_visibility_hides_documents_from_who_may_not_see_them(database_url: str,
     assert "Board notes" not in titles(search.Viewer(user_id="UINTERN", channel_id="CGENERAL"))
     assert "Board notes" not in titles(search.Viewer())
     assert "Board notes" in titles(search.Viewer(user_id="UINTERN", channel_id="CBOARD"))
-    assert "Board notes" in titles(search.Viewer(user_id="UCEO", channel_id="CGENERAL"))
+    assert "Board notes" in titles(search.Viewer(user_id="UCEO", channel_id="DCEO"))  # a direct message
+    assert "Board notes" in titles(search.Viewer(user_id="UCEO"))
+    # The whole channel reads the answer: a member of the group asking there does not open it.
+    assert "Board notes" not in titles(search.Viewer(user_id="UCEO", channel_id="CGENERAL"))
     assert "Holidays" in titles(search.Viewer(user_id="UINTERN"))
 
 
