@@ -17,9 +17,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @app.command("ingest")
     def ingest_cmd(paths: list[Path] = typer.Argument(..., help="Files or folders."),
                    channel: list[str] = typer.Option([], "--channel", help="Visible only in this Slack channel."),
-                   group: list[str] = typer.Option([], "--group", help="Visible only to this user group.")) -> None:
-        """Ingest Markdown, text, HTML, PDF and JSONL; unchanged documents are skipped."""
-        report = ingest.ingest_paths(paths, visible_channels=channel, visible_groups=group)
+                   group: list[str] = typer.Option([], "--group", help="Visible only to this user group."),
+                   public: bool = typer.Option(False, "--public", help="Visible to everyone."),
+                   by: str = typer.Option("cli", "--as", help="Who ingests (recorded).")) -> None:
+        """Ingest Markdown, text, HTML, PDF and JSONL; unchanged documents are skipped. Without
+        --channel, --group or --public, documents already here keep their visibility (new ones
+        are public)."""
+        if public and (channel or group):
+            raise typer.BadParameter("--public cannot go with --channel or --group.")
+        given = public or channel or group
+        report = ingest.ingest_paths(paths, visible_channels=channel if given else None,
+                                     visible_groups=group if given else None, audited_by=by)
         typer.echo(report.summary())
         if report.failed and not (report.added or report.updated or report.unchanged):
             raise typer.Exit(1)

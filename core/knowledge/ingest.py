@@ -36,31 +36,36 @@ class IngestReport:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class _Visibility:
-    channels: tuple[str, ...]
-    groups: tuple[str, ...]
+# (channels, groups) a document is visible in / to, both empty for everyone; None keeps what a
+# document already has (a new one is public), so re-ingesting a folder never widens visibility.
+Visibility = tuple[tuple[str, ...], tuple[str, ...]] | None
 
 
-def ingest_paths(paths: Sequence[Path], *, visible_channels: Sequence[str] = (), visible_groups: Sequence[str] = (),
-                 url: str | None = None) -> IngestReport:
-    """Ingest files and folders (recursively, supported types only)."""
+def visibility(channels: Sequence[str] | None, groups: Sequence[str] | None) -> Visibility:
+    """None when neither is given; otherwise both, a missing one as empty."""
+    if channels is None and groups is None:
+        return None
+    return tuple(channels or ()), tuple(groups or ())
+
+
+def ingest_paths(paths: Sequence[Path], *, visible_channels: Sequence[str] | None = None,
+                 visible_groups: Sequence[str] | None = None, url: str | None = None,
+                 audited_by: str | None = None) -> IngestReport:
+    """Ingest files and folders (recursively, supported types only). With `audited_by`, each
+    stored document (or visibility change) gets an audit row in its own transaction."""
     report = IngestReport()
-    visibility = _Visibility(tuple(visible_channels), tuple(visible_groups))
     documents = _documents_from_paths(paths, report)
-    _store_all(documents, visibility, report, url)
+    _store_all(documents, visibility(visible_channels, visible_groups), report, url, audited_by)
     return report
 
 
-def ingest_file_bytes(name: str, data: bytes, *, source: str | None = None, visible_channels: Sequence[str] = (),
-                      visible_groups: Sequence[str] = (), url: str | None = None,
-                      audited_by: str | None = None) -> IngestReport:
-    """Ingest one uploaded file (the dashboard's path); same rules as files on disk. With
-    `audited_by`, each stored document gets an audit row in its own transaction."""
+def ingest_file_bytes(name: str, data: bytes, *, source: str | None = None,
+                      visible_channels: Sequence[str] | None = None, visible_groups: Sequence[str] | None = None,
+                      url: str | None = None, audited_by: str | None = None) -> IngestReport:
+    """Ingest one uploaded file (the dashboard's path); same rules as files on disk."""
     report = IngestReport()
-    visibility = _Visibility(tuple(visible_channels), tuple(visible_groups))
-    _store_all(_documents_from_bytes(name, data, source or f"upload:{name}", report), visibility, report, url,
-               audited_by)
+    _store_all(_documents_from_bytes(name, data, source or f"upload:{name}", report),
+               visibility(visible_channels, visible_groups), report, url, audited_by)
     return report
 
 
@@ -122,22 +127,22 @@ def _content_hash(doc: ParsedDocument) -> str:
     return hashlib.sha256("\x1f".join([doc.title, doc.url or "", doc.text]).encode()).hexdigest()
 
 
-def _store_all(documents: Iterable[ParsedDocument], visibility: _Visibility, report: IngestReport,
+def _store_all(documents: Iterable[ParsedDocument], visible: Visibility, report: IngestReport,
                url: str | None, audited_by: str | None = None) -> None:
     batch: list[ParsedDocument] = []
     for doc in documents:
         batch.append(doc)
         if len(batch) >= BATCH_DOCUMENTS:
-            _store_batch(batch, visibility, report, url, audited_by)
+            _store_batch(batch, visible, report, url, audited_by)
             batch = []
     if batch:
-        _store_batch(batch, visibility, report, url, audited_by)
+        _store_batch(batch, visible, report, url, audited_by)
     if report.added or report.updated:
         with db.connection(url) as conn:
             store.refresh_statistics(conn)
 
 
-def _store_batch(docs: list[ParsedDocument], visibility: _Visibility, report: IngestReport, url: str | None,
+def _store_batch(docs: list[ParsedDocument], visible: Visibility, report: IngestReport, url: str | None,
                  audited_by: str | None = None) -> None:
     settings = get_settings()
     with db.connection(url) as conn:
@@ -145,11 +150,13 @@ def _store_batch(docs: list[ParsedDocument], visibility: _Visibility, report: In
     todo: list[tuple[ParsedDocument, str, list[chunk.Chunk]]] = []
     for doc in docs:
         digest = _content_hash(doc)
-        if known[doc.source] == digest:
-            with db.connection(url) as conn:  # content unchanged: keep chunks, refresh visibility only
-                conn.execute("UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s"
-                             " WHERE source = %(s)s AND (visible_channels <> %(c)s OR visible_groups <> %(g)s)",
-                             {"c": list(visibility.channels), "g": list(visibility.groups), "s": doc.source})
+        if known[doc.source] == digest:  # content unchanged: keep chunks, set visibility if given
+            if visible is not None:
+                with db.connection(url) as conn:
+                    changed = store.set_visibility_of_source(conn, doc.source, *visible)
+                    if changed is not None and audited_by is not None:
+                        audit.record(conn, audited_by, "knowledge.visibility", f"document:{changed}",
+                                     {"channels": list(visible[0]), "groups": list(visible[1])})
             report.unchanged.append(doc.source)
             continue
         todo.append((doc, digest, chunk.chunk_document(doc, settings.chunk_tokens, settings.chunk_overlap)))
@@ -163,9 +170,8 @@ def _store_batch(docs: list[ParsedDocument], visibility: _Visibility, report: In
         offset += len(chunks)
         try:
             with db.connection(url) as conn:
-                document_id = store.upsert_document(
-                    conn, source=doc.source, title=doc.title, url=doc.url, content_hash=digest,
-                    visible_channels=visibility.channels, visible_groups=visibility.groups, metadata=doc.metadata)
+                document_id = store.upsert_document(conn, source=doc.source, title=doc.title, url=doc.url,
+                                                    content_hash=digest, visibility=visible, metadata=doc.metadata)
                 store.replace_chunks(conn, document_id, chunks, doc_vectors,
                                      [label_vectors[c.label] for c in chunks])
                 if audited_by is not None:

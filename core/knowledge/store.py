@@ -69,17 +69,21 @@ def content_hash_of(conn: psycopg.Connection, source: str) -> str | None:
 
 
 def upsert_document(conn: psycopg.Connection, *, source: str, title: str, url: str | None, content_hash: str,
-                    visible_channels: Sequence[str], visible_groups: Sequence[str],
-                    metadata: dict[str, Any]) -> int:
+                    visibility: tuple[Sequence[str], Sequence[str]] | None, metadata: dict[str, Any]) -> int:
+    """Insert or update the document from `source`. `visibility` is (channels, groups); None
+    keeps what a known document has (a new one is public)."""
+    channels, groups = visibility if visibility is not None else ((), ())
     row = conn.execute(
         "INSERT INTO documents (source, title, url, content_hash, visible_channels, visible_groups, metadata)"
         " VALUES (%(source)s, %(title)s, %(url)s, %(hash)s, %(channels)s, %(groups)s, %(metadata)s)"
         " ON CONFLICT (source) DO UPDATE SET title = EXCLUDED.title, url = EXCLUDED.url,"
-        "   content_hash = EXCLUDED.content_hash, visible_channels = EXCLUDED.visible_channels,"
-        "   visible_groups = EXCLUDED.visible_groups, metadata = EXCLUDED.metadata, updated_at = now()"
+        "   content_hash = EXCLUDED.content_hash,"
+        "   visible_channels = CASE WHEN %(keep)s THEN documents.visible_channels ELSE EXCLUDED.visible_channels END,"
+        "   visible_groups = CASE WHEN %(keep)s THEN documents.visible_groups ELSE EXCLUDED.visible_groups END,"
+        "   metadata = EXCLUDED.metadata, updated_at = now()"
         " RETURNING id",
-        {"source": source, "title": title, "url": url, "hash": content_hash, "channels": list(visible_channels),
-         "groups": list(visible_groups), "metadata": Jsonb(metadata)},
+        {"source": source, "title": title, "url": url, "hash": content_hash, "channels": list(channels),
+         "groups": list(groups), "keep": visibility is None, "metadata": Jsonb(metadata)},
     ).fetchone()
     return int(row["id"])  # type: ignore[index]
 
@@ -145,6 +149,16 @@ def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequenc
         "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
         " WHERE id = %(id)s", {"c": list(channels), "g": list(groups), "id": document_id})
     return bool(cur.rowcount)
+
+
+def set_visibility_of_source(conn: psycopg.Connection, source: str, channels: Sequence[str],
+                             groups: Sequence[str]) -> int | None:
+    """Set the visibility of the document from `source`; its id when that changed it, else None."""
+    row = conn.execute(
+        "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
+        " WHERE source = %(s)s AND (visible_channels <> %(c)s OR visible_groups <> %(g)s) RETURNING id",
+        {"c": list(channels), "g": list(groups), "s": source}).fetchone()
+    return None if row is None else int(row["id"])
 
 
 def get_chunks(conn: psycopg.Connection, chunk_ids: Sequence[int]) -> list[ChunkRow]:

@@ -27,8 +27,9 @@ def upload(files: list[UploadedFile], channels: list[str], groups: list[str], ac
     bar = st.progress(0.0, text="Starting…")
     for n, file in enumerate(files):
         bar.progress(n / len(files), text=f"Ingesting {file.name} ({n + 1} of {len(files)})…")
-        report = ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels,
-                                          visible_groups=groups, audited_by=actor)
+        given = bool(channels or groups)  # neither: a file already here keeps its visibility
+        report = ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels if given else None,
+                                          visible_groups=groups if given else None, audited_by=actor)
         for field in ("added", "updated", "unchanged", "failed"):
             getattr(total, field).extend(getattr(report, field))
         total.chunks += report.chunks
@@ -63,7 +64,7 @@ generation = st.session_state.setdefault(_UPLOADER, 0)
 files = st.file_uploader(f"Files to ingest ({', '.join(SUPPORTED)})", accept_multiple_files=True,
                          key=f"kn_files_{generation}", disabled=viewer)
 c_channels, c_groups = st.columns(2)
-new_channels = names(c_channels.text_input("Visible only in channels (ids; empty: everyone)", key="kn_up_channels"))
+new_channels = names(c_channels.text_input("Visible only in channels (ids; empty: everyone, or as before for a file already here)", key="kn_up_channels"))
 new_groups = names(c_groups.text_input("Visible only to user groups (ids)", key="kn_up_groups"))
 if st.button("Ingest", type="primary", key="kn_ingest", disabled=viewer or not files) \
         and not frame.refuse_viewer(identity):

@@ -6,7 +6,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from core import audit, db
 from core.cli import app
+from core.knowledge import store
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 runner = CliRunner()
@@ -28,6 +30,28 @@ def test_ingest_search_list_and_remove(database_url: str, tmp_path: Path) -> Non
     assert "public" in runner.invoke(app, ["docs", "ls"]).output
     assert runner.invoke(app, ["docs", "rm", doc_id]).exit_code == 0
     assert "empty" in runner.invoke(app, ["docs", "ls"]).output
+
+
+def test_re_ingesting_without_visibility_options_keeps_a_restricted_document_restricted(
+        database_url: str, tmp_path: Path) -> None:
+    page = tmp_path / "pay.md"
+    page.write_text("# Pay bands\n\nBand C starts at 52,000 EUR.\n")
+    assert runner.invoke(app, ["ingest", str(tmp_path), "--group", "hr", "--as", "ana"]).exit_code == 0
+    assert "1 unchanged" in runner.invoke(app, ["ingest", str(tmp_path)]).output  # e.g. a nightly job
+    page.write_text("# Pay bands\n\nBand C starts at 54,000 EUR.\n")
+    assert "1 updated" in runner.invoke(app, ["ingest", str(tmp_path)]).output
+    with db.connection() as conn:
+        [doc] = store.list_documents(conn)
+    assert (doc.visible_channels, doc.visible_groups) == ([], ["hr"])
+
+    assert runner.invoke(app, ["ingest", str(tmp_path), "--public", "--as", "ana"]).exit_code == 0  # said so
+    with db.connection() as conn:
+        [doc] = store.list_documents(conn)
+        actions = [(e.actor, e.action) for e in reversed(audit.recent(conn))]
+    assert (doc.visible_channels, doc.visible_groups) == ([], [])
+    assert actions == [("ana", "knowledge.ingest"), ("cli", "knowledge.ingest"), ("ana", "knowledge.visibility")]
+    refused = runner.invoke(app, ["ingest", str(tmp_path), "--public", "--group", "hr"])
+    assert refused.exit_code == 2 and "--public cannot go with --channel or --group" in refused.output
 
 
 def test_search_with_only_punctuation_explains_itself(database_url: str) -> None:

@@ -48,7 +48,7 @@ def answer_and_curate(curated: list[tuple[str, str, str]], *, rejected: list[tup
         chunk_ids = {}
         for key, (title, heading, text) in PASSAGES.items():
             doc = store.upsert_document(conn, source=f"{key}.md", title=title, url=None, content_hash=key,
-                                        visible_channels=(), visible_groups=(), metadata={})
+                                        visibility=None, metadata={})
             vectors = rng.normal(size=(2, 384)).astype(np.float32)
             store.replace_chunks(conn, doc, [chunk.Chunk(0, heading, f"{title} > {heading}\n{text}", text,
                                                          f"{title} > {heading}")], vectors[:1], vectors[1:])
