@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 AdapterStatus = Literal["training", "ready", "live", "retired", "failed"]
 LIVE_CHANNEL = "flywheel_live_adapter"
+LIVE_CACHE_MAX_AGE_S = 30.0   # how stale a process's view of the live adapter may get when it misses a NOTIFY
 
 
 @dataclass(frozen=True)
@@ -158,9 +159,9 @@ class LiveAdapterCache:
     process, read once and refreshed when a promotion notifies; a slow re-read (`max_age_s`)
     covers a missed notification."""
 
-    def __init__(self, url: str, max_age_s: float = 30.0) -> None:
+    def __init__(self, url: str, max_age_s: float | None = None) -> None:
         self._url = url
-        self._max_age_s = max_age_s
+        self._max_age_s = LIVE_CACHE_MAX_AGE_S if max_age_s is None else max_age_s
         self._name: str | None = None
         self._serving_url: str | None = None
         self._read_at = -math.inf  # not read yet (monotonic time may be small after boot)
@@ -194,18 +195,30 @@ class LiveAdapterCache:
         self._read_at = time.monotonic()
 
     def _listen(self) -> None:
-        try:
-            with psycopg.connect(self._url, autocommit=True) as conn:
-                conn.execute(f"LISTEN {LIVE_CHANNEL}")
-                while not self._stop.is_set():
-                    for _ in conn.notifies(timeout=1.0):
-                        with self._lock:
-                            self._read_at = -math.inf  # next get() re-reads
-        except psycopg.Error:
-            if self._stop.is_set():
-                return
-            logger.warning("live-adapter listener stopped; falling back to re-reading every %.0f s",
-                           self._max_age_s, exc_info=True)
+        """Mark the cache stale on every notification; after a lost connection, listen again
+        (re-reading first: a notification may have been missed meanwhile)."""
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {LIVE_CHANNEL}")
+                    self._mark_stale()
+                    backoff = 1.0
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0):
+                            self._mark_stale()
+            except psycopg.Error:
+                if self._stop.is_set():
+                    return
+                logger.warning("live-adapter listener lost its connection; listening again in %.0f s "
+                               "(meanwhile the live adapter is re-read every %.0f s)", backoff, self._max_age_s,
+                               exc_info=True)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _mark_stale(self) -> None:
+        with self._lock:
+            self._read_at = -math.inf  # the next get() re-reads
 
     def close(self) -> None:
         self._stop.set()

@@ -75,7 +75,8 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor:
         stop(launched.pid)
         raise
     logger.info("adapter %s is live on %s; draining %s", adapter.name, launched.url, old.url)
-    drain(old.url, timeout_s=drain_timeout_s if drain_timeout_s is not None else _default_drain_s(settings))
+    drain(old.url, timeout_s=drain_timeout_s if drain_timeout_s is not None else _default_drain_s(settings),
+          min_wait_s=models.LIVE_CACHE_MAX_AGE_S)
     if old.pid is not None and old.host == socket.gethostname():
         stop(old.pid)
     else:
@@ -131,12 +132,14 @@ def wait_healthy(launched: Launched, *, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
-def drain(url: str, *, timeout_s: float, quiet_s: float = 2.0) -> bool:
-    """Wait until the old server has nothing queued or running and has received no new request
-    for `quiet_s` (processes that missed the notification re-read within their cache age).
-    Reads TGI's Prometheus gauges; True when drained, False when `timeout_s` ran out."""
-    deadline = time.monotonic() + timeout_s
-    last_total, quiet_since = None, time.monotonic()
+def drain(url: str, *, timeout_s: float, quiet_s: float = 2.0, min_wait_s: float = 0.0) -> bool:
+    """Wait at least `min_wait_s` (a process that missed the switch's notification re-reads
+    within its cache age, and until then sends here), and until the old server has nothing
+    queued or running and has received no new request for `quiet_s`. Reads TGI's Prometheus
+    gauges; True when drained, False when `timeout_s` ran out."""
+    started = time.monotonic()
+    deadline = started + max(timeout_s, min_wait_s)
+    last_total, quiet_since = None, started
     while time.monotonic() < deadline:
         gauges = _metrics(url)
         if gauges is None:
@@ -148,7 +151,7 @@ def drain(url: str, *, timeout_s: float, quiet_s: float = 2.0) -> bool:
         total = gauges.get("tgi_request_count")
         if busy or total != last_total:
             last_total, quiet_since = total, time.monotonic()
-        elif time.monotonic() - quiet_since >= quiet_s:
+        elif time.monotonic() - quiet_since >= quiet_s and time.monotonic() - started >= min_wait_s:
             return True
         time.sleep(0.2)
     logger.warning("the old model server at %s still had work after %.0f s; stopping it anyway", url, timeout_s)
@@ -199,8 +202,8 @@ def _metrics(url: str) -> dict[str, float] | None:
 
 def _default_drain_s(settings: Settings) -> float:
     # A request may take the generator's whole timeout; a process that missed the NOTIFY
-    # re-reads the live adapter within the cache age (30 s).
-    return settings.llm_timeout_s + 30
+    # re-reads the live adapter within the cache age.
+    return settings.llm_timeout_s + models.LIVE_CACHE_MAX_AGE_S
 
 
 def _free_port(host: str) -> int:

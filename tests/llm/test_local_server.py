@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -102,3 +103,12 @@ def test_smollm2_answers_a_handbook_question_from_its_context(smollm2_dir: Path)
         ], max_new_tokens=40)
     assert "five" in reply.text.lower() or "5" in reply.text
     assert reply.model == "SmolLM2-135M-Instruct"
+
+
+def test_draining_keeps_an_idle_server_until_every_process_has_reread_the_live_adapter(tiny_server: str) -> None:
+    from core import tgi_controller
+
+    started = time.monotonic()
+    assert tgi_controller.drain(tiny_server, timeout_s=30, quiet_s=0.2, min_wait_s=1.5)
+    assert time.monotonic() - started >= 1.5  # idle at once, but kept for a missed notification's re-read
+    assert tgi_controller.drain(f"http://127.0.0.1:{free_port()}", timeout_s=30, min_wait_s=1.5)  # gone: done

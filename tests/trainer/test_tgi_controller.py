@@ -34,6 +34,7 @@ def tgi(tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> lis
     monkeypatch.setenv("FLYWHEEL_TGI_LAUNCH_COMMAND",
                        f"{sys.executable} {LAUNCHER} --model {{model}} --port {{port}} --lora-adapters {{lora_adapters}}")
     monkeypatch.setenv("FLYWHEEL_LLM_TIMEOUT_S", "10")
+    monkeypatch.setattr(models, "LIVE_CACHE_MAX_AGE_S", 3.0)  # how long an old server is kept: short here
     get_settings.cache_clear()
     adapters = []
     with db.connection() as conn:
