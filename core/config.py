@@ -1,19 +1,25 @@
 """Settings from the environment and `.env`: one `Settings` object for every process."""
 from __future__ import annotations
 
+import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+HOW_TO_HASH = "python -c \"import hashlib;print(hashlib.sha256(b'your password').hexdigest())\""
 
 
 class Settings(BaseSettings):
     """Every knob Flywheel has. Environment variables are prefixed `FLYWHEEL_` except the
     conventional ones (`DATABASE_URL`, `SLACK_*`)."""
 
-    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_file=".env", extra="ignore")
+    # Inputs stay out of error messages: a secret set wrongly must not end up in a log.
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_file=".env", extra="ignore",
+                                      hide_input_in_errors=True)
 
     # Storage
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
@@ -68,10 +74,10 @@ class Settings(BaseSettings):
     bot_port: int = 3000                   # HTTP mode: where Slack posts events
 
     # Dashboard. OIDC through Streamlit's st.login when configured; else a password whose
-    # sha256 hex digest is given here; with neither, it binds to localhost only.
+    # sha256 hex digest is given here (empty: none); with neither, it binds to localhost only.
     dashboard_password_sha256: SecretStr | None = None
     dashboard_oidc: bool = False           # [auth] is configured in .streamlit/secrets.toml
-    dashboard_admins: list[str] = []       # e-mails (OIDC) that may act; empty: every signed-in user
+    dashboard_admins: list[str] = []       # e-mails (OIDC) that may act; OIDC refuses everyone while empty
     dashboard_viewers: list[str] = []      # e-mails (OIDC) that may look but not act
     dashboard_port: int = 8501
 
@@ -87,6 +93,28 @@ class Settings(BaseSettings):
     bot_metrics_port: int = 9101
     worker_metrics_port: int = 9102
 
+    @field_validator("dashboard_password_sha256", mode="before")
+    @classmethod
+    def _password_digest(cls, value: object) -> object:
+        """Empty (as deploy/.env.example ships it) means no password. Anything else must be a
+        sha256 hex digest: a password pasted in plain, or a typo, would refuse every sign-in."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if not isinstance(raw, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", raw.strip()):
+            raise ValueError("FLYWHEEL_DASHBOARD_PASSWORD_SHA256 must be the sha256 hex digest of the dashboard "
+                             f"password (64 hex characters), or empty for none. Make it with: {HOW_TO_HASH}")
+        return raw.strip().lower()
+
+    @property
+    def dashboard_login(self) -> Literal["oidc", "password"] | None:
+        """How people sign in to the dashboard; None: no login, so it may only listen on loopback."""
+        if self.dashboard_oidc:
+            return "oidc"
+        if self.dashboard_password_sha256 is not None:
+            return "password"
+        return None
+
     @property
     def pg_dir(self) -> Path:
         return self.data_dir / "pg"
@@ -94,6 +122,18 @@ class Settings(BaseSettings):
     @property
     def adapter_root(self) -> Path:
         return self.adapters_dir or self.data_dir / "adapters"
+
+
+def is_loopback(address: str | None) -> bool:
+    """True for an address only this machine reaches: localhost, 127.0.0.0/8 or ::1 (bracketed or
+    not). The dashboard without a login may listen on nothing else."""
+    host = (address or "").strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)

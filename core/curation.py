@@ -158,17 +158,23 @@ def reject(conn: psycopg.Connection, answer_id: int, *, curated_by: str) -> None
     _upsert(conn, answer_id, "rejected", pii.scrub(row.question), None, False, curated_by)
 
 
-def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision, *, curated_by: str) -> int:
-    """Accept (as delivered) or reject many answers; returns how many were judged. Any answer
-    that cannot be accepted stops the whole batch, so the caller's transaction rolls back."""
-    n = 0
-    for answer_id in answer_ids:
+def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision, *, curated_by: str) -> list[int]:
+    """Accept (as delivered) or reject many answers; returns the ids it judged. Accepting skips
+    answers judged before: a bulk accept must not undo a hand-edited ideal answer or a rejection
+    (those are changed one by one). Any answer that cannot be accepted stops the whole batch, so
+    the caller's transaction rolls back."""
+    ids = list(answer_ids)
+    judged_before: set[int] = set()
+    if decision == "accepted":
+        judged_before = {r["answer_id"] for r in conn.execute(
+            "SELECT answer_id FROM curation_items WHERE answer_id = ANY(%(ids)s)", {"ids": ids})}
+    judged = [answer_id for answer_id in ids if answer_id not in judged_before]
+    for answer_id in judged:
         if decision == "accepted":
             accept(conn, answer_id, curated_by=curated_by)
         else:
             reject(conn, answer_id, curated_by=curated_by)
-        n += 1
-    return n
+    return judged
 
 
 def _upsert(conn: psycopg.Connection, answer_id: int, decision: Decision, question: str, answer: str | None,

@@ -1,9 +1,10 @@
 """Who is looking at the dashboard, and whether they may act.
 
 Three modes, chosen by settings: OIDC through Streamlit's `st.login` when `dashboard_oidc` is set
-(with `[auth]` in `.streamlit/secrets.toml`); else a shared password whose sha256 is in
-`dashboard_password_sha256`; else no login at all, which is only allowed while the server listens
-on the loopback interface (the `flywheel dashboard` launcher binds it there)."""
+(with `[auth]` in `.streamlit/secrets.toml`), which lets in only the accounts listed as admins or
+viewers; else a shared password whose sha256 is in `dashboard_password_sha256`; else no login at
+all, which is only allowed while the server listens on the loopback interface (the `flywheel
+dashboard` launcher binds it there)."""
 from __future__ import annotations
 
 import getpass
@@ -15,11 +16,13 @@ from typing import Literal
 import streamlit as st
 
 from core import audit, db
-from core.config import Settings, get_settings
+from core.config import Settings, get_settings, is_loopback
 
 Role = Literal["admin", "viewer"]
 Mode = Literal["oidc", "password", "local"]
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+NO_ADMINS = ("Sign-in is switched off: OIDC is configured but nobody is listed as an admin. The operator must "
+             "set FLYWHEEL_DASHBOARD_ADMINS to the e-mails that may act (and FLYWHEEL_DASHBOARD_VIEWERS to "
+             "those that may only look), then restart the dashboard.")
 _IDENTITY_KEY = "dashboard_identity"   # session state: who signed in with the password
 # Guessing the password: this many failed sign-ins from one address lock it out until the
 # oldest is this old. Failures are audited, so the count holds across sessions and processes.
@@ -44,11 +47,7 @@ class Identity:
 
 
 def mode(settings: Settings) -> Mode:
-    if settings.dashboard_oidc:
-        return "oidc"
-    if settings.dashboard_password_sha256 is not None:
-        return "password"
-    return "local"
+    return settings.dashboard_login or "local"
 
 
 def password_matches(password: str, expected_sha256_hex: str) -> bool:
@@ -57,24 +56,32 @@ def password_matches(password: str, expected_sha256_hex: str) -> bool:
     return hmac.compare_digest(digest, expected_sha256_hex.strip().lower())
 
 
+def _emails(listed: list[str]) -> set[str]:
+    return {e.strip().lower() for e in listed} - {""}
+
+
 def oidc_role(email: str, settings: Settings) -> Role | None:
-    """An e-mail listed as admin acts; one listed as viewer looks; with no admin list every
-    signed-in user not listed as viewer is an admin; anyone else is refused (None)."""
+    """An e-mail listed as admin acts; one listed as viewer looks; anyone else is refused (None).
+    A company login proves who someone is, not that they may see training data."""
     email = email.strip().lower()
-    admins = {a.strip().lower() for a in settings.dashboard_admins}
-    viewers = {v.strip().lower() for v in settings.dashboard_viewers}
-    if email in admins:
+    if email in _emails(settings.dashboard_admins):
         return "admin"
-    if email in viewers:
+    if email in _emails(settings.dashboard_viewers):
         return "viewer"
-    return None if admins else "admin"
+    return None
+
+
+def email_unverified(claim: object) -> bool:
+    """True when the identity provider says the e-mail is not verified (some send "false" as a
+    string): such an address may be anyone's, so it names no one on the lists."""
+    return claim is False or str(claim).strip().lower() == "false"
 
 
 def server_is_loopback_only() -> bool:
     """True when this Streamlit server listens on the loopback interface only (an unset
     address means every interface)."""
     address = st.get_option("server.address")
-    return address is not None and str(address).strip("[]") in LOOPBACK
+    return address is not None and is_loopback(str(address))
 
 
 def gate(settings: Settings | None = None) -> Identity:
@@ -95,12 +102,21 @@ def gate(settings: Settings | None = None) -> Identity:
 
 
 def _oidc(settings: Settings) -> Identity:
+    if not _emails(settings.dashboard_admins):
+        st.title("Flywheel admin")
+        st.error(NO_ADMINS)
+        st.stop()
     if not st.user.get("is_logged_in", False):
         st.title("Flywheel admin")
         st.info("Sign in with your company account to continue.")
         st.button("Log in", on_click=st.login, type="primary")
         st.stop()
     email = str(st.user.get("email") or "")
+    if email_unverified(st.user.get("email_verified")):
+        st.error(f"The identity provider has not verified the e-mail address {email or '(none)'}, so it cannot "
+                 "be used to sign in here. Verify it with your identity provider, then sign in again.")
+        st.button("Log out", on_click=st.logout)
+        st.stop()
     role = oidc_role(email, settings) if email else None
     if role is None:
         st.error(f"The account {email or '(no e-mail)'} may not use this dashboard. Ask an admin to add it "

@@ -9,27 +9,22 @@ from pathlib import Path
 import typer
 
 from core import db
-from core.config import Settings, get_settings
+from core.config import Settings, get_settings, is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboard" / "app.py"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def login_configured(settings: Settings) -> bool:
-    return settings.dashboard_oidc or settings.dashboard_password_sha256 is not None
 
 
 def bind_address(settings: Settings, requested: str | None) -> str:
     """Where the server listens: every interface when a login protects it, else the loopback
     interface only. Asking for a public address without a login is refused."""
     if requested is None:
-        return "0.0.0.0" if login_configured(settings) else "127.0.0.1"
-    if requested not in LOOPBACK and not login_configured(settings):
+        return "0.0.0.0" if settings.dashboard_login else "127.0.0.1"
+    if not is_loopback(requested) and settings.dashboard_login is None:
         raise ValueError(f"Refusing to serve the dashboard on {requested} without a login: set "
                          "FLYWHEEL_DASHBOARD_PASSWORD_SHA256 (sha256 hex of a password) or configure OIDC "
                          "(FLYWHEEL_DASHBOARD_OIDC=true and [auth] in .streamlit/secrets.toml).")
-    return requested
+    return requested.strip("[]")  # Streamlit binds an IPv6 address given without brackets
 
 
 def streamlit_argv(port: int, address: str) -> list[str]:
@@ -56,9 +51,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from e
         db.ensure_schema()
         port = port or settings.dashboard_port
-        shown = "localhost" if address in LOOPBACK else address
+        shown = "localhost" if is_loopback(address) else address
         typer.echo(f"dashboard: http://{shown}:{port}"
-                   + ("" if login_configured(settings) else " (no login configured: localhost only)"))
+                   + ("" if settings.dashboard_login else " (no login configured: localhost only)"))
         # Run from the repository root so `dashboard` and `core` import as packages.
         os.chdir(ROOT)
         argv = streamlit_argv(port, address)

@@ -2,6 +2,8 @@
 in bulk), with personal data highlighted, and freeze what is accepted into dataset versions."""
 from __future__ import annotations
 
+import functools
+
 import pandas as pd
 import streamlit as st
 
@@ -12,6 +14,7 @@ from dashboard import frame, markup
 RATINGS = {"any": "Any", "up": "👍", "down": "👎", "unrated": "Not rated"}
 ROUTES = {"any": "Any", "answered": "Answered", "review": "Reviewed", "declined": "Declined"}
 ALL = "any"
+ACCEPT, ACCEPT_EDITED, REJECT = "Accept as delivered", "Accept edited answer", "Reject"
 
 
 def label(row: curation.CurationRow) -> str:
@@ -27,19 +30,36 @@ def table(rows: list[curation.CurationRow]) -> pd.DataFrame:
     } for r in rows])
 
 
-def judge(answer_ids: list[int], action: str, actor: str, ideal_answer: str | None = None) -> int:
-    """One transaction: the judgements and their audit row land together or not at all."""
+def judge(answer_id: int, action: str, actor: str, ideal_answer: str) -> curation.Decision:
+    """One transaction: the judgement and its audit row land together or not at all."""
     with db.connection() as conn:
         if action == "reject":
-            n = curation.bulk(conn, answer_ids, "rejected", curated_by=actor)
-        elif action == "edit":
-            curation.accept(conn, answer_ids[0], curated_by=actor, ideal_answer=ideal_answer)
-            n = 1
+            curation.reject(conn, answer_id, curated_by=actor)
         else:
-            n = curation.bulk(conn, answer_ids, "accepted", curated_by=actor)
-        target = f"answer:{answer_ids[0]}" if len(answer_ids) == 1 else None
-        audit.record(conn, actor, f"curation.{action}", target, {"answer_ids": answer_ids})
-    return n
+            curation.accept(conn, answer_id, curated_by=actor, ideal_answer=ideal_answer if action == "edit" else None)
+        audit.record(conn, actor, f"curation.{action}", f"answer:{answer_id}", {"answer_ids": [answer_id]})
+    return "rejected" if action == "reject" else "accepted"
+
+
+def judge_many(answer_ids: list[int], action: str, actor: str) -> list[int]:
+    """Bulk judgements in one transaction with their audit row; returns the ids judged (a bulk
+    accept skips answers judged before)."""
+    with db.connection() as conn:
+        judged = curation.bulk(conn, answer_ids, "rejected" if action == "reject" else "accepted", curated_by=actor)
+        skipped = [i for i in answer_ids if i not in judged]
+        if judged:
+            target = f"answer:{judged[0]}" if len(judged) == 1 else None
+            audit.record(conn, actor, f"curation.{action}", target,
+                         {"answer_ids": judged, **({"skipped": skipped} if skipped else {})})
+    return judged
+
+
+def export(version: int, actor: str) -> str:
+    """A dataset version as JSONL, made only when an admin clicks download (Streamlit runs this
+    on a thread of its own, hence the connection of its own); exports are audited."""
+    with db.connection() as conn:
+        audit.record(conn, actor, "dataset.export", f"dataset:v{version}")
+        return curation.export_jsonl(conn, version)
 
 
 def make_dataset(actor: str, note: str) -> curation.DatasetInfo:
@@ -90,14 +110,19 @@ else:
                  disabled=viewer)
     if b_accept.button("Accept selected as delivered", disabled=viewer or not selected, key="bulk_accept") \
             and not frame.refuse_viewer(identity):
-        n = frame.attempt("Bulk accept", lambda: judge(selected, "accept", identity.actor), curation.CurationError)
-        if n is not None:
-            frame.done(f"Accepted {n} answers.")
+        judged = frame.attempt("Bulk accept", lambda: judge_many(selected, "accept", identity.actor),
+                               curation.CurationError)
+        if judged is not None:
+            skipped = len(selected) - len(judged)
+            frame.done(f"Accepted {len(judged)} answers." + (
+                f" Skipped {skipped} already judged: a bulk accept leaves their decision and ideal answer as"
+                " they are; open one to change it." if skipped else ""))
     if b_reject.button("Reject selected", disabled=viewer or not selected, key="bulk_reject") \
             and not frame.refuse_viewer(identity):
-        n = frame.attempt("Bulk reject", lambda: judge(selected, "reject", identity.actor), curation.CurationError)
-        if n is not None:
-            frame.done(f"Rejected {n} answers.")
+        judged = frame.attempt("Bulk reject", lambda: judge_many(selected, "reject", identity.actor),
+                               curation.CurationError)
+        if judged is not None:
+            frame.done(f"Rejected {len(judged)} answers.")
 
     st.subheader("Answer")
     if st.session_state.get("cur_open") not in by_id:
@@ -135,22 +160,28 @@ else:
         if row.ideal_answer:
             st.markdown(f"**Stored ideal answer:** {markup.escape(row.ideal_answer)}")
 
-    ideal = st.text_area("Ideal answer (edit, then accept)", value=row.ideal_answer or row.final_answer or "",
-                         key=f"cur_ideal_{opened}", height=160, disabled=viewer)
+    shown = row.ideal_answer or row.final_answer or ""
+    ideal = st.text_area("Ideal answer (edit, then accept)", value=shown, key=f"cur_ideal_{opened}", height=160,
+                         disabled=viewer)
     if markup.has_pii(row.question, ideal):
         st.caption("Highlighted personal data is replaced (e.g. by [email]) in what is stored.")
     a_keep, a_edit, a_reject = st.columns(3)
     actions = {
-        "accept": a_keep.button("Accept as delivered", key="cur_accept", disabled=viewer, type="primary"),
-        "edit": a_edit.button("Accept edited answer", key="cur_accept_edit", disabled=viewer),
-        "reject": a_reject.button("Reject", key="cur_reject", disabled=viewer),
+        "accept": a_keep.button(ACCEPT, key="cur_accept", disabled=viewer, type="primary"),
+        "edit": a_edit.button(ACCEPT_EDITED, key="cur_accept_edit", disabled=viewer),
+        "reject": a_reject.button(REJECT, key="cur_reject", disabled=viewer),
     }
     for action, clicked in actions.items():
-        if clicked and not frame.refuse_viewer(identity):
-            result = frame.attempt(f"Curation ({action})",
-                                   lambda: judge([opened], action, identity.actor, ideal), curation.CurationError)
-            if result is not None:
-                frame.done(f"Answer #{opened}: {'rejected' if action == 'reject' else 'accepted'}.")
+        if not clicked or frame.refuse_viewer(identity):
+            continue
+        if action == "accept" and ideal.strip() != shown.strip():
+            st.error(f"You changed the text: use {ACCEPT_EDITED} to keep your edit, or undo it to accept "
+                     "the answer as delivered.")
+            continue
+        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, ideal),
+                                 curation.CurationError)
+        if decision is not None:
+            frame.done(f"Answer #{opened}: {decision}.")
 
 st.header("Datasets")
 with db.connection() as conn:
@@ -166,12 +197,13 @@ if d_make.button("Make dataset version", key="ds_make", disabled=viewer) and not
         frame.done(f"Dataset v{info.version} made with {info.items} answers.")
 if datasets:
     st.dataframe(pd.DataFrame([vars(d) for d in datasets]), hide_index=True)
-    version = st.selectbox("Export version", [d.version for d in datasets], format_func=lambda v: f"v{v}",
-                           key="ds_export")
-    with db.connection() as conn:
-        jsonl = curation.export_jsonl(conn, version)
-    # Training data is sensitive even scrubbed: exporting it is for admins.
-    st.download_button(f"Download v{version} as JSONL", jsonl, file_name=f"flywheel-dataset-v{version}.jsonl",
-                       mime="application/jsonl", on_click="ignore", disabled=viewer, key="ds_download")
+    # Training data is sensitive even scrubbed: only admins get the button, and the file is made
+    # on their click (a disabled button would still serve a file made for everyone).
+    if identity.can_act:
+        version = st.selectbox("Export version", [d.version for d in datasets], format_func=lambda v: f"v{v}",
+                               key="ds_export")
+        st.download_button(f"Download v{version} as JSONL", functools.partial(export, version, identity.actor),
+                           file_name=f"flywheel-dataset-v{version}.jsonl", mime="application/jsonl",
+                           on_click="ignore", key="ds_download")
 else:
     st.write("No dataset versions yet.")

@@ -8,6 +8,7 @@ from core import audit, db, feedback
 from core.agent import run
 from dashboard import auth, frame, markup
 
+LABELS = {"approve": "Approve", "edit": "Send edited", "reject": "Reject"}
 DONE = {"approve": "approved", "edit": "sent edited", "reject": "rejected"}
 
 
@@ -32,14 +33,19 @@ def decide(review_id: int, action: str, actor: str, text: str, reason: str) -> r
     return outcome
 
 
-def on_click(review_id: int, action: str, identity: auth.Identity) -> None:
+def on_click(review_id: int, action: str, identity: auth.Identity, draft: str) -> None:
     """Decide in the button's callback, before the page reruns: the queue below is then read
     after the decision, and a review someone decided meanwhile still gets its answer."""
     if not identity.can_act:
         frame.flash_error("Viewers cannot change anything here; ask an admin.")
         return
-    edited = st.session_state.get(f"rv_text_{review_id}", "")
+    edited = st.session_state.get(f"rv_text_{review_id}", draft)
     reason = st.session_state.get(f"rv_reason_{review_id}", "")
+    if action == "approve" and edited.strip() != draft.strip():
+        # Approving sends the draft as it is: an edit the reviewer made must not be lost silently.
+        frame.flash_error(f"You changed the text: use {LABELS['edit']} to send your edit for review #{review_id}, "
+                          "or undo it to approve the draft.")
+        return
     # ValueError: an empty edit or a rejection without a reason (the agent refuses both);
     # LookupError: the review no longer exists.
     frame.attempt_in_callback(
@@ -68,11 +74,10 @@ for review, answer in pending:
         with st.expander(f"Sources ({len(answer.sources)})"):
             for source in answer.sources:
                 st.markdown(markup.source_line(source))
-        st.text_area("Edited answer (for Send edited)", value=answer.draft or "", key=f"rv_text_{review.id}",
+        st.text_area(f"Edited answer (for {LABELS['edit']})", value=answer.draft or "", key=f"rv_text_{review.id}",
                      disabled=viewer)
-        st.text_input("Reason (for Reject)", key=f"rv_reason_{review.id}", disabled=viewer)
-        for column, (action, label) in zip(st.columns(3), (("approve", "Approve"), ("edit", "Send edited"),
-                                                           ("reject", "Reject"))):
+        st.text_input(f"Reason (for {LABELS['reject']})", key=f"rv_reason_{review.id}", disabled=viewer)
+        for column, (action, label) in zip(st.columns(3), LABELS.items()):
             column.button(label, key=f"rv_{action}_{review.id}", on_click=on_click,
-                          args=(review.id, action, identity), type="primary" if action == "approve" else "secondary",
-                          disabled=viewer)
+                          args=(review.id, action, identity, answer.draft or ""),
+                          type="primary" if action == "approve" else "secondary", disabled=viewer)

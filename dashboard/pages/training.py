@@ -11,6 +11,7 @@ from dashboard import frame
 RANKS = [4, 8, 16, 32, 64]
 DEFAULT_EPOCHS = 3  # the trainer's own default (trainer.train.TrainConfig)
 ACTIVE = ("queued", "running")
+REFRESH_S = 3  # how often an active run's detail is read again
 
 
 def start(version: int | None, base_model: str, epochs: int, rank: int, actor: str) -> training.TrainingRun:
@@ -100,29 +101,44 @@ st.dataframe(pd.DataFrame([{
     column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
 
 by_id = {r.id: r for r in runs}
-chosen = by_id[st.selectbox("Run", list(by_id), format_func=lambda i: f"run {i} · {by_id[i].status}", key="tr_run")]
-st.progress(min(max(chosen.progress, 0.0), 1.0), text=f"{chosen.status} · {chosen.progress:.0%}")
-if chosen.error:
-    st.error(chosen.error)
-losses = pd.DataFrame(chosen.losses)
-if "step" in losses:
-    st.markdown("**Loss**")
-    st.line_chart(losses.set_index("step")[[c for c in ("train_loss", "val_loss") if c in losses]])
-if chosen.metrics:
-    st.markdown("**Eval metrics**")
-    st.json(chosen.metrics)
-st.markdown(f"**Parameters:** base `{chosen.base_model}` · {chosen.params}")
-with st.expander("Log", expanded=chosen.status in ACTIVE):
-    st.code(chosen.log or "(empty)", language=None)
-if chosen.status in ACTIVE:
-    if st.button("Cancel this run", key="tr_cancel", disabled=viewer) and not frame.refuse_viewer(identity):
-        if frame.attempt("Cancelling", lambda: cancel(chosen.id, identity.actor), LookupError):
-            frame.done(f"Run {chosen.id}: cancellation requested.")
-if chosen.status == "failed":
-    if st.button("Resume from the last checkpoint", key="tr_resume", disabled=viewer) \
-            and not frame.refuse_viewer(identity):
-        # ValueError: the run is not failed any more; RunAlreadyActive: another retrain is active.
-        resumed = frame.attempt("Resuming", lambda: retrain.resume_retrain(chosen.id, requested_by=identity.actor),
-                                ValueError, training.RunAlreadyActive)
-        if resumed is not None:
-            frame.done(f"Run {resumed.id} queued again; it continues from its last checkpoint.")
+chosen_id = st.selectbox("Run", list(by_id), format_func=lambda i: f"run {i} · {by_id[i].status}", key="tr_run")
+
+
+@st.fragment(run_every=REFRESH_S if by_id[chosen_id].status in ACTIVE else None)
+def run_detail(run_id: int, was_active: bool) -> None:
+    """One run's progress, losses, metrics and log, read again every few seconds while it is
+    queued or running (only this part of the page reruns)."""
+    with db.connection() as conn:
+        chosen = training.get_run(conn, run_id)
+    if chosen is None:
+        return
+    if was_active and chosen.status not in ACTIVE:
+        st.rerun()  # it ended: refresh the whole page (the table, the buttons) and stop polling
+    st.progress(min(max(chosen.progress, 0.0), 1.0), text=f"{chosen.status} · {chosen.progress:.0%}")
+    if chosen.error:
+        st.error(chosen.error)
+    losses = pd.DataFrame(chosen.losses)
+    if "step" in losses:
+        st.markdown("**Loss**")
+        st.line_chart(losses.set_index("step")[[c for c in ("train_loss", "val_loss") if c in losses]])
+    if chosen.metrics:
+        st.markdown("**Eval metrics**")
+        st.json(chosen.metrics)
+    st.markdown(f"**Parameters:** base `{chosen.base_model}` · {chosen.params}")
+    with st.expander("Log", expanded=chosen.status in ACTIVE):
+        st.code(chosen.log or "(empty)", language=None)
+    if chosen.status in ACTIVE:
+        if st.button("Cancel this run", key="tr_cancel", disabled=viewer) and not frame.refuse_viewer(identity):
+            if frame.attempt("Cancelling", lambda: cancel(run_id, identity.actor), LookupError):
+                frame.done(f"Run {run_id}: cancellation requested.")
+    if chosen.status == "failed":
+        if st.button("Resume from the last checkpoint", key="tr_resume", disabled=viewer) \
+                and not frame.refuse_viewer(identity):
+            # ValueError: the run is not failed any more; RunAlreadyActive: another retrain is active.
+            resumed = frame.attempt("Resuming", lambda: retrain.resume_retrain(run_id, requested_by=identity.actor),
+                                    ValueError, training.RunAlreadyActive)
+            if resumed is not None:
+                frame.done(f"Run {resumed.id} queued again; it continues from its last checkpoint.")
+
+
+run_detail(chosen_id, by_id[chosen_id].status in ACTIVE)

@@ -101,6 +101,41 @@ def test_oidc_account_not_listed_is_refused(oidc_env: None) -> None:
     assert [b.label for b in at.button] == ["Log out"] and not at.metric
 
 
+def test_oidc_with_no_admin_listed_refuses_everyone_and_tells_the_operator(
+        dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_OIDC", "true")
+    get_settings.cache_clear()
+    at = open_page(user={"is_logged_in": True, "email": "anyone@northwind.example"})
+    assert [e.value for e in at.error] == [auth.NO_ADMINS] and "FLYWHEEL_DASHBOARD_ADMINS" in auth.NO_ADMINS
+    assert not at.button and not at.metric and not at.dataframe
+
+
+@pytest.mark.parametrize("verified", [False, "false"])
+def test_oidc_unverified_email_is_refused_even_when_listed(oidc_env: None, verified: object) -> None:
+    at = open_page(user={"is_logged_in": True, "email": "ann@northwind.example", "email_verified": verified})
+    assert "has not verified the e-mail address ann@northwind.example" in at.error[0].value
+    assert [b.label for b in at.button] == ["Log out"] and not at.metric
+
+
+def test_oidc_verified_email_signs_in(oidc_env: None) -> None:
+    at = open_page(user={"is_logged_in": True, "email": "ann@northwind.example", "email_verified": True})
+    assert not at.error and at.title[0].value == "Overview"
+
+
+def test_viewer_gets_no_dataset_download(oidc_env: None) -> None:
+    from core import curation, db
+
+    answer_id = seed_answer("How do I order a laptop?", "In the IT portal.")
+    with db.connection() as conn:
+        curation.accept(conn, answer_id, curated_by="ann")
+        curation.create_dataset(conn, created_by="ann")
+    admin = open_page("curation", user={"is_logged_in": True, "email": "ann@northwind.example"})
+    assert [b.proto.label for b in admin.get("download_button")] == ["Download v1 as JSONL"]
+    viewer = open_page("curation", user={"is_logged_in": True, "email": "vic@northwind.example"})
+    assert viewer.dataframe and viewer.get("download_button") == []
+    assert "dataset.export" not in [e["action"] for e in audit_rows()]
+
+
 def test_oidc_admin_acts_and_viewer_only_looks(oidc_env: None) -> None:
     seed_answer("How do I order a laptop?", "In the IT portal.")
     admin = open_page("curation", user={"is_logged_in": True, "email": "Ann@northwind.example"})
@@ -127,5 +162,5 @@ def test_password_check_and_roles_are_plain_functions() -> None:
     assert not auth.password_matches("wrong", PASSWORD_SHA256)
     settings = get_settings().model_copy(update={"dashboard_admins": ["a@x.io"], "dashboard_viewers": ["v@x.io"]})
     assert [auth.oidc_role(e, settings) for e in ("A@x.io", "v@x.io", "z@x.io")] == ["admin", "viewer", None]
-    open_settings = settings.model_copy(update={"dashboard_admins": []})
-    assert [auth.oidc_role(e, open_settings) for e in ("z@x.io", "v@x.io")] == ["admin", "viewer"]
+    no_admins = settings.model_copy(update={"dashboard_admins": []})
+    assert [auth.oidc_role(e, no_admins) for e in ("z@x.io", "v@x.io")] == [None, "viewer"]

@@ -1,5 +1,5 @@
 """End to end: `streamlit run` the dashboard, sign in with the password in headless Chromium, open
-Curation, and keep a screenshot (artifacts/dashboard-curation.png)."""
+Curation, and keep a screenshot (artifacts/dashboard-curation.png); watch a running retrain move."""
 from __future__ import annotations
 
 import os
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from core import db, training
 from core.cli import dashboard_cmds
 from dashboard_helpers import PASSWORD, PASSWORD_SHA256, ROOT, seed_answer
 from support.servers import free_port, stop, wait_healthy
@@ -19,6 +20,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 ARTIFACT = ROOT / "artifacts" / "dashboard-curation.png"
 START_DEADLINE_S = 90
 UI_TIMEOUT_MS = 60_000
+REFRESH_WAIT_MS = 20_000  # the Training page reads an active run again every few seconds
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
                                 reason="Debian's chromium is not installed (/usr/bin/chromium): apt-get install chromium")
@@ -42,6 +44,17 @@ def dashboard_url(dashboard_db: str, tmp_path: Path) -> Iterator[str]:
         stop(server)
 
 
+def sign_in(page, url: str) -> None:  # noqa: ANN001
+    from playwright.sync_api import expect
+
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.goto(url)
+    page.get_by_role("textbox", name="Your name").fill("Ann")
+    page.locator("input[type=password]").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
 def test_sign_in_and_open_curation_in_chromium(dashboard_url: str, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from playwright.sync_api import expect, sync_playwright
@@ -53,12 +66,7 @@ def test_sign_in_and_open_curation_in_chromium(dashboard_url: str, tmp_path: Pat
             viewport={"width": 1400, "height": 2000})
         try:
             page = browser.new_page()
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.goto(dashboard_url)
-            page.get_by_role("textbox", name="Your name").fill("Ann")
-            page.locator("input[type=password]").fill(PASSWORD)
-            page.get_by_role("button", name="Sign in").click()
-            expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+            sign_in(page, dashboard_url)
             expect(page.get_by_text("Signed in as")).to_be_visible()
 
             page.get_by_role("link", name="Curation").click()
@@ -79,3 +87,29 @@ def test_sign_in_and_open_curation_in_chromium(dashboard_url: str, tmp_path: Pat
     assert ARTIFACT.stat().st_size > 10_000
     with capsys.disabled():  # shown even when pytest captures output
         print(f"\nscreenshot of the Curation page: {ARTIFACT}")
+
+
+def test_a_running_retrain_moves_on_the_training_page_without_a_click(dashboard_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model="base", dataset_version=1, params={}, requested_by="ann")
+        training.start_run(conn, run.id)
+        training.report_progress(conn, run.id, step=1, total=4, train_loss=2.5, val_loss=None)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            sign_in(page, dashboard_url)
+            page.get_by_role("link", name="Training").click()
+            expect(page.get_by_text("running · 25%")).to_be_visible()
+            with db.connection() as conn:
+                training.report_progress(conn, run.id, step=3, total=4, train_loss=2.0, val_loss=None)
+            expect(page.get_by_text("running · 75%")).to_be_visible(timeout=REFRESH_WAIT_MS)
+            with db.connection() as conn:
+                training.finish_run(conn, run.id, "succeeded")
+            expect(page.get_by_text("succeeded · 100%")).to_be_visible(timeout=REFRESH_WAIT_MS)
+            expect(page.get_by_role("button", name="Cancel this run")).to_have_count(0)
+        finally:
+            browser.close()

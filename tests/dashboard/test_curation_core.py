@@ -142,12 +142,13 @@ def test_accepted_text_is_scrubbed_of_personal_data(database_url: str) -> None:
 def test_bulk_judges_all_or_nothing(answers: dict[str, int]) -> None:
     empty = seed_answer("Unanswerable?", "", route="declined", status="declined")
     with db.connection() as conn:
-        assert curation.bulk(conn, [answers["laptop"], answers["salary"]], "accepted", curated_by="ann") == 2
+        assert curation.bulk(conn, [answers["laptop"], answers["salary"]], "accepted", curated_by="ann") == [
+            answers["laptop"], answers["salary"]]
     with pytest.raises(curation.CurationError), db.connection() as conn:
         curation.bulk(conn, [answers["vpn"], empty], "accepted", curated_by="ann")  # rolls back, vpn too
     assert listed(uncurated_only=True) == {answers["vpn"], answers["parking"], empty}
     with db.connection() as conn:
-        assert curation.bulk(conn, [answers["vpn"], empty], "rejected", curated_by="ann") == 2
+        assert curation.bulk(conn, [answers["vpn"], empty], "rejected", curated_by="ann") == [answers["vpn"], empty]
 
 
 def test_empty_dataset_is_refused(answers: dict[str, int]) -> None:

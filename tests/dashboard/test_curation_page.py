@@ -5,6 +5,7 @@ import datetime as dt
 import json
 
 import pytest
+from streamlit.runtime.media_file_manager import MediaFileManager
 
 from dashboard_helpers import audit_rows, curation_rows, open_page, rate, seed_answer, table, texts
 
@@ -86,6 +87,16 @@ def test_edit_into_the_ideal_answer_and_accept(answers: dict[str, int]) -> None:
     assert [e["action"] for e in audit_rows()] == ["curation.edit"]
 
 
+def test_accept_as_delivered_refuses_an_edited_ideal_answer_and_stores_nothing(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.text_area(key=f"cur_ideal_{answers['laptop']}").input("Order it in the IT portal under Hardware.")
+    at.button(key="cur_accept").click().run()
+    assert [e.value for e in at.error] == [
+        "You changed the text: use Accept edited answer to keep your edit, or undo it to accept the answer "
+        "as delivered."]
+    assert curation_rows() == [] and audit_rows() == []
+
+
 def test_empty_edited_answer_is_refused_and_nothing_changes(answers: dict[str, int]) -> None:
     at = open_page("curation")
     at.text_area(key=f"cur_ideal_{answers['laptop']}").input("   ")
@@ -119,6 +130,25 @@ def test_bulk_accept_and_reject(answers: dict[str, int]) -> None:
     assert bulk[0]["details"] == {"answer_ids": [answers["laptop"], answers["vpn"]]}
 
 
+def test_bulk_accept_keeps_an_edited_ideal_answer_and_a_rejection(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.selectbox(key="cur_open").select(answers["vpn"]).run()
+    at.text_area(key=f"cur_ideal_{answers['vpn']}").input("Install WireGuard from the portal.")
+    at.button(key="cur_accept_edit").click().run()
+    at.selectbox(key="cur_open").select(answers["parking"]).run()
+    at.button(key="cur_reject").click().run()
+    at.multiselect(key="cur_bulk").set_value([answers["laptop"], answers["parking"], answers["vpn"]]).run()
+    at.button(key="bulk_accept").click().run()
+    assert ("Accepted 1 answers. Skipped 2 already judged: a bulk accept leaves their decision and ideal answer "
+            "as they are; open one to change it.") in texts(at)
+    assert {r["answer_id"]: (r["decision"], r["ideal_answer"], r["edited"]) for r in curation_rows()} == {
+        answers["vpn"]: ("accepted", "Install WireGuard from the portal.", True),
+        answers["parking"]: ("rejected", None, False),
+        answers["laptop"]: ("accepted", "Through the IT portal [1].", False)}
+    assert audit_rows()[-1]["details"] == {"answer_ids": [answers["laptop"]],
+                                           "skipped": [answers["parking"], answers["vpn"]]}
+
+
 def test_dataset_versions_are_made_counted_and_exported(answers: dict[str, int]) -> None:
     at = open_page("curation")
     at.button(key="ds_make").click().run()
@@ -135,11 +165,28 @@ def test_dataset_versions_are_made_counted_and_exported(answers: dict[str, int])
     assert "dataset.create" in [e["action"] for e in audit_rows()]
 
 
-def test_export_content_is_the_dataset_as_jsonl(answers: dict[str, int]) -> None:
+def test_download_exports_the_selected_version_only_when_clicked(answers: dict[str, int],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from core import curation, db
 
     with db.connection() as conn:
         curation.accept(conn, answers["laptop"], curated_by="ann")
         curation.create_dataset(conn, created_by="ann")
-        exported = curation.export_jsonl(conn, 1)
-    assert json.loads(exported)["question"] == "Hi, I'm [name] ([email]): how do I order a laptop?"
+        curation.accept(conn, answers["vpn"], curated_by="ann")
+        curation.create_dataset(conn, created_by="ann")
+    # What the page hands Streamlit to make the file on a click (Streamlit serves what it returns).
+    made: list = []
+    add_deferred = MediaFileManager.add_deferred
+    monkeypatch.setattr(MediaFileManager, "add_deferred",
+                        lambda self, data, *a, **kw: made.append(data) or add_deferred(self, data, *a, **kw))
+    at = open_page("curation")
+    at.selectbox(key="ds_export").select(1).run()
+    [download] = at.get("download_button")
+    assert download.proto.label == "Download v1 as JSONL" and download.proto.url == ""  # nothing made yet
+    assert "dataset.export" not in [e["action"] for e in audit_rows()]
+    records = [json.loads(line) for line in made[-1]().splitlines()]
+    assert [(r["answer_id"], r["question"], r["answer"]) for r in records] == [
+        (answers["laptop"], "Hi, I'm [name] ([email]): how do I order a laptop?", "Through the IT portal [1].")]
+    export = audit_rows()[-1]
+    assert (export["action"], export["target"]) == ("dataset.export", "dataset:v1")
+    assert export["actor"].startswith("local:")

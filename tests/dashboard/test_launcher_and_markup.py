@@ -5,12 +5,13 @@ import sys
 
 import pytest
 import typer
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
+from core import config
 from core.cli import dashboard_cmds
 from core.config import Settings
-from dashboard import markup
+from dashboard import auth, markup
 
 
 def settings(**values: object) -> Settings:
@@ -22,6 +23,36 @@ def test_without_a_login_the_dashboard_binds_to_localhost_only() -> None:
     assert dashboard_cmds.bind_address(settings(), "localhost") == "localhost"
     with pytest.raises(ValueError, match="without a login"):
         dashboard_cmds.bind_address(settings(), "0.0.0.0")
+
+
+@pytest.mark.parametrize(("requested", "bound"), [("[::1]", "::1"), ("::1", "::1"), ("127.0.0.2", "127.0.0.2")])
+def test_without_a_login_the_cli_accepts_every_loopback_spelling(requested: str, bound: str) -> None:
+    assert dashboard_cmds.bind_address(settings(), requested) == bound
+
+
+def test_cli_and_dashboard_agree_on_what_is_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    for address, loopback in [("[::1]", True), ("localhost", True), ("127.0.0.1", True), ("0.0.0.0", False),
+                              ("::", False), ("10.0.0.5", False), ("", False)]:
+        assert config.is_loopback(address) is loopback, address
+        monkeypatch.setattr(auth.st, "get_option", lambda name, a=address: a)
+        assert auth.server_is_loopback_only() is loopback, address
+
+
+def test_empty_password_hash_means_no_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "")  # as deploy/.env.example ships it
+    monkeypatch.delenv("FLYWHEEL_DASHBOARD_OIDC", raising=False)
+    assert Settings().dashboard_password_sha256 is None and Settings().dashboard_login is None
+
+
+def test_password_hash_that_is_not_sha256_hex_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "hunter2")  # the password, not its hash
+    with pytest.raises(ValidationError) as failed:
+        Settings()
+    message = str(failed.value)
+    assert "FLYWHEEL_DASHBOARD_PASSWORD_SHA256 must be the sha256 hex digest" in message
+    assert "hashlib.sha256" in message and "hunter2" not in message
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", " " + "AB" * 32 + "\n")
+    assert Settings().dashboard_password_sha256.get_secret_value() == "ab" * 32  # type: ignore[union-attr]
 
 
 def test_with_a_login_it_listens_everywhere_or_where_asked() -> None:

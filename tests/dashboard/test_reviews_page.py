@@ -52,6 +52,18 @@ def test_edit_sends_the_reviewers_text(handbook: Path) -> None:
     assert deliveries(pending.answer_id)[0]["text"] == "Bands are reviewed every March [1]."
 
 
+def test_approve_refuses_an_edited_answer_and_sends_nothing(handbook: Path) -> None:
+    pending = pending_review()
+    at = open_page("reviews")
+    at.text_area(key=f"rv_text_{pending.review_id}").input("Bands are reviewed every March [1].")
+    at.button(key=f"rv_approve_{pending.review_id}").click().run()
+    assert [e.value for e in at.error] == [
+        f"You changed the text: use Send edited to send your edit for review #{pending.review_id}, "
+        "or undo it to approve the draft."]
+    assert answer_status(pending.answer_id) == "pending_review" and deliveries(pending.answer_id) == []
+    assert audit_rows() == []
+
+
 def test_empty_edit_and_reason_less_reject_are_refused(handbook: Path) -> None:
     pending = pending_review()
     at = open_page("reviews")

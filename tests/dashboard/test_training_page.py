@@ -80,6 +80,29 @@ def test_run_details_show_progress_losses_metrics_and_log(dashboard_db: str) -> 
     assert "tr_cancel" not in {b.key for b in at.button}  # a finished run cannot be cancelled
 
 
+def progress_text(at) -> str:  # noqa: ANN001
+    [bar] = at.get("progress")
+    return bar.proto.text
+
+
+def test_an_active_run_shows_its_progress_as_it_moves(dashboard_db: str) -> None:
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model="base", dataset_version=1, params={}, requested_by="ann")
+        training.start_run(conn, run.id)
+        training.report_progress(conn, run.id, step=1, total=4, train_loss=2.5, val_loss=None)
+    at = open_page("training")
+    assert not at.error and progress_text(at) == "running · 25%" and at.button(key="tr_cancel")
+    with db.connection() as conn:
+        training.report_progress(conn, run.id, step=3, total=4, train_loss=2.0, val_loss=None)
+        training.append_log(conn, run.id, "step 3/4")
+    at.run()
+    assert progress_text(at) == "running · 75%" and "step 3/4" in at.code[0].value
+    with db.connection() as conn:
+        training.finish_run(conn, run.id, "succeeded")
+    at.run()
+    assert progress_text(at) == "succeeded · 100%" and "tr_cancel" not in {b.key for b in at.button}
+
+
 def test_a_failed_run_can_be_resumed_and_a_second_active_run_is_refused(dashboard_db: str) -> None:
     queue.ensure_schema(dashboard_db)
     with db.connection() as conn:
