@@ -16,7 +16,7 @@ from core.agent.assess import groundedness, sensitive_topic
 from core.agent.state import AgentContext, AgentState, Decision, Source
 from core.knowledge import search
 from core.llm import extractive
-from core.llm.base import BackendUnavailable
+from core.llm.base import BackendUnavailable, UnknownAdapter
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,12 @@ def draft(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         return _extractive(state, started, "extractive answers are configured")
     messages = prompts.answer_messages(state["question"], sources, state.get("history") or [])
     try:
-        gen = ctx.generator.chat(messages, adapter_id=ctx.adapter_id,
-                                 max_new_tokens=ctx.settings.llm_max_new_tokens)
+        try:
+            gen = ctx.generator.chat(messages, adapter_id=ctx.adapter_id, max_new_tokens=ctx.settings.llm_max_new_tokens)
+        except UnknownAdapter as e:  # e.g. a model server restarted without it: the base model still answers
+            logger.error("the model server lacks the live adapter %s, answering with the base model: %s",
+                         ctx.adapter_id, e)
+            gen = ctx.generator.chat(messages, adapter_id=None, max_new_tokens=ctx.settings.llm_max_new_tokens)
     except BackendUnavailable as e:
         logger.warning("model server unreachable, answering with excerpts: %s", e)
         return _extractive(state, started, "the model server is unreachable")

@@ -24,6 +24,15 @@ def test_answer_comes_from_the_served_model(database_url: str, tmp_path: Path, t
     assert outcome.model == tiny_model_dir.name  # the server names the model it served
 
 
+def test_a_live_adapter_the_server_lacks_is_answered_by_the_base_model(database_url: str, tmp_path: Path,
+                                                                       tiny_server: str) -> None:
+    # e.g. the model server restarted and could not load it: an answer, honestly recorded.
+    _handbook(tmp_path)
+    context = AgentContext(settings=get_settings(), generator=TGIGenerator(tiny_server), adapter_id="flywheel-v9")
+    outcome = run.ask("How long does laptop delivery take?", run.Asker(surface="cli"), context=context)
+    assert outcome.model != "extractive" and outcome.adapter_id is None and outcome.text
+
+
 def test_unreachable_server_gives_a_cited_excerpt_with_a_note(database_url: str, tmp_path: Path) -> None:
     _handbook(tmp_path)
     context = AgentContext(settings=get_settings(), generator=TGIGenerator(f"http://127.0.0.1:{free_port()}"))
