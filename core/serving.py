@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import httpx
+import psycopg
 
 from core import db, models, tgi_controller
 from core.config import Settings, get_settings
@@ -33,6 +35,34 @@ def serving_url(settings: Settings | None = None) -> str:
     with db.connection() as conn:
         endpoint = models.endpoint(conn)
     return endpoint.url if endpoint else settings.llm_url
+
+
+def live_adapter_for(base_model: str, settings: Settings | None = None) -> models.Adapter | None:
+    """The live adapter, when it was trained on `base_model` and its files are on this machine:
+    what our model server loads at start-up, so that after a restart it still answers with it.
+    None for a stand-alone server (no DATABASE_URL) or when the database cannot be read."""
+    settings = settings or get_settings()
+    if settings.database_url is None:
+        return None
+    try:
+        with db.connection() as conn:
+            live = models.live(conn)
+    except psycopg.OperationalError as e:
+        logger.warning("cannot read the live adapter (%s): serving the base model until a promotion loads one", e)
+        return None
+    if live is None:
+        return None
+    if not _same_model(live.base_model, base_model) or not Path(live.path).exists():
+        logger.warning("the live adapter %s (base %s, files %s) does not fit this server's model %s or its files "
+                       "are missing here: serving the base model until a promotion loads one",
+                       live.name, live.base_model, live.path, base_model)
+        return None
+    return live
+
+
+def _same_model(a: str, b: str) -> bool:
+    """A folder on disk, however it is spelled, or the same hub id."""
+    return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
 def load_adapter(name: str, path: str, url: str, backend: str) -> None:

@@ -112,3 +112,16 @@ def test_draining_keeps_an_idle_server_until_every_process_has_reread_the_live_a
     assert tgi_controller.drain(tiny_server, timeout_s=30, quiet_s=0.2, min_wait_s=1.5)
     assert time.monotonic() - started >= 1.5  # idle at once, but kept for a missed notification's re-read
     assert tgi_controller.drain(f"http://127.0.0.1:{free_port()}", timeout_s=30, min_wait_s=1.5)  # gone: done
+
+
+def test_a_restarted_server_answers_with_the_live_adapter_again(database_url: str, tiny_model_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    from core import db, models, serving
+
+    path = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
+    with db.connection() as conn:
+        adapter = models.register(conn, base_model=str(tiny_model_dir), path=str(path), dataset_version=1,
+                                  hyperparams={"rank": 4}, status="ready")
+        models.mark_live(conn, adapter.version, actor="admin")  # promoted before the restart
+    with serve_llm(tiny_model_dir) as url:
+        assert serving.answers_with_adapter(url, adapter.name)
