@@ -30,7 +30,7 @@ import procrastinate
 from core import db, models, queue, serving, training
 from core import retrain as retrains
 from core.config import Settings, get_settings
-from trainer import dataset, train
+from trainer import checkpoints, dataset, train
 from trainer.runner import CANCELLED_EXIT
 
 logger = logging.getLogger(__name__)
@@ -269,7 +269,11 @@ def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
     else:
         why = f"The training process exited with code {code}"
     tail = _tail(work / "train.log")
-    return why + (f"; last output:\n{tail}" if tail else "") + "\nIts checkpoints are kept: resume the run to continue."
+    if checkpoints.latest(work / "checkpoints") is not None:
+        kept = "\nIts checkpoints are kept: resume the run to continue."
+    else:
+        kept = "\nNo checkpoint was left (none was due yet, or training had finished): a resume trains from the start."
+    return why + (f"; last output:\n{tail}" if tail else "") + kept
 
 
 def _tail(path: Path, lines: int = 8) -> str:

@@ -1,0 +1,68 @@
+"""The dataset builder and the gate's decision, on hand-made items and scores."""
+from __future__ import annotations
+
+import pytest
+
+from core.curation import DatasetItem
+from trainer import dataset, evaluate
+
+CONTEXT = [{"n": 1, "title": "Laptops", "heading": "Delivery", "text": "Delivery takes five working days."}]
+
+
+def _item(answer_id: int, question: str, answer: str = "Five working days [1].") -> DatasetItem:
+    return DatasetItem(answer_id=answer_id, question=question, answer=answer, context=CONTEXT)
+
+
+def test_a_question_curated_twice_is_trained_once_with_its_later_answer() -> None:
+    built = dataset.from_items([_item(1, "How long does delivery take?", "A week."),
+                                _item(2, "how long does delivery take"),
+                                _item(3, "Who approves expenses?", "Your manager [1].")], version=1,
+                               config=dataset.DatasetConfig(general_ratio=0))
+    examples = built.train + built.val
+    assert built.manifest["dropped_duplicates"] == 1
+    assert sorted(e.answer for e in examples) == ["Five working days [1].", "Your manager [1]."]
+    [delivery] = [e for e in examples if e.key == "answer:2"]
+    assert delivery.messages[-1] == {"role": "assistant", "content": "Five working days [1]."}
+    assert "Delivery takes five working days." in delivery.messages[0]["content"]  # the context it was drafted from
+
+
+def test_a_held_out_question_stays_held_out_as_the_dataset_grows() -> None:
+    config = dataset.DatasetConfig(val_ratio=0.2, general_ratio=0)
+    small = dataset.from_items([_item(i, f"Question number {i}?") for i in range(40)], 1, config)
+    large = dataset.from_items([_item(i, f"Question number {i}?") for i in range(400)], 2, config)
+    assert small.val and set(small.manifest["val_keys"]) <= set(large.manifest["val_keys"])
+    assert 0.1 < len(large.val) / 400 < 0.3
+    assert not {e.key for e in large.train} & set(large.manifest["val_keys"])
+
+
+def test_a_tiny_dataset_still_holds_one_out_and_trains_on_the_rest() -> None:
+    built = dataset.from_items([_item(1, "First?"), _item(2, "Second?")], 1, dataset.DatasetConfig(general_ratio=0))
+    assert (len(built.train), len(built.val)) == (1, 1)
+
+
+def test_general_examples_make_up_the_configured_share_of_training() -> None:
+    built = dataset.from_items([_item(i, f"Question number {i}?") for i in range(80)], 1,
+                               dataset.DatasetConfig(val_ratio=0.15, general_ratio=0.3))
+    general = [e for e in built.train if e.kind == "general"]
+    assert general and abs(len(general) / len(built.train) - 0.3) < 0.02
+    assert all(e.kind == "domain" for e in built.val)  # the gate measures the domain only
+
+
+def test_only_blank_answers_is_a_clear_error() -> None:
+    with pytest.raises(dataset.DatasetError, match="no accepted answers to train on"):
+        dataset.from_items([_item(1, "Anything?", answer="  ")], version=4)
+
+
+def _scores(f1: float, rouge: float = 0.5, grounded: float = 0.5, val_loss: float | None = 2.0) -> evaluate.Scores:
+    return evaluate.Scores(val_loss=val_loss, token_f1=f1, rouge_l=rouge, groundedness=grounded, n=10)
+
+
+def test_the_gate_passes_a_candidate_within_the_margin_and_names_what_fails() -> None:
+    baseline = _scores(0.40)
+    assert evaluate.decide(_scores(0.40), baseline, margin=0.0) == (True, [])
+    assert evaluate.decide(_scores(0.36), baseline, margin=0.05)[0]  # worse, but within the margin
+    passed, reasons = evaluate.decide(_scores(0.30, grounded=0.2), baseline, margin=0.05)
+    assert not passed and [r.split()[0] for r in reasons] == ["token_f1", "groundedness"]
+    passed, reasons = evaluate.decide(_scores(0.40, val_loss=2.2), baseline, margin=0.05)  # 10% above
+    assert not passed and reasons == ["val_loss 2.2000 is above 2.0000 by more than 5%"]
+    assert evaluate.decide(_scores(0.40, val_loss=2.08), baseline, margin=0.05)[0]
