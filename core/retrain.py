@@ -105,8 +105,10 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
                          {"reason": "a retrain is already queued or running"})
             return None
+        # New: accepted after the dataset the last successful retrain learned from was frozen.
         last = training.last_succeeded(conn)
-        new = curation.accepted_count(conn, since=last.created_at if last else None)
+        learned = curation.get_dataset(conn, last.dataset_version) if last and last.dataset_version else None
+        new = curation.accepted_count(conn, since=learned.created_at if learned else None)
         if new < schedule.min_new_examples:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
                          {"reason": "not enough new accepted answers", "new": new,

@@ -43,6 +43,20 @@ def test_schedule_waits_for_enough_new_answers_since_the_last_successful_retrain
     assert skip.details == {"reason": "not enough new accepted answers", "new": 0, "min_new_examples": 1}
 
 
+def test_answers_accepted_after_the_dataset_froze_count_as_new_though_the_retrain_came_later(
+        curated_dataset: int) -> None:
+    with db.connection() as conn:  # frozen a week ago; answers accepted since; the retrain ran yesterday
+        conn.execute("UPDATE datasets SET created_at = %(t)s", {"t": NOW - dt.timedelta(days=7)})
+        conn.execute("UPDATE curation_items SET curated_at = %(t)s", {"t": NOW - dt.timedelta(days=3)})
+        done = training.create_run(conn, base_model="tiny", dataset_version=curated_dataset, params={},
+                                   requested_by="admin")
+        training.finish_run(conn, done.id, "succeeded")
+        conn.execute("UPDATE training_runs SET created_at = %(t)s", {"t": NOW - dt.timedelta(days=1)})
+    _schedule(min_new=1)
+    run = retrain.scheduled_retrain(NOW)
+    assert run is not None and run.dataset_version == curated_dataset + 1
+
+
 def test_schedule_is_not_due_when_disabled_or_before_its_time(curated_dataset: int) -> None:
     _schedule(enabled=False)
     assert retrain.scheduled_retrain(NOW) is None
