@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from core import db
+from core import audit, db
 from core.knowledge import evaluate, ingest, search, store
 
 
@@ -64,12 +64,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             typer.echo(f"{d.id}\t{d.chunks} chunks\t{d.visibility}\t{d.updated_at:%Y-%m-%d %H:%M}\t{d.title}\t{d.source}")
 
     @docs_app.command("rm")
-    def docs_rm(documents: list[str] = typer.Argument(..., help="Document ids or sources.")) -> None:
+    def docs_rm(documents: list[str] = typer.Argument(..., help="Document ids or sources."),
+                by: str = typer.Option("cli", "--as", help="Who deletes (recorded).")) -> None:
         """Delete documents and their chunks."""
         missing = []
         with db.connection() as conn:
             for doc in documents:
-                if not store.delete_document(conn, doc):
+                if store.delete_document(conn, doc):
+                    audit.record(conn, by, "knowledge.delete", f"document:{doc}" if doc.isdigit() else doc)
+                else:
                     missing.append(doc)
         for doc in missing:
             typer.echo(f"No document {doc!r}.", err=True)
@@ -80,24 +83,29 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @docs_app.command("visibility")
     def docs_visibility(document_id: int, channel: list[str] = typer.Option([], "--channel"),
                         group: list[str] = typer.Option([], "--group"),
-                        public: bool = typer.Option(False, "--public")) -> None:
+                        public: bool = typer.Option(False, "--public"),
+                        by: str = typer.Option("cli", "--as", help="Who changes it (recorded).")) -> None:
         """Make a document public, or visible only in channels / to user groups."""
         if public == bool(channel or group):
             typer.echo("Give either --public or at least one --channel/--group.", err=True)
             raise typer.Exit(2)
         with db.connection() as conn:
             found = store.set_visibility(conn, document_id, channel, group)
+            if found:
+                audit.record(conn, by, "knowledge.visibility", f"document:{document_id}",
+                             {"channels": channel, "groups": group})
         if not found:
             typer.echo(f"No document {document_id}.", err=True)
             raise typer.Exit(1)
         typer.echo("updated")
 
     @docs_app.command("group-add")
-    def group_add(group: str, users: list[str]) -> None:
+    def group_add(group: str, users: list[str], by: str = typer.Option("cli", "--as", help="Who adds (recorded).")) -> None:
         """Add Slack users to a user group known to visibility rules."""
         with db.connection() as conn:
             for user in users:
                 store.add_group_member(conn, group, user)
+            audit.record(conn, by, "knowledge.group_add", f"group:{group}", {"users": users})
         typer.echo(f"{group}: added {len(users)}")
 
     @eval_app.command("retrieval")

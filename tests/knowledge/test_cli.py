@@ -28,8 +28,13 @@ def test_ingest_search_list_and_remove(database_url: str, tmp_path: Path) -> Non
     doc_id = listed.output.split("\t")[0]
     assert runner.invoke(app, ["docs", "visibility", doc_id, "--public"]).exit_code == 0
     assert "public" in runner.invoke(app, ["docs", "ls"]).output
-    assert runner.invoke(app, ["docs", "rm", doc_id]).exit_code == 0
+    assert runner.invoke(app, ["docs", "rm", doc_id, "--as", "ana"]).exit_code == 0
     assert "empty" in runner.invoke(app, ["docs", "ls"]).output
+    assert runner.invoke(app, ["docs", "group-add", "hr", "U1", "U2"]).exit_code == 0
+    with db.connection() as conn:  # every change to what people may read is on record
+        assert [(e.actor, e.action, e.target) for e in reversed(audit.recent(conn))] == [
+            ("cli", "knowledge.ingest", f"document:{doc_id}"), ("cli", "knowledge.visibility", f"document:{doc_id}"),
+            ("ana", "knowledge.delete", f"document:{doc_id}"), ("cli", "knowledge.group_add", "group:hr")]
 
 
 def test_re_ingesting_without_visibility_options_keeps_a_restricted_document_restricted(
