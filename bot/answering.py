@@ -50,10 +50,17 @@ def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id
                     thread_ts=event.get("thread_ts") or ts, event_id=event_id)
 
 
+# Message subtypes that are a person writing: with a file attached (the text is the question),
+# or a thread reply also sent to the conversation. Edits, deletions, bots, joins are not.
+QUESTION_SUBTYPES = frozenset({"file_share", "thread_broadcast"})
+
+
 def is_direct_question(event: dict[str, Any]) -> bool:
-    """A person's new message in a DM with the bot: not an edit, a deletion, a join or a bot."""
-    return (event.get("channel_type") == "im" and not event.get("subtype") and not event.get("bot_id")
-            and bool(event.get("user")))
+    """A person's new message with some text in a DM with the bot: not an edit, a deletion, a
+    join, a bot, or a file sent without a word."""
+    subtype = event.get("subtype")
+    return (event.get("channel_type") == "im" and (not subtype or subtype in QUESTION_SUBTYPES)
+            and not event.get("bot_id") and bool(event.get("user")) and bool((event.get("text") or "").strip()))
 
 
 def take_up(question: Question, client: WebClient, deps: Deps) -> None:

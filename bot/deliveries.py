@@ -1,10 +1,13 @@
 """Post what reviewers decided, wherever they decided it (Slack, dashboard, CLI): the outbox.
 
 `core.agent.run.decide` queues one delivery row per decided answer and NOTIFYs. The bot claims
-rows for surface 'slack' one at a time and posts each inside the claiming transaction, so a
-post that fails for a passing reason (network) rolls the claim back and is tried again later,
-and two bot processes never post the same row. The same loop takes up the questions a stopped
-bot left waiting (`answering.answer_waiting`), at start-up and on every round after."""
+rows for surface 'slack' one at a time and posts each inside the claiming transaction, so two
+bot processes never post the same row. A post that fails for a passing reason (network, Slack
+busy or down, the asker's thread not on record yet) puts the row back for a later round; one
+that keeps failing is given up after `MAX_ATTEMPTS` rounds. Slack refusing for good (archived
+channel, bot removed: `PERMANENT_ERRORS`) is final at once. The same loop takes up the questions
+a stopped bot left waiting (`answering.answer_waiting`) and resumes reviews whose deciding
+process died (`run.resume_decided`), at start-up and on every round after."""
 from __future__ import annotations
 
 import logging
@@ -18,40 +21,68 @@ from slack_sdk.errors import SlackApiError
 from bot import answering, blocks, posting, reviews, store
 from bot.deps import Deps
 from core import db, feedback
+from core.agent import run
 
 logger = logging.getLogger(__name__)
 
 EVENT_MEMORY_S = 24 * 3600   # Slack retries within minutes; a day of event ids is plenty
+# Failed rounds before a row is given up: ten minutes or more with a round every 30 s (a new
+# delivery or a decision in Slack starts a round too).
+MAX_ATTEMPTS = 20
+
+# Slack's refusals that another try will not change (chat.postMessage's documented errors).
+PERMANENT_ERRORS = frozenset({
+    "channel_not_found", "is_archived", "not_in_channel", "account_inactive", "msg_too_long", "no_text",
+    "invalid_blocks", "invalid_blocks_format", "too_many_attachments", "no_permission", "restricted_action",
+    "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
+    "restricted_action_non_threadable_channel", "cannot_reply_to_message",
+})
+
+
+class NotOnRecord(LookupError):
+    """The answer has no Slack thread on record yet (its question is still being linked)."""
 
 
 def drain(deps: Deps) -> int:
     """Post every queued Slack delivery; returns how many were taken. Raises on a passing
-    failure, leaving that row (and the rest) queued."""
+    failure, leaving that row (and the rest) queued for a later round."""
     taken = 0
     while True:
         with db.connection() as conn:
             items = feedback.claim_deliveries(conn, "slack", limit=1)
             if not items:
                 return taken
-            deliver(deps, conn, items[0])
+            try:
+                deliver(deps, conn, items[0])
+            except (SlackApiError, NotOnRecord) as e:
+                if store.retry_delivery(conn, items[0].id, give_up_after=MAX_ATTEMPTS):
+                    conn.commit()   # the row goes back, counted, even though this round ends here
+                    raise
+                logger.error("giving up on the %s for answer %s after %d failed rounds: %s",
+                             items[0].kind, items[0].answer_id, MAX_ATTEMPTS, e)
         taken += 1
 
 
 def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> None:
-    """Post one delivery in the asker's thread, then redraw the review card. Slack refusing
-    (archived channel, bot removed) is final: logged, and the row counts as delivered."""
+    """Post one delivery in the asker's thread, then redraw the review card. Slack refusing for
+    good (`PERMANENT_ERRORS`) is final: logged, and the row is done. Raises `SlackApiError` for
+    any other refusal, `NotOnRecord` while the asker's thread is not on record."""
     where = store.for_answer(conn, item.answer_id)
     answer = feedback.get_answer(conn, item.answer_id)
-    if where is None or answer is None:
-        logger.error("answer %s has no Slack thread on record; its %s is not posted", item.answer_id, item.kind)
+    if where is None:
+        raise NotOnRecord(f"answer {item.answer_id} has no Slack thread on record")
+    if answer is None:  # not expected: deleting an answer deletes its delivery
+        logger.error("answer %s is gone; its %s is not posted", item.answer_id, item.kind)
         return
     messages = (blocks.answer_messages(item.answer_id, item.text, answer.sources) if item.kind == "answer"
                 else [blocks.note(item.text)])
     try:
         first = posting.show(deps.client, deps.throttle, channel=where.channel_id, thread_ts=where.thread_ts,
                              ts=None, messages=messages)
-    except SlackApiError:
-        logger.exception("Slack refused the %s for answer %s; not retrying", item.kind, item.answer_id)
+    except SlackApiError as e:
+        if e.response.get("error") not in PERMANENT_ERRORS:
+            raise
+        logger.exception("Slack refused the %s for answer %s for good; not retrying", item.kind, item.answer_id)
         return
     store.set_delivered(conn, item.answer_id, first or "")
     try:
@@ -62,8 +93,8 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
 
 class DeliveryLoop:
     """A background thread in the bot process: LISTENs for new deliveries and drains at once,
-    and drains every `poll_s` anyway (a missed notification, a row whose post failed); takes
-    up waiting questions each time."""
+    and drains every `poll_s` anyway (a missed notification, a row whose post failed); resumes
+    reviews left half-decided and takes up waiting questions each time."""
 
     def __init__(self, deps: Deps, *, poll_s: float = 30.0, url: str | None = None) -> None:
         self.deps = deps
@@ -97,6 +128,7 @@ class DeliveryLoop:
     def _listen(self, conn: psycopg.Connection) -> None:
         forget_at = 0.0
         while not self._stop.is_set():
+            self._resume_decided()
             self._drain()
             self._answer_waiting()
             if time.monotonic() >= forget_at:
@@ -113,6 +145,12 @@ class DeliveryLoop:
             drain(self.deps)
         except Exception:
             logger.exception("posting deliveries failed; trying again on the next wake-up")
+
+    def _resume_decided(self) -> None:
+        try:
+            run.resume_decided(context=self.deps.agent_context())
+        except Exception:
+            logger.exception("resuming decided reviews failed; trying again on the next wake-up")
 
     def _answer_waiting(self) -> None:
         try:

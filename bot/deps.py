@@ -2,9 +2,10 @@
 worker pool for agent runs, the update throttle. Attached to Bolt's `context` by a middleware."""
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ from bot.throttle import UpdateThrottle
 from core.agent import run
 from core.agent.state import AgentContext
 from core.config import Settings
+
+logger = logging.getLogger(__name__)
 
 KEY = "flywheel"
 AGENT_RUNS = 8          # questions answered at once per bot process; more wait their turn
@@ -75,12 +78,21 @@ class Deps:
         except RuntimeError:  # cannot schedule new futures after shutdown
             if_not_started()
             return
-        future.add_done_callback(lambda f: if_not_started() if f.cancelled() else None)
+        future.add_done_callback(lambda f: _settled(f, if_not_started))
 
     def close(self) -> None:
         """Finish the agent runs under way; those not begun get their `if_not_started` (the
         process is stopping)."""
         self.workers.shutdown(wait=True, cancel_futures=True)
+
+
+def _settled(future: Future[None], if_not_started: Callable[[], None]) -> None:
+    """A run the pool cancelled was never begun; one that raised past its own handlers is logged
+    here, since nobody waits on its future."""
+    if future.cancelled():
+        if_not_started()
+    elif (error := future.exception()) is not None:
+        logger.error("an agent run failed outside its own error handling", exc_info=error)
 
 
 def middleware(deps: Deps) -> Callable[..., Any]:

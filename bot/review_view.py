@@ -23,6 +23,8 @@ ALREADY_DECIDED = "This review was already decided, so nothing changed."
 DECISION_FAILED = "Sorry, recording that decision failed; the review is still open. Please try again."
 EMPTY_EDIT = "The answer can't be empty."
 EMPTY_REASON = "Please say why, for the record."
+TOO_LONG_TO_EDIT = ("This draft is {chars:,} characters long, more than Slack lets you edit here ({limit:,}). "
+                    "Edit it in the dashboard's *Reviews* page, or approve or reject it as it is from the card.")
 
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 # Room in one message for everything around the draft (header, facts, question, sources, ...).
@@ -111,18 +113,20 @@ def _date(review: feedback.Review) -> str:
 
 
 def edit_modal(review_id: int, draft: str) -> dict[str, Any]:
-    """Edit & approve: the draft, prefilled, becomes the answer the asker gets."""
-    return {
-        "type": "modal", "callback_id": EDIT_MODAL, "private_metadata": str(review_id),
-        "title": {"type": "plain_text", "text": "Edit & approve"},
-        "submit": {"type": "plain_text", "text": "Approve"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": [{"type": "input", "block_id": "answer",
-                    "label": {"type": "plain_text", "text": "Answer to send"},
-                    "element": {"type": "plain_text_input", "action_id": "answer", "multiline": True,
-                                "max_length": blocks.SECTION_CHARS,
-                                "initial_value": draft[: blocks.SECTION_CHARS]}}],
-    }
+    """Edit & approve: the draft, prefilled, becomes the answer the asker gets. A draft longer
+    than Slack's text input holds is never offered cut short: the modal says to edit it in the
+    dashboard and has nothing to submit."""
+    modal = {"type": "modal", "callback_id": EDIT_MODAL, "private_metadata": str(review_id),
+             "title": {"type": "plain_text", "text": "Edit & approve"}}
+    if len(draft) > blocks.SECTION_CHARS:
+        text = TOO_LONG_TO_EDIT.format(chars=len(draft), limit=blocks.SECTION_CHARS)
+        return {**modal, "close": {"type": "plain_text", "text": "Close"}, "blocks": [blocks.section(text)]}
+    return {**modal, "submit": {"type": "plain_text", "text": "Approve"},
+            "close": {"type": "plain_text", "text": "Cancel"},
+            "blocks": [{"type": "input", "block_id": "answer",
+                        "label": {"type": "plain_text", "text": "Answer to send"},
+                        "element": {"type": "plain_text_input", "action_id": "answer", "multiline": True,
+                                    "max_length": blocks.SECTION_CHARS, "initial_value": draft}}]}
 
 
 def reject_modal(review_id: int) -> dict[str, Any]:

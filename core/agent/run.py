@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal
 
+import psycopg
 from langgraph.types import Command
 
 from core import db, feedback, logs, metrics, models
@@ -53,6 +54,11 @@ class AgentFailed(RuntimeError):
 
 
 REVIEW_WAIT = "A reviewer is checking this answer. You'll get it here once it's approved."
+# A decision reaches its thread within a second or so; one recorded longer ago and not yet
+# applied was cut off (the deciding process died between recording and resuming).
+STUCK_AFTER_S = 300.0
+_ACTIONS: dict[feedback.ReviewStatus, Literal["approve", "edit", "reject"]] = {
+    "approved": "approve", "edited": "edit", "rejected": "reject"}
 
 
 @lru_cache(maxsize=1)
@@ -134,13 +140,61 @@ def decide(review_id: int, decision: Decision, *, context: AgentContext | None =
     config = {"configurable": {"thread_id": answer.thread_key}}
     try:
         get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
-    except Exception:
+    except BaseException:  # Ctrl-C and SystemExit too; a killed process is left to `resume_decided`
         logger.exception("resuming review %s failed; it stays pending", review_id)
         with db.connection() as conn:
             conn.execute("UPDATE reviews SET status = 'pending', decided_by = NULL, decided_at = NULL"
                          " WHERE id = %(id)s", {"id": review_id})
         raise
     return _outcome(answer.id, review_id=review_id)
+
+
+def resume_decided(*, context: AgentContext | None = None, older_than_s: float = STUCK_AFTER_S) -> int:
+    """Apply the decisions recorded at least `older_than_s` ago that never reached their thread
+    (`decide` reopens a review whose resume fails, but not from a killed process). Any process
+    may call it at any time (the bot's delivery loop does, every round): a review being resumed
+    is locked, so each is resumed once. Returns how many were resumed."""
+    after, resumed = 0, 0
+    while True:
+        with db.connection() as conn:
+            row = conn.execute(
+                "SELECT r.id FROM reviews r JOIN answers a ON a.id = r.answer_id"
+                " WHERE r.status <> 'pending' AND a.status = 'pending_review' AND r.id > %(after)s"
+                " AND r.decided_at < now() - make_interval(secs => %(s)s)"
+                " ORDER BY r.id LIMIT 1 FOR UPDATE OF r SKIP LOCKED", {"after": after, "s": older_than_s}).fetchone()
+            if row is None:
+                return resumed
+            after = row["id"]
+            try:
+                if _resume_one(conn, after, context):
+                    resumed += 1
+            except Exception:  # one review that cannot be resumed must not hold up the others
+                logger.exception("resuming decided review %s failed; trying again later", after)
+
+
+def _resume_one(conn: psycopg.Connection, review_id: int, context: AgentContext | None) -> bool:
+    review = feedback.get_review(conn, review_id)
+    answer = feedback.get_answer(conn, review.answer_id) if review else None
+    assert review is not None and answer is not None and review.status != "pending"
+    graph = get_graph()
+    config = {"configurable": {"thread_id": answer.thread_key}}
+    state = graph.get_state(config)
+    if not state.next or state.values.get("answer_id") != answer.id:
+        # A later question ran in the thread meanwhile: the decision can no longer be applied.
+        logger.error("review %s was decided but its thread moved on before it was applied; answer %s failed",
+                     review_id, answer.id)
+        feedback.update_answer(conn, answer.id, status="failed",
+                               error="the review's decision never reached its thread (the deciding process died)")
+        return False
+    decision: Decision = {"action": _ACTIONS[review.status], "reviewer": review.decided_by or ""}
+    if review.edited_text is not None:
+        decision["text"] = review.edited_text
+    if review.reject_reason is not None:
+        decision["reason"] = review.reject_reason
+    logger.warning("review %s was decided by %s at %s but never applied; resuming it now",
+                   review_id, review.decided_by, review.decided_at)
+    graph.invoke(Command(resume=dict(decision)), config, context=context or default_context())
+    return True
 
 
 def _outcome(answer_id: int, *, review_id: int | None) -> Outcome:

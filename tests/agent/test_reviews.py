@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from langgraph.types import Command
 
 from core import db, feedback
 from core.agent import graph, run
@@ -80,6 +81,81 @@ def test_new_question_in_thread_with_pending_review_gets_clear_note(context: Age
 def test_unknown_review_is_a_clear_error(context: AgentContext) -> None:
     with pytest.raises(LookupError, match="no review 999"):
         run.decide(999, {"action": "approve", "reviewer": "UREV"}, context=context)
+
+
+def _review_status(review_id: int) -> str:
+    with db.connection() as conn:
+        review = feedback.get_review(conn, review_id)
+    assert review is not None
+    return review.status
+
+
+def _answer_status(answer_id: int) -> str:
+    with db.connection() as conn:
+        answer = feedback.get_answer(conn, answer_id)
+    assert answer is not None
+    return answer.status
+
+
+def _interrupted_in_deliver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C arrives while the resumed thread records its outcome (after the review node ran)."""
+    def interrupted(*args: object, **kwargs: object) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(feedback, "queue_delivery", interrupted)
+
+
+def test_review_interrupted_while_resuming_is_reopened_and_can_be_decided_again(
+        context: AgentContext, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    pending = _pending(context, model)
+    with monkeypatch.context() as patch:
+        _interrupted_in_deliver(patch)
+        with pytest.raises(KeyboardInterrupt):
+            run.decide(pending.review_id, {"action": "approve", "reviewer": "UREV"}, context=context)
+    assert _review_status(pending.review_id) == "pending"
+
+    decided = run.decide(pending.review_id, {"action": "approve", "reviewer": "UREV"}, context=context)
+    assert decided is not None and decided.status == "delivered"
+    assert _deliveries(pending.answer_id) == [{"kind": "answer", "text": SALARY_DRAFT}]
+
+
+@pytest.mark.parametrize("died", ["before resuming", "while resuming"])
+def test_decision_of_a_process_that_died_is_applied_once_by_resume_decided(
+        context: AgentContext, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, died: str) -> None:
+    pending = _pending(context, model)
+    edited = "Bands are reviewed every March [1]."
+    with db.connection() as conn:   # what `decide` records before it resumes the thread
+        feedback.claim_review(conn, pending.review_id, status="edited", decided_by="UREV", edited_text=edited)
+    if died == "while resuming":    # the thread got past the review node, not to the end
+        with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+            _interrupted_in_deliver(patch)
+            graph.get_graph().invoke(Command(resume={"action": "edit", "reviewer": "UREV", "text": edited}),
+                                     {"configurable": {"thread_id": "slack:C1:r1"}}, context=context)
+
+    assert run.resume_decided(context=context) == 0   # just decided: its own process may be resuming it
+    assert run.resume_decided(context=context, older_than_s=0) == 1
+    assert run.resume_decided(context=context, older_than_s=0) == 0
+    assert _answer_status(pending.answer_id) == "delivered"
+    assert _deliveries(pending.answer_id) == [{"kind": "answer", "text": edited}]
+
+
+def test_decision_whose_thread_moved_on_is_marked_failed_and_left_alone(
+        context: AgentContext, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    pending = _pending(context, model)
+    with db.connection() as conn:
+        feedback.claim_review(conn, pending.review_id, status="approved", decided_by="UREV")
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        _interrupted_in_deliver(patch)
+        graph.get_graph().invoke(Command(resume={"action": "approve", "reviewer": "UREV"}),
+                                 {"configurable": {"thread_id": "slack:C1:r1"}}, context=context)
+    model.reply = "New laptops are ordered through the IT portal [1]."
+    run.ask("How do I get a new laptop?", run.Asker(surface="slack", user_id="U1", channel_id="C1",
+                                                    thread_key="slack:C1:r1"), context=context)
+
+    assert run.resume_decided(context=context, older_than_s=0) == 0
+    assert _answer_status(pending.answer_id) == "failed"
+    assert run.resume_decided(context=context, older_than_s=0) == 0
+    assert _deliveries(pending.answer_id) == []
 
 
 def _flywheel(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:

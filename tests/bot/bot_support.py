@@ -17,6 +17,7 @@ from bot.deps import Deps
 from core import db
 from core.agent.state import AgentContext
 from support.fake_slack import Call, FakeSlack
+from support.scripted_model import ScriptedModel
 
 import slack_payloads
 
@@ -31,6 +32,7 @@ REVIEW_CHANNEL = "CREVIEW"
 HANDBOOK_URL = "https://handbook.example/it?section=laptops&lang=en"
 
 LAPTOP_ANSWER = "New laptops are ordered through the IT portal under Hardware > Laptop request [1]."
+SALARY_QUESTION = "When are salary bands reviewed?"
 SALARY_DRAFT = "Salary bands are reviewed each March by the People team [1]."
 
 
@@ -122,6 +124,19 @@ class SlackBot:
 
     def ephemeral(self, user: str, text: str) -> Call:
         return self.slack.wait_for("chat.postEphemeral", lambda c: c.args["user"] == user and text in c.args["text"])[0]
+
+
+def pending_review(bot: SlackBot, model: ScriptedModel) -> tuple[str, Call]:
+    """Ask something sensitive: the asker is told a reviewer is checking; the card goes out.
+    Returns the question's ts (its thread) and the card."""
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(SALARY_QUESTION, channel="CGENERAL")
+    note = bot.reply("CGENERAL", ts)
+    assert "A reviewer is checking this answer" in note.shown_text and not note.action_values()
+    card = bot.card()
+    wait_until(lambda: rows("SELECT review_ts FROM slack_answers WHERE review_ts IS NOT NULL"),
+               what="the card's place recorded")
+    return ts, card
 
 
 def wait_until(check: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "condition") -> Any:

@@ -133,10 +133,18 @@ def test_direct_message_questions_show_where_as_a_dm() -> None:
     assert "a direct message" in str(review_view.review_card(_review(), _answer(channel_id="D123")).blocks)
 
 
-def test_edit_modal_is_prefilled_with_the_draft_within_slacks_input_limit() -> None:
-    modal = review_view.edit_modal(3, "x" * 5000)
+def test_edit_modal_is_prefilled_with_the_whole_draft_up_to_slacks_input_limit() -> None:
+    draft = "x" * blocks.SECTION_CHARS
+    modal = review_view.edit_modal(3, draft)
     element = modal["blocks"][0]["element"]
-    assert modal["private_metadata"] == "3" and len(element["initial_value"]) == blocks.SECTION_CHARS
+    assert modal["private_metadata"] == "3" and element["initial_value"] == draft and "submit" in modal
+
+
+def test_draft_too_long_to_edit_in_slack_is_sent_to_the_dashboard_not_cut() -> None:
+    modal = review_view.edit_modal(3, "x" * 5000)
+    assert "submit" not in modal and not any(b["type"] == "input" for b in modal["blocks"])
+    [note] = modal["blocks"]
+    assert "5,000 characters" in note["text"]["text"] and "dashboard's *Reviews* page" in note["text"]["text"]
 
 
 def test_question_from_mention_drops_the_bots_mention_and_slacks_entities() -> None:
@@ -152,7 +160,13 @@ def test_question_from_mention_drops_the_bots_mention_and_slacks_entities() -> N
 
 @pytest.mark.parametrize(("event", "answered"), [
     ({"channel_type": "im", "user": "U1", "text": "hi"}, True),
+    ({"channel_type": "im", "user": "U1", "subtype": "file_share", "text": "what is this form?"}, True),
+    ({"channel_type": "im", "user": "U1", "subtype": "file_share", "text": ""}, False),
+    ({"channel_type": "im", "user": "U1", "subtype": "thread_broadcast", "thread_ts": "1.0", "text": "and?"}, True),
     ({"channel_type": "im", "user": "U1", "subtype": "message_changed"}, False),
+    ({"channel_type": "im", "user": "U1", "subtype": "message_deleted"}, False),
+    ({"channel_type": "im", "user": "U1", "subtype": "bot_message"}, False),
+    ({"channel_type": "im", "user": "U1", "subtype": "channel_join"}, False),
     ({"channel_type": "im", "user": "U1", "bot_id": "B1"}, False),
     ({"channel_type": "channel", "user": "U1"}, False),
 ])

@@ -1,9 +1,15 @@
-"""One agent run at a time per Slack thread, and never a wait on another thread's run."""
+"""The worker pool and per-thread locks: one agent run at a time per Slack thread, never a wait
+on another thread's run, and nothing a run raises goes unlogged."""
 from __future__ import annotations
 
+import logging
 import threading
 
-from bot.deps import KeyedLocks
+import pytest
+from slack_sdk import WebClient
+
+from bot.deps import Deps, KeyedLocks
+from core.config import get_settings
 
 
 def test_a_thread_waits_only_for_a_run_in_the_same_thread_and_its_lock_goes_when_unused() -> None:
@@ -31,3 +37,17 @@ def test_a_thread_waits_only_for_a_run_in_the_same_thread_and_its_lock_goes_when
     for t in (first, follow_up, other):
         t.join(30)
     assert len(locks) == 0
+
+
+def test_an_agent_run_that_raises_past_its_own_handlers_is_logged_with_its_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    deps = Deps(settings=get_settings(), client=WebClient())
+
+    def escapes() -> None:
+        raise RuntimeError("escaped the run's handlers")
+
+    deps.run_later(escapes, if_not_started=lambda: None)
+    deps.close()
+    [record] = [r for r in caplog.records if r.name == "bot.deps"]
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert "escaped the run's handlers" in str(record.exc_info[1])

@@ -3,29 +3,16 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pytest
-from bot_support import (ASKER, GROUP_MEMBER, OUTSIDER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SlackBot, rows,
-                         wait_until)
+from bot_support import (ASKER, GROUP_MEMBER, OUTSIDER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SALARY_QUESTION,
+                         SlackBot, pending_review, rows, wait_until)
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
 
-from bot import blocks, review_view
+from bot import blocks, review_view, store
 from bot.deliveries import DeliveryLoop
 from core.agent import graph, run
-
-QUESTION = "When are salary bands reviewed?"
-
-
-def _pending(bot: SlackBot, model: ScriptedModel) -> tuple[str, Call]:
-    """Ask something sensitive: the asker is told a reviewer is checking; the card goes out."""
-    model.reply = SALARY_DRAFT
-    ts = bot.mention(QUESTION, channel="CGENERAL")
-    note = bot.reply("CGENERAL", ts)
-    assert "A reviewer is checking this answer" in note.shown_text and not note.action_values()
-    card = bot.card()
-    wait_until(lambda: rows("SELECT review_ts FROM slack_answers WHERE review_ts IS NOT NULL"),
-               what="the card's place recorded")
-    return ts, card
 
 
 def _review_id() -> int:
@@ -44,9 +31,9 @@ def _card_update(bot: SlackBot, card: Call) -> Call:
 
 def test_card_shows_question_asker_channel_draft_sources_confidence_reason_and_buttons(
         bot: SlackBot, model: ScriptedModel) -> None:
-    _, card = _pending(bot, model)
+    _, card = pending_review(bot, model)
     text = card.shown_text
-    assert QUESTION in text and f"<@{ASKER}>" in text and "<#CGENERAL>" in text
+    assert SALARY_QUESTION in text and f"<@{ASKER}>" in text and "<#CGENERAL>" in text
     assert SALARY_DRAFT in text and "Salary bands › How salary bands work" in text
     assert "touches a sensitive topic (salary)" in text and "*Confidence*\n" in text
     review_id = str(_review_id())
@@ -58,7 +45,7 @@ def test_card_shows_question_asker_channel_draft_sources_confidence_reason_and_b
 
 def test_reviewer_approves_and_asker_gets_the_draft_with_feedback_buttons_once(
         bot: SlackBot, model: ScriptedModel) -> None:
-    ts, card = _pending(bot, model)
+    ts, card = pending_review(bot, model)
     bot.click(card, review_view.APPROVE, user=REVIEWER)
 
     [result] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts
@@ -78,7 +65,7 @@ def test_reviewer_approves_and_asker_gets_the_draft_with_feedback_buttons_once(
 
 def test_group_member_edits_the_draft_in_a_prefilled_modal_and_asker_gets_the_edit(
         bot: SlackBot, model: ScriptedModel) -> None:
-    ts, card = _pending(bot, model)
+    ts, card = pending_review(bot, model)
     bot.click(card, review_view.EDIT, user=GROUP_MEMBER)
     modal = bot.modal(review_view.EDIT_MODAL)
     assert modal["private_metadata"] == str(_review_id())
@@ -99,7 +86,7 @@ def test_group_member_edits_the_draft_in_a_prefilled_modal_and_asker_gets_the_ed
 
 def test_reviewer_rejects_with_a_reason_and_asker_is_told_a_person_will_follow_up(
         bot: SlackBot, model: ScriptedModel) -> None:
-    ts, card = _pending(bot, model)
+    ts, card = pending_review(bot, model)
     bot.click(card, review_view.REJECT, user=REVIEWER)
     modal = bot.modal(review_view.REJECT_MODAL)
     bot.submit(modal, {"reason": {"reason": {"type": "plain_text_input", "value": "bands are confidential"}}},
@@ -115,7 +102,7 @@ def test_reviewer_rejects_with_a_reason_and_asker_is_told_a_person_will_follow_u
 
 
 def test_empty_edited_answer_is_refused_in_the_modal(bot: SlackBot, model: ScriptedModel) -> None:
-    _, card = _pending(bot, model)
+    _, card = pending_review(bot, model)
     bot.click(card, review_view.EDIT, user=REVIEWER)
     modal = bot.modal(review_view.EDIT_MODAL)
     response = bot.submit(modal, {"answer": {"answer": {"type": "plain_text_input", "value": "   "}}}, user=REVIEWER)
@@ -123,8 +110,25 @@ def test_empty_edited_answer_is_refused_in_the_modal(bot: SlackBot, model: Scrip
     assert rows("SELECT status FROM reviews") == [{"status": "pending"}]
 
 
+def test_reviewer_is_told_when_a_modal_decision_cannot_be_recorded(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, card = pending_review(bot, model)
+    bot.click(card, review_view.EDIT, user=REVIEWER)
+    modal = bot.modal(review_view.EDIT_MODAL)
+
+    def database_gone(*args: object) -> None:
+        raise psycopg.OperationalError("the database went away")
+
+    monkeypatch.setattr(store, "for_review", database_gone)   # the modal is closed by then
+    bot.submit(modal, {"answer": {"answer": {"type": "plain_text_input", "value": "Bands: March."}}}, user=REVIEWER)
+
+    told = bot.ephemeral(REVIEWER, review_view.DECISION_FAILED)
+    assert told.args["channel"] == REVIEW_CHANNEL
+    assert rows("SELECT status FROM reviews") == [{"status": "pending"}]
+
+
 def test_non_reviewer_is_refused_privately_and_nothing_changes(bot: SlackBot, model: ScriptedModel) -> None:
-    ts, card = _pending(bot, model)
+    ts, card = pending_review(bot, model)
     for action in (review_view.APPROVE, review_view.EDIT, review_view.REJECT):
         bot.click(card, action, user=OUTSIDER)
     refusals = bot.slack.wait_for("chat.postEphemeral", lambda c: c.args["user"] == OUTSIDER, count=3)
@@ -141,7 +145,7 @@ def test_non_reviewer_is_refused_privately_and_nothing_changes(bot: SlackBot, mo
 
 
 def test_two_fast_approve_clicks_deliver_once(bot: SlackBot, model: ScriptedModel) -> None:
-    ts, card = _pending(bot, model)
+    ts, card = pending_review(bot, model)
     clicks = [threading.Thread(target=bot.click, args=(card, review_view.APPROVE), kwargs={"user": REVIEWER})
               for _ in range(2)]
     for click in clicks:
@@ -157,7 +161,7 @@ def test_two_fast_approve_clicks_deliver_once(bot: SlackBot, model: ScriptedMode
 
 
 def test_decision_taken_outside_slack_is_posted_by_the_delivery_loop(bot: SlackBot, model: ScriptedModel) -> None:
-    ts, card = _pending(bot, model)
+    ts, card = pending_review(bot, model)
     graph.reset_graphs()   # as if the dashboard were another process: the thread resumes from Postgres
     decided = run.decide(_review_id(), {"action": "approve", "reviewer": "alice@northwind.example"},
                          context=bot.context())
@@ -171,7 +175,7 @@ def test_decision_taken_outside_slack_is_posted_by_the_delivery_loop(bot: SlackB
 
 def test_decisions_queued_while_the_bot_was_down_are_posted_when_it_starts(
         bot: SlackBot, model: ScriptedModel) -> None:
-    ts, _ = _pending(bot, model)
+    ts, _ = pending_review(bot, model)
     bot.loop.stop()
     run.decide(_review_id(), {"action": "reject", "reviewer": "cli", "reason": "not for chat"},
                context=bot.context())
@@ -192,7 +196,7 @@ def test_review_without_a_usable_channel_still_tells_the_asker(
     bot.slack.missing_channels.add("CMISSING")
     monkeypatch.setattr(bot.deps.settings, "review_channel", channel)
     model.reply = SALARY_DRAFT
-    ts = bot.mention(QUESTION)
+    ts = bot.mention(SALARY_QUESTION)
     assert "A reviewer is checking this answer" in bot.reply("CGENERAL", ts).shown_text
     wait_until(lambda: any(logged in r.getMessage() for r in caplog.records), what=logged)
 

@@ -44,10 +44,12 @@ def _submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebCli
         return
     ack()
     review_id = int(view["private_metadata"])
-    with db.connection() as conn:
-        card = store.for_review(conn, review_id)
-    channel = card.review_channel_id if card else None
+    channel = deps.of(context).settings.review_channel or None  # where cards go, unless the record says
     try:
+        with db.connection() as conn:
+            card = store.for_review(conn, review_id)
+        if card is not None and card.review_channel_id:
+            channel = card.review_channel_id
         decisions.decide(client, deps.of(context), review_id, decision, channel=channel)
     except Exception:
         logger.exception("deciding review %s from a modal failed", review_id)

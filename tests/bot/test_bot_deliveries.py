@@ -1,0 +1,135 @@
+"""The outbox: a decided answer is posted in the asker's thread once, however Slack answers the
+first try; a refusal for good is final; a row that keeps failing is given up, not tried forever;
+a decision whose deciding process died is still applied."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+from bot_support import SlackBot, pending_review, rows, wait_until
+from support.fake_slack import Call
+from support.scripted_model import ScriptedModel
+
+from bot import deliveries
+from bot.deliveries import DeliveryLoop
+from core import db, feedback
+from core.agent import run
+
+
+@pytest.fixture
+def quick_rounds(bot: SlackBot) -> SlackBot:
+    """The bot with a delivery loop that comes round every 0.1 s instead of every 30 s."""
+    bot.loop.stop()
+    bot.loop = DeliveryLoop(bot.deps, poll_s=0.1).start()
+    return bot
+
+
+def _is_answer(ts: str) -> Callable[[Call], bool]:
+    """A try at posting the reviewed answer in the asker's thread (refused or not)."""
+    return lambda c: c.args.get("thread_ts") == ts and "People team" in c.shown_text
+
+
+def _answer_posts(bot: SlackBot, ts: str) -> list[Call]:
+    return bot.slack.calls_to("chat.postMessage", _is_answer(ts))
+
+
+def _posted(bot: SlackBot, ts: str) -> Call:
+    """Wait for the answer to be posted in the asker's thread."""
+    return bot.slack.wait_for("chat.postMessage", lambda c: _is_answer(ts)(c) and c.response["ok"])[0]
+
+
+def _approve_outside_slack(bot: SlackBot) -> None:
+    review_id = int(rows("SELECT id FROM reviews")[0]["id"])
+    assert run.decide(review_id, {"action": "approve", "reviewer": "alice@northwind.example"}, context=bot.context()) is not None
+
+
+def _outbox() -> list[dict]:
+    return rows("SELECT delivered_at IS NOT NULL AS taken, failed_attempts FROM deliveries")
+
+
+@pytest.mark.parametrize(("status", "error", "refusals"), [
+    (429, "ratelimited", 4),        # the first try and each of the client's three retries
+    (200, "internal_error", 1),
+])
+def test_delivery_slack_refuses_for_a_passing_reason_is_posted_once_on_a_later_round(
+        quick_rounds: SlackBot, model: ScriptedModel, status: int, error: str, refusals: int) -> None:
+    bot = quick_rounds
+    ts, _ = pending_review(bot, model)
+    for _ in range(refusals):
+        bot.slack.fail_next("chat.postMessage", status=status, headers={"Retry-After": "0"},
+                            body={"ok": False, "error": error})
+    _approve_outside_slack(bot)
+
+    _posted(bot, ts)
+    wait_until(lambda: rows("SELECT delivered_ts FROM slack_answers WHERE delivered_ts IS NOT NULL"),
+               what="the delivery recorded")
+    time.sleep(0.5)   # a few more rounds: nothing is posted again
+    assert [c.response["ok"] for c in _answer_posts(bot, ts)] == [False] * refusals + [True]
+    assert _outbox() == [{"taken": True, "failed_attempts": 1}]
+
+
+def test_delivery_to_a_channel_slack_says_is_gone_is_logged_and_not_retried(
+        quick_rounds: SlackBot, model: ScriptedModel, caplog: pytest.LogCaptureFixture) -> None:
+    bot = quick_rounds
+    ts, _ = pending_review(bot, model)
+    bot.slack.missing_channels.add("CGENERAL")   # archived or deleted since the question
+    _approve_outside_slack(bot)
+
+    wait_until(lambda: any("refused the answer" in r.getMessage() and "not retrying" in r.getMessage()
+                           for r in caplog.records), what="the refusal logged")
+    time.sleep(0.5)
+    assert len(_answer_posts(bot, ts)) == 1
+    assert _outbox() == [{"taken": True, "failed_attempts": None}]
+
+
+def test_delivery_slack_keeps_refusing_is_given_up_after_max_attempts(
+        quick_rounds: SlackBot, model: ScriptedModel, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    bot = quick_rounds
+    monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 3)
+    ts, _ = pending_review(bot, model)
+    for _ in range(10):
+        bot.slack.fail_next("chat.postMessage", body={"ok": False, "error": "service_unavailable"})
+    _approve_outside_slack(bot)
+
+    wait_until(lambda: any("giving up on the answer" in r.getMessage() for r in caplog.records),
+               what="the delivery given up")
+    time.sleep(0.5)
+    assert [c.response["ok"] for c in _answer_posts(bot, ts)] == [False] * 3
+    assert _outbox() == [{"taken": True, "failed_attempts": 3}]
+
+
+def test_delivery_for_an_answer_not_yet_linked_to_its_thread_is_posted_once_linked(
+        quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    bot = quick_rounds
+    monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 1000)   # rounds come every 0.1 s here
+    ts, _ = pending_review(bot, model)
+    [link] = rows("SELECT id, answer_id FROM slack_answers")
+    with db.connection() as conn:   # as between `run.ask` returning and the bot linking its answer
+        conn.execute("UPDATE slack_answers SET answer_id = NULL")
+    _approve_outside_slack(bot)
+    wait_until(lambda: rows("SELECT id FROM deliveries WHERE failed_attempts >= 1 AND delivered_at IS NULL"),
+               what="a round that found no thread")
+
+    with db.connection() as conn:
+        conn.execute("UPDATE slack_answers SET answer_id = %(answer_id)s WHERE id = %(id)s", link)
+    _posted(bot, ts)
+    wait_until(lambda: _outbox()[0]["taken"], what="the delivery taken")
+    assert len(_answer_posts(bot, ts)) == 1
+
+
+def test_decision_recorded_by_a_process_that_died_before_resuming_is_posted_by_the_delivery_loop(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts, card = pending_review(bot, model)
+    review_id = int(rows("SELECT id FROM reviews")[0]["id"])
+    with db.connection() as conn:   # what `run.decide` had done when its process was killed
+        feedback.claim_review(conn, review_id, status="approved", decided_by="alice@northwind.example")
+        conn.execute("UPDATE reviews SET decided_at = now() - interval '1 hour'")
+    bot.loop.stop()
+    bot.loop = DeliveryLoop(bot.deps).start()   # e.g. the bot starting again
+
+    _posted(bot, ts)
+    assert rows("SELECT status FROM answers") == [{"status": "delivered"}]
+    bot.slack.wait_for("chat.update", lambda c: c.args["ts"] == card.response["ts"]
+                       and "Approved by alice@northwind.example" in c.shown_text)
