@@ -50,6 +50,10 @@ def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id
                     thread_ts=event.get("thread_ts") or ts, event_id=event_id)
 
 
+# A bot process notes it is alive on every round of its delivery loop (every 30 s at most); one
+# silent this long has stopped, and the questions it was answering are taken over.
+ORPHANED_AFTER_S = 120.0
+
 # Message subtypes that are a person writing: with a file attached (the text is the question),
 # or a thread reply also sent to the conversation. Edits, deletions, bots, joins are not.
 QUESTION_SUBTYPES = frozenset({"file_share", "thread_broadcast"})
@@ -69,7 +73,7 @@ def take_up(question: Question, client: WebClient, deps: Deps) -> None:
         with db.connection() as conn:
             row_id = store.open_question(conn, channel_id=question.channel_id, question_ts=question.ts,
                                          thread_ts=question.thread_ts, user_id=question.user_id,
-                                         event_id=question.event_id)
+                                         event_id=question.event_id, question=question.text, owner=deps.process_id)
     except Exception:
         logger.exception("could not record a question in %s", question.channel_id)
         _apologise(question, None, client, deps)
@@ -90,9 +94,15 @@ def take_up(question: Question, client: WebClient, deps: Deps) -> None:
 
 
 def answer_waiting(client: WebClient, deps: Deps) -> int:
-    """Answer the questions a stopped bot took up but had not begun (at start-up); returns how many."""
+    """Answer the questions a stopped bot took up but had not finished: kept by one that stopped
+    cleanly, or in progress in one killed (silent for `ORPHANED_AFTER_S`); returns how many."""
     with db.connection() as conn:
-        waiting = store.take_waiting(conn)
+        store.note_alive(conn, deps.process_id)
+        orphaned = store.release_orphans(conn, ORPHANED_AFTER_S)
+        waiting = store.take_waiting(conn, deps.process_id)
+    if orphaned:
+        logger.warning("%d questions were in progress in a bot process that stopped without finishing them",
+                       orphaned)
     for row, text in waiting:
         question = Question(channel_id=row.channel_id, user_id=row.user_id, text=text, ts=row.question_ts,
                             thread_ts=row.thread_ts, event_id=row.event_id)
@@ -115,6 +125,14 @@ def _answer_later(question: Question, row_id: int, reply_ts: str | None, client:
 
 def answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> None:
     """Run the agent and show what came of it. Any failure leaves an apology, never silence."""
+    try:
+        _answer(question, row_id, reply_ts, client, deps)
+    finally:
+        with db.connection() as conn:
+            store.finish_question(conn, row_id, deps.process_id)
+
+
+def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> None:
     try:
         with deps.conversation(question.thread_key):
             outcome = run.ask(question.text,

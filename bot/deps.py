@@ -3,7 +3,10 @@ worker pool for agent runs, the update throttle. Attached to Bolt's `context` by
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -61,6 +64,8 @@ class Deps:
     workers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=AGENT_RUNS, thread_name_prefix="agent"))
     throttle: UpdateThrottle = field(default_factory=UpdateThrottle)
+    # This process, in the records of the questions it is answering (see store.release_orphans).
+    process_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     _thread_locks: KeyedLocks = field(default_factory=KeyedLocks)
 
     @contextmanager

@@ -54,31 +54,58 @@ def forget_events(conn: psycopg.Connection, older_than_s: float) -> int:
 
 
 def open_question(conn: psycopg.Connection, *, channel_id: str, question_ts: str, thread_ts: str,
-                  user_id: str, event_id: str | None) -> int | None:
-    """Start the record of a question; None when this message was already taken up."""
+                  user_id: str, event_id: str | None, question: str, owner: str) -> int | None:
+    """Start the record of a question, in progress in the bot process `owner` (which is noted
+    alive); None when this message was already taken up."""
+    note_alive(conn, owner)
     row = conn.execute(
-        "INSERT INTO slack_answers (channel_id, question_ts, thread_ts, user_id, event_id)"
-        " VALUES (%(c)s, %(q)s, %(t)s, %(u)s, %(e)s)"
+        "INSERT INTO slack_answers (channel_id, question_ts, thread_ts, user_id, event_id, question, owner)"
+        " VALUES (%(c)s, %(q)s, %(t)s, %(u)s, %(e)s, %(text)s, %(owner)s)"
         " ON CONFLICT (channel_id, question_ts) DO NOTHING RETURNING id",
-        {"c": channel_id, "q": question_ts, "t": thread_ts, "u": user_id, "e": event_id},
+        {"c": channel_id, "q": question_ts, "t": thread_ts, "u": user_id, "e": event_id, "text": question,
+         "owner": owner},
     ).fetchone()
     return None if row is None else int(row["id"])
 
 
+def finish_question(conn: psycopg.Connection, slack_answer_id: int, owner: str) -> None:
+    """`owner`'s run for this question ended (answered, apologised for): nothing to take over.
+    (A process that was only slow leaves alone a question another has taken over.)"""
+    conn.execute("UPDATE slack_answers SET question = NULL, owner = NULL WHERE id = %(id)s AND owner = %(o)s",
+                 {"id": slack_answer_id, "o": owner})
+
+
 def keep_waiting(conn: psycopg.Connection, slack_answer_id: int, question: str) -> None:
     """The bot is stopping before it began this question: keep its text for the next start."""
-    conn.execute("UPDATE slack_answers SET waiting_question = %(q)s WHERE id = %(id)s AND answer_id IS NULL",
-                 {"q": question, "id": slack_answer_id})
+    conn.execute("UPDATE slack_answers SET waiting_question = %(q)s, question = NULL, owner = NULL"
+                 " WHERE id = %(id)s AND answer_id IS NULL", {"q": question, "id": slack_answer_id})
 
 
-def take_waiting(conn: psycopg.Connection, limit: int = 1000) -> list[tuple[SlackAnswer, str]]:
-    """Claim the questions a stopped bot left waiting, oldest first, with their text; another
-    bot starting at the same time takes the others."""
+def note_alive(conn: psycopg.Connection, process: str) -> None:
+    conn.execute("INSERT INTO bot_processes (id) VALUES (%(p)s) ON CONFLICT (id) DO UPDATE SET seen_at = now()",
+                 {"p": process})
+
+
+def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> int:
+    """Questions in progress in a bot process not noted alive for `silent_for_s` (killed, out
+    of memory) go back to waiting; returns how many. Forgets processes silent for a day."""
+    conn.execute("DELETE FROM bot_processes WHERE seen_at < now() - interval '1 day'")
+    cur = conn.execute(
+        "UPDATE slack_answers s SET waiting_question = s.question, question = NULL, owner = NULL"
+        " WHERE s.question IS NOT NULL AND s.answer_id IS NULL AND NOT EXISTS ("
+        "   SELECT 1 FROM bot_processes p WHERE p.id = s.owner"
+        "   AND p.seen_at > now() - make_interval(secs => %(s)s))", {"s": silent_for_s})
+    return cur.rowcount
+
+
+def take_waiting(conn: psycopg.Connection, owner: str, limit: int = 1000) -> list[tuple[SlackAnswer, str]]:
+    """Claim the questions left waiting, oldest first, with their text, for the bot process
+    `owner`; another bot claiming at the same time takes the others."""
     rows = conn.execute(
-        f"UPDATE slack_answers s SET waiting_question = NULL FROM ("
+        f"UPDATE slack_answers s SET waiting_question = NULL, question = w.waiting_question, owner = %(o)s FROM ("
         "  SELECT id, waiting_question FROM slack_answers WHERE waiting_question IS NOT NULL"
         "  ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED) w"
-        f" WHERE s.id = w.id RETURNING {_COLUMNS}, w.waiting_question", {"n": limit}).fetchall()
+        f" WHERE s.id = w.id RETURNING {_COLUMNS}, w.waiting_question", {"n": limit, "o": owner}).fetchall()
     taken = [(SlackAnswer(**{k: v for k, v in r.items() if k != "waiting_question"}), r["waiting_question"])
              for r in rows]
     return sorted(taken, key=lambda t: t[0].id)

@@ -9,6 +9,7 @@ from bot_support import ASKER, BOT_USER, SlackBot, rows, wait_until
 from support.scripted_model import ScriptedModel
 
 from bot import blocks
+from bot.answering import ORPHANED_AFTER_S
 from bot.deliveries import DeliveryLoop
 from bot.deps import AGENT_RUNS, Deps
 from core.agent import prompts
@@ -152,6 +153,40 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
     assert rows("SELECT waiting_question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
         {"waiting_question": None}]
     assert len(rows("SELECT id FROM answers")) == AGENT_RUNS + 1
+
+
+def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    held = threading.Event()
+    answer_as_scripted = model.chat
+
+    def never_returns(*args: object, **kwargs: object) -> object:  # the process dies in the model call
+        held.wait(60)
+        return answer_as_scripted(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.chat = never_returns  # type: ignore[method-assign]
+    ts = bot.mention("How do I get a new laptop?", channel="CGENERAL")
+    placeholder = bot.placeholder("CGENERAL", ts).response["ts"]
+    wait_until(lambda: rows("SELECT id FROM answers"), what="the agent run under way")
+    bot.loop.stop()  # killed: no more signs of life, and after ORPHANED_AFTER_S it counts as gone
+    rows("UPDATE bot_processes SET seen_at = now() - make_interval(secs => %(s)s) WHERE id = %(p)s RETURNING id",
+         s=ORPHANED_AFTER_S + 1, p=bot.deps.process_id)
+    model.chat = answer_as_scripted  # type: ignore[method-assign]
+
+    survivor = Deps(settings=bot.deps.settings, client=bot.deps.client, agent_context=bot.context)
+    loop = DeliveryLoop(survivor, poll_s=0.5).start()
+    try:
+        reply = bot.reply("CGENERAL", ts)  # the placeholder becomes the answer
+        assert reply.args["ts"] == placeholder and "Laptop request" in reply.shown_text
+        assert rows("SELECT id FROM answers WHERE status = 'delivered'") != []
+        time.sleep(1.0)  # more rounds of the loop: it is answered once
+        assert len(bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == placeholder)) == 1
+    finally:
+        loop.stop()
+        survivor.close()
+        held.set()
+    assert rows("SELECT question, owner, waiting_question FROM slack_answers") == [
+        {"question": None, "owner": None, "waiting_question": None}]
 
 
 def test_a_question_arriving_while_the_bot_stops_is_kept_for_the_next_start(bot: SlackBot) -> None:
