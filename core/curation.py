@@ -159,15 +159,13 @@ def reject(conn: psycopg.Connection, answer_id: int, *, curated_by: str) -> None
 
 
 def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision, *, curated_by: str) -> list[int]:
-    """Accept (as delivered) or reject many answers; returns the ids it judged. Accepting skips
-    answers judged before: a bulk accept must not undo a hand-edited ideal answer or a rejection
-    (those are changed one by one). Any answer that cannot be accepted stops the whole batch, so
-    the caller's transaction rolls back."""
+    """Accept (as delivered) or reject many answers; returns the ids it judged. Answers judged
+    before are skipped: a bulk action must not undo a hand-edited ideal answer or an earlier
+    decision (those are changed one by one). Any answer that cannot be accepted stops the whole
+    batch, so the caller's transaction rolls back."""
     ids = list(answer_ids)
-    judged_before: set[int] = set()
-    if decision == "accepted":
-        judged_before = {r["answer_id"] for r in conn.execute(
-            "SELECT answer_id FROM curation_items WHERE answer_id = ANY(%(ids)s)", {"ids": ids})}
+    judged_before = {r["answer_id"] for r in conn.execute(
+        "SELECT answer_id FROM curation_items WHERE answer_id = ANY(%(ids)s)", {"ids": ids})}
     judged = [answer_id for answer_id in ids if answer_id not in judged_before]
     for answer_id in judged:
         if decision == "accepted":

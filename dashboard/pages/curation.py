@@ -54,6 +54,11 @@ def judge_many(answer_ids: list[int], action: str, actor: str) -> list[int]:
     return judged
 
 
+def _skipped(n: int) -> str:
+    return (f" Skipped {n} already judged: bulk actions leave their decision and ideal answer as they are;"
+            " open one to change it.") if n else ""
+
+
 def export(version: int, actor: str) -> str:
     """A dataset version as JSONL, made only when an admin clicks download (Streamlit runs this
     on a thread of its own, hence the connection of its own); exports are audited."""
@@ -113,16 +118,13 @@ else:
         judged = frame.attempt("Bulk accept", lambda: judge_many(selected, "accept", identity.actor),
                                curation.CurationError)
         if judged is not None:
-            skipped = len(selected) - len(judged)
-            frame.done(f"Accepted {len(judged)} answers." + (
-                f" Skipped {skipped} already judged: a bulk accept leaves their decision and ideal answer as"
-                " they are; open one to change it." if skipped else ""))
+            frame.done(f"Accepted {len(judged)} answers." + _skipped(len(selected) - len(judged)))
     if b_reject.button("Reject selected", disabled=viewer or not selected, key="bulk_reject") \
             and not frame.refuse_viewer(identity):
         judged = frame.attempt("Bulk reject", lambda: judge_many(selected, "reject", identity.actor),
                                curation.CurationError)
         if judged is not None:
-            frame.done(f"Rejected {len(judged)} answers.")
+            frame.done(f"Rejected {len(judged)} answers." + _skipped(len(selected) - len(judged)))
 
     st.subheader("Answer")
     if st.session_state.get("cur_open") not in by_id:

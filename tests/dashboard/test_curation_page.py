@@ -130,7 +130,7 @@ def test_bulk_accept_and_reject(answers: dict[str, int]) -> None:
     assert bulk[0]["details"] == {"answer_ids": [answers["laptop"], answers["vpn"]]}
 
 
-def test_bulk_accept_keeps_an_edited_ideal_answer_and_a_rejection(answers: dict[str, int]) -> None:
+def test_bulk_actions_keep_an_edited_ideal_answer_and_a_rejection(answers: dict[str, int]) -> None:
     at = open_page("curation")
     at.selectbox(key="cur_open").select(answers["vpn"]).run()
     at.text_area(key=f"cur_ideal_{answers['vpn']}").input("Install WireGuard from the portal.")
@@ -139,7 +139,7 @@ def test_bulk_accept_keeps_an_edited_ideal_answer_and_a_rejection(answers: dict[
     at.button(key="cur_reject").click().run()
     at.multiselect(key="cur_bulk").set_value([answers["laptop"], answers["parking"], answers["vpn"]]).run()
     at.button(key="bulk_accept").click().run()
-    assert ("Accepted 1 answers. Skipped 2 already judged: a bulk accept leaves their decision and ideal answer "
+    assert ("Accepted 1 answers. Skipped 2 already judged: bulk actions leave their decision and ideal answer "
             "as they are; open one to change it.") in texts(at)
     assert {r["answer_id"]: (r["decision"], r["ideal_answer"], r["edited"]) for r in curation_rows()} == {
         answers["vpn"]: ("accepted", "Install WireGuard from the portal.", True),
@@ -147,6 +147,10 @@ def test_bulk_accept_keeps_an_edited_ideal_answer_and_a_rejection(answers: dict[
         answers["laptop"]: ("accepted", "Through the IT portal [1].", False)}
     assert audit_rows()[-1]["details"] == {"answer_ids": [answers["laptop"]],
                                            "skipped": [answers["parking"], answers["vpn"]]}
+    at.multiselect(key="cur_bulk").set_value([answers["vpn"]]).run()
+    at.button(key="bulk_reject").click().run()  # nor does a bulk reject undo the edited answer
+    assert "Rejected 0 answers. Skipped 1 already judged" in texts(at)
+    assert {r["answer_id"]: r["decision"] for r in curation_rows()}[answers["vpn"]] == "accepted"
 
 
 def test_dataset_versions_are_made_counted_and_exported(answers: dict[str, int]) -> None:
