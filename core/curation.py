@@ -206,17 +206,18 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     conn.execute("INSERT INTO datasets (version, created_by, note) VALUES (%(v)s, %(by)s, %(n)s)",
                  {"v": version, "by": created_by, "n": note})
     items = conn.execute(
-        "SELECT c.id, c.answer_id, c.question, c.ideal_answer, a.sources FROM curation_items c"
+        "SELECT c.id, c.answer_id, c.question, c.ideal_answer, c.curated_at, a.sources FROM curation_items c"
         " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.id").fetchall()
     chunk_ids = list({s["chunk_id"] for item in items for s in item["sources"] if "chunk_id" in s})
     texts = {r["id"]: pii.scrub(r["text"]) for r in conn.execute(
         "SELECT id, text FROM chunks WHERE id = ANY(%(ids)s)", {"ids": chunk_ids})}
     with conn.cursor() as cur:
         cur.executemany(
-            "INSERT INTO dataset_items (dataset_version, curation_item_id, answer_id, question, answer, context)"
-            " VALUES (%(v)s, %(c)s, %(a)s, %(q)s, %(ans)s, %(ctx)s)",
+            "INSERT INTO dataset_items (dataset_version, curation_item_id, answer_id, question, answer, context,"
+            " curated_at) VALUES (%(v)s, %(c)s, %(a)s, %(q)s, %(ans)s, %(ctx)s, %(at)s)",
             [{"v": version, "c": item["id"], "a": item["answer_id"], "q": item["question"],
-              "ans": item["ideal_answer"], "ctx": Jsonb(_context(item["sources"], texts))} for item in items])
+              "ans": item["ideal_answer"], "ctx": Jsonb(_context(item["sources"], texts)), "at": item["curated_at"]}
+             for item in items])
     return get_dataset(conn, version)  # type: ignore[return-value]
 
 
@@ -247,8 +248,10 @@ def latest_version(conn: psycopg.Connection) -> int | None:
 
 
 def dataset_items(conn: psycopg.Connection, version: int) -> list[DatasetItem]:
+    """The items of a dataset version in the order they were curated."""
     rows = conn.execute("SELECT answer_id, question, answer, context FROM dataset_items"
-                        " WHERE dataset_version = %(v)s ORDER BY curation_item_id", {"v": version}).fetchall()
+                        " WHERE dataset_version = %(v)s ORDER BY curated_at NULLS FIRST, curation_item_id",
+                        {"v": version}).fetchall()
     return [DatasetItem(**r) for r in rows]
 
 

@@ -68,9 +68,10 @@ def build(conn: psycopg.Connection, version: int, config: DatasetConfig = Datase
 
 def from_items(items: Sequence[curation.DatasetItem], version: int | None,
                config: DatasetConfig = DatasetConfig()) -> BuiltDataset:
+    """`items` in the order they were curated (as `curation.dataset_items` gives them)."""
     usable = [i for i in items if i.question.strip() and i.answer.strip()]
     latest: dict[str, curation.DatasetItem] = {}
-    for item in sorted(usable, key=lambda i: i.answer_id):
+    for item in usable:
         latest[_normalise(item.question)] = item    # a later curation of the same question wins
     if not latest:
         raise DatasetError(f"Dataset v{version} has no accepted answers to train on: accept answers in "

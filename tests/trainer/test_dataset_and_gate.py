@@ -26,6 +26,24 @@ def test_a_question_curated_twice_is_trained_once_with_its_later_answer() -> Non
     assert "Delivery takes five working days." in delivery.messages[0]["content"]  # the context it was drafted from
 
 
+def test_the_latest_curation_of_a_question_is_trained_on_even_from_an_older_answer(database_url: str) -> None:
+    from core import curation, db, feedback
+
+    with db.connection() as conn:
+        older, newer = (feedback.create_answer(conn, thread_key=f"cli:{n}", surface="cli",
+                                               question="How long does delivery take?") for n in (1, 2))
+        for answer_id in (older, newer):
+            feedback.update_answer(conn, answer_id, status="delivered", route="answered", final_answer="A week.")
+        curation.accept(conn, newer, curated_by="ann")  # last month
+        curation.accept(conn, older, curated_by="ann", ideal_answer="Five working days since the policy change.")
+        conn.execute("UPDATE curation_items SET curated_at = now() - interval '30 days' WHERE answer_id = %(a)s",
+                     {"a": newer})
+        version = curation.create_dataset(conn, created_by="ann").version
+        built = dataset.build(conn, version, dataset.DatasetConfig(general_ratio=0))
+    [example] = built.train + built.val
+    assert example.answer == "Five working days since the policy change."
+
+
 def test_a_held_out_question_stays_held_out_as_the_dataset_grows() -> None:
     config = dataset.DatasetConfig(val_ratio=0.2, general_ratio=0)
     small = dataset.from_items([_item(i, f"Question number {i}?") for i in range(40)], 1, config)
