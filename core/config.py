@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     dashboard_oidc: bool = False           # [auth] is configured in .streamlit/secrets.toml
     dashboard_admins: list[str] = []       # e-mails (OIDC) that may act; OIDC refuses everyone while empty
     dashboard_viewers: list[str] = []      # e-mails (OIDC) that may look but not act
+    # Reverse proxies in front of the dashboard (addresses or networks, "loopback" for one on
+    # this host): behind them, a browser's address is read from X-Forwarded-For.
+    dashboard_trusted_proxies: list[str] = []
     dashboard_port: int = 8501
 
     # Training and serving adapters
@@ -105,6 +108,18 @@ class Settings(BaseSettings):
             raise ValueError("FLYWHEEL_DASHBOARD_PASSWORD_SHA256 must be the sha256 hex digest of the dashboard "
                              f"password (64 hex characters), or empty for none. Make it with: {HOW_TO_HASH}")
         return raw.strip().lower()
+
+    @field_validator("dashboard_trusted_proxies")
+    @classmethod
+    def _proxy_networks(cls, value: list[str]) -> list[str]:
+        for proxy in value:
+            if proxy != "loopback":
+                try:
+                    ipaddress.ip_network(proxy, strict=False)
+                except ValueError as e:
+                    raise ValueError(f"FLYWHEEL_DASHBOARD_TRUSTED_PROXIES: {proxy!r} is not an address or network "
+                                     "(e.g. 10.0.0.5, 172.16.0.0/12) nor 'loopback'") from e
+        return value
 
     @property
     def dashboard_login(self) -> Literal["oidc", "password"] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import hmac
+import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
@@ -160,10 +161,36 @@ def _password(settings: Settings) -> Identity:
 
 
 def _client_address() -> str:
-    """The browser's address as Streamlit sees it (a proxy's, behind one); `UNKNOWN_ADDRESS`
-    when it has none (loopback peers, Streamlit's test runner)."""
-    ip = st.context.ip_address
-    return f"ip:{ip}" if isinstance(ip, str) and ip else UNKNOWN_ADDRESS
+    """The browser's address (`client_address`); `UNKNOWN_ADDRESS` when there is none."""
+    peer = st.context.ip_address
+    ip = client_address(peer if isinstance(peer, str) else None, st.context.headers.get("X-Forwarded-For"),
+                        get_settings().dashboard_trusted_proxies)
+    return f"ip:{ip}" if ip else UNKNOWN_ADDRESS
+
+
+def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies: list[str]) -> str | None:
+    """The browser's address: the peer's (None: Streamlit gives none for a loopback peer), or,
+    when the peer is a trusted proxy, the nearest address in X-Forwarded-For that is not one:
+    the proxy appended it, while whatever a client sent itself sits further left."""
+    if not trusted_proxies or not _trusted(peer, trusted_proxies):
+        return peer
+    hops = [h.strip() for h in (forwarded_for or "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted_proxies):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _trusted(address: str | None, trusted_proxies: list[str]) -> bool:
+    if address is None:  # a loopback peer
+        return "loopback" in trusted_proxies
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if "loopback" in trusted_proxies and ip.is_loopback:
+        return True
+    return any(ip in ipaddress.ip_network(p, strict=False) for p in trusted_proxies if p != "loopback")
 
 
 def log_out(identity: Identity) -> None:

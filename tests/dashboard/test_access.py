@@ -157,6 +157,25 @@ def test_without_login_the_dashboard_runs_only_on_loopback(dashboard_db: str) ->
     assert not at.metric
 
 
+def test_behind_a_trusted_proxy_the_browser_address_comes_from_x_forwarded_for() -> None:
+    proxies = ["10.0.0.0/8", "loopback"]
+    assert auth.client_address("10.0.0.5", "203.0.113.7, 10.0.0.9", proxies) == "203.0.113.7"
+    assert auth.client_address(None, "203.0.113.7", proxies) == "203.0.113.7"  # a proxy on this host
+    # A browser's own X-Forwarded-For is further left than what the proxy appended: not believed.
+    assert auth.client_address("10.0.0.5", "1.2.3.4, 198.51.100.2", proxies) == "198.51.100.2"
+    assert auth.client_address("198.51.100.2", "1.2.3.4", proxies) == "198.51.100.2"  # not via a proxy
+    assert auth.client_address("10.0.0.5", "1.2.3.4", []) == "10.0.0.5"  # no proxy configured
+    assert auth.client_address(None, None, []) is None
+
+
+def test_a_trusted_proxy_that_is_no_address_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.config import Settings
+
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_TRUSTED_PROXIES", '["10.0.0.0/8", "proxy.internal"]')
+    with pytest.raises(ValueError, match="FLYWHEEL_DASHBOARD_TRUSTED_PROXIES: 'proxy.internal' is not an address"):
+        Settings()
+
+
 def test_password_check_and_roles_are_plain_functions() -> None:
     assert auth.password_matches(PASSWORD, PASSWORD_SHA256.upper() + "\n")
     assert not auth.password_matches("wrong", PASSWORD_SHA256)
