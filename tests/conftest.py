@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from core import db
-from core.agent import graph
+from core.agent import graph, run
 from core.config import get_settings
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -51,6 +51,7 @@ def database_url(pg_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     get_settings.cache_clear()
     yield url
     graph.reset_graphs()
+    run.close_live_adapter_caches()
     db.close_pools()
     get_settings.cache_clear()
     with psycopg.connect(pg_server, autocommit=True) as conn:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -70,9 +71,25 @@ def _default_generator(url: str | None = None) -> Any:
     return make_generator(settings.model_copy(update={"llm_url": url}) if url else settings)
 
 
-@lru_cache(maxsize=4)
+_live_caches: dict[str, models.LiveAdapterCache] = {}
+_live_caches_lock = threading.Lock()
+
+
 def _live_adapter_cache(url: str) -> models.LiveAdapterCache:
-    return models.LiveAdapterCache(url)
+    """One cache (and listener) per database for the process."""
+    with _live_caches_lock:
+        if url not in _live_caches:
+            _live_caches[url] = models.LiveAdapterCache(url)
+        return _live_caches[url]
+
+
+def close_live_adapter_caches() -> None:
+    """Stop the caches' listeners (tests, before dropping their database; a process switching
+    databases). A process that exits stops them itself."""
+    with _live_caches_lock:
+        for cache in _live_caches.values():
+            cache.close()
+        _live_caches.clear()
 
 
 def default_context() -> AgentContext:
