@@ -90,12 +90,21 @@ def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> int:
     """Questions in progress in a bot process not noted alive for `silent_for_s` (killed, out
     of memory) go back to waiting; returns how many. Forgets processes silent for a day."""
     conn.execute("DELETE FROM bot_processes WHERE seen_at < now() - interval '1 day'")
-    cur = conn.execute(
-        "UPDATE slack_answers s SET waiting_question = s.question, question = NULL, owner = NULL"
-        " WHERE s.question IS NOT NULL AND s.answer_id IS NULL AND NOT EXISTS ("
-        "   SELECT 1 FROM bot_processes p WHERE p.id = s.owner"
-        "   AND p.seen_at > now() - make_interval(secs => %(s)s))", {"s": silent_for_s})
-    return cur.rowcount
+    # The agent's answer record the stopped run left 'running' is failed (the thread key as
+    # `answering.Question.thread_key` makes it).
+    rows = conn.execute(
+        "WITH released AS ("
+        "  UPDATE slack_answers s SET waiting_question = s.question, question = NULL, owner = NULL"
+        "  WHERE s.question IS NOT NULL AND s.answer_id IS NULL AND NOT EXISTS ("
+        "    SELECT 1 FROM bot_processes p WHERE p.id = s.owner"
+        "    AND p.seen_at > now() - make_interval(secs => %(s)s))"
+        "  RETURNING s.id, s.channel_id, s.thread_ts, s.created_at)"
+        " , abandoned AS ("
+        "  UPDATE answers a SET status = 'failed', error = 'the bot process answering it stopped; asked again'"
+        "  FROM released r WHERE a.status = 'running' AND a.created_at >= r.created_at"
+        "  AND a.thread_key = 'slack:' || r.channel_id || ':' || r.thread_ts)"
+        " SELECT id FROM released", {"s": silent_for_s}).fetchall()
+    return len(rows)
 
 
 def take_waiting(conn: psycopg.Connection, owner: str, limit: int = 1000) -> list[tuple[SlackAnswer, str]]:
