@@ -116,9 +116,10 @@ def _answer_later(question: Question, row_id: int, reply_ts: str | None, client:
     def keep_for_next_start() -> None:
         try:
             with db.connection() as conn:
-                store.keep_waiting(conn, row_id, question.text)
+                store.keep_waiting(conn, row_id)
         except Exception:
-            logger.exception("could not keep a waiting question from %s for the next start", question.channel_id)
+            logger.exception("could not hand on a waiting question from %s; it is taken over once this "
+                             "process has gone silent", question.channel_id)
 
     deps.run_later(lambda: answer(question, row_id, reply_ts, client, deps), if_not_started=keep_for_next_start)
 

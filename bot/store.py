@@ -75,10 +75,10 @@ def finish_question(conn: psycopg.Connection, slack_answer_id: int, owner: str) 
                  {"id": slack_answer_id, "o": owner})
 
 
-def keep_waiting(conn: psycopg.Connection, slack_answer_id: int, question: str) -> None:
-    """The bot is stopping before it began this question: keep its text for the next start."""
-    conn.execute("UPDATE slack_answers SET waiting_question = %(q)s, question = NULL, owner = NULL"
-                 " WHERE id = %(id)s AND answer_id IS NULL", {"q": question, "id": slack_answer_id})
+def keep_waiting(conn: psycopg.Connection, slack_answer_id: int) -> None:
+    """The bot is stopping before it began this question: it waits for the next bot to start."""
+    conn.execute("UPDATE slack_answers SET owner = NULL WHERE id = %(id)s AND answer_id IS NULL",
+                 {"id": slack_answer_id})
 
 
 def note_alive(conn: psycopg.Connection, process: str) -> None:
@@ -94,8 +94,8 @@ def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> int:
     # `answering.Question.thread_key` makes it).
     rows = conn.execute(
         "WITH released AS ("
-        "  UPDATE slack_answers s SET waiting_question = s.question, question = NULL, owner = NULL"
-        "  WHERE s.question IS NOT NULL AND s.answer_id IS NULL AND NOT EXISTS ("
+        "  UPDATE slack_answers s SET owner = NULL"
+        "  WHERE s.question IS NOT NULL AND s.owner IS NOT NULL AND s.answer_id IS NULL AND NOT EXISTS ("
         "    SELECT 1 FROM bot_processes p WHERE p.id = s.owner"
         "    AND p.seen_at > now() - make_interval(secs => %(s)s))"
         "  RETURNING s.id, s.channel_id, s.thread_ts, s.created_at)"
@@ -108,15 +108,14 @@ def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> int:
 
 
 def take_waiting(conn: psycopg.Connection, owner: str, limit: int = 1000) -> list[tuple[SlackAnswer, str]]:
-    """Claim the questions left waiting, oldest first, with their text, for the bot process
-    `owner`; another bot claiming at the same time takes the others."""
+    """Claim the questions waiting for a bot, oldest first, with their text, for the bot
+    process `owner`; another bot claiming at the same time takes the others."""
     rows = conn.execute(
-        f"UPDATE slack_answers s SET waiting_question = NULL, question = w.waiting_question, owner = %(o)s FROM ("
-        "  SELECT id, waiting_question FROM slack_answers WHERE waiting_question IS NOT NULL"
+        f"UPDATE slack_answers s SET owner = %(o)s FROM ("
+        "  SELECT id FROM slack_answers WHERE question IS NOT NULL AND owner IS NULL"
         "  ORDER BY id LIMIT %(n)s FOR UPDATE SKIP LOCKED) w"
-        f" WHERE s.id = w.id RETURNING {_COLUMNS}, w.waiting_question", {"n": limit, "o": owner}).fetchall()
-    taken = [(SlackAnswer(**{k: v for k, v in r.items() if k != "waiting_question"}), r["waiting_question"])
-             for r in rows]
+        f" WHERE s.id = w.id RETURNING {_COLUMNS}, s.question", {"n": limit, "o": owner}).fetchall()
+    taken = [(SlackAnswer(**{k: v for k, v in r.items() if k != "question"}), r["question"]) for r in rows]
     return sorted(taken, key=lambda t: t[0].id)
 
 

@@ -132,8 +132,8 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
     bot.loop.stop()  # what SIGTERM does (bot.serve.run): stop the loop, finish the runs under way
     stopping = threading.Thread(target=bot.deps.close)
     stopping.start()
-    [kept] = wait_until(lambda: rows("SELECT question_ts, waiting_question FROM slack_answers"
-                                     " WHERE waiting_question IS NOT NULL"), what="the waiting question kept")
+    [kept] = wait_until(lambda: rows("SELECT question_ts, question AS waiting_question FROM slack_answers"
+                                     " WHERE question IS NOT NULL AND owner IS NULL"), what="the waiting question kept")
     held.set()
     stopping.join(timeout=30)
     assert kept == {"question_ts": asked[-1], "waiting_question": f"How do I get a new laptop? ({AGENT_RUNS})"}
@@ -150,7 +150,7 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
         loop.stop()
         restarted.close()
     assert "Laptop request" in reply.shown_text
-    assert rows("SELECT waiting_question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
+    assert rows("SELECT question AS waiting_question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
         {"waiting_question": None}]
     assert len(rows("SELECT id FROM answers")) == AGENT_RUNS + 1
 
@@ -185,13 +185,12 @@ def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running
         loop.stop()
         survivor.close()
         held.set()
-    assert rows("SELECT question, owner, waiting_question FROM slack_answers") == [
-        {"question": None, "owner": None, "waiting_question": None}]
+    assert rows("SELECT question, owner FROM slack_answers") == [{"question": None, "owner": None}]
 
 
 def test_a_question_arriving_while_the_bot_stops_is_kept_for_the_next_start(bot: SlackBot) -> None:
     bot.deps.close()
     ts = bot.mention("How do I get a new laptop?", channel="CGENERAL")
     bot.placeholder("CGENERAL", ts)
-    assert wait_until(lambda: rows("SELECT waiting_question FROM slack_answers WHERE question_ts = %(ts)s"
-                                   " AND waiting_question IS NOT NULL", ts=ts), what="the question kept")
+    assert wait_until(lambda: rows("SELECT question FROM slack_answers WHERE question_ts = %(ts)s"
+                                   " AND question IS NOT NULL AND owner IS NULL", ts=ts), what="the question kept")
