@@ -55,7 +55,7 @@ def drain(deps: Deps) -> int:
             try:
                 deliver(deps, conn, items[0])
             except (SlackApiError, NotOnRecord) as e:
-                if store.retry_delivery(conn, items[0].id, give_up_after=MAX_ATTEMPTS):
+                if feedback.retry_delivery(conn, items[0].id, give_up_after=MAX_ATTEMPTS):
                     conn.commit()   # the row goes back, counted, even though this round ends here
                     raise
                 logger.error("giving up on the %s for answer %s after %d failed rounds: %s",

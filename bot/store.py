@@ -1,5 +1,5 @@
 """The bot's own records: Slack events seen, where each answer's messages live in Slack, and
-how often posting an outbox row failed.
+the questions it has yet to answer.
 
 Every function takes a connection and never commits: the caller owns the transaction."""
 from __future__ import annotations
@@ -149,14 +149,3 @@ def for_review(conn: psycopg.Connection, review_id: int) -> SlackAnswer | None:
         f"SELECT {_COLUMNS} FROM slack_answers s JOIN reviews r ON r.answer_id = s.answer_id"
         " WHERE r.id = %(r)s", {"r": review_id}).fetchone())
 
-
-def retry_delivery(conn: psycopg.Connection, delivery_id: int, *, give_up_after: int) -> bool:
-    """A claimed outbox row whose post failed for a passing reason: count the failure and put
-    the row back in the queue. False when it has failed `give_up_after` times: it stays taken."""
-    row = conn.execute(
-        "UPDATE deliveries SET failed_attempts = coalesce(failed_attempts, 0) + 1,"
-        " delivered_at = CASE WHEN coalesce(failed_attempts, 0) + 1 < %(n)s THEN NULL ELSE delivered_at END"
-        " WHERE id = %(id)s RETURNING delivered_at IS NULL AS queued",
-        {"n": give_up_after, "id": delivery_id},
-    ).fetchone()
-    return bool(row and row["queued"])
