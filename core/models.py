@@ -159,9 +159,9 @@ class LiveAdapterCache:
     process, read once and refreshed when a promotion notifies; a slow re-read (`max_age_s`)
     covers a missed notification."""
 
-    def __init__(self, url: str, max_age_s: float | None = None) -> None:
+    def __init__(self, url: str, max_age_s: float = LIVE_CACHE_MAX_AGE_S) -> None:
         self._url = url
-        self._max_age_s = LIVE_CACHE_MAX_AGE_S if max_age_s is None else max_age_s
+        self._max_age_s = max_age_s
         self._name: str | None = None
         self._serving_url: str | None = None
         self._read_at = -math.inf  # not read yet (monotonic time may be small after boot)

@@ -112,8 +112,6 @@ def general_examples(n_domain: int, ratio: float, seed: int) -> list[SFTExample]
     """Enough general examples for `ratio` of the mix (capped by the shipped file)."""
     if ratio <= 0 or n_domain == 0:
         return []
-    if ratio >= 1:
-        raise DatasetError("general_ratio must be below 1: the domain data is what the retrain is for.")
     records = [json.loads(line) for line in GENERAL_FILE.read_text().splitlines() if line.strip()]
     wanted = min(len(records), round(n_domain * ratio / (1 - ratio)))
     chosen = random.Random(seed).sample(range(len(records)), wanted)

@@ -135,7 +135,6 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
     with db.connection() as conn:
         models.update(conn, adapter.version, status="ready", metrics=metrics, clear_error=True)
         training.append_log(conn, run.id, f"adapter {adapter.name} is ready in {final}")
-    with db.connection() as conn:
         if training.cancel_requested(conn, run.id):  # asked while the gate ran: ready, not promoted
             training.finish_run(conn, run.id, "cancelled", metrics=metrics, adapter_version=adapter.version,
                                 error=f"cancelled after training: {adapter.name} is ready but was not promoted")
@@ -260,7 +259,8 @@ _TORCHRUN_SIGNALLED = re.compile(r"exitcode\s*:\s*-(\d+)")
 def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
     if result.get("error"):
         return str(result["error"])
-    if code > 0 and (signalled := _TORCHRUN_SIGNALLED.findall(_tail(work / "train.log", lines=40))):
+    log = _tail(work / "train.log", lines=40)
+    if code > 0 and (signalled := _TORCHRUN_SIGNALLED.findall(log)):
         code = -int(signalled[-1])  # the root cause, which torchrun lists last
     if code < 0:
         name = signal.Signals(-code).name
@@ -268,7 +268,7 @@ def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
         why = f"The training process was killed by {name}{hint}"
     else:
         why = f"The training process exited with code {code}"
-    tail = _tail(work / "train.log")
+    tail = "\n".join(log.splitlines()[-8:])
     if checkpoints.latest(work / "checkpoints") is not None:
         kept = "\nIts checkpoints are kept: resume the run to continue."
     else:

@@ -91,18 +91,24 @@ def draft(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         return _extractive(state, started, "extractive answers are configured")
     messages = prompts.answer_messages(state["question"], sources, state.get("history") or [])
     try:
-        try:
-            gen = ctx.generator.chat(messages, adapter_id=ctx.adapter_id, max_new_tokens=ctx.settings.llm_max_new_tokens)
-        except UnknownAdapter as e:  # e.g. a model server restarted without it: the base model still answers
-            logger.error("the model server lacks the live adapter %s, answering with the base model: %s",
-                         ctx.adapter_id, e)
-            gen = ctx.generator.chat(messages, adapter_id=None, max_new_tokens=ctx.settings.llm_max_new_tokens)
+        gen = _generate(ctx, messages)
     except BackendUnavailable as e:
         logger.warning("model server unreachable, answering with excerpts: %s", e)
         return _extractive(state, started, "the model server is unreachable")
     return {"draft": gen.text.strip(), "model": gen.model, "adapter_id": gen.adapter_id,
             "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "timings": _timed(state, "draft", started)}
+
+
+def _generate(ctx: AgentContext, messages: list[Any]) -> Any:
+    """The live adapter's answer, or the base model's when the server lacks the adapter (e.g.
+    restarted without it): a question is not failed for that."""
+    try:
+        return ctx.generator.chat(messages, adapter_id=ctx.adapter_id, max_new_tokens=ctx.settings.llm_max_new_tokens)
+    except UnknownAdapter as e:
+        logger.error("the model server lacks the live adapter %s, answering with the base model: %s",
+                     ctx.adapter_id, e)
+        return ctx.generator.chat(messages, adapter_id=None, max_new_tokens=ctx.settings.llm_max_new_tokens)
 
 
 def _extractive(state: AgentState, started: float, why: str) -> dict[str, Any]:

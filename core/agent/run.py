@@ -58,8 +58,11 @@ REVIEW_WAIT = "A reviewer is checking this answer. You'll get it here once it's 
 # A decision reaches its thread within a second or so; one recorded longer ago and not yet
 # applied was cut off (the deciding process died between recording and resuming).
 STUCK_AFTER_S = 300.0
-_ACTIONS: dict[feedback.ReviewStatus, Literal["approve", "edit", "reject"]] = {
-    "approved": "approve", "edited": "edit", "rejected": "reject"}
+# A reviewer's action and the review status it records.
+_STATUS: dict[Literal["approve", "edit", "reject"], Literal["approved", "edited", "rejected"]] = {
+    "approve": "approved", "edit": "edited", "reject": "rejected"}
+_ACTIONS: dict[str, Literal["approve", "edit", "reject"]] = {
+    status: action for action, status in _STATUS.items()}
 
 
 @lru_cache(maxsize=1)
@@ -143,8 +146,7 @@ def decide(review_id: int, decision: Decision, *, context: AgentContext | None =
         raise ValueError("An edited answer cannot be empty.")
     if action == "reject" and not (decision.get("reason") or "").strip():
         raise ValueError("Please give a reason for rejecting.")
-    status: Literal["approved", "edited", "rejected"] = {"approve": "approved", "edit": "edited",
-                                                        "reject": "rejected"}[action]  # type: ignore[assignment]
+    status = _STATUS[action]
     with db.connection() as conn:
         claimed = feedback.claim_review(conn, review_id, status=status, decided_by=decision["reviewer"],
                                         edited_text=decision.get("text"), reject_reason=decision.get("reason"))

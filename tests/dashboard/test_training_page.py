@@ -85,7 +85,7 @@ def progress_text(at) -> str:  # noqa: ANN001
     return bar.proto.text
 
 
-def test_an_active_run_shows_its_progress_as_it_moves(dashboard_db: str) -> None:
+def test_an_active_run_shows_its_latest_progress_on_each_rerun_until_it_ends(dashboard_db: str) -> None:
     with db.connection() as conn:
         run = training.create_run(conn, base_model="base", dataset_version=1, params={}, requested_by="ann")
         training.start_run(conn, run.id)
