@@ -182,14 +182,13 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies:
 
 
 def _trusted(address: str | None, trusted_proxies: list[str]) -> bool:
-    if address is None:  # a loopback peer
-        return "loopback" in trusted_proxies
+    if address is None or is_loopback(address):  # None: how Streamlit shows a loopback peer
+        if "loopback" in trusted_proxies:
+            return True
     try:
-        ip = ipaddress.ip_address(address)
+        ip = ipaddress.ip_address(address or "")
     except ValueError:
         return False
-    if "loopback" in trusted_proxies and ip.is_loopback:
-        return True
     return any(ip in ipaddress.ip_network(p, strict=False) for p in trusted_proxies if p != "loopback")
 
 

@@ -27,9 +27,9 @@ def upload(files: list[UploadedFile], channels: list[str], groups: list[str], ac
     bar = st.progress(0.0, text="Starting…")
     for n, file in enumerate(files):
         bar.progress(n / len(files), text=f"Ingesting {file.name} ({n + 1} of {len(files)})…")
-        given = bool(channels or groups)  # neither: a file already here keeps its visibility
-        report = ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels if given else None,
-                                          visible_groups=groups if given else None, audited_by=actor)
+        # Neither given: a file already here keeps its visibility (a new one is public).
+        report = ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels or None,
+                                          visible_groups=groups or None, audited_by=actor)
         for field in ("added", "updated", "unchanged", "failed"):
             getattr(total, field).extend(getattr(report, field))
         total.chunks += report.chunks
