@@ -43,7 +43,7 @@ def judge(answer_id: int, action: str, actor: str, ideal_answer: str) -> curatio
 
 def judge_many(answer_ids: list[int], action: str, actor: str) -> list[int]:
     """Bulk judgements in one transaction with their audit row; returns the ids judged (a bulk
-    accept skips answers judged before)."""
+    action skips answers judged before)."""
     with db.connection() as conn:
         judged = curation.bulk(conn, answer_ids, "rejected" if action == "reject" else "accepted", curated_by=actor)
         skipped = [i for i in answer_ids if i not in judged]
