@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -10,7 +9,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-HOW_TO_HASH = "python -c \"import hashlib;print(hashlib.sha256(b'your password').hexdigest())\""
+from core import passwords
+
 
 
 class Settings(BaseSettings):
@@ -74,8 +74,10 @@ class Settings(BaseSettings):
     bot_port: int = 3000                   # HTTP mode: where Slack posts events
 
     # Dashboard. OIDC through Streamlit's st.login when configured; else a password whose
-    # sha256 hex digest is given here (empty: none); with neither, it binds to localhost only.
-    dashboard_password_sha256: SecretStr | None = None
+    # salted hash (`flywheel hash-password`) is given here (empty: none); with neither, it binds
+    # to localhost only.
+    dashboard_password_hash: SecretStr | None = None
+    dashboard_password_sha256: SecretStr | None = None  # no longer read: refused unless empty
     dashboard_oidc: bool = False           # [auth] is configured in .streamlit/secrets.toml
     dashboard_admins: list[str] = []       # e-mails (OIDC) that may act; OIDC refuses everyone while empty
     dashboard_viewers: list[str] = []      # e-mails (OIDC) that may look but not act
@@ -96,18 +98,28 @@ class Settings(BaseSettings):
     bot_metrics_port: int = 9101
     worker_metrics_port: int = 9102
 
+    @field_validator("dashboard_password_hash", mode="before")
+    @classmethod
+    def _password_hash(cls, value: object) -> object:
+        """Empty (as deploy/.env.example ships it) means no password. Anything else must be a
+        hash `flywheel hash-password` made: a password pasted in plain, or a typo, would refuse
+        every sign-in."""
+        raw = _blank_to_none(value)
+        if raw is not None and not (isinstance(raw, str) and passwords.is_password_hash(raw.strip())):
+            raise ValueError("FLYWHEEL_DASHBOARD_PASSWORD_HASH must be a hash made by "
+                             f"`{passwords.HOW_TO_MAKE}` (scrypt:...), or empty for none")
+        return raw.strip() if isinstance(raw, str) else raw
+
     @field_validator("dashboard_password_sha256", mode="before")
     @classmethod
-    def _password_digest(cls, value: object) -> object:
-        """Empty (as deploy/.env.example ships it) means no password. Anything else must be a
-        sha256 hex digest: a password pasted in plain, or a typo, would refuse every sign-in."""
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            return None
-        if not isinstance(raw, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", raw.strip()):
-            raise ValueError("FLYWHEEL_DASHBOARD_PASSWORD_SHA256 must be the sha256 hex digest of the dashboard "
-                             f"password (64 hex characters), or empty for none. Make it with: {HOW_TO_HASH}")
-        return raw.strip().lower()
+    def _unsalted_password_digest(cls, value: object) -> object:
+        """The unsalted sha256 that earlier versions read: refused rather than silently ignored,
+        which would leave the dashboard without its login."""
+        if _blank_to_none(value) is not None:
+            raise ValueError("FLYWHEEL_DASHBOARD_PASSWORD_SHA256 is no longer read (an unsalted sha256 is quick "
+                             "to guess): make a hash with `flywheel hash-password`, put it in "
+                             "FLYWHEEL_DASHBOARD_PASSWORD_HASH and remove FLYWHEEL_DASHBOARD_PASSWORD_SHA256")
+        return None
 
     @field_validator("dashboard_trusted_proxies")
     @classmethod
@@ -126,7 +138,7 @@ class Settings(BaseSettings):
         """How people sign in to the dashboard; None: no login, so it may only listen on loopback."""
         if self.dashboard_oidc:
             return "oidc"
-        if self.dashboard_password_sha256 is not None:
+        if self.dashboard_password_hash is not None:
             return "password"
         return None
 
@@ -154,3 +166,9 @@ def is_loopback(address: str | None) -> bool:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def _blank_to_none(value: object) -> object:
+    """A setting's raw value, None when unset or blank (`FOO=` in a .env file)."""
+    raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+    return None if raw is None or (isinstance(raw, str) and not raw.strip()) else raw

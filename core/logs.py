@@ -9,6 +9,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from core.config import Settings, get_settings
 
@@ -81,7 +82,7 @@ class TextFormatter(logging.Formatter):
 
 def configured_secrets(settings: Settings) -> list[str]:
     values = [settings.database_url, settings.llm_api_key, settings.slack_bot_token, settings.slack_app_token,
-              settings.slack_signing_secret, settings.dashboard_password_sha256]
+              settings.slack_signing_secret, settings.dashboard_password_hash]
     return [v.get_secret_value() for v in values if v is not None]
 
 
@@ -102,3 +103,11 @@ def setup(level: int = logging.INFO, *, json_lines: bool | None = None, stream: 
     logging.getLogger("core").setLevel(level)
     for name in ("bot", "dashboard", "trainer"):
         logging.getLogger(name).setLevel(level)
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a log file another process writes ("" if there is none yet)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

@@ -2,21 +2,19 @@
 
 Three modes, chosen by settings: OIDC through Streamlit's `st.login` when `dashboard_oidc` is set
 (with `[auth]` in `.streamlit/secrets.toml`), which lets in only the accounts listed as admins or
-viewers; else a shared password whose sha256 is in `dashboard_password_sha256`; else no login at
+viewers; else a shared password whose salted hash is in `dashboard_password_hash`; else no login at
 all, which is only allowed while the server listens on the loopback interface (the `flywheel
 dashboard` launcher binds it there)."""
 from __future__ import annotations
 
 import getpass
-import hashlib
-import hmac
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
 import streamlit as st
 
-from core import audit, db
+from core import audit, db, passwords
 from core.config import Settings, get_settings, is_loopback
 
 Role = Literal["admin", "viewer"]
@@ -49,12 +47,6 @@ class Identity:
 
 def mode(settings: Settings) -> Mode:
     return settings.dashboard_login or "local"
-
-
-def password_matches(password: str, expected_sha256_hex: str) -> bool:
-    """Constant-time comparison of the password's sha256 with the configured hex digest."""
-    digest = hashlib.sha256(password.encode()).hexdigest()
-    return hmac.compare_digest(digest, expected_sha256_hex.strip().lower())
 
 
 def _emails(listed: list[str]) -> set[str]:
@@ -96,7 +88,7 @@ def gate(settings: Settings | None = None) -> Identity:
         return _password(settings)
     if not server_is_loopback_only():
         st.error("No login is configured, so this dashboard only runs bound to 127.0.0.1. Set "
-                 "FLYWHEEL_DASHBOARD_PASSWORD_SHA256 or configure OIDC, or start it with "
+                 "FLYWHEEL_DASHBOARD_PASSWORD_HASH (`flywheel hash-password`) or configure OIDC, or start it with "
                  "`flywheel dashboard`, which binds it to localhost.")
         st.stop()
     return Identity(actor=f"local:{getpass.getuser()}", role="admin", mode="local")
@@ -137,7 +129,7 @@ def _password(settings: Settings) -> Identity:
         password = st.text_input("Password", type="password")
         submitted = st.form_submit_button("Sign in", type="primary")
     if submitted:
-        expected = settings.dashboard_password_sha256.get_secret_value()  # type: ignore[union-attr]
+        expected = settings.dashboard_password_hash.get_secret_value()  # type: ignore[union-attr]
         address = _client_address()
         actor = f"password:{name.strip()}"
         limit = SIGN_IN_ATTEMPTS_UNKNOWN_ADDRESS if address == UNKNOWN_ADDRESS else SIGN_IN_ATTEMPTS
@@ -149,7 +141,7 @@ def _password(settings: Settings) -> Identity:
                 st.error(f"Too many failed sign-ins from this address: try again in {SIGN_IN_WINDOW_S // 60} minutes.")
             elif not name.strip():
                 st.error("Please give your name: the audit log records who did what.")
-            elif not password_matches(password, expected):
+            elif not passwords.password_matches(password, expected):
                 audit.record(conn, actor, "login.failed", address)
                 st.error("Wrong password.")
             else:

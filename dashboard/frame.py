@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LOCAL_BANNER = ("No login is configured: this dashboard listens on 127.0.0.1 only, and everyone who can "
-                "reach it on this machine is an admin. Set FLYWHEEL_DASHBOARD_PASSWORD_SHA256 or configure "
+                "reach it on this machine is an admin. Set FLYWHEEL_DASHBOARD_PASSWORD_HASH or configure "
                 "OIDC before you expose it.")
 VIEWER_NOTE = "You are signed in as a viewer: you can look at everything here, but not change it."
 _FLASH_KEY = "dashboard_flash"

@@ -1,5 +1,6 @@
 """`flywheel dashboard`: run the Streamlit admin dashboard, bound to localhost unless a login is
-configured. Streamlit runs in its own process (exec), so `core` never imports it."""
+configured. Streamlit runs in its own process (exec), so `core` never imports it.
+`flywheel hash-password`: make the value of FLYWHEEL_DASHBOARD_PASSWORD_HASH."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from core import db
+from core import db, passwords
 from core.config import Settings, get_settings, is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ def bind_address(settings: Settings, requested: str | None) -> str:
         return "0.0.0.0" if settings.dashboard_login else "127.0.0.1"
     if not is_loopback(requested) and settings.dashboard_login is None:
         raise ValueError(f"Refusing to serve the dashboard on {requested} without a login: set "
-                         "FLYWHEEL_DASHBOARD_PASSWORD_SHA256 (sha256 hex of a password) or configure OIDC "
+                         "FLYWHEEL_DASHBOARD_PASSWORD_HASH (from `flywheel hash-password`) or configure OIDC "
                          "(FLYWHEEL_DASHBOARD_OIDC=true and [auth] in .streamlit/secrets.toml).")
     return requested.strip("[]")  # Streamlit binds an IPv6 address given without brackets
 
@@ -37,6 +38,17 @@ def streamlit_argv(port: int, address: str) -> list[str]:
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("hash-password")
+    def hash_password() -> None:
+        """Ask for a dashboard password (twice, not shown) and print the FLYWHEEL_DASHBOARD_PASSWORD_HASH
+        line to put in .env. Prompts go to stderr, so `flywheel hash-password >> .env` works."""
+        password = typer.prompt("Dashboard password", hide_input=True, confirmation_prompt=True, err=True)
+        if len(password) < passwords.MIN_LENGTH:
+            typer.echo(f"The password must have at least {passwords.MIN_LENGTH} characters; nothing was made.",
+                       err=True)
+            raise typer.Exit(2)
+        typer.echo(f"FLYWHEEL_DASHBOARD_PASSWORD_HASH={passwords.hash_password(password)}")
+
     @app.command()
     def dashboard(port: int = typer.Option(None, "--port", help="Default: FLYWHEEL_DASHBOARD_PORT (8501)."),
                   address: str = typer.Option(None, "--address", "--host",

@@ -24,7 +24,7 @@ def dashboard_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator
     """A fresh database, answers without a model server (extractive), and the Streamlit server
     option a `flywheel dashboard` without login sets: bound to the loopback interface."""
     monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "extractive")
-    for name in ("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "FLYWHEEL_DASHBOARD_OIDC", "FLYWHEEL_DASHBOARD_ADMINS",
+    for name in ("FLYWHEEL_DASHBOARD_PASSWORD_HASH", "FLYWHEEL_DASHBOARD_OIDC", "FLYWHEEL_DASHBOARD_ADMINS",
                  "FLYWHEEL_DASHBOARD_VIEWERS"):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()

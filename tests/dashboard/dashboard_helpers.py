@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from pathlib import Path
 from typing import Any
 
 from streamlit.testing.v1 import AppTest
 
-from core import db, feedback
+from core import db, feedback, passwords
 from core.agent import run
 from core.agent.state import AgentContext
 from core.config import get_settings
@@ -16,7 +15,7 @@ from core.config import get_settings
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboard" / "app.py"
 PASSWORD = "correct horse battery staple"
-PASSWORD_SHA256 = hashlib.sha256(PASSWORD.encode()).hexdigest()
+PASSWORD_HASH = passwords.hash_password(PASSWORD)
 TIMEOUT_S = 120  # generous: a run may load the embedding model; it never sleeps for it
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from core import db, training
 from core.cli import dashboard_cmds
-from dashboard_helpers import PASSWORD, PASSWORD_SHA256, ROOT, seed_answer
+from dashboard_helpers import PASSWORD, PASSWORD_HASH, ROOT, seed_answer
 from support.servers import free_port, stop, wait_healthy
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 def dashboard_url(dashboard_db: str, tmp_path: Path) -> Iterator[str]:
     """The real dashboard in its own process, on a free port, with a password login."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": dashboard_db, "FLYWHEEL_DASHBOARD_PASSWORD_SHA256": PASSWORD_SHA256,
+    env = {**os.environ, "DATABASE_URL": dashboard_db, "FLYWHEEL_DASHBOARD_PASSWORD_HASH": PASSWORD_HASH,
            "FLYWHEEL_LLM_BACKEND": "extractive", "FLYWHEEL_DATA_DIR": str(tmp_path / "data")}
     log_path = tmp_path / "streamlit.log"
     with open(log_path, "w") as log:

@@ -8,7 +8,7 @@ import typer
 from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
-from core import config
+from core import config, passwords
 from core.cli import dashboard_cmds
 from core.config import Settings
 from dashboard import auth, markup
@@ -39,24 +39,51 @@ def test_cli_and_dashboard_agree_on_what_is_loopback(monkeypatch: pytest.MonkeyP
 
 
 def test_empty_password_hash_means_no_password(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "")  # as deploy/.env.example ships it
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_HASH", "")  # as deploy/.env.example ships it
     monkeypatch.delenv("FLYWHEEL_DASHBOARD_OIDC", raising=False)
-    assert Settings().dashboard_password_sha256 is None and Settings().dashboard_login is None
+    assert Settings().dashboard_password_hash is None and Settings().dashboard_login is None
 
 
-def test_password_hash_that_is_not_sha256_hex_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "hunter2")  # the password, not its hash
-    with pytest.raises(ValidationError) as failed:
+def test_password_hash_that_is_no_scrypt_hash_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    made = passwords.hash_password("correct horse")
+    for wrong in ("hunter2", made.replace(":32768:", ":3000:"), made[:-2]):  # the password itself; a typo
+        monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_HASH", wrong)
+        with pytest.raises(ValidationError) as failed:
+            Settings()
+        message = str(failed.value)
+        assert "FLYWHEEL_DASHBOARD_PASSWORD_HASH must be a hash made by `flywheel hash-password`" in message
+        assert "hunter2" not in message and made not in message
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_HASH", f" {made}\n")
+    assert Settings().dashboard_password_hash.get_secret_value() == made  # type: ignore[union-attr]
+
+
+def test_the_old_unsalted_sha256_setting_is_refused_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "ab" * 32)
+    with pytest.raises(ValidationError, match="no longer read .* `flywheel hash-password`.* FLYWHEEL_DASHBOARD_PASSWORD_HASH"):
         Settings()
-    message = str(failed.value)
-    assert "FLYWHEEL_DASHBOARD_PASSWORD_SHA256 must be the sha256 hex digest" in message
-    assert "hashlib.sha256" in message and "hunter2" not in message
-    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", " " + "AB" * 32 + "\n")
-    assert Settings().dashboard_password_sha256.get_secret_value() == "ab" * 32  # type: ignore[union-attr]
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "")  # as the old deploy/.env.example shipped it
+    assert Settings().dashboard_login is None
+
+
+def test_hash_password_prints_a_salted_hash_the_settings_accept_and_the_sign_in_checks(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    app = typer.Typer()
+    dashboard_cmds.register(app)
+    made = [CliRunner().invoke(app, ["hash-password"], input="correct horse\ncorrect horse\n") for _ in range(2)]
+    assert all(r.exit_code == 0 for r in made), made[0].output
+    lines = [r.stdout.strip().splitlines()[-1] for r in made]
+    assert all(line.startswith("FLYWHEEL_DASHBOARD_PASSWORD_HASH=scrypt:") for line in lines)
+    assert lines[0] != lines[1]  # salted: the same password never gives the same hash
+    monkeypatch.setenv(*lines[0].split("=", 1))
+    stored = Settings().dashboard_password_hash.get_secret_value()  # type: ignore[union-attr]
+    assert passwords.password_matches("correct horse", stored)
+    assert not passwords.password_matches("correct horsE", stored)
+    short = CliRunner().invoke(app, ["hash-password"], input="seven77\nseven77\n")
+    assert short.exit_code == 2 and "at least 8 characters" in short.output and "scrypt:" not in short.output
 
 
 def test_with_a_login_it_listens_everywhere_or_where_asked() -> None:
-    with_password = settings(dashboard_password_sha256=SecretStr("ab" * 32))
+    with_password = settings(dashboard_password_hash=SecretStr(passwords.hash_password("correct horse")))
     assert dashboard_cmds.bind_address(with_password, None) == "0.0.0.0"
     assert dashboard_cmds.bind_address(settings(dashboard_oidc=True), "10.0.0.5") == "10.0.0.5"
 
@@ -71,7 +98,7 @@ def test_streamlit_command_line_is_headless_on_the_given_address() -> None:
 
 def test_command_execs_streamlit_or_refuses_a_public_address(database_url: str,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("FLYWHEEL_DASHBOARD_PASSWORD_SHA256", "FLYWHEEL_DASHBOARD_OIDC"):
+    for name in ("FLYWHEEL_DASHBOARD_PASSWORD_HASH", "FLYWHEEL_DASHBOARD_OIDC"):
         monkeypatch.delenv(name, raising=False)
     app = typer.Typer()
     dashboard_cmds.register(app)
