@@ -87,3 +87,18 @@ def summarise(predictions: Sequence[str], references: Sequence[str], declined: I
         "declined": sum(declined),
         "n": n,
     }
+
+
+def not_the_model_asked(model: str | None, adapter_id: str | None, *, asked_adapter: str | None,
+                        model_configured: bool) -> str | None:
+    """Why an answer does not measure what an evaluation asked for, or None when it does. The
+    agent keeps answering people when the model server is down (excerpts) or lacks the live
+    adapter (the base model); scored as the adapter's, such answers would mislead."""
+    if model is None:  # declined before drafting: nothing was generated, and a decline is scored as one
+        return None
+    if model == "extractive" and model_configured:
+        return "was quoted from excerpts: the model server could not be reached"
+    if asked_adapter is not None and adapter_id != asked_adapter:
+        return (f"came from the base model: the model server does not have adapter {asked_adapter!r} "
+                "(start it with `flywheel serve-llm --adapter NAME=PATH`, or promote the adapter)")
+    return None

@@ -52,7 +52,11 @@ class Endpoint:
     url: str
     pid: int | None = None
     host: str | None = None
-    adapters: str = ""
+    adapters: str = ""      # what it was launched with: `name=/path,...`
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return [spec.partition("=")[0] for spec in self.adapters.split(",") if spec]
 
 
 class PromotionRefused(ValueError):

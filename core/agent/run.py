@@ -71,7 +71,16 @@ def _default_generator(url: str | None = None) -> Any:
     from core.llm.backends import make_generator
 
     settings = get_settings()
-    return make_generator(settings.model_copy(update={"llm_url": url}) if url else settings)
+    return make_generator(settings.model_copy(update={"llm_url": url}) if url else settings,
+                          known_adapters=_launched_adapters)
+
+
+def _launched_adapters() -> list[str]:
+    """The adapters the serving TGI was started with (none for one Flywheel did not start): TGI
+    answers an adapter id it lacks with the base model, silently, so the id is checked first."""
+    with db.connection() as conn:
+        endpoint = models.endpoint(conn)
+    return endpoint.adapter_names if endpoint is not None else []
 
 
 _live_caches: dict[str, models.LiveAdapterCache] = {}

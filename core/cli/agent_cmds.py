@@ -91,6 +91,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         predictions, declined = [], []
         for pair in pairs:
             outcome = run.ask(pair.question, run.Asker(surface="eval"), context=context)
+            wrong = evaluation.not_the_model_asked(outcome.model, outcome.adapter_id, asked_adapter=adapter,
+                                                   model_configured=context.generator is not None)
+            if wrong is not None:
+                typer.echo(f"Stopped, nothing scored: answer {outcome.answer_id} {wrong}.", err=True)
+                raise typer.Exit(1)
             predictions.append(outcome.text)
             declined.append(outcome.route == "declined")
         summary = evaluation.summarise(predictions, [p.answer for p in pairs], declined)

@@ -1,0 +1,74 @@
+"""`flywheel eval answers` scores the model it was asked to score, or stops saying why."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from core import db
+from core.agent import run
+from core.cli import app
+from core.config import get_settings
+from core.knowledge import ingest
+from core.llm.base import BackendUnavailable, UnknownAdapter
+from support.servers import free_port
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def questions(database_url: str, tmp_path: Path) -> Path:
+    (tmp_path / "laptops.md").write_text("# Laptops\n\n## Delivery\nDelivery takes five working days in Lisbon.\n")
+    assert not ingest.ingest_paths([tmp_path / "laptops.md"]).failed
+    path = tmp_path / "q.jsonl"
+    path.write_text(json.dumps({"question": "How long does laptop delivery take?",
+                                "answer": "Five working days in Lisbon."}) + "\n")
+    return path
+
+
+def _serve(monkeypatch: pytest.MonkeyPatch, backend: str, url: str) -> None:
+    monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", backend)
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
+    get_settings.cache_clear()
+    run._default_generator.cache_clear()
+
+
+def test_the_base_model_is_scored(questions: Path, tiny_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(monkeypatch, "local", tiny_server)
+    result = runner.invoke(app, ["eval", "answers", "--questions", str(questions)])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.stdout.strip().splitlines()[-1])
+    assert scored["adapter"] is None and scored["n"] == 1 and 0.0 <= scored["token_f1"] <= 1.0
+
+
+def test_an_adapter_the_server_lacks_stops_the_evaluation_instead_of_scoring_the_base_model(
+        questions: Path, tiny_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(monkeypatch, "local", tiny_server)
+    result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "flywheel-v9"])
+    assert result.exit_code == 1
+    assert "Stopped, nothing scored" in result.output and "does not have adapter 'flywheel-v9'" in result.output
+    assert "token_f1" not in result.stdout
+
+
+def test_an_unreachable_server_stops_the_evaluation_instead_of_scoring_excerpts(
+        questions: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(monkeypatch, "local", f"http://127.0.0.1:{free_port()}")
+    result = runner.invoke(app, ["eval", "answers", "--questions", str(questions)])
+    assert result.exit_code == 1 and "quoted from excerpts" in result.output and "token_f1" not in result.stdout
+
+
+def test_tgi_is_only_sent_adapters_it_was_launched_with(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # TGI answers an adapter id it lacks with the base model, silently: the id is checked first.
+    _serve(monkeypatch, "tgi", f"http://127.0.0.1:{free_port()}")
+    generator = run._default_generator()
+    with pytest.raises(UnknownAdapter, match="known adapters: none"):  # no TGI started by Flywheel
+        generator.chat([], adapter_id="flywheel-v1")
+    with db.connection() as conn:
+        conn.execute("INSERT INTO serving_endpoint (id, url, adapters) VALUES (1, 'http://x', %(a)s)",
+                     {"a": "flywheel-v1=/a/v1,flywheel-v2=/a/v2"})
+    with pytest.raises(UnknownAdapter, match="known adapters: flywheel-v1, flywheel-v2"):
+        generator.chat([], adapter_id="flywheel-v3")
+    with pytest.raises(BackendUnavailable):  # a launched adapter is sent (to a server that is not there)
+        generator.chat([], adapter_id="flywheel-v2")
