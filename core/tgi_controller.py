@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from core import db, models
+from core import db, logs, models
 from core.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def wait_healthy(launched: Launched, *, timeout_s: float) -> None:
     while True:
         if proc is not None and proc.poll() is not None:
             raise TGIControllerError(f"The new model server exited with {proc.returncode} before it was healthy; "
-                                     f"see {launched.log}:\n{_tail(launched.log)}")
+                                     f"see {launched.log}:\n{logs.tail(launched.log, 20)}")
         try:
             if httpx.get(f"{launched.url}/health", timeout=2).status_code == 200:
                 return
@@ -210,10 +210,3 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""

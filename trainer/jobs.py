@@ -27,7 +27,7 @@ from typing import Any
 
 import procrastinate
 
-from core import db, models, queue, serving, training
+from core import db, logs, models, queue, serving, training
 from core import retrain as retrains
 from core.config import Settings, get_settings
 from trainer import checkpoints, dataset, train
@@ -259,7 +259,7 @@ _TORCHRUN_SIGNALLED = re.compile(r"exitcode\s*:\s*-(\d+)")
 def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
     if result.get("error"):
         return str(result["error"])
-    log = _tail(work / "train.log", lines=40)
+    log = logs.tail(work / "train.log", 40)
     if code > 0 and (signalled := _TORCHRUN_SIGNALLED.findall(log)):
         code = -int(signalled[-1])  # the root cause, which torchrun lists last
     if code < 0:
@@ -274,13 +274,6 @@ def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
     else:
         kept = "\nNo checkpoint was left (none was due yet, or training had finished): a resume trains from the start."
     return why + (f"; last output:\n{tail}" if tail else "") + kept
-
-
-def _tail(path: Path, lines: int = 8) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _manifest_summary(manifest: dict[str, Any]) -> dict[str, Any]:

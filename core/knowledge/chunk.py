@@ -42,12 +42,14 @@ def split_text(text: str, max_tokens: int, overlap: int) -> list[str]:
     pieces: list[list[str]] = []
     current: list[str] = []
     for words in words_per_unit:
-        while len(words) > max_tokens:  # a sentence longer than a chunk: cut it hard
-            head, words = words[:max_tokens], words[max_tokens - overlap:]
+        start = 0
+        while len(words) - start > max_tokens:  # a sentence longer than a chunk: cut it hard
             if current:
                 pieces.append(current)
-            pieces.append(head)
-            current = []
+                current = []
+            pieces.append(words[start:start + max_tokens])
+            start += max_tokens - overlap
+        words = words[start:] if start else words
         if current and len(current) + len(words) > max_tokens:
             pieces.append(current)
             current = current[-overlap:] if overlap else []

@@ -111,6 +111,9 @@ def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestRep
             yield from parse_bytes(name, data, source)
     except ParseError as e:
         report.failed.append((source, str(e)))
+    except Exception as e:  # a parser's own bug on an odd file: that file fails, the rest go in
+        logger.exception("parsing %s failed", name)
+        report.failed.append((source, f"{name}: could not be read ({type(e).__name__}: {e})"))
 
 
 def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:

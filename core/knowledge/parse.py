@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,14 +76,33 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
             yield ParseError(f"{name}:{number}: a record needs a non-empty '_id' and 'text'")
             continue
         metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-        title = str(record.get("title") or record["_id"]).strip()
+        url = record.get("url") or metadata.get("url")
+        if url is not None and not isinstance(url, str):
+            yield ParseError(f"{name}:{number}: 'url' must be a string, not {type(url).__name__}")
+            continue
+        title = clean_text(str(record.get("title") or record["_id"])).strip()
         yield ParsedDocument(source=f"{source}#{record['_id']}", title=title,
-                             sections=[Section("", str(record["text"]).strip())],
-                             url=record.get("url") or metadata.get("url"),
-                             metadata={**metadata, "record_id": str(record["_id"])})
+                             sections=[Section("", clean_text(str(record["text"])).strip())],
+                             url=url, metadata={**metadata, "record_id": str(record["_id"])})
+
+
+def clean_text(text: str) -> str:
+    """Text as stored and searched: Unicode compatibility forms folded (the "ﬁ" ligature of PDF
+    text is "fi", full-width digits are digits), NUL (which Postgres text cannot hold) dropped, and
+    lone surrogate halves (JSON written by JavaScript) replaced, since they cannot be encoded."""
+    text = unicodedata.normalize("NFKC", text).replace("\x00", "")
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _decode(name: str, data: bytes) -> str:
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):  # a byte-order mark: UTF-16, as Windows tools save text
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError as e:
+            raise ParseError(f"{name}: not valid UTF-16 text (byte {e.start})") from e
     if b"\x00" in data[:4096]:
         raise ParseError(f"{name}: looks like a binary file, not text")
     try:
@@ -169,20 +189,22 @@ def _pdf(name: str, data: bytes, source: str) -> ParsedDocument:
     import io
 
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
 
     if not data.lstrip().startswith(b"%PDF"):
         raise ParseError(f"{name}: not a PDF file (no %PDF header)")
     try:
         reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted:
-            raise ParseError(f"{name}: the PDF is encrypted; remove the password and ingest it again")
+        # Many published PDFs are encrypted with only an owner password (no printing, say):
+        # they open with an empty user password. Only a PDF that needs a password is refused.
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ParseError(f"{name}: the PDF is protected by a password; remove it and ingest the file again")
         pages = [page.extract_text() or "" for page in reader.pages]
         meta_title = (reader.metadata.title if reader.metadata and reader.metadata.title else "") or ""
-    except (PdfReadError, ValueError, KeyError, TypeError) as e:
-        if isinstance(e, ParseError):
-            raise
-        raise ParseError(f"{name}: unreadable PDF ({e})") from e
+    except ParseError:
+        raise
+    except Exception as e:  # pypdf raises many kinds on damaged files (PdfReadError, NotImplementedError, ...)
+        detail = str(e) or type(e).__name__
+        raise ParseError(f"{name}: unreadable PDF ({detail})") from e
     if not any(p.strip() for p in pages):
         raise ParseError(f"{name}: the PDF has no extractable text (scanned images need OCR first)")
     # PDFs carry no reliable heading structure; "# " lines are kept as headings when the text has them.
@@ -191,7 +213,9 @@ def _pdf(name: str, data: bytes, source: str) -> ParsedDocument:
 
 
 def _document(name: str, source: str, title: str, sections: list[Section]) -> ParsedDocument:
+    sections = [Section(clean_text(s.heading), clean_text(s.text)) for s in sections]
+    sections = [s for s in sections if s.text.strip()]
     if not sections:
         raise ParseError(f"{name}: no text to ingest")
-    return ParsedDocument(source=source, title=title or Path(name).stem.replace("-", " ").replace("_", " "),
-                          sections=sections)
+    return ParsedDocument(source=source, sections=sections,
+                          title=clean_text(title) or Path(name).stem.replace("-", " ").replace("_", " "))

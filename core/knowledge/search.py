@@ -52,28 +52,32 @@ _VISIBLE = """(
     OR d.visible_groups && ARRAY(SELECT g.group_name FROM group_members g WHERE g.user_id = %(user)s)
 )"""
 
-def _nearest(column: str) -> str:
-    """The visible chunks nearest to the query by one vector column (an HNSW index scan)."""
+def _nearest(column: str, exact: bool) -> str:
+    """The visible chunks nearest to the query by one vector column: an HNSW index scan, or
+    with `exact` a scan of every visible chunk (adding 0 to the distance keeps the index out)."""
+    distance = f"(c.{column} <=> %(qvec)s) + 0" if exact else f"c.{column} <=> %(qvec)s"
     return (f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {_VISIBLE}"
-            f" ORDER BY c.{column} <=> %(qvec)s LIMIT %(candidates)s")
+            f" ORDER BY {distance} LIMIT %(candidates)s")
 
 
 # Dense: a chunk's similarity is the better of its text's and its label's (title > heading).
-_SQL = f"""
+# The chunks of a section share one label, so when the label wins they tie: their own text's
+# similarity orders them.
+_SEARCH = """
 WITH dense AS (
-    SELECT id, sim, row_number() OVER (ORDER BY sim DESC, id) AS rank FROM (
-        SELECT c.id, greatest(1 - (c.embedding <=> %(qvec)s),
-                              coalesce(1 - (c.heading_embedding <=> %(qvec)s), 0)) AS sim
+    SELECT id, sim, row_number() OVER (ORDER BY sim DESC, body_sim DESC, id) AS rank FROM (
+        SELECT c.id, 1 - (c.embedding <=> %(qvec)s) AS body_sim,
+               greatest(1 - (c.embedding <=> %(qvec)s), coalesce(1 - (c.heading_embedding <=> %(qvec)s), 0)) AS sim
         FROM chunks c
-        WHERE c.id IN (({_nearest("embedding")}) UNION ({_nearest("heading_embedding")}))
-        ORDER BY sim DESC
+        WHERE c.id IN (({nearest_text}) UNION ({nearest_label}))
+        ORDER BY sim DESC, body_sim DESC, c.id
         LIMIT %(candidates)s
     ) nearest
 ), lexical AS (
     SELECT id, lex, row_number() OVER (ORDER BY lex DESC, id) AS rank FROM (
         SELECT c.id, ts_rank(c.tsv, q, 1) AS lex
         FROM chunks c JOIN documents d ON d.id = c.document_id, CAST(%(tsquery)s AS tsquery) q
-        WHERE c.tsv @@ q AND {_VISIBLE}
+        WHERE c.tsv @@ q AND {VISIBLE}
         ORDER BY lex DESC
         LIMIT %(candidates)s
     ) matched
@@ -84,11 +88,20 @@ WITH dense AS (
     FROM dense FULL OUTER JOIN lexical ON dense.id = lexical.id
 )
 SELECT c.id AS chunk_id, c.document_id, d.source, d.title, c.heading, d.url, c.text,
-       f.score, f.sim AS dense_score, f.lex AS lexical_score
+       f.score, f.sim AS dense_score, f.lex AS lexical_score, (SELECT count(*) FROM dense) AS dense_found
 FROM fused f JOIN chunks c ON c.id = f.id JOIN documents d ON d.id = c.document_id
 ORDER BY f.score DESC, f.sim DESC NULLS LAST
 LIMIT %(k)s
 """
+_SQL = _SEARCH.format(nearest_text=_nearest("embedding", False), nearest_label=_nearest("heading_embedding", False),
+                      VISIBLE=_VISIBLE)
+_SQL_EXACT = _SEARCH.format(nearest_text=_nearest("embedding", True), nearest_label=_nearest("heading_embedding", True),
+                            VISIBLE=_VISIBLE)
+
+# More chunks than the dense candidates found: with pgvector 0.6 an HNSW scan yields its
+# `ef_search` nearest chunks and only then drops those the viewer may not see, so restricted
+# documents crowding a topic can leave too few (or no) visible ones.
+_MORE_CHUNKS_THAN = "SELECT count(*) > %(found)s AS more FROM (SELECT 1 FROM chunks LIMIT %(found)s + 1) c"
 
 
 def check_query(query: str) -> str:
@@ -155,9 +168,14 @@ def hybrid_search(conn: psycopg.Connection, query: str, viewer: Viewer = Viewer(
     store.vectors(conn)
     conn.execute("SELECT set_config('hnsw.ef_search', %(ef)s, true)",
                  {"ef": str(max(settings.hnsw_ef_search, candidates))})
-    rows = conn.execute(_SQL, {
+    params = {
         "qvec": embed.embed_query(query), "tsquery": lexical_query(conn, query), "candidates": candidates, "k": k,
         "wd": settings.dense_weight, "wl": settings.lexical_weight, "rrf_k": settings.rrf_k,
         "channel": viewer.channel_id, "user": viewer.group_member,
-    }).fetchall()
-    return [Hit(**r) for r in rows]
+    }
+    rows = conn.execute(_SQL, params).fetchall()
+    found = rows[0]["dense_found"] if rows else 0
+    if found < candidates and conn.execute(_MORE_CHUNKS_THAN, {"found": found}).fetchone()["more"]:  # type: ignore[index]
+        # Rare (a tiny knowledge base, or restricted chunks crowding the index): search exactly.
+        rows = conn.execute(_SQL_EXACT, params).fetchall()
+    return [Hit(**{k: v for k, v in r.items() if k != "dense_found"}) for r in rows]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pypdf import PdfReader, PdfWriter
 
@@ -105,17 +106,47 @@ def test_bad_files_are_reported_and_the_rest_of_the_batch_goes_in(database_url: 
     writer.encrypt("secret")
     with (tmp_path / "locked.pdf").open("wb") as f:
         writer.write(f)
+    # pypdf raises NotImplementedError on a damaged stream filter, not one of its own errors
+    (tmp_path / "damaged.pdf").write_bytes(PDF.read_bytes().replace(b"/FlateDecode", b"/FlateDLcode"))
     (tmp_path / "huge.txt").write_text("word " * 300_000)
-    (tmp_path / "records.jsonl").write_text('{"_id": "1", "text": "valid record"}\n{broken\n{"_id": "", "text": "x"}\n')
+    (tmp_path / "records.jsonl").write_text('{"_id": "1", "text": "valid record"}\n{broken\n{"_id": "", "text": "x"}\n'
+                                            '{"_id": "4", "text": "odd url", "url": 42}\n'
+                                            '{"_id": "5", "text": "half an emoji \\ud83d kept"}\n')
     report = ingest.ingest_paths([tmp_path, tmp_path / "missing.md"])
     messages = "\n".join(m for _, m in report.failed)
     assert "empty.md: the file is empty" in messages
     assert "binary.pdf: not a PDF file" in messages
-    assert "locked.pdf: the PDF is encrypted" in messages
+    assert "locked.pdf: the PDF is protected by a password" in messages
+    assert "damaged.pdf: unreadable PDF (Unsupported filter /FlateDLcode)" in messages
     assert "huge.txt: 2 MB is over the 1 MB limit" in messages
     assert "records.jsonl:2: invalid JSON" in messages and "records.jsonl:3: a record needs" in messages
+    assert "records.jsonl:4: 'url' must be a string, not int" in messages
     assert "missing.md: no such file or folder" in messages
-    assert sorted(Path(s).name.split("#")[0] for s in report.added) == ["good.md", "records.jsonl"]
+    assert len(report.failed) == 9
+    assert sorted(Path(s).name for s in report.added) == ["good.md", "records.jsonl#1", "records.jsonl#5"]
+    assert "half an emoji \ufffd kept" in [h.text.split("\n\n")[-1] for h in _search("half an emoji kept")]
+
+
+def test_a_pdf_with_only_an_owner_password_opens_like_any_other(database_url: str, tmp_path: Path) -> None:
+    # Published PDFs often forbid printing or copying with an owner password; they need none to read.
+    writer = PdfWriter(clone_from=PdfReader(PDF))
+    writer.encrypt(user_password="", owner_password="publisher")
+    with (tmp_path / "restricted.pdf").open("wb") as f:
+        writer.write(f)
+    report = ingest.ingest_paths([tmp_path / "restricted.pdf"])
+    assert not report.failed and report.chunks > 0
+
+
+def test_text_is_folded_so_ligatures_utf16_files_and_nul_characters_go_in(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "gym.txt").write_text("Gym\nThe ﬁtness room opens at 6.\n")  # "ﬁ": a PDF ligature
+    (tmp_path / "windows.txt").write_bytes("Canteen\nThe canteen serves soup on Fridays.\n".encode("utf-16"))
+    # A NUL, which Postgres text cannot hold, escaped inside a JSON record
+    (tmp_path / "shifts.jsonl").write_text('{"_id": "night", "title": "Night shift", "text": "Starts at 22:00.\\u0000"}\n')
+    report = ingest.ingest_paths([tmp_path])
+    assert not report.failed, report.failed
+    assert _search("fitness room")[0].title == "Gym"
+    assert _search("soup on fridays")[0].title == "Canteen"
+    assert _search("night shift")[0].text.endswith("Starts at 22:00.")
 
 
 @pytest.mark.parametrize("query, message", [
@@ -144,3 +175,49 @@ def test_over_a_large_knowledge_base_a_word_in_most_chunks_is_left_out_of_the_fu
     [hit] = [h for h in _search("the parking policy") if h.lexical_score is not None]
     assert hit.title == "Policy 0"
     assert _search("O'Brien's \\ policy")  # quotes and backslashes are taken literally
+
+
+def test_restricted_chunks_crowding_a_topic_do_not_hide_the_public_ones(database_url: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # An HNSW scan yields its ef_search nearest chunks before the visibility filter: board-only
+    # chunks nearer the question than the public ones would leave none visible. Scaled down:
+    # ef_search 10 instead of 100, and the index scan forced as the planner picks it for a
+    # large table.
+    monkeypatch.setenv("FLYWHEEL_HNSW_EF_SEARCH", "10")
+    monkeypatch.setenv("FLYWHEEL_SEARCH_CANDIDATES", "10")
+    get_settings.cache_clear()
+    rng = np.random.default_rng(0)
+    question = rng.normal(size=384).astype(np.float32)
+
+    def near(spread: float) -> np.ndarray:
+        v = question / np.linalg.norm(question) + spread * rng.normal(size=384).astype(np.float32)
+        return v / np.linalg.norm(v)
+
+    with db.connection() as conn:
+        store.vectors(conn)  # before the cursor, which copies the connection's adapters
+        cur = conn.cursor()
+        for source, groups, count, spread in (("board", ["board"], 200, 0.03), ("public", [], 30, 0.06)):
+            doc = conn.execute("INSERT INTO documents (source, title, content_hash, visible_groups)"
+                               " VALUES (%(s)s, %(s)s, 'h', %(g)s) RETURNING id", {"s": source, "g": groups}).fetchone()
+            cur.executemany("INSERT INTO chunks (document_id, ord, text, embedding, heading_embedding)"
+                            " VALUES (%(d)s, %(o)s, %(t)s, %(e)s, %(e)s)",
+                            [{"d": doc["id"], "o": i, "t": f"{source} minutes", "e": near(spread)}  # type: ignore[index]
+                             for i in range(count)])
+    monkeypatch.setattr(search.embed, "embed_query", lambda query: question)
+    with db.connection() as conn:
+        conn.execute("SET LOCAL enable_seqscan = off")
+        hits = search.hybrid_search(conn, "quarterly figures", search.Viewer(user_id="UINTERN", channel_id="CGENERAL"))
+    assert [h.title for h in hits] == ["public"] * 5
+    assert all(h.dense_score is not None for h in hits)
+
+
+def test_chunks_of_a_section_that_matches_by_heading_rank_by_their_own_text(database_url: str,
+                                                                             tmp_path: Path) -> None:
+    topics = ["Hotel stays are booked through the travel desk.", "Meals are reimbursed against receipts.",
+              "Train tickets in second class are the default.", "Flights are booked in economy class.",
+              "Taxi rides at night after 22:00 are reimbursed when no public transport runs."]
+    filler = " ".join(["Claims go through the finance portal within thirty days of the trip."] * 14)
+    (tmp_path / "travel.md").write_text("# Travel\n\n## Expenses\n" + "\n\n".join(f"{t} {filler}" for t in topics))
+    assert not ingest.ingest_paths([tmp_path]).failed
+    hits = _search("expenses taxi", k=3)
+    assert "Taxi rides" in hits[0].text, [h.text[:60] for h in hits]
