@@ -208,9 +208,7 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     items = conn.execute(
         "SELECT c.id, c.answer_id, c.question, c.ideal_answer, c.curated_at, a.sources FROM curation_items c"
         " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.id").fetchall()
-    chunk_ids = list({s["chunk_id"] for item in items for s in item["sources"] if "chunk_id" in s})
-    texts = {r["id"]: pii.scrub(r["text"]) for r in conn.execute(
-        "SELECT id, text FROM chunks WHERE id = ANY(%(ids)s)", {"ids": chunk_ids})}
+    texts = {i: pii.scrub(t) for i, t in source_texts(conn, [s for item in items for s in item["sources"]]).items()}
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO dataset_items (dataset_version, curation_item_id, answer_id, question, answer, context,"
@@ -221,8 +219,22 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     return get_dataset(conn, version)  # type: ignore[return-value]
 
 
+def source_texts(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """The text of each source by chunk id, as the answer was drafted from it: the text recorded
+    with the answer (a re-ingest since may have changed or re-chunked the document), else, for
+    an answer recorded without it, the chunk's if it still exists. A source whose document was
+    deleted since has none: what an admin removed is not trained on."""
+    documents = {r["id"] for r in conn.execute(
+        "SELECT id FROM documents WHERE id = ANY(%(ids)s)", {"ids": list({s.get("document_id") for s in sources})})}
+    chunks = {r["id"]: r["text"] for r in conn.execute(
+        "SELECT id, text FROM chunks WHERE id = ANY(%(ids)s)", {"ids": list({s.get("chunk_id") for s in sources})})}
+    recorded = {s["chunk_id"]: s["text"] for s in sources
+                if s.get("text") and "chunk_id" in s and s.get("document_id") in documents}
+    return {**chunks, **recorded}
+
+
 def _context(sources: Sequence[dict[str, Any]], texts: dict[int, str]) -> list[dict[str, Any]]:
-    """The passages an answer was drafted from, as numbered in it; a chunk deleted since is left out."""
+    """The passages an answer was drafted from, as numbered in it; one deleted since is left out."""
     return [{"n": s.get("n", i), "title": s.get("title", ""), "heading": s.get("heading", ""),
              "text": texts[s["chunk_id"]]}
             for i, s in enumerate(sources, start=1) if s.get("chunk_id") in texts]

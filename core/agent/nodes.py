@@ -173,7 +173,7 @@ def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]
         feedback.update_answer(
             conn, state["answer_id"], status=status, route=route, route_reason=state.get("reason"),
             draft=state.get("draft") or None, final_answer=state["final"],
-            confidence=state.get("confidence"), sources=_public_sources(state.get("sources", [])),
+            confidence=state.get("confidence"), sources=state.get("sources", []),
             model=state.get("model"), adapter_id=state.get("adapter_id"),
             prompt_tokens=state.get("prompt_tokens"), completion_tokens=state.get("completion_tokens"),
             timings=state.get("timings", {}), finished_at=dt.datetime.now(dt.UTC),
@@ -182,8 +182,3 @@ def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]
             feedback.queue_delivery(conn, state["answer_id"], "refusal" if status == "rejected" else "answer",
                                     state["final"])
     return {"history": [{"question": state["question"], "answer": state["final"]}]}
-
-
-def _public_sources(sources: list[Source]) -> list[dict[str, Any]]:
-    """Sources as recorded: without the chunk text, which the knowledge base keeps."""
-    return [{k: v for k, v in s.items() if k != "text"} for s in sources]

@@ -8,7 +8,6 @@ import pandas as pd
 import streamlit as st
 
 from core import audit, curation, db
-from core.knowledge import store
 from dashboard import frame, markup
 
 RATINGS = {"any": "Any", "up": "👍", "down": "👎", "unrated": "Not rated"}
@@ -132,7 +131,7 @@ else:
     opened = st.selectbox("Open", list(by_id), format_func=lambda i: label(by_id[i]), key="cur_open")
     row = by_id[opened]
     with db.connection() as conn:
-        chunks = {c.id: c for c in store.get_chunks(conn, [s["chunk_id"] for s in row.sources if "chunk_id" in s])}
+        texts = curation.source_texts(conn, row.sources)
 
     left, right = st.columns([3, 2])
     with left:
@@ -147,8 +146,8 @@ else:
         with st.expander(f"Sources used ({len(row.sources)})"):
             for source in row.sources:
                 st.markdown(markup.source_line(source))
-                if source.get("chunk_id") in chunks:
-                    st.caption(markup.escape(chunks[source["chunk_id"]].text[:600]))
+                if source.get("chunk_id") in texts:
+                    st.caption(markup.escape(texts[source["chunk_id"]][:600]))
     with right:
         st.markdown(f"**Votes** · {row.ups} 👍 · {row.downs} 👎")
         for reason in row.down_reasons:

@@ -187,6 +187,32 @@ def test_dataset_snapshots_accepted_items_with_their_context(database_url: str, 
                                          "Questions go to [email]."}]
 
 
+def test_a_dataset_trains_on_the_passages_as_the_answer_saw_them_not_on_a_later_edit(
+        database_url: str, tmp_path) -> None:  # noqa: ANN001
+    from core.agent import run
+    from core.agent.state import AgentContext
+    from core.config import get_settings
+
+    page = tmp_path / "laptops.md"
+    page.write_text("# Laptops\n\n## Ordering\nOrder laptops in the IT portal; write to it-help@northwind.example.\n")
+    assert not ingest.ingest_paths([page]).failed
+    asked = run.ask("How do I order a laptop?", run.Asker(surface="cli"),
+                    context=AgentContext(settings=get_settings(), generator=None, reviews=False))
+    # The page is edited and re-ingested: its chunks are replaced, under new ids.
+    page.write_text("# Laptops\n\n## Ordering\nLaptops now come from the vendor shop.\n")
+    assert ingest.ingest_paths([page]).updated
+    with db.connection() as conn:
+        curation.accept(conn, asked.answer_id, curated_by="ann")
+        first = curation.create_dataset(conn, created_by="ann").version
+        assert store.delete_document(conn, str(page.resolve()))  # an admin removes the page
+        second = curation.create_dataset(conn, created_by="ann").version
+        [trained] = curation.dataset_items(conn, first)
+        [after_removal] = curation.dataset_items(conn, second)
+    assert [c["text"] for c in trained.context] == [
+        "Laptops\nOrdering\n\nOrder laptops in the IT portal; write to [email]."]  # scrubbed, as it was
+    assert after_removal.context == []  # what an admin removed is not trained on
+
+
 def test_export_is_one_json_object_per_line(answers: dict[str, int]) -> None:
     with db.connection() as conn:
         curation.bulk(conn, [answers["laptop"], answers["vpn"]], "accepted", curated_by="ann")
