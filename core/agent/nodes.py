@@ -16,15 +16,17 @@ from core.agent.assess import groundedness, sensitive_topic
 from core.agent.state import AgentContext, AgentState, Decision, Source
 from core.knowledge import search
 from core.llm import extractive
-from core.llm.base import BackendUnavailable, UnknownAdapter
+from core.llm.base import BackendUnavailable, LLMError, UnknownAdapter
 
 logger = logging.getLogger(__name__)
 
+# Instructions aimed at the assistant; not questions that merely say "ignore the previous travel
+# rules" or "if you are now on the night shift".
 _INJECTION = re.compile(
     r"\b(ignore|disregard|forget)\b.{0,20}\b(previous|prior|above|earlier|your|all)\b.{0,20}"
-    r"\b(instructions?|prompts?|rules)\b"
+    r"\b(instructions?|prompts?)\b"
     r"|\b(reveal|print|show|repeat)\b.{0,20}\b(system|hidden)\s+prompt\b"
-    r"|\byou are now\b|\bjailbreak\b|\bdeveloper mode\b",
+    r"|\byou are now (dan|unrestricted|jailbroken|free of|no longer bound)\b|\bjailbreak\b|\bdeveloper mode\b",
     re.IGNORECASE | re.DOTALL,
 )
 
@@ -95,6 +97,9 @@ def draft(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     except BackendUnavailable as e:
         logger.warning("model server unreachable, answering with excerpts: %s", e)
         return _extractive(state, started, "the model server is unreachable")
+    except LLMError as e:  # overloaded past its retries, a refused request, a failed generation
+        logger.error("the model server could not answer, answering with excerpts: %s", e)
+        return _extractive(state, started, "the model server could not answer")
     return {"draft": gen.text.strip(), "model": gen.model, "adapter_id": gen.adapter_id,
             "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "timings": _timed(state, "draft", started)}
@@ -147,13 +152,13 @@ def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         review_id = feedback.open_review(conn, state["answer_id"], state["reason"])
         feedback.update_answer(conn, state["answer_id"], status="pending_review", route="review",
                                route_reason=state["reason"], draft=state["draft"],
-                               confidence=state["confidence"], sources=_public_sources(state["sources"]),
+                               confidence=state["confidence"], sources=state["sources"],
                                model=state.get("model"), adapter_id=state.get("adapter_id"),
                                timings=state.get("timings", {}))
     decision: Decision = interrupt({
         "review_id": review_id, "answer_id": state["answer_id"], "question": state["question"],
         "draft": state["draft"], "reason": state["reason"], "confidence": state["confidence"],
-        "sources": _public_sources(state["sources"]),
+        "sources": state["sources"],
     })
     if decision["action"] == "reject":
         return {"decision": decision, "final": prompts.REJECTED}

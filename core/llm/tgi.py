@@ -156,6 +156,9 @@ def _mapped(e: BaseException) -> LLMError:
         if "adapter" in _detail(e).lower():
             return UnknownAdapter(f"The model server does not know that adapter: {_detail(e)}")
         return InvalidRequest(f"The model server rejected the request (422): {_detail(e)}")
+    if status == 404 and "does not exist" in _detail(e).lower():
+        # vLLM names an adapter it lacks (lost in a restart: runtime loads do not survive one) a model
+        return UnknownAdapter(f"The model server does not know that adapter: {_detail(e)}")
     if status == 424:
         return LLMError(f"Generation failed on the model server (424): {_detail(e)}")
     if status == 429:

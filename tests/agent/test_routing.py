@@ -6,7 +6,7 @@ import pytest
 from core import db, feedback
 from core.agent import run
 from core.agent.state import AgentContext
-from core.llm.base import BackendUnavailable
+from core.llm.base import BackendUnavailable, InvalidRequest, LLMError, RateLimited
 from support.scripted_model import ScriptedModel
 
 
@@ -66,6 +66,22 @@ def test_bad_input_gets_clear_reply_without_model_call(context: AgentContext, mo
     assert model.calls == []
 
 
+def test_a_question_after_a_declined_one_in_the_same_thread_is_answered(
+        context: AgentContext, model: ScriptedModel) -> None:
+    assert run.ask("   ", _asker("declined-first"), context=context).route == "declined"
+    outcome = run.ask("How do I get a new laptop?", _asker("declined-first"), context=context)
+    assert outcome.route == "answered" and outcome.text == model.reply and len(model.calls) == 1
+
+
+@pytest.mark.parametrize("question", [
+    "Can we ignore the previous travel rules now that the 2025 policy is out?",
+    "If you are now on the night shift, who approves overtime?",
+])
+def test_ordinary_questions_that_sound_like_instructions_are_not_turned_away(
+        context: AgentContext, model: ScriptedModel, question: str) -> None:
+    assert run.ask(question, _asker(), context=context).reason != "injection-shaped input"
+
+
 def test_follow_up_in_same_thread_sees_earlier_turn(context: AgentContext, model: ScriptedModel) -> None:
     run.ask("How do I get a new laptop?", _asker("follow"), context=context)
     run.ask("How long does delivery take?", _asker("follow"), context=context)
@@ -83,6 +99,16 @@ def test_unreachable_model_falls_back_to_extractive_answer_with_note(context: Ag
     assert row is not None and row.model == "extractive"
     assert "model server is unreachable" in (row.draft or "")
     assert "[1]" in (row.draft or "")
+
+
+@pytest.mark.parametrize("error", [RateLimited("overloaded after retries"), InvalidRequest("inputs too long"),
+                                   LLMError("generation failed (424)")])
+def test_a_model_server_that_cannot_answer_gives_excerpts_instead_of_an_apology(
+        context: AgentContext, model: ScriptedModel, error: LLMError) -> None:
+    model.error = error
+    outcome = run.ask("How do I get a new laptop?", _asker(), context=context)
+    assert outcome.model == "extractive" and "model server could not answer" in outcome.text
+    assert "[1]" in outcome.text
 
 
 def test_crash_in_agent_marks_answer_failed(context: AgentContext, model: ScriptedModel) -> None:

@@ -42,9 +42,17 @@ def test_persistent_rate_limit_gives_up_after_bounded_retries() -> None:
 @pytest.mark.parametrize("status, error", [(422, InvalidRequest), (424, LLMError)])
 def test_client_errors_are_not_retried_and_say_what_happened(status: int, error: type[LLMError]) -> None:
     fake = ScriptedTGI([(status, {}, {"error": "Input validation error: inputs too long", "error_type": "validation"})])
-    with fake.running() as url, pytest.raises(error, match="inputs too long"):
+    with fake.running() as url, pytest.raises(error, match="inputs too long") as raised:
         _client(url).chat(HI)
-    assert len(fake.requests) == 1
+    assert type(raised.value) is error and len(fake.requests) == 1
+
+
+def test_an_adapter_vllm_lost_in_a_restart_is_an_unknown_adapter() -> None:
+    # vLLM answers a runtime-loaded adapter it no longer has as an unknown model, in OpenAI's format
+    fake = ScriptedTGI([(404, {}, {"object": "error", "type": "NotFoundError", "code": 404,
+                                   "message": "The model `flywheel-v3` does not exist."})])
+    with fake.running() as url, pytest.raises(UnknownAdapter, match="flywheel-v3"):
+        _client(url).chat(HI, adapter_id="flywheel-v3")
 
 
 def test_adapter_the_server_was_not_started_with_is_refused_before_sending() -> None:
