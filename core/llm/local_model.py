@@ -122,7 +122,10 @@ class LocalModel:
         with self._lock:
             if adapter_id not in self.adapters:
                 raise AdapterNotLoaded(adapter_id)
-            self.model.delete_adapter(adapter_id)
+            if len(self.adapters) == 1:  # the last one: back to the plain base model, LoRA layers removed
+                self.model = self.model.unload()
+            else:
+                self.model.delete_adapter(adapter_id)
             del self.adapters[adapter_id]
 
     # -- generation ------------------------------------------------------------------------

@@ -76,6 +76,14 @@ def test_adapter_loaded_while_serving_changes_only_its_own_answers(tiny_server: 
     chat = client.chat([ChatMessage("user", "Hello")], adapter_id="test-v1", max_new_tokens=3)
     assert chat.model == "test-v1"
     assert httpx.delete(f"{tiny_server}/adapters/test-v1").status_code == 200
+    # Without its last adapter the server answers as the base model again (not a 500), and takes a new one.
+    unloaded = client.generate("Northwind laptops ship in", max_new_tokens=8)
+    assert [t.logprob for t in unloaded.details.tokens] == pytest.approx([t.logprob for t in before.details.tokens])
+    reloaded = httpx.post(f"{tiny_server}/adapters", json={"adapter_id": "test-v1", "path": str(adapter)}, timeout=60)
+    assert reloaded.status_code == 200
+    again = client.generate("Northwind laptops ship in", adapter_id="test-v1", max_new_tokens=8)
+    assert [t.logprob for t in again.details.tokens] == pytest.approx([t.logprob for t in with_adapter.details.tokens])
+    assert httpx.delete(f"{tiny_server}/adapters/test-v1").status_code == 200
 
 
 def test_unknown_adapter_is_refused_not_silently_served_by_the_base(tiny_server: str) -> None:
