@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -34,7 +34,7 @@ class GenerateParameters(BaseModel):
     do_sample: bool = False
     max_new_tokens: int | None = Field(default=None, ge=0)
     seed: int | None = Field(default=None, ge=0)
-    stop: list[str] = Field(default_factory=list, max_length=4)
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list, max_length=4)
     temperature: float | None = Field(default=None, gt=0)
     top_k: int | None = Field(default=None, gt=0)
     top_p: float | None = Field(default=None, gt=0, lt=1)
@@ -43,7 +43,7 @@ class GenerateParameters(BaseModel):
 
 class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    inputs: str
+    inputs: str = Field(min_length=1)
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
     stream: bool = False
 
@@ -61,8 +61,8 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(default=None, ge=0)
     temperature: float | None = Field(default=None, ge=0)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
-    stop: list[str] | None = None
+    seed: int | None = Field(default=None, ge=0)
+    stop: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, max_length=4)
     stream: bool = False
 
 

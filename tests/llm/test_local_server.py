@@ -49,6 +49,13 @@ def test_bad_requests_are_422_in_tgi_error_shape(tiny_server: str) -> None:
     no_inputs = httpx.post(f"{tiny_server}/generate", json={"parameters": {}})
     assert no_inputs.status_code == 422
     validate(no_inputs.json(), "ErrorResponse")
+    hello = [{"role": "user", "content": "hi"}]
+    for route, body in [("/generate", {"inputs": ""}), ("/generate", {"inputs": "hi", "parameters": {"stop": [""]}}),
+                        ("/v1/chat/completions", {"messages": hello, "stop": list("abcde")}),
+                        ("/v1/chat/completions", {"messages": hello, "seed": -1})]:
+        refused = httpx.post(f"{tiny_server}{route}", json=body)
+        assert refused.status_code == 422, (route, body, refused.text)  # a 500 reads as "server down" to clients
+        validate(refused.json(), "ErrorResponse")
 
 
 def test_tgi_client_chats_generates_and_streams(tiny_server: str) -> None:
