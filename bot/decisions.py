@@ -21,7 +21,7 @@ def decide(client: WebClient, deps: Deps, review_id: int, decision: Decision, *,
     reviewer = decision["reviewer"]
     try:
         outcome = run.decide(review_id, decision, context=deps.agent_context())
-    except (LookupError, ValueError) as e:
+    except (run.ReviewNotFound, ValueError) as e:
         notices.tell(client, channel=channel, user=reviewer, text=str(e))
         return False
     except Exception:

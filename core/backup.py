@@ -15,6 +15,9 @@ from psycopg.types.json import Jsonb
 # In dependency order: a row's references are restored before it.
 TABLES: tuple[str, ...] = ("answers", "reviews", "feedback", "deliveries", "curation_items", "datasets",
                            "dataset_items", "adapters", "training_runs", "training_schedule", "audit_log")
+# Tables a database being restored may already hold rows of: the single schedule row every
+# database has, and the audit of knowledge ingested before the import (imported rows get new ids).
+_MAY_HAVE_ROWS = ("training_schedule", "audit_log")
 
 
 class ImportRefused(RuntimeError):
@@ -44,8 +47,8 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     if not manifest.exists():
         raise FileNotFoundError(f"{folder} is not a Flywheel export (no manifest.json).")
     for table in TABLES:
-        if table == "training_schedule":
-            continue  # one row that every database has
+        if table in _MAY_HAVE_ROWS:
+            continue
         exists = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {}) AS e").format(sql.Identifier(table))).fetchone()
         if exists and exists["e"]:
             raise ImportRefused(f"The database already has {table}; import into a fresh database.")
@@ -58,11 +61,20 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
             conn.execute("DELETE FROM training_schedule")
         insert = sql.SQL("INSERT INTO {t} SELECT * FROM jsonb_populate_record(NULL::{t}, %(row)s)").format(
             t=sql.Identifier(table))
+        if table == "audit_log":
+            insert = sql.SQL("INSERT INTO audit_log ({c}) SELECT {c} FROM jsonb_populate_record(NULL::audit_log, "
+                             "%(row)s)").format(c=sql.SQL(", ").join(map(sql.Identifier, _columns(conn, table, "id"))))
         for row in rows:
             conn.execute(insert, {"row": Jsonb(row)})
         _advance_sequence(conn, table)
         counts[table] = len(rows)
     return counts
+
+
+def _columns(conn: psycopg.Connection, table: str, leaving_out: str) -> list[str]:
+    return [r["column_name"] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = %(t)s AND column_name <> %(x)s ORDER BY ordinal_position", {"t": table, "x": leaving_out})]
 
 
 def _advance_sequence(conn: psycopg.Connection, table: str) -> None:

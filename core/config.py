@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     bot_metrics_port: int = 9101
     worker_metrics_port: int = 9102
 
+    @field_validator("database_url", "llm_api_key", "slack_bot_token", "slack_app_token", "slack_signing_secret",
+                     mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """`SLACK_BOT_TOKEN=` (as deploy/.env.example ships it) is unset, not an empty token."""
+        return _blank_to_none(value)
+
     @field_validator("dashboard_password_hash", mode="before")
     @classmethod
     def _password_hash(cls, value: object) -> object:

@@ -54,10 +54,13 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
 
 
 def pool(url: str | None = None) -> ConnectionPool:
-    """The process-wide pool for `url` (default: `database_url()`), opened on first use."""
+    """The process-wide pool for `url` (default: `database_url()`), opened on first use, after
+    migrating the database: a command run before anything else touched a new database (an
+    ingest before the first `make up`) finds its tables."""
     url = url or database_url()
     with _pools_lock:
         if url not in _pools:
+            ensure_schema(url)
             _pools[url] = ConnectionPool(
                 url,
                 min_size=1,

@@ -51,3 +51,13 @@ def test_pooled_connection_rolls_back_on_error(database_url: str) -> None:
             raise RuntimeError("boom")
     with db.connection() as conn:
         assert conn.execute("SELECT count(*) AS n FROM group_members").fetchone()["n"] == 0
+
+
+def test_the_first_pooled_connection_migrates_a_new_database(empty_database: str) -> None:
+    # e.g. `flywheel ingest` on a database no process has started on yet
+    try:
+        with db.connection(empty_database) as conn:
+            assert conn.execute("SELECT count(*) AS n FROM documents").fetchone()["n"] == 0  # type: ignore[index]
+        assert db.ensure_schema(empty_database) == []
+    finally:
+        db.close_pools()

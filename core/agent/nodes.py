@@ -160,10 +160,15 @@ def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         "draft": state["draft"], "reason": state["reason"], "confidence": state["confidence"],
         "sources": state["sources"],
     })
+    return {"decision": decision, "final": decided_text(decision, state["draft"])}
+
+
+def decided_text(decision: Decision, draft: str) -> str:
+    """What the asker gets after a review: the draft, the reviewer's edit, or the rejection note."""
     if decision["action"] == "reject":
-        return {"decision": decision, "final": prompts.REJECTED}
-    text = decision.get("text") if decision["action"] == "edit" else state["draft"]
-    return {"decision": decision, "final": text or state["draft"]}
+        return prompts.REJECTED
+    text = decision.get("text") if decision["action"] == "edit" else draft
+    return text or draft
 
 
 def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Ask the agent and decide its reviews: what every surface (Slack, dashboard, CLI) calls."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -13,7 +14,7 @@ import psycopg
 from langgraph.types import Command
 
 from core import db, feedback, logs, metrics, models
-from core.agent import prompts
+from core.agent import nodes, prompts
 from core.agent.graph import get_graph
 from core.agent.state import AgentContext, Decision, new_turn
 from core.config import get_settings
@@ -44,6 +45,10 @@ class Outcome:
     model: str | None
     adapter_id: str | None
     timings: dict[str, float]
+
+
+class ReviewNotFound(LookupError):
+    """No review has that id."""
 
 
 class AgentFailed(RuntimeError):
@@ -161,13 +166,17 @@ def decide(review_id: int, decision: Decision, *, context: AgentContext | None =
                                         edited_text=decision.get("text"), reject_reason=decision.get("reason"))
         if claimed is None:
             if feedback.get_review(conn, review_id) is None:
-                raise LookupError(f"There is no review {review_id}.")
+                raise ReviewNotFound(f"There is no review {review_id}.")
             return None
         answer = feedback.get_answer(conn, claimed.answer_id)
     assert answer is not None
     config = {"configurable": {"thread_id": answer.thread_key}}
     try:
-        get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
+        if _paused_on(config, answer.id):
+            get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
+        else:
+            with db.connection() as conn:
+                _apply_outside_thread(conn, answer, decision)
     except BaseException:  # Ctrl-C and SystemExit too; a killed process is left to `resume_decided`
         logger.exception("resuming review %s failed; it stays pending", review_id)
         with db.connection() as conn:
@@ -204,16 +213,7 @@ def _resume_one(conn: psycopg.Connection, review_id: int, context: AgentContext 
     review = feedback.get_review(conn, review_id)
     answer = feedback.get_answer(conn, review.answer_id) if review else None
     assert review is not None and answer is not None and review.status != "pending"
-    graph = get_graph()
     config = {"configurable": {"thread_id": answer.thread_key}}
-    state = graph.get_state(config)
-    if not state.next or state.values.get("answer_id") != answer.id:
-        # A later question ran in the thread meanwhile: the decision can no longer be applied.
-        logger.error("review %s was decided but its thread moved on before it was applied; answer %s failed",
-                     review_id, answer.id)
-        feedback.update_answer(conn, answer.id, status="failed",
-                               error="the review's decision never reached its thread (the deciding process died)")
-        return False
     decision: Decision = {"action": _ACTIONS[review.status], "reviewer": review.decided_by or ""}
     if review.edited_text is not None:
         decision["text"] = review.edited_text
@@ -221,8 +221,29 @@ def _resume_one(conn: psycopg.Connection, review_id: int, context: AgentContext 
         decision["reason"] = review.reject_reason
     logger.warning("review %s was decided by %s at %s but never applied; resuming it now",
                    review_id, review.decided_by, review.decided_at)
-    graph.invoke(Command(resume=dict(decision)), config, context=context or default_context())
+    if _paused_on(config, answer.id):
+        get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
+    else:
+        _apply_outside_thread(conn, answer, decision)
     return True
+
+
+def _paused_on(config: dict[str, Any], answer_id: int) -> bool:
+    """Whether the thread waits on the review of `answer_id`. It does not when a later question
+    ran in the thread meanwhile, or when its saved state is gone (a database restored from
+    `flywheel export`, which leaves the agent's checkpoints out)."""
+    state = get_graph().get_state(config)
+    return bool(state.next) and state.values.get("answer_id") == answer_id
+
+
+def _apply_outside_thread(conn: psycopg.Connection, answer: feedback.Answer, decision: Decision) -> None:
+    """Record and queue the decided answer directly, as the graph's deliver step would."""
+    logger.warning("the thread of answer %s is not waiting on its review; applying the decision directly", answer.id)
+    final = nodes.decided_text(decision, answer.draft or "")
+    rejected = decision["action"] == "reject"
+    feedback.update_answer(conn, answer.id, status="rejected" if rejected else "delivered", final_answer=final,
+                           finished_at=dt.datetime.now(dt.UTC))
+    feedback.queue_delivery(conn, answer.id, "refusal" if rejected else "answer", final)
 
 
 def _outcome(answer_id: int, *, review_id: int | None) -> Outcome:

@@ -52,7 +52,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     def _decide(review_id: int, decision: dict) -> None:
         try:
             outcome = run.decide(review_id, decision)  # type: ignore[arg-type]
-        except (ValueError, LookupError) as e:
+        except (ValueError, run.ReviewNotFound) as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
         if outcome is None:

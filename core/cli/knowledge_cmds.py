@@ -8,6 +8,7 @@ import typer
 
 from core import audit, db
 from core.knowledge import evaluate, ingest, search, store
+from core.knowledge.parse import SUPPORTED
 
 
 def register(app: typer.Typer, eval_app: typer.Typer) -> None:
@@ -15,7 +16,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     app.add_typer(docs_app, name="docs")
 
     @app.command("ingest")
-    def ingest_cmd(paths: list[Path] = typer.Argument(..., help="Files or folders."),
+    def ingest_cmd(paths: list[str] = typer.Argument(..., help="Files or folders."),
                    channel: list[str] = typer.Option([], "--channel", help="Visible only in this Slack channel."),
                    group: list[str] = typer.Option([], "--group", help="Visible only to this user group."),
                    public: bool = typer.Option(False, "--public", help="Visible to everyone."),
@@ -25,9 +26,15 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         are public)."""
         if public and (channel or group):
             raise typer.BadParameter("--public cannot go with --channel or --group.")
+        if not all(p.strip() for p in paths):
+            raise typer.BadParameter("An empty path: name the files or folders to ingest ('.' for this folder).")
         given = public or channel or group
-        report = ingest.ingest_paths(paths, visible_channels=channel if given else None,
+        report = ingest.ingest_paths([Path(p) for p in paths], visible_channels=channel if given else None,
                                      visible_groups=group if given else None, audited_by=by)
+        if not (report.added or report.updated or report.unchanged or report.failed):
+            typer.echo(f"No files to ingest there (supported: {', '.join(SUPPORTED)}; hidden folders are skipped).",
+                       err=True)
+            raise typer.Exit(1)
         typer.echo(report.summary())
         if report.failed and not (report.added or report.updated or report.unchanged):
             raise typer.Exit(1)
@@ -70,6 +77,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         missing = []
         with db.connection() as conn:
             for doc in documents:
+                # A file is stored under its absolute path: accept the path as typed, too.
+                if not doc.isdigit() and Path(doc).exists():
+                    doc = str(Path(doc).resolve())
                 if store.delete_document(conn, doc):
                     audit.record(conn, by, "knowledge.delete", f"document:{doc}" if doc.isdigit() else doc)
                 else:

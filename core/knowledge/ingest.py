@@ -118,8 +118,9 @@ def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestRep
 
 def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:
     for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED)
+        if path.is_dir():  # hidden folders (.git, .venv, .flywheel) are not documents
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED
+                              and not any(part.startswith(".") for part in p.relative_to(path).parts))
         elif path.is_file():
             yield path
         else:

@@ -47,11 +47,11 @@ def on_click(review_id: int, action: str, identity: auth.Identity, draft: str) -
                           "or undo it to approve the draft.")
         return
     # ValueError: an empty edit or a rejection without a reason (the agent refuses both);
-    # LookupError: the review no longer exists.
+    # ReviewNotFound: the review no longer exists.
     frame.attempt_in_callback(
         "Deciding the review", lambda: decide(review_id, action, identity.actor, edited, reason),
         lambda outcome: f"Review #{review_id} {DONE[action]}; the answer is queued for the asker's thread.",
-        ValueError, LookupError, AlreadyDecided)
+        ValueError, run.ReviewNotFound, AlreadyDecided)
 
 
 identity = frame.page("Reviews")

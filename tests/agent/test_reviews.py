@@ -10,7 +10,7 @@ import pytest
 from langgraph.types import Command
 
 from core import db, feedback
-from core.agent import graph, run
+from core.agent import graph, prompts, run
 from core.agent.state import AgentContext
 from support.scripted_model import ScriptedModel
 
@@ -139,7 +139,7 @@ def test_decision_of_a_process_that_died_is_applied_once_by_resume_decided(
     assert _deliveries(pending.answer_id) == [{"kind": "answer", "text": edited}]
 
 
-def test_decision_whose_thread_moved_on_is_marked_failed_and_left_alone(
+def test_decision_whose_thread_moved_on_is_still_delivered_once(
         context: AgentContext, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     pending = _pending(context, model)
     with db.connection() as conn:
@@ -152,10 +152,28 @@ def test_decision_whose_thread_moved_on_is_marked_failed_and_left_alone(
     run.ask("How do I get a new laptop?", run.Asker(surface="slack", user_id="U1", channel_id="C1",
                                                     thread_key="slack:C1:r1"), context=context)
 
+    assert run.resume_decided(context=context, older_than_s=0) == 1
+    assert _answer_status(pending.answer_id) == "delivered"
     assert run.resume_decided(context=context, older_than_s=0) == 0
-    assert _answer_status(pending.answer_id) == "failed"
-    assert run.resume_decided(context=context, older_than_s=0) == 0
-    assert _deliveries(pending.answer_id) == []
+    assert _deliveries(pending.answer_id) == [{"kind": "answer", "text": SALARY_DRAFT}]
+
+
+@pytest.mark.parametrize(("decision", "kind", "text"), [
+    ({"action": "approve", "reviewer": "UREV"}, "answer", SALARY_DRAFT),
+    ({"action": "edit", "reviewer": "UREV", "text": "Each March [1]."}, "answer", "Each March [1]."),
+    ({"action": "reject", "reviewer": "UREV", "reason": "stale"}, "refusal", prompts.REJECTED),
+])
+def test_a_review_restored_from_an_export_without_its_thread_can_still_be_decided(
+        context: AgentContext, model: ScriptedModel, decision: dict, kind: str, text: str) -> None:
+    pending = _pending(context, model)
+    with db.connection() as conn:  # `flywheel export` leaves the agent's checkpoints out
+        for table in ("checkpoint_writes", "checkpoint_blobs", "checkpoints"):
+            conn.execute(f"DELETE FROM {table}")  # noqa: S608
+    outcome = run.decide(pending.review_id, decision, context=context)  # type: ignore[arg-type]
+    assert outcome is not None and outcome.text == text
+    assert _answer_status(pending.answer_id) == ("rejected" if kind == "refusal" else "delivered")
+    assert _deliveries(pending.answer_id) == [{"kind": kind, "text": text}]
+    assert run.decide(pending.review_id, decision, context=context) is None  # type: ignore[arg-type]
 
 
 def _flywheel(*args: str, database_url: str) -> subprocess.CompletedProcess[str]:

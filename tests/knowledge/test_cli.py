@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from core import audit, db
@@ -76,3 +77,22 @@ def test_retrieval_eval_on_covid_faq_stays_above_the_floor(database_url: str) ->
     assert metrics["recall@3"] >= 0.80  # a floor against regressions; measured 0.883 (README)
     runner.invoke(app, ["docs", "ls"])
     assert "empty" in runner.invoke(app, ["docs", "ls"]).output  # the eval schema was separate
+
+
+def test_ingest_refuses_an_empty_path_and_skips_hidden_folders(database_url: str, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "vpn.md").write_text("# VPN\n\nUse GlobalProtect.\n")
+    (tmp_path / ".venv" / "lib").mkdir(parents=True)
+    (tmp_path / ".venv" / "lib" / "README.md").write_text("# Some package\n\nNot company knowledge.\n")
+    (tmp_path / "empty").mkdir()
+    monkeypatch.chdir(tmp_path)
+    empty = runner.invoke(app, ["ingest", ""])
+    assert empty.exit_code == 2 and "An empty path" in empty.output
+    nothing = runner.invoke(app, ["ingest", "empty"])
+    assert nothing.exit_code == 1 and "No files to ingest there" in nothing.output
+    result = runner.invoke(app, ["ingest", "."])
+    assert result.exit_code == 0 and "1 added" in result.output
+    # Removed by the path as typed (stored as its absolute path)
+    removed = runner.invoke(app, ["docs", "rm", "vpn.md"])
+    assert removed.exit_code == 0 and "deleted 1" in removed.output
+    assert "empty" in runner.invoke(app, ["docs", "ls"]).output

@@ -87,3 +87,26 @@ def test_export_then_import_into_fresh_database_round_trips_every_row(
 def test_import_of_a_folder_that_is_not_an_export_is_refused(database_url: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["import", str(tmp_path)])
     assert result.exit_code == 2 and "not a Flywheel export" in result.output
+
+
+def test_import_keeps_the_audit_of_knowledge_ingested_before_it(database_url: str, pg_server: str,
+                                                                tmp_path: Path) -> None:
+    from core import audit
+
+    with db.connection() as conn:
+        audit.record(conn, "ann", "knowledge.ingest", "document:1")
+        backup.export_to(conn, tmp_path / "export")
+    target = f"restore_{next(_fresh)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
+    try:
+        with db.connect(pg_server.replace("/postgres?", f"/{target}?")) as conn:
+            audit.record(conn, "bob", "knowledge.ingest", "document:9")  # `flywheel ingest` before the import
+            conn.commit()
+            backup.import_from(conn, tmp_path / "export")
+            conn.commit()
+            actors = [r["actor"] for r in conn.execute("SELECT actor FROM audit_log ORDER BY id")]
+        assert actors == ["bob", "ann"]
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')

@@ -43,3 +43,13 @@ def test_doctor_fails_slack_with_a_bot_token_but_no_way_to_receive_events(databa
     assert result.exit_code == 1
     assert "FAIL  slack: SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN" in result.output
     assert "xoxb-1234567890" not in result.output
+
+
+def test_blank_secrets_as_the_env_example_ships_them_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.config import Settings
+
+    for name in ("DATABASE_URL", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "FLYWHEEL_LLM_API_KEY"):
+        monkeypatch.setenv(name, " ")
+    settings = Settings()
+    assert [settings.database_url, settings.slack_bot_token, settings.slack_app_token,
+            settings.slack_signing_secret, settings.llm_api_key] == [None] * 5
