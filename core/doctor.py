@@ -23,8 +23,10 @@ class Check:
 
 
 def redacted(url: str) -> str:
-    """A connection URL fit to print: no password."""
-    return re.sub(r"(?<=://)([^:/@]+):[^@]*@", r"\1:***@", url).split("?")[0]
+    """A connection URL or keyword conninfo ("host=... password=...") fit to print: no password,
+    no query string."""
+    url = re.sub(r"(?<=://)([^:/@]+):[^@]*@", r"\1:***@", url)
+    return re.sub(r"(?i)(\bpassword\s*=\s*)('[^']*'|\S+)", r"\1***", url).split("?")[0]
 
 
 def run_checks(settings: Settings, *, embedder: bool = True) -> Iterator[Check]:
@@ -96,9 +98,9 @@ def _generation(settings: Settings, url: str) -> Check:
     if generator is None:
         return Check("generation", "ok", "extractive answers (no model configured)")
     if not generator.health():
-        return Check("generation", "warn", f"{settings.llm_backend} server at {url} is not answering: "
+        return Check("generation", "warn", f"{settings.llm_backend} server at {redacted(url)} is not answering: "
                      "answers fall back to cited excerpts until it is (`flywheel serve-llm`)")
-    return Check("generation", "ok", f"{settings.llm_backend} server at {url} is healthy; {adapter}")
+    return Check("generation", "ok", f"{settings.llm_backend} server at {redacted(url)} is healthy; {adapter}")
 
 
 def slack_mode(settings: Settings) -> str | None:

@@ -21,7 +21,7 @@ thread_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("thread_
 _SECRET_SHAPES = re.compile(
     r"xox[abposr]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
     r"|hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|(?<=Bearer )[A-Za-z0-9._~+/=-]{16,}"
-    r"|(?<=://)[^:/@\s]+:[^@\s]+(?=@)"
+    r"|(?<=://)[^:/@\s]+:[^@\s]+(?=@)|(?<=password=)[^\s']+"
 )
 
 

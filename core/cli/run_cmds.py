@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         if empty and ingest_samples:
             typer.echo(f"first start: ingesting the sample handbook from {SAMPLES.relative_to(ROOT)}")
             typer.echo(ingest.ingest_paths([SAMPLES]).summary())
-        typer.echo(f"generation: {settings.llm_backend} backend at {serving.serving_url(settings)} "
+        typer.echo(f"generation: {settings.llm_backend} backend at {doctor.redacted(serving.serving_url(settings))} "
                    "(answers fall back to cited excerpts while it is unreachable)")
         typer.echo(f"dashboard: http://localhost:{settings.dashboard_port}")
         typer.echo(f"slack: {slack_status(settings)}")

@@ -53,3 +53,16 @@ def test_blank_secrets_as_the_env_example_ships_them_count_as_unset(monkeypatch:
     settings = Settings()
     assert [settings.database_url, settings.slack_bot_token, settings.slack_app_token,
             settings.slack_signing_secret, settings.llm_api_key] == [None] * 5
+
+
+def test_doctor_never_prints_a_password_given_as_a_keyword_or_in_the_model_server_url(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", "https://bob:S3cretTok@127.0.0.1:9")
+    get_settings.cache_clear()
+    healthy = CliRunner().invoke(app, ["doctor", "--no-embedder"])
+    assert "S3cretTok" not in healthy.output and "bob:***@127.0.0.1:9" in healthy.output
+    monkeypatch.setenv("DATABASE_URL", "host=127.0.0.1 port=9 user=fly password=TopSecret dbname=x")
+    get_settings.cache_clear()
+    broken = CliRunner().invoke(app, ["doctor", "--no-embedder"])
+    get_settings.cache_clear()
+    assert broken.exit_code == 1 and "TopSecret" not in broken.output and "password=***" in broken.output
