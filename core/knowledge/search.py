@@ -61,11 +61,12 @@ def _nearest(column: str, exact: bool) -> str:
 
 
 # Dense: a chunk's similarity is the better of its text's and its label's (title > heading).
-# The chunks of a section share one label, so when the label wins they tie: their own text's
-# similarity orders them.
+# The chunks of a section share one label, so when the label wins they tie: tied chunks share
+# their dense rank, and full text (then their own text's similarity) tells them apart. Ranked
+# by id instead, the best chunk of a matching section could come 6th.
 _SEARCH = """
 WITH dense AS (
-    SELECT id, sim, row_number() OVER (ORDER BY sim DESC, body_sim DESC, id) AS rank FROM (
+    SELECT id, sim, body_sim, rank() OVER (ORDER BY sim DESC) AS rank FROM (
         SELECT c.id, 1 - (c.embedding <=> %(qvec)s) AS body_sim,
                greatest(1 - (c.embedding <=> %(qvec)s), coalesce(1 - (c.heading_embedding <=> %(qvec)s), 0)) AS sim
         FROM chunks c
@@ -82,7 +83,7 @@ WITH dense AS (
         LIMIT %(candidates)s
     ) matched
 ), fused AS (
-    SELECT coalesce(dense.id, lexical.id) AS id, dense.sim, lexical.lex,
+    SELECT coalesce(dense.id, lexical.id) AS id, dense.sim, dense.body_sim, lexical.lex,
            coalesce(%(wd)s::float8 / (%(rrf_k)s + dense.rank), 0)
            + coalesce(%(wl)s::float8 / (%(rrf_k)s + lexical.rank), 0) AS score
     FROM dense FULL OUTER JOIN lexical ON dense.id = lexical.id
@@ -90,7 +91,7 @@ WITH dense AS (
 SELECT c.id AS chunk_id, c.document_id, d.source, d.title, c.heading, d.url, c.text,
        f.score, f.sim AS dense_score, f.lex AS lexical_score, (SELECT count(*) FROM dense) AS dense_found
 FROM fused f JOIN chunks c ON c.id = f.id JOIN documents d ON d.id = c.document_id
-ORDER BY f.score DESC, f.sim DESC NULLS LAST
+ORDER BY f.score DESC, f.sim DESC NULLS LAST, f.body_sim DESC NULLS LAST, f.id
 LIMIT %(k)s
 """
 _SQL = _SEARCH.format(nearest_text=_nearest("embedding", False), nearest_label=_nearest("heading_embedding", False),
