@@ -28,7 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     if serve.mode(settings) is None:
         print(serve.not_configured(settings), flush=True)
         return serve.idle() if "--idle-if-unconfigured" in (argv or []) else 0
-    db.ensure_schema()
     if settings.bot_metrics_port:
         metrics.start_exporter(settings.bot_metrics_port, db.database_url())
     deps = deps_.Deps(settings=settings, client=serve.web_client(settings))

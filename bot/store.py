@@ -148,4 +148,3 @@ def for_review(conn: psycopg.Connection, review_id: int) -> SlackAnswer | None:
     return _one(conn.execute(
         f"SELECT {_COLUMNS} FROM slack_answers s JOIN reviews r ON r.answer_id = s.answer_id"
         " WHERE r.id = %(r)s", {"r": review_id}).fetchone())
-

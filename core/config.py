@@ -12,7 +12,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from core import passwords
 
 
-
 class Settings(BaseSettings):
     """Every knob Flywheel has. Environment variables are prefixed `FLYWHEEL_` except the
     conventional ones (`DATABASE_URL`, `SLACK_*`)."""

@@ -226,10 +226,11 @@ def source_texts(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) ->
     deleted since has none: what an admin removed is not trained on."""
     documents = {r["id"] for r in conn.execute(
         "SELECT id FROM documents WHERE id = ANY(%(ids)s)", {"ids": list({s.get("document_id") for s in sources})})}
-    chunks = {r["id"]: r["text"] for r in conn.execute(
-        "SELECT id, text FROM chunks WHERE id = ANY(%(ids)s)", {"ids": list({s.get("chunk_id") for s in sources})})}
     recorded = {s["chunk_id"]: s["text"] for s in sources
                 if s.get("text") and "chunk_id" in s and s.get("document_id") in documents}
+    unrecorded = list({s["chunk_id"] for s in sources if "chunk_id" in s and not s.get("text")})
+    chunks = {r["id"]: r["text"] for r in conn.execute(
+        "SELECT id, text FROM chunks WHERE id = ANY(%(ids)s)", {"ids": unrecorded})} if unrecorded else {}
     return {**chunks, **recorded}
 
 

@@ -55,8 +55,8 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
 
 def pool(url: str | None = None) -> ConnectionPool:
     """The process-wide pool for `url` (default: `database_url()`), opened on first use, after
-    migrating the database: a command run before anything else touched a new database (an
-    ingest before the first `make up`) finds its tables."""
+    migrating the database: this is where every process migrates, so a command run before
+    anything else touched a new database (an ingest before the first `make up`) finds its tables."""
     url = url or database_url()
     with _pools_lock:
         if url not in _pools:

@@ -8,7 +8,6 @@ from typing import TypeVar
 
 import streamlit as st
 
-from core import db
 from dashboard import auth
 
 logger = logging.getLogger(__name__)
@@ -22,17 +21,10 @@ _FLASH_KEY = "dashboard_flash"
 _FLASH_ERROR_KEY = "dashboard_flash_error"
 
 
-@st.cache_resource(show_spinner=False)
-def _migrated(url: str) -> list[str]:
-    """Migrate once per database and server process (every Flywheel process migrates at start)."""
-    return db.ensure_schema(url)
-
-
 def page(title: str) -> auth.Identity:
     """Start a page: require a signed-in user (nothing renders for a stranger), then the title,
     the banners that apply, and the message the previous action left."""
     identity = auth.gate()
-    _migrated(db.database_url())
     st.title(title)
     if identity.mode == "local":
         st.warning(LOCAL_BANNER, icon="⚠️")

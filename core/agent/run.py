@@ -170,13 +170,9 @@ def decide(review_id: int, decision: Decision, *, context: AgentContext | None =
             return None
         answer = feedback.get_answer(conn, claimed.answer_id)
     assert answer is not None
-    config = {"configurable": {"thread_id": answer.thread_key}}
     try:
-        if _paused_on(config, answer.id):
-            get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
-        else:
-            with db.connection() as conn:
-                _apply_outside_thread(conn, answer, decision)
+        with db.connection() as conn:
+            _apply(conn, answer, decision, context)
     except BaseException:  # Ctrl-C and SystemExit too; a killed process is left to `resume_decided`
         logger.exception("resuming review %s failed; it stays pending", review_id)
         with db.connection() as conn:
@@ -213,7 +209,6 @@ def _resume_one(conn: psycopg.Connection, review_id: int, context: AgentContext 
     review = feedback.get_review(conn, review_id)
     answer = feedback.get_answer(conn, review.answer_id) if review else None
     assert review is not None and answer is not None and review.status != "pending"
-    config = {"configurable": {"thread_id": answer.thread_key}}
     decision: Decision = {"action": _ACTIONS[review.status], "reviewer": review.decided_by or ""}
     if review.edited_text is not None:
         decision["text"] = review.edited_text
@@ -221,23 +216,21 @@ def _resume_one(conn: psycopg.Connection, review_id: int, context: AgentContext 
         decision["reason"] = review.reject_reason
     logger.warning("review %s was decided by %s at %s but never applied; resuming it now",
                    review_id, review.decided_by, review.decided_at)
-    if _paused_on(config, answer.id):
-        get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
-    else:
-        _apply_outside_thread(conn, answer, decision)
+    _apply(conn, answer, decision, context)
     return True
 
 
-def _paused_on(config: dict[str, Any], answer_id: int) -> bool:
-    """Whether the thread waits on the review of `answer_id`. It does not when a later question
-    ran in the thread meanwhile, or when its saved state is gone (a database restored from
-    `flywheel export`, which leaves the agent's checkpoints out)."""
+def _apply(conn: psycopg.Connection, answer: feedback.Answer, decision: Decision,
+           context: AgentContext | None) -> None:
+    """Resume the answer's thread with the decision. When the thread is not waiting on this
+    review (a later question ran in it meanwhile, or its saved state is gone: a database restored
+    from `flywheel export` leaves the agent's checkpoints out), record and queue the decided
+    answer directly, as the graph's deliver step would."""
+    config = {"configurable": {"thread_id": answer.thread_key}}
     state = get_graph().get_state(config)
-    return bool(state.next) and state.values.get("answer_id") == answer_id
-
-
-def _apply_outside_thread(conn: psycopg.Connection, answer: feedback.Answer, decision: Decision) -> None:
-    """Record and queue the decided answer directly, as the graph's deliver step would."""
+    if state.next and state.values.get("answer_id") == answer.id:
+        get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
+        return
     logger.warning("the thread of answer %s is not waiting on its review; applying the decision directly", answer.id)
     final = nodes.decided_text(decision, answer.draft or "")
     rejected = decision["action"] == "reject"

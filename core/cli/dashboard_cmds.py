@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from core import db, passwords
+from core import passwords
 from core.config import Settings, get_settings, is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,6 @@ def register(app: typer.Typer) -> None:
         except ValueError as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
-        db.ensure_schema()
         port = port or settings.dashboard_port
         shown = "localhost" if is_loopback(address) else address
         typer.echo(f"dashboard: http://{shown}:{port}"

@@ -35,7 +35,6 @@ def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_cmd(folder: Path = typer.Argument(..., exists=True, file_okay=False)) -> None:
         """Restore an export into a database that has no answers, curation or adapters yet."""
-        db.ensure_schema()
         try:
             with db.connection() as conn:
                 counts = backup.import_from(conn, folder)

@@ -77,7 +77,6 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def worker() -> None:
         """Run the job worker: retrains one at a time, and the periodic schedule (Procfile `worker`)."""
-        db.ensure_schema()
         queue.ensure_schema()
         for run_id in retrain.recover_orphaned_runs():
             typer.echo(f"run {run_id} was left running by a worker that died: marked failed (resume it to continue)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED = (".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".jsonl")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair, alone
 
 
 class ParseError(ValueError):
@@ -92,9 +93,6 @@ def clean_text(text: str) -> str:
     lone surrogate halves (JSON written by JavaScript) replaced, since they cannot be encoded."""
     text = unicodedata.normalize("NFKC", text).replace("\x00", "")
     return _LONE_SURROGATE.sub("\ufffd", text)
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _decode(name: str, data: bytes) -> str:
