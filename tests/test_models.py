@@ -54,9 +54,13 @@ def test_live_cache_follows_a_promotion_in_another_connection(database_url: str,
     try:
         assert cache.get() is None
         if connection_lost:  # e.g. a Postgres restart or failover: the listener must listen again
+            listening = ("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'"
+                         " AND datname = current_database() AND pid <> pg_backend_pid()")
             with db.connection() as conn:
-                dropped = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                       " WHERE query LIKE 'LISTEN %%' AND pid <> pg_backend_pid()").fetchall()
+                deadline = time.monotonic() + 10  # the listener thread LISTENs shortly after it starts
+                while not conn.execute(listening).fetchall() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                dropped = conn.execute(f"SELECT pg_terminate_backend(pid) FROM ({listening}) l").fetchall()  # noqa: S608
             assert dropped
         with db.connection() as conn:
             adapter = _ready(conn)

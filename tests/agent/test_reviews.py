@@ -105,6 +105,14 @@ def _interrupted_in_deliver(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(feedback, "queue_delivery", interrupted)
 
 
+def _died_while_resuming(context: AgentContext, monkeypatch: pytest.MonkeyPatch, decision: dict) -> None:
+    """The deciding process resumed the thread of review r1 and was cut off after the review node."""
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        _interrupted_in_deliver(patch)
+        graph.get_graph().invoke(Command(resume=decision), {"configurable": {"thread_id": "slack:C1:r1"}},
+                                 context=context)
+
+
 def test_review_interrupted_while_resuming_is_reopened_and_can_be_decided_again(
         context: AgentContext, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     pending = _pending(context, model)
@@ -127,10 +135,7 @@ def test_decision_of_a_process_that_died_is_applied_once_by_resume_decided(
     with db.connection() as conn:   # what `decide` records before it resumes the thread
         feedback.claim_review(conn, pending.review_id, status="edited", decided_by="UREV", edited_text=edited)
     if died == "while resuming":    # the thread got past the review node, not to the end
-        with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-            _interrupted_in_deliver(patch)
-            graph.get_graph().invoke(Command(resume={"action": "edit", "reviewer": "UREV", "text": edited}),
-                                     {"configurable": {"thread_id": "slack:C1:r1"}}, context=context)
+        _died_while_resuming(context, monkeypatch, {"action": "edit", "reviewer": "UREV", "text": edited})
 
     assert run.resume_decided(context=context) == 0   # just decided: its own process may be resuming it
     assert run.resume_decided(context=context, older_than_s=0) == 1
@@ -144,10 +149,7 @@ def test_decision_whose_thread_moved_on_is_still_delivered_once(
     pending = _pending(context, model)
     with db.connection() as conn:
         feedback.claim_review(conn, pending.review_id, status="approved", decided_by="UREV")
-    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        _interrupted_in_deliver(patch)
-        graph.get_graph().invoke(Command(resume={"action": "approve", "reviewer": "UREV"}),
-                                 {"configurable": {"thread_id": "slack:C1:r1"}}, context=context)
+    _died_while_resuming(context, monkeypatch, {"action": "approve", "reviewer": "UREV"})
     model.reply = "New laptops are ordered through the IT portal [1]."
     run.ask("How do I get a new laptop?", run.Asker(surface="slack", user_id="U1", channel_id="C1",
                                                     thread_key="slack:C1:r1"), context=context)

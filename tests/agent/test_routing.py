@@ -79,7 +79,9 @@ def test_a_question_after_a_declined_one_in_the_same_thread_is_answered(
 ])
 def test_ordinary_questions_that_sound_like_instructions_are_not_turned_away(
         context: AgentContext, model: ScriptedModel, question: str) -> None:
-    assert run.ask(question, _asker(), context=context).reason != "injection-shaped input"
+    outcome = run.ask(question, _asker(), context=context)
+    assert outcome.reason != "injection-shaped input"
+    assert "retrieve" in outcome.timings  # past the guard: searched like any question
 
 
 def test_follow_up_in_same_thread_sees_earlier_turn(context: AgentContext, model: ScriptedModel) -> None:

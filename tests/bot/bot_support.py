@@ -154,3 +154,25 @@ def wait_until(check: Callable[[], Any], *, timeout_s: float = 30.0, what: str =
 def rows(query: str, **params: Any) -> list[dict[str, Any]]:
     with db.connection() as conn:
         return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+def count_delivery_rounds(monkeypatch: Any) -> Callable[[Deps], None]:
+    """Count each delivery loop's rounds (a round drains the outbox once). The function returned
+    waits until the loop of `deps` has begun two more rounds, so at least one ran whole: what a
+    test checks then was not done again by a later round."""
+    from bot import deliveries
+
+    rounds: dict[int, int] = {}
+    drain = deliveries.drain
+
+    def counted(deps: Deps) -> int:
+        rounds[id(deps)] = rounds.get(id(deps), 0) + 1
+        return drain(deps)
+
+    monkeypatch.setattr(deliveries, "drain", counted)
+
+    def after_two_more_rounds(deps: Deps) -> None:
+        seen = rounds.get(id(deps), 0)
+        wait_until(lambda: rounds.get(id(deps), 0) >= seen + 2, what="two more rounds of the delivery loop")
+
+    return after_two_more_rounds

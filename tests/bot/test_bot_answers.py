@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import threading
-import time
 
+import pytest
 import slack_payloads
-from bot_support import ASKER, BOT_USER, SlackBot, rows, wait_until
+from bot_support import ASKER, BOT_USER, SlackBot, count_delivery_rounds, rows, wait_until
 from support.scripted_model import ScriptedModel
 
 from bot import blocks
@@ -112,7 +112,7 @@ def test_placeholder_that_cannot_be_updated_is_replaced_by_a_new_message(bot: Sl
 
 
 def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_again(
-        bot: SlackBot, model: ScriptedModel) -> None:
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     held, started = threading.Event(), threading.Semaphore(0)
     answer_as_scripted = model.chat
 
@@ -142,10 +142,11 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
 
     # A bot starts (or one still running wakes up): its loop takes the question up.
     restarted = Deps(settings=bot.deps.settings, client=bot.deps.client, agent_context=bot.context)
+    after_two_more_rounds = count_delivery_rounds(monkeypatch)
     loop = DeliveryLoop(restarted, poll_s=0.5).start()
     try:
         reply = bot.reply("CGENERAL", asked[-1])  # the placeholder it left becomes the answer
-        time.sleep(1.0)  # two more rounds of the loop: it must not answer again
+        after_two_more_rounds(restarted)  # it must not answer again
     finally:
         loop.stop()
         restarted.close()
@@ -156,7 +157,7 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
 
 
 def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running(
-        bot: SlackBot, model: ScriptedModel) -> None:
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     held = threading.Event()
     answer_as_scripted = model.chat
 
@@ -174,12 +175,13 @@ def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running
     model.chat = answer_as_scripted  # type: ignore[method-assign]
 
     survivor = Deps(settings=bot.deps.settings, client=bot.deps.client, agent_context=bot.context)
+    after_two_more_rounds = count_delivery_rounds(monkeypatch)
     loop = DeliveryLoop(survivor, poll_s=0.5).start()
     try:
         reply = bot.reply("CGENERAL", ts)  # the placeholder becomes the answer
         assert reply.args["ts"] == placeholder and "Laptop request" in reply.shown_text
         assert [r["status"] for r in rows("SELECT status FROM answers ORDER BY id")] == ["failed", "delivered"]
-        time.sleep(1.0)  # more rounds of the loop: it is answered once
+        after_two_more_rounds(survivor)  # it is answered once
         assert len(bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == placeholder)) == 1
     finally:
         loop.stop()

@@ -134,7 +134,7 @@ def test_direct_message_questions_show_where_as_a_dm() -> None:
 
 
 def test_edit_modal_is_prefilled_with_the_whole_draft_up_to_slacks_input_limit() -> None:
-    draft = "x" * blocks.SECTION_CHARS
+    draft = "x" * 3000  # Slack's plain_text_input holds at most 3,000 characters
     modal = review_view.edit_modal(3, draft)
     element = modal["blocks"][0]["element"]
     assert modal["private_metadata"] == "3" and element["initial_value"] == draft and "submit" in modal
@@ -145,6 +145,7 @@ def test_draft_too_long_to_edit_in_slack_is_sent_to_the_dashboard_not_cut() -> N
     assert "submit" not in modal and not any(b["type"] == "input" for b in modal["blocks"])
     [note] = modal["blocks"]
     assert "5,000 characters" in note["text"]["text"] and "dashboard's *Reviews* page" in note["text"]["text"]
+    assert "submit" not in review_view.edit_modal(3, "x" * 3001)  # one past Slack's input limit
 
 
 def test_question_from_mention_drops_the_bots_mention_and_slacks_entities() -> None:

@@ -3,11 +3,10 @@ first try; a refusal for good is final; a row that keeps failing is given up, no
 a decision whose deciding process died is still applied."""
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
-from bot_support import SlackBot, pending_review, rows, wait_until
+from bot_support import SlackBot, count_delivery_rounds, pending_review, rows, wait_until
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
 
@@ -19,10 +18,18 @@ from core.agent import run
 
 @pytest.fixture
 def quick_rounds(bot: SlackBot) -> SlackBot:
-    """The bot with a delivery loop that comes round every 0.1 s instead of every 30 s."""
+    """The bot with a delivery loop that comes round as soon as it can (it still waits up to
+    0.5 s for a notification) instead of every 30 s."""
     bot.loop.stop()
     bot.loop = DeliveryLoop(bot.deps, poll_s=0.1).start()
     return bot
+
+
+@pytest.fixture
+def more_rounds(quick_rounds: SlackBot, monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
+    """Wait until the bot's delivery loop has come round again (twice)."""
+    after = count_delivery_rounds(monkeypatch)
+    return lambda: after(quick_rounds.deps)
 
 
 def _is_answer(ts: str) -> Callable[[Call], bool]:
@@ -53,7 +60,8 @@ def _outbox() -> list[dict]:
     (200, "internal_error", 1),
 ])
 def test_delivery_slack_refuses_for_a_passing_reason_is_posted_once_on_a_later_round(
-        quick_rounds: SlackBot, model: ScriptedModel, status: int, error: str, refusals: int) -> None:
+        quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel, status: int, error: str,
+        refusals: int) -> None:
     bot = quick_rounds
     ts, _ = pending_review(bot, model)
     for _ in range(refusals):
@@ -64,13 +72,14 @@ def test_delivery_slack_refuses_for_a_passing_reason_is_posted_once_on_a_later_r
     _posted(bot, ts)
     wait_until(lambda: rows("SELECT delivered_ts FROM slack_answers WHERE delivered_ts IS NOT NULL"),
                what="the delivery recorded")
-    time.sleep(0.5)   # a few more rounds: nothing is posted again
+    more_rounds()   # nothing is posted again
     assert [c.response["ok"] for c in _answer_posts(bot, ts)] == [False] * refusals + [True]
     assert _outbox() == [{"taken": True, "failed_attempts": 1}]
 
 
 def test_delivery_to_a_channel_slack_says_is_gone_is_logged_and_not_retried(
-        quick_rounds: SlackBot, model: ScriptedModel, caplog: pytest.LogCaptureFixture) -> None:
+        quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel,
+        caplog: pytest.LogCaptureFixture) -> None:
     bot = quick_rounds
     ts, _ = pending_review(bot, model)
     bot.slack.missing_channels.add("CGENERAL")   # archived or deleted since the question
@@ -78,14 +87,14 @@ def test_delivery_to_a_channel_slack_says_is_gone_is_logged_and_not_retried(
 
     wait_until(lambda: any("refused the answer" in r.getMessage() and "not retrying" in r.getMessage()
                            for r in caplog.records), what="the refusal logged")
-    time.sleep(0.5)
+    more_rounds()
     assert len(_answer_posts(bot, ts)) == 1
     assert _outbox() == [{"taken": True, "failed_attempts": None}]
 
 
 def test_delivery_slack_keeps_refusing_is_given_up_after_max_attempts(
-        quick_rounds: SlackBot, model: ScriptedModel, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel,
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     bot = quick_rounds
     monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 3)
     ts, _ = pending_review(bot, model)
@@ -95,7 +104,7 @@ def test_delivery_slack_keeps_refusing_is_given_up_after_max_attempts(
 
     wait_until(lambda: any("giving up on the answer" in r.getMessage() for r in caplog.records),
                what="the delivery given up")
-    time.sleep(0.5)
+    more_rounds()
     assert [c.response["ok"] for c in _answer_posts(bot, ts)] == [False] * 3
     assert _outbox() == [{"taken": True, "failed_attempts": 3}]
 
@@ -103,7 +112,7 @@ def test_delivery_slack_keeps_refusing_is_given_up_after_max_attempts(
 def test_delivery_for_an_answer_not_yet_linked_to_its_thread_is_posted_once_linked(
         quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     bot = quick_rounds
-    monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 1000)   # rounds come every 0.1 s here
+    monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 1000)   # rounds come several times a second here
     ts, _ = pending_review(bot, model)
     [link] = rows("SELECT id, answer_id FROM slack_answers")
     with db.connection() as conn:   # as between `run.ask` returning and the bot linking its answer

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core import db, feedback
 from core.agent import run
 from core.agent.state import AgentContext
 from core.config import get_settings
@@ -31,6 +32,9 @@ def test_a_live_adapter_the_server_lacks_is_answered_by_the_base_model(database_
     context = AgentContext(settings=get_settings(), generator=TGIGenerator(tiny_server), adapter_id="flywheel-v9")
     outcome = run.ask("How long does laptop delivery take?", run.Asker(surface="cli"), context=context)
     assert outcome.model != "extractive" and outcome.adapter_id is None and outcome.text
+    with db.connection() as conn:
+        recorded = feedback.get_answer(conn, outcome.answer_id)
+    assert recorded is not None and recorded.adapter_id is None and recorded.model == outcome.model
 
 
 def test_unreachable_server_gives_a_cited_excerpt_with_a_note(database_url: str, tmp_path: Path) -> None:
