@@ -5,12 +5,14 @@ The default base model is SmolLM2-135M-Instruct, shipped as GGUF in the `llm-smo
 converted once to safetensors under the data folder, so later starts take about a second."""
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
+import queue
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +46,39 @@ class GenerationParams:
     top_p: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+
+class TokenStream:
+    """One request's generation, decoded on the model's decode thread: `async for` gives its
+    tokens, then its finish reason. `cancel()` when the client goes away: decoding stops before
+    the next token (or never starts), and the stream ends without a finish reason.
+
+    Create it on the event loop that will read it."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._items: asyncio.Queue[TokenOut | FinishReason | Exception | None] = asyncio.Queue()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def deliver(self, item: TokenOut | FinishReason | Exception | None) -> None:
+        """From the decode thread: a token, the finish reason, the error, or None at the end."""
+        try:
+            self._loop.call_soon_threadsafe(self._items.put_nowait, item)
+        except RuntimeError:  # the event loop has closed: nobody is reading any more
+            self.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[TokenOut | FinishReason]:
+        while (item := await self._items.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            yield item
 
 
 def smollm2_gguf() -> Path:
@@ -85,9 +120,10 @@ def ensure_default_model(data_dir: Path) -> Path:
 
 
 class LocalModel:
-    """One base model, any number of LoRA adapters; one generation at a time (a lock), so
-    switching the active adapter per request is safe, and loading a new adapter waits only
-    for the request in flight."""
+    """One base model, any number of LoRA adapters. Generations run one at a time, in order, on
+    one decode thread, so switching the active adapter per request is safe; loading a new
+    adapter (the lock) waits only for the generation in flight. A generation never waits on
+    its reader, so a client that stops reading cannot hold the model."""
 
     def __init__(self, model_path: str | Path, name: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,6 +136,9 @@ class LocalModel:
         self.adapters: dict[str, str] = {}
         self._lock = threading.Lock()
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.decoded_tokens = 0  # every token decoded, cancelled generations included
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._decode_forever, name="decode", daemon=True).start()
 
     # -- adapters --------------------------------------------------------------------------
 
@@ -138,16 +177,34 @@ class LocalModel:
         return list(self.tokenizer(prompt)["input_ids"])
 
     def generate(self, input_ids: list[int], params: GenerationParams,
-                 adapter_id: str | None = None) -> Iterator[TokenOut | FinishReason]:
-        """Yield tokens as they are decoded, then the finish reason. Holds the model lock for
-        the whole generation: consume the iterator to the end (or close it)."""
+                 adapter_id: str | None = None) -> TokenStream:
+        """Queue a generation behind those already queued; returns its stream at once."""
         if adapter_id is not None and adapter_id not in self.adapters:
             raise AdapterNotLoaded(adapter_id)
-        with self._lock:
-            yield from self._decode(input_ids, params, adapter_id)
+        stream = TokenStream()
+        self._jobs.put(lambda: self._decode_into(stream, input_ids, params, adapter_id))
+        return stream
 
-    def _decode(self, input_ids: list[int], params: GenerationParams,
-                adapter_id: str | None) -> Iterator[TokenOut | FinishReason]:
+    def _decode_forever(self) -> None:
+        while True:
+            self._jobs.get()()
+
+    def _decode_into(self, stream: TokenStream, input_ids: list[int], params: GenerationParams,
+                     adapter_id: str | None) -> None:
+        try:
+            with self._lock:
+                if adapter_id is not None and adapter_id not in self.adapters:  # unloaded while queued
+                    raise AdapterNotLoaded(adapter_id)
+                for item in self._decode(input_ids, params, adapter_id, stream):
+                    stream.deliver(item)
+        except Exception as e:  # the reader raises it; the decode thread goes on
+            logger.exception("generation failed")
+            stream.deliver(e)
+        finally:
+            stream.deliver(None)
+
+    def _decode(self, input_ids: list[int], params: GenerationParams, adapter_id: str | None,
+                stream: TokenStream) -> Iterator[TokenOut | FinishReason]:
         import contextlib
 
         generator = torch.Generator(device=self.device)
@@ -165,7 +222,10 @@ class LocalModel:
             ids = torch.tensor([input_ids], device=self.device)
             past = None
             for _ in range(params.max_new_tokens):
+                if stream.cancelled:
+                    return
                 out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+                self.decoded_tokens += 1
                 past = out.past_key_values
                 logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
                 token = _pick(logprobs, params, generator)

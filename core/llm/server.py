@@ -5,11 +5,12 @@ serving (`POST /adapters`). Unlike TGI, an unknown adapter id is a 422, never th
 promotion watches to know an old server has drained."""
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -21,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core import metrics as flywheel_metrics
 from core.config import get_settings
-from core.llm.local_model import AdapterNotLoaded, FinishReason, GenerationParams, LocalModel, TokenOut
+from core.llm.local_model import (AdapterNotLoaded, FinishReason, GenerationParams, LocalModel, TokenOut,
+                                  TokenStream)
 
 VERSION = "flywheel-local-0.1"
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions"})
@@ -138,6 +140,8 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
         with requests.lock:
             now, total = requests.now, requests.total
         lines = ["# TYPE tgi_request_count counter", f"tgi_request_count {total}",
+                 "# TYPE flywheel_local_decoded_tokens_total counter",
+                 f"flywheel_local_decoded_tokens_total {model.decoded_tokens}",
                  "# TYPE tgi_queue_size gauge", f"tgi_queue_size {max(0, now - 1)}",
                  "# TYPE tgi_batch_current_size gauge", f"tgi_batch_current_size {min(now, 1)}"]
         # Flywheel's own: answer latency and, with a database configured, the loop's totals.
@@ -178,14 +182,16 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
                                 temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
                                 stop=tuple(p.stop))
 
+    # Generation routes are async: a request waiting for the decode thread holds no worker
+    # thread, and a client that goes away (a dropped stream, a timeout) cancels its generation.
     @app.post("/")  # TGI's compat route: what huggingface_hub's text_generation posts to
     @app.post("/generate")
-    def generate(body: GenerateRequest) -> Any:
+    async def generate(body: GenerateRequest, request: Request) -> Any:
         if body.stream:
-            return generate_stream(body)
+            return await generate_stream(body)
         ids = model.prompt_ids(body.inputs)
         params = params_of(body.parameters, len(ids))
-        tokens, finish = _run(model.generate(ids, params, body.parameters.adapter_id))
+        tokens, finish = await _complete(request, model.generate(ids, params, body.parameters.adapter_id))
         text = "".join(t.text for t in tokens)
         if body.parameters.return_full_text:
             text = body.inputs + text
@@ -196,14 +202,14 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
         return response
 
     @app.post("/generate_stream")
-    def generate_stream(body: GenerateRequest) -> StreamingResponse:
+    async def generate_stream(body: GenerateRequest) -> StreamingResponse:
         ids = model.prompt_ids(body.inputs)
         params = params_of(body.parameters, len(ids))
         stream = model.generate(ids, params, body.parameters.adapter_id)
 
-        def events() -> Iterator[str]:
+        async def events() -> AsyncIterator[str]:
             index, text, previous = 0, "", None
-            for item in stream:
+            async for item in _cancelled_on_exit(stream):
                 if isinstance(item, TokenOut):
                     if previous is not None:
                         yield _sse({"index": index, "token": _token(previous), "generated_text": None, "details": None})
@@ -219,7 +225,7 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
         return StreamingResponse(events(), media_type="text/event-stream")
 
     @app.post("/v1/chat/completions")
-    def chat(body: ChatRequest) -> Any:
+    async def chat(body: ChatRequest, request: Request) -> Any:
         adapter_id = body.model if body.model and body.model not in ("tgi", model.name) else None
         if adapter_id is not None and adapter_id not in model.adapters:
             raise ValidationFailure(_unknown_adapter(adapter_id, model))
@@ -232,8 +238,8 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
         created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:12]}"
         name = adapter_id or model.name
         if body.stream:
-            def chunks() -> Iterator[str]:
-                for item in stream:
+            async def chunks() -> AsyncIterator[str]:
+                async for item in _cancelled_on_exit(stream):
                     delta: dict[str, Any] = {"role": "assistant", "content": item.text if isinstance(item, TokenOut) else ""}
                     finish = None if isinstance(item, TokenOut) else _openai_finish(item)
                     yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
@@ -241,7 +247,7 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
                                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
                 yield "data: [DONE]\n\n"
             return StreamingResponse(chunks(), media_type="text/event-stream")
-        tokens, finish = _run(stream)
+        tokens, finish = await _complete(request, stream)
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": name,
                 "system_fingerprint": VERSION,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(t.text for t in tokens)},
@@ -252,14 +258,34 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
     return app
 
 
-def _run(stream: Iterator[TokenOut | FinishReason]) -> tuple[list[TokenOut], FinishReason]:
+async def _cancelled_on_exit(stream: TokenStream) -> AsyncIterator[TokenOut | FinishReason]:
+    """The stream's items; however the reader stops (done, client gone, error), decoding stops."""
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        stream.cancel()
+
+
+async def _complete(request: Request, stream: TokenStream) -> tuple[list[TokenOut], FinishReason]:
+    """The whole generation, cancelled if the client disconnects before it is done."""
+    async def cancel_on_disconnect() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        stream.cancel()
+
     tokens: list[TokenOut] = []
-    for item in stream:
-        if isinstance(item, TokenOut):
-            tokens.append(item)
-        else:
-            return tokens, item
-    return tokens, "length"
+    finish: FinishReason = "length"
+    watcher = asyncio.ensure_future(cancel_on_disconnect())
+    try:
+        async for item in _cancelled_on_exit(stream):
+            if isinstance(item, TokenOut):
+                tokens.append(item)
+            else:
+                finish = item
+    finally:
+        watcher.cancel()
+    return tokens, finish
 
 
 def _token(t: TokenOut) -> dict[str, Any]:
