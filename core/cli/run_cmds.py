@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         from core import queue
         from core.knowledge import ingest, store
 
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `docker stop`: stop everything, as Ctrl-C does
         settings = get_settings()
         url = db.database_url()
         applied = db.ensure_schema(url)
@@ -63,11 +64,15 @@ def register(app: typer.Typer) -> None:
         proc = subprocess.Popen([honcho, "start", "-f", str(procfile), "-d", str(ROOT)], env=env)
         try:
             code = proc.wait()
-        except KeyboardInterrupt:  # honcho got the same Ctrl-C and is stopping its processes
+        except KeyboardInterrupt:  # Ctrl-C (honcho got it too) or SIGTERM (honcho did not)
             _wait_for(proc)
             code = 0  # stopped as asked
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        raise typer.Exit(code)
+        raise typer.Exit(code)  # a normal exit, so the embedded Postgres is stopped on the way out
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _wait_for(proc: subprocess.Popen[bytes]) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import psycopg
 import pytest
 from streamlit import config as st_config
@@ -104,3 +105,37 @@ def test_make_up_runs_every_process_answers_and_stops_cleanly_keeping_data(produ
     again = subprocess.run([sys.executable, "-m", "core.cli", "docs", "ls"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.count("chunks") == documents
+
+
+def test_up_terminated_alone_stops_its_processes_and_the_embedded_database(tmp_path: Path) -> None:
+    """`kill PID` or `docker stop` sends SIGTERM to `flywheel up` only, not to its children."""
+    child_pid = tmp_path / "child.pid"
+    child = ("import os, time; "  # a child of up (using the database through up's DATABASE_URL),
+              f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(600)")  # killed by SIGTERM
+    procfile = tmp_path / "Procfile"
+    procfile.write_text(f'child: {sys.executable} -c "{child}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL"))}
+    env["FLYWHEEL_DATA_DIR"] = str(tmp_path / "data")
+    log = tmp_path / "up.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "core.cli", "up", "--procfile", str(procfile), "--no-samples"],
+                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (child_pid.exists() and child_pid.read_text()) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the Procfile's process never started"
+            time.sleep(0.2)
+        postmaster = tmp_path / "data" / "pg" / "postmaster.pid"
+        assert postmaster.exists()
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+        deadline = time.monotonic() + 30
+        while (postmaster.exists() or psutil.pid_exists(int(child_pid.read_text()))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not psutil.pid_exists(int(child_pid.read_text())), "the Procfile's process was left running"
+        assert not postmaster.exists(), "the embedded Postgres was left running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
