@@ -4,5 +4,9 @@ from __future__ import annotations
 import sys
 
 from bot.app import main
+from core.config import SettingsInvalid
 
-sys.exit(main(sys.argv[1:]))
+try:
+    sys.exit(main(sys.argv[1:]))
+except SettingsInvalid as e:
+    sys.exit(f"bot: fix this setting (environment or .env):\n{e}")

@@ -2,14 +2,22 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core import passwords
+
+# A list setting: a JSON list, or its items separated by commas (FLYWHEEL_REVIEWERS=U012,U034).
+TextList = Annotated[list[str], NoDecode]
+
+
+class SettingsInvalid(ValueError):
+    """A setting from the environment or `.env` cannot be used; the message names the variable."""
 
 
 class Settings(BaseSettings):
@@ -53,7 +61,7 @@ class Settings(BaseSettings):
 
     # Agent
     # Questions or drafts that mention these (whole words, plural too) always go to a reviewer.
-    sensitive_topics: list[str] = ["salary", "salaries", "compensation", "legal", "lawsuit", "lawyer",
+    sensitive_topics: TextList = ["salary", "salaries", "compensation", "legal", "lawsuit", "lawyer",
                                    "medical", "diagnosis", "security incident", "breach", "harassment",
                                    "termination", "layoff"]
     min_relevance: float = 0.3      # cosine similarity below which a chunk is not evidence
@@ -68,7 +76,7 @@ class Settings(BaseSettings):
     slack_signing_secret: SecretStr | None = Field(default=None, validation_alias="SLACK_SIGNING_SECRET")
     slack_api_url: str = Field(default="https://slack.com/api/", validation_alias="SLACK_API_URL")
     review_channel: str = ""               # channel id where review cards go
-    reviewers: list[str] = []              # Slack user ids allowed to decide reviews
+    reviewers: TextList = []              # Slack user ids allowed to decide reviews
     reviewer_group: str = ""               # or a Slack user group id (its members decide)
     bot_port: int = 3000                   # HTTP mode: where Slack posts events
 
@@ -78,11 +86,11 @@ class Settings(BaseSettings):
     dashboard_password_hash: SecretStr | None = None
     dashboard_password_sha256: SecretStr | None = None  # no longer read: refused unless empty
     dashboard_oidc: bool = False           # [auth] is configured in .streamlit/secrets.toml
-    dashboard_admins: list[str] = []       # e-mails (OIDC) that may act; OIDC refuses everyone while empty
-    dashboard_viewers: list[str] = []      # e-mails (OIDC) that may look but not act
+    dashboard_admins: TextList = []       # e-mails (OIDC) that may act; OIDC refuses everyone while empty
+    dashboard_viewers: TextList = []      # e-mails (OIDC) that may look but not act
     # Reverse proxies in front of the dashboard (addresses or networks, "loopback" for one on
     # this host): behind them, a browser's address is read from X-Forwarded-For.
-    dashboard_trusted_proxies: list[str] = []
+    dashboard_trusted_proxies: TextList = []
     dashboard_port: int = 8501
 
     # Training and serving adapters
@@ -126,6 +134,19 @@ class Settings(BaseSettings):
                              "to guess): make a hash with `flywheel hash-password`, put it in "
                              "FLYWHEEL_DASHBOARD_PASSWORD_HASH and remove FLYWHEEL_DASHBOARD_PASSWORD_SHA256")
         return None
+
+    @field_validator("sensitive_topics", "reviewers", "dashboard_admins", "dashboard_viewers",
+                     "dashboard_trusted_proxies", mode="before")
+    @classmethod
+    def _list_from_text(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"not a JSON list ({e.msg}); write '[\"a\", \"b\"]' or a,b") from None
+        return [item.strip() for item in value.split(",") if item.strip()]
 
     @field_validator("dashboard_trusted_proxies")
     @classmethod
@@ -171,7 +192,23 @@ def is_loopback(address: str | None) -> bool:
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as e:
+        raise SettingsInvalid("\n".join(_explained(error) for error in e.errors())) from None
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a field: FLYWHEEL_<FIELD>, or its conventional name."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    return alias if isinstance(alias, str) else f"FLYWHEEL_{field.upper()}"
+
+
+def _explained(error: object) -> str:
+    loc, msg = error["loc"], error["msg"].removeprefix("Value error, ")  # type: ignore[index]
+    name = env_name(str(loc[0])) if loc else "settings"
+    return msg if msg.startswith(name) else f"{name}: {msg}"
 
 
 def _blank_to_none(value: object) -> object:

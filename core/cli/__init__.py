@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import logging
 
+import psycopg
 import typer
 
 from core import db, logs
+from core.config import SettingsInvalid, get_settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Flywheel: a domain copilot that learns.")
 eval_app = typer.Typer(no_args_is_help=True, help="Measure retrieval and answers.")
@@ -37,3 +39,18 @@ def _register() -> None:
 
 
 _register()
+
+
+def run() -> None:
+    """The `flywheel` command. A wrong setting or an unreachable database is a message naming
+    what to fix, not a traceback."""
+    try:
+        app()
+    except SettingsInvalid as e:
+        typer.echo(f"flywheel: fix this setting (environment or .env):\n{e}", err=True)
+        raise SystemExit(2) from None
+    except psycopg.OperationalError as e:
+        settings = get_settings()
+        where = "DATABASE_URL" if settings.database_url else f"the embedded Postgres in {settings.pg_dir}"
+        typer.echo(f"flywheel: cannot use the database ({where}): {str(e).strip()}", err=True)
+        raise SystemExit(1) from None

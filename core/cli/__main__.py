@@ -1,4 +1,4 @@
 """`python -m core.cli` runs the `flywheel` command."""
-from core.cli import app
+from core.cli import run
 
-app()
+run()

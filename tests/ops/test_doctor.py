@@ -1,11 +1,19 @@
 """`flywheel doctor` names what is broken, clearly, without leaking secrets."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from core.cli import app
-from core.config import get_settings
+from core.config import Settings, get_settings
+from support.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_doctor_reports_a_broken_database_url_clearly_without_its_password(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,3 +74,33 @@ def test_doctor_never_prints_a_password_given_as_a_keyword_or_in_the_model_serve
     broken = CliRunner().invoke(app, ["doctor", "--no-embedder"])
     get_settings.cache_clear()
     assert broken.exit_code == 1 and "TopSecret" not in broken.output and "password=***" in broken.output
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("U012, U034", ["U012", "U034"]), ('["U012","U034"]', ["U012", "U034"]),
+                                               ("U012", ["U012"]), ("", []), ("[]", [])])
+def test_list_settings_take_items_separated_by_commas_or_a_json_list(
+        raw: str, expected: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_REVIEWERS", raw)
+    assert Settings().reviewers == expected
+
+
+def _run(module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "SLACK_", "DATABASE_URL"))}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env={**clean, **env},
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_a_wrong_setting_is_one_message_naming_the_variable_not_a_traceback(tmp_path: Path) -> None:
+    cli = _run("core.cli", "docs", "ls", FLYWHEEL_DATA_DIR=str(tmp_path), FLYWHEEL_DB_POOL_MAX="ten")
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr
+    assert "FLYWHEEL_DB_POOL_MAX: Input should be a valid integer" in cli.stderr
+    bot = _run("bot", FLYWHEEL_DATA_DIR=str(tmp_path), FLYWHEEL_REVIEWERS='["U012"', SLACK_BOT_TOKEN="xoxb-1")
+    assert bot.returncode == 1 and "Traceback" not in bot.stderr
+    assert "FLYWHEEL_REVIEWERS: not a JSON list" in bot.stderr and "xoxb-1" not in bot.stderr
+
+
+def test_an_unreachable_database_is_one_message_without_its_password() -> None:
+    url = f"postgresql://flywheel:TopSecret@127.0.0.1:{free_port()}/flywheel"
+    cli = _run("core.cli", "docs", "ls", DATABASE_URL=url)
+    assert cli.returncode == 1 and "Traceback" not in cli.stderr and "TopSecret" not in cli.stderr
+    assert "cannot use the database (DATABASE_URL): connection failed" in cli.stderr

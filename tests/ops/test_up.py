@@ -111,7 +111,7 @@ def test_up_terminated_alone_stops_its_processes_and_the_embedded_database(tmp_p
     """`kill PID` or `docker stop` sends SIGTERM to `flywheel up` only, not to its children."""
     child_pid = tmp_path / "child.pid"
     child = ("import os, time; "  # a child of up (using the database through up's DATABASE_URL),
-              f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(600)")  # killed by SIGTERM
+             f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(600)")  # killed by SIGTERM
     procfile = tmp_path / "Procfile"
     procfile.write_text(f'child: {sys.executable} -c "{child}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL"))}
