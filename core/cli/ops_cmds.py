@@ -25,8 +25,15 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @app.command("export")
-    def export_cmd(folder: Path = typer.Argument(..., help="Folder to write the JSONL files into.")) -> None:
+    def export_cmd(path: str = typer.Argument(..., metavar="FOLDER",
+                                              help="A new or empty folder, or an earlier export.")) -> None:
         """Write answers, reviews, feedback, curation, datasets, adapters and retrain runs to FOLDER."""
+        if not path.strip():
+            raise typer.BadParameter("An empty path: name the folder to export into.")
+        folder = Path(path)
+        if folder.is_dir() and any(folder.iterdir()) and not (folder / "manifest.json").exists():
+            raise typer.BadParameter(f"{folder} holds other files: export into a new or empty folder "
+                                     "(or over an earlier export, which is replaced).")
         with db.connection() as conn:
             counts = backup.export_to(conn, folder)
         typer.echo(", ".join(f"{table} {n}" for table, n in counts.items()))

@@ -110,3 +110,17 @@ def test_import_keeps_the_audit_of_knowledge_ingested_before_it(database_url: st
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
+
+
+def test_export_refuses_an_empty_path_and_a_folder_of_other_files(database_url: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.md").write_text("mine")
+    for folder in ["", " ", str(tmp_path)]:
+        refused = CliRunner().invoke(app, ["export", folder])
+        assert refused.exit_code == 2, refused.output
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]
+    assert "holds other files" in refused.output
+    first = CliRunner().invoke(app, ["export", "backup"])
+    again = CliRunner().invoke(app, ["export", "backup"])  # over an earlier export
+    assert first.exit_code == again.exit_code == 0 and (tmp_path / "backup" / "manifest.json").exists()
