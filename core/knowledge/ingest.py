@@ -1,7 +1,8 @@
 """Ingest files and folders: parse, chunk, embed, store; one transaction per document.
 
 Re-ingesting skips documents whose content hash has not changed; a changed document replaces
-its chunks. A bad file is reported by name and the rest of the batch still goes in."""
+its chunks; a record since removed from a JSONL file is deleted. A bad file is reported by name
+and the rest of the batch still goes in."""
 from __future__ import annotations
 
 import hashlib
@@ -26,12 +27,16 @@ class IngestReport:
     added: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)              # records no longer in their JSONL file
     failed: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
     chunks: int = 0
+    # Each JSONL file read without an error: its source and the sources of its records.
+    complete_record_files: dict[str, set[str]] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         lines = [f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
-                 f"{len(self.failed)} failed ({self.chunks} chunks written)"]
+                 + (f"{len(self.removed)} removed, " if self.removed else "")
+                 + f"{len(self.failed)} failed ({self.chunks} chunks written)"]
         lines += [f"  failed: {message}" for _, message in self.failed]
         return "\n".join(lines)
 
@@ -102,11 +107,17 @@ def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestRep
         return
     try:
         if name.lower().endswith(".jsonl"):
+            records: set[str] | None = set()
             for item in parse_jsonl(name, data, source):
                 if isinstance(item, ParseError):
                     report.failed.append((source, str(item)))
+                    records = None  # a bad line may be a record still meant to be there: delete none
                 else:
+                    if records is not None:
+                        records.add(item.source)
                     yield item
+            if records is not None:
+                report.complete_record_files[source] = records
         else:
             yield from parse_bytes(name, data, source)
     except ParseError as e:
@@ -141,7 +152,13 @@ def _store_all(documents: Iterable[ParsedDocument], visible: Visibility, report:
             batch = []
     if batch:
         _store_batch(batch, visible, report, url, audited_by)
-    if report.added or report.updated:
+    for file_source, records in report.complete_record_files.items():
+        with db.connection(url) as conn:
+            removed = store.delete_records_not_in(conn, file_source, records)
+            for source in removed if audited_by is not None else ():
+                audit.record(conn, audited_by, "knowledge.delete", source, {"reason": "no longer in its file"})
+        report.removed += removed
+    if report.added or report.updated or report.removed:
         with db.connection(url) as conn:
             store.refresh_statistics(conn)
 

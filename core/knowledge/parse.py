@@ -62,8 +62,10 @@ def parse_bytes(name: str, data: bytes, source: str | None = None) -> list[Parse
 
 
 def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument | ParseError]:
-    """One document per valid line; an invalid line yields a ParseError naming its line number."""
+    """One document per valid line; an invalid line yields a ParseError naming its line number,
+    as does a line repeating an earlier line's `_id` (the first one is kept)."""
     text = _decode(name, data)
+    first_line: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -81,10 +83,15 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
         if url is not None and not isinstance(url, str):
             yield ParseError(f"{name}:{number}: 'url' must be a string, not {type(url).__name__}")
             continue
+        record_id = str(record["_id"])
+        if record_id in first_line:
+            yield ParseError(f"{name}:{number}: '_id' {record_id!r} is already used on line {first_line[record_id]}")
+            continue
+        first_line[record_id] = number
         title = clean_text(str(record.get("title") or record["_id"])).strip()
-        yield ParsedDocument(source=f"{source}#{record['_id']}", title=title,
+        yield ParsedDocument(source=f"{source}#{record_id}", title=title,
                              sections=[Section("", clean_text(str(record["text"])).strip())],
-                             url=url, metadata={**metadata, "record_id": str(record["_id"])})
+                             url=url, metadata={**metadata, "record_id": record_id})
 
 
 def clean_text(text: str) -> str:

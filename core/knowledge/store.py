@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,11 +137,22 @@ def list_documents(conn: psycopg.Connection) -> list[DocumentRow]:
 
 
 def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> bool:
+    """Delete a document by id or source; the source of a JSONL file deletes all its records."""
     if isinstance(id_or_source, int) or str(id_or_source).isdigit():
         cur = conn.execute("DELETE FROM documents WHERE id = %(id)s", {"id": int(id_or_source)})
     else:
-        cur = conn.execute("DELETE FROM documents WHERE source = %(s)s", {"s": id_or_source})
+        cur = conn.execute("DELETE FROM documents WHERE source = %(s)s OR starts_with(source, %(s)s || '#')",
+                           {"s": id_or_source})
     return bool(cur.rowcount)
+
+
+def delete_records_not_in(conn: psycopg.Connection, file_source: str, kept: Collection[str]) -> list[str]:
+    """Delete the records of a JSONL file (sources `<file>#<_id>`) whose sources are not in
+    `kept`: the ones since removed from the file. Returns their sources."""
+    rows = conn.execute(
+        "DELETE FROM documents WHERE starts_with(source, %(file)s || '#') AND NOT source = ANY(%(kept)s)"
+        " RETURNING source", {"file": file_source, "kept": list(kept)}).fetchall()
+    return sorted(r["source"] for r in rows)
 
 
 def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequence[str], groups: Sequence[str]) -> bool:

@@ -77,6 +77,48 @@ def test_deleted_document_is_no_longer_found(database_url: str, tmp_path: Path) 
     assert all(h.title != "Gone" for h in _search("yellow submarine"))
 
 
+def _records(path: Path, *records: dict) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_a_record_removed_from_a_jsonl_file_is_removed_from_the_knowledge_base(database_url: str,
+                                                                               tmp_path: Path) -> None:
+    faq = tmp_path / "faq.jsonl"
+    badge = {"_id": "badge", "text": "Reception prints a new badge."}
+    _records(faq, badge, {"_id": "parking", "text": "The garage has 20 bicycle racks."})
+    ingest.ingest_paths([faq], audited_by="cli")
+    _records(faq, badge)
+    again = ingest.ingest_paths([faq], audited_by="cli")
+    assert [Path(s).name for s in again.removed] == ["faq.jsonl#parking"] and "1 removed" in again.summary()
+    assert [Path(h.source).name for h in _search("bicycle racks in the garage")] == ["faq.jsonl#badge"]
+    with db.connection() as conn:
+        audited = conn.execute("SELECT target FROM audit_log WHERE action = 'knowledge.delete'").fetchall()
+    assert [Path(r["target"]).name for r in audited] == ["faq.jsonl#parking"]
+
+    # A file with a bad line deletes nothing: that line may be a record still meant to be there.
+    faq.write_text('{"_id": "badge", "text": "Reception prints a new badge."\n')
+    broken = ingest.ingest_paths([faq])
+    assert broken.removed == [] and _search("new badge")[0].source.endswith("faq.jsonl#badge")
+
+
+def test_a_repeated_record_id_is_reported_and_the_first_record_kept(database_url: str, tmp_path: Path) -> None:
+    faq = tmp_path / "faq.jsonl"
+    _records(faq, {"_id": "q1", "text": "Reception prints a new badge."}, {"_id": "q1", "text": "Lunch is at noon."})
+    report = ingest.ingest_paths([faq])
+    assert report.failed == [(str(faq.resolve()), f"{faq}:2: '_id' 'q1' is already used on line 1")]
+    assert [Path(s).name for s in report.added] == ["faq.jsonl#q1"]
+    assert _search("new badge")[0].text.endswith("Reception prints a new badge.")  # the title, then the text
+
+
+def test_removing_a_jsonl_file_removes_all_its_records(database_url: str, tmp_path: Path) -> None:
+    faq = tmp_path / "faq.jsonl"
+    _records(faq, {"_id": "a", "text": "Reception prints a new badge."}, {"_id": "b", "text": "Lunch is at noon."})
+    ingest.ingest_paths([faq])
+    with db.connection() as conn:
+        assert store.delete_document(conn, str(faq.resolve()))
+        assert store.count_documents(conn) == 0
+
+
 def test_visibility_hides_documents_from_who_may_not_see_them(database_url: str, tmp_path: Path) -> None:
     (tmp_path / "public.md").write_text("# Holidays\n\nThe office closes on 24 December.\n")
     (tmp_path / "secret.md").write_text("# Board notes\n\nThe acquisition of Acme closes on 24 December.\n")
