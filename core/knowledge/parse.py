@@ -165,29 +165,60 @@ def _plain(name: str, text: str, source: str) -> ParsedDocument:
     return _document(name, source, title, [Section("", rest or text.strip())])
 
 
+# HTML elements read as one line each, and the inline ones that never break a line.
+_HTML_LINES = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "tr", "pre", "blockquote"]
+_HTML_INLINE = frozenset({"a", "abbr", "b", "bdi", "bdo", "br", "cite", "code", "data", "del", "dfn", "em", "font",
+                          "i", "ins", "kbd", "label", "mark", "q", "s", "samp", "small", "span", "strong", "sub",
+                          "sup", "time", "u", "var", "wbr"})
+
+
 def _html(name: str, text: str, source: str) -> ParsedDocument:
-    from bs4 import BeautifulSoup
+    from bs4 import BeautifulSoup, NavigableString, Tag
 
     soup = BeautifulSoup(text, "html.parser")
-    for tag in soup(["script", "style", "nav", "footer", "header", "noscript"]):
-        tag.decompose()
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup(["script", "style", "nav", "footer", "header", "noscript", "head", "title"]):
+        tag.decompose()
     lines: list[str] = []
-    for element in soup.find_all(["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "tr", "pre", "blockquote"]):
-        if element.name in ("p", "li") and element.find_parent(["li", "td", "th", "blockquote"]) is not None:
-            continue  # nested: its text is in the parent's
-        if element.name == "tr":  # a table row reads as one line, cells side by side
-            words = " | ".join(c.get_text(" ", strip=True) for c in element.find_all(["td", "th"]))
-        else:
-            words = element.get_text(" ", strip=True)
-        if not words:
-            continue
-        if element.name[0] == "h":
-            lines.append(f"{'#' * int(element.name[1])} {words}")
-        else:
-            lines.append(f"- {words}" if element.name == "li" else words)
+    loose: list[str] = []  # text outside those elements (a bare div, dt, dd), by the block it is in
+    loose_in: Tag | None = None
+    for node in soup.descendants:
+        if isinstance(node, Tag) and node.name in _HTML_LINES:
+            if node.name in ("p", "li") and node.find_parent(["li", "td", "th", "blockquote"]) is not None:
+                continue  # nested: its text is in the parent's
+            lines += _joined(loose)
+            lines += _html_line(node)
+        elif type(node) is NavigableString and node.strip() and node.find_parent(_HTML_LINES) is None:
+            block = next(p for p in node.parents if p.name not in _HTML_INLINE)
+            if block is not loose_in:
+                lines += _joined(loose)
+                loose_in = block
+            loose.append(node)
+        elif isinstance(node, Tag) and node.name == "br":
+            loose.append(" ")
+    lines += _joined(loose)
     h1, sections = _markdown_sections("\n\n".join(lines))
     return _document(name, source, h1 or title, sections)
+
+
+def _html_line(element: Any) -> list[str]:
+    if element.name == "tr":  # a table row reads as one line, cells side by side
+        words = " | ".join(c.get_text(" ", strip=True) for c in element.find_all(["td", "th"]))
+    else:
+        words = element.get_text(" ", strip=True)
+    if not words:
+        return []
+    if element.name[0] == "h":
+        return [f"{'#' * int(element.name[1])} {words}"]
+    return [f"- {words}" if element.name == "li" else words]
+
+
+def _joined(pieces: list[str]) -> list[str]:
+    """The pieces as one line of single-spaced words, as a browser shows them (none if blank);
+    empties the list."""
+    words = " ".join("".join(pieces).split())
+    pieces.clear()
+    return [words] if words else []
 
 
 def _pdf(name: str, data: bytes, source: str) -> ParsedDocument:

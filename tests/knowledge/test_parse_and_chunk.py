@@ -56,6 +56,17 @@ def test_html_tables_read_row_by_row() -> None:
     assert "Portugal | 45 EUR" in doc.sections[0].text and "x()" not in doc.text
 
 
+def test_html_text_outside_paragraphs_is_kept_block_by_block() -> None:
+    html = (b"<html><head><title>Wiki</title></head><body><div class=page>Welcome to the <b>wiki</b>."
+            b"<div>Ask <span>IT</span> first.</div>Then<br>HR.<h2>Terms</h2><dl><dt>PTO</dt><dd>Paid time off, 25 days."
+            b"</dd></dl><p>A paragraph.</p> Trailing words <!-- a comment --></div></body></html>")
+    [doc] = parse_bytes("wiki.html", html)
+    assert doc.title == "Wiki"
+    assert [(s.heading, s.text.split("\n\n")) for s in doc.sections] == [
+        ("", ["Welcome to the wiki.", "Ask IT first.", "Then HR."]),
+        ("Terms", ["PTO", "Paid time off, 25 days.", "A paragraph.", "Trailing words"])]
+
+
 @pytest.mark.parametrize("name, data, message", [
     ("empty.md", b"  \n", "empty.md: the file is empty"),
     ("fake.pdf", b"\x00\x01binary junk", "fake.pdf: not a PDF file"),
