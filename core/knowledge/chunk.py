@@ -1,10 +1,12 @@
 """Heading-aware chunking: each section is cut into pieces of at most `max_tokens` words with
 `overlap` words repeated between neighbours, cut at paragraph or sentence ends where possible.
 Every chunk's text starts with the document title and heading path, so a chunk read alone
-(by the embedder, by full-text search, by the model) says what it is about."""
+(by the embedder, by full-text search, by the model) says what it is about. A piece the
+embedder would truncate (dense prose, long numbers) is cut again until it fits its window."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from core.knowledge.parse import ParsedDocument
@@ -21,22 +23,34 @@ class Chunk:
     label: str    # title and heading path: what the passage is about
 
 
-def chunk_document(doc: ParsedDocument, max_tokens: int = 200, overlap: int = 40) -> list[Chunk]:
+def chunk_document(doc: ParsedDocument, max_tokens: int = 200, overlap: int = 40,
+                   fits: Callable[[str], bool] = lambda text: True) -> list[Chunk]:
+    """`fits(text)`: whether the embedder reads a chunk's text whole."""
     if overlap >= max_tokens:
         raise ValueError("chunk overlap must be smaller than the chunk size")
     chunks: list[Chunk] = []
     for section in doc.sections:
-        for body in split_text(section.text, max_tokens, overlap):
-            prefix = f"{doc.title}\n{section.heading}" if section.heading else doc.title
-            label = f"{doc.title} > {section.heading}" if section.heading else doc.title
+        prefix = f"{doc.title}\n{section.heading}" if section.heading else doc.title
+        label = f"{doc.title} > {section.heading}" if section.heading else doc.title
+        for body in _pieces_that_fit(section.text, max_tokens, overlap, lambda b: fits(f"{prefix}\n\n{b}")):
             chunks.append(Chunk(ord=len(chunks), heading=section.heading, text=f"{prefix}\n\n{body}",
                                 body=body, label=label))
     return chunks
 
 
+def _pieces_that_fit(text: str, max_tokens: int, overlap: int, fits: Callable[[str], bool]) -> list[str]:
+    """The section cut at `max_tokens` words, or smaller (a quarter each time) until every piece fits."""
+    pieces = split_text(text, max_tokens, overlap)
+    while max_tokens > 8 and not all(fits(p) for p in pieces):
+        max_tokens = max_tokens * 3 // 4
+        overlap = min(overlap, max_tokens // 5)
+        pieces = split_text(text, max_tokens, overlap)
+    return pieces
+
+
 def split_text(text: str, max_tokens: int, overlap: int) -> list[str]:
-    """Pieces of at most `max_tokens` words (a word is our token: cheap, and close enough to
-    the embedder's 256-wordpiece window at the default of 200)."""
+    """Pieces of at most `max_tokens` words (a word is our token: cheap, and at the default of
+    200 most pieces fit the embedder's 256-wordpiece window; `chunk_document` cuts the rest)."""
     units = [u.strip() for u in _SENTENCE_END.split(text) if u and u.strip()]
     words_per_unit = [u.split() for u in units]
     pieces: list[list[str]] = []

@@ -43,6 +43,13 @@ def get_model() -> SentenceTransformer:
         return _model
 
 
+def fits_window(text: str) -> bool:
+    """Whether the embedder reads `text` whole: longer text is truncated to its window."""
+    model = get_model()
+    window = model.max_seq_length
+    return len(model.tokenizer(text, truncation=True, max_length=window + 1)["input_ids"]) <= window
+
+
 def embed_texts(texts: Sequence[str]) -> np.ndarray:
     """(n, 384) float32, unit length, in batches of `embed_batch_size`."""
     if not texts:

@@ -180,7 +180,8 @@ def _store_batch(docs: list[ParsedDocument], visible: Visibility, report: Ingest
                                      {"channels": list(visible[0]), "groups": list(visible[1])})
             report.unchanged.append(doc.source)
             continue
-        todo.append((doc, digest, chunk.chunk_document(doc, settings.chunk_tokens, settings.chunk_overlap)))
+        chunks = chunk.chunk_document(doc, settings.chunk_tokens, settings.chunk_overlap, fits=embed.fits_window)
+        todo.append((doc, digest, chunks))
     all_chunks = [c for _, _, chunks in todo for c in chunks]
     vectors = embed.embed_texts([c.text for c in all_chunks])
     labels = list(dict.fromkeys(c.label for c in all_chunks))  # chunks of one section share a label

@@ -47,6 +47,19 @@ def test_long_sections_split_within_budget_with_overlap() -> None:
         assert second.split()[:10] == first.split()[-10:]  # neighbours share `overlap` words
 
 
+def test_dense_text_is_cut_until_every_chunk_fits_the_embedders_window() -> None:
+    from core.knowledge import embed
+
+    # 190 words but far more than 256 wordpieces: at 200 words a chunk, its end would not be embedded.
+    dense = " ".join(f"Pseudohypoparathyroidism-{i:04d}X7 interferes." for i in range(95))
+    [doc] = parse_bytes("lab.md", f"# Lab codes\n\n{dense} Bicycles park on level minus one.\n".encode())
+    assert not embed.fits_window(chunk_document(doc)[0].text)
+    chunks = chunk_document(doc, fits=embed.fits_window)
+    assert len(chunks) > 1 and all(embed.fits_window(c.text) for c in chunks)
+    assert chunks[-1].body.endswith("Bicycles park on level minus one.")
+    assert " ".join(c.body for c in chunks).count("interferes.") >= 95  # nothing lost, overlaps repeated
+
+
 def test_html_tables_read_row_by_row() -> None:
     html = b"<html><head><title>Rates</title></head><body><h2>Per day</h2><table><tr><th>Where</th><th>Rate</th></tr>" \
            b"<tr><td>Portugal</td><td>45 EUR</td></tr></table><script>x()</script></body></html>"
