@@ -74,7 +74,7 @@ def test_retrieval_eval_on_covid_faq_stays_above_the_floor(database_url: str) ->
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert set(metrics) == {"recall@3", "precision@3", "mrr@3", "ndcg@10", "n"}
     assert metrics["n"] == 244
-    assert metrics["recall@3"] >= 0.80  # a floor against regressions; measured 0.887 (README)
+    assert metrics["recall@3"] >= 0.80  # a floor against regressions; measured 0.889 (README)
     runner.invoke(app, ["docs", "ls"])
     assert "empty" in runner.invoke(app, ["docs", "ls"]).output  # the eval schema was separate
 
