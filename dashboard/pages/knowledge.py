@@ -30,7 +30,7 @@ def upload(files: list[UploadedFile], channels: list[str], groups: list[str], ac
         # Neither given: a file already here keeps its visibility (a new one is public).
         report = ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels or None,
                                           visible_groups=groups or None, audited_by=actor)
-        for field in ("added", "updated", "unchanged", "failed"):
+        for field in ("added", "updated", "unchanged", "removed", "failed"):
             getattr(total, field).extend(getattr(report, field))
         total.chunks += report.chunks
     bar.progress(1.0, text="Done.")

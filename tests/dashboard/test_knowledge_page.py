@@ -31,6 +31,17 @@ def test_upload_ingests_the_file(dashboard_db: str) -> None:
     assert (entry["action"], entry["target"]) == ("knowledge.ingest", f"document:{doc.id}")
 
 
+def test_uploading_a_jsonl_file_again_removes_the_records_taken_out_of_it(dashboard_db: str) -> None:
+    at = open_page("knowledge")
+    badge, lunch = b'{"_id": "badge", "text": "Reception prints badges."}\n', b'{"_id": "lunch", "text": "Lunch at noon."}\n'
+    for content in (badge + lunch, badge):
+        at.file_uploader[0].upload("faq.jsonl", content, "application/jsonl").run()
+        at.button(key="kn_ingest").click().run()
+    assert not at.error and "0 added, 0 updated, 1 unchanged, 1 removed, 0 failed" in texts(at)
+    assert [d.source for d in documents()] == ["upload:faq.jsonl#badge"]
+    assert [(e["action"], e["target"]) for e in audit_rows()][-1] == ("knowledge.delete", "upload:faq.jsonl#lunch")
+
+
 def test_unsupported_upload_is_refused_and_nothing_changes(dashboard_db: str) -> None:
     at = open_page("knowledge")
     at.file_uploader[0].upload("report.docx", b"PK\x03\x04 not a text file", "application/octet-stream").run()
