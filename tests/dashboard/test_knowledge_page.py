@@ -33,7 +33,8 @@ def test_upload_ingests_the_file(dashboard_db: str) -> None:
 
 def test_uploading_a_jsonl_file_again_removes_the_records_taken_out_of_it(dashboard_db: str) -> None:
     at = open_page("knowledge")
-    badge, lunch = b'{"_id": "badge", "text": "Reception prints badges."}\n', b'{"_id": "lunch", "text": "Lunch at noon."}\n'
+    badge = b'{"_id": "badge", "text": "Reception prints badges."}\n'
+    lunch = b'{"_id": "lunch", "text": "Lunch at noon."}\n'
     for content in (badge + lunch, badge):
         at.file_uploader[0].upload("faq.jsonl", content, "application/jsonl").run()
         at.button(key="kn_ingest").click().run()
