@@ -17,10 +17,9 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from core import audit
+from core import audit, db
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +190,7 @@ class LiveAdapterCache:
             return self._name, self._serving_url
 
     def _refresh(self) -> None:
-        with psycopg.connect(self._url, autocommit=True, row_factory=dict_row) as conn:
+        with db.connection(self._url) as conn:  # pooled, so a new database is migrated first
             row = conn.execute(  # one statement: one snapshot, so the pair is always consistent
                 "SELECT (SELECT name FROM adapters WHERE status = 'live') AS name,"
                 " (SELECT url FROM serving_endpoint WHERE id = 1) AS url").fetchone()

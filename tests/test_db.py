@@ -61,3 +61,25 @@ def test_the_first_pooled_connection_migrates_a_new_database(empty_database: str
         assert db.ensure_schema(empty_database) == []
     finally:
         db.close_pools()
+
+
+def test_a_question_asked_before_any_process_started_on_the_database_is_answered(
+        empty_database: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from core.agent import run
+    from core.cli import app
+    from core.config import get_settings
+
+    monkeypatch.setenv("DATABASE_URL", empty_database)
+    monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "extractive")
+    get_settings.cache_clear()
+    run._default_generator.cache_clear()
+    try:
+        asked = CliRunner().invoke(app, ["ask", "How do I get a new laptop?"])
+        assert asked.exit_code == 0, asked.output
+        assert "Route:" in asked.output
+    finally:
+        run.close_live_adapter_caches()
+        db.close_pools()
+        get_settings.cache_clear()
