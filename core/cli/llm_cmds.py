@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
@@ -24,13 +25,23 @@ def register(app: typer.Typer) -> None:
         from core.llm.server import create_app
 
         settings = get_settings()
-        source = model or settings.llm_model or str(ensure_default_model(settings.data_dir))
-        local = LocalModel(source)
-        for spec in adapter:
-            name, sep, path = spec.partition("=")
-            if not sep:
+        adapters = [spec.partition("=") for spec in adapter]
+        for spec, (name, sep, path) in zip(adapter, adapters):
+            if not (name and sep and path):
                 raise typer.BadParameter(f"--adapter expects NAME=PATH, got {spec!r}")
-            local.load_adapter(name, path)
+        source = model or settings.llm_model or str(ensure_default_model(settings.data_dir))
+        if Path(source).exists() or source.startswith((".", "/")):  # a folder, not a hub id
+            if not (Path(source) / "config.json").is_file():
+                raise typer.BadParameter(f"{source} is not a model folder (no config.json)")
+        try:
+            local = LocalModel(source)
+        except (OSError, ValueError) as e:  # not a model folder, a hub id out of reach
+            raise typer.BadParameter(f"cannot load the model {source!r}: {str(e).strip().splitlines()[0]}") from None
+        for name, _, path in adapters:
+            try:
+                local.load_adapter(name, path)
+            except (OSError, ValueError) as e:
+                raise typer.BadParameter(f"cannot load the adapter {name!r}: {e}") from None
         live = serving.live_adapter_for(source, settings)
         if live is not None and live.name not in local.adapters:  # a restart keeps answering with it
             local.load_adapter(live.name, live.path)

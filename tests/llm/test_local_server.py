@@ -161,3 +161,18 @@ def test_a_restarted_server_answers_with_the_live_adapter_again(database_url: st
         models.mark_live(conn, adapter.version, actor="admin")  # promoted before the restart
     with serve_llm(tiny_model_dir) as url:
         assert serving.answers_with_adapter(url, adapter.name)
+
+
+def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from core.cli import app
+
+    for args, message in [(["--model", str(tmp_path / "missing")], "is not a model folder (no config.json)"),
+                          (["--model", str(tmp_path)], "is not a model folder (no config.json)"),
+                          (["--model", str(tiny_model_dir), "--adapter", "v1"], "expects NAME=PATH"),
+                          (["--model", str(tiny_model_dir), "--adapter", f"v1={tmp_path}"],
+                           "cannot load the adapter 'v1'")]:
+        refused = CliRunner().invoke(app, ["serve-llm", *args, "--port", str(free_port())],
+                                     env={"COLUMNS": "400"})  # the whole message on one line of the error box
+        assert refused.exit_code == 2 and message in refused.output, (args, refused.output)
