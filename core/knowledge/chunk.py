@@ -6,11 +6,14 @@ embedder would truncate (dense prose, long numbers) is cut again until it fits i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from core.knowledge.parse import ParsedDocument
 
+# Part of every document's content hash: raise it when the chunks made from a text change, so the
+# next ingest cuts documents stored before again.
+VERSION = 2
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n{2,}")
 
 
@@ -39,9 +42,14 @@ def chunk_document(doc: ParsedDocument, max_tokens: int = 200, overlap: int = 40
 
 
 def _pieces_that_fit(text: str, max_tokens: int, overlap: int, fits: Callable[[str], bool]) -> list[str]:
-    """The section cut at `max_tokens` words, or smaller (a quarter each time) until every piece fits."""
+    """The text cut at `max_tokens` words, or, while a piece would be truncated, cut evenly again
+    a quarter smaller. Not when a piece never can fit: one word (a long URL, base64) or the
+    title and heading fill the window alone."""
     pieces = split_text(text, max_tokens, overlap)
-    while max_tokens > 8 and not all(fits(p) for p in pieces):
+    while max_tokens > 8:
+        unfit = [p for p in pieces if not fits(p)]
+        if not unfit or any(not fits(max(p.split(), key=len)) for p in unfit):
+            break
         max_tokens = max_tokens * 3 // 4
         overlap = min(overlap, max_tokens // 5)
         pieces = split_text(text, max_tokens, overlap)

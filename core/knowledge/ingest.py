@@ -139,7 +139,10 @@ def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:
 
 
 def _content_hash(doc: ParsedDocument) -> str:
-    return hashlib.sha256("\x1f".join([doc.title, doc.url or "", doc.text]).encode()).hexdigest()
+    """The document and how it is cut: a new chunk size, or a changed chunker, re-chunks it."""
+    settings = get_settings()
+    cut = f"chunks v{chunk.VERSION} {settings.chunk_tokens}/{settings.chunk_overlap}"
+    return hashlib.sha256("\x1f".join([doc.title, doc.url or "", doc.text, cut]).encode()).hexdigest()
 
 
 def _store_all(documents: Iterable[ParsedDocument], visible: Visibility, report: IngestReport,
@@ -155,8 +158,9 @@ def _store_all(documents: Iterable[ParsedDocument], visible: Visibility, report:
     for file_source, records in report.complete_record_files.items():
         with db.connection(url) as conn:
             removed = store.delete_records_not_in(conn, file_source, records)
-            for source in removed if audited_by is not None else ():
-                audit.record(conn, audited_by, "knowledge.delete", source, {"reason": "no longer in its file"})
+            if audited_by is not None:
+                for source in removed:
+                    audit.record(conn, audited_by, "knowledge.delete", source, {"reason": "no longer in its file"})
         report.removed += removed
     if report.added or report.updated or report.removed:
         with db.connection(url) as conn:

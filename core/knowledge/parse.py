@@ -65,6 +65,8 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
     """One document per valid line; an invalid line yields a ParseError naming its line number,
     as does a line repeating an earlier line's `_id` (the first one is kept)."""
     text = _decode(name, data)
+    if not text.strip():  # refused like any empty file: re-ingesting it must not delete every record
+        raise ParseError(f"{name}: the file is empty")
     first_line: dict[str, int] = {}
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -167,9 +169,10 @@ def _plain(name: str, text: str, source: str) -> ParsedDocument:
 
 # HTML elements read as one line each, and the inline ones that never break a line.
 _HTML_LINES = ["h1", "h2", "h3", "h4", "h5", "h6", "p", "li", "tr", "pre", "blockquote"]
-_HTML_INLINE = frozenset({"a", "abbr", "b", "bdi", "bdo", "br", "cite", "code", "data", "del", "dfn", "em", "font",
-                          "i", "ins", "kbd", "label", "mark", "q", "s", "samp", "small", "span", "strong", "sub",
-                          "sup", "time", "u", "var", "wbr"})
+_HTML_INLINE = frozenset({"a", "abbr", "acronym", "b", "bdi", "bdo", "big", "br", "button", "cite", "code", "data",
+                          "del", "dfn", "em", "font", "i", "img", "input", "ins", "kbd", "label", "mark", "nobr",
+                          "output", "q", "rp", "rt", "ruby", "s", "samp", "small", "span", "strike", "strong", "sub",
+                          "sup", "time", "tt", "u", "var", "wbr"})
 
 
 def _html(name: str, text: str, source: str) -> ParsedDocument:
@@ -177,7 +180,7 @@ def _html(name: str, text: str, source: str) -> ParsedDocument:
 
     soup = BeautifulSoup(text, "html.parser")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    for tag in soup(["script", "style", "nav", "footer", "header", "noscript", "head", "title"]):
+    for tag in soup(["script", "style", "nav", "footer", "header", "noscript", "head", "title", "select", "textarea"]):
         tag.decompose()
     lines: list[str] = []
     loose: list[str] = []  # text outside those elements (a bare div, dt, dd), by the block it is in

@@ -68,6 +68,19 @@ def test_changed_document_replaces_its_chunks(database_url: str, tmp_path: Path)
     assert "250 EUR" in _search("what is the limit")[0].text
 
 
+def test_a_new_chunk_size_re_chunks_a_document_on_its_next_ingest(database_url: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "policy.md"
+    path.write_text("# Policy\n\n" + " ".join(f"Rule {i} applies to every trip abroad." for i in range(30)) + "\n")
+    ingest.ingest_paths([path])
+    assert len(_chunk_ids(str(path.resolve()))) == 2  # 210 words at 200 a chunk
+    monkeypatch.setenv("FLYWHEEL_CHUNK_TOKENS", "60")
+    monkeypatch.setenv("FLYWHEEL_CHUNK_OVERLAP", "10")
+    get_settings.cache_clear()
+    report = ingest.ingest_paths([path])
+    assert report.updated == [str(path.resolve())] and len(_chunk_ids(str(path.resolve()))) == 5
+
+
 def test_deleted_document_is_no_longer_found(database_url: str, tmp_path: Path) -> None:
     (tmp_path / "gone.md").write_text("# Gone\n\nThe submarine is yellow.\n")
     ingest.ingest_paths([tmp_path])
@@ -99,6 +112,10 @@ def test_a_record_removed_from_a_jsonl_file_is_removed_from_the_knowledge_base(d
     faq.write_text('{"_id": "badge", "text": "Reception prints a new badge."\n')
     broken = ingest.ingest_paths([faq])
     assert broken.removed == [] and _search("new badge")[0].source.endswith("faq.jsonl#badge")
+    faq.write_text("\n")  # nor does an empty one (half-written, truncated): it is refused like any empty file
+    empty = ingest.ingest_paths([faq])
+    assert empty.removed == [] and empty.failed == [(str(faq.resolve()), f"{faq}: the file is empty")]
+    assert _search("new badge")[0].source.endswith("faq.jsonl#badge")
 
 
 def test_a_repeated_record_id_is_reported_and_the_first_record_kept(database_url: str, tmp_path: Path) -> None:

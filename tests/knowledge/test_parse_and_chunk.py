@@ -50,14 +50,23 @@ def test_long_sections_split_within_budget_with_overlap() -> None:
 def test_dense_text_is_cut_until_every_chunk_fits_the_embedders_window() -> None:
     from core.knowledge import embed
 
-    # 190 words but far more than 256 wordpieces: at 200 words a chunk, its end would not be embedded.
-    dense = " ".join(f"Pseudohypoparathyroidism-{i:04d}X7 interferes." for i in range(95))
+    # 190 words but 882 wordpieces: at 200 words a chunk, most of it would not be embedded.
+    dense = " ".join(f"Immunohistochemistry{i} matters." for i in range(95))
     [doc] = parse_bytes("lab.md", f"# Lab codes\n\n{dense} Bicycles park on level minus one.\n".encode())
     assert not embed.fits_window(chunk_document(doc)[0].text)
     chunks = chunk_document(doc, fits=embed.fits_window)
-    assert len(chunks) > 1 and all(embed.fits_window(c.text) for c in chunks)
+    assert all(embed.fits_window(c.text) for c in chunks)
+    assert 4 <= len(chunks) <= 5  # 882 wordpieces need 4 windows at the least: cut evenly, not shredded
     assert chunks[-1].body.endswith("Bicycles park on level minus one.")
-    assert " ".join(c.body for c in chunks).count("interferes.") >= 95  # nothing lost, overlaps repeated
+    assert " ".join(c.body for c in chunks).count("matters.") >= 95  # nothing lost, overlaps repeated
+
+
+def test_a_heading_too_long_for_the_embedders_window_does_not_shred_its_section() -> None:
+    from core.knowledge import embed
+
+    heading = " ".join(f"Subsection{i}qz" for i in range(120))  # the title and heading alone overflow the window
+    [doc] = parse_bytes("long.md", f"# Doc\n\n## {heading}\n\n".encode() + b"Short rule one. " * 120)
+    assert len(chunk_document(doc, fits=embed.fits_window)) == len(chunk_document(doc))
 
 
 def test_html_tables_read_row_by_row() -> None:
@@ -78,6 +87,9 @@ def test_html_text_outside_paragraphs_is_kept_block_by_block() -> None:
     assert [(s.heading, s.text.split("\n\n")) for s in doc.sections] == [
         ("", ["Welcome to the wiki.", "Ask IT first.", "Then HR."]),
         ("Terms", ["PTO", "Paid time off, 25 days.", "A paragraph.", "Trailing words"])]
+    [form] = parse_bytes("form.html", b"<div>Run <tt>ls</tt>, press <button>Save</button> and go."
+                                      b"<select><option>Lisbon</option></select></div>")
+    assert form.text == "Run ls, press Save and go."  # inline tags do not break the line; form values are not text
 
 
 @pytest.mark.parametrize("name, data, message", [
