@@ -197,6 +197,8 @@ class LocalModel:
                     raise AdapterNotLoaded(adapter_id)
                 for item in self._decode(input_ids, params, adapter_id, stream):
                     stream.deliver(item)
+        except AdapterNotLoaded as e:  # unloaded while this request waited: the reader says so
+            stream.deliver(e)
         except Exception as e:  # the reader raises it; the decode thread goes on
             logger.exception("generation failed")
             stream.deliver(e)

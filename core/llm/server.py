@@ -77,6 +77,25 @@ class ValidationFailure(ValueError):
     pass
 
 
+class GenerationFailed(RuntimeError):
+    pass
+
+
+class _GenerationResponse(StreamingResponse):
+    """The event stream of one generation: however the response ends (done, failed, or the
+    client gone), the generation is cancelled."""
+
+    def __init__(self, events: AsyncIterator[str], stream: TokenStream) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self._stream = stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stream.cancel()
+
+
 @dataclass
 class _Counter:
     now: int = 0
@@ -122,6 +141,10 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
     @app.exception_handler(ValidationFailure)
     async def failure(_: Request, exc: ValidationFailure) -> JSONResponse:
         return _error(422, str(exc))
+
+    @app.exception_handler(GenerationFailed)
+    async def generation_failed(_: Request, exc: GenerationFailed) -> JSONResponse:
+        return _error(424, str(exc))
 
     @app.get("/health")
     def health() -> JSONResponse:
@@ -191,7 +214,7 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
             return await generate_stream(body)
         ids = model.prompt_ids(body.inputs)
         params = params_of(body.parameters, len(ids))
-        tokens, finish = await _complete(request, model.generate(ids, params, body.parameters.adapter_id))
+        tokens, finish = await _complete(request, model.generate(ids, params, body.parameters.adapter_id), model)
         text = "".join(t.text for t in tokens)
         if body.parameters.return_full_text:
             text = body.inputs + text
@@ -209,20 +232,24 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
 
         async def events() -> AsyncIterator[str]:
             index, text, previous = 0, "", None
-            async for item in _cancelled_on_exit(stream):
-                if isinstance(item, TokenOut):
-                    if previous is not None:
-                        yield _sse({"index": index, "token": _token(previous), "generated_text": None, "details": None})
-                        index += 1
-                    text += item.text
-                    previous = item
-                else:
-                    final = {"finish_reason": item, "generated_tokens": index + 1, "input_length": len(ids),
-                             "seed": body.parameters.seed}
-                    yield _sse({"index": index, "token": _token(previous) if previous else
-                                {"id": 0, "text": "", "logprob": 0.0, "special": True},
-                                "generated_text": text, "details": final if body.parameters.details else None})
-        return StreamingResponse(events(), media_type="text/event-stream")
+            try:
+                async for item in stream:
+                    if isinstance(item, TokenOut):
+                        if previous is not None:
+                            yield _sse({"index": index, "token": _token(previous), "generated_text": None,
+                                        "details": None})
+                            index += 1
+                        text += item.text
+                        previous = item
+                    else:
+                        final = {"finish_reason": item, "generated_tokens": index + 1, "input_length": len(ids),
+                                 "seed": body.parameters.seed}
+                        yield _sse({"index": index, "token": _token(previous) if previous else
+                                    {"id": 0, "text": "", "logprob": 0.0, "special": True},
+                                    "generated_text": text, "details": final if body.parameters.details else None})
+            except Exception as e:  # the status line is sent: TGI reports a failure as an event
+                yield _sse(_failure(e, model))
+        return _GenerationResponse(events(), stream)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> Any:
@@ -239,15 +266,21 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
         name = adapter_id or model.name
         if body.stream:
             async def chunks() -> AsyncIterator[str]:
-                async for item in _cancelled_on_exit(stream):
-                    delta: dict[str, Any] = {"role": "assistant", "content": item.text if isinstance(item, TokenOut) else ""}
-                    finish = None if isinstance(item, TokenOut) else _openai_finish(item)
-                    yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                                "model": name, "system_fingerprint": VERSION,
-                                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+                try:
+                    async for item in stream:
+                        delta: dict[str, Any] = {"role": "assistant",
+                                                 "content": item.text if isinstance(item, TokenOut) else ""}
+                        finish = None if isinstance(item, TokenOut) else _openai_finish(item)
+                        yield _sse({"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                                    "model": name, "system_fingerprint": VERSION,
+                                    "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                                 "finish_reason": finish}]})
+                except Exception as e:
+                    yield _sse(_failure(e, model))
+                    return
                 yield "data: [DONE]\n\n"
-            return StreamingResponse(chunks(), media_type="text/event-stream")
-        tokens, finish = await _complete(request, stream)
+            return _GenerationResponse(chunks(), stream)
+        tokens, finish = await _complete(request, stream, model)
         return {"id": completion_id, "object": "chat.completion", "created": created, "model": name,
                 "system_fingerprint": VERSION,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(t.text for t in tokens)},
@@ -258,17 +291,10 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
     return app
 
 
-async def _cancelled_on_exit(stream: TokenStream) -> AsyncIterator[TokenOut | FinishReason]:
-    """The stream's items; however the reader stops (done, client gone, error), decoding stops."""
-    try:
-        async for item in stream:
-            yield item
-    finally:
-        stream.cancel()
-
-
-async def _complete(request: Request, stream: TokenStream) -> tuple[list[TokenOut], FinishReason]:
-    """The whole generation, cancelled if the client disconnects before it is done."""
+async def _complete(request: Request, stream: TokenStream,
+                    model: LocalModel) -> tuple[list[TokenOut], FinishReason]:
+    """The whole generation, cancelled if the client disconnects first (it then ends early, as
+    "length": nobody reads it)."""
     async def cancel_on_disconnect() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
@@ -278,14 +304,26 @@ async def _complete(request: Request, stream: TokenStream) -> tuple[list[TokenOu
     finish: FinishReason = "length"
     watcher = asyncio.ensure_future(cancel_on_disconnect())
     try:
-        async for item in _cancelled_on_exit(stream):
+        async for item in stream:
             if isinstance(item, TokenOut):
                 tokens.append(item)
             else:
                 finish = item
+    except AdapterNotLoaded as e:  # unloaded while the request waited for the model
+        raise ValidationFailure(_unknown_adapter(e.args[0], model)) from e
+    except Exception as e:
+        raise GenerationFailed(f"Request failed during generation: {e}") from e
     finally:
         watcher.cancel()
+        stream.cancel()
     return tokens, finish
+
+
+def _failure(e: Exception, model: LocalModel) -> dict[str, str]:
+    """A failed generation as TGI's error event."""
+    if isinstance(e, AdapterNotLoaded):
+        return {"error": _unknown_adapter(e.args[0], model), "error_type": "validation"}
+    return {"error": f"Request failed during generation: {e}", "error_type": "generation"}
 
 
 def _token(t: TokenOut) -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -176,3 +177,39 @@ def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path,
         refused = CliRunner().invoke(app, ["serve-llm", *args, "--port", str(free_port())],
                                      env={"COLUMNS": "400"})  # the whole message on one line of the error box
         assert refused.exit_code == 2 and message in refused.output, (args, refused.output)
+
+
+def test_a_generation_that_fails_is_reported_in_tgi_error_shapes_and_the_server_goes_on(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from core.llm.local_model import AdapterNotLoaded, LocalModel, TokenOut
+    from core.llm.server import create_app
+
+    model = LocalModel(tiny_model_dir)
+    fault: list[Exception] = []
+    decode = model._decode
+
+    def failing_after_one_token(*args: object) -> Iterator[object]:
+        for item in decode(*args):  # type: ignore[arg-type]
+            yield item
+            if fault and isinstance(item, TokenOut):
+                raise fault[0]  # fault injection: what a GPU out of memory mid-generation looks like
+
+    monkeypatch.setattr(model, "_decode", failing_after_one_token)
+    chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 5}
+    with TestClient(create_app(model)) as client:
+        fault.append(RuntimeError("CUDA out of memory"))
+        for route, body in [("/generate", PROMPT), ("/v1/chat/completions", chat)]:
+            failed = client.post(route, json=body)
+            assert failed.status_code == 424 and "CUDA out of memory" in failed.json()["error"]
+            validate(failed.json(), "ErrorResponse")
+        for route, body in [("/generate_stream", PROMPT), ("/v1/chat/completions", {**chat, "stream": True})]:
+            events = _sse(client.post(route, json=body))
+            assert events[-1] == {"error": "Request failed during generation: CUDA out of memory",
+                                  "error_type": "generation"}
+        fault[0] = AdapterNotLoaded("support-v9")  # unloaded while the request waited its turn
+        gone = client.post("/generate", json=PROMPT)
+        assert gone.status_code == 422 and "Unknown adapter 'support-v9'" in gone.json()["error"]
+        fault.clear()
+        assert client.post("/generate", json=PROMPT).json()["details"]["generated_tokens"] == 6
