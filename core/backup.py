@@ -40,12 +40,19 @@ def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     return counts
 
 
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds a Flywheel export (its manifest lists the tables)."""
+    try:
+        return "tables" in json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     """Restore an export into a database with no records yet (migrated, knowledge base allowed).
     Runs in the caller's transaction: a bad file leaves nothing half-imported."""
-    manifest = folder / "manifest.json"
-    if not manifest.exists():
-        raise FileNotFoundError(f"{folder} is not a Flywheel export (no manifest.json).")
+    if not is_export(folder):
+        raise FileNotFoundError(f"{folder} is not a Flywheel export (no manifest.json listing its tables).")
     for table in TABLES:
         if table in _MAY_HAVE_ROWS:
             continue

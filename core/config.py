@@ -199,10 +199,12 @@ def get_settings() -> Settings:
 
 
 def env_name(field: str) -> str:
-    """The environment variable that sets a field: FLYWHEEL_<FIELD>, or its conventional name."""
+    """The environment variable that sets a field (named by itself or its alias): FLYWHEEL_<FIELD>,
+    or its conventional name."""
     info = Settings.model_fields.get(field)
-    alias = info.validation_alias if info is not None else None
-    return alias if isinstance(alias, str) else f"FLYWHEEL_{field.upper()}"
+    if info is None:  # pydantic names an aliased field by its alias
+        return field
+    return info.validation_alias if isinstance(info.validation_alias, str) else f"FLYWHEEL_{field.upper()}"
 
 
 def _explained(error: object) -> str:

@@ -50,6 +50,8 @@ def run() -> None:
         typer.echo(f"flywheel: fix this setting (environment or .env):\n{e}", err=True)
         raise SystemExit(2) from None
     except psycopg.OperationalError as e:
+        if e.sqlstate is not None:  # the server answered (a deadlock, a full disk): not a connection failure
+            raise
         settings = get_settings()
         where = "DATABASE_URL" if settings.database_url else f"the embedded Postgres in {settings.pg_dir}"
         typer.echo(f"flywheel: cannot use the database ({where}): {str(e).strip()}", err=True)

@@ -31,7 +31,9 @@ def register(app: typer.Typer) -> None:
         if not path.strip():
             raise typer.BadParameter("An empty path: name the folder to export into.")
         folder = Path(path)
-        if folder.is_dir() and any(folder.iterdir()) and not (folder / "manifest.json").exists():
+        if folder.exists() and not folder.is_dir():
+            raise typer.BadParameter(f"{folder} is a file: name a folder to export into.")
+        if folder.is_dir() and any(folder.iterdir()) and not backup.is_export(folder):
             raise typer.BadParameter(f"{folder} holds other files: export into a new or empty folder "
                                      "(or over an earlier export, which is replaced).")
         with db.connection() as conn:

@@ -68,6 +68,7 @@ def register(app: typer.Typer) -> None:
             _wait_for(proc)
             code = 0  # stopped as asked
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         raise typer.Exit(code)  # a normal exit, so the embedded Postgres is stopped on the way out
 
 

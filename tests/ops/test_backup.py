@@ -121,6 +121,12 @@ def test_export_refuses_an_empty_path_and_a_folder_of_other_files(database_url: 
         assert refused.exit_code == 2, refused.output
     assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]
     assert "holds other files" in refused.output
+    (tmp_path / "webapp").mkdir()
+    (tmp_path / "webapp" / "manifest.json").write_text('{"name": "my app"}')  # someone else's manifest
+    for folder, message in [("notes.md", "is a file"), ("webapp", "holds other files")]:
+        refused = CliRunner().invoke(app, ["export", folder])
+        assert refused.exit_code == 2 and message in refused.output, refused.output
+    assert (tmp_path / "webapp" / "manifest.json").read_text() == '{"name": "my app"}'
     first = CliRunner().invoke(app, ["export", "backup"])
     again = CliRunner().invoke(app, ["export", "backup"])  # over an earlier export
     assert first.exit_code == again.exit_code == 0 and (tmp_path / "backup" / "manifest.json").exists()

@@ -84,23 +84,32 @@ def test_list_settings_take_items_separated_by_commas_or_a_json_list(
     assert Settings().reviewers == expected
 
 
-def _run(module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def _run(module: str, *args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m module` in `cwd` (no .env there), with only the settings given."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("FLYWHEEL_", "SLACK_", "DATABASE_URL"))}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd,
+                          env={**clean, "PYTHONPATH": str(ROOT), **env}, capture_output=True, text=True, timeout=120)
 
 
 def test_a_wrong_setting_is_one_message_naming_the_variable_not_a_traceback(tmp_path: Path) -> None:
-    cli = _run("core.cli", "docs", "ls", FLYWHEEL_DATA_DIR=str(tmp_path), FLYWHEEL_DB_POOL_MAX="ten")
+    cli = _run("core.cli", "docs", "ls", cwd=tmp_path, FLYWHEEL_DATA_DIR=str(tmp_path), FLYWHEEL_DB_POOL_MAX="ten")
     assert cli.returncode == 2 and "Traceback" not in cli.stderr
     assert "FLYWHEEL_DB_POOL_MAX: Input should be a valid integer" in cli.stderr
-    bot = _run("bot", FLYWHEEL_DATA_DIR=str(tmp_path), FLYWHEEL_REVIEWERS='["U012"', SLACK_BOT_TOKEN="xoxb-1")
+    bot = _run("bot", cwd=tmp_path, FLYWHEEL_DATA_DIR=str(tmp_path), FLYWHEEL_REVIEWERS='["U012"',
+               SLACK_BOT_TOKEN="xoxb-1")
     assert bot.returncode == 1 and "Traceback" not in bot.stderr
     assert "FLYWHEEL_REVIEWERS: not a JSON list" in bot.stderr and "xoxb-1" not in bot.stderr
 
 
-def test_an_unreachable_database_is_one_message_without_its_password() -> None:
+def test_an_unreachable_database_is_one_message_without_its_password(tmp_path: Path) -> None:
     url = f"postgresql://flywheel:TopSecret@127.0.0.1:{free_port()}/flywheel"
-    cli = _run("core.cli", "docs", "ls", DATABASE_URL=url)
+    cli = _run("core.cli", "docs", "ls", cwd=tmp_path, DATABASE_URL=url)
     assert cli.returncode == 1 and "Traceback" not in cli.stderr and "TopSecret" not in cli.stderr
     assert "cannot use the database (DATABASE_URL): connection failed" in cli.stderr
+
+
+def test_a_setting_is_named_by_the_variable_that_sets_it() -> None:
+    from core.config import env_name
+
+    assert [env_name("reviewers"), env_name("database_url"), env_name("SLACK_API_URL")] == [
+        "FLYWHEEL_REVIEWERS", "DATABASE_URL", "SLACK_API_URL"]  # pydantic names an aliased field by its alias
