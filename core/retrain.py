@@ -98,7 +98,9 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         if not schedule.enabled:
             return None
         due = croniter(schedule.cron, now).get_prev(dt.datetime)
-        if due <= (schedule.last_fired_at or schedule.updated_at):
+        # A cron time before the schedule was last saved (switched back on, a new cron) is past:
+        # turning a weekly schedule on again on a Wednesday must not retrain there and then.
+        if due <= max(filter(None, (schedule.last_fired_at, schedule.updated_at))):
             return None
         training.mark_schedule_fired(conn, now)
         if training.active_run(conn) is not None:
@@ -130,8 +132,9 @@ def fail_run(run_id: int, reason: str) -> None:
         run = training.get_run(conn, run_id)
         training.append_log(conn, run_id, f"failed: {reason}")
         training.finish_run(conn, run_id, "failed", error=reason)
-        if run is not None and run.adapter_version is not None:
-            models.update(conn, run.adapter_version, status="failed", error=reason)
+        adapter = models.get(conn, run.adapter_version) if run and run.adapter_version is not None else None
+        if adapter is not None and adapter.status == "training":  # one already ready or live stays so
+            models.update(conn, adapter.version, status="failed", error=reason)
 
 
 def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> list[int]:

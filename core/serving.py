@@ -65,14 +65,21 @@ def _same_model(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
+def _auth() -> dict[str, str]:
+    """The model server's bearer token (FLYWHEEL_LLM_API_KEY), as the generation clients send it."""
+    key = get_settings().llm_api_key
+    return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+
+
 def load_adapter(name: str, path: str, url: str, backend: str) -> None:
     """Make the server at `url` able to answer with `name` (does not make it live)."""
     base = url.rstrip("/")
     try:
         if backend == "local":
-            r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, timeout=120)
-        elif backend == "openai":
-            r = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}, timeout=120)
+            r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, headers=_auth(), timeout=120)
+        elif backend == "openai":  # vLLM's --api-key guards /v1/* too
+            r = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
+                           headers=_auth(), timeout=120)
             if r.status_code == 400 and "already" in r.text.lower():
                 return
         else:
@@ -88,7 +95,7 @@ def first_token_logprobs(url: str, adapter_id: str | None, n: int = 8) -> list[f
     parameters = {"max_new_tokens": n, "details": True, "do_sample": False, "adapter_id": adapter_id}
     try:
         r = httpx.post(f"{url.rstrip('/')}/generate", json={"inputs": SMOKE_PROMPT, "parameters": parameters},
-                       timeout=120)
+                       headers=_auth(), timeout=120)
         r.raise_for_status()
         return [t["logprob"] for t in r.json()["details"]["tokens"]]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:

@@ -75,3 +75,22 @@ def test_generate_sends_adapter_id_and_details() -> None:
     assert out.details.tokens[0].text == " five"
     sent = fake.requests[0]["body"]["parameters"]
     assert sent["adapter_id"] == "flywheel-v1" and sent["details"] is True
+
+
+def test_adapters_are_loaded_and_smoke_checked_with_the_servers_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import serving
+    from core.config import get_settings
+
+    monkeypatch.setenv("FLYWHEEL_LLM_API_KEY", "sk-vllm-123456")
+    get_settings.cache_clear()
+    details = {"generated_text": "x", "details": {"finish_reason": "length", "generated_tokens": 1, "prefill": [],
+                                                 "tokens": [{"id": 1, "text": "x", "logprob": -0.5, "special": False}]}}
+    fake = ScriptedTGI([(200, {}, {}), (200, {}, details)])
+    try:
+        with fake.running() as url:
+            serving.load_adapter("flywheel-v2", "/adapters/v2", url, "openai")  # vLLM's --api-key guards /v1/*
+            assert serving.first_token_logprobs(url, "flywheel-v2") == [-0.5]
+    finally:
+        get_settings.cache_clear()
+    assert [(r["path"], r["authorization"]) for r in fake.requests] == [
+        ("/v1/load_lora_adapter", "Bearer sk-vllm-123456"), ("/generate", "Bearer sk-vllm-123456")]

@@ -40,6 +40,13 @@ def serve_llm(model_dir: Path, *extra: str, timeout_s: float = 180) -> Iterator[
         log.close()
 
 
+def decoded_tokens(url: str) -> int:
+    """Every token a `flywheel serve-llm` has decoded so far, cancelled generations included."""
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    return int(next(line.split()[1] for line in metrics.splitlines()
+                    if line.startswith("flywheel_local_decoded_tokens_total ")))
+
+
 def answers_http(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
@@ -92,7 +99,8 @@ class ScriptedTGI:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
                 length = int(self.headers.get("content-length") or 0)
-                outer.requests.append({"path": self.path, "body": json.loads(self.rfile.read(length) or b"{}")})
+                outer.requests.append({"path": self.path, "body": json.loads(self.rfile.read(length) or b"{}"),
+                                       "authorization": self.headers.get("authorization")})
                 status, headers, body = outer.script[min(len(outer.requests) - 1, len(outer.script) - 1)]
                 data = json.dumps(body).encode()
                 self.send_response(status)

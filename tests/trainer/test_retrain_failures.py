@@ -92,6 +92,24 @@ def test_run_of_a_dead_worker_is_failed_and_its_training_stops(curated_dataset: 
     assert retrain.recover_orphaned_runs(stalled_after_s=0) == []
 
 
+@pytest.mark.parametrize(("adapter_status", "after"), [("training", "failed"), ("ready", "ready"), ("live", "live")])
+def test_a_failed_run_fails_only_an_adapter_still_training(curated_dataset: int, adapter_status: str,
+                                                           after: str) -> None:
+    """A worker that dies while promoting (TGI's health wait, the drain) must not fail the adapter
+    it already made ready, or the one now serving."""
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model="tiny", dataset_version=curated_dataset, params={},
+                                  requested_by="admin")
+        adapter = models.register(conn, base_model="tiny", path="/tmp/a", dataset_version=curated_dataset,
+                                  hyperparams={})
+        models.update(conn, adapter.version, status=adapter_status)  # type: ignore[arg-type]
+        training.attach_adapter(conn, run.id, adapter.version)
+    retrain.fail_run(run.id, "worker stopped")
+    with db.connection() as conn:
+        assert models.get(conn, adapter.version).status == after  # type: ignore[union-attr]
+        assert training.get_run(conn, run.id).status == "failed"  # type: ignore[union-attr]
+
+
 def test_all_rejected_answers_are_a_clear_error_and_no_run(tiny_base: Path) -> None:
     answer_and_curate([], rejected=CURATED[:2])
     with db.connection() as conn, pytest.raises(curation.CurationError, match="No accepted answers"):

@@ -66,6 +66,15 @@ def test_schedule_is_not_due_when_disabled_or_before_its_time(curated_dataset: i
         assert training.list_runs(conn) == [] and training.get_schedule(conn).last_fired_at is None
 
 
+def test_a_schedule_switched_back_on_waits_for_its_next_cron_time(curated_dataset: int) -> None:
+    wednesday = NOW + dt.timedelta(days=2, hours=7)  # 10:00, two days after Monday's 03:00
+    _schedule(saved=wednesday - dt.timedelta(minutes=1))
+    with db.connection() as conn:  # it last fired a month ago, then was switched off
+        training.mark_schedule_fired(conn, NOW - dt.timedelta(days=28))
+    assert retrain.scheduled_retrain(wednesday) is None  # not in working hours on a Wednesday
+    assert retrain.scheduled_retrain(NOW + dt.timedelta(days=7)) is not None  # next Monday 03:00
+
+
 def test_the_worker_ticks_every_minute_on_the_training_queue() -> None:
     import trainer.jobs  # noqa: F401  (registers the tasks on core.queue.app)
 
