@@ -42,6 +42,7 @@ class Adapter:
     error: str | None
     created_at: dt.datetime
     promoted_at: dt.datetime | None
+    rolled_back_at: dt.datetime | None  # rolled back from: no longer a rollback target
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,9 @@ def mark_live(conn: psycopg.Connection, version: int, *, actor: str, action: str
     started a new server, and audit who did it, all in the caller's transaction. Checks again
     that the adapter may go live: loading it can take minutes, during which its status may change."""
     promotable(conn, version)
-    conn.execute("UPDATE adapters SET status = 'retired' WHERE status = 'live' AND version <> %(v)s", {"v": version})
-    conn.execute("UPDATE adapters SET status = 'live', promoted_at = now() WHERE version = %(v)s", {"v": version})
+    _retire_live(conn, except_version=version, rolled_back=action == "model.rollback")
+    conn.execute("UPDATE adapters SET status = 'live', promoted_at = now(), rolled_back_at = NULL"
+                 " WHERE version = %(v)s", {"v": version})
     if endpoint is not None:
         conn.execute(
             "INSERT INTO serving_endpoint (id, url, pid, host, adapters) VALUES (1, %(u)s, %(p)s, %(h)s, %(a)s)"
@@ -137,6 +139,22 @@ def mark_live(conn: psycopg.Connection, version: int, *, actor: str, action: str
     return live
 
 
+def roll_back_to_base_model(conn: psycopg.Connection, *, actor: str) -> None:
+    """Retire the live adapter with none after it: the base model answers again. Audited."""
+    current = live(conn)
+    if current is None:
+        raise PromotionRefused("No adapter is live: the base model already answers.")
+    _retire_live(conn, except_version=None, rolled_back=True)
+    conn.execute("SELECT pg_notify(%(ch)s, '')", {"ch": LIVE_CHANNEL})
+    audit.record(conn, actor, "model.rollback", "base model", {"from": current.name})
+
+
+def _retire_live(conn: psycopg.Connection, *, except_version: int | None, rolled_back: bool) -> None:
+    conn.execute("UPDATE adapters SET status = 'retired',"
+                 " rolled_back_at = CASE WHEN %(rb)s THEN now() ELSE rolled_back_at END"
+                 " WHERE status = 'live' AND version IS DISTINCT FROM %(v)s", {"v": except_version, "rb": rolled_back})
+
+
 def endpoint(conn: psycopg.Connection) -> Endpoint | None:
     """The server a promotion switched generation to; None: the configured URL."""
     row = conn.execute("SELECT url, pid, host, adapters FROM serving_endpoint WHERE id = 1").fetchone()
@@ -144,10 +162,11 @@ def endpoint(conn: psycopg.Connection) -> Endpoint | None:
 
 
 def previous_live(conn: psycopg.Connection) -> Adapter | None:
-    """The adapter that was live before the current one: what a rollback promotes."""
+    """The adapter that was live before the current one, skipping those rolled back from: what a
+    rollback promotes. None: before the current one, the base model answered."""
     row = conn.execute(
         f"SELECT {_COLUMNS} FROM adapters WHERE status = 'retired' AND promoted_at IS NOT NULL"
-        " ORDER BY promoted_at DESC LIMIT 1"
+        " AND rolled_back_at IS NULL ORDER BY promoted_at DESC LIMIT 1"
     ).fetchone()
     return None if row is None else Adapter(**row)
 

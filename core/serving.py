@@ -143,10 +143,12 @@ def promote(version: int, settings: Settings | None = None, *, actor: str,
     return live
 
 
-def rollback(settings: Settings | None = None, *, actor: str) -> models.Adapter:
-    """Promote the adapter that was live before the current one."""
+def rollback(settings: Settings | None = None, *, actor: str) -> models.Adapter | None:
+    """Promote the adapter that was live before the current one, or, when the base model was,
+    retire the current one (None: the base model answers; every server serves it as it is)."""
     with db.connection() as conn:
         previous = models.previous_live(conn)
-    if previous is None:
-        raise models.PromotionRefused("There is no earlier live adapter to roll back to.")
+        if previous is None:
+            models.roll_back_to_base_model(conn, actor=actor)
+            return None
     return promote(previous.version, settings, actor=actor, action="model.rollback")

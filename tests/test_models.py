@@ -48,6 +48,33 @@ def test_one_live_adapter_and_rollback_returns_to_previous(database_url: str) ->
             ("bob", "model.rollback", "adapter:v1")]
 
 
+def test_rolling_back_again_goes_one_promotion_further_back_then_to_the_base_model(database_url: str) -> None:
+    # Each switch in a transaction of its own, as in use (now() is the transaction's time).
+    with db.connection() as conn:
+        v1, v2, v3 = _ready(conn), _ready(conn), _ready(conn)
+    for adapter in (v1, v2, v3):
+        with db.connection() as conn:
+            models.mark_live(conn, adapter.version, actor="admin")
+    went_to = []
+    for _ in range(2):
+        with db.connection() as conn:
+            previous = models.previous_live(conn)
+            assert previous is not None
+            went_to.append(models.mark_live(conn, previous.version, actor="bob", action="model.rollback").version)
+    assert went_to == [v2.version, v1.version]  # never back to v3, the one rolled back from
+    with db.connection() as conn:
+        assert models.previous_live(conn) is None  # before v1, the base model answered
+        models.roll_back_to_base_model(conn, actor="bob")
+        assert models.live(conn) is None and audit.recent(conn)[0].target == "base model"
+        with pytest.raises(models.PromotionRefused, match="base model already answers"):
+            models.roll_back_to_base_model(conn, actor="bob")
+    for adapter in (v3, v2):  # promoted again on purpose: v3 is a rollback target once more
+        with db.connection() as conn:
+            models.mark_live(conn, adapter.version, actor="admin")
+    with db.connection() as conn:
+        assert models.previous_live(conn).version == v3.version  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize("connection_lost", [False, True], ids=["listening", "after-a-lost-connection"])
 def test_live_cache_follows_a_promotion_in_another_connection(database_url: str, connection_lost: bool) -> None:
     cache = models.LiveAdapterCache(database_url, max_age_s=3600)  # only a notification refreshes it here

@@ -108,17 +108,17 @@ def register(app: typer.Typer) -> None:
 
     @models_app.command("rollback")
     def rollback(by: str = typer.Option("cli", "--as", help="Who rolls back (recorded).")) -> None:
-        """Make the previously live adapter live again."""
+        """Make the previously live adapter live again (the base model, before the first)."""
         _switch(lambda: serving.rollback(actor=by))
 
 
-def _switch(action: Callable[[], models.Adapter]) -> None:
+def _switch(action: Callable[[], models.Adapter | None]) -> None:
     try:
         live = action()
     except (models.PromotionRefused, serving.ServingError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from e
-    typer.echo(f"{live.name} (v{live.version}) is live")
+    typer.echo(f"{live.name} (v{live.version}) is live" if live else "no adapter is live: the base model answers")
 
 
 def _params(pairs: list[str]) -> dict[str, object]:

@@ -13,9 +13,10 @@ from core.llm.backends import make_generator
 from dashboard import frame
 
 
-def switch(actor: str, version: int | None) -> models.Adapter:
-    """Promote `version`, or roll back when None (audited with the switch)."""
-    return serving.promote(version, actor=actor) if version is not None else serving.rollback(actor=actor)
+def switch(actor: str, version: int | None) -> str:
+    """Promote `version`, or roll back when None (audited with the switch); says what answers now."""
+    live = serving.promote(version, actor=actor) if version is not None else serving.rollback(actor=actor)
+    return f"{live.name} is live." if live else "No adapter is live: the base model answers."
 
 
 identity = frame.page("Models")
@@ -64,14 +65,15 @@ if chosen.error:
 c_promote, c_rollback = st.columns(2)
 promote = c_promote.button(f"Promote {chosen.name}", key="md_promote", type="primary",
                            disabled=viewer or chosen.status == "live")
-rollback = c_rollback.button("Roll back to the previous adapter", key="md_rollback", disabled=viewer or live is None)
+rollback = c_rollback.button("Roll back to the previous adapter (or the base model)", key="md_rollback",
+                             disabled=viewer or live is None)
 for version, clicked in ((chosen.version, promote), (None, rollback)):
     if not clicked or frame.refuse_viewer(identity):
         continue
-    # PromotionRefused: failed, still training, or nothing to roll back to; ServingError: the
+    # PromotionRefused: failed, still training, or no adapter live to roll back from; ServingError: the
     # model server could not load or serve it. Either way nothing was switched.
     with st.spinner("Loading and checking the adapter on the model server…"):
-        now_live = frame.attempt("Switching adapters", lambda: switch(identity.actor, version),
-                                 models.PromotionRefused, serving.ServingError)
-    if now_live is not None:
-        frame.done(f"{now_live.name} is live.")
+        answered_by = frame.attempt("Switching adapters", lambda: switch(identity.actor, version),
+                                    models.PromotionRefused, serving.ServingError)
+    if answered_by is not None:
+        frame.done(answered_by)

@@ -87,8 +87,11 @@ def test_promote_and_roll_back(vllm: str) -> None:
     assert statuses == {2: "live", 1: "retired"}
     at.button(key="md_rollback").click().run()
     assert live_name() == "flywheel-v1" and "flywheel-v1 is live." in texts(at)
+    at.button(key="md_rollback").click().run()  # before v1: the base model
+    assert live_name() is None and "No adapter is live: the base model answers." in texts(at)
     assert [(e["action"], e["target"]) for e in audit_rows()] == [
-        ("model.promote", "adapter:v1"), ("model.promote", "adapter:v2"), ("model.rollback", "adapter:v1")]
+        ("model.promote", "adapter:v1"), ("model.promote", "adapter:v2"), ("model.rollback", "adapter:v1"),
+        ("model.rollback", "base model")]
 
 
 def test_promoting_a_failed_adapter_is_refused_and_nothing_changes(vllm: str) -> None:
