@@ -1,5 +1,5 @@
-"""Export and import what the loop has learned: answers with their reviews and feedback, curation,
-datasets, the adapter registry and retrain runs, as one JSONL file per table.
+"""Export and import what the loop has learned: answers with their Slack threads, reviews and
+feedback, curation, datasets, the adapter registry and retrain runs, as one JSONL file per table.
 
 The knowledge base is not exported: its documents live where they came from and re-ingest.
 Adapter weights are files under the adapters folder; back that folder up with the export."""
@@ -13,8 +13,11 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 # In dependency order: a row's references are restored before it.
-TABLES: tuple[str, ...] = ("answers", "reviews", "feedback", "deliveries", "curation_items", "datasets",
-                           "dataset_items", "adapters", "training_runs", "training_schedule", "audit_log")
+# slack_answers: where each Slack answer lives (thread, review card), so a restored database can
+# still deliver a decision on a pending review to its asker.
+TABLES: tuple[str, ...] = ("answers", "slack_answers", "reviews", "feedback", "deliveries", "curation_items",
+                           "datasets", "dataset_items", "adapters", "training_runs", "training_schedule",
+                           "audit_log")
 # Tables a database being restored may already hold rows of: the single schedule row every
 # database has, and the audit of knowledge ingested before the import (imported rows get new ids).
 _MAY_HAVE_ROWS = ("training_schedule", "audit_log")

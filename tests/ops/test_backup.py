@@ -8,6 +8,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from bot import store
 from core import backup, curation, db, feedback, models, training
 from core.agent import run
 from core.cli import app
@@ -25,6 +26,10 @@ def _seed(handbook_dir: Path) -> None:
     pending = run.ask("When are salary bands reviewed?", run.Asker(surface="slack", user_id="U2", channel_id="C1",
                                                                    thread_key="slack:C1:1.1"), context=context)
     assert pending.review_id is not None
+    with db.connection() as conn:  # the Slack thread the pending answer lives in, as the bot records it
+        slack_id = store.open_question(conn, channel_id="C1", question_ts="1.1", thread_ts="1.1", user_id="U2",
+                                       event_id="Ev1", question="When are salary bands reviewed?", owner="bot-1")
+        store.link_answer(conn, slack_id, pending.answer_id)  # type: ignore[arg-type]
     run.decide(pending.review_id, {"action": "approve", "reviewer": "UREV"}, context=context)
     with db.connection() as conn:
         feedback.record_rating(conn, answered.answer_id, "U1", "down", reason="incomplete",
@@ -56,7 +61,8 @@ def test_export_then_import_into_fresh_database_round_trips_every_row(
     run._default_generator.cache_clear()
     _seed(handbook)
     before = _rows(database_url)
-    assert all(before[t] for t in ("answers", "reviews", "feedback", "curation_items", "dataset_items", "adapters"))
+    assert all(before[t] for t in ("answers", "slack_answers", "reviews", "feedback", "curation_items",
+                                   "dataset_items", "adapters"))
 
     out = tmp_path / "export"
     exported = CliRunner().invoke(app, ["export", str(out)])
