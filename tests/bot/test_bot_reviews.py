@@ -1,6 +1,7 @@
 """Drafts that need a person: the card, reviewers' decisions, and the result in the asker's thread."""
 from __future__ import annotations
 
+import copy
 import threading
 
 import psycopg
@@ -99,6 +100,17 @@ def test_reviewer_rejects_with_a_reason_and_asker_is_told_a_person_will_follow_u
     assert f"Rejected by <@{REVIEWER}>" in updated.shown_text and "bands are confidential" in updated.shown_text
     assert rows("SELECT status, reject_reason FROM reviews") == [
         {"status": "rejected", "reject_reason": "bands are confidential"}]
+
+
+def test_edit_or_reject_on_a_decided_review_says_so_before_any_modal(bot: SlackBot, model: ScriptedModel) -> None:
+    _, card = pending_review(bot, model)
+    with_buttons = copy.deepcopy(bot.message_of(card))  # as a second reviewer still sees it, not redrawn yet
+    run.decide(_review_id(), {"action": "approve", "reviewer": "alice@northwind.example"}, context=bot.context())
+    for action in (review_view.EDIT, review_view.REJECT):
+        bot.click(with_buttons, action, user=REVIEWER, channel=REVIEW_CHANNEL)
+    told = bot.slack.wait_for("chat.postEphemeral", lambda c: c.args["user"] == REVIEWER, count=2)
+    assert all(c.args["text"] == review_view.ALREADY_DECIDED for c in told)
+    assert not bot.slack.calls_to("views.open")  # no reason typed for nothing
 
 
 def test_empty_edited_answer_is_refused_in_the_modal(bot: SlackBot, model: ScriptedModel) -> None:

@@ -33,10 +33,8 @@ def handle_edit(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: 
         if not _reviewer(client, body, context):
             return
         review_id = int(action["value"])
-        with db.connection() as conn:
-            review = feedback.get_review(conn, review_id)
-            answer = feedback.get_answer(conn, review.answer_id) if review else None
-        if review is None or answer is None or review.status != "pending":
+        answer = _waiting(review_id)
+        if answer is None:
             notices.tell_clicker(client, body, review_view.ALREADY_DECIDED)
             return
         client.views_open(trigger_id=body["trigger_id"], view=review_view.edit_modal(review_id, answer.draft or ""))
@@ -52,7 +50,11 @@ def handle_reject(ack: Ack, body: dict[str, Any], action: dict[str, Any], client
     try:
         if not _reviewer(client, body, context):
             return
-        client.views_open(trigger_id=body["trigger_id"], view=review_view.reject_modal(int(action["value"])))
+        review_id = int(action["value"])
+        if _waiting(review_id) is None:  # before the reviewer types a reason for nothing
+            notices.tell_clicker(client, body, review_view.ALREADY_DECIDED)
+            return
+        client.views_open(trigger_id=body["trigger_id"], view=review_view.reject_modal(review_id))
     except Exception:
         logger.exception("opening the reject modal failed")
         notices.tell_clicker(client, body, notices.SORRY)
@@ -63,3 +65,11 @@ def _reviewer(client: WebClient, body: dict[str, Any], context: BoltContext) -> 
         return True
     notices.tell_clicker(client, body, review_view.ONLY_REVIEWERS)
     return False
+
+
+def _waiting(review_id: int) -> feedback.Answer | None:
+    """The answer of a review still waiting for its decision; None once decided (or gone)."""
+    with db.connection() as conn:
+        review = feedback.get_review(conn, review_id)
+        answer = feedback.get_answer(conn, review.answer_id) if review else None
+    return answer if review is not None and review.status == "pending" else None
