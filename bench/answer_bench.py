@@ -78,6 +78,31 @@ def serving_speed(runs: int = 5, new_tokens: int = 128) -> None:
                 rates.append(out["details"]["generated_tokens"] / (time.perf_counter() - started))
             print(f"serve-llm, {label}: {statistics.median(rates):.0f} tokens/s "
                   f"(median of {runs}, {new_tokens} new tokens, greedy, CPU)")
+            dropped_stream_cost(url, body)
+
+
+def dropped_stream_cost(url: str, body: dict, long_tokens: int = 1000) -> None:
+    """A client that reads one token of a long stream and goes away: how long the next request
+    waits, against the same request on an idle server, and how many tokens the dropped
+    generation decoded before it was cancelled."""
+    import httpx
+    from support.servers import decoded_tokens
+
+    def timed() -> tuple[float, int]:
+        """Seconds for one request of `body`, and the tokens it generated."""
+        started = time.perf_counter()
+        out = httpx.post(f"{url}/generate", json=body, timeout=600).json()
+        return time.perf_counter() - started, out["details"]["generated_tokens"]
+
+    idle = statistics.median(timed()[0] for _ in range(3))
+    before = decoded_tokens(url)
+    long = {"inputs": body["inputs"], "parameters": {"max_new_tokens": long_tokens}}
+    with httpx.stream("POST", f"{url}/generate_stream", json=long, timeout=600) as dropped:
+        next(line for line in dropped.iter_lines() if line.startswith("data:"))
+    behind, generated = timed()
+    wasted = decoded_tokens(url) - before - generated
+    print(f"  behind a dropped {long_tokens}-token stream: {behind:.2f} s against {idle:.2f} s idle "
+          f"({behind / idle:.2f}x); the dropped stream decoded {wasted} tokens")
 
 
 if __name__ == "__main__":

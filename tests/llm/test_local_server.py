@@ -12,7 +12,7 @@ import pytest
 from core.llm.base import BackendUnavailable, ChatMessage, UnknownAdapter
 from core.llm.tgi import TGIGenerator
 from support.openapi import validate
-from support.servers import free_port, serve_llm
+from support.servers import decoded_tokens, free_port, serve_llm
 from support.tiny_model import make_lora_adapter
 
 PROMPT = {"inputs": "Northwind laptops ship in", "parameters": {"max_new_tokens": 6, "details": True}}
@@ -59,16 +59,10 @@ def test_bad_requests_are_422_in_tgi_error_shape(tiny_server: str) -> None:
         validate(refused.json(), "ErrorResponse")
 
 
-def _decoded_tokens(url: str) -> int:
-    metrics = httpx.get(f"{url}/metrics").text
-    return int(next(line.split()[1] for line in metrics.splitlines()
-                    if line.startswith("flywheel_local_decoded_tokens_total ")))
-
-
 def test_a_client_that_goes_away_stops_its_generation_and_frees_the_model(tiny_server: str) -> None:
     long = {"inputs": "Northwind laptops ship in", "parameters": {"max_new_tokens": 2000}}
     chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2000, "stream": True}
-    before = _decoded_tokens(tiny_server)
+    before = decoded_tokens(tiny_server)
     for route, body in [("/generate_stream", long), ("/v1/chat/completions", chat)]:
         with httpx.stream("POST", f"{tiny_server}{route}", json=body, timeout=60) as dropped:
             next(line for line in dropped.iter_lines() if line.startswith("data:"))  # one token, then gone
@@ -77,7 +71,7 @@ def test_a_client_that_goes_away_stops_its_generation_and_frees_the_model(tiny_s
     answered = httpx.post(f"{tiny_server}/generate", json=PROMPT, timeout=60)  # queued behind all three
     assert answered.status_code == 200 and answered.json()["details"]["generated_tokens"] == 6
     # Had any of the three decoded on to its 2,000 tokens, this would be over 2,000.
-    assert _decoded_tokens(tiny_server) - before < 2000
+    assert decoded_tokens(tiny_server) - before < 2000
 
 
 def test_tgi_client_chats_generates_and_streams(tiny_server: str) -> None:
