@@ -65,17 +65,28 @@ def cancel_job(job_id: int, url: str | None = None) -> bool:
 
 
 def orphaned_runs(conn: psycopg.Connection, stalled_after_s: float = STALLED_AFTER_S) -> list[dict[str, object]]:
-    """Runs marked running whose job no live worker holds: the worker died (killed, machine
-    lost) while it trained. [{run_id, job_id, job_status}]."""
+    """Runs no live worker will carry on: marked running, or queued, while their job is gone,
+    ended (the task failed before the run started) or held by a dead worker (killed, machine
+    lost). A queued run whose job still waits is not one. [{run_id, run_status, job_id, job_status}]."""
     if conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is None:  # type: ignore[index]
         return []
     rows = conn.execute(
-        "SELECT r.id AS run_id, j.id AS job_id, j.status::text AS job_status FROM training_runs r"
+        "SELECT r.id AS run_id, r.status AS run_status, j.id AS job_id, j.status::text AS job_status"
+        " FROM training_runs r"
         " LEFT JOIN procrastinate_jobs j ON j.id = r.job_id"
         " LEFT JOIN procrastinate_workers w ON w.id = j.worker_id"
-        " WHERE r.status = 'running' AND (j.id IS NULL OR j.status <> 'doing' OR w.id IS NULL"
-        "  OR w.last_heartbeat < now() - make_interval(secs => %(s)s))", {"s": stalled_after_s}).fetchall()
+        " WHERE (r.status = 'running' OR (r.status = 'queued' AND r.job_id IS NOT NULL))"
+        "  AND (j.id IS NULL OR j.status::text NOT IN ('todo', 'doing')"
+        "   OR (r.status = 'running' AND j.status <> 'doing')"
+        "   OR (j.status = 'doing' AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => %(s)s))))",
+        {"s": stalled_after_s}).fetchall()
     return [dict(r) for r in rows]
+
+
+def job_status(conn: psycopg.Connection, job_id: int) -> str | None:
+    """The queue's status of a job (todo, doing, succeeded, failed, cancelled, aborted); None if gone."""
+    row = conn.execute("SELECT status::text AS s FROM procrastinate_jobs WHERE id = %(id)s", {"id": job_id}).fetchone()
+    return None if row is None else str(row["s"])
 
 
 def fail_job(conn: psycopg.Connection, job_id: int) -> None:

@@ -70,9 +70,12 @@ def cancel_retrain(run_id: int, *, requested_by: str) -> bool:
             audit.record(conn, requested_by, "retrain.cancel", f"run:{run_id}")
     if not asked or run is None:
         return False
-    if run.status == "queued" and run.job_id is not None and queue.cancel_job(run.job_id):
+    if run.status == "queued" and run.job_id is not None:
+        taken_off = queue.cancel_job(run.job_id)
         with db.connection() as conn:
-            training.finish_run(conn, run_id, "cancelled", error=f"cancelled by {requested_by} before it started")
+            # Taken off the queue, or its job already ended without starting it: nothing will.
+            if taken_off or queue.job_status(conn, run.job_id) not in ("todo", "doing"):
+                training.finish_run(conn, run_id, "cancelled", error=f"cancelled by {requested_by} before it started")
     return True
 
 
@@ -138,8 +141,9 @@ def fail_run(run_id: int, reason: str) -> None:
 
 
 def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> list[int]:
-    """Fail the runs whose worker died mid-way (no heartbeat): they would show "running"
-    forever. Their checkpoints stay, so `resume_retrain` continues them."""
+    """Fail the runs no worker will carry on (see `queue.orphaned_runs`): they would show
+    "running" or "queued" forever, and block every new retrain. Their checkpoints stay, so
+    `resume_retrain` continues them."""
     with db.connection() as conn:
         orphans = queue.orphaned_runs(conn, stalled_after_s)
         for orphan in orphans:
@@ -147,9 +151,14 @@ def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> lis
                 queue.fail_job(conn, orphan["job_id"])  # type: ignore[arg-type]
     for orphan in orphans:
         run_id = int(orphan["run_id"])  # type: ignore[call-overload]
-        fail_run(run_id, f"The worker stopped while it ran this retrain (no heartbeat for {stalled_after_s:.0f} s). "
-                         f"Resume it from its last checkpoint with `flywheel train resume {run_id}`.")
-        logger.warning("retrain run %s was orphaned by a dead worker; marked failed", run_id)
+        if orphan["run_status"] == "queued":
+            fail_run(run_id, f"This retrain's job ended ({orphan['job_status'] or 'gone'}) before the run started. "
+                             f"Start it again with `flywheel train resume {run_id}`.")
+        else:
+            fail_run(run_id, f"The worker stopped while it ran this retrain (no heartbeat for {stalled_after_s:.0f} s)."
+                             f" Resume it from its last checkpoint with `flywheel train resume {run_id}`.")
+        logger.warning("retrain run %s was orphaned (%s, job %s); marked failed", run_id, orphan["run_status"],
+                       orphan["job_status"])
     return [int(o["run_id"]) for o in orphans]  # type: ignore[call-overload]
 
 

@@ -206,3 +206,24 @@ def test_a_training_process_killed_under_torchrun_is_reported_as_killed(tmp_path
     reason = jobs._failure_reason(code, {}, tmp_path)
     assert reason.startswith("The training process was killed by SIGKILL (out of memory?)")
     assert "No checkpoint was left" in reason  # none was written here: a resume starts over
+
+
+def test_a_queued_run_whose_job_ended_before_it_started_does_not_block_retraining(curated_dataset: int) -> None:
+    """The worker's task failed before it started the run (a database error), or the job was
+    lost: the run would stay queued, refusing every new retrain, and a cancel changed nothing."""
+    def job_ended(run: training.TrainingRun) -> None:
+        with db.connection() as conn:
+            conn.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE id = %(j)s", {"j": run.job_id})
+
+    first = retrain.request_retrain(requested_by="admin")
+    job_ended(first)
+    assert retrain.cancel_retrain(first.id, requested_by="admin")
+    second = retrain.request_retrain(requested_by="admin")  # not refused: the first is cancelled
+    assert retrain.recover_orphaned_runs(stalled_after_s=0) == []  # its job still waits: left alone
+    job_ended(second)
+    assert retrain.recover_orphaned_runs(stalled_after_s=0) == [second.id]
+    with db.connection() as conn:
+        assert training.get_run(conn, first.id).status == "cancelled"  # type: ignore[union-attr]
+        failed = training.get_run(conn, second.id)
+    assert failed.status == "failed" and "ended (failed) before the run started" in failed.error  # type: ignore[union-attr,operator]
+    assert retrain.request_retrain(requested_by="admin").status == "queued"
