@@ -16,6 +16,7 @@ from typing import Any
 from slack_bolt import BoltContext
 from slack_sdk import WebClient
 
+from bot.reviews import GroupMembers
 from bot.throttle import UpdateThrottle
 from core.agent import run
 from core.agent.state import AgentContext
@@ -64,6 +65,7 @@ class Deps:
     workers: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=AGENT_RUNS, thread_name_prefix="agent"))
     throttle: UpdateThrottle = field(default_factory=UpdateThrottle)
+    reviewer_groups: GroupMembers = field(default_factory=GroupMembers)
     # This process, in the records of the questions it is answering (see store.release_orphans).
     process_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
     _thread_locks: KeyedLocks = field(default_factory=KeyedLocks)

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
+import time
 
 import psycopg
 from slack_sdk import WebClient
@@ -15,17 +18,37 @@ from core.config import Settings
 logger = logging.getLogger(__name__)
 
 
-def is_reviewer(client: WebClient, settings: Settings, user_id: str) -> bool:
-    """Listed in `settings.reviewers`, or a member of `settings.reviewer_group` (asked of Slack
-    on each decision, so a change in the group applies at once)."""
+class GroupMembers:
+    """Members of Slack user groups, asked of Slack at most once per `max_age_s` a group. Every
+    review click checks them before Slack's 3-second deadline, and Slack allows about 20 of
+    these calls a minute: asking each time, a busy review channel was made to wait out 429s."""
+
+    def __init__(self, max_age_s: float = 60.0) -> None:
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[float, frozenset[str]]] = {}   # group: (read at, members)
+
+    def of(self, client: WebClient, group: str) -> frozenset[str]:
+        with self._lock:
+            read_at, members = self._known.get(group, (-math.inf, frozenset()))
+        if time.monotonic() - read_at < self.max_age_s:
+            return members
+        members = frozenset(client.usergroups_users_list(usergroup=group).get("users") or [])
+        with self._lock:
+            self._known[group] = (time.monotonic(), members)
+        return members
+
+
+def is_reviewer(client: WebClient, settings: Settings, user_id: str, groups: GroupMembers) -> bool:
+    """Listed in `settings.reviewers`, or a member of `settings.reviewer_group` (so a change in
+    the group applies within `groups.max_age_s`)."""
     if user_id in settings.reviewers:
         return True
     if not settings.reviewer_group:
         if not settings.reviewers:
             logger.warning("no reviewers are configured (FLYWHEEL_REVIEWERS / FLYWHEEL_REVIEWER_GROUP)")
         return False
-    members = client.usergroups_users_list(usergroup=settings.reviewer_group)
-    return user_id in (members.get("users") or [])
+    return user_id in groups.of(client, settings.reviewer_group)
 
 
 def post_card(client: WebClient, settings: Settings, review_id: int) -> None:

@@ -82,6 +82,8 @@ def test_group_member_edits_the_draft_in_a_prefilled_modal_and_asker_gets_the_ed
     assert f"Edited and approved by <@{GROUP_MEMBER}>" in updated.shown_text and edited in updated.shown_text
     assert rows("SELECT status, decided_by, edited_text FROM reviews") == [
         {"status": "edited", "decided_by": GROUP_MEMBER, "edited_text": edited}]
+    # The click and the submission both checked the group: Slack was asked once (about 20 such calls a minute).
+    assert len(bot.slack.calls_to("usergroups.users.list")) == 1
     assert rows("SELECT final_answer FROM answers") == [{"final_answer": edited}]
 
 

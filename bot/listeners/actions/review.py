@@ -61,7 +61,7 @@ def handle_reject(ack: Ack, body: dict[str, Any], action: dict[str, Any], client
 
 
 def _reviewer(client: WebClient, body: dict[str, Any], context: BoltContext) -> bool:
-    if reviews.is_reviewer(client, deps.of(context).settings, body["user"]["id"]):
+    if reviews.is_reviewer(client, deps.of(context).settings, body["user"]["id"], deps.of(context).reviewer_groups):
         return True
     notices.tell_clicker(client, body, review_view.ONLY_REVIEWERS)
     return False

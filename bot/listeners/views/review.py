@@ -34,7 +34,7 @@ def _submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebCli
         ack(response_action="errors", errors={field: empty})
         return
     try:
-        allowed = reviews.is_reviewer(client, deps.of(context).settings, user)
+        allowed = reviews.is_reviewer(client, deps.of(context).settings, user, deps.of(context).reviewer_groups)
     except Exception:
         logger.exception("checking whether %s is a reviewer failed", user)
         ack(response_action="errors", errors={field: notices.SORRY})
