@@ -29,13 +29,14 @@ def table(rows: list[curation.CurationRow]) -> pd.DataFrame:
     } for r in rows])
 
 
-def judge(answer_id: int, action: str, actor: str, ideal_answer: str) -> curation.Decision:
-    """One transaction: the judgement and its audit row land together or not at all."""
+def judge(answer_id: int, action: str, actor: str, ideal_answer: str | None) -> curation.Decision:
+    """One transaction: the judgement and its audit row land together or not at all. Accepting
+    stores `ideal_answer`, or the answer as delivered when None."""
     with db.connection() as conn:
         if action == "reject":
             curation.reject(conn, answer_id, curated_by=actor)
         else:
-            curation.accept(conn, answer_id, curated_by=actor, ideal_answer=ideal_answer if action == "edit" else None)
+            curation.accept(conn, answer_id, curated_by=actor, ideal_answer=ideal_answer)
         audit.record(conn, actor, f"curation.{action}", f"answer:{answer_id}", {"answer_ids": [answer_id]})
     return "rejected" if action == "reject" else "accepted"
 
@@ -179,7 +180,9 @@ else:
             st.error(f"You changed the text: use {ACCEPT_EDITED} to keep your edit, or undo it to accept "
                      "the answer as delivered.")
             continue
-        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, ideal),
+        # Accept keeps the text shown: an ideal answer stored by an earlier edit stays, not the delivered one.
+        kept = ideal if action == "edit" or (action == "accept" and row.ideal_answer) else None
+        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, kept),
                                  curation.CurationError)
         if decision is not None:
             frame.done(f"Answer #{opened}: {decision}.")

@@ -87,6 +87,17 @@ def test_edit_into_the_ideal_answer_and_accept(answers: dict[str, int]) -> None:
     assert [e["action"] for e in audit_rows()] == ["curation.edit"]
 
 
+def test_accepting_again_keeps_the_ideal_answer_an_earlier_edit_stored(answers: dict[str, int]) -> None:
+    at = open_page("curation")
+    at.selectbox(key="cur_open").select(answers["vpn"]).run()
+    at.text_area(key=f"cur_ideal_{answers['vpn']}").input("Install WireGuard from the portal.")
+    at.button(key="cur_accept_edit").click().run()
+    at.button(key="cur_accept").click().run()  # the edit is what the box shows: accepting keeps it
+    assert not at.error
+    [row] = curation_rows()
+    assert (row["ideal_answer"], row["edited"]) == ("Install WireGuard from the portal.", True)
+
+
 def test_accept_as_delivered_refuses_an_edited_ideal_answer_and_stores_nothing(answers: dict[str, int]) -> None:
     at = open_page("curation")
     at.text_area(key=f"cur_ideal_{answers['laptop']}").input("Order it in the IT portal under Hardware.")
