@@ -54,9 +54,10 @@ class Endpoint:
     host: str | None = None
     adapters: str = ""      # what it was launched with: `name=/path,...`
 
-    @property
-    def adapter_names(self) -> list[str]:
-        return [spec.partition("=")[0] for spec in self.adapters.split(",") if spec]
+
+def adapter_names(launched_with: str) -> list[str]:
+    """The names in a TGI launch's `name=/path,...`."""
+    return [spec.partition("=")[0] for spec in launched_with.split(",") if spec]
 
 
 class PromotionRefused(ValueError):
@@ -116,14 +117,15 @@ def promotable(conn: psycopg.Connection, version: int) -> Adapter:
     return adapter
 
 
-def mark_live(conn: psycopg.Connection, version: int, *, actor: str, action: str = "model.promote",
+def mark_live(conn: psycopg.Connection, version: int, *, actor: str, rolling_back: bool = False,
               endpoint: Endpoint | None = None) -> Adapter:
     """Make `version` the live adapter in the registry (the serving side must already have it
     loaded: see `core.serving.promote`), switch the serving endpoint with it when the promotion
     started a new server, and audit who did it, all in the caller's transaction. Checks again
-    that the adapter may go live: loading it can take minutes, during which its status may change."""
+    that the adapter may go live: loading it can take minutes, during which its status may change.
+    `rolling_back`: the adapter live until now is no longer a rollback target."""
     promotable(conn, version)
-    _retire_live(conn, except_version=version, rolled_back=action == "model.rollback")
+    _retire_live(conn, except_version=version, rolled_back=rolling_back)
     conn.execute("UPDATE adapters SET status = 'live', promoted_at = now(), rolled_back_at = NULL"
                  " WHERE version = %(v)s", {"v": version})
     if endpoint is not None:
@@ -134,7 +136,7 @@ def mark_live(conn: psycopg.Connection, version: int, *, actor: str, action: str
             {"u": endpoint.url, "p": endpoint.pid, "h": endpoint.host, "a": endpoint.adapters})
     conn.execute("SELECT pg_notify(%(ch)s, %(v)s)", {"ch": LIVE_CHANNEL, "v": str(version)})
     live: Adapter = get(conn, version)  # type: ignore[assignment]
-    audit.record(conn, actor, action, f"adapter:v{version}",
+    audit.record(conn, actor, "model.rollback" if rolling_back else "model.promote", f"adapter:v{version}",
                  {"name": live.name, **({"url": endpoint.url} if endpoint is not None else {})})
     return live
 
@@ -150,8 +152,7 @@ def roll_back_to_base_model(conn: psycopg.Connection, *, actor: str) -> None:
 
 
 def _retire_live(conn: psycopg.Connection, *, except_version: int | None, rolled_back: bool) -> None:
-    conn.execute("UPDATE adapters SET status = 'retired',"
-                 " rolled_back_at = CASE WHEN %(rb)s THEN now() ELSE rolled_back_at END"
+    conn.execute("UPDATE adapters SET status = 'retired', rolled_back_at = CASE WHEN %(rb)s THEN now() END"
                  " WHERE status = 'live' AND version IS DISTINCT FROM %(v)s", {"v": except_version, "rb": rolled_back})
 
 
@@ -186,6 +187,7 @@ class LiveAdapterCache:
         self._max_age_s = max_age_s
         self._name: str | None = None
         self._serving_url: str | None = None
+        self._launched: list[str] = []
         self._read_at = -math.inf  # not read yet (monotonic time may be small after boot)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -204,16 +206,24 @@ class LiveAdapterCache:
     def current(self) -> tuple[str | None, str | None]:
         """(live adapter name, serving URL), read together so they always match."""
         with self._lock:
-            if time.monotonic() - self._read_at > self._max_age_s:
-                self._refresh()
+            self._fresh()
             return self._name, self._serving_url
 
-    def _refresh(self) -> None:
+    def launched_adapters(self) -> list[str]:
+        """The adapters the serving TGI was started with (none for a server Flywheel did not start)."""
+        with self._lock:
+            self._fresh()
+            return self._launched
+
+    def _fresh(self) -> None:
+        if time.monotonic() - self._read_at <= self._max_age_s:
+            return
         with db.connection(self._url) as conn:  # pooled, so a new database is migrated first
-            row = conn.execute(  # one statement: one snapshot, so the pair is always consistent
-                "SELECT (SELECT name FROM adapters WHERE status = 'live') AS name,"
-                " (SELECT url FROM serving_endpoint WHERE id = 1) AS url").fetchone()
+            row = conn.execute(  # one statement: one snapshot, so they always match
+                "SELECT (SELECT name FROM adapters WHERE status = 'live') AS name, e.url, e.adapters"
+                " FROM (SELECT 1) one LEFT JOIN serving_endpoint e ON e.id = 1").fetchone()
         self._name, self._serving_url = row["name"], row["url"]  # type: ignore[index]
+        self._launched = adapter_names(row["adapters"] or "")  # type: ignore[index]
         self._read_at = time.monotonic()
 
     def _listen(self) -> None:

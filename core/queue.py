@@ -15,6 +15,8 @@ SCHEDULE_TASK = "trainer.jobs.tick"
 TRAINING_QUEUE = "training"
 # A worker that sent no heartbeat for this long is dead (procrastinate beats every 10 s).
 STALLED_AFTER_S = 60
+# Job statuses that may still run a retrain: waiting, or held by a worker.
+UNFINISHED_JOB = ("todo", "doing")
 
 app = procrastinate.App(
     connector=procrastinate.PsycopgConnector(kwargs={}),
@@ -76,10 +78,10 @@ def orphaned_runs(conn: psycopg.Connection, stalled_after_s: float = STALLED_AFT
         " LEFT JOIN procrastinate_jobs j ON j.id = r.job_id"
         " LEFT JOIN procrastinate_workers w ON w.id = j.worker_id"
         " WHERE (r.status = 'running' OR (r.status = 'queued' AND r.job_id IS NOT NULL))"
-        "  AND (j.id IS NULL OR j.status::text NOT IN ('todo', 'doing')"
+        "  AND (j.id IS NULL OR NOT j.status::text = ANY(%(unfinished)s)"
         "   OR (r.status = 'running' AND j.status <> 'doing')"
         "   OR (j.status = 'doing' AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => %(s)s))))",
-        {"s": stalled_after_s}).fetchall()
+        {"s": stalled_after_s, "unfinished": list(UNFINISHED_JOB)}).fetchall()
     return [dict(r) for r in rows]
 
 

@@ -74,7 +74,7 @@ def cancel_retrain(run_id: int, *, requested_by: str) -> bool:
         taken_off = queue.cancel_job(run.job_id)
         with db.connection() as conn:
             # Taken off the queue, or its job already ended without starting it: nothing will.
-            if taken_off or queue.job_status(conn, run.job_id) not in ("todo", "doing"):
+            if taken_off or queue.job_status(conn, run.job_id) not in queue.UNFINISHED_JOB:
                 training.finish_run(conn, run_id, "cancelled", error=f"cancelled by {requested_by} before it started")
     return True
 
@@ -103,7 +103,7 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         due = croniter(schedule.cron, now).get_prev(dt.datetime)
         # A cron time before the schedule was last saved (switched back on, a new cron) is past:
         # turning a weekly schedule on again on a Wednesday must not retrain there and then.
-        if due <= max(filter(None, (schedule.last_fired_at, schedule.updated_at))):
+        if due <= max(schedule.last_fired_at or schedule.updated_at, schedule.updated_at):
             return None
         training.mark_schedule_fired(conn, now)
         if training.active_run(conn) is not None:

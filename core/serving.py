@@ -65,21 +65,22 @@ def _same_model(a: str, b: str) -> bool:
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
 
-def _auth() -> dict[str, str]:
+def _auth(settings: Settings | None) -> dict[str, str]:
     """The model server's bearer token (FLYWHEEL_LLM_API_KEY), as the generation clients send it."""
-    key = get_settings().llm_api_key
+    key = (settings or get_settings()).llm_api_key
     return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
 
 
-def load_adapter(name: str, path: str, url: str, backend: str) -> None:
+def load_adapter(name: str, path: str, url: str, backend: str, settings: Settings | None = None) -> None:
     """Make the server at `url` able to answer with `name` (does not make it live)."""
     base = url.rstrip("/")
+    headers = _auth(settings)
     try:
         if backend == "local":
-            r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, headers=_auth(), timeout=120)
+            r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, headers=headers, timeout=120)
         elif backend == "openai":  # vLLM's --api-key guards /v1/* too
             r = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                           headers=_auth(), timeout=120)
+                           headers=headers, timeout=120)
             if r.status_code == 400 and "already" in r.text.lower():
                 return
         else:
@@ -90,12 +91,12 @@ def load_adapter(name: str, path: str, url: str, backend: str) -> None:
         raise ServingError(f"The model server refused adapter {name!r} ({r.status_code}): {r.text[:300]}")
 
 
-def first_token_logprobs(url: str, adapter_id: str | None, n: int = 8) -> list[float]:
+def first_token_logprobs(url: str, adapter_id: str | None, n: int = 8, settings: Settings | None = None) -> list[float]:
     """Greedy logprobs of the first tokens through TGI's `/generate` (our server speaks it too)."""
     parameters = {"max_new_tokens": n, "details": True, "do_sample": False, "adapter_id": adapter_id}
     try:
         r = httpx.post(f"{url.rstrip('/')}/generate", json={"inputs": SMOKE_PROMPT, "parameters": parameters},
-                       headers=_auth(), timeout=120)
+                       headers=_auth(settings), timeout=120)
         r.raise_for_status()
         return [t["logprob"] for t in r.json()["details"]["tokens"]]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
@@ -103,11 +104,11 @@ def first_token_logprobs(url: str, adapter_id: str | None, n: int = 8) -> list[f
                            f"{type(e).__name__}: {e}. Nothing was switched.") from e
 
 
-def answers_with_adapter(url: str, adapter_id: str) -> bool:
+def answers_with_adapter(url: str, adapter_id: str, settings: Settings | None = None) -> bool:
     """True when the adapter changes the model's output: TGI answers an unknown adapter id with
     the base model and no error, which shows up as identical logprobs."""
-    base = first_token_logprobs(url, None)
-    adapted = first_token_logprobs(url, adapter_id)
+    base = first_token_logprobs(url, None, settings=settings)
+    adapted = first_token_logprobs(url, adapter_id, settings=settings)
     return not _same(base, adapted)
 
 
@@ -116,7 +117,7 @@ def _same(a: Sequence[float], b: Sequence[float], tol: float = 1e-5) -> bool:
 
 
 def promote(version: int, settings: Settings | None = None, *, actor: str,
-            action: str = "model.promote") -> models.Adapter:
+            rolling_back: bool = False) -> models.Adapter:
     """Load, smoke-check, then switch, audited as `actor` in the switch's transaction. Requests
     in flight finish on the adapter they started with; new requests read the live adapter from
     the registry and use the new one."""
@@ -125,20 +126,20 @@ def promote(version: int, settings: Settings | None = None, *, actor: str,
         adapter = models.promotable(conn, version)
     if settings.llm_backend == "tgi":
         try:
-            return tgi_controller.promote(adapter, settings, actor=actor, action=action)
+            return tgi_controller.promote(adapter, settings, actor=actor, rolling_back=rolling_back)
         except tgi_controller.TGIControllerError as e:
             raise ServingError(str(e)) from e
     if settings.llm_backend == "extractive":
         raise ServingError("The extractive backend serves no model, so no adapter can go live; "
                            "set FLYWHEEL_LLM_BACKEND to local, tgi or openai.")
     url = serving_url(settings)
-    load_adapter(adapter.name, adapter.path, url, settings.llm_backend)
+    load_adapter(adapter.name, adapter.path, url, settings.llm_backend, settings)
     # vLLM refuses unknown adapter names itself; TGI-style servers are checked.
-    if settings.llm_backend == "local" and not answers_with_adapter(url, adapter.name):
+    if settings.llm_backend == "local" and not answers_with_adapter(url, adapter.name, settings):
         raise ServingError(f"The model server answers {adapter.name!r} exactly like the base model: "
                            "the adapter is not really loaded. Nothing was switched.")
     with db.connection() as conn:
-        live = models.mark_live(conn, version, actor=actor, action=action)
+        live = models.mark_live(conn, version, actor=actor, rolling_back=rolling_back)
     logger.info("adapter %s is live", live.name)
     return live
 
@@ -151,4 +152,4 @@ def rollback(settings: Settings | None = None, *, actor: str) -> models.Adapter 
         if previous is None:
             models.roll_back_to_base_model(conn, actor=actor)
             return None
-    return promote(previous.version, settings, actor=actor, action="model.rollback")
+    return promote(previous.version, settings, actor=actor, rolling_back=True)

@@ -47,7 +47,7 @@ class Launched:
 
 
 def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor: str,
-            action: str = "model.promote", health_timeout_s: float = 900,
+            rolling_back: bool = False, health_timeout_s: float = 900,
             drain_timeout_s: float | None = None) -> models.Adapter:
     """Start a TGI with `adapter` (and the live one, so both ids answer), smoke-check it,
     switch the live adapter and the serving URL together, then drain and stop the old server.
@@ -64,13 +64,15 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor:
     launched = launch(adapters, settings)
     try:
         wait_healthy(launched, timeout_s=health_timeout_s)
-        if not serving.answers_with_adapter(launched.url, adapter.name):
+        if not serving.answers_with_adapter(launched.url, adapter.name, settings):
             raise TGIControllerError(
                 f"The new server at {launched.url} answers {adapter.name!r} exactly like the base model: TGI "
                 f"did not load the adapter (it falls back silently). Check the launch command and {launched.log}.")
         with db.connection() as conn:
-            promoted = models.mark_live(conn, adapter.version, actor=actor, action=action, endpoint=models.Endpoint(
-                url=launched.url, pid=launched.pid, host=socket.gethostname(), adapters=launched.adapters))
+            serving_now = models.Endpoint(url=launched.url, pid=launched.pid, host=socket.gethostname(),
+                                          adapters=launched.adapters)
+            promoted = models.mark_live(conn, adapter.version, actor=actor, rolling_back=rolling_back,
+                                        endpoint=serving_now)
     except BaseException:
         stop(launched.pid)
         raise

@@ -40,7 +40,7 @@ def test_one_live_adapter_and_rollback_returns_to_previous(database_url: str) ->
         assert models.get(conn, v1.version).status == "retired"  # type: ignore[union-attr]
         previous = models.previous_live(conn)
         assert previous is not None and previous.version == v1.version
-        models.mark_live(conn, previous.version, actor="bob", action="model.rollback")
+        models.mark_live(conn, previous.version, actor="bob", rolling_back=True)
         assert [a.status for a in models.list_adapters(conn)] == ["retired", "live"]
         # Each switch writes its audit row in the same transaction as the switch.
         assert [(e.actor, e.action, e.target) for e in reversed(audit.recent(conn))] == [
@@ -60,7 +60,7 @@ def test_rolling_back_again_goes_one_promotion_further_back_then_to_the_base_mod
         with db.connection() as conn:
             previous = models.previous_live(conn)
             assert previous is not None
-            went_to.append(models.mark_live(conn, previous.version, actor="bob", action="model.rollback").version)
+            went_to.append(models.mark_live(conn, previous.version, actor="bob", rolling_back=True).version)
     assert went_to == [v2.version, v1.version]  # never back to v3, the one rolled back from
     with db.connection() as conn:
         assert models.previous_live(conn) is None  # before v1, the base model answered

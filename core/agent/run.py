@@ -81,11 +81,9 @@ def _default_generator(url: str | None = None) -> Any:
 
 
 def _launched_adapters() -> list[str]:
-    """The adapters the serving TGI was started with (none for one Flywheel did not start): TGI
+    """The adapters the serving TGI was started with, from the cache a promotion refreshes: TGI
     answers an adapter id it lacks with the base model, silently, so the id is checked first."""
-    with db.connection() as conn:
-        endpoint = models.endpoint(conn)
-    return endpoint.adapter_names if endpoint is not None else []
+    return _live_adapter_cache(db.database_url()).launched_adapters()
 
 
 _live_caches: dict[str, models.LiveAdapterCache] = {}

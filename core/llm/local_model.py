@@ -9,10 +9,10 @@ import asyncio
 import importlib.util
 import logging
 import os
-import queue
 import shutil
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -137,8 +137,7 @@ class LocalModel:
         self._lock = threading.Lock()
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.decoded_tokens = 0  # every token decoded, cancelled generations included
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        threading.Thread(target=self._decode_forever, name="decode", daemon=True).start()
+        self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
     # -- adapters --------------------------------------------------------------------------
 
@@ -178,16 +177,11 @@ class LocalModel:
 
     def generate(self, input_ids: list[int], params: GenerationParams,
                  adapter_id: str | None = None) -> TokenStream:
-        """Queue a generation behind those already queued; returns its stream at once."""
-        if adapter_id is not None and adapter_id not in self.adapters:
-            raise AdapterNotLoaded(adapter_id)
+        """Queue a generation behind those already queued; returns its stream at once. An
+        adapter that is not loaded when its turn comes ends the stream with AdapterNotLoaded."""
         stream = TokenStream()
-        self._jobs.put(lambda: self._decode_into(stream, input_ids, params, adapter_id))
+        self._decoder.submit(self._decode_into, stream, input_ids, params, adapter_id)
         return stream
-
-    def _decode_forever(self) -> None:
-        while True:
-            self._jobs.get()()
 
     def _decode_into(self, stream: TokenStream, input_ids: list[int], params: GenerationParams,
                      adapter_id: str | None) -> None:

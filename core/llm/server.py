@@ -78,7 +78,9 @@ class ValidationFailure(ValueError):
 
 
 class GenerationFailed(RuntimeError):
-    pass
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _GenerationResponse(StreamingResponse):
@@ -144,7 +146,7 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
 
     @app.exception_handler(GenerationFailed)
     async def generation_failed(_: Request, exc: GenerationFailed) -> JSONResponse:
-        return _error(424, str(exc))
+        return _error(exc.status, str(exc))
 
     @app.get("/health")
     def health() -> JSONResponse:
@@ -248,14 +250,12 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
                                     {"id": 0, "text": "", "logprob": 0.0, "special": True},
                                     "generated_text": text, "details": final if body.parameters.details else None})
             except Exception as e:  # the status line is sent: TGI reports a failure as an event
-                yield _sse(_failure(e, model))
+                yield _sse(_error_body(*_failure(e, model)))
         return _GenerationResponse(events(), stream)
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request) -> Any:
         adapter_id = body.model if body.model and body.model not in ("tgi", model.name) else None
-        if adapter_id is not None and adapter_id not in model.adapters:
-            raise ValidationFailure(_unknown_adapter(adapter_id, model))
         ids = model.chat_ids([m.model_dump() for m in body.messages])
         params = params_of(GenerateParameters(adapter_id=adapter_id, max_new_tokens=body.max_tokens,
                                               temperature=body.temperature or None, top_p=body.top_p
@@ -276,7 +276,7 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
                                     "choices": [{"index": 0, "delta": delta, "logprobs": None,
                                                  "finish_reason": finish}]})
                 except Exception as e:
-                    yield _sse(_failure(e, model))
+                    yield _sse(_error_body(*_failure(e, model)))
                     return
                 yield "data: [DONE]\n\n"
             return _GenerationResponse(chunks(), stream)
@@ -309,21 +309,20 @@ async def _complete(request: Request, stream: TokenStream,
                 tokens.append(item)
             else:
                 finish = item
-    except AdapterNotLoaded as e:  # unloaded while the request waited for the model
-        raise ValidationFailure(_unknown_adapter(e.args[0], model)) from e
     except Exception as e:
-        raise GenerationFailed(f"Request failed during generation: {e}") from e
+        raise GenerationFailed(*_failure(e, model)) from e
     finally:
         watcher.cancel()
         stream.cancel()
     return tokens, finish
 
 
-def _failure(e: Exception, model: LocalModel) -> dict[str, str]:
-    """A failed generation as TGI's error event."""
+def _failure(e: Exception, model: LocalModel) -> tuple[int, str]:
+    """A generation that failed, as TGI reports it: (status, message). An adapter unloaded while
+    the request waited for the model is the caller's error."""
     if isinstance(e, AdapterNotLoaded):
-        return {"error": _unknown_adapter(e.args[0], model), "error_type": "validation"}
-    return {"error": f"Request failed during generation: {e}", "error_type": "generation"}
+        return 422, _unknown_adapter(e.args[0], model)
+    return 424, f"Request failed during generation: {e}"
 
 
 def _token(t: TokenOut) -> dict[str, Any]:
@@ -343,6 +342,10 @@ def _unknown_adapter(adapter_id: str, model: LocalModel) -> str:
             f"{', '.join(sorted(model.adapters)) or 'no adapters'}. Load it with POST /adapters.")
 
 
+def _error_body(status: int, message: str) -> dict[str, str]:
+    """TGI's ErrorResponse, as a JSON body or a stream's last event."""
+    return {"error": message, "error_type": "validation" if status == 422 else "generation"}
+
+
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message, "error_type": "validation" if status == 422 else "generation"},
-                        status_code=status)
+    return JSONResponse(_error_body(status, message), status_code=status)

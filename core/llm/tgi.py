@@ -152,17 +152,17 @@ def _mapped(e: BaseException) -> LLMError:
     status = _status(e)
     if status is None:
         return BackendUnavailable(f"The model server cannot be reached: {e}")
+    detail = _detail(e)
+    # TGI and ours: 422 naming the adapter; vLLM: 404, the adapter (lost in a restart: runtime
+    # loads do not survive one) being a model that "does not exist".
+    if (status == 422 and "adapter" in detail.lower()) or (status == 404 and "does not exist" in detail.lower()):
+        return UnknownAdapter(f"The model server does not know that adapter: {detail}")
     if status == 422:
-        if "adapter" in _detail(e).lower():
-            return UnknownAdapter(f"The model server does not know that adapter: {_detail(e)}")
-        return InvalidRequest(f"The model server rejected the request (422): {_detail(e)}")
-    if status == 404 and "does not exist" in _detail(e).lower():
-        # vLLM names an adapter it lacks (lost in a restart: runtime loads do not survive one) a model
-        return UnknownAdapter(f"The model server does not know that adapter: {_detail(e)}")
+        return InvalidRequest(f"The model server rejected the request (422): {detail}")
     if status == 424:
-        return LLMError(f"Generation failed on the model server (424): {_detail(e)}")
+        return LLMError(f"Generation failed on the model server (424): {detail}")
     if status == 429:
-        return RateLimited(f"The model server is overloaded (429) and kept refusing after retries: {_detail(e)}")
+        return RateLimited(f"The model server is overloaded (429) and kept refusing after retries: {detail}")
     if status >= 500:
-        return BackendUnavailable(f"The model server failed ({status}): {_detail(e)}")
-    return LLMError(f"The model server answered {status}: {_detail(e)}")
+        return BackendUnavailable(f"The model server failed ({status}): {detail}")
+    return LLMError(f"The model server answered {status}: {detail}")
