@@ -79,7 +79,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             for doc in documents:
                 # A file is stored under its absolute path: accept the path as typed, too.
                 if not doc.isdigit() and Path(doc).exists():
-                    doc = str(Path(doc).resolve())
+                    doc = ingest.source_of(Path(doc))
                 if store.delete_document(conn, doc):
                     audit.record(conn, by, "knowledge.delete", f"document:{doc}" if doc.isdigit() else doc)
                 else:

@@ -30,8 +30,12 @@ class IngestReport:
     removed: list[str] = field(default_factory=list)              # records no longer in their JSONL file
     failed: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
     chunks: int = 0
-    # Each JSONL file read without an error: its source and the sources of its records.
-    complete_record_files: dict[str, set[str]] = field(default_factory=dict, repr=False)
+
+    def add(self, other: IngestReport) -> None:
+        """Count `other`'s documents in this report too (several ingests shown as one)."""
+        for name in ("added", "updated", "unchanged", "removed", "failed"):
+            getattr(self, name).extend(getattr(other, name))
+        self.chunks += other.chunks
 
     def summary(self) -> str:
         lines = [f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
@@ -98,7 +102,12 @@ def _documents_from_paths(paths: Sequence[Path], report: IngestReport) -> Iterat
         except OSError as e:
             report.failed.append((str(path), f"{path}: cannot read ({e.strerror})"))
             continue
-        yield from _documents_from_bytes(str(path), data, str(path.resolve()), report)
+        yield from _documents_from_bytes(str(path), data, source_of(path), report)
+
+
+def source_of(path: Path) -> str:
+    """How a file on disk is known in the knowledge base: its absolute path."""
+    return str(path.resolve())
 
 
 def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestReport) -> Iterator[ParsedDocument]:
@@ -107,17 +116,11 @@ def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestRep
         return
     try:
         if name.lower().endswith(".jsonl"):
-            records: set[str] | None = set()
             for item in parse_jsonl(name, data, source):
                 if isinstance(item, ParseError):
                     report.failed.append((source, str(item)))
-                    records = None  # a bad line may be a record still meant to be there: delete none
                 else:
-                    if records is not None:
-                        records.add(item.source)
                     yield item
-            if records is not None:
-                report.complete_record_files[source] = records
         else:
             yield from parse_bytes(name, data, source)
     except ParseError as e:
@@ -148,16 +151,22 @@ def _content_hash(doc: ParsedDocument) -> str:
 def _store_all(documents: Iterable[ParsedDocument], visible: Visibility, report: IngestReport,
                url: str | None, audited_by: str | None = None) -> None:
     batch: list[ParsedDocument] = []
+    records: dict[str, set[str]] = {}  # JSONL file: the sources of the records read from it
     for doc in documents:
+        if "record_id" in doc.metadata:
+            records.setdefault(doc.source.removesuffix(f"#{doc.metadata['record_id']}"), set()).add(doc.source)
         batch.append(doc)
         if len(batch) >= BATCH_DOCUMENTS:
             _store_batch(batch, visible, report, url, audited_by)
             batch = []
     if batch:
         _store_batch(batch, visible, report, url, audited_by)
-    for file_source, records in report.complete_record_files.items():
+    failed = {source for source, _ in report.failed}
+    for file_source, kept in records.items():
+        if file_source in failed:  # a bad line may be a record still meant to be there: delete none
+            continue
         with db.connection(url) as conn:
-            removed = store.delete_records_not_in(conn, file_source, records)
+            removed = store.delete_records_not_in(conn, file_source, kept)
             if audited_by is not None:
                 for source in removed:
                     audit.record(conn, audited_by, "knowledge.delete", source, {"reason": "no longer in its file"})

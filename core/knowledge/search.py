@@ -99,10 +99,11 @@ _SQL = _SEARCH.format(nearest_text=_nearest("embedding", False), nearest_label=_
 _SQL_EXACT = _SEARCH.format(nearest_text=_nearest("embedding", True), nearest_label=_nearest("heading_embedding", True),
                             VISIBLE=_VISIBLE)
 
-# More chunks than the dense candidates found: with pgvector 0.6 an HNSW scan yields its
-# `ef_search` nearest chunks and only then drops those the viewer may not see, so restricted
-# documents crowding a topic can leave too few (or no) visible ones.
-_MORE_CHUNKS_THAN = "SELECT count(*) > %(found)s AS more FROM (SELECT 1 FROM chunks LIMIT %(found)s + 1) c"
+# More chunks the viewer may see than the dense candidates found: with pgvector 0.6 an HNSW scan
+# yields its `ef_search` nearest chunks and only then drops those the viewer may not see, so
+# restricted documents crowding a topic can leave too few (or no) visible ones.
+_MORE_CHUNKS_THAN = ("SELECT count(*) > %(found)s AS more FROM (SELECT 1 FROM chunks c JOIN documents d"
+                     f" ON d.id = c.document_id WHERE {_VISIBLE} LIMIT %(found)s + 1) visible")
 
 
 def check_query(query: str) -> str:
@@ -176,7 +177,8 @@ def hybrid_search(conn: psycopg.Connection, query: str, viewer: Viewer = Viewer(
     }
     rows = conn.execute(_SQL, params).fetchall()
     found = rows[0]["dense_found"] if rows else 0
-    if found < candidates and conn.execute(_MORE_CHUNKS_THAN, {"found": found}).fetchone()["more"]:  # type: ignore[index]
+    more = conn.execute(_MORE_CHUNKS_THAN, {**params, "found": found}).fetchone() if found < candidates else None
+    if more is not None and more["more"]:
         # Rare (a tiny knowledge base, or restricted chunks crowding the index): search exactly.
         rows = conn.execute(_SQL_EXACT, params).fetchall()
     return [Hit(**{k: v for k, v in r.items() if k != "dense_found"}) for r in rows]

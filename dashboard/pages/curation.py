@@ -29,9 +29,9 @@ def table(rows: list[curation.CurationRow]) -> pd.DataFrame:
     } for r in rows])
 
 
-def judge(answer_id: int, action: str, actor: str, ideal_answer: str | None) -> curation.Decision:
+def judge(answer_id: int, action: str, actor: str, ideal_answer: str) -> curation.Decision:
     """One transaction: the judgement and its audit row land together or not at all. Accepting
-    stores `ideal_answer`, or the answer as delivered when None."""
+    stores `ideal_answer` (marked edited when it is not the answer as delivered)."""
     with db.connection() as conn:
         if action == "reject":
             curation.reject(conn, answer_id, curated_by=actor)
@@ -180,9 +180,9 @@ else:
             st.error(f"You changed the text: use {ACCEPT_EDITED} to keep your edit, or undo it to accept "
                      "the answer as delivered.")
             continue
-        # Accept keeps the text shown: an ideal answer stored by an earlier edit stays, not the delivered one.
-        kept = ideal if action == "edit" or (action == "accept" and row.ideal_answer) else None
-        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, kept),
+        # Both accepts store the text shown: on "accept" it is unchanged, so an ideal answer an
+        # earlier edit stored stays, and an answer never edited is stored as delivered.
+        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, ideal),
                                  curation.CurationError)
         if decision is not None:
             frame.done(f"Answer #{opened}: {decision}.")

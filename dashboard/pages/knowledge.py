@@ -28,11 +28,8 @@ def upload(files: list[UploadedFile], channels: list[str], groups: list[str], ac
     for n, file in enumerate(files):
         bar.progress(n / len(files), text=f"Ingesting {file.name} ({n + 1} of {len(files)})…")
         # Neither given: a file already here keeps its visibility (a new one is public).
-        report = ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels or None,
-                                          visible_groups=groups or None, audited_by=actor)
-        for field in ("added", "updated", "unchanged", "removed", "failed"):
-            getattr(total, field).extend(getattr(report, field))
-        total.chunks += report.chunks
+        total.add(ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels or None,
+                                           visible_groups=groups or None, audited_by=actor))
     bar.progress(1.0, text="Done.")
     return total
 
