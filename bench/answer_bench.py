@@ -28,11 +28,9 @@ def main(n: int = 100) -> None:
     os.environ.setdefault("FLYWHEEL_DATA_DIR", tmp)
     os.environ["FLYWHEEL_LLM_BACKEND"] = "extractive"
     sys.path.insert(0, str(ROOT))
-    from core import db
     from core.agent import run
     from core.knowledge import embed, ingest
 
-    db.ensure_schema()
     t0 = time.perf_counter()
     report = ingest.ingest_paths([HANDBOOK])
     print(f"ingested handbook: {report.summary()} in {time.perf_counter() - t0:.1f} s")
@@ -57,8 +55,6 @@ def main(n: int = 100) -> None:
 def serving_speed(runs: int = 5, new_tokens: int = 128) -> None:
     """Greedy decoding speed of `flywheel serve-llm` over HTTP: the tiny test model (mechanics
     only) and SmolLM2-135M-Instruct (the embedded default)."""
-    import httpx
-
     sys.path.insert(0, str(ROOT / "tests"))
     from core.llm.local_model import ensure_default_model
     from support.servers import serve_llm
@@ -70,15 +66,20 @@ def serving_speed(runs: int = 5, new_tokens: int = 128) -> None:
         with serve_llm(model_dir) as url:
             body = {"inputs": "Write a short note about laptop delivery times.",
                     "parameters": {"max_new_tokens": new_tokens, "details": True}}
-            httpx.post(f"{url}/generate", json=body, timeout=300)  # warm up
-            rates = []
-            for _ in range(runs):
-                started = time.perf_counter()
-                out = httpx.post(f"{url}/generate", json=body, timeout=300).json()
-                rates.append(out["details"]["generated_tokens"] / (time.perf_counter() - started))
+            timed(url, body)  # warm up
+            rates = [tokens / seconds for seconds, tokens in (timed(url, body) for _ in range(runs))]
             print(f"serve-llm, {label}: {statistics.median(rates):.0f} tokens/s "
                   f"(median of {runs}, {new_tokens} new tokens, greedy, CPU)")
             dropped_stream_cost(url, body)
+
+
+def timed(url: str, body: dict) -> tuple[float, int]:
+    """Seconds for one `/generate` of `body`, and the tokens it generated."""
+    import httpx
+
+    started = time.perf_counter()
+    out = httpx.post(f"{url}/generate", json=body, timeout=600).json()
+    return time.perf_counter() - started, out["details"]["generated_tokens"]
 
 
 def dropped_stream_cost(url: str, body: dict, long_tokens: int = 1000) -> None:
@@ -88,22 +89,15 @@ def dropped_stream_cost(url: str, body: dict, long_tokens: int = 1000) -> None:
     import httpx
     from support.servers import decoded_tokens
 
-    def timed() -> tuple[float, int]:
-        """Seconds for one request of `body`, and the tokens it generated."""
-        started = time.perf_counter()
-        out = httpx.post(f"{url}/generate", json=body, timeout=600).json()
-        return time.perf_counter() - started, out["details"]["generated_tokens"]
-
-    idle = statistics.median(timed()[0] for _ in range(3))
+    idle = statistics.median(timed(url, body)[0] for _ in range(3))
     before = decoded_tokens(url)
     long = {"inputs": body["inputs"], "parameters": {"max_new_tokens": long_tokens}}
     with httpx.stream("POST", f"{url}/generate_stream", json=long, timeout=600) as dropped:
         next(line for line in dropped.iter_lines() if line.startswith("data:"))
-    behind, generated = timed()
+    behind, generated = timed(url, body)
     wasted = decoded_tokens(url) - before - generated
     print(f"  behind a dropped {long_tokens}-token stream: {behind:.2f} s against {idle:.2f} s idle "
           f"({behind / idle:.2f}x); the dropped stream decoded {wasted} tokens")
-
 
 if __name__ == "__main__":
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 100)

@@ -97,10 +97,8 @@ def prepare(tmp: str, slack_url: str) -> None:
                       SLACK_SIGNING_SECRET=SECRET, SLACK_API_URL=slack_url, FLYWHEEL_REVIEW_CHANNEL=REVIEW_CHANNEL,
                       FLYWHEEL_REVIEWERS=json.dumps(["UREV"]))
     os.environ.pop("SLACK_APP_TOKEN", None)
-    from core import db
     from core.knowledge import embed, ingest
 
-    db.ensure_schema()
     started = time.perf_counter()
     report = ingest.ingest_paths([HANDBOOK])
     if report.failed:

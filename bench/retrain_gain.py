@@ -62,7 +62,6 @@ def main() -> None:
 
     model_dir = ensure_default_model(tmp)
     os.environ["FLYWHEEL_LLM_MODEL"] = str(model_dir)
-    db.ensure_schema()
     queue.ensure_schema()
     ingest.ingest_paths([HANDBOOK])
     records = [json.loads(line) for line in QUESTIONS.read_text().splitlines() if line.strip()]

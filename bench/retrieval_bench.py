@@ -43,7 +43,6 @@ def main(n: int = 100_000, queries: int = 200) -> None:
     from core.knowledge import embed, ingest
     from core.knowledge import search
 
-    db.ensure_schema()
     rng = np.random.default_rng(0)
     data = embedding_like_vectors(n + queries, rng)
     vectors, probes = data[:n], data[n:]  # queries from the same distribution, not in the table

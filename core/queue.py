@@ -30,7 +30,7 @@ def configure(url: str | None = None) -> procrastinate.App:
 
 
 def ensure_schema(url: str | None = None) -> None:
-    """Install procrastinate's tables once, under the migration lock, after our migrations."""
+    """Install procrastinate's tables once, under the migration lock (they do not depend on ours)."""
     url = url or db.database_url()
     with db.connect(url) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": db.MIGRATION_LOCK_KEY})

@@ -64,6 +64,7 @@ def database_url(pg_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     yield url
     graph.reset_graphs()
     run.close_live_adapter_caches()
+    run._default_generator.cache_clear()  # built from this test's settings: not for the next one
     db.close_pools()
     get_settings.cache_clear()
     with psycopg.connect(pg_server, autocommit=True) as conn:

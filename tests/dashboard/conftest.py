@@ -33,7 +33,6 @@ def dashboard_db(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator
     st_config.set_option("server.address", "127.0.0.1")
     yield database_url
     st_config.set_option("server.address", previous)
-    run._default_generator.cache_clear()
 
 
 HANDBOOK = {
