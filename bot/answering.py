@@ -14,7 +14,7 @@ from slack_sdk import WebClient
 
 from bot import blocks, posting, reviews, store
 from bot.deps import Deps
-from core import db
+from core import db, feedback
 from core.agent import run
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,12 @@ class Question:
 
     @property
     def thread_key(self) -> str:
-        """The agent's thread: one per Slack thread, so follow-ups share the history."""
-        return f"slack:{self.channel_id}:{self.thread_ts}"
+        return thread_key(self.channel_id, self.thread_ts)
+
+
+def thread_key(channel_id: str, thread_ts: str) -> str:
+    """The agent's thread: one per Slack thread, so follow-ups share the history."""
+    return f"slack:{channel_id}:{thread_ts}"
 
 
 def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id: str | None) -> Question | None:
@@ -99,10 +103,13 @@ def answer_waiting(client: WebClient, deps: Deps) -> int:
     with db.connection() as conn:
         store.note_alive(conn, deps.process_id)
         orphaned = store.release_orphans(conn, ORPHANED_AFTER_S)
+        for channel_id, thread_ts, asked_at in orphaned:  # the agent's run that stopped with its process
+            feedback.fail_running(conn, thread_key(channel_id, thread_ts), since=asked_at,
+                                  error="the bot process answering it stopped; asked again")
         waiting = store.take_waiting(conn, deps.process_id)
     if orphaned:
         logger.warning("%d questions were in progress in a bot process that stopped without finishing them",
-                       orphaned)
+                       len(orphaned))
     for row, text in waiting:
         question = Question(channel_id=row.channel_id, user_id=row.user_id, text=text, ts=row.question_ts,
                             thread_ts=row.thread_ts, event_id=row.event_id)

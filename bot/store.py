@@ -4,6 +4,7 @@ the questions it has yet to answer.
 Every function takes a connection and never commits: the caller owns the transaction."""
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -86,25 +87,18 @@ def note_alive(conn: psycopg.Connection, process: str) -> None:
                  {"p": process})
 
 
-def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> int:
+def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> list[tuple[str, str, dt.datetime]]:
     """Questions in progress in a bot process not noted alive for `silent_for_s` (killed, out
-    of memory) go back to waiting; returns how many. Forgets processes silent for a day."""
+    of memory) go back to waiting; returns their (channel, thread ts, asked at). Forgets
+    processes silent for a day."""
     conn.execute("DELETE FROM bot_processes WHERE seen_at < now() - interval '1 day'")
-    # The agent's answer record the stopped run left 'running' is failed (the thread key as
-    # `answering.Question.thread_key` makes it).
     rows = conn.execute(
-        "WITH released AS ("
-        "  UPDATE slack_answers s SET owner = NULL"
-        "  WHERE s.question IS NOT NULL AND s.owner IS NOT NULL AND s.answer_id IS NULL AND NOT EXISTS ("
-        "    SELECT 1 FROM bot_processes p WHERE p.id = s.owner"
-        "    AND p.seen_at > now() - make_interval(secs => %(s)s))"
-        "  RETURNING s.id, s.channel_id, s.thread_ts, s.created_at)"
-        " , abandoned AS ("
-        "  UPDATE answers a SET status = 'failed', error = 'the bot process answering it stopped; asked again'"
-        "  FROM released r WHERE a.status = 'running' AND a.created_at >= r.created_at"
-        "  AND a.thread_key = 'slack:' || r.channel_id || ':' || r.thread_ts)"
-        " SELECT id FROM released", {"s": silent_for_s}).fetchall()
-    return len(rows)
+        "UPDATE slack_answers s SET owner = NULL"
+        " WHERE s.question IS NOT NULL AND s.owner IS NOT NULL AND s.answer_id IS NULL AND NOT EXISTS ("
+        "   SELECT 1 FROM bot_processes p WHERE p.id = s.owner"
+        "   AND p.seen_at > now() - make_interval(secs => %(s)s))"
+        " RETURNING s.channel_id, s.thread_ts, s.created_at", {"s": silent_for_s}).fetchall()
+    return [(r["channel_id"], r["thread_ts"], r["created_at"]) for r in rows]
 
 
 def take_waiting(conn: psycopg.Connection, owner: str, limit: int = 1000) -> list[tuple[SlackAnswer, str]]:

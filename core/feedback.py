@@ -118,6 +118,13 @@ def thread_answers(conn: psycopg.Connection, thread_key: str) -> list[Answer]:
 
 # -- reviews ---------------------------------------------------------------------------------
 
+def fail_running(conn: psycopg.Connection, thread_key: str, *, since: dt.datetime, error: str) -> None:
+    """Fail the answers in `thread_key` left running since `since` by a process that stopped."""
+    conn.execute("UPDATE answers SET status = 'failed', error = %(e)s"
+                 " WHERE thread_key = %(t)s AND status = 'running' AND created_at >= %(since)s",
+                 {"e": error, "t": thread_key, "since": since})
+
+
 def open_review(conn: psycopg.Connection, answer_id: int, reason: str) -> int:
     """Open the review of an answer, or return the one already open (a resumed node reruns)."""
     conn.execute(
