@@ -2,14 +2,13 @@
 found and, when something is wrong, what to do about it."""
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import psycopg
 
-from core import db, models, serving
+from core import db, logs, models, serving
 from core.config import Settings
 
 Level = Literal["ok", "warn", "fail"]
@@ -25,8 +24,7 @@ class Check:
 def redacted(url: str) -> str:
     """A connection URL or keyword conninfo ("host=... password=...") fit to print: no password,
     no query string."""
-    url = re.sub(r"(?<=://)([^:/@]+):[^@]*@", r"\1:***@", url)
-    return re.sub(r"(?i)(\bpassword\s*=\s*)('[^']*'|\S+)", r"\1***", url).split("?")[0]
+    return logs.without_passwords(url).split("?")[0]
 
 
 def run_checks(settings: Settings, *, embedder: bool = True) -> Iterator[Check]:

@@ -17,12 +17,19 @@ answer_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("answer_i
 thread_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("thread_key", default=None)
 
 # Shapes of credentials, whatever their source: Slack, OpenAI-style, GitHub, Hugging Face, AWS,
-# bearer headers and passwords inside connection URLs.
+# bearer headers.
 _SECRET_SHAPES = re.compile(
     r"xox[abposr]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
     r"|hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|(?<=Bearer )[A-Za-z0-9._~+/=-]{16,}"
-    r"|(?<=://)[^:/@\s]+:[^@\s]+(?=@)|(?<=password=)[^\s']+"
 )
+# A password in a connection string: a URL's user:PASSWORD@, or a conninfo keyword (password=...).
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@\s]*@")
+_KEYWORD_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('[^']*'|[^\s']+)")
+
+
+def without_passwords(text: str) -> str:
+    """`text` with every connection-string password shown as ***, the user and host kept."""
+    return _KEYWORD_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
 
 
 @contextmanager
@@ -48,7 +55,7 @@ class Redactor(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
-        return _SECRET_SHAPES.sub("[redacted]", text)
+        return _SECRET_SHAPES.sub("[redacted]", without_passwords(text))
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.redact(record.getMessage())
