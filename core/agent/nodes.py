@@ -7,6 +7,7 @@ import re
 import time
 from typing import Any
 
+import psycopg
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 
@@ -175,20 +176,23 @@ def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]
     """Record the outcome. An answer decided by a reviewer is queued for the asker's surface."""
     decision = state.get("decision")
     route = state.get("route", "declined")
-    if decision is not None:
-        status = "rejected" if decision["action"] == "reject" else "delivered"
-    else:
-        status = "declined" if route == "declined" else "delivered"
+    how = {"route": route, "route_reason": state.get("reason"), "draft": state.get("draft") or None,
+           "confidence": state.get("confidence"), "sources": state.get("sources", []), "model": state.get("model"),
+           "adapter_id": state.get("adapter_id"), "prompt_tokens": state.get("prompt_tokens"),
+           "completion_tokens": state.get("completion_tokens"), "timings": state.get("timings", {})}
     with db.connection() as conn:
-        feedback.update_answer(
-            conn, state["answer_id"], status=status, route=route, route_reason=state.get("reason"),
-            draft=state.get("draft") or None, final_answer=state["final"],
-            confidence=state.get("confidence"), sources=state.get("sources", []),
-            model=state.get("model"), adapter_id=state.get("adapter_id"),
-            prompt_tokens=state.get("prompt_tokens"), completion_tokens=state.get("completion_tokens"),
-            timings=state.get("timings", {}), finished_at=dt.datetime.now(dt.UTC),
-        )
         if decision is not None:
-            feedback.queue_delivery(conn, state["answer_id"], "refusal" if status == "rejected" else "answer",
-                                    state["final"])
+            record_decided(conn, state["answer_id"], decision, state["final"], **how)
+        else:
+            feedback.update_answer(conn, state["answer_id"], status="declined" if route == "declined" else "delivered",
+                                   final_answer=state["final"], finished_at=dt.datetime.now(dt.UTC), **how)
     return {"history": [{"question": state["question"], "answer": state["final"]}]}
+
+
+def record_decided(conn: psycopg.Connection, answer_id: int, decision: Decision, final: str, **how: Any) -> None:
+    """Record the answer a reviewer decided (with `how` it was made, when known) and queue it for
+    the asker's surface."""
+    rejected = decision["action"] == "reject"
+    feedback.update_answer(conn, answer_id, status="rejected" if rejected else "delivered", final_answer=final,
+                           finished_at=dt.datetime.now(dt.UTC), **how)
+    feedback.queue_delivery(conn, answer_id, "refusal" if rejected else "answer", final)

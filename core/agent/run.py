@@ -1,7 +1,6 @@
 """Ask the agent and decide its reviews: what every surface (Slack, dashboard, CLI) calls."""
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -169,8 +168,7 @@ def decide(review_id: int, decision: Decision, *, context: AgentContext | None =
         answer = feedback.get_answer(conn, claimed.answer_id)
     assert answer is not None
     try:
-        with db.connection() as conn:
-            _apply(conn, answer, decision, context)
+        _apply(answer, decision, context)
     except BaseException:  # Ctrl-C and SystemExit too; a killed process is left to `resume_decided`
         logger.exception("resuming review %s failed; it stays pending", review_id)
         with db.connection() as conn:
@@ -197,13 +195,13 @@ def resume_decided(*, context: AgentContext | None = None, older_than_s: float =
                 return resumed
             after = row["id"]
             try:
-                if _resume_one(conn, after, context):
-                    resumed += 1
+                _resume_one(conn, after, context)
+                resumed += 1
             except Exception:  # one review that cannot be resumed must not hold up the others
                 logger.exception("resuming decided review %s failed; trying again later", after)
 
 
-def _resume_one(conn: psycopg.Connection, review_id: int, context: AgentContext | None) -> bool:
+def _resume_one(conn: psycopg.Connection, review_id: int, context: AgentContext | None) -> None:
     review = feedback.get_review(conn, review_id)
     answer = feedback.get_answer(conn, review.answer_id) if review else None
     assert review is not None and answer is not None and review.status != "pending"
@@ -214,12 +212,10 @@ def _resume_one(conn: psycopg.Connection, review_id: int, context: AgentContext 
         decision["reason"] = review.reject_reason
     logger.warning("review %s was decided by %s at %s but never applied; resuming it now",
                    review_id, review.decided_by, review.decided_at)
-    _apply(conn, answer, decision, context)
-    return True
+    _apply(answer, decision, context)
 
 
-def _apply(conn: psycopg.Connection, answer: feedback.Answer, decision: Decision,
-           context: AgentContext | None) -> None:
+def _apply(answer: feedback.Answer, decision: Decision, context: AgentContext | None) -> None:
     """Resume the answer's thread with the decision. When the thread is not waiting on this
     review (a later question ran in it meanwhile, or its saved state is gone: a database restored
     from `flywheel export` leaves the agent's checkpoints out), record and queue the decided
@@ -230,11 +226,8 @@ def _apply(conn: psycopg.Connection, answer: feedback.Answer, decision: Decision
         get_graph().invoke(Command(resume=dict(decision)), config, context=context or default_context())
         return
     logger.warning("the thread of answer %s is not waiting on its review; applying the decision directly", answer.id)
-    final = nodes.decided_text(decision, answer.draft or "")
-    rejected = decision["action"] == "reject"
-    feedback.update_answer(conn, answer.id, status="rejected" if rejected else "delivered", final_answer=final,
-                           finished_at=dt.datetime.now(dt.UTC))
-    feedback.queue_delivery(conn, answer.id, "refusal" if rejected else "answer", final)
+    with db.connection() as conn:
+        nodes.record_decided(conn, answer.id, decision, nodes.decided_text(decision, answer.draft or ""))
 
 
 def _outcome(answer_id: int, *, review_id: int | None) -> Outcome:
