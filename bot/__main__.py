@@ -9,4 +9,4 @@ from core.config import SettingsInvalid
 try:
     sys.exit(main(sys.argv[1:]))
 except SettingsInvalid as e:
-    sys.exit(f"bot: fix this setting (environment or .env):\n{e}")
+    sys.exit(f"bot: {e}")

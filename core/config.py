@@ -195,7 +195,8 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as e:
-        raise SettingsInvalid("\n".join(_explained(error) for error in e.errors())) from None
+        raise SettingsInvalid("fix this setting (environment or .env):\n"
+                              + "\n".join(_explained(error) for error in e.errors())) from None
 
 
 def env_name(field: str) -> str:

@@ -174,11 +174,12 @@ def client_address(peer: str | None, forwarded_for: str | None, trusted_proxies:
 
 
 def _trusted(address: str | None, trusted_proxies: list[str]) -> bool:
-    if address is None or is_loopback(address):  # None: how Streamlit shows a loopback peer
-        if "loopback" in trusted_proxies:
-            return True
+    if (address is None or is_loopback(address)) and "loopback" in trusted_proxies:
+        return True  # None: how Streamlit shows a loopback peer
+    if address is None:
+        return False
     try:
-        ip = ipaddress.ip_address(address or "")
+        ip = ipaddress.ip_address(address)
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(p, strict=False) for p in trusted_proxies if p != "loopback")

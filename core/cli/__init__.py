@@ -47,7 +47,7 @@ def run() -> None:
     try:
         app()
     except SettingsInvalid as e:
-        typer.echo(f"flywheel: fix this setting (environment or .env):\n{e}", err=True)
+        typer.echo(f"flywheel: {e}", err=True)
         raise SystemExit(2) from None
     except psycopg.OperationalError as e:
         if e.sqlstate is not None:  # the server answered (a deadlock, a full disk): not a connection failure

@@ -132,11 +132,11 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
     bot.loop.stop()  # what SIGTERM does (bot.serve.run): stop the loop, finish the runs under way
     stopping = threading.Thread(target=bot.deps.close)
     stopping.start()
-    [kept] = wait_until(lambda: rows("SELECT question_ts, question AS waiting_question FROM slack_answers"
+    [kept] = wait_until(lambda: rows("SELECT question_ts, question FROM slack_answers"
                                      " WHERE question IS NOT NULL AND owner IS NULL"), what="the waiting question kept")
     held.set()
     stopping.join(timeout=30)
-    assert kept == {"question_ts": asked[-1], "waiting_question": f"How do I get a new laptop? ({AGENT_RUNS})"}
+    assert kept == {"question_ts": asked[-1], "question": f"How do I get a new laptop? ({AGENT_RUNS})"}
     assert len(rows("SELECT id FROM answers")) == AGENT_RUNS and not bot.slack.calls_to(
         "chat.update", lambda c: c.args["ts"] == bot.placeholder("CGENERAL", asked[-1]).response["ts"])
 
@@ -151,8 +151,8 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
         loop.stop()
         restarted.close()
     assert "Laptop request" in reply.shown_text
-    assert rows("SELECT question AS waiting_question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
-        {"waiting_question": None}]
+    assert rows("SELECT question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
+        {"question": None}]
     assert len(rows("SELECT id FROM answers")) == AGENT_RUNS + 1
 
 

@@ -129,13 +129,15 @@ def test_viewer_gets_no_dataset_download(oidc_env: None, monkeypatch: pytest.Mon
     with db.connection() as conn:
         curation.accept(conn, answer_id, curated_by="ann")
         curation.create_dataset(conn, created_by="ann")
-    admin = open_page("curation", user={"is_logged_in": True, "email": "ann@northwind.example"})
-    assert [b.proto.label for b in admin.get("download_button")] == ["Download v1 as JSONL"]
-    # What a page hands Streamlit to make a file on a click: nothing at all for a viewer.
+    # What a page hands Streamlit to make a file on a click: one for an admin, nothing for a viewer.
     made: list = []
     add_deferred = MediaFileManager.add_deferred
     monkeypatch.setattr(MediaFileManager, "add_deferred",
                         lambda self, data, *a, **kw: made.append(data) or add_deferred(self, data, *a, **kw))
+    admin = open_page("curation", user={"is_logged_in": True, "email": "ann@northwind.example"})
+    assert [b.proto.label for b in admin.get("download_button")] == ["Download v1 as JSONL"]
+    assert len(made) == 1  # so the hook does see a download when a page offers one
+    made.clear()
     viewer = open_page("curation", user={"is_logged_in": True, "email": "vic@northwind.example"})
     assert viewer.dataframe and viewer.get("download_button") == [] and made == []
     assert "dataset.export" not in [e["action"] for e in audit_rows()]

@@ -54,8 +54,6 @@ def test_doctor_fails_slack_with_a_bot_token_but_no_way_to_receive_events(databa
 
 
 def test_blank_secrets_as_the_env_example_ships_them_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.config import Settings
-
     for name in ("DATABASE_URL", "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "FLYWHEEL_LLM_API_KEY"):
         monkeypatch.setenv(name, " ")
     settings = Settings()
