@@ -5,9 +5,10 @@ rows for surface 'slack' one at a time and posts each inside the claiming transa
 bot processes never post the same row. A post that fails for a passing reason (network, Slack
 busy or down, the asker's thread not on record yet) puts the row back for a later round; one
 that keeps failing is given up after `MAX_ATTEMPTS` rounds. Slack refusing for good (archived
-channel, bot removed: `PERMANENT_ERRORS`) is final at once. The same loop takes up the questions
-a stopped bot left waiting (`answering.answer_waiting`) and resumes reviews whose deciding
-process died (`run.resume_decided`), at start-up and on every round after."""
+channel, bot removed: `PERMANENT_ERRORS`) is final at once. Either way the reviewers are told
+under the review card that the asker never got it. The same loop takes up the questions a
+stopped bot left waiting (`answering.answer_waiting`) and resumes reviews whose deciding process
+died (`run.resume_decided`), at start-up and on every round after."""
 from __future__ import annotations
 
 import logging
@@ -60,6 +61,7 @@ def drain(deps: Deps) -> int:
                     raise
                 logger.error("giving up on the %s for answer %s after %d failed rounds: %s",
                              items[0].kind, items[0].answer_id, MAX_ATTEMPTS, e)
+                _report_undelivered(deps, conn, items[0], f"posting it failed {MAX_ATTEMPTS} times ({_code(e)})")
         taken += 1
 
 
@@ -80,15 +82,28 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
         first = posting.show(deps.client, deps.throttle, channel=where.channel_id, thread_ts=where.thread_ts,
                              ts=None, messages=messages)
     except SlackApiError as e:
-        if e.response.get("error") not in PERMANENT_ERRORS:
+        error = e.response.get("error")
+        if error not in PERMANENT_ERRORS:
             raise
         logger.exception("Slack refused the %s for answer %s for good; not retrying", item.kind, item.answer_id)
+        _report_undelivered(deps, conn, item, f"Slack refused to post it in their thread (`{error}`)")
         return
     store.set_delivered(conn, item.answer_id, first or "")
     try:
         reviews.refresh_card(deps.client, deps.throttle, conn, item.answer_id)
     except Exception:  # the asker has the answer; a stale card must not re-post it
         logger.exception("could not redraw the review card of answer %s", item.answer_id)
+
+
+def _code(e: Exception) -> str:
+    return f"`{e.response.get('error')}`" if isinstance(e, SlackApiError) else str(e)
+
+
+def _report_undelivered(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery, why: str) -> None:
+    try:
+        reviews.report_undelivered(deps.client, deps.throttle, conn, item.answer_id, why)
+    except Exception:  # the row is final either way; the log has it
+        logger.exception("could not tell the reviewers that answer %s was not delivered", item.answer_id)
 
 
 class DeliveryLoop:

@@ -112,6 +112,12 @@ def _date(review: feedback.Review) -> str:
     return f"on <!date^{epoch}^{{date_short_pretty}} at {{time}}|{review.decided_at:%Y-%m-%d %H:%M UTC}>"
 
 
+def undelivered(answer: feedback.Answer, why: str) -> Message:
+    """Said under a decided card when the asker never got the answer; `why` is plain text."""
+    text = f":warning: {who(answer.user_id)} never got this: {blocks.escape(why)}. Please reach them another way."
+    return Message(text=text, blocks=[blocks.section(text)])
+
+
 def edit_modal(review_id: int, draft: str) -> dict[str, Any]:
     """Edit & approve: the draft, prefilled, becomes the answer the asker gets. A draft longer
     than Slack's text input holds is never offered cut short: the modal says to edit it in the

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from bot_support import SlackBot, count_delivery_rounds, pending_review, rows, wait_until
+from bot_support import ASKER, SlackBot, count_delivery_rounds, pending_review, rows, wait_until
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
 
@@ -77,33 +77,45 @@ def test_delivery_slack_refuses_for_a_passing_reason_is_posted_once_on_a_later_r
     assert _outbox() == [{"taken": True, "failed_attempts": 1}]
 
 
-def test_delivery_to_a_channel_slack_says_is_gone_is_logged_and_not_retried(
+def _reviewers_told_undelivered(bot: SlackBot, card: Call, why: str) -> None:
+    """The card shows the decision without buttons, and its thread says the asker never got it."""
+    card_ts = card.response["ts"]
+    [told] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == card_ts)
+    assert "never got this" in told.shown_text and why in told.shown_text
+    assert f"<@{ASKER}>" in told.shown_text
+    [redrawn] = bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == card_ts)
+    assert "Approved by alice@northwind.example" in redrawn.shown_text and not redrawn.action_values()
+
+
+def test_delivery_to_a_channel_slack_says_is_gone_is_not_retried_and_the_reviewers_are_told(
         quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel,
         caplog: pytest.LogCaptureFixture) -> None:
     bot = quick_rounds
-    ts, _ = pending_review(bot, model)
+    ts, card = pending_review(bot, model)
     bot.slack.missing_channels.add("CGENERAL")   # archived or deleted since the question
     _approve_outside_slack(bot)
 
     wait_until(lambda: any("refused the answer" in r.getMessage() and "not retrying" in r.getMessage()
                            for r in caplog.records), what="the refusal logged")
+    _reviewers_told_undelivered(bot, card, "channel_not_found")
     more_rounds()
     assert len(_answer_posts(bot, ts)) == 1
     assert _outbox() == [{"taken": True, "failed_attempts": None}]
 
 
-def test_delivery_slack_keeps_refusing_is_given_up_after_max_attempts(
+def test_delivery_slack_keeps_refusing_is_given_up_after_max_attempts_and_the_reviewers_are_told(
         quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel,
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     bot = quick_rounds
     monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 3)
-    ts, _ = pending_review(bot, model)
-    for _ in range(10):
+    ts, card = pending_review(bot, model)
+    for _ in range(3):
         bot.slack.fail_next("chat.postMessage", body={"ok": False, "error": "service_unavailable"})
     _approve_outside_slack(bot)
 
     wait_until(lambda: any("giving up on the answer" in r.getMessage() for r in caplog.records),
                what="the delivery given up")
+    _reviewers_told_undelivered(bot, card, "failed 3 times (`service_unavailable`)")
     more_rounds()
     assert [c.response["ok"] for c in _answer_posts(bot, ts)] == [False] * 3
     assert _outbox() == [{"taken": True, "failed_attempts": 3}]
