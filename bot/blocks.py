@@ -26,6 +26,7 @@ APOLOGY = ("Sorry, something went wrong while I was answering and I couldn't fin
            "The error has been logged for the team; please try again in a few minutes.")
 THANKS_UP = "Thanks! Glad it helped."
 THANKS_DOWN = "Thanks for telling us. Your feedback goes to the people who improve these answers."
+ANSWER_GONE = "This answer no longer exists, so there is nothing to improve."
 
 REASON_LABELS: dict[feedback.DownReason, str] = {
     "wrong": "It's wrong",
@@ -197,6 +198,14 @@ def feedback_modal(answer_id: int, previous: feedback.Feedback | None = None) ->
                         initial=previous.comment if previous else None),
         ],
     }
+
+
+def thanks_modal() -> dict[str, Any]:
+    """What the 👎 modal becomes once its details are recorded."""
+    return {"type": "modal", "callback_id": FEEDBACK_MODAL,
+            "title": {"type": "plain_text", "text": "Improve this answer"},
+            "close": {"type": "plain_text", "text": "Close"},
+            "blocks": [section(THANKS_DOWN)]}
 
 
 def _text_input(block_id: str, label: str, *, multiline: bool, initial: str | None) -> Block:

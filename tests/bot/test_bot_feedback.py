@@ -1,10 +1,13 @@
 """👍 / 👎 on answers: one vote per person and answer, the 👎 modal's reason and correction."""
 from __future__ import annotations
 
+import psycopg
+import pytest
 from bot_support import ASKER, OUTSIDER, SlackBot, rows, wait_until
 from support.fake_slack import Call
 
-from bot import blocks
+from bot import blocks, notices
+from core import db, feedback
 
 
 def _answered(bot: SlackBot) -> tuple[int, Call, str]:
@@ -38,8 +41,9 @@ def test_thumbs_up_then_down_with_reason_leaves_one_row_with_the_last_vote(bot: 
     assert modal["private_metadata"] == str(answer_id)
     assert [r["rating"] for r in _votes()] == ["down"]   # counted at the click, before the modal is sent
 
-    bot.submit(modal, _reasons("outdated", correct="Order in the new ServiceDesk portal."), user=ASKER)
-    wait_until(lambda: _votes()[0]["reason"] == "outdated", what="the modal's reason recorded")
+    response = bot.submit(modal, _reasons("outdated", correct="Order in the new ServiceDesk portal."), user=ASKER)
+    assert response.json()["response_action"] == "update"   # recorded before the modal turns into thanks
+    assert blocks.THANKS_DOWN in str(response.json()["view"]["blocks"])
     assert _votes() == [{"answer_id": answer_id, "user_id": ASKER, "rating": "down", "reason": "outdated",
                          "comment": None, "suggested_answer": "Order in the new ServiceDesk portal."}]
 
@@ -64,3 +68,35 @@ def test_second_thumbs_down_keeps_and_shows_the_earlier_reason(bot: SlackBot) ->
     assert again["blocks"][0]["element"]["initial_option"]["value"] == "incomplete"
     assert again["blocks"][2]["element"]["initial_value"] == "no price"
     assert _votes()[0]["reason"] == "incomplete"
+
+
+def test_thumbs_down_details_that_cannot_be_recorded_keep_the_modal_open_to_send_again(
+        bot: SlackBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, answer, _ = _answered(bot)
+    bot.click(answer, blocks.RATE_DOWN, user=ASKER)
+    modal = bot.modal(blocks.FEEDBACK_MODAL)
+    record_rating = feedback.record_rating
+
+    def database_gone(*args: object, **kwargs: object) -> None:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(feedback, "record_rating", database_gone)
+    details = _reasons("wrong", correct="Ask IT in #help-it.")
+    refused = bot.submit(modal, details, user=ASKER).json()
+    assert refused == {"response_action": "errors", "errors": {"reason": notices.SORRY}}
+    assert _votes()[0]["reason"] is None
+
+    monkeypatch.setattr(feedback, "record_rating", record_rating)
+    assert bot.submit(modal, details, user=ASKER).json()["response_action"] == "update"
+    assert (_votes()[0]["reason"], _votes()[0]["suggested_answer"]) == ("wrong", "Ask IT in #help-it.")
+
+
+def test_thumbs_down_details_on_an_answer_since_deleted_say_so_in_the_modal(bot: SlackBot) -> None:
+    answer_id, answer, _ = _answered(bot)
+    bot.click(answer, blocks.RATE_DOWN, user=ASKER)
+    modal = bot.modal(blocks.FEEDBACK_MODAL)
+    with db.connection() as conn:
+        conn.execute("DELETE FROM answers WHERE id = %s", (answer_id,))
+
+    refused = bot.submit(modal, _reasons("wrong"), user=ASKER).json()
+    assert refused == {"response_action": "errors", "errors": {"reason": blocks.ANSWER_GONE}}
