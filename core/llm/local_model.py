@@ -19,9 +19,10 @@ from typing import Any, Literal
 
 import torch
 
+from core.config import DEFAULT_LLM_NAME
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
@@ -95,7 +96,7 @@ def smollm2_gguf() -> Path:
 
 def ensure_default_model(data_dir: Path) -> Path:
     """Convert the shipped GGUF to a safetensors folder once; return the folder."""
-    target = data_dir / "models" / DEFAULT_MODEL_NAME
+    target = data_dir / "models" / DEFAULT_LLM_NAME
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

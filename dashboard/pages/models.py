@@ -70,8 +70,9 @@ rollback = c_rollback.button("Roll back to the previous adapter (or the base mod
 for version, clicked in ((chosen.version, promote), (None, rollback)):
     if not clicked or frame.refuse_viewer(identity):
         continue
-    # PromotionRefused: failed, still training, or no adapter live to roll back from; ServingError: the
-    # model server could not load or serve it. Either way nothing was switched.
+    # PromotionRefused: failed, still training, trained on another base model, another promotion under
+    # way, or no adapter live to roll back from; ServingError: the model server could not load or
+    # serve it. Either way nothing was switched.
     with st.spinner("Loading and checking the adapter on the model server…"):
         answered_by = frame.attempt("Switching adapters", lambda: switch(identity.actor, version),
                                     models.PromotionRefused, serving.ServingError)

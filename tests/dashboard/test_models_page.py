@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from core import db, models
+from core import db, models, serving
 from core.config import get_settings
 from dashboard_helpers import audit_rows, open_page, table, texts
 
@@ -18,6 +18,8 @@ class FakeVLLM(BaseHTTPRequestHandler):
     """Just enough of vLLM for a promotion: health, and runtime LoRA loading."""
 
     loaded: list[str] = []
+    loading = threading.Event()    # set when a load request arrives
+    finish = threading.Event()     # a load answers once this is set
 
     def do_GET(self) -> None:  # noqa: N802
         self._reply(200 if self.path == "/health" else 404, {})
@@ -25,6 +27,8 @@ class FakeVLLM(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/v1/load_lora_adapter":
+            FakeVLLM.loading.set()
+            FakeVLLM.finish.wait(30)
             FakeVLLM.loaded.append(body["lora_name"])
             self._reply(200, {})
         else:
@@ -49,18 +53,21 @@ def vllm(dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "openai")
+    monkeypatch.setenv("FLYWHEEL_LLM_MODEL", "base")   # the model vLLM serves, which the adapters were trained on
     monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
     get_settings.cache_clear()
     FakeVLLM.loaded = []
+    FakeVLLM.loading.clear()
+    FakeVLLM.finish.set()
     yield url
     server.shutdown()
     server.server_close()
     thread.join()
 
 
-def register(status: str, dataset_version: int = 1) -> models.Adapter:
+def register(status: str, dataset_version: int = 1, base_model: str = "base") -> models.Adapter:
     with db.connection() as conn:
-        adapter = models.register(conn, base_model="base", path=f"/adapters/{status}", dataset_version=dataset_version,
+        adapter = models.register(conn, base_model=base_model, path=f"/adapters/{status}", dataset_version=dataset_version,
                                   hyperparams={"rank": 8}, status="training")
         models.update(conn, adapter.version, status=status, metrics={"eval_loss": 1.5},  # type: ignore[arg-type]
                       error="diverged" if status == "failed" else None)
@@ -104,8 +111,39 @@ def test_promoting_a_failed_adapter_is_refused_and_nothing_changes(vllm: str) ->
     assert live_name() is None and FakeVLLM.loaded == [] and audit_rows() == []
 
 
+def test_promoting_while_another_promotion_loads_is_refused_and_changes_nothing(vllm: str) -> None:
+    first, second = register("ready"), register("ready")
+    FakeVLLM.finish.clear()   # the first promotion's load takes its time
+    promoting = threading.Thread(target=serving.promote, args=(first.version,), kwargs={"actor": "bob"})
+    promoting.start()
+    assert FakeVLLM.loading.wait(30)
+
+    at = open_page("models")
+    at.selectbox(key="md_adapter").select(second.version).run()
+    at.button(key="md_promote").click().run()
+    assert [e.value for e in at.error] == ["Another promotion or rollback is under way; try again once it has finished."]
+
+    FakeVLLM.finish.set()
+    promoting.join(30)
+    assert live_name() == "flywheel-v1" and FakeVLLM.loaded == ["flywheel-v1"]
+    at.button(key="md_promote").click().run()   # once it is done, the second goes through
+    assert not at.error and live_name() == "flywheel-v2"
+
+
+def test_promoting_an_adapter_trained_on_another_base_model_is_refused(vllm: str) -> None:
+    other = register("ready", base_model="meta-llama/Llama-3.1-8B-Instruct")
+    at = open_page("models")
+    at.selectbox(key="md_adapter").select(other.version).run()
+    at.button(key="md_promote").click().run()
+    [error] = [e.value for e in at.error]
+    assert error.startswith("flywheel-v1 was trained on meta-llama/Llama-3.1-8B-Instruct, but the model server "
+                            "runs base (FLYWHEEL_LLM_MODEL)")
+    assert live_name() is None and FakeVLLM.loaded == [] and audit_rows() == []
+
+
 def test_unreachable_model_server_is_a_clear_error(dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "local")
+    monkeypatch.setenv("FLYWHEEL_LLM_MODEL", "base")
     monkeypatch.setenv("FLYWHEEL_LLM_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
     get_settings.cache_clear()
     ready = register("ready")
