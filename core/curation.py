@@ -23,6 +23,15 @@ class CurationError(ValueError):
     """A curation action that cannot be taken; the message is fit to show an admin."""
 
 
+class DatasetUnchanged(CurationError):
+    """A new dataset version would hold exactly what the latest one holds."""
+
+    def __init__(self, version: int, items: int) -> None:
+        super().__init__(f"Dataset v{version} already holds these {items} accepted answers as they are now: "
+                         "accept, edit or reject answers before making a new version.")
+        self.version = version
+
+
 @dataclass(frozen=True)
 class AnswerFilter:
     rating: RatingFilter = "any"
@@ -168,10 +177,13 @@ def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision
         "SELECT answer_id FROM curation_items WHERE answer_id = ANY(%(ids)s)", {"ids": ids})}
     judged = [answer_id for answer_id in ids if answer_id not in judged_before]
     for answer_id in judged:
-        if decision == "accepted":
-            accept(conn, answer_id, curated_by=curated_by)
-        else:
-            reject(conn, answer_id, curated_by=curated_by)
+        try:
+            if decision == "accepted":
+                accept(conn, answer_id, curated_by=curated_by)
+            else:
+                reject(conn, answer_id, curated_by=curated_by)
+        except CurationError as e:
+            raise CurationError(f"Answer {answer_id}: {e} Nothing in this batch was judged.") from e
     return judged
 
 
@@ -189,34 +201,56 @@ def _upsert(conn: psycopg.Connection, answer_id: int, decision: Decision, questi
 
 # -- datasets --------------------------------------------------------------------------------
 
-def accepted_count(conn: psycopg.Connection, since: dt.datetime | None = None) -> int:
-    """Accepted items, or those accepted after `since` (the schedule's "enough new data")."""
-    row = conn.execute("SELECT count(*) AS n FROM curation_items WHERE decision = 'accepted'"
-                       " AND (%(s)s::timestamptz IS NULL OR curated_at > %(s)s)", {"s": since}).fetchone()
+def accepted_count(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT count(*) AS n FROM curation_items WHERE decision = 'accepted'").fetchone()
+    return int(row["n"])  # type: ignore[index]
+
+
+def not_in_dataset(conn: psycopg.Connection, version: int | None) -> int:
+    """Accepted answers that dataset `version` does not hold as they are now: accepted since it
+    was made, or edited since (all of them for None). The schedule's "enough new data"."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM curation_items c WHERE c.decision = 'accepted' AND NOT EXISTS ("
+        " SELECT 1 FROM dataset_items i WHERE i.dataset_version = %(v)s AND i.curation_item_id = c.id"
+        " AND i.question = c.question AND i.answer IS NOT DISTINCT FROM c.ideal_answer)", {"v": version}).fetchone()
     return int(row["n"])  # type: ignore[index]
 
 
 def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "") -> DatasetInfo:
     """Freeze every accepted item into a new dataset version, with the text of the sources each
-    answer was drafted from. Refuses to make an empty one."""
+    answer was drafted from. Refuses to make an empty one, or one the latest version already is
+    (`DatasetUnchanged`, which names it)."""
     if accepted_count(conn) == 0:
         raise CurationError("No accepted answers yet: accept some in Curation before making a dataset.")
     conn.execute("LOCK TABLE datasets IN EXCLUSIVE MODE")  # two admins never get the same version
-    version = int(conn.execute("SELECT coalesce(max(version), 0) + 1 AS v FROM datasets").fetchone()["v"])  # type: ignore[index]
-    conn.execute("INSERT INTO datasets (version, created_by, note) VALUES (%(v)s, %(by)s, %(n)s)",
-                 {"v": version, "by": created_by, "n": note})
     items = conn.execute(
         "SELECT c.id, c.answer_id, c.question, c.ideal_answer, c.curated_at, a.sources FROM curation_items c"
         " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.id").fetchall()
     texts = {i: pii.scrub(t) for i, t in source_texts(conn, [s for item in items for s in item["sources"]]).items()}
+    rows = [{"c": item["id"], "a": item["answer_id"], "q": item["question"], "ans": item["ideal_answer"],
+             "ctx": _context(item["sources"], texts), "at": item["curated_at"]} for item in items]
+    latest = latest_version(conn)
+    if latest is not None and _contents(_frozen(conn, latest)) == _contents(rows):
+        raise DatasetUnchanged(latest, len(rows))
+    version = (latest or 0) + 1
+    conn.execute("INSERT INTO datasets (version, created_by, note) VALUES (%(v)s, %(by)s, %(n)s)",
+                 {"v": version, "by": created_by, "n": note})
     with conn.cursor() as cur:
         cur.executemany(
             "INSERT INTO dataset_items (dataset_version, curation_item_id, answer_id, question, answer, context,"
             " curated_at) VALUES (%(v)s, %(c)s, %(a)s, %(q)s, %(ans)s, %(ctx)s, %(at)s)",
-            [{"v": version, "c": item["id"], "a": item["answer_id"], "q": item["question"],
-              "ans": item["ideal_answer"], "ctx": Jsonb(_context(item["sources"], texts)), "at": item["curated_at"]}
-             for item in items])
+            [{**row, "v": version, "ctx": Jsonb(row["ctx"])} for row in rows])
     return get_dataset(conn, version)  # type: ignore[return-value]
+
+
+def _frozen(conn: psycopg.Connection, version: int) -> list[dict[str, Any]]:
+    return conn.execute("SELECT curation_item_id AS c, question AS q, answer AS ans, context AS ctx"
+                        " FROM dataset_items WHERE dataset_version = %(v)s", {"v": version}).fetchall()
+
+
+def _contents(rows: Iterable[dict[str, Any]]) -> set[tuple[Any, ...]]:
+    """What a dataset teaches, for telling two apart: each item's text and passages."""
+    return {(r["c"], r["q"], r["ans"], json.dumps(r["ctx"], sort_keys=True)) for r in rows}
 
 
 def source_texts(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) -> dict[int, str]:

@@ -18,13 +18,14 @@ SCHEDULE_ACTOR = "schedule"
 
 
 def default_base_model(settings: Settings | None = None) -> str:
-    """The base model a retrain starts from: the configured one, or SmolLM2 from the wheel."""
+    """The base model a retrain starts from, the one the model server runs (`Settings.base_model`),
+    converted from its wheel first when it is the default SmolLM2."""
     settings = settings or get_settings()
-    if settings.llm_model:
-        return settings.llm_model
-    from core.llm.local_model import ensure_default_model
+    if not settings.llm_model:
+        from core.llm.local_model import ensure_default_model
 
-    return str(ensure_default_model(settings.data_dir))
+        ensure_default_model(settings.data_dir)
+    return settings.base_model
 
 
 def request_retrain(*, requested_by: str, dataset_version: int | None = None, base_model: str | None = None,
@@ -91,8 +92,9 @@ def resume_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun:
 def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
     """What the worker's periodic task calls every minute: when the schedule is enabled and a
     cron time has passed since it last fired (or since it was saved), and at least
-    `min_new_examples` answers were accepted since the last successful retrain, freeze a new
-    dataset version and queue a retrain on it. Each cron time is considered once; a skip is
+    `min_new_examples` accepted answers are new or edited since the dataset the last successful
+    retrain learned from, freeze a new dataset version (or take the latest, when it already holds
+    exactly these) and queue a retrain on it. Each cron time is considered once; a skip is
     audited with its reason. Returns the queued run, if any."""
     from croniter import croniter
 
@@ -110,18 +112,20 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
                          {"reason": "a retrain is already queued or running"})
             return None
-        # New: accepted after the dataset the last successful retrain learned from was frozen.
+        # New: accepted answers the last successful retrain did not learn as they are now.
         last = training.last_succeeded(conn)
-        learned = curation.get_dataset(conn, last.dataset_version) if last and last.dataset_version else None
-        new = curation.accepted_count(conn, since=learned.created_at if learned else None)
+        new = curation.not_in_dataset(conn, last.dataset_version if last else None)
         if new < schedule.min_new_examples:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
                          {"reason": "not enough new accepted answers", "new": new,
                           "min_new_examples": schedule.min_new_examples})
             return None
-        dataset = curation.create_dataset(conn, created_by=SCHEDULE_ACTOR, note=f"scheduled ({schedule.cron})")
+        try:
+            version = curation.create_dataset(conn, created_by=SCHEDULE_ACTOR, note=f"scheduled ({schedule.cron})").version
+        except curation.DatasetUnchanged as e:  # an admin already froze exactly these answers
+            version = e.version
     try:
-        return request_retrain(requested_by=SCHEDULE_ACTOR, dataset_version=dataset.version, params=schedule.params)
+        return request_retrain(requested_by=SCHEDULE_ACTOR, dataset_version=version, params=schedule.params)
     except training.RunAlreadyActive as e:
         with db.connection() as conn:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})

@@ -144,7 +144,8 @@ def test_bulk_judges_all_or_nothing(answers: dict[str, int]) -> None:
     with db.connection() as conn:
         assert curation.bulk(conn, [answers["laptop"], answers["salary"]], "accepted", curated_by="ann") == [
             answers["laptop"], answers["salary"]]
-    with pytest.raises(curation.CurationError), db.connection() as conn:
+    with pytest.raises(curation.CurationError, match=rf"^Answer {empty}: The ideal answer is empty.*"
+                                                     "Nothing in this batch was judged"), db.connection() as conn:
         curation.bulk(conn, [answers["vpn"], empty], "accepted", curated_by="ann")  # rolls back, vpn too
     assert listed(uncurated_only=True) == {answers["vpn"], answers["parking"], empty}
     with db.connection() as conn:
@@ -211,6 +212,20 @@ def test_a_dataset_trains_on_the_passages_as_the_answer_saw_them_not_on_a_later_
     assert [c["text"] for c in trained.context] == [
         "Laptops\nOrdering\n\nOrder laptops in the IT portal; write to [email]."]  # scrubbed, as it was
     assert after_removal.context == []  # what an admin removed is not trained on
+
+
+def test_a_dataset_version_identical_to_the_latest_is_refused_naming_it(answers: dict[str, int]) -> None:
+    with db.connection() as conn:
+        curation.bulk(conn, [answers["laptop"], answers["vpn"]], "accepted", curated_by="ann")
+        curation.create_dataset(conn, created_by="ann")
+        curation.accept(conn, answers["vpn"], curated_by="bob")   # accepted again, as it was
+        with pytest.raises(curation.DatasetUnchanged, match="^Dataset v1 already holds these 2 accepted answers"):
+            curation.create_dataset(conn, created_by="bob")
+        curation.reject(conn, answers["vpn"], curated_by="bob")   # one answer fewer: a new version
+        assert (curation.create_dataset(conn, created_by="bob").items, curation.latest_version(conn)) == (1, 2)
+        curation.accept(conn, answers["vpn"], curated_by="bob", ideal_answer="Install the VPN client [1].")
+        assert curation.create_dataset(conn, created_by="bob").version == 3
+        assert [d.version for d in curation.list_datasets(conn)] == [3, 2, 1]
 
 
 def test_export_is_one_json_object_per_line(answers: dict[str, int]) -> None:

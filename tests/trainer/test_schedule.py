@@ -15,7 +15,14 @@ def _schedule(enabled: bool = True, cron: str = "0 3 * * 1", min_new: int = 5, s
         conn.execute("UPDATE training_schedule SET updated_at = %(t)s", {"t": saved or NOW - dt.timedelta(days=3)})
 
 
+def _edit_one_ideal_answer() -> None:
+    with db.connection() as conn:
+        answer_id = conn.execute("SELECT min(answer_id) AS a FROM curation_items").fetchone()["a"]  # type: ignore[index]
+        curation.accept(conn, answer_id, curated_by="ann", ideal_answer="Order it in the IT portal [1].")
+
+
 def test_due_schedule_with_enough_new_answers_makes_a_dataset_and_queues_a_retrain(curated_dataset: int) -> None:
+    _edit_one_ideal_answer()   # so the answers are no longer exactly what v1 holds
     _schedule()
     run = retrain.scheduled_retrain(NOW)
     assert run is not None and run.status == "queued" and run.requested_by == "schedule"
@@ -43,17 +50,30 @@ def test_schedule_waits_for_enough_new_answers_since_the_last_successful_retrain
     assert skip.details == {"reason": "not enough new accepted answers", "new": 0, "min_new_examples": 1}
 
 
-def test_answers_accepted_after_the_dataset_froze_count_as_new_though_the_retrain_came_later(
+def test_due_schedule_retrains_on_the_latest_dataset_when_it_already_holds_every_accepted_answer(
         curated_dataset: int) -> None:
-    with db.connection() as conn:  # frozen a week ago; answers accepted since; the retrain ran yesterday
-        conn.execute("UPDATE datasets SET created_at = %(t)s", {"t": NOW - dt.timedelta(days=7)})
-        conn.execute("UPDATE curation_items SET curated_at = %(t)s", {"t": NOW - dt.timedelta(days=3)})
+    _schedule()   # eight accepted answers no retrain learned, all frozen in v1 by an admin
+    run = retrain.scheduled_retrain(NOW)
+    assert run is not None and run.dataset_version == curated_dataset
+    with db.connection() as conn:
+        assert [d.version for d in curation.list_datasets(conn)] == [curated_dataset]
+
+
+def test_an_edited_answer_counts_as_new_and_one_accepted_again_unchanged_does_not(curated_dataset: int) -> None:
+    with db.connection() as conn:
         done = training.create_run(conn, base_model="tiny", dataset_version=curated_dataset, params={},
                                    requested_by="admin")
         training.finish_run(conn, done.id, "succeeded")
-        conn.execute("UPDATE training_runs SET created_at = %(t)s", {"t": NOW - dt.timedelta(days=1)})
+        for item in conn.execute("SELECT answer_id, ideal_answer FROM curation_items").fetchall():
+            curation.accept(conn, item["answer_id"], curated_by="ann", ideal_answer=item["ideal_answer"])
     _schedule(min_new=1)
-    run = retrain.scheduled_retrain(NOW)
+    assert retrain.scheduled_retrain(NOW) is None
+    with db.connection() as conn:
+        [skip] = [e for e in audit.recent(conn) if e.action == "retrain.skip"]
+    assert skip.details["new"] == 0
+
+    _edit_one_ideal_answer()
+    run = retrain.scheduled_retrain(NOW + dt.timedelta(days=7))
     assert run is not None and run.dataset_version == curated_dataset + 1
 
 
