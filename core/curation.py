@@ -67,6 +67,15 @@ class CurationRow:
     decision: Decision | None
     ideal_answer: str | None
     curated_by: str | None
+    curated_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class Seen:
+    """The judgement an admin had in front of them when deciding (`CurationRow.curated_at`;
+    None: not judged yet). A judgement made by someone else since is not overwritten."""
+
+    curated_at: dt.datetime | None
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,7 @@ SELECT a.id AS answer_id, a.created_at, a.user_id, a.channel_id, a.question, a.d
        coalesce(array_agg(f.comment) FILTER (WHERE coalesce(f.comment, '') <> ''), '{}') AS down_comments,
        coalesce(array_agg(f.suggested_answer) FILTER (WHERE coalesce(f.suggested_answer, '') <> ''), '{}')
            AS suggested_answers,
-       c.decision, c.ideal_answer, c.curated_by
+       c.decision, c.ideal_answer, c.curated_by, c.curated_at
 FROM answers a
 LEFT JOIN feedback f ON f.answer_id = a.id
 LEFT JOIN curation_items c ON c.answer_id = a.id
@@ -146,9 +155,11 @@ def get_row(conn: psycopg.Connection, answer_id: int) -> CurationRow | None:
     return None if row is None else CurationRow(**row)
 
 
-def accept(conn: psycopg.Connection, answer_id: int, *, curated_by: str, ideal_answer: str | None = None) -> None:
+def accept(conn: psycopg.Connection, answer_id: int, *, curated_by: str, ideal_answer: str | None = None,
+           seen: Seen | None = None) -> None:
     """Accept an answer as training material: as delivered, or as the admin's edited ideal answer.
-    Question and answer are scrubbed of personal data before they are stored."""
+    Question and answer are scrubbed of personal data before they are stored. With `seen`,
+    refused if the answer was judged since."""
     row = get_row(conn, answer_id)
     if row is None:
         raise CurationError(f"Answer {answer_id} does not exist or is not finished yet.")
@@ -156,15 +167,15 @@ def accept(conn: psycopg.Connection, answer_id: int, *, curated_by: str, ideal_a
     text = (ideal_answer if ideal_answer is not None else row.final_answer) or ""
     if not text.strip():
         raise CurationError("The ideal answer is empty: write the answer you want the model to learn.")
-    _upsert(conn, answer_id, "accepted", pii.scrub(row.question), pii.scrub(text.strip()), edited, curated_by)
+    _upsert(conn, row, "accepted", pii.scrub(text.strip()), edited, curated_by, seen)
 
 
-def reject(conn: psycopg.Connection, answer_id: int, *, curated_by: str) -> None:
-    """Keep an answer out of every future dataset."""
+def reject(conn: psycopg.Connection, answer_id: int, *, curated_by: str, seen: Seen | None = None) -> None:
+    """Keep an answer out of every future dataset. With `seen`, refused if judged since."""
     row = get_row(conn, answer_id)
     if row is None:
         raise CurationError(f"Answer {answer_id} does not exist or is not finished yet.")
-    _upsert(conn, answer_id, "rejected", pii.scrub(row.question), None, False, curated_by)
+    _upsert(conn, row, "rejected", None, False, curated_by, seen)
 
 
 def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision, *, curated_by: str) -> list[int]:
@@ -179,24 +190,33 @@ def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision
     for answer_id in judged:
         try:
             if decision == "accepted":
-                accept(conn, answer_id, curated_by=curated_by)
+                accept(conn, answer_id, curated_by=curated_by, seen=Seen(None))
             else:
-                reject(conn, answer_id, curated_by=curated_by)
+                reject(conn, answer_id, curated_by=curated_by, seen=Seen(None))
         except CurationError as e:
             raise CurationError(f"Answer {answer_id}: {e} Nothing in this batch was judged.") from e
     return judged
 
 
-def _upsert(conn: psycopg.Connection, answer_id: int, decision: Decision, question: str, answer: str | None,
-            edited: bool, curated_by: str) -> None:
-    conn.execute(
+def _upsert(conn: psycopg.Connection, row: CurationRow, decision: Decision, answer: str | None, edited: bool,
+            curated_by: str, seen: Seen | None) -> None:
+    """Store the judgement; with `seen`, only over the judgement the admin saw (checked in the
+    same statement, so two admins deciding at once cannot both win)."""
+    stored = conn.execute(
         "INSERT INTO curation_items (answer_id, decision, question, ideal_answer, edited, curated_by)"
         " VALUES (%(a)s, %(d)s, %(q)s, %(i)s, %(e)s, %(by)s)"
         " ON CONFLICT (answer_id) DO UPDATE SET decision = EXCLUDED.decision, question = EXCLUDED.question,"
         "  ideal_answer = EXCLUDED.ideal_answer, edited = EXCLUDED.edited, curated_by = EXCLUDED.curated_by,"
-        "  curated_at = now()",
-        {"a": answer_id, "d": decision, "q": question, "i": answer, "e": edited, "by": curated_by},
-    )
+        "  curated_at = now()"
+        " WHERE NOT %(check)s OR curation_items.curated_at IS NOT DISTINCT FROM %(seen)s",
+        {"a": row.answer_id, "d": decision, "q": pii.scrub(row.question), "i": answer, "e": edited,
+         "by": curated_by, "check": seen is not None, "seen": seen.curated_at if seen else None},
+    ).rowcount
+    if stored == 0:
+        now = get_row(conn, row.answer_id)
+        by = f"{now.decision} by {now.curated_by}" if now and now.decision else "judged by someone else"
+        raise CurationError(f"Answer {row.answer_id} was {by} after you opened it, so nothing changed: "
+                            "look at it again, then decide.")
 
 
 # -- datasets --------------------------------------------------------------------------------

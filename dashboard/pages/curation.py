@@ -29,14 +29,15 @@ def table(rows: list[curation.CurationRow]) -> pd.DataFrame:
     } for r in rows])
 
 
-def judge(answer_id: int, action: str, actor: str, ideal_answer: str) -> curation.Decision:
+def judge(answer_id: int, action: str, actor: str, ideal_answer: str, seen: curation.Seen) -> curation.Decision:
     """One transaction: the judgement and its audit row land together or not at all. Accepting
-    stores `ideal_answer` (marked edited when it is not the answer as delivered)."""
+    stores `ideal_answer` (marked edited when it is not the answer as delivered). Refused when
+    someone judged the answer after this admin opened it (`seen`)."""
     with db.connection() as conn:
         if action == "reject":
-            curation.reject(conn, answer_id, curated_by=actor)
+            curation.reject(conn, answer_id, curated_by=actor, seen=seen)
         else:
-            curation.accept(conn, answer_id, curated_by=actor, ideal_answer=ideal_answer)
+            curation.accept(conn, answer_id, curated_by=actor, ideal_answer=ideal_answer, seen=seen)
         audit.record(conn, actor, f"curation.{action}", f"answer:{answer_id}", {"answer_ids": [answer_id]})
     return "rejected" if action == "reject" else "accepted"
 
@@ -162,6 +163,16 @@ else:
         if row.ideal_answer:
             st.markdown(f"**Stored ideal answer:** {markup.escape(row.ideal_answer)}")
 
+    # The judgement this admin is looking at, kept from when they opened the answer: what they
+    # decide must not overwrite a judgement someone else made since.
+    seen_key = f"cur_seen_{opened}"
+    seen = st.session_state.setdefault(seen_key, curation.Seen(row.curated_at))
+    judged_meanwhile = seen.curated_at != row.curated_at
+    if judged_meanwhile:
+        st.session_state[seen_key] = seen = curation.Seen(row.curated_at)
+        st.warning(f"{markup.escape(row.curated_by or 'Someone')} judged this answer after you opened it "
+                   f"({row.decision}; shown above), so nothing changed. Your text is kept: decide again if you "
+                   "still mean it.")
     shown = row.ideal_answer or row.final_answer or ""
     ideal = st.text_area("Ideal answer (edit, then accept)", value=shown, key=f"cur_ideal_{opened}", height=160,
                          disabled=viewer)
@@ -174,7 +185,7 @@ else:
         "reject": a_reject.button(REJECT, key="cur_reject", disabled=viewer),
     }
     for action, clicked in actions.items():
-        if not clicked or frame.refuse_viewer(identity):
+        if not clicked or judged_meanwhile or frame.refuse_viewer(identity):
             continue
         if action == "accept" and ideal.strip() != shown.strip():
             st.error(f"You changed the text: use {ACCEPT_EDITED} to keep your edit, or undo it to accept "
@@ -182,9 +193,10 @@ else:
             continue
         # Both accepts store the text shown: on "accept" it is unchanged, so an ideal answer an
         # earlier edit stored stays, and an answer never edited is stored as delivered.
-        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, ideal),
+        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, ideal, seen),
                                  curation.CurationError)
         if decision is not None:
+            st.session_state.pop(seen_key)   # this admin's own judgement is the one they see next
             frame.done(f"Answer #{opened}: {decision}.")
 
 st.header("Datasets")

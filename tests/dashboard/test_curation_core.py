@@ -139,6 +139,18 @@ def test_accepted_text_is_scrubbed_of_personal_data(database_url: str) -> None:
     assert stored == {"question": "Hi, I'm [name] ([email]): how do I order a laptop?"}
 
 
+def test_a_judgement_over_one_not_seen_is_refused_atomically(answers: dict[str, int]) -> None:
+    with db.connection() as conn:
+        opened = curation.get_row(conn, answers["laptop"])
+        curation.accept(conn, answers["laptop"], curated_by="bob", ideal_answer="Ask IT.")
+        with pytest.raises(curation.CurationError, match=rf"^Answer {answers['laptop']} was accepted by bob after "
+                                                         "you opened it, so nothing changed"):
+            curation.reject(conn, answers["laptop"], curated_by="ann", seen=curation.Seen(opened.curated_at))
+        now = curation.get_row(conn, answers["laptop"])
+        curation.reject(conn, answers["laptop"], curated_by="ann", seen=curation.Seen(now.curated_at))
+        assert curation.get_row(conn, answers["laptop"]).curated_by == "ann"
+
+
 def test_bulk_judges_all_or_nothing(answers: dict[str, int]) -> None:
     empty = seed_answer("Unanswerable?", "", route="declined", status="declined")
     with db.connection() as conn:

@@ -117,6 +117,33 @@ def test_empty_edited_answer_is_refused_and_nothing_changes(answers: dict[str, i
     assert curation_rows() == [] and audit_rows() == []
 
 
+def test_a_judgement_made_by_someone_else_after_opening_is_not_overwritten_and_the_edit_is_kept(
+        answers: dict[str, int]) -> None:
+    from core import curation, db
+
+    at = open_page("curation")
+    at.selectbox(key="cur_open").select(answers["vpn"]).run()
+    box = f"cur_ideal_{answers['vpn']}"
+    at.text_area(key=box).input("Install WireGuard from the portal.")
+    with db.connection() as conn:   # meanwhile, in another tab
+        curation.accept(conn, answers["vpn"], curated_by="bob", ideal_answer="Use the new VPN client.")
+    at.button(key="cur_accept_edit").click().run()
+    [warning] = [w.value for w in at.warning if "judged" in w.value]
+    assert warning.startswith("bob judged this answer after you opened it (accepted; shown above), so nothing changed")
+    assert "**Stored ideal answer:** Use the new VPN client" in texts(at)
+    assert at.text_area(key=box).value == "Install WireGuard from the portal."   # nothing typed is lost
+    [row] = curation_rows()
+    assert (row["curated_by"], row["ideal_answer"]) == ("bob", "Use the new VPN client.")
+    assert audit_rows() == []
+
+    at.button(key="cur_accept_edit").click().run()   # seen now: deciding again is deliberate
+    assert not at.error and not [w for w in at.warning if "judged" in w.value]
+    [row] = curation_rows()
+    assert row["ideal_answer"] == "Install WireGuard from the portal." and row["curated_by"].startswith("local:")
+    at.button(key="cur_reject").click().run()   # and the admin's own judgement never blocks them
+    assert not [w for w in at.warning if "judged" in w.value] and curation_rows()[0]["decision"] == "rejected"
+
+
 def test_reject_keeps_the_answer_out(answers: dict[str, int]) -> None:
     at = open_page("curation")
     at.selectbox(key="cur_open").select(answers["parking"]).run()
