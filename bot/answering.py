@@ -54,8 +54,8 @@ def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id
                     thread_ts=event.get("thread_ts") or ts, event_id=event_id)
 
 
-# A bot process notes it is alive on every round of its delivery loop (every 30 s at most); one
-# silent this long has stopped, and the questions it was answering are taken over.
+# A bot process notes it is alive every `deliveries.HEARTBEAT_S`; one silent this long has
+# stopped, and the questions it was answering are taken over.
 ORPHANED_AFTER_S = 120.0
 
 # Message subtypes that are a person writing: with a file attached (the text is the question),

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import slack_payloads
 from bot_support import ASKER, BOT_USER, SlackBot, count_delivery_rounds, rows, wait_until
 from support.scripted_model import ScriptedModel
 
-from bot import blocks
+from bot import blocks, deliveries, store
 from bot.answering import ORPHANED_AFTER_S
 from bot.deliveries import DeliveryLoop
 from bot.deps import AGENT_RUNS, Deps
+from core import db
 from core.agent import prompts
 
 
@@ -188,6 +190,24 @@ def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running
         survivor.close()
         held.set()
     assert rows("SELECT question, owner FROM slack_answers") == [{"question": None, "owner": None}]
+
+
+def test_a_bot_whose_delivery_round_is_stuck_on_slack_is_still_alive_and_keeps_its_questions(
+        bot: SlackBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    slack_answers = threading.Event()
+    monkeypatch.setattr(deliveries, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(deliveries, "drain", lambda deps: slack_answers.wait(60))   # a backlog, Slack slow
+    bot.loop.stop()
+    bot.loop = DeliveryLoop(bot.deps, poll_s=0.1).start()
+    try:
+        with db.connection() as conn:
+            store.open_question(conn, channel_id="CGENERAL", question_ts="1.1", thread_ts="1.1", user_id=ASKER,
+                                event_id=None, question="How do I get a new laptop?", owner=bot.deps.process_id)
+        time.sleep(1.5)   # the round is stuck all this time
+        with db.connection() as conn:
+            assert store.release_orphans(conn, silent_for_s=1.0) == []   # another process finds it alive
+    finally:
+        slack_answers.set()
 
 
 def test_a_question_arriving_while_the_bot_stops_is_kept_for_the_next_start(bot: SlackBot) -> None:
