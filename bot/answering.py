@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import logging
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,13 +55,43 @@ def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id
                     thread_ts=event.get("thread_ts") or ts, event_id=event_id)
 
 
-# A bot process notes it is alive every `deliveries.HEARTBEAT_S`; one silent this long has
+# A bot process notes it is alive every `HEARTBEAT_S` (`Heartbeat`); one silent this long has
 # stopped, and the questions it was answering are taken over.
 ORPHANED_AFTER_S = 120.0
+HEARTBEAT_S = 20.0
 
 # Message subtypes that are a person writing: with a file attached (the text is the question),
 # or a thread reply also sent to the conversation. Edits, deletions, bots, joins are not.
 QUESTION_SUBTYPES = frozenset({"file_share", "thread_broadcast"})
+
+
+class Heartbeat:
+    """A thread that notes the bot process alive every `HEARTBEAT_S`, whatever else it is busy
+    with (a delivery round waiting on a slow Slack, answers finishing at shutdown), so that no
+    other process takes over the questions it is answering."""
+
+    def __init__(self, process_id: str) -> None:
+        self.process_id = process_id
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                with db.connection() as conn:
+                    store.note_alive(conn, self.process_id)
+            except Exception:
+                logger.exception("could not note this bot process alive; trying again in %.0fs", HEARTBEAT_S)
+            if self._stop.wait(HEARTBEAT_S):
+                return
 
 
 def is_direct_question(event: dict[str, Any]) -> bool:
@@ -101,7 +132,7 @@ def answer_waiting(client: WebClient, deps: Deps) -> int:
     """Answer the questions a stopped bot took up but had not finished: kept by one that stopped
     cleanly, or in progress in one killed (silent for `ORPHANED_AFTER_S`); returns how many."""
     with db.connection() as conn:
-        store.note_alive(conn, deps.process_id)
+        store.note_alive(conn, deps.process_id)   # never this process's own questions, whatever its heartbeat
         orphaned = store.release_orphans(conn, ORPHANED_AFTER_S)
         for channel_id, thread_ts, asked_at in orphaned:  # the agent's run that stopped with its process
             feedback.fail_running(conn, thread_key(channel_id, thread_ts), since=asked_at,

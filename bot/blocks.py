@@ -200,12 +200,12 @@ def feedback_modal(answer_id: int, previous: feedback.Feedback | None = None) ->
     }
 
 
-def thanks_modal() -> dict[str, Any]:
-    """What the 👎 modal becomes once its details are recorded."""
+def closing_modal(text: str) -> dict[str, Any]:
+    """What the submitted 👎 modal becomes: `text` and a Close button (THANKS_DOWN, ANSWER_GONE)."""
     return {"type": "modal", "callback_id": FEEDBACK_MODAL,
             "title": {"type": "plain_text", "text": "Improve this answer"},
             "close": {"type": "plain_text", "text": "Close"},
-            "blocks": [section(THANKS_DOWN)]}
+            "blocks": [section(text)]}
 
 
 def _text_input(block_id: str, label: str, *, multiline: bool, initial: str | None) -> Block:

@@ -27,8 +27,6 @@ from core.agent import run
 logger = logging.getLogger(__name__)
 
 EVENT_MEMORY_S = 24 * 3600   # Slack retries within minutes; a day of event ids is plenty
-# How often the process notes it is alive (`answering.ORPHANED_AFTER_S` of silence counts as gone).
-HEARTBEAT_S = 20.0
 # Failed rounds before a row is given up: ten minutes or more with a round every 30 s (a new
 # delivery or a decision in Slack starts a round too).
 MAX_ATTEMPTS = 20
@@ -103,7 +101,7 @@ def _code(e: Exception) -> str:
 
 def _report_undelivered(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery, why: str) -> None:
     try:
-        reviews.report_undelivered(deps.client, deps.throttle, conn, item.answer_id, why)
+        reviews.report_undelivered(deps.client, deps.throttle, conn, item, why)
     except Exception:  # the row is final either way; the log has it
         logger.exception("could not tell the reviewers that answer %s was not delivered", item.answer_id)
 
@@ -111,9 +109,7 @@ def _report_undelivered(deps: Deps, conn: psycopg.Connection, item: feedback.Del
 class DeliveryLoop:
     """A background thread in the bot process: LISTENs for new deliveries and drains at once,
     and drains every `poll_s` anyway (a missed notification, a row whose post failed); resumes
-    reviews left half-decided and takes up waiting questions each time. A second thread notes
-    the process alive every `HEARTBEAT_S`, however long a round takes (Slack slow to take a
-    backlog): a live process's questions are never taken over by another."""
+    reviews left half-decided and takes up waiting questions each time."""
 
     def __init__(self, deps: Deps, *, poll_s: float = 30.0, url: str | None = None) -> None:
         self.deps = deps
@@ -121,27 +117,14 @@ class DeliveryLoop:
         self._url = url
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="deliveries", daemon=True)
-        self._heartbeat = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
     def start(self) -> DeliveryLoop:
         self._thread.start()
-        self._heartbeat.start()
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
         self._thread.join(timeout_s)
-        self._heartbeat.join(timeout_s)
-
-    def _beat(self) -> None:
-        while True:
-            try:
-                with db.connection() as conn:
-                    store.note_alive(conn, self.deps.process_id)
-            except Exception:
-                logger.exception("could not note this bot process alive; trying again in %.0fs", HEARTBEAT_S)
-            if self._stop.wait(HEARTBEAT_S):
-                return
 
     def _run(self) -> None:
         backoff = 1.0

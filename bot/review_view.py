@@ -112,9 +112,12 @@ def _date(review: feedback.Review) -> str:
     return f"on <!date^{epoch}^{{date_short_pretty}} at {{time}}|{review.decided_at:%Y-%m-%d %H:%M UTC}>"
 
 
-def undelivered(answer: feedback.Answer, why: str) -> Message:
-    """Said under a decided card when the asker never got the answer; `why` is plain text."""
-    text = f":warning: {who(answer.user_id)} never got this: {blocks.escape(why)}. Please reach them another way."
+def undelivered(answer: feedback.Answer, kind: str, why: str) -> Message:
+    """Said under a decided card when the asker never got the answer (`kind` "answer") or the
+    note that it was rejected ("refusal"); `why` is plain text."""
+    what = "the approved answer" if kind == "answer" else "the note that a person will follow up"
+    text = (f":warning: {who(answer.user_id)} never got {what}: {blocks.escape(why)}. "
+            "Please reach them another way.")
     return Message(text=text, blocks=[blocks.section(text)])
 
 

@@ -85,14 +85,15 @@ def refresh_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Conn
                     message=review_view.review_card(review, answer))
 
 
-def report_undelivered(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection, answer_id: int,
-                       why: str) -> None:
-    """The decided answer never reached the asker: redraw its card (the decision, no buttons)
-    and say so in the card's thread, so the reviewers can reach the asker another way."""
-    refresh_card(client, throttle, conn, answer_id)
-    where = store.for_answer(conn, answer_id)
-    answer = feedback.get_answer(conn, answer_id)
+def report_undelivered(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection,
+                       item: feedback.Delivery, why: str) -> None:
+    """A decided answer (or the note that it was rejected) never reached the asker: say so in
+    the card's thread, so the reviewers can reach the asker another way, then redraw the card
+    (the decision, no buttons)."""
+    where = store.for_answer(conn, item.answer_id)
+    answer = feedback.get_answer(conn, item.answer_id)
     if where is None or where.review_ts is None or where.review_channel_id is None or answer is None:
         return
     posting.post(client, channel=where.review_channel_id, thread_ts=where.review_ts,
-                 message=review_view.undelivered(answer, why))
+                 message=review_view.undelivered(answer, item.kind, why))
+    refresh_card(client, throttle, conn, item.answer_id)

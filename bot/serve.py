@@ -17,6 +17,7 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry import default_retry_handlers
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from bot.answering import Heartbeat
 from bot.deliveries import DeliveryLoop
 from bot.deps import Deps
 from core.config import Settings
@@ -92,6 +93,7 @@ def run(app: App, deps: Deps) -> None:
     not yet begun are kept and answered at the next start."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     settings = deps.settings
+    heartbeat = Heartbeat(deps.process_id).start()
     loop = DeliveryLoop(deps).start()   # also takes up questions a stopped bot left waiting
     try:
         if mode(settings) == "socket":
@@ -105,6 +107,7 @@ def run(app: App, deps: Deps) -> None:
     finally:
         loop.stop()
         deps.close()
+        heartbeat.stop()   # only now: until the answers under way are finished, they are this process's
 
 
 def idle() -> int:

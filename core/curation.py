@@ -23,6 +23,10 @@ class CurationError(ValueError):
     """A curation action that cannot be taken; the message is fit to show an admin."""
 
 
+class JudgedMeanwhile(CurationError):
+    """Someone judged the answer after the admin deciding had it in front of them (`Seen`)."""
+
+
 class DatasetUnchanged(CurationError):
     """A new dataset version would hold exactly what the latest one holds."""
 
@@ -180,21 +184,24 @@ def reject(conn: psycopg.Connection, answer_id: int, *, curated_by: str, seen: S
 
 def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision, *, curated_by: str) -> list[int]:
     """Accept (as delivered) or reject many answers; returns the ids it judged. Answers judged
-    before are skipped: a bulk action must not undo a hand-edited ideal answer or an earlier
-    decision (those are changed one by one). Any answer that cannot be accepted stops the whole
-    batch, so the caller's transaction rolls back."""
+    before (or meanwhile) are skipped: a bulk action must not undo a hand-edited ideal answer or
+    an earlier decision (those are changed one by one). Any answer that cannot be accepted stops
+    the whole batch, so the caller's transaction rolls back."""
     ids = list(answer_ids)
     judged_before = {r["answer_id"] for r in conn.execute(
         "SELECT answer_id FROM curation_items WHERE answer_id = ANY(%(ids)s)", {"ids": ids})}
-    judged = [answer_id for answer_id in ids if answer_id not in judged_before]
-    for answer_id in judged:
+    judged = []
+    for answer_id in (i for i in ids if i not in judged_before):
         try:
             if decision == "accepted":
                 accept(conn, answer_id, curated_by=curated_by, seen=Seen(None))
             else:
                 reject(conn, answer_id, curated_by=curated_by, seen=Seen(None))
+        except JudgedMeanwhile:
+            continue
         except CurationError as e:
-            raise CurationError(f"Answer {answer_id}: {e} Nothing in this batch was judged.") from e
+            raise CurationError(f"Nothing in this batch was judged: answer {answer_id} cannot be {decision}. {e}") from e
+        judged.append(answer_id)
     return judged
 
 
@@ -215,13 +222,14 @@ def _upsert(conn: psycopg.Connection, row: CurationRow, decision: Decision, answ
     if stored == 0:
         now = get_row(conn, row.answer_id)
         by = f"{now.decision} by {now.curated_by}" if now and now.decision else "judged by someone else"
-        raise CurationError(f"Answer {row.answer_id} was {by} after you opened it, so nothing changed: "
-                            "look at it again, then decide.")
+        raise JudgedMeanwhile(f"Answer {row.answer_id} was {by} after you opened it, so nothing changed: "
+                              "look at it again, then decide.")
 
 
 # -- datasets --------------------------------------------------------------------------------
 
 def accepted_count(conn: psycopg.Connection) -> int:
+    """Answers accepted as training material now: what the next dataset version would hold."""
     row = conn.execute("SELECT count(*) AS n FROM curation_items WHERE decision = 'accepted'").fetchone()
     return int(row["n"])  # type: ignore[index]
 

@@ -171,12 +171,15 @@ def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool
 
 
 def rollback(settings: Settings | None = None, *, actor: str) -> models.Adapter | None:
-    """Promote the adapter that was live before the current one, or, when the base model was,
-    retire the current one (None: the base model answers; every server serves it as it is)."""
+    """Promote the adapter that was live before the current one, or, when the base model was (or
+    that adapter was trained on another base model), retire the current one (None: the base
+    model answers; every server serves it as it is)."""
+    settings = settings or get_settings()
     with _one_at_a_time():
         with db.connection() as conn:
             previous = models.previous_live(conn)
-            if previous is None:
+            # An adapter trained on another base model (served before) does not fit: the base model answers.
+            if previous is None or not _same_model(previous.base_model, settings.base_model):
                 models.roll_back_to_base_model(conn, actor=actor)
                 return None
-        return _promote(previous.version, settings or get_settings(), actor=actor, rolling_back=True)
+        return _promote(previous.version, settings, actor=actor, rolling_back=True)

@@ -20,8 +20,8 @@ def register(app: typer.Typer) -> None:
         live adapter too)."""
         import uvicorn
 
-        from core import serving
-        from core.llm.local_model import LocalModel, ensure_default_model
+        from core import retrain, serving
+        from core.llm.local_model import LocalModel
         from core.llm.server import create_app
 
         settings = get_settings()
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         for spec, (name, sep, path) in zip(adapter, adapters):
             if not (name and sep and path):
                 raise typer.BadParameter(f"--adapter expects NAME=PATH, got {spec!r}")
-        source = model or settings.llm_model or str(ensure_default_model(settings.data_dir))
+        source = model or retrain.default_base_model(settings)
         if Path(source).exists() or source.startswith((".", "/")):  # a folder, not a hub id
             if not (Path(source) / "config.json").is_file():
                 raise typer.BadParameter(f"{source} is not a model folder (no config.json)")

@@ -14,6 +14,7 @@ RATINGS = {"any": "Any", "up": "👍", "down": "👎", "unrated": "Not rated"}
 ROUTES = {"any": "Any", "answered": "Answered", "review": "Reviewed", "declined": "Declined"}
 ALL = "any"
 ACCEPT, ACCEPT_EDITED, REJECT = "Accept as delivered", "Accept edited answer", "Reject"
+SEEN = "cur_seen"   # (answer id, curation.Seen): the judgement the page last showed of the open answer
 
 
 def label(row: curation.CurationRow) -> str:
@@ -119,12 +120,14 @@ else:
         judged = frame.attempt("Bulk accept", lambda: judge_many(selected, "accept", identity.actor),
                                curation.CurationError)
         if judged is not None:
+            st.session_state.pop(SEEN, None)
             frame.done(f"Accepted {len(judged)} answers." + _skipped(len(selected) - len(judged)))
     if b_reject.button("Reject selected", disabled=viewer or not selected, key="bulk_reject") \
             and not frame.refuse_viewer(identity):
         judged = frame.attempt("Bulk reject", lambda: judge_many(selected, "reject", identity.actor),
                                curation.CurationError)
         if judged is not None:
+            st.session_state.pop(SEEN, None)
             frame.done(f"Rejected {len(judged)} answers." + _skipped(len(selected) - len(judged)))
 
     st.subheader("Answer")
@@ -163,16 +166,13 @@ else:
         if row.ideal_answer:
             st.markdown(f"**Stored ideal answer:** {markup.escape(row.ideal_answer)}")
 
-    # The judgement this admin is looking at, kept from when they opened the answer: what they
-    # decide must not overwrite a judgement someone else made since.
-    seen_key = f"cur_seen_{opened}"
-    seen = st.session_state.setdefault(seen_key, curation.Seen(row.curated_at))
+    # The judgement this admin saw when the page last showed this answer: what they decide now
+    # must not overwrite one someone else made since.
+    shown_before, seen = st.session_state.get(SEEN, (None, None))
+    if shown_before != opened:
+        seen = curation.Seen(row.curated_at)
     judged_meanwhile = seen.curated_at != row.curated_at
-    if judged_meanwhile:
-        st.session_state[seen_key] = seen = curation.Seen(row.curated_at)
-        st.warning(f"{markup.escape(row.curated_by or 'Someone')} judged this answer after you opened it "
-                   f"({row.decision}; shown above), so nothing changed. Your text is kept: decide again if you "
-                   "still mean it.")
+    st.session_state[SEEN] = (opened, curation.Seen(row.curated_at))
     shown = row.ideal_answer or row.final_answer or ""
     ideal = st.text_area("Ideal answer (edit, then accept)", value=shown, key=f"cur_ideal_{opened}", height=160,
                          disabled=viewer)
@@ -184,6 +184,11 @@ else:
         "edit": a_edit.button(ACCEPT_EDITED, key="cur_accept_edit", disabled=viewer),
         "reject": a_reject.button(REJECT, key="cur_reject", disabled=viewer),
     }
+    if judged_meanwhile:
+        outcome = ("so nothing changed. Your text is kept: decide again if you still mean it" if any(actions.values())
+                   else "your text is kept")
+        st.warning(f"{markup.escape(row.curated_by or 'Someone')} judged this answer while you had it open "
+                   f"({row.decision}; shown above), {outcome}.")
     for action, clicked in actions.items():
         if not clicked or judged_meanwhile or frame.refuse_viewer(identity):
             continue
@@ -196,7 +201,7 @@ else:
         decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, ideal, seen),
                                  curation.CurationError)
         if decision is not None:
-            st.session_state.pop(seen_key)   # this admin's own judgement is the one they see next
+            st.session_state.pop(SEEN)   # their own judgement is no news to them
             frame.done(f"Answer #{opened}: {decision}.")
 
 st.header("Datasets")

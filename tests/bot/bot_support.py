@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +16,7 @@ from bot.deps import Deps
 from core import db
 from core.agent.state import AgentContext
 from support.fake_slack import Call, FakeSlack
+from support.polling import wait_until
 from support.scripted_model import ScriptedModel
 
 import slack_payloads
@@ -137,18 +137,6 @@ def pending_review(bot: SlackBot, model: ScriptedModel) -> tuple[str, Call]:
     wait_until(lambda: rows("SELECT review_ts FROM slack_answers WHERE review_ts IS NOT NULL"),
                what="the card's place recorded")
     return ts, card
-
-
-def wait_until(check: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "condition") -> Any:
-    """Poll `check` until it returns something truthy (for database rows written after an ack)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def rows(query: str, **params: Any) -> list[dict[str, Any]]:

@@ -6,10 +6,11 @@ import time
 
 import pytest
 import slack_payloads
-from bot_support import ASKER, BOT_USER, SlackBot, count_delivery_rounds, rows, wait_until
+from bot_support import ASKER, BOT_USER, SlackBot, count_delivery_rounds, rows
+from support.polling import wait_until
 from support.scripted_model import ScriptedModel
 
-from bot import blocks, deliveries, store
+from bot import answering, blocks, deliveries, store
 from bot.answering import ORPHANED_AFTER_S
 from bot.deliveries import DeliveryLoop
 from bot.deps import AGENT_RUNS, Deps
@@ -195,10 +196,11 @@ def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running
 def test_a_bot_whose_delivery_round_is_stuck_on_slack_is_still_alive_and_keeps_its_questions(
         bot: SlackBot, monkeypatch: pytest.MonkeyPatch) -> None:
     slack_answers = threading.Event()
-    monkeypatch.setattr(deliveries, "HEARTBEAT_S", 0.2)
+    monkeypatch.setattr(answering, "HEARTBEAT_S", 0.2)
     monkeypatch.setattr(deliveries, "drain", lambda deps: slack_answers.wait(60))   # a backlog, Slack slow
     bot.loop.stop()
     bot.loop = DeliveryLoop(bot.deps, poll_s=0.1).start()
+    heartbeat = answering.Heartbeat(bot.deps.process_id).start()   # as `bot.serve.serve` runs them
     try:
         with db.connection() as conn:
             store.open_question(conn, channel_id="CGENERAL", question_ts="1.1", thread_ts="1.1", user_id=ASKER,
@@ -208,6 +210,7 @@ def test_a_bot_whose_delivery_round_is_stuck_on_slack_is_still_alive_and_keeps_i
             assert store.release_orphans(conn, silent_for_s=1.0) == []   # another process finds it alive
     finally:
         slack_answers.set()
+        heartbeat.stop()
 
 
 def test_a_question_arriving_while_the_bot_stops_is_kept_for_the_next_start(bot: SlackBot) -> None:

@@ -133,6 +133,14 @@ def test_direct_message_questions_show_where_as_a_dm() -> None:
     assert "a direct message" in str(review_view.review_card(_review(), _answer(channel_id="D123")).blocks)
 
 
+def test_undelivered_note_says_what_the_asker_missed_and_keeps_slack_error_text_inert() -> None:
+    answer = _answer(user_id="U42")
+    approved = review_view.undelivered(answer, "answer", "Slack said <is_archived>")
+    rejected = review_view.undelivered(answer, "refusal", "posting it failed 20 times")
+    assert approved.text.startswith(":warning: <@U42> never got the approved answer: Slack said &lt;is_archived&gt;.")
+    assert "never got the note that a person will follow up" in rejected.text
+
+
 def test_edit_modal_is_prefilled_with_the_whole_draft_up_to_slacks_input_limit() -> None:
     draft = "x" * 3000  # Slack's plain_text_input holds at most 3,000 characters
     modal = review_view.edit_modal(3, draft)

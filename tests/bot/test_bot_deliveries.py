@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from bot_support import ASKER, SlackBot, count_delivery_rounds, pending_review, rows, wait_until
+from bot_support import ASKER, SlackBot, count_delivery_rounds, pending_review, rows
+from support.polling import wait_until
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
 
@@ -81,7 +82,7 @@ def _reviewers_told_undelivered(bot: SlackBot, card: Call, why: str) -> None:
     """The card shows the decision without buttons, and its thread says the asker never got it."""
     card_ts = card.response["ts"]
     [told] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == card_ts)
-    assert "never got this" in told.shown_text and why in told.shown_text
+    assert "never got the approved answer" in told.shown_text and why in told.shown_text
     assert f"<@{ASKER}>" in told.shown_text
     [redrawn] = bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == card_ts)
     assert "Approved by alice@northwind.example" in redrawn.shown_text and not redrawn.action_values()

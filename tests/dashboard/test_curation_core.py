@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 
 import pytest
+from support.polling import wait_until
 
 from core import audit, curation, db, pii
 from core.knowledge import ingest, store
@@ -139,7 +141,7 @@ def test_accepted_text_is_scrubbed_of_personal_data(database_url: str) -> None:
     assert stored == {"question": "Hi, I'm [name] ([email]): how do I order a laptop?"}
 
 
-def test_a_judgement_over_one_not_seen_is_refused_atomically(answers: dict[str, int]) -> None:
+def test_a_judgement_over_one_not_seen_is_refused(answers: dict[str, int]) -> None:
     with db.connection() as conn:
         opened = curation.get_row(conn, answers["laptop"])
         curation.accept(conn, answers["laptop"], curated_by="bob", ideal_answer="Ask IT.")
@@ -151,13 +153,40 @@ def test_a_judgement_over_one_not_seen_is_refused_atomically(answers: dict[str, 
         assert curation.get_row(conn, answers["laptop"]).curated_by == "ann"
 
 
+def test_two_admins_judging_an_answer_at_once_cannot_both_win(answers: dict[str, int]) -> None:
+    laptop = answers["laptop"]
+    seen = curation.Seen(None)   # both opened it before anyone judged it
+    with db.connect() as ann, db.connect() as bob:
+        curation.accept(ann, laptop, curated_by="ann", seen=seen)   # not committed yet
+        outcome: list[str] = []
+
+        def bob_rejects() -> None:
+            try:
+                curation.reject(bob, laptop, curated_by="bob", seen=seen)
+                outcome.append("stored")
+            except curation.JudgedMeanwhile:
+                outcome.append("refused")
+
+        deciding = threading.Thread(target=bob_rejects)
+        deciding.start()
+        with db.connect(autocommit=True) as watcher:   # each look a fresh snapshot of pg_stat_activity
+            waiting = "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            wait_until(lambda: watcher.execute(waiting).fetchall(), what="bob's statement waiting on ann's")
+        ann.commit()
+        deciding.join(30)
+        bob.rollback()
+    assert outcome == ["refused"]
+    with db.connection() as conn:
+        assert curation.get_row(conn, laptop).curated_by == "ann"  # type: ignore[union-attr]
+
+
 def test_bulk_judges_all_or_nothing(answers: dict[str, int]) -> None:
     empty = seed_answer("Unanswerable?", "", route="declined", status="declined")
     with db.connection() as conn:
         assert curation.bulk(conn, [answers["laptop"], answers["salary"]], "accepted", curated_by="ann") == [
             answers["laptop"], answers["salary"]]
-    with pytest.raises(curation.CurationError, match=rf"^Answer {empty}: The ideal answer is empty.*"
-                                                     "Nothing in this batch was judged"), db.connection() as conn:
+    with pytest.raises(curation.CurationError, match=rf"^Nothing in this batch was judged: answer {empty} cannot "
+                                                     "be accepted. The ideal answer is empty"), db.connection() as conn:
         curation.bulk(conn, [answers["vpn"], empty], "accepted", curated_by="ann")  # rolls back, vpn too
     assert listed(uncurated_only=True) == {answers["vpn"], answers["parking"], empty}
     with db.connection() as conn:

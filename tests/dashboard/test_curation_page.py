@@ -129,7 +129,8 @@ def test_a_judgement_made_by_someone_else_after_opening_is_not_overwritten_and_t
         curation.accept(conn, answers["vpn"], curated_by="bob", ideal_answer="Use the new VPN client.")
     at.button(key="cur_accept_edit").click().run()
     [warning] = [w.value for w in at.warning if "judged" in w.value]
-    assert warning.startswith("bob judged this answer after you opened it (accepted; shown above), so nothing changed")
+    assert warning.startswith("bob judged this answer while you had it open (accepted; shown above), so nothing "
+                              "changed. Your text is kept")
     assert "**Stored ideal answer:** Use the new VPN client" in texts(at)
     assert at.text_area(key=box).value == "Install WireGuard from the portal."   # nothing typed is lost
     [row] = curation_rows()
@@ -142,6 +143,23 @@ def test_a_judgement_made_by_someone_else_after_opening_is_not_overwritten_and_t
     assert row["ideal_answer"] == "Install WireGuard from the portal." and row["curated_by"].startswith("local:")
     at.button(key="cur_reject").click().run()   # and the admin's own judgement never blocks them
     assert not [w for w in at.warning if "judged" in w.value] and curation_rows()[0]["decision"] == "rejected"
+
+
+def test_judged_since_the_page_last_showed_it_is_said_without_a_click_and_not_after_ones_own_bulk_action(
+        answers: dict[str, int]) -> None:
+    from core import curation, db
+
+    at = open_page("curation")
+    at.selectbox(key="cur_open").select(answers["vpn"]).run()
+    with db.connection() as conn:
+        curation.reject(conn, answers["vpn"], curated_by="bob")
+    at.checkbox(key="cur_uncurated").uncheck().run()   # any other rerun of the page
+    assert [w.value for w in at.warning if "judged" in w.value] == [
+        "bob judged this answer while you had it open (rejected; shown above), your text is kept."]
+    at.multiselect(key="cur_bulk").set_value([answers["laptop"]]).run()
+    at.selectbox(key="cur_open").select(answers["laptop"]).run()
+    at.button(key="bulk_accept").click().run()
+    assert "Accepted 1 answers." in texts(at) and not [w for w in at.warning if "judged" in w.value]
 
 
 def test_reject_keeps_the_answer_out(answers: dict[str, int]) -> None:

@@ -141,6 +141,19 @@ def test_promoting_an_adapter_trained_on_another_base_model_is_refused(vllm: str
     assert live_name() is None and FakeVLLM.loaded == [] and audit_rows() == []
 
 
+def test_rolling_back_past_an_adapter_of_another_base_model_returns_to_the_base_model(vllm: str) -> None:
+    older = register("ready", base_model="meta-llama/Llama-3.1-8B-Instruct")
+    with db.connection() as conn:   # live while that model was served
+        models.mark_live(conn, older.version, actor="admin")
+    newer = register("ready")
+    at = open_page("models")
+    at.selectbox(key="md_adapter").select(newer.version).run()
+    at.button(key="md_promote").click().run()
+    assert live_name() == "flywheel-v2"
+    at.button(key="md_rollback").click().run()
+    assert not at.error and live_name() is None and "No adapter is live: the base model answers." in texts(at)
+
+
 def test_unreachable_model_server_is_a_clear_error(dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "local")
     monkeypatch.setenv("FLYWHEEL_LLM_MODEL", "base")

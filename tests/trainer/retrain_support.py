@@ -6,12 +6,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import httpx
 
 from core import curation, db, feedback, models, training
+from support.polling import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,18 +96,6 @@ class Worker:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.kill()
-
-
-def wait_until(condition: object, *, timeout_s: float, what: str, poll_s: float = 0.2) -> object:
-    """Poll `condition()` until it returns something truthy; fail after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()  # type: ignore[operator]
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
 
 
 def finished_run(run_id: int, *, timeout_s: float = 180) -> training.TrainingRun:

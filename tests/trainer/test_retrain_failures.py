@@ -13,7 +13,8 @@ import pytest
 
 from core import curation, db, models, queue, retrain, serving, training
 from core.config import get_settings
-from retrain_support import CURATED, TINY_PARAMS, answer_and_curate, finished_run, wait_until
+from retrain_support import CURATED, TINY_PARAMS, answer_and_curate, finished_run
+from support.polling import wait_until
 from trainer import jobs
 
 LONG = {**TINY_PARAMS, "epochs": 10, "val_every": 5}  # 30 steps: long enough to be stopped mid-way

@@ -10,7 +10,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from retrain_support import TINY_PARAMS, Client, finished_run, wait_until
+from retrain_support import TINY_PARAMS, Client, finished_run
+from support.polling import wait_until
 from core import audit, db, models, serving, training
 from core.cli import train_cmds
 from core.config import get_settings

@@ -12,7 +12,8 @@ import pytest
 
 from core import audit, db, models, serving, tgi_controller
 from core.config import get_settings
-from retrain_support import Client, wait_until
+from retrain_support import Client
+from support.polling import wait_until
 from support.servers import free_port
 from support.tiny_model import make_lora_adapter
 

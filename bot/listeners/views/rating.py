@@ -1,6 +1,6 @@
 """The 👎 modal, submitted: the reason and the suggested answer join the person's vote. It is
 recorded before the modal closes: the person sees a thank-you, or, if recording failed, the modal
-stays open with what they wrote, to send again."""
+stays open with what they wrote, to send again. An answer deleted since is said so."""
 from __future__ import annotations
 
 import logging
@@ -20,7 +20,7 @@ def handle_feedback_submission(ack: Ack, body: dict[str, Any], view: dict[str, A
         with db.connection() as conn:
             if feedback.get_answer(conn, answer_id) is None:
                 logger.warning("feedback on unknown answer %s ignored", answer_id)
-                ack(response_action="errors", errors={"reason": blocks.ANSWER_GONE})
+                ack(response_action="update", view=blocks.closing_modal(blocks.ANSWER_GONE))
                 return
             feedback.record_rating(conn, answer_id, body["user"]["id"], "down", reason=form.reason,
                                    comment=form.comment, suggested_answer=form.suggested_answer)
@@ -28,4 +28,4 @@ def handle_feedback_submission(ack: Ack, body: dict[str, Any], view: dict[str, A
         logger.exception("recording 👎 details failed")
         ack(response_action="errors", errors={"reason": notices.SORRY})
         return
-    ack(response_action="update", view=blocks.thanks_modal())
+    ack(response_action="update", view=blocks.closing_modal(blocks.THANKS_DOWN))
