@@ -26,7 +26,7 @@ APOLOGY = ("Sorry, something went wrong while I was answering and I couldn't fin
            "The error has been logged for the team; please try again in a few minutes.")
 THANKS_UP = "Thanks! Glad it helped."
 THANKS_DOWN = "Thanks for telling us. Your feedback goes to the people who improve these answers."
-ANSWER_GONE = "This answer no longer exists, so there is nothing to improve."
+ANSWER_GONE = "This answer has since been deleted, so nothing was recorded."
 
 REASON_LABELS: dict[feedback.DownReason, str] = {
     "wrong": "It's wrong",

@@ -26,5 +26,7 @@ def tell(client: WebClient, *, channel: str | None, user: str, text: str, thread
 def tell_clicker(client: WebClient, body: dict[str, Any], text: str) -> None:
     """Reply to whoever clicked a button, where the button is (in its thread, if it is in one)."""
     channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-    thread_ts = (body.get("message") or {}).get("thread_ts")
+    message = body.get("message") or {}
+    # A message that starts a thread carries its own ts as thread_ts: reply beside it, not inside.
+    thread_ts = message.get("thread_ts") if message.get("thread_ts") != message.get("ts") else None
     tell(client, channel=channel, user=body["user"]["id"], text=text, thread_ts=thread_ts)

@@ -121,6 +121,16 @@ def undelivered(answer: feedback.Answer, kind: str, why: str) -> Message:
     return Message(text=text, blocks=[blocks.section(text)])
 
 
+def decided_meanwhile(review: feedback.Review | None, typed: str) -> dict[str, Any]:
+    """What a submitted edit or reject modal becomes when the review was decided (or deleted)
+    while the reviewer typed: who decided, and what the reviewer wrote, to copy, not lost."""
+    said = _decision(review) if review is not None else [blocks.section("This review no longer exists.")]
+    return {"type": "modal", "title": {"type": "plain_text", "text": "Already decided"},
+            "close": {"type": "plain_text", "text": "Close"},
+            "blocks": [blocks.section(ALREADY_DECIDED), *said,
+                       blocks.section("*What you wrote* (not sent):"), *blocks.sections(typed)]}
+
+
 def edit_modal(review_id: int, draft: str) -> dict[str, Any]:
     """Edit & approve: the draft, prefilled, becomes the answer the asker gets. A draft longer
     than Slack's text input holds is never offered cut short: the modal says to edit it in the

@@ -102,3 +102,14 @@ def test_thumbs_down_details_on_an_answer_since_deleted_say_so_in_the_modal(bot:
     told = bot.submit(modal, _reasons("wrong"), user=ASKER).json()
     assert told["response_action"] == "update" and blocks.ANSWER_GONE in str(told["view"]["blocks"])
     assert "submit" not in told["view"]
+
+
+def test_a_vote_on_an_answer_since_deleted_tells_the_voter(bot: SlackBot) -> None:
+    answer_id, answer, _ = _answered(bot)
+    with db.connection() as conn:
+        conn.execute("DELETE FROM answers WHERE id = %s", (answer_id,))
+    bot.click(answer, blocks.RATE_UP, user=ASKER)
+    bot.click(answer, blocks.RATE_DOWN, user=OUTSIDER)
+    bot.ephemeral(ASKER, blocks.ANSWER_GONE)
+    bot.ephemeral(OUTSIDER, blocks.ANSWER_GONE)
+    assert _votes() == [] and not bot.slack.calls_to("views.open")

@@ -115,6 +115,28 @@ def test_edit_or_reject_on_a_decided_review_says_so_before_any_modal(bot: SlackB
     assert not bot.slack.calls_to("views.open")  # no reason typed for nothing
 
 
+@pytest.mark.parametrize(("modal_id", "action", "values"), [
+    (review_view.EDIT_MODAL, review_view.EDIT, {"answer": {"answer": {"type": "plain_text_input",
+                                                                       "value": "Bands: every March."}}}),
+    (review_view.REJECT_MODAL, review_view.REJECT, {"reason": {"reason": {"type": "plain_text_input",
+                                                                           "value": "Bands: every March."}}}),
+])
+def test_modal_submitted_after_another_reviewer_decided_says_who_and_shows_the_text_written(
+        bot: SlackBot, model: ScriptedModel, modal_id: str, action: str, values: dict) -> None:
+    ts, card = pending_review(bot, model)
+    bot.click(card, action, user=REVIEWER)
+    modal = bot.modal(modal_id)
+    run.decide(_review_id(), {"action": "approve", "reviewer": GROUP_MEMBER}, context=bot.context())
+
+    shown = bot.submit(modal, values, user=REVIEWER).json()
+    assert shown["response_action"] == "update" and "submit" not in shown["view"]
+    text = str(shown["view"]["blocks"])
+    assert review_view.ALREADY_DECIDED in text and f"Approved by <@{GROUP_MEMBER}>" in text
+    assert "Bands: every March." in text   # what they wrote is there to copy
+    assert rows("SELECT status, decided_by FROM reviews") == [{"status": "approved", "decided_by": GROUP_MEMBER}]
+    assert not bot.slack.calls_to("chat.postEphemeral", lambda c: c.args["user"] == REVIEWER)
+
+
 def test_empty_edited_answer_is_refused_in_the_modal(bot: SlackBot, model: ScriptedModel) -> None:
     _, card = pending_review(bot, model)
     bot.click(card, review_view.EDIT, user=REVIEWER)
@@ -156,6 +178,15 @@ def test_non_reviewer_is_refused_privately_and_nothing_changes(bot: SlackBot, mo
     assert not bot.slack.calls_to("views.open")
     assert rows("SELECT status FROM reviews") == [{"status": "pending"}]
     assert not rows("SELECT id FROM deliveries") and not _results(bot, ts)
+
+
+def test_refusal_on_a_card_with_replies_is_shown_beside_the_card_not_hidden_in_its_thread(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    _, card = pending_review(bot, model)
+    with_replies = {**bot.message_of(card), "thread_ts": card.response["ts"]}   # as Slack shows a thread's parent
+    bot.click(with_replies, review_view.APPROVE, user=OUTSIDER, channel=REVIEW_CHANNEL)
+    [refusal] = bot.slack.wait_for("chat.postEphemeral", lambda c: c.args["user"] == OUTSIDER)
+    assert refusal.args["text"] == review_view.ONLY_REVIEWERS and refusal.args.get("thread_ts") is None
 
 
 def test_two_fast_approve_clicks_deliver_once(bot: SlackBot, model: ScriptedModel) -> None:

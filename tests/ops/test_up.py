@@ -19,6 +19,7 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from core import db
+from core.agent.run import close_live_adapter_caches
 from core.config import get_settings
 from support.servers import answers_http, free_port, wait_healthy
 
@@ -91,6 +92,7 @@ def test_make_up_runs_every_process_answers_and_stops_cleanly_keeping_data(produ
         assert surfaces == ["cli", "dashboard"] and documents > 20
     finally:
         del os.environ["DATABASE_URL"]
+        close_live_adapter_caches()   # its listener would outlive the database stopped below
         db.close_pools()
 
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the terminal

@@ -18,10 +18,10 @@ def handle_rate_up(ack: Ack, body: dict[str, Any], action: dict[str, Any], clien
     try:
         answer_id, user = int(action["value"]), body["user"]["id"]
         with db.connection() as conn:
-            if not _known(conn, answer_id, logger):
-                return
-            feedback.record_rating(conn, answer_id, user, "up")
-        notices.tell_clicker(client, body, blocks.THANKS_UP)
+            known = _known(conn, answer_id, logger)
+            if known:
+                feedback.record_rating(conn, answer_id, user, "up")
+        notices.tell_clicker(client, body, blocks.THANKS_UP if known else blocks.ANSWER_GONE)
     except Exception:
         logger.exception("recording a 👍 failed")
         notices.tell_clicker(client, body, notices.SORRY)
@@ -35,12 +35,14 @@ def handle_rate_down(ack: Ack, body: dict[str, Any], action: dict[str, Any], cli
     try:
         answer_id, user = int(action["value"]), body["user"]["id"]
         with db.connection() as conn:
-            if not _known(conn, answer_id, logger):
-                return
+            known = _known(conn, answer_id, logger)
             previous = next((f for f in feedback.ratings_for(conn, answer_id) if f.user_id == user), None)
-            if previous is None or previous.rating != "down":
+            if known and (previous is None or previous.rating != "down"):
                 feedback.record_rating(conn, answer_id, user, "down")
                 previous = None
+        if not known:
+            notices.tell_clicker(client, body, blocks.ANSWER_GONE)
+            return
         client.views_open(trigger_id=body["trigger_id"], view=blocks.feedback_modal(answer_id, previous))
     except Exception:
         logger.exception("recording a 👎 failed")

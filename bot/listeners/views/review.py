@@ -8,7 +8,7 @@ from slack_bolt import Ack, BoltContext
 from slack_sdk import WebClient
 
 from bot import decisions, deps, notices, review_view, reviews, store
-from core import db
+from core import db, feedback
 from core.agent.state import Decision
 
 
@@ -28,7 +28,7 @@ def handle_reject_submission(ack: Ack, body: dict[str, Any], view: dict[str, Any
 
 def _submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebClient, context: BoltContext,
             logger: logging.Logger, *, field: str, text: str, empty: str, decision: Decision) -> None:
-    """Check in the modal (empty text, not a reviewer), close it, then decide."""
+    """Check in the modal (empty text, not a reviewer, decided meanwhile), close it, then decide."""
     user = body["user"]["id"]
     if not text:
         ack(response_action="errors", errors={field: empty})
@@ -42,8 +42,18 @@ def _submit(ack: Ack, body: dict[str, Any], view: dict[str, Any], client: WebCli
     if not allowed:
         ack(response_action="errors", errors={field: review_view.ONLY_REVIEWERS})
         return
-    ack()
     review_id = int(view["private_metadata"])
+    try:
+        with db.connection() as conn:
+            review = feedback.get_review(conn, review_id)
+    except Exception:
+        logger.exception("reading review %s failed", review_id)
+        ack(response_action="errors", errors={field: review_view.DECISION_FAILED})
+        return
+    if review is None or review.status != "pending":   # decided while they typed: show by whom, keep the text
+        ack(response_action="update", view=review_view.decided_meanwhile(review, text))
+        return
+    ack()
     channel = deps.of(context).settings.review_channel or None  # where cards go, unless the record says
     try:
         with db.connection() as conn:
