@@ -7,6 +7,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -114,6 +116,24 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: object) -> object:
         """`SLACK_BOT_TOKEN=` (as deploy/.env.example ships it) is unset, not an empty token."""
         return _blank_to_none(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _connection_string(cls, value: SecretStr | None) -> SecretStr | None:
+        """A URL or key=value string libpq can read, with at most one `@` before the host. The
+        value is never quoted back: it holds a password."""
+        if value is None:
+            return None
+        url = value.get_secret_value()
+        try:
+            parts = conninfo_to_dict(url)
+        except psycopg.ProgrammingError:
+            raise ValueError("DATABASE_URL is not a connection string libpq can read: write it as "
+                             "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or key=value pairs)") from None
+        if "@" in str(parts.get("host", "")):
+            raise ValueError("DATABASE_URL has an @ inside its password or user name: write it as %40 "
+                             "(and # as %23, / as %2F)")
+        return value
 
     @field_validator("dashboard_password_hash", mode="before")
     @classmethod

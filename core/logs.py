@@ -23,7 +23,8 @@ _SECRET_SHAPES = re.compile(
     r"|hf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|(?<=Bearer )[A-Za-z0-9._~+/=-]{16,}"
 )
 # A password in a connection string: a URL's user:PASSWORD@, or a conninfo keyword (password=...).
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):[^@\s]*@")
+# The password runs to the last @ before the host (an unescaped @ or # in it must not end it).
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):\S*?@(?=[^@\s/?]*(?:[/?\s]|$))")
 _KEYWORD_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('[^']*'|[^\s']+)")
 
 

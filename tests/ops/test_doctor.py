@@ -106,6 +106,17 @@ def test_an_unreachable_database_is_one_message_without_its_password(tmp_path: P
     assert "cannot use the database (DATABASE_URL): connection failed" in cli.stderr
 
 
+@pytest.mark.parametrize(("url", "says"), [
+    ("postgres//fly:TopSecret@db/flywheel", "DATABASE_URL is not a connection string libpq can read"),
+    ("postgresql://fly:Top@Secret@db/flywheel", "DATABASE_URL has an @ inside its password"),
+    ("postgresql://fly:TopSecret@db/flywheel?sslmod=require", "DATABASE_URL is not a connection string"),
+])
+def test_a_malformed_database_url_is_refused_without_quoting_it(tmp_path: Path, url: str, says: str) -> None:
+    cli = _run("core.cli", "docs", "ls", cwd=tmp_path, DATABASE_URL=url)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr and "Secret" not in cli.stderr
+    assert says in cli.stderr
+
+
 def test_a_setting_is_named_by_the_variable_that_sets_it() -> None:
     from core.config import env_name
 

@@ -35,7 +35,9 @@ def test_logs_are_json_lines_with_answer_id_and_no_secrets(monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize("conninfo", ["postgresql://fly:TopSecret1@db/flywheel", "host=db password=TopSecret1",
-                                      "host=db PASSWORD = TopSecret1", "host=db password='Top Secret1'"])
+                                      "host=db PASSWORD = TopSecret1", "host=db password='Top Secret1'",
+                                      "postgresql://fly:Top@Secret1@db/flywheel",   # an @ left unescaped
+                                      "postgresql://fly:Top#Secret1@db:5432/flywheel?sslmode=require"])
 def test_logs_and_doctor_mask_a_connection_string_password_however_it_is_written(conninfo: str) -> None:
     from core import doctor
 
