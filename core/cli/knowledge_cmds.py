@@ -29,8 +29,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if not all(p.strip() for p in paths):
             raise typer.BadParameter("An empty path: name the files or folders to ingest ('.' for this folder).")
         given = public or channel or group
-        report = ingest.ingest_paths([Path(p) for p in paths], visible_channels=channel if given else None,
-                                     visible_groups=group if given else None, audited_by=by)
+        try:
+            report = ingest.ingest_paths([Path(p) for p in paths], visible_channels=channel if given else None,
+                                         visible_groups=group if given else None, audited_by=by)
+        except store.VisibilityError as e:
+            raise typer.BadParameter(str(e), param_hint="--channel") from None
         if not (report.added or report.updated or report.unchanged or report.failed):
             typer.echo(f"No files to ingest there (supported: {', '.join(SUPPORTED)}; hidden folders are skipped).",
                        err=True)
@@ -73,20 +76,26 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @docs_app.command("rm")
     def docs_rm(documents: list[str] = typer.Argument(..., help="Document ids or sources."),
                 by: str = typer.Option("cli", "--as", help="Who deletes (recorded).")) -> None:
-        """Delete documents and their chunks."""
-        missing = []
+        """Delete documents and their chunks: by id, by source (a file's path as typed, even
+        once the file is gone), or every document ingested from under a folder."""
+        if any(not doc.strip() for doc in documents):
+            typer.echo("An empty document name names nothing; give an id, a file or a folder.", err=True)
+            raise typer.Exit(2)
+        missing, deleted = [], 0
         with db.connection() as conn:
             for doc in documents:
-                # A file is stored under its absolute path: accept the path as typed, too.
-                if not doc.isdigit() and Path(doc).exists():
-                    doc = ingest.source_of(Path(doc))
-                if store.delete_document(conn, doc):
-                    audit.record(conn, by, "knowledge.delete", f"document:{doc}" if doc.isdigit() else doc)
+                # A file is stored under its absolute path: the path as typed names it too.
+                for source in dict.fromkeys([doc] if doc.isdigit() else [doc, ingest.source_of(Path(doc))]):
+                    if found := store.delete_document(conn, source):
+                        audit.record(conn, by, "knowledge.delete", f"document:{source}" if source.isdigit() else source,
+                                     {"documents": found})
+                        deleted += found
+                        break
                 else:
                     missing.append(doc)
         for doc in missing:
             typer.echo(f"No document {doc!r}.", err=True)
-        typer.echo(f"deleted {len(documents) - len(missing)}")
+        typer.echo(f"deleted {deleted}")
         if missing:
             raise typer.Exit(1)
 
@@ -99,6 +108,10 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if public == bool(channel or group):
             typer.echo("Give either --public or at least one --channel/--group.", err=True)
             raise typer.Exit(2)
+        try:
+            channel = store.channel_ids(channel)
+        except store.VisibilityError as e:
+            raise typer.BadParameter(str(e), param_hint="--channel") from None
         with db.connection() as conn:
             found = store.set_visibility(conn, document_id, channel, group)
             if found:

@@ -51,10 +51,11 @@ Visibility = tuple[tuple[str, ...], tuple[str, ...]] | None
 
 
 def visibility(channels: Sequence[str] | None, groups: Sequence[str] | None) -> Visibility:
-    """None when neither is given; otherwise both, a missing one as empty."""
+    """None when neither is given; otherwise both, a missing one as empty. A channel that is not
+    a channel id is refused (`store.VisibilityError`) before anything is stored."""
     if channels is None and groups is None:
         return None
-    return tuple(channels or ()), tuple(groups or ())
+    return tuple(store.channel_ids(channels or ())), tuple(groups or ())
 
 
 def ingest_paths(paths: Sequence[Path], *, visible_channels: Sequence[str] | None = None,

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,14 +137,15 @@ def list_documents(conn: psycopg.Connection) -> list[DocumentRow]:
     return [DocumentRow(**r) for r in rows]
 
 
-def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> bool:
-    """Delete a document by id or source; the source of a JSONL file deletes all its records."""
+def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> int:
+    """Delete a document by id or source; the source of a JSONL file deletes all its records, and
+    a folder's path every document ingested from under it. Returns how many were deleted."""
     if isinstance(id_or_source, int) or str(id_or_source).isdigit():
         cur = conn.execute("DELETE FROM documents WHERE id = %(id)s", {"id": int(id_or_source)})
     else:
-        cur = conn.execute("DELETE FROM documents WHERE source = %(s)s OR starts_with(source, %(s)s || '#')",
-                           {"s": id_or_source})
-    return bool(cur.rowcount)
+        cur = conn.execute("DELETE FROM documents WHERE source = %(s)s OR starts_with(source, %(s)s || '#')"
+                           " OR starts_with(source, rtrim(%(s)s, '/') || '/')", {"s": id_or_source})
+    return cur.rowcount
 
 
 def delete_records_not_in(conn: psycopg.Connection, file_source: str, kept: Collection[str]) -> list[str]:
@@ -155,7 +157,25 @@ def delete_records_not_in(conn: psycopg.Connection, file_source: str, kept: Coll
     return sorted(r["source"] for r in rows)
 
 
+class VisibilityError(ValueError):
+    """A channel given by its name, or blank: a document visible only there is visible nowhere."""
+
+
+_CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
+
+
+def channel_ids(channels: Iterable[str]) -> list[str]:
+    """Slack channel ids as typed (a leading # is dropped); anything else is refused."""
+    ids = [c.strip().lstrip("#") for c in channels]
+    wrong = [c for c in ids if not _CHANNEL_ID.fullmatch(c)]
+    if wrong:
+        raise VisibilityError(f"Not a Slack channel id: {', '.join(repr(c) for c in wrong)}. Give the channel's id "
+                              "(like C0123ABCD, at the bottom of the channel's About tab), not its name.")
+    return ids
+
+
 def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequence[str], groups: Sequence[str]) -> bool:
+    channels = channel_ids(channels)
     cur = conn.execute(
         "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
         " WHERE id = %(id)s", {"c": list(channels), "g": list(groups), "id": document_id})

@@ -65,7 +65,8 @@ new_channels = names(c_channels.text_input("Visible only in channels (ids; empty
 new_groups = names(c_groups.text_input("Visible only to user groups (ids)", key="kn_up_groups"))
 if st.button("Ingest", type="primary", key="kn_ingest", disabled=viewer or not files) \
         and not frame.refuse_viewer(identity):
-    report = frame.attempt("Ingesting", lambda: upload(files or [], new_channels, new_groups, identity.actor))
+    report = frame.attempt("Ingesting", lambda: upload(files or [], new_channels, new_groups, identity.actor),
+                           store.VisibilityError)
     if report is not None:
         for _, message in report.failed:
             st.error(message)
@@ -112,6 +113,6 @@ for action, was_clicked in clicked.items():
         st.error("Tick “Yes, delete this document” first.")
         continue
     outcome = frame.attempt(f"Document ({action})", lambda: change(chosen.id, action, identity.actor, channels, groups),
-                            LookupError)
+                            LookupError, store.VisibilityError)
     if outcome is not None:
         frame.done(f"{chosen.title}: {outcome}.")

@@ -18,15 +18,15 @@ def documents() -> list[store.DocumentRow]:
 def test_upload_ingests_the_file(dashboard_db: str) -> None:
     at = open_page("knowledge")
     at.file_uploader[0].upload("parking.md", GUIDE, "text/markdown").run()
-    at.text_input(key="kn_up_channels").input("#C_FACILITIES")
+    at.text_input(key="kn_up_channels").input("#C0FACILITY")
     at.button(key="kn_ingest").click().run()
     assert not at.error and "1 added, 0 updated, 0 unchanged, 0 failed" in texts(at)
     [doc] = documents()
     assert (doc.source, doc.title, doc.chunks, doc.visible_channels) == (
-        "upload:parking.md", "Parking guide", 1, ["C_FACILITIES"])
+        "upload:parking.md", "Parking guide", 1, ["C0FACILITY"])
     listed = table(at, "title", "chunks", "visibility")
     assert listed[["title", "chunks", "visibility"]].to_dict("records") == [
-        {"title": "Parking guide", "chunks": 1, "visibility": "only #C_FACILITIES"}]
+        {"title": "Parking guide", "chunks": 1, "visibility": "only #C0FACILITY"}]
     [entry] = audit_rows()
     assert (entry["action"], entry["target"]) == ("knowledge.ingest", f"document:{doc.id}")
 
@@ -41,6 +41,16 @@ def test_uploading_a_jsonl_file_again_removes_the_records_taken_out_of_it(dashbo
     assert not at.error and "0 added, 0 updated, 1 unchanged, 1 removed, 0 failed" in texts(at)
     assert [d.source for d in documents()] == ["upload:faq.jsonl#badge"]
     assert [(e["action"], e["target"]) for e in audit_rows()][-1] == ("knowledge.delete", "upload:faq.jsonl#lunch")
+
+
+def test_a_channel_given_by_name_is_refused_and_nothing_is_stored(dashboard_db: str) -> None:
+    at = open_page("knowledge")
+    at.file_uploader[0].upload("parking.md", GUIDE, "text/markdown").run()
+    at.text_input(key="kn_up_channels").input("#facilities")
+    at.button(key="kn_ingest").click().run()
+    [error] = [e.value for e in at.error]
+    assert error.startswith("Not a Slack channel id: 'facilities'. Give the channel's id")
+    assert documents() == [] and audit_rows() == []
 
 
 def test_unsupported_upload_is_refused_and_nothing_changes(dashboard_db: str) -> None:
@@ -58,10 +68,10 @@ def test_visibility_reindex_and_delete(handbook: Path) -> None:
         conn.execute("UPDATE chunks SET heading_embedding = NULL WHERE document_id = %(d)s", {"d": laptops.id})
     at = open_page("knowledge")
     at.selectbox(key="kn_doc").select(laptops.id).run()
-    at.text_input(key=f"kn_channels_{laptops.id}").input("C_IT, C_HELP")
+    at.text_input(key=f"kn_channels_{laptops.id}").input("C0IT, C0HELP")
     at.button(key="kn_save").click().run()
     assert "Laptop requests: visibility saved." in texts(at)
-    assert next(d for d in documents() if d.id == laptops.id).visible_channels == ["C_IT", "C_HELP"]
+    assert next(d for d in documents() if d.id == laptops.id).visible_channels == ["C0IT", "C0HELP"]
 
     at.button(key="kn_reindex").click().run()
     assert f"Laptop requests: {laptops.chunks} chunks re-embedded." in texts(at)

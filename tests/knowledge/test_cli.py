@@ -96,3 +96,35 @@ def test_ingest_refuses_an_empty_path_and_skips_hidden_folders(database_url: str
     removed = runner.invoke(app, ["docs", "rm", "vpn.md"])
     assert removed.exit_code == 0 and "deleted 1" in removed.output
     assert "empty" in runner.invoke(app, ["docs", "ls"]).output
+
+
+def test_channels_must_be_given_by_id_not_by_name(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "sales.md").write_text("# Sales playbook\n\nDiscounts above 20% need approval.\n")
+    for channel in ("#sales", ""):
+        refused = runner.invoke(app, ["ingest", str(tmp_path), "--channel", channel])
+        assert refused.exit_code == 2 and "Not a Slack channel id" in refused.output
+    assert "empty" in runner.invoke(app, ["docs", "ls"]).output
+    assert runner.invoke(app, ["ingest", str(tmp_path), "--channel", "#C0SALES"]).exit_code == 0
+    listed = runner.invoke(app, ["docs", "ls"]).output
+    assert "only #C0SALES" in listed
+    refused = runner.invoke(app, ["docs", "visibility", listed.split("\t")[0], "--channel", "sales"])
+    assert refused.exit_code == 2 and "Not a Slack channel id: 'sales'" in refused.output
+
+
+def test_docs_rm_takes_a_deleted_files_path_or_a_folder(database_url: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    handbook = tmp_path / "handbook"
+    (handbook / "it").mkdir(parents=True)
+    for name in ("old.md", "it/vpn.md", "it/laptops.md"):
+        (handbook / name).write_text(f"# {name}\n\nSome policy text about {name}.\n")
+    (tmp_path / "handbook-archive.md").write_text("# Archive\n\nOld policies.\n")
+    monkeypatch.chdir(tmp_path)
+    assert "4 added" in runner.invoke(app, ["ingest", "."]).output
+    (handbook / "old.md").unlink()   # gone from disk, still answering from the knowledge base
+
+    assert "deleted 1" in runner.invoke(app, ["docs", "rm", "handbook/old.md"]).output
+    removed = runner.invoke(app, ["docs", "rm", "handbook/it/"])
+    assert removed.exit_code == 0 and "deleted 2" in removed.output
+    with db.connection() as conn:   # a folder's name is not a prefix of another's
+        assert [d.title for d in store.list_documents(conn)] == ["Archive"]
+    assert runner.invoke(app, ["docs", "rm", ""]).exit_code == 2
