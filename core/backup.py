@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -65,8 +66,7 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
     for table in TABLES:
         path = folder / f"{table}.jsonl"
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
-            if path.exists() else []
+        rows = _read_rows(path) if path.exists() else []
         if table == "training_schedule":
             conn.execute("DELETE FROM training_schedule")
         insert = sql.SQL("INSERT INTO {t} SELECT * FROM jsonb_populate_record(NULL::{t}, %(row)s)").format(
@@ -74,11 +74,28 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
         if table == "audit_log":
             insert = sql.SQL("INSERT INTO audit_log ({c}) SELECT {c} FROM jsonb_populate_record(NULL::audit_log, "
                              "%(row)s)").format(c=sql.SQL(", ").join(map(sql.Identifier, _columns(conn, table, "id"))))
-        for row in rows:
-            conn.execute(insert, {"row": Jsonb(row)})
+        for number, row in rows:
+            try:
+                conn.execute(insert, {"row": Jsonb(row)})
+            except (psycopg.IntegrityError, psycopg.DataError) as e:   # the caller's transaction rolls back
+                raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
+                                    "nothing was imported.") from None
         _advance_sequence(conn, table)
         counts[table] = len(rows)
     return counts
+
+
+def _read_rows(path: Path) -> list[tuple[int, Any]]:
+    """The records of one exported table with their line numbers; a damaged line is refused."""
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError as e:
+            raise ImportRefused(f"{path.name}:{number}: not valid JSON ({e.msg}); nothing was imported.") from None
+    return rows
 
 
 def _columns(conn: psycopg.Connection, table: str, leaving_out: str) -> list[str]:

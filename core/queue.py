@@ -51,7 +51,9 @@ def run_worker(url: str | None = None, *, wait: bool = True, install_signal_hand
 
 def defer_retrain(run_id: int, url: str | None = None) -> int:
     """Queue the retrain of a recorded run; returns the job id. By name: `App.configure_task`
-    would import the trainer (the app's import path) into whichever process defers."""
+    would import the trainer (the app's import path) into whichever process defers. The queue's
+    tables are installed first if no worker has started yet (a retrain asked for before)."""
+    ensure_schema(url)
     queued = configure(url)
     with queued.open():
         deferrer = procrastinate.tasks.configure_task(name=RETRAIN_TASK, job_manager=queued.job_manager,

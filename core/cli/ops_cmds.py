@@ -36,8 +36,12 @@ def register(app: typer.Typer) -> None:
         if folder.is_dir() and any(folder.iterdir()) and not backup.is_export(folder):
             raise typer.BadParameter(f"{folder} holds other files: export into a new or empty folder "
                                      "(or over an earlier export, which is replaced).")
-        with db.connection() as conn:
-            counts = backup.export_to(conn, folder)
+        try:
+            with db.connection() as conn:
+                counts = backup.export_to(conn, folder)
+        except OSError as e:   # not writable, a missing parent that cannot be made, a full disk
+            typer.echo(f"Cannot write the export to {folder}: {e.strerror or e}.", err=True)
+            raise typer.Exit(1) from None
         typer.echo(", ".join(f"{table} {n}" for table, n in counts.items()))
         typer.echo(f"exported to {folder} (adapter weights live in {get_settings().adapter_root}: back that up too)")
 

@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"run {run_id}: cancellation requested")
 
     @train_app.command("ls")
-    def runs(limit: int = typer.Option(20, "--limit")) -> None:
+    def runs(limit: int = typer.Option(20, "--limit", min=1)) -> None:
         """Recent retrain runs."""
         with db.connection() as conn:
             found = training.list_runs(conn, limit)

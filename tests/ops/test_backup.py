@@ -136,3 +136,44 @@ def test_export_refuses_an_empty_path_and_a_folder_of_other_files(database_url: 
     first = CliRunner().invoke(app, ["export", "backup"])
     again = CliRunner().invoke(app, ["export", "backup"])  # over an earlier export
     assert first.exit_code == again.exit_code == 0 and (tmp_path / "backup" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(("damage", "says"), [
+    (lambda lines: [*lines, lines[0][: len(lines[0]) // 2]], "answers.jsonl:2: not valid JSON"),
+    (lambda lines: [lines[0].replace('"question": "Where is the canteen?"', '"question": null')],
+     'answers.jsonl:1: does not fit this database (null value in column "question"'),
+])
+def test_import_of_a_damaged_export_names_the_line_and_imports_nothing(
+        database_url: str, pg_server: str, tmp_path: Path, damage: object, says: str) -> None:
+    with db.connection() as conn:
+        answer_id = feedback.create_answer(conn, thread_key="cli:1", surface="cli", question="Where is the canteen?")
+        feedback.record_rating(conn, answer_id, "U1", "up")
+        backup.export_to(conn, tmp_path / "export")
+    answers = tmp_path / "export" / "answers.jsonl"
+    answers.write_text("\n".join(damage(answers.read_text().splitlines())) + "\n")  # type: ignore[operator]
+    target = f"restore_{next(_fresh)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
+    restored = pg_server.replace("/postgres?", f"/{target}?")
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("DATABASE_URL", restored)
+            get_settings.cache_clear()
+            refused = CliRunner().invoke(app, ["import", str(tmp_path / "export")])
+        assert refused.exit_code == 2 and says in refused.output and "nothing was imported" in refused.output
+        assert "Traceback" not in refused.output
+        with psycopg.connect(restored) as conn:
+            assert conn.execute("SELECT count(*) FROM answers").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM feedback").fetchone() == (0,)
+    finally:
+        get_settings.cache_clear()
+        db.close_pools()
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
+
+
+def test_export_where_nothing_can_be_written_says_so(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "notes.md").write_text("mine")
+    refused = CliRunner().invoke(app, ["export", str(tmp_path / "notes.md" / "backup")])
+    assert refused.exit_code == 1 and "Cannot write the export to" in refused.output
+    assert isinstance(refused.exception, SystemExit)   # a message, not an OSError

@@ -228,3 +228,12 @@ def test_a_queued_run_whose_job_ended_before_it_started_does_not_block_retrainin
         failed = training.get_run(conn, second.id)
     assert failed.status == "failed" and "ended (failed) before the run started" in failed.error  # type: ignore[union-attr,operator]
     assert retrain.request_retrain(requested_by="admin").status == "queued"
+
+
+def test_a_retrain_asked_for_before_any_worker_ever_started_is_queued(database_url: str) -> None:
+    answer_and_curate(CURATED[:2])   # a database no worker has touched: no queue tables yet
+    with db.connection() as conn:
+        version = curation.create_dataset(conn, created_by="admin").version
+        assert conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is None  # type: ignore[index]
+    run = retrain.request_retrain(requested_by="admin", dataset_version=version, base_model="tiny")
+    assert run.status == "queued" and run.job_id is not None
