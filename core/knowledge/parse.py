@@ -51,11 +51,11 @@ def parse_bytes(name: str, data: bytes, source: str | None = None) -> list[Parse
         raise ParseError(f"{name}: the file is empty")
     if suffix == ".pdf":
         return [_pdf(name, data, source)]
+    if suffix in (".html", ".htm"):
+        return [_html(name, _decode_html(name, data), source)]
     text = _decode(name, data)
     if suffix == ".jsonl":
         raise ParseError(f"{name}: JSONL is parsed record by record (use parse_jsonl)")
-    if suffix in (".html", ".htm"):
-        return [_html(name, text, source)]
     if suffix in (".md", ".markdown"):
         return [_markdown(name, text, source)]
     return [_plain(name, text, source)]
@@ -116,6 +116,23 @@ def _decode(name: str, data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ParseError(f"{name}: not valid UTF-8 text (byte {e.start})") from e
+
+
+def _decode_html(name: str, data: bytes) -> str:
+    """UTF-8, or the encoding the page declares (<meta charset>): pages saved from Word or
+    Outlook are often windows-1252."""
+    from bs4.dammit import EncodingDetector
+
+    try:
+        return _decode(name, data)
+    except ParseError:
+        declared = EncodingDetector.find_declared_encoding(data, is_html=True)
+        if b"\x00" in data[:4096] or not declared:
+            raise
+        try:
+            return data.decode(declared)
+        except (LookupError, UnicodeDecodeError) as e:
+            raise ParseError(f"{name}: not valid {declared} text, as the page declares") from e
 
 
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")

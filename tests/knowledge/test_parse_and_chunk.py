@@ -92,12 +92,20 @@ def test_html_text_outside_paragraphs_is_kept_block_by_block() -> None:
     assert form.text == "Run ls, press Save and go."  # inline tags do not break the line; form values are not text
 
 
+def test_html_in_the_encoding_it_declares_is_read_as_such() -> None:
+    page = '<html><head><meta charset="windows-1252"><title>Caf\u00e9 rules</title></head>' \
+           '<body><p>The caf\u00e9 opens at 8 \u2013 bring your badge.</p></body></html>'
+    [doc] = parse_bytes("cafe.htm", page.encode("windows-1252"))
+    assert doc.title == "Caf\u00e9 rules" and "The caf\u00e9 opens at 8 \u2013 bring your badge." in doc.text
+
+
 @pytest.mark.parametrize("name, data, message", [
     ("empty.md", b"  \n", "empty.md: the file is empty"),
     ("fake.pdf", b"\x00\x01binary junk", "fake.pdf: not a PDF file"),
     ("image.png", b"\x89PNG....", "unsupported file type '.png'"),
     ("notes", b"hello", "unsupported file type '(none)'"),
     ("latin1.txt", "caf\xe9".encode("latin-1"), "latin1.txt: not valid UTF-8"),
+    ("latin1.html", "<p>caf\xe9</p>".encode("latin-1"), "latin1.html: not valid UTF-8"),   # declares nothing
 ])
 def test_bad_files_get_a_message_naming_them(name: str, data: bytes, message: str) -> None:
     with pytest.raises(ParseError, match=message.replace("(", r"\(").replace(")", r"\)")):
