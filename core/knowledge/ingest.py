@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,13 +134,28 @@ def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestRep
 
 def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:
     for path in paths:
-        if path.is_dir():  # hidden folders (.git, .venv, .flywheel) are not documents
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUPPORTED
-                              and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if path.is_dir():
+            yield from sorted(_walk(path))
         elif path.is_file():
             yield path
         else:
             report.failed.append((str(path), f"{path}: no such file or folder"))
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    """The supported files under `folder`. Symlinked folders (a shared drive linked in) are
+    followed, each real folder once, so a link back up cannot loop; hidden files and folders
+    (.git, .venv, .flywheel) are not documents."""
+    seen: set[str] = set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders.clear()
+            continue
+        seen.add(real)
+        folders[:] = [f for f in folders if not f.startswith(".")]
+        yield from (Path(root, name) for name in names
+                    if not name.startswith(".") and Path(name).suffix.lower() in SUPPORTED and Path(root, name).is_file())
 
 
 def _content_hash(doc: ParsedDocument) -> str:

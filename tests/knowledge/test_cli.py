@@ -128,3 +128,19 @@ def test_docs_rm_takes_a_deleted_files_path_or_a_folder(database_url: str, tmp_p
     with db.connection() as conn:   # a folder's name is not a prefix of another's
         assert [d.title for d in store.list_documents(conn)] == ["Archive"]
     assert runner.invoke(app, ["docs", "rm", ""]).exit_code == 2
+
+
+def test_ingest_follows_a_symlinked_folder_once_and_a_link_back_up_does_not_loop(
+        database_url: str, tmp_path: Path) -> None:
+    shared = tmp_path / "shared-drive"
+    shared.mkdir()
+    (shared / "travel.md").write_text("# Travel\n\nBook trips in the travel portal.\n")
+    kb = tmp_path / "kb"
+    kb.mkdir()
+    (kb / "vpn.md").write_text("# VPN\n\nUse GlobalProtect.\n")
+    (kb / "policies").symlink_to(shared, target_is_directory=True)
+    (shared / "up").symlink_to(kb, target_is_directory=True)   # a loop back
+    result = runner.invoke(app, ["ingest", str(kb)])
+    assert result.exit_code == 0 and "2 added" in result.output, result.output
+    with db.connection() as conn:
+        assert sorted(d.title for d in store.list_documents(conn)) == ["Travel", "VPN"]
