@@ -80,7 +80,7 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
                 or not str(record.get("text") or "").strip():
             yield ParseError(f"{name}:{number}: a record needs a non-empty '_id' and 'text'")
             continue
-        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        metadata = _clean_json(record.get("metadata")) if isinstance(record.get("metadata"), dict) else {}
         url = record.get("url") or metadata.get("url")
         if url is not None and not isinstance(url, str):
             yield ParseError(f"{name}:{number}: 'url' must be a string, not {type(url).__name__}")
@@ -102,6 +102,17 @@ def clean_text(text: str) -> str:
     lone surrogate halves (JSON written by JavaScript) replaced, since they cannot be encoded."""
     text = unicodedata.normalize("NFKC", text).replace("\x00", "")
     return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _clean_json(value: Any) -> Any:
+    """A JSON value with every string in it cleaned (jsonb cannot hold NUL either)."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean_json(v) for v in value]
+    return value
 
 
 def _decode(name: str, data: bytes) -> str:

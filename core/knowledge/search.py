@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import psycopg
 
 from core.config import get_settings
+from core.knowledge.parse import clean_text
 from core.knowledge import embed, store
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
@@ -108,7 +109,7 @@ _MORE_CHUNKS_THAN = ("SELECT count(*) > %(found)s AS more FROM (SELECT 1 FROM ch
 
 def check_query(query: str) -> str:
     settings = get_settings()
-    query = query.strip()
+    query = clean_text(query).strip()   # folded as the documents were
     if not query:
         raise QueryError("The query is empty: type a question.")
     if len(query) > settings.max_query_chars:

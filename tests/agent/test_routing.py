@@ -66,6 +66,15 @@ def test_bad_input_gets_clear_reply_without_model_call(context: AgentContext, mo
     assert model.calls == []
 
 
+def test_a_question_with_bytes_no_encoding_can_store_is_answered_and_recorded(
+        context: AgentContext, model: ScriptedModel) -> None:
+    # A terminal that is not UTF-8 (half a surrogate pair for the byte), a NUL from a paste
+    outcome = run.ask("How do I get a new laptop? caf\udce9\x00", _asker(), context=context)
+    assert outcome.status == "delivered" and outcome.sources[0]["title"] == "Laptop requests"
+    with db.connection() as conn:
+        assert feedback.get_answer(conn, outcome.answer_id).question == "How do I get a new laptop? caf\ufffd"  # type: ignore[union-attr]
+
+
 def test_a_question_after_a_declined_one_in_the_same_thread_is_answered(
         context: AgentContext, model: ScriptedModel) -> None:
     assert run.ask("   ", _asker("declined-first"), context=context).route == "declined"

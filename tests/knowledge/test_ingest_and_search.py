@@ -200,12 +200,15 @@ def test_text_is_folded_so_ligatures_utf16_files_and_nul_characters_go_in(databa
     (tmp_path / "gym.txt").write_text("Gym\nThe ﬁtness room opens at 6.\n")  # "ﬁ": a PDF ligature
     (tmp_path / "windows.txt").write_bytes("Canteen\nThe canteen serves soup on Fridays.\n".encode("utf-16"))
     # A NUL, which Postgres text cannot hold, escaped inside a JSON record
-    (tmp_path / "shifts.jsonl").write_text('{"_id": "night", "title": "Night shift", "text": "Starts at 22:00.\\u0000"}\n')
+    (tmp_path / "shifts.jsonl").write_text('{"_id": "night", "title": "Night shift", "text": "Starts at 22:00.\\u0000",'
+                                          ' "metadata": {"team": "ops\\u0000", "tags": ["24/7\\u0000"]}}\n')
     report = ingest.ingest_paths([tmp_path])
     assert not report.failed, report.failed
     assert _search("fitness room")[0].title == "Gym"
     assert _search("soup on fridays")[0].title == "Canteen"
     assert _search("night shift")[0].text.endswith("Starts at 22:00.")
+    # Typed in a terminal that is not UTF-8 (Python keeps the byte as half a surrogate pair)
+    assert _search("\uff46itness room caf\udce9")[0].title == "Gym"
 
 
 @pytest.mark.parametrize("query, message", [
