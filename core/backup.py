@@ -87,8 +87,12 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
 
 def _read_rows(path: Path) -> list[tuple[int, Any]]:
     """The records of one exported table with their line numbers; a damaged line is refused."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ImportRefused(f"{path.name}: not valid UTF-8 (byte {e.start}); nothing was imported.") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:

@@ -130,9 +130,11 @@ class Settings(BaseSettings):
         except psycopg.ProgrammingError:
             raise ValueError("DATABASE_URL is not a connection string libpq can read: write it as "
                              "postgresql://USER:PASSWORD@HOST:PORT/DATABASE (or key=value pairs)") from None
-        if "@" in str(parts.get("host", "")):
-            raise ValueError("DATABASE_URL has an @ inside its password or user name: write it as %40 "
-                             "(and # as %23, / as %2F)")
+        port = str(parts.get("port") or "0")
+        misread = "@" in str(parts.get("host", "")) + str(parts.get("dbname", "")) or not port.replace(",", "").isdigit()
+        if misread:   # e.g. postgresql://fly:Top/Secret@db/x reads as host "fly", port "Top"
+            raise ValueError("DATABASE_URL has an @, / or # inside its password or user name: write them as "
+                             "%40, %2F and %23")
         return value
 
     @field_validator("dashboard_password_hash", mode="before")

@@ -24,7 +24,7 @@ _SECRET_SHAPES = re.compile(
 )
 # A password in a connection string: a URL's user:PASSWORD@, or a conninfo keyword (password=...).
 # The password runs to the last @ before the host (an unescaped @ or # in it must not end it).
-_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):\S*?@(?=[^@\s/?]*(?:[/?\s]|$))")
+_URL_PASSWORD = re.compile(r"(?<=://)([^:/@\s]+):\S*?@(?=[^@\s/?\"',;)]*(?:[/?\s\"',;)]|$))")
 _KEYWORD_PASSWORD = re.compile(r"(?i)(\bpassword\s*=\s*)('[^']*'|[^\s']+)")
 
 

@@ -17,7 +17,7 @@ from core.agent import nodes, prompts
 from core.agent.graph import get_graph
 from core.agent.state import AgentContext, Decision, new_turn
 from core.config import get_settings
-from core.knowledge.parse import clean_text
+from core.knowledge.parse import storable
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> 
     """Run the agent on one question. Returns at once with a review note if the draft waits for
     a person; the decision resumes the same thread later (`decide`)."""
     context = context or default_context()
-    question = clean_text(question)   # as documents are stored: a lone surrogate or NUL could not be
+    question = storable(question)   # as the asker wrote it, less what Postgres cannot store
     graph = get_graph()
     config = {"configurable": {"thread_id": asker.thread_key}}
     with db.connection() as conn:

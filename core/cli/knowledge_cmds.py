@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import typer
 
 from core import audit, db
@@ -81,16 +82,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if any(not doc.strip() for doc in documents):
             typer.echo("An empty document name names nothing; give an id, a file or a folder.", err=True)
             raise typer.Exit(2)
+        if any(ingest.source_of(Path(doc)) == "/" for doc in documents if not doc.isdigit()):
+            typer.echo("Refusing to delete every document under /; name the folder they came from.", err=True)
+            raise typer.Exit(2)
         missing, deleted = [], 0
         with db.connection() as conn:
             for doc in documents:
-                # A file is stored under its absolute path: the path as typed names it too.
-                for source in dict.fromkeys([doc] if doc.isdigit() else [doc, ingest.source_of(Path(doc))]):
-                    if found := store.delete_document(conn, source):
-                        audit.record(conn, by, "knowledge.delete", f"document:{source}" if source.isdigit() else source,
-                                     {"documents": found})
-                        deleted += found
-                        break
+                found, source = _delete(conn, doc)
+                if found:
+                    audit.record(conn, by, "knowledge.delete", f"document:{source}" if source.isdigit() else source,
+                                 {"documents": found})
+                    deleted += found
                 else:
                     missing.append(doc)
         for doc in missing:
@@ -98,6 +100,17 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         typer.echo(f"deleted {deleted}")
         if missing:
             raise typer.Exit(1)
+
+    def _delete(conn: psycopg.Connection, doc: str) -> tuple[int, str]:
+        """By id; by source as typed or as its absolute path (a file is stored under it, even once
+        it is gone from disk); else everything ingested from under that folder."""
+        if doc.isdigit():
+            return store.delete_document(conn, doc), doc
+        path = ingest.source_of(Path(doc))
+        for source in dict.fromkeys([doc, path]):
+            if found := store.delete_document(conn, source):
+                return found, source
+        return store.delete_under(conn, path), path
 
     @docs_app.command("visibility")
     def docs_visibility(document_id: int, channel: list[str] = typer.Option([], "--channel"),

@@ -98,10 +98,14 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
 
 def clean_text(text: str) -> str:
     """Text as stored and searched: Unicode compatibility forms folded (the "ﬁ" ligature of PDF
-    text is "fi", full-width digits are digits), NUL (which Postgres text cannot hold) dropped, and
-    lone surrogate halves (JSON written by JavaScript) replaced, since they cannot be encoded."""
-    text = unicodedata.normalize("NFKC", text).replace("\x00", "")
-    return _LONE_SURROGATE.sub("\ufffd", text)
+    text is "fi", full-width digits are digits), and `storable`."""
+    return storable(unicodedata.normalize("NFKC", text))
+
+
+def storable(text: str) -> str:
+    """`text` with NUL (which Postgres text cannot hold) dropped and lone surrogate halves (JSON
+    written by JavaScript, a terminal that is not UTF-8) replaced, since they cannot be encoded."""
+    return _LONE_SURROGATE.sub("\ufffd", text.replace("\x00", ""))
 
 
 def _clean_json(value: Any) -> Any:
@@ -129,6 +133,10 @@ def _decode(name: str, data: bytes) -> str:
         raise ParseError(f"{name}: not valid UTF-8 text (byte {e.start})") from e
 
 
+_READ_AS_CP1252 = frozenset({"iso-8859-1", "iso8859-1", "latin1", "latin-1", "l1", "us-ascii", "ascii",
+                             "windows-1252", "cp1252"})
+
+
 def _decode_html(name: str, data: bytes) -> str:
     """UTF-8, or the encoding the page declares (<meta charset>): pages saved from Word or
     Outlook are often windows-1252."""
@@ -140,8 +148,11 @@ def _decode_html(name: str, data: bytes) -> str:
         declared = EncodingDetector.find_declared_encoding(data, is_html=True)
         if b"\x00" in data[:4096] or not declared:
             raise
+        # As browsers read it (the WHATWG Encoding Standard): a page that says latin-1 or ascii is
+        # windows-1252, whose curly quotes Word writes.
+        encoding = "cp1252" if declared.lower() in _READ_AS_CP1252 else declared
         try:
-            return data.decode(declared)
+            return data.decode(encoding)
         except (LookupError, UnicodeDecodeError) as e:
             raise ParseError(f"{name}: not valid {declared} text, as the page declares") from e
 

@@ -138,14 +138,23 @@ def list_documents(conn: psycopg.Connection) -> list[DocumentRow]:
 
 
 def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> int:
-    """Delete a document by id or source; the source of a JSONL file deletes all its records, and
-    a folder's path every document ingested from under it. Returns how many were deleted."""
+    """Delete a document by id or source; the source of a JSONL file deletes all its records.
+    Returns how many were deleted."""
     if isinstance(id_or_source, int) or str(id_or_source).isdigit():
         cur = conn.execute("DELETE FROM documents WHERE id = %(id)s", {"id": int(id_or_source)})
     else:
-        cur = conn.execute("DELETE FROM documents WHERE source = %(s)s OR starts_with(source, %(s)s || '#')"
-                           " OR starts_with(source, rtrim(%(s)s, '/') || '/')", {"s": id_or_source})
+        cur = conn.execute("DELETE FROM documents WHERE source = %(s)s OR starts_with(source, %(s)s || '#')",
+                           {"s": id_or_source})
     return cur.rowcount
+
+
+def delete_under(conn: psycopg.Connection, folder: str) -> int:
+    """Delete every document ingested from under a folder (its absolute path, not the root).
+    Returns how many were deleted."""
+    folder = folder.rstrip("/")
+    if not folder.startswith("/"):
+        raise ValueError(f"{folder!r} is not an absolute folder path")
+    return conn.execute("DELETE FROM documents WHERE starts_with(source, %(f)s || '/')", {"f": folder}).rowcount
 
 
 def delete_records_not_in(conn: psycopg.Connection, file_source: str, kept: Collection[str]) -> list[str]:
@@ -166,7 +175,7 @@ _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
 
 def channel_ids(channels: Iterable[str]) -> list[str]:
     """Slack channel ids as typed (a leading # is dropped); anything else is refused."""
-    ids = [c.strip().lstrip("#") for c in channels]
+    ids = [c.strip().lstrip("#").upper() for c in channels]
     wrong = [c for c in ids if not _CHANNEL_ID.fullmatch(c)]
     if wrong:
         raise VisibilityError(f"Not a Slack channel id: {', '.join(repr(c) for c in wrong)}. Give the channel's id "

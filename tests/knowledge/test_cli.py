@@ -125,9 +125,21 @@ def test_docs_rm_takes_a_deleted_files_path_or_a_folder(database_url: str, tmp_p
     assert "deleted 1" in runner.invoke(app, ["docs", "rm", "handbook/old.md"]).output
     removed = runner.invoke(app, ["docs", "rm", "handbook/it/"])
     assert removed.exit_code == 0 and "deleted 2" in removed.output
-    with db.connection() as conn:   # a folder's name is not a prefix of another's
+    assert "deleted 0" in runner.invoke(app, ["docs", "rm", "handbook"]).output   # not handbook-archive.md
+    with db.connection() as conn:
         assert [d.title for d in store.list_documents(conn)] == ["Archive"]
-    assert runner.invoke(app, ["docs", "rm", ""]).exit_code == 2
+    for everything in ("", "/", "//"):
+        assert runner.invoke(app, ["docs", "rm", everything]).exit_code == 2
+    assert "deleted 1" in runner.invoke(app, ["docs", "rm", "."]).output
+
+
+def test_docs_rm_of_a_jsonl_record_leaves_a_record_whose_id_starts_with_it(database_url: str, tmp_path: Path) -> None:
+    faq = tmp_path / "faq.jsonl"
+    faq.write_text('{"_id": "hr", "text": "HR is on floor 2."}\n{"_id": "hr/leave", "text": "Leave: 25 days."}\n')
+    assert "2 added" in runner.invoke(app, ["ingest", str(faq)]).output
+    assert "deleted 1" in runner.invoke(app, ["docs", "rm", f"{faq.resolve()}#hr"]).output
+    with db.connection() as conn:
+        assert [d.source for d in store.list_documents(conn)] == [f"{faq.resolve()}#hr/leave"]
 
 
 def test_ingest_follows_a_symlinked_folder_once_and_a_link_back_up_does_not_loop(

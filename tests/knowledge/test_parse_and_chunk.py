@@ -97,6 +97,10 @@ def test_html_in_the_encoding_it_declares_is_read_as_such() -> None:
            '<body><p>The caf\u00e9 opens at 8 \u2013 bring your badge.</p></body></html>'
     [doc] = parse_bytes("cafe.htm", page.encode("windows-1252"))
     assert doc.title == "Caf\u00e9 rules" and "The caf\u00e9 opens at 8 \u2013 bring your badge." in doc.text
+    # Saved by Word: it says latin-1 but writes windows-1252's curly quotes, as browsers expect
+    word = '<meta http-equiv="Content-Type" content="text/html; charset=iso-8859-1"><p>\u201cBadges\u201d first</p>'
+    [doc] = parse_bytes("word.htm", word.encode("windows-1252"))
+    assert doc.text == "\u201cBadges\u201d first"
 
 
 @pytest.mark.parametrize("name, data, message", [

@@ -106,9 +106,17 @@ def test_an_unreachable_database_is_one_message_without_its_password(tmp_path: P
     assert "cannot use the database (DATABASE_URL): connection failed" in cli.stderr
 
 
+@pytest.mark.parametrize("url", ["postgresql:///flywheel?host=/tmp/socket", "postgresql://u:p%40s@[::1]:5432/db",
+                                 "postgresql://u@db1:5432,db2:5433/db?sslmode=require", "host=db password=x"])
+def test_a_well_formed_database_url_is_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert Settings().database_url.get_secret_value() == url  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(("url", "says"), [
     ("postgres//fly:TopSecret@db/flywheel", "DATABASE_URL is not a connection string libpq can read"),
-    ("postgresql://fly:Top@Secret@db/flywheel", "DATABASE_URL has an @ inside its password"),
+    ("postgresql://fly:Top@Secret@db/flywheel", "DATABASE_URL has an @, / or # inside its password"),
+    ("postgresql://fly:Top/Secret@db/flywheel", "DATABASE_URL has an @, / or # inside its password"),
     ("postgresql://fly:TopSecret@db/flywheel?sslmod=require", "DATABASE_URL is not a connection string"),
 ])
 def test_a_malformed_database_url_is_refused_without_quoting_it(tmp_path: Path, url: str, says: str) -> None:

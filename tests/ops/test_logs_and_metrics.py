@@ -37,12 +37,14 @@ def test_logs_are_json_lines_with_answer_id_and_no_secrets(monkeypatch: pytest.M
 @pytest.mark.parametrize("conninfo", ["postgresql://fly:TopSecret1@db/flywheel", "host=db password=TopSecret1",
                                       "host=db PASSWORD = TopSecret1", "host=db password='Top Secret1'",
                                       "postgresql://fly:Top@Secret1@db/flywheel",   # an @ left unescaped
-                                      "postgresql://fly:Top#Secret1@db:5432/flywheel?sslmode=require"])
+                                      "postgresql://fly:Top#Secret1@db:5432/flywheel?sslmode=require",
+                                      '{"url": "postgresql://fly:TopSecret1@db", "mail": "ann@example.com"}'])
 def test_logs_and_doctor_mask_a_connection_string_password_however_it_is_written(conninfo: str) -> None:
     from core import doctor
 
     for shown in (logs.Redactor([]).redact(f"cannot connect to {conninfo}"), doctor.redacted(conninfo)):
         assert "TopSecret1" not in shown and "Secret1" not in shown and "***" in shown
+        assert "@db" in shown or "host=db" in shown   # where it connects stays readable
 
 
 def test_metrics_report_questions_routes_feedback_and_latency(database_url: str) -> None:
