@@ -32,13 +32,15 @@ def read_queries(path: Path) -> dict[str, str]:
 def read_qrels(path: Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     with path.open(newline="") as f:
-        for row in csv.reader(f, delimiter="\t"):
+        for number, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
             if not row or row[0] == "query-id":
                 continue
-            if len(row) < 3:
-                raise ValueError(f"{path}: expected 'query-id<TAB>corpus-id<TAB>score', got {row}")
-            if int(row[2]) > 0:
-                qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+            try:
+                relevance = int(float(row[2]))   # BEIR writes 1; some sets write 1.0
+            except (IndexError, ValueError):
+                raise ValueError(f"{path}:{number}: expected 'query-id<TAB>corpus-id<TAB>score', got {row}") from None
+            if relevance > 0:
+                qrels.setdefault(row[0], {})[row[1]] = relevance
     return qrels
 
 
@@ -73,7 +75,10 @@ def evaluate_retrieval(corpus: Path, queries: Path, qrels: Path, k: int = 3,
         totals: dict[str, float] = {}
         with db.connection(eval_url) as conn:
             for qid in judged:
-                hits = search.hybrid_search(conn, questions[qid], k=max(k, 10) * 3)
+                try:
+                    hits = search.hybrid_search(conn, questions[qid], k=max(k, 10) * 3)
+                except search.QueryError as e:   # a query no one could search for: say which
+                    raise ValueError(f"{queries}: query {qid!r}: {e}") from None
                 ranked = list(dict.fromkeys(h.source.rsplit("#", 1)[-1] for h in hits))
                 for name, value in score(ranked, judgements[qid], k).items():
                     totals[name] = totals.get(name, 0.0) + value

@@ -156,3 +156,19 @@ def test_ingest_follows_a_symlinked_folder_once_and_a_link_back_up_does_not_loop
     assert result.exit_code == 0 and "2 added" in result.output, result.output
     with db.connection() as conn:
         assert sorted(d.title for d in store.list_documents(conn)) == ["Travel", "VPN"]
+
+
+def test_retrieval_eval_names_the_query_or_judgement_line_it_cannot_use(database_url: str, tmp_path: Path) -> None:
+    corpus, queries, qrels = tmp_path / "corpus.jsonl", tmp_path / "queries.jsonl", tmp_path / "qrels.tsv"
+    corpus.write_text('{"_id": "d1", "title": "VPN", "text": "Use GlobalProtect to connect."}\n'
+                      '{"_id": "d2", "title": "Lunch", "text": "The canteen opens at noon."}\n')
+    queries.write_text('{"_id": "q1", "text": "how do I connect to the vpn"}\n{"_id": "q2", "text": "?!"}\n')
+    qrels.write_text("query-id\tcorpus-id\tscore\nq1\td1\t1.0\nq2\td2\t1\n")
+    args = ["eval", "retrieval", "--corpus", str(corpus), "--queries", str(queries), "--qrels", str(qrels)]
+    unsearchable = runner.invoke(app, args)
+    assert unsearchable.exit_code == 2 and "query 'q2': The query has no words" in unsearchable.output
+    queries.write_text('{"_id": "q1", "text": "how do I connect to the vpn"}\n')
+    assert json.loads(runner.invoke(app, args).output.splitlines()[-1])["recall@3"] == 1.0   # a score of 1.0 counts
+    qrels.write_text("q1\td1\n")
+    broken = runner.invoke(app, args)
+    assert broken.exit_code == 2 and f"{qrels}:1: expected 'query-id<TAB>corpus-id<TAB>score'" in broken.output
