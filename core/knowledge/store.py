@@ -175,7 +175,7 @@ _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
 
 def channel_ids(channels: Iterable[str]) -> list[str]:
     """Slack channel ids as typed (a leading # is dropped); anything else is refused."""
-    ids = [c.strip().lstrip("#").upper() for c in channels]
+    ids = [c.strip().lstrip("#") for c in channels]   # not upper-cased: "#general" is a name
     wrong = [c for c in ids if not _CHANNEL_ID.fullmatch(c)]
     if wrong:
         raise VisibilityError(f"Not a Slack channel id: {', '.join(repr(c) for c in wrong)}. Give the channel's id "

@@ -100,7 +100,7 @@ def test_ingest_refuses_an_empty_path_and_skips_hidden_folders(database_url: str
 
 def test_channels_must_be_given_by_id_not_by_name(database_url: str, tmp_path: Path) -> None:
     (tmp_path / "sales.md").write_text("# Sales playbook\n\nDiscounts above 20% need approval.\n")
-    for channel in ("#sales", ""):
+    for channel in ("#sales", "", "#general", "design"):   # lower-case: names, even those starting C, G or D
         refused = runner.invoke(app, ["ingest", str(tmp_path), "--channel", channel])
         assert refused.exit_code == 2 and "Not a Slack channel id" in refused.output
     assert "empty" in runner.invoke(app, ["docs", "ls"]).output
