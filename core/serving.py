@@ -170,13 +170,20 @@ def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool
     return live
 
 
-def rollback(settings: Settings | None = None, *, actor: str) -> models.Adapter | None:
+def rollback(settings: Settings | None = None, *, actor: str, from_version: int | None = None) -> models.Adapter | None:
     """Promote the adapter that was live before the current one, or, when the base model was (or
     that adapter was trained on another base model), retire the current one (None: the base
-    model answers; every server serves it as it is)."""
+    model answers; every server serves it as it is). With `from_version`, refused unless that
+    version is still the live one: a second click, or a page older than someone else's switch,
+    must not roll back one step further."""
     settings = settings or get_settings()
     with _one_at_a_time():
         with db.connection() as conn:
+            current = models.live(conn)
+            if from_version is not None and (current is None or current.version != from_version):
+                now = f"{current.name} is live" if current else "the base model answers"
+                raise models.PromotionRefused(f"flywheel-v{from_version} is no longer live ({now}), so nothing was "
+                                              "rolled back: look at the list again.")
             previous = models.previous_live(conn)
             # An adapter trained on another base model (served before) does not fit: the base model answers.
             if previous is None or not _same_model(previous.base_model, settings.base_model):

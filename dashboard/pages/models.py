@@ -13,10 +13,17 @@ from core.llm.backends import make_generator
 from dashboard import frame
 
 
-def switch(actor: str, version: int | None) -> str:
-    """Promote `version`, or roll back when None (audited with the switch); says what answers now."""
-    live = serving.promote(version, actor=actor) if version is not None else serving.rollback(actor=actor)
+def switch(actor: str, version: int | None, shown_live: int | None) -> str:
+    """Promote `version`, or roll back from the live version the page showed when None (audited
+    with the switch); says what answers now."""
+    if version is not None:
+        live = serving.promote(version, actor=actor)
+    else:
+        live = serving.rollback(actor=actor, from_version=shown_live)
     return f"{live.name} is live." if live else "No adapter is live: the base model answers."
+
+
+LIVE_SHOWN = "md_live_shown"
 
 
 identity = frame.page("Models")
@@ -28,6 +35,9 @@ generator = make_generator(settings.model_copy(update={"llm_url": url}))
 with db.connection() as conn:
     adapters = models.list_adapters(conn)
     live = models.live(conn)
+# The live version as the page showed it before this run: what a click on "Roll back" meant,
+# even if a first click (or another admin) has switched since.
+shown_live = st.session_state.get(LIVE_SHOWN, live.version if live else None)
 
 c_backend, c_health, c_live = st.columns(3)
 c_backend.metric("Serving backend", settings.llm_backend)
@@ -74,7 +84,8 @@ for version, clicked in ((chosen.version, promote), (None, rollback)):
     # way, or no adapter live to roll back from; ServingError: the model server could not load or
     # serve it. Either way nothing was switched.
     with st.spinner("Loading and checking the adapter on the model server…"):
-        answered_by = frame.attempt("Switching adapters", lambda: switch(identity.actor, version),
+        answered_by = frame.attempt("Switching adapters", lambda: switch(identity.actor, version, shown_live),
                                     models.PromotionRefused, serving.ServingError)
     if answered_by is not None:
         frame.done(answered_by)
+st.session_state[LIVE_SHOWN] = live.version if live else None

@@ -101,6 +101,20 @@ def test_promote_and_roll_back(vllm: str) -> None:
         ("model.rollback", "base model")]
 
 
+def test_roll_back_clicked_on_a_page_older_than_the_last_switch_goes_no_further(vllm: str) -> None:
+    first, second = register("ready"), register("ready")
+    for adapter in (first, second):
+        serving.promote(adapter.version, actor="bob")
+    at = open_page("models")   # shows v2 live
+    serving.rollback(actor="bob")   # a first click, or another admin, meanwhile: v1 is live
+    at.button(key="md_rollback").click().run()
+    assert [e.value for e in at.error] == [
+        "flywheel-v2 is no longer live (flywheel-v1 is live), so nothing was rolled back: look at the list again."]
+    assert live_name() == "flywheel-v1"
+    at.button(key="md_rollback").click().run()   # now it means v1
+    assert not at.error and live_name() is None
+
+
 def test_promoting_a_failed_adapter_is_refused_and_nothing_changes(vllm: str) -> None:
     failed = register("failed")
     at = open_page("models")
