@@ -13,6 +13,7 @@ from dashboard import frame, markup
 
 _OUTCOME = "tryit_outcome"
 _THREAD = "tryit_thread"
+_ASKER = "tryit_asker"
 
 
 def ask(question: str, user_id: str, channel_id: str, actor: str) -> run.Outcome:
@@ -53,6 +54,7 @@ if c_ask.button("Ask", type="primary", key="tryit_ask", disabled=viewer) and not
                                run.AgentFailed)
     if result is not None:
         st.session_state[_OUTCOME] = result
+        st.session_state[_ASKER] = user_id   # votes are the asker's, whatever the box says later
 if c_new.button("New conversation", key="tryit_new",
                 help="Follow-up questions share a thread (and its history) until you start a new one."):
     st.session_state.pop(_THREAD, None)
@@ -76,17 +78,19 @@ if outcome is not None:
         st.dataframe(pd.DataFrame({"step": list(outcome.timings), "seconds": list(outcome.timings.values())}),
                      hide_index=True)
 
-    st.markdown("**Rate it as the asker**")
+    asker = st.session_state.get(_ASKER) or identity.actor   # asked without a user id: the admin's own vote
+    st.markdown(f"**Rate it as the asker** ({markup.escape(asker)})")
     c_up, c_down = st.columns(2)
     if c_up.button("👍 Helpful", key="tryit_up", disabled=viewer) and not frame.refuse_viewer(identity):
-        if frame.attempt("Rating", lambda: rate(outcome.answer_id, user_id, "up", identity.actor)) is not None:
+        if frame.attempt("Rating", lambda: rate(outcome.answer_id, asker, "up", identity.actor)) is not None:
             frame.done("Thanks: 👍 recorded.")
-    with c_down.form("tryit_down_form"):
-        reason = st.selectbox("What was wrong?", feedback.DOWN_REASONS, key="tryit_reason")
-        comment = st.text_input("Comment", key="tryit_comment")
-        suggested = st.text_area("Suggested answer", key="tryit_suggested")
+    # Keyed by the answer: what was written about one answer never carries over to the next.
+    with c_down.form(f"tryit_down_form_{outcome.answer_id}"):
+        reason = st.selectbox("What was wrong?", feedback.DOWN_REASONS, key=f"tryit_reason_{outcome.answer_id}")
+        comment = st.text_input("Comment", key=f"tryit_comment_{outcome.answer_id}")
+        suggested = st.text_area("Suggested answer", key=f"tryit_suggested_{outcome.answer_id}")
         if st.form_submit_button("👎 Not helpful", disabled=viewer) and not frame.refuse_viewer(identity):
-            vote = frame.attempt("Rating", lambda: rate(outcome.answer_id, user_id, "down", identity.actor, reason,
+            vote = frame.attempt("Rating", lambda: rate(outcome.answer_id, asker, "down", identity.actor, reason,
                                                         comment, suggested))
             if vote is not None:
                 frame.done("Thanks: 👎 recorded with your reason.")

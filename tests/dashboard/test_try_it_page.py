@@ -42,13 +42,22 @@ def test_rating_records_a_vote_like_slack(handbook: Path) -> None:
     answer = only_answer()
     with db.connection() as conn:
         assert [(f.user_id, f.rating) for f in feedback.ratings_for(conn, answer.id)] == [("U_ANN", "up")]
-    at.selectbox(key="tryit_reason").select("incomplete")
-    at.text_area(key="tryit_suggested").input("Order it in the IT portal; it takes five days.")
+    at.selectbox(key=f"tryit_reason_{answer.id}").select("incomplete")
+    at.text_area(key=f"tryit_suggested_{answer.id}").input("Order it in the IT portal; it takes five days.")
+    at.text_input(key="tryit_user").input("U_SOMEONE_ELSE")   # the box changed after asking
     at.button[-1].click().run()  # the 👎 form's submit button
     with db.connection() as conn:
         [vote] = feedback.ratings_for(conn, answer.id)
-    assert (vote.rating, vote.reason, vote.suggested_answer) == (
-        "down", "incomplete", "Order it in the IT portal; it takes five days.")
+    assert (vote.user_id, vote.rating, vote.reason, vote.suggested_answer) == (
+        "U_ANN", "down", "incomplete", "Order it in the IT portal; it takes five days.")
+
+    at.text_input(key="tryit_user").input("U_ANN")
+    at.text_area(key="tryit_question").input("How do I set up the VPN?")
+    at.button(key="tryit_ask").click().run()
+    with db.connection() as conn:
+        second = conn.execute("SELECT max(id) AS id FROM answers").fetchone()["id"]  # type: ignore[index]
+    assert second != answer.id
+    assert at.text_area(key=f"tryit_suggested_{second}").value == ""   # the first answer's text stays with it
 
 
 def test_empty_question_is_refused_without_asking(handbook: Path) -> None:
