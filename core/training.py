@@ -164,17 +164,33 @@ def get_schedule(conn: psycopg.Connection) -> Schedule:
     return Schedule(**row)  # type: ignore[arg-type]
 
 
+class InvalidSchedule(ValueError):
+    """A cron expression or minimum that cannot be used; the message says which."""
+
+
+class ScheduleChanged(ValueError):
+    """The schedule was saved by someone else after the admin saving it was shown it."""
+
+
 def set_schedule(conn: psycopg.Connection, *, enabled: bool, cron: str, min_new_examples: int,
-                 params: dict[str, Any] | None = None) -> None:
+                 params: dict[str, Any] | None = None, seen: dt.datetime | None = None) -> None:
+    """Save the schedule. With `seen` (its `updated_at` as the admin was shown it), refused
+    (`ScheduleChanged`) if saved since: an old form must not switch a schedule back on."""
     from croniter import croniter  # procrastinate's dependency, also used by the worker
 
     if not croniter.is_valid(cron):
-        raise ValueError(f"'{cron}' is not a valid cron expression (e.g. '0 3 * * 1' for Mondays 03:00).")
+        raise InvalidSchedule(f"'{cron}' is not a valid cron expression (e.g. '0 3 * * 1' for Mondays 03:00).")
     if min_new_examples < 1:
-        raise ValueError("The minimum number of new curated examples must be at least 1.")
-    conn.execute("UPDATE training_schedule SET enabled = %(e)s, cron = %(c)s, min_new_examples = %(m)s,"
-                 " params = coalesce(%(p)s, params), updated_at = now() WHERE id = 1",
-                 {"e": enabled, "c": cron, "m": min_new_examples, "p": Jsonb(params) if params is not None else None})
+        raise InvalidSchedule("The minimum number of new curated examples must be at least 1.")
+    saved = conn.execute(
+        "UPDATE training_schedule SET enabled = %(e)s, cron = %(c)s, min_new_examples = %(m)s,"
+        " params = coalesce(%(p)s, params), updated_at = now()"
+        " WHERE id = 1 AND (%(seen)s::timestamptz IS NULL OR updated_at = %(seen)s)",
+        {"e": enabled, "c": cron, "m": min_new_examples, "p": Jsonb(params) if params is not None else None,
+         "seen": seen}).rowcount
+    if not saved:
+        raise ScheduleChanged("Someone saved the schedule after this page showed it, so nothing was saved: "
+                              "the form shows their schedule now.")
 
 
 def mark_schedule_fired(conn: psycopg.Connection, at: dt.datetime) -> None:

@@ -183,11 +183,24 @@ def channel_ids(channels: Iterable[str]) -> list[str]:
     return ids
 
 
-def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequence[str], groups: Sequence[str]) -> bool:
+class ChangedSince(ValueError):
+    """The document changed after the admin saving its visibility was shown it."""
+
+
+def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequence[str], groups: Sequence[str],
+                   *, seen: dt.datetime | None = None) -> bool:
+    """Who may see a document; False if it is gone. With `seen` (its `updated_at` as the admin was
+    shown it), refused (`ChangedSince`) if it changed since: saving old lists over a restriction
+    someone just added would make the document public again."""
     channels = channel_ids(channels)
     cur = conn.execute(
         "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
-        " WHERE id = %(id)s", {"c": list(channels), "g": list(groups), "id": document_id})
+        " WHERE id = %(id)s AND (%(seen)s::timestamptz IS NULL OR updated_at = %(seen)s)",
+        {"c": list(channels), "g": list(groups), "id": document_id, "seen": seen})
+    if cur.rowcount == 0 and seen is not None and conn.execute(
+            "SELECT 1 FROM documents WHERE id = %(id)s", {"id": document_id}).fetchone():
+        raise ChangedSince(f"Document {document_id} changed after this page showed it (re-ingested, or its "
+                           "visibility set by someone else), so nothing was saved: it shows the stored lists now.")
     return bool(cur.rowcount)
 
 

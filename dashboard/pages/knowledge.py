@@ -2,6 +2,7 @@
 document, re-embed it, or delete it."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 import pandas as pd
@@ -34,10 +35,15 @@ def upload(files: list[UploadedFile], channels: list[str], groups: list[str], ac
     return total
 
 
-def change(document_id: int, action: str, actor: str, channels: list[str], groups: list[str]) -> str:
+def change(document_id: int, action: str, actor: str, channels: list[str], groups: list[str],
+           seen: dt.datetime) -> str:
     with db.connection() as conn:
         if action == "visibility":
-            found = store.set_visibility(conn, document_id, channels, groups)
+            try:
+                found = store.set_visibility(conn, document_id, channels, groups, seen=seen)
+            except store.ChangedSince:
+                st.session_state.pop(DOC_SHOWN, None)   # the next run fills the fields from what is stored
+                raise
             what = "visibility saved"
         elif action == "reindex":
             chunks = ingest.reindex_document(conn, document_id)
@@ -51,6 +57,9 @@ def change(document_id: int, action: str, actor: str, channels: list[str], group
         audit.record(conn, actor, f"knowledge.{action}", f"document:{document_id}",
                      {"channels": channels, "groups": groups} if action == "visibility" else {})
     return what
+
+
+DOC_SHOWN = "kn_shown"   # (document id, updated_at) the visibility fields were filled from
 
 
 identity = frame.page("Knowledge")
@@ -92,11 +101,17 @@ by_id = {d.id: d for d in documents}
 if st.session_state.get("kn_doc") not in by_id:
     st.session_state.pop("kn_doc", None)  # deleted: open the first instead
 chosen = by_id[st.selectbox("Document", list(by_id), format_func=lambda i: f"#{i} · {by_id[i].title}", key="kn_doc")]
+# The version of the document the fields were filled from: saving them over a newer one (a
+# restriction someone just added) is refused.
+if st.session_state.get(DOC_SHOWN, (None, None))[0] != chosen.id:
+    st.session_state[DOC_SHOWN] = (chosen.id, chosen.updated_at)
+shown_at = st.session_state[DOC_SHOWN][1]
+stamp = f"{chosen.id}_{shown_at:%Y%m%d%H%M%S%f}"
 c_channels, c_groups = st.columns(2)
 channels = names(c_channels.text_input("Visible only in channels", value=", ".join(chosen.visible_channels),
-                                       key=f"kn_channels_{chosen.id}", disabled=viewer))
+                                       key=f"kn_channels_{stamp}", disabled=viewer))
 groups = names(c_groups.text_input("Visible only to user groups", value=", ".join(chosen.visible_groups),
-                                   key=f"kn_groups_{chosen.id}", disabled=viewer))
+                                   key=f"kn_groups_{stamp}", disabled=viewer))
 st.caption("Leave both empty to make the document visible to everyone.")
 c_save, c_reindex, c_delete = st.columns(3)
 clicked = {
@@ -112,7 +127,9 @@ for action, was_clicked in clicked.items():
     if action == "delete" and not confirmed:
         st.error("Tick “Yes, delete this document” first.")
         continue
-    outcome = frame.attempt(f"Document ({action})", lambda: change(chosen.id, action, identity.actor, channels, groups),
-                            LookupError, store.VisibilityError)
+    outcome = frame.attempt(f"Document ({action})",
+                            lambda: change(chosen.id, action, identity.actor, channels, groups, shown_at),
+                            LookupError, store.VisibilityError, store.ChangedSince)
     if outcome is not None:
+        st.session_state.pop(DOC_SHOWN, None)   # its own change is no news
         frame.done(f"{chosen.title}: {outcome}.")

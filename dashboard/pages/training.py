@@ -2,6 +2,8 @@
 (status, progress, loss curve, eval metrics, log), cancelling one if needed."""
 from __future__ import annotations
 
+import datetime as dt
+
 import pandas as pd
 import streamlit as st
 
@@ -12,6 +14,7 @@ RANKS = [4, 8, 16, 32, 64]
 DEFAULT_EPOCHS = 3  # the trainer's own default (trainer.train.TrainConfig)
 ACTIVE = ("queued", "running")
 REFRESH_S = 3  # how often an active run's detail is read again
+SCHEDULE_SHOWN = "sc_shown"   # the schedule's updated_at when the form was filled
 
 
 def start(version: int | None, base_model: str, epochs: int, rank: int, actor: str) -> training.TrainingRun:
@@ -20,10 +23,15 @@ def start(version: int | None, base_model: str, epochs: int, rank: int, actor: s
                                    params={"epochs": epochs, "rank": rank})
 
 
-def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, actor: str) -> training.Schedule:
+def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, actor: str,
+                  seen: dt.datetime) -> training.Schedule | training.ScheduleChanged:
+    """The saved schedule, or the refusal when someone saved theirs after `seen`."""
     with db.connection() as conn:
-        training.set_schedule(conn, enabled=enabled, cron=cron.strip(), min_new_examples=min_new,
-                              params={"epochs": epochs, "rank": rank})
+        try:
+            training.set_schedule(conn, enabled=enabled, cron=cron.strip(), min_new_examples=min_new,
+                                  params={"epochs": epochs, "rank": rank}, seen=seen)
+        except training.ScheduleChanged as refused:
+            return refused
         audit.record(conn, actor, "schedule.set", "training_schedule",
                      {"enabled": enabled, "cron": cron.strip(), "min_new_examples": min_new,
                       "epochs": epochs, "rank": rank})
@@ -66,26 +74,35 @@ if submitted and not frame.refuse_viewer(identity):
         frame.done(f"Retrain run {started.id} queued on dataset v{started.dataset_version}.")
 
 st.subheader("Schedule")
+# The version of the schedule this admin's form was filled from: saving over a newer one (another
+# admin, the CLI) is refused rather than switching it back, and the form then shows the newer one.
+shown = st.session_state.setdefault(SCHEDULE_SHOWN, schedule.updated_at)
+stamp = f"{shown:%Y%m%d%H%M%S%f}"   # in the fields' keys: a new version fills a new form
 with st.form("tr_schedule"):
-    enabled = st.toggle("Retrain periodically", value=schedule.enabled, key="sc_enabled")
+    enabled = st.toggle("Retrain periodically", value=schedule.enabled, key=f"sc_enabled_{stamp}")
     c_cron, c_min = st.columns(2)
-    cron = c_cron.text_input("When (cron, server time)", value=schedule.cron, key="sc_cron",
+    cron = c_cron.text_input("When (cron, server time)", value=schedule.cron, key=f"sc_cron_{stamp}",
                              help="'0 3 * * 1' is Mondays at 03:00.")
     min_new = c_min.number_input("Only with at least this many new accepted answers", min_value=1,
-                                 value=schedule.min_new_examples, key="sc_min")
+                                 value=schedule.min_new_examples, key=f"sc_min_{stamp}")
     c_epochs, c_rank = st.columns(2)
     sc_epochs = c_epochs.number_input("Epochs", min_value=1, max_value=20,
-                                      value=int(schedule.params.get("epochs", DEFAULT_EPOCHS)), key="sc_epochs")
+                                      value=int(schedule.params.get("epochs", DEFAULT_EPOCHS)), key=f"sc_epochs_{stamp}")
     default_rank = int(schedule.params.get("rank", 16))
     sc_rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(default_rank) if default_rank in RANKS else 2,
-                               key="sc_rank")
+                               key=f"sc_rank_{stamp}")
     saved = st.form_submit_button("Save schedule", disabled=viewer)
 st.caption(f"Last fired: {schedule.last_fired_at:%Y-%m-%d %H:%M}" if schedule.last_fired_at else "Never fired yet.")
 if saved and not frame.refuse_viewer(identity):
-    # ValueError: an invalid cron expression or minimum (the message says which).
+    # InvalidSchedule: an invalid cron expression or minimum (the message says which).
     saved_schedule = frame.attempt("Saving the schedule", lambda: save_schedule(
-        enabled, cron, int(min_new), int(sc_epochs), int(sc_rank), identity.actor), ValueError)
+        enabled, cron, int(min_new), int(sc_epochs), int(sc_rank), identity.actor, shown), training.InvalidSchedule)
+    if isinstance(saved_schedule, training.ScheduleChanged):
+        st.session_state.pop(SCHEDULE_SHOWN)   # the next run fills the form from the saved schedule
+        frame.flash_error(str(saved_schedule))
+        st.rerun()
     if saved_schedule is not None:
+        st.session_state[SCHEDULE_SHOWN] = saved_schedule.updated_at
         frame.done("Schedule saved: " + (f"retrains at '{saved_schedule.cron}' with at least "
                                          f"{saved_schedule.min_new_examples} new answers."
                                          if saved_schedule.enabled else "periodic retrains are off."))

@@ -15,6 +15,11 @@ def documents() -> list[store.DocumentRow]:
         return store.list_documents(conn)
 
 
+def _visibility_field(at, which: str, document_id: int):  # noqa: ANN001, ANN202
+    """The channels or groups field of a document (its key carries the version it was filled from)."""
+    return next(w for w in at.text_input if w.key.startswith(f"kn_{which}_{document_id}_"))
+
+
 def test_upload_ingests_the_file(dashboard_db: str) -> None:
     at = open_page("knowledge")
     at.file_uploader[0].upload("parking.md", GUIDE, "text/markdown").run()
@@ -68,7 +73,7 @@ def test_visibility_reindex_and_delete(handbook: Path) -> None:
         conn.execute("UPDATE chunks SET heading_embedding = NULL WHERE document_id = %(d)s", {"d": laptops.id})
     at = open_page("knowledge")
     at.selectbox(key="kn_doc").select(laptops.id).run()
-    at.text_input(key=f"kn_channels_{laptops.id}").input("C0IT, C0HELP")
+    _visibility_field(at, "channels", laptops.id).input("C0IT, C0HELP")
     at.button(key="kn_save").click().run()
     assert "Laptop requests: visibility saved." in texts(at)
     assert next(d for d in documents() if d.id == laptops.id).visible_channels == ["C0IT", "C0HELP"]
@@ -85,3 +90,18 @@ def test_visibility_reindex_and_delete(handbook: Path) -> None:
     at.button(key="kn_delete").click().run()
     assert [d.title for d in documents()] == ["Salary bands"]
     assert [e["action"] for e in audit_rows()] == ["knowledge.visibility", "knowledge.reindex", "knowledge.delete"]
+
+
+def test_visibility_saved_over_a_restriction_added_meanwhile_is_refused(handbook: Path) -> None:
+    laptops = next(d for d in documents() if d.title == "Laptop requests")
+    at = open_page("knowledge")
+    at.selectbox(key="kn_doc").select(laptops.id).run()   # shows it public
+    with db.connection() as conn:   # another admin restricts it
+        store.set_visibility(conn, laptops.id, ["C0IT"], [])
+    _visibility_field(at, "groups", laptops.id).input("it-staff")
+    at.button(key="kn_save").click().run()
+    [error] = [e.value for e in at.error]
+    assert error.startswith(f"Document {laptops.id} changed after this page showed it")
+    assert next(d for d in documents() if d.id == laptops.id).visible_channels == ["C0IT"]   # still restricted
+    at.run()
+    assert _visibility_field(at, "channels", laptops.id).value == "C0IT"   # filled from what is stored now

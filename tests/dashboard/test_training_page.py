@@ -121,20 +121,45 @@ def test_a_failed_run_can_be_resumed_and_a_second_active_run_is_refused(dashboar
     assert runs()[-1].status == "queued" and "retrain.resume" in [e["action"] for e in audit_rows()]
 
 
+def _field(widgets, name: str):  # noqa: ANN001, ANN202
+    """A schedule form field (its key carries the version of the schedule it was filled from)."""
+    return next(w for w in widgets if w.key.startswith(f"sc_{name}_"))
+
+
 def test_schedule_is_validated_and_saved(dashboard_db: str) -> None:
     at = open_page("training")
-    at.toggle(key="sc_enabled").set_value(True)
-    at.text_input(key="sc_cron").input("every monday")
+    _field(at.toggle, "enabled").set_value(True)
+    _field(at.text_input, "cron").input("every monday")
     at.button[1].click().run()  # the schedule form's "Save schedule"
     assert [e.value for e in at.error] == [
         "'every monday' is not a valid cron expression (e.g. '0 3 * * 1' for Mondays 03:00)."]
     with db.connection() as conn:
         assert training.get_schedule(conn).enabled is False
-    at.text_input(key="sc_cron").input("0 4 * * 2")
-    at.number_input(key="sc_min").set_value(20)
+    _field(at.text_input, "cron").input("0 4 * * 2")
+    _field(at.number_input, "min").set_value(20)
     at.button[1].click().run()
     assert "Schedule saved: retrains at '0 4 * * 2' with at least 20 new answers." in texts(at)
     with db.connection() as conn:
         schedule = training.get_schedule(conn)
     assert (schedule.enabled, schedule.cron, schedule.min_new_examples) == (True, "0 4 * * 2", 20)
     assert [e["action"] for e in audit_rows()] == ["schedule.set"]
+
+    _field(at.number_input, "epochs").set_value(2)   # saved again from the same form: its own save is no news
+    at.button[1].click().run()
+    assert not at.error and "Schedule saved" in texts(at)
+
+
+def test_a_schedule_form_older_than_someone_elses_save_does_not_switch_it_back(dashboard_db: str) -> None:
+    at = open_page("training")   # shows the schedule off
+    with db.connection() as conn:   # another admin, or the CLI, meanwhile
+        training.set_schedule(conn, enabled=False, cron="0 2 * * *", min_new_examples=5)
+    _field(at.toggle, "enabled").set_value(True)
+    at.button[1].click().run()
+    assert [e.value for e in at.error] == ["Someone saved the schedule after this page showed it, so nothing was "
+                                           "saved: the form shows their schedule now."]
+    assert _field(at.text_input, "cron").value == "0 2 * * *" and _field(at.toggle, "enabled").value is False
+    with db.connection() as conn:
+        assert (training.get_schedule(conn).enabled, training.get_schedule(conn).cron) == (False, "0 2 * * *")
+    _field(at.toggle, "enabled").set_value(True)   # decided again, on what is saved now
+    at.button[1].click().run()
+    assert not at.error and "Schedule saved: retrains at '0 2 * * *'" in texts(at)
