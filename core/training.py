@@ -72,8 +72,14 @@ def get_run(conn: psycopg.Connection, run_id: int) -> TrainingRun | None:
     return None if row is None else TrainingRun(**row)
 
 
+# A run in a list: its log and loss history left out (they grow with every step; `get_run` has them).
+_LISTED = ", ".join({"losses": "'[]'::jsonb AS losses", "log": "'' AS log"}.get(f.name, f.name)
+                    for f in fields(TrainingRun))
+
+
 def list_runs(conn: psycopg.Connection, limit: int = 50) -> list[TrainingRun]:
-    rows = conn.execute(f"SELECT {_COLUMNS} FROM training_runs ORDER BY id DESC LIMIT %(n)s", {"n": limit})
+    """The newest runs, without their `log` and `losses` (empty here)."""
+    rows = conn.execute(f"SELECT {_LISTED} FROM training_runs ORDER BY id DESC LIMIT %(n)s", {"n": limit})
     return [TrainingRun(**r) for r in rows]
 
 

@@ -78,6 +78,8 @@ def test_run_details_show_progress_losses_metrics_and_log(dashboard_db: str) -> 
     assert at.json[-1].value == '{"eval_loss": 2.4}'
     assert len(at.get("vega_lite_chart")) == 1  # the loss curve
     assert "tr_cancel" not in {b.key for b in at.button}  # a finished run cannot be cancelled
+    [listed] = runs()   # the list leaves out what grows with every step; the detail reads it
+    assert (listed.log, listed.losses, listed.error) == ("", [], "out of memory")
 
 
 def progress_text(at) -> str:  # noqa: ANN001
