@@ -13,6 +13,11 @@ from core import pii
 _SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>$~:=@/])")
 
 
+def count(n: int, noun: str) -> str:
+    """`n` and the noun, singular for one: "1 answer", "3 answers"."""
+    return f"{n:,} {noun if n == 1 else noun + 's'}"
+
+
 def escape(text: str) -> str:
     """`text` as Markdown that renders as exactly these characters, line breaks kept."""
     return _SPECIAL.sub(r"\\\1", text).replace("\n", "  \n")

@@ -101,7 +101,7 @@ with db.connection() as conn:
     rows = curation.list_answers(conn, answer_filter)
 by_id = {r.answer_id: r for r in rows}
 
-st.caption(f"{len(rows)} answers" + (" (the newest 200)" if len(rows) == answer_filter.limit else ""))
+st.caption(markup.count(len(rows), "answer") + (" (the newest 200)" if len(rows) == answer_filter.limit else ""))
 if not rows:
     st.info("No answers match these filters.")
 else:
@@ -121,14 +121,14 @@ else:
                                curation.CurationError)
         if judged is not None:
             st.session_state.pop(SEEN, None)
-            frame.done(f"Accepted {len(judged)} answers." + _skipped(len(selected) - len(judged)))
+            frame.done(f"Accepted {markup.count(len(judged), 'answer')}." + _skipped(len(selected) - len(judged)))
     if b_reject.button("Reject selected", disabled=viewer or not selected, key="bulk_reject") \
             and not frame.refuse_viewer(identity):
         judged = frame.attempt("Bulk reject", lambda: judge_many(selected, "reject", identity.actor),
                                curation.CurationError)
         if judged is not None:
             st.session_state.pop(SEEN, None)
-            frame.done(f"Rejected {len(judged)} answers." + _skipped(len(selected) - len(judged)))
+            frame.done(f"Rejected {markup.count(len(judged), 'answer')}." + _skipped(len(selected) - len(judged)))
 
     st.subheader("Answer")
     if st.session_state.get("cur_open") not in by_id:
@@ -215,7 +215,7 @@ note = d_note.text_input("Note for the new version", key="ds_note", disabled=vie
 if d_make.button("Make dataset version", key="ds_make", disabled=viewer) and not frame.refuse_viewer(identity):
     info = frame.attempt("Making a dataset", lambda: make_dataset(identity.actor, note), curation.CurationError)
     if info is not None:
-        frame.done(f"Dataset v{info.version} made with {info.items} answers.")
+        frame.done(f"Dataset v{info.version} made with {markup.count(info.items, 'answer')}.")
 if datasets:
     st.dataframe(pd.DataFrame([vars(d) for d in datasets]), hide_index=True)
     # Training data is sensitive even scrubbed: only admins get the button, and the file is made

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import audit, curation, db, retrain, training
-from dashboard import frame
+from dashboard import frame, markup
 
 RANKS = [4, 8, 16, 32, 64]
 DEFAULT_EPOCHS = 3  # the trainer's own default (trainer.train.TrainConfig)
@@ -55,7 +55,7 @@ st.subheader("Retrain now")
 with st.form("tr_start"):
     c_data, c_base = st.columns(2)
     version = c_data.selectbox("Dataset version", [d.version for d in datasets],
-                               format_func=lambda v: next(f"v{d.version} ({d.items} answers)" for d in datasets
+                               format_func=lambda v: next(f"v{d.version} ({markup.count(d.items, 'answer')})" for d in datasets
                                                           if d.version == v),
                                placeholder="No datasets yet: make one in Curation", key="tr_version")
     base_model = c_base.text_input("Base model", key="tr_base",
@@ -104,7 +104,7 @@ if saved and not frame.refuse_viewer(identity):
     if saved_schedule is not None:
         st.session_state[SCHEDULE_SHOWN] = saved_schedule.updated_at
         frame.done("Schedule saved: " + (f"retrains at '{saved_schedule.cron}' with at least "
-                                         f"{saved_schedule.min_new_examples} new answers."
+                                         f"{markup.count(saved_schedule.min_new_examples, 'new answer')}."
                                          if saved_schedule.enabled else "periodic retrains are off."))
 
 st.subheader("Runs")

@@ -159,7 +159,7 @@ def test_judged_since_the_page_last_showed_it_is_said_without_a_click_and_not_af
     at.multiselect(key="cur_bulk").set_value([answers["laptop"]]).run()
     at.selectbox(key="cur_open").select(answers["laptop"]).run()
     at.button(key="bulk_accept").click().run()
-    assert "Accepted 1 answers." in texts(at) and not [w for w in at.warning if "judged" in w.value]
+    assert "Accepted 1 answer." in texts(at) and not [w for w in at.warning if "judged" in w.value]
 
 
 def test_reject_keeps_the_answer_out(answers: dict[str, int]) -> None:
@@ -195,7 +195,7 @@ def test_bulk_actions_keep_an_edited_ideal_answer_and_a_rejection(answers: dict[
     at.button(key="cur_reject").click().run()
     at.multiselect(key="cur_bulk").set_value([answers["laptop"], answers["parking"], answers["vpn"]]).run()
     at.button(key="bulk_accept").click().run()
-    assert ("Accepted 1 answers. Skipped 2 already judged: bulk actions leave their decision and ideal answer "
+    assert ("Accepted 1 answer. Skipped 2 already judged: bulk actions leave their decision and ideal answer "
             "as they are; open one to change it.") in texts(at)
     assert {r["answer_id"]: (r["decision"], r["ideal_answer"], r["edited"]) for r in curation_rows()} == {
         answers["vpn"]: ("accepted", "Install WireGuard from the portal.", True),
@@ -217,7 +217,7 @@ def test_dataset_versions_are_made_counted_and_exported(answers: dict[str, int])
     at.button(key="cur_accept").click().run()
     at.text_input(key="ds_note").input("first cut")
     at.button(key="ds_make").click().run()
-    assert "Dataset v1 made with 1 answers." in texts(at)
+    assert "Dataset v1 made with 1 answer." in texts(at)
     versions = table(at, "version", "items")
     assert versions[["version", "items", "note"]].to_dict("records") == [{"version": 1, "items": 1, "note": "first cut"}]
     download = at.get("download_button")[0]
