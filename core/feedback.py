@@ -146,12 +146,19 @@ def review_for_answer(conn: psycopg.Connection, answer_id: int) -> Review | None
     return _one(Review, row)
 
 
-def pending_reviews(conn: psycopg.Connection) -> list[tuple[Review, Answer]]:
+def pending_reviews(conn: psycopg.Connection, limit: int | None = None) -> list[tuple[Review, Answer]]:
+    """Reviews waiting for a decision, oldest first (the first `limit`), each with its answer."""
     rows = conn.execute(
-        f"SELECT {_columns(Review, 'r.')} FROM reviews r WHERE r.status = 'pending' ORDER BY r.created_at"
-    ).fetchall()
+        f"SELECT {_columns(Review, 'r.')} FROM reviews r WHERE r.status = 'pending' ORDER BY r.created_at, r.id"
+        " LIMIT %(n)s", {"n": limit}).fetchall()
     reviews = [Review(**r) for r in rows]
-    return [(r, get_answer(conn, r.answer_id)) for r in reviews]  # type: ignore[misc]
+    answers = {a["id"]: Answer(**a) for a in conn.execute(
+        f"SELECT {_columns(Answer)} FROM answers WHERE id = ANY(%(ids)s)", {"ids": [r.answer_id for r in reviews]})}
+    return [(r, answers[r.answer_id]) for r in reviews]
+
+
+def pending_review_count(conn: psycopg.Connection) -> int:
+    return int(conn.execute("SELECT count(*) AS n FROM reviews WHERE status = 'pending'").fetchone()["n"])  # type: ignore[index]
 
 
 def claim_review(conn: psycopg.Connection, review_id: int, *, status: ReviewStatus, decided_by: str,

@@ -54,14 +54,20 @@ def on_click(review_id: int, action: str, identity: auth.Identity, draft: str) -
         ValueError, run.ReviewNotFound, AlreadyDecided)
 
 
+SHOWN_AT_ONCE = 25   # a backlog of hundreds would make every rerun of the page slow
+
+
 identity = frame.page("Reviews")
 viewer = not identity.can_act
 with db.connection() as conn:
-    pending = feedback.pending_reviews(conn)
+    pending = feedback.pending_reviews(conn, limit=SHOWN_AT_ONCE)
+    waiting = feedback.pending_review_count(conn)
 
 if not pending:
     st.info("No drafts are waiting for review.")
-st.caption(f"{len(pending)} waiting, oldest first.")
+else:
+    st.caption(f"{waiting:,} waiting, oldest first" + (f"; the oldest {SHOWN_AT_ONCE} are shown: each decision "
+                                                        "brings the next." if waiting > len(pending) else "."))
 
 for review, answer in pending:
     with st.container(border=True):
