@@ -103,8 +103,10 @@ def requeue(conn: psycopg.Connection, run_id: int) -> TrainingRun:
         raise ValueError(f"Retrain run {run_id} is {run.status}; only a failed run can be resumed.")
     try:
         with conn.transaction():
+            # Its old job (ended) goes with it: until the new one is set, orphan recovery must not
+            # take a queued run whose job ended for one that never started.
             conn.execute("UPDATE training_runs SET status = 'queued', error = NULL, finished_at = NULL,"
-                         " cancel_requested = false WHERE id = %(id)s", {"id": run_id})
+                         " cancel_requested = false, job_id = NULL WHERE id = %(id)s", {"id": run_id})
     except psycopg.errors.UniqueViolation as e:
         raise RunAlreadyActive("Another retrain is already queued or running; wait for it or cancel it first.") from e
     return get_run(conn, run_id)  # type: ignore[return-value]

@@ -237,3 +237,16 @@ def test_a_retrain_asked_for_before_any_worker_ever_started_is_queued(database_u
         assert conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is None  # type: ignore[index]
     run = retrain.request_retrain(requested_by="admin", dataset_version=version, base_model="tiny")
     assert run.status == "queued" and run.job_id is not None
+
+
+def test_a_failed_run_queued_again_is_not_taken_for_an_orphan_before_its_new_job_is_set(curated_dataset: int) -> None:
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model="tiny", dataset_version=curated_dataset, params={},
+                                  requested_by="admin")
+    job = queue.defer_retrain(run.id)
+    with db.connection() as conn:
+        training.set_job(conn, run.id, job)
+        conn.execute("UPDATE procrastinate_jobs SET status = 'succeeded' WHERE id = %(j)s", {"j": job})  # it ran
+        training.finish_run(conn, run.id, "failed", error="The training process was killed by SIGKILL")
+        training.requeue(conn, run.id)   # what resume_retrain does before it defers the new job
+        assert queue.orphaned_runs(conn) == []   # the worker's minute tick must leave it alone
