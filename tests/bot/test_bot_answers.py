@@ -205,9 +205,9 @@ def test_a_bot_whose_delivery_round_is_stuck_on_slack_is_still_alive_and_keeps_i
         with db.connection() as conn:
             store.open_question(conn, channel_id="CGENERAL", question_ts="1.1", thread_ts="1.1", user_id=ASKER,
                                 event_id=None, question="How do I get a new laptop?", owner=bot.deps.process_id)
-        time.sleep(1.5)   # the round is stuck all this time
+        time.sleep(3.0)   # the round is stuck all this time
         with db.connection() as conn:
-            assert store.release_orphans(conn, silent_for_s=1.0) == []   # another process finds it alive
+            assert store.release_orphans(conn, silent_for_s=2.0) == []   # another process finds it alive
     finally:
         slack_answers.set()
         heartbeat.stop()
