@@ -79,9 +79,9 @@ class Heartbeat:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout_s)
 
     def _beat(self) -> None:
         while True:

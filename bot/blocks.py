@@ -20,6 +20,7 @@ FALLBACK_CHARS = 3000
 RATE_UP = "rate_up"
 RATE_DOWN = "rate_down"
 FEEDBACK_MODAL = "feedback_down"
+FEEDBACK_TITLE = "Improve this answer"
 
 PLACEHOLDER = "Looking through the docs…"
 APOLOGY = ("Sorry, something went wrong while I was answering and I couldn't finish. "
@@ -186,7 +187,7 @@ def feedback_modal(answer_id: int, previous: feedback.Feedback | None = None) ->
         "type": "modal",
         "callback_id": FEEDBACK_MODAL,
         "private_metadata": str(answer_id),
-        "title": {"type": "plain_text", "text": "Improve this answer"},
+        "title": {"type": "plain_text", "text": FEEDBACK_TITLE},
         "submit": {"type": "plain_text", "text": "Send"},
         "close": {"type": "plain_text", "text": "Cancel"},
         "blocks": [
@@ -200,12 +201,10 @@ def feedback_modal(answer_id: int, previous: feedback.Feedback | None = None) ->
     }
 
 
-def closing_modal(text: str) -> dict[str, Any]:
-    """What the submitted 👎 modal becomes: `text` and a Close button (THANKS_DOWN, ANSWER_GONE)."""
-    return {"type": "modal", "callback_id": FEEDBACK_MODAL,
-            "title": {"type": "plain_text", "text": "Improve this answer"},
-            "close": {"type": "plain_text", "text": "Close"},
-            "blocks": [section(text)]}
+def closing_modal(title: str, content: Sequence[Block], **fields: Any) -> dict[str, Any]:
+    """A modal with nothing to submit: `content` and a Close button (a thank-you, a refusal)."""
+    return {"type": "modal", "title": {"type": "plain_text", "text": title},
+            "close": {"type": "plain_text", "text": "Close"}, "blocks": list(content), **fields}
 
 
 def _text_input(block_id: str, label: str, *, multiline: bool, initial: str | None) -> Block:

@@ -61,7 +61,10 @@ def drain(deps: Deps) -> int:
                     raise
                 logger.error("giving up on the %s for answer %s after %d failed rounds: %s",
                              items[0].kind, items[0].answer_id, MAX_ATTEMPTS, e)
-                _report_undelivered(deps, conn, items[0], f"posting it failed {MAX_ATTEMPTS} times ({_code(e)})")
+                where, answer = _on_record(conn, items[0].answer_id)
+                if where is not None and answer is not None:   # a thread never on record has no card either
+                    _report_undelivered(deps, conn, where, answer, items[0],
+                                        f"posting it failed {MAX_ATTEMPTS} times ({_code(e)})")
         taken += 1
 
 
@@ -69,8 +72,7 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
     """Post one delivery in the asker's thread, then redraw the review card. Slack refusing for
     good (`PERMANENT_ERRORS`) is final: logged, and the row is done. Raises `SlackApiError` for
     any other refusal, `NotOnRecord` while the asker's thread is not on record."""
-    where = store.for_answer(conn, item.answer_id)
-    answer = feedback.get_answer(conn, item.answer_id)
+    where, answer = _on_record(conn, item.answer_id)
     if where is None:
         raise NotOnRecord(f"answer {item.answer_id} has no Slack thread on record")
     if answer is None:  # not expected: deleting an answer deletes its delivery
@@ -82,26 +84,31 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
         first = posting.show(deps.client, deps.throttle, channel=where.channel_id, thread_ts=where.thread_ts,
                              ts=None, messages=messages)
     except SlackApiError as e:
-        error = e.response.get("error")
-        if error not in PERMANENT_ERRORS:
+        if e.response.get("error") not in PERMANENT_ERRORS:
             raise
         logger.exception("Slack refused the %s for answer %s for good; not retrying", item.kind, item.answer_id)
-        _report_undelivered(deps, conn, item, f"Slack refused to post it in their thread (`{error}`)")
+        _report_undelivered(deps, conn, where, answer, item, f"Slack refused to post it in their thread ({_code(e)})")
         return
     store.set_delivered(conn, item.answer_id, first or "")
     try:
-        reviews.refresh_card(deps.client, deps.throttle, conn, item.answer_id)
+        reviews.redraw_card(deps.client, deps.throttle, conn, where, answer)
     except Exception:  # the asker has the answer; a stale card must not re-post it
         logger.exception("could not redraw the review card of answer %s", item.answer_id)
+
+
+def _on_record(conn: psycopg.Connection, answer_id: int) -> tuple[store.SlackAnswer | None, feedback.Answer | None]:
+    """Where an answer lives in Slack, and the answer."""
+    return store.for_answer(conn, answer_id), feedback.get_answer(conn, answer_id)
 
 
 def _code(e: Exception) -> str:
     return f"`{e.response.get('error')}`" if isinstance(e, SlackApiError) else str(e)
 
 
-def _report_undelivered(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery, why: str) -> None:
+def _report_undelivered(deps: Deps, conn: psycopg.Connection, where: store.SlackAnswer, answer: feedback.Answer,
+                        item: feedback.Delivery, why: str) -> None:
     try:
-        reviews.report_undelivered(deps.client, deps.throttle, conn, item, why)
+        reviews.report_undelivered(deps.client, deps.throttle, conn, where, answer, item.kind, why)
     except Exception:  # the row is final either way; the log has it
         logger.exception("could not tell the reviewers that answer %s was not delivered", item.answer_id)
 

@@ -112,7 +112,7 @@ def _date(review: feedback.Review) -> str:
     return f"on <!date^{epoch}^{{date_short_pretty}} at {{time}}|{review.decided_at:%Y-%m-%d %H:%M UTC}>"
 
 
-def undelivered(answer: feedback.Answer, kind: str, why: str) -> Message:
+def undelivered(answer: feedback.Answer, kind: feedback.DeliveryKind, why: str) -> Message:
     """Said under a decided card when the asker never got the answer (`kind` "answer") or the
     note that it was rejected ("refusal"); `why` is plain text."""
     what = "the approved answer" if kind == "answer" else "the note that a person will follow up"
@@ -125,22 +125,21 @@ def decided_meanwhile(review: feedback.Review | None, typed: str) -> dict[str, A
     """What a submitted edit or reject modal becomes when the review was decided (or deleted)
     while the reviewer typed: who decided, and what the reviewer wrote, to copy, not lost."""
     said = _decision(review) if review is not None else [blocks.section("This review no longer exists.")]
-    return {"type": "modal", "title": {"type": "plain_text", "text": "Already decided"},
-            "close": {"type": "plain_text", "text": "Close"},
-            "blocks": [blocks.section(ALREADY_DECIDED), *said,
-                       blocks.section("*What you wrote* (not sent):"), *blocks.sections(typed)]}
+    return blocks.closing_modal("Already decided", [blocks.section(ALREADY_DECIDED), *said,
+                                                    blocks.section("*What you wrote* (not sent):"),
+                                                    *blocks.sections(typed)])
 
 
 def edit_modal(review_id: int, draft: str) -> dict[str, Any]:
     """Edit & approve: the draft, prefilled, becomes the answer the asker gets. A draft longer
     than Slack's text input holds is never offered cut short: the modal says to edit it in the
     dashboard and has nothing to submit."""
-    modal = {"type": "modal", "callback_id": EDIT_MODAL, "private_metadata": str(review_id),
-             "title": {"type": "plain_text", "text": "Edit & approve"}}
+    title, ids = "Edit & approve", {"callback_id": EDIT_MODAL, "private_metadata": str(review_id)}
     if len(draft) > blocks.SECTION_CHARS:
         text = TOO_LONG_TO_EDIT.format(chars=len(draft), limit=blocks.SECTION_CHARS)
-        return {**modal, "close": {"type": "plain_text", "text": "Close"}, "blocks": [blocks.section(text)]}
-    return {**modal, "submit": {"type": "plain_text", "text": "Approve"},
+        return blocks.closing_modal(title, [blocks.section(text)], **ids)
+    return {"type": "modal", "title": {"type": "plain_text", "text": title}, **ids,
+            "submit": {"type": "plain_text", "text": "Approve"},
             "close": {"type": "plain_text", "text": "Cancel"},
             "blocks": [{"type": "input", "block_id": "answer",
                         "label": {"type": "plain_text", "text": "Answer to send"},

@@ -77,23 +77,28 @@ def post_card(client: WebClient, settings: Settings, review_id: int) -> None:
 def refresh_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection, answer_id: int) -> None:
     """Redraw an answer's review card from the database (after a decision: who, when, no buttons)."""
     where = store.for_answer(conn, answer_id)
-    review = feedback.review_for_answer(conn, answer_id)
     answer = feedback.get_answer(conn, answer_id)
-    if where is None or where.review_ts is None or where.review_channel_id is None or review is None or answer is None:
+    if where is not None and answer is not None:
+        redraw_card(client, throttle, conn, where, answer)
+
+
+def redraw_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection, where: store.SlackAnswer,
+                answer: feedback.Answer) -> None:
+    """`refresh_card` for a caller that has read the answer and where it lives already."""
+    review = feedback.review_for_answer(conn, answer.id)
+    if where.review_ts is None or where.review_channel_id is None or review is None:
         return
     posting.replace(client, throttle, channel=where.review_channel_id, ts=where.review_ts,
                     message=review_view.review_card(review, answer))
 
 
 def report_undelivered(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection,
-                       item: feedback.Delivery, why: str) -> None:
+                       where: store.SlackAnswer, answer: feedback.Answer, kind: feedback.DeliveryKind, why: str) -> None:
     """A decided answer (or the note that it was rejected) never reached the asker: say so in
     the card's thread, so the reviewers can reach the asker another way, then redraw the card
     (the decision, no buttons)."""
-    where = store.for_answer(conn, item.answer_id)
-    answer = feedback.get_answer(conn, item.answer_id)
-    if where is None or where.review_ts is None or where.review_channel_id is None or answer is None:
+    if where.review_ts is None or where.review_channel_id is None:
         return
     posting.post(client, channel=where.review_channel_id, thread_ts=where.review_ts,
-                 message=review_view.undelivered(answer, item.kind, why))
-    refresh_card(client, throttle, conn, item.answer_id)
+                 message=review_view.undelivered(answer, kind, why))
+    redraw_card(client, throttle, conn, where, answer)

@@ -6,6 +6,8 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from socketserver import ThreadingMixIn
 from typing import Literal
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -93,9 +95,7 @@ def run(app: App, deps: Deps) -> None:
     not yet begun are kept and answered at the next start."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     settings = deps.settings
-    heartbeat = Heartbeat(deps.process_id).start()
-    loop = DeliveryLoop(deps).start()   # also takes up questions a stopped bot left waiting
-    try:
+    with alongside(deps):
         if mode(settings) == "socket":
             assert settings.slack_app_token is not None
             logger.info("Flywheel bot connecting to Slack in Socket Mode")
@@ -104,10 +104,21 @@ def run(app: App, deps: Deps) -> None:
             with http_server(app, port=settings.bot_port) as server:
                 logger.info("Flywheel bot listening for Slack events on :%s%s", settings.bot_port, EVENTS_PATH)
                 server.serve_forever()
+
+
+@contextmanager
+def alongside(deps: Deps) -> Iterator[DeliveryLoop]:
+    """What runs beside the Slack handler: the heartbeat, and the delivery loop (which also takes
+    up questions a stopped bot left waiting). On the way out the loop stops, the answers under
+    way finish, and only then the heartbeat: until they are finished, they are this process's."""
+    heartbeat = Heartbeat(deps.process_id).start()
+    loop = DeliveryLoop(deps).start()
+    try:
+        yield loop
     finally:
         loop.stop()
         deps.close()
-        heartbeat.stop()   # only now: until the answers under way are finished, they are this process's
+        heartbeat.stop()
 
 
 def idle() -> int:

@@ -11,6 +11,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 Surface = Literal["slack", "cli", "dashboard", "eval"]
+DeliveryKind = Literal["answer", "refusal"]   # the reviewed answer, or the note that a person will follow up
 AnswerStatus = Literal["running", "pending_review", "delivered", "declined", "rejected", "failed"]
 Route = Literal["answered", "review", "declined"]
 ReviewStatus = Literal["pending", "approved", "edited", "rejected"]
@@ -68,7 +69,7 @@ class Feedback:
 class Delivery:
     id: int
     answer_id: int
-    kind: Literal["answer", "refusal"]
+    kind: DeliveryKind
     text: str
 
 
@@ -204,7 +205,7 @@ def ratings_for(conn: psycopg.Connection, answer_id: int) -> list[Feedback]:
 DELIVERY_CHANNEL = "flywheel_deliveries"
 
 
-def queue_delivery(conn: psycopg.Connection, answer_id: int, kind: Literal["answer", "refusal"], text: str) -> bool:
+def queue_delivery(conn: psycopg.Connection, answer_id: int, kind: DeliveryKind, text: str) -> bool:
     """Queue one delivery per answer (idempotent) and wake listeners; True if newly queued."""
     cur = conn.execute(
         "INSERT INTO deliveries (answer_id, kind, text) VALUES (%(a)s, %(k)s, %(t)s)"

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import pytest
 
 from bot.deliveries import DeliveryLoop
 from bot.deps import Deps
@@ -144,20 +145,19 @@ def rows(query: str, **params: Any) -> list[dict[str, Any]]:
         return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
 
 
-def count_delivery_rounds(monkeypatch: Any) -> Callable[[Deps], None]:
-    """Count each delivery loop's rounds (a round drains the outbox once). The function returned
-    waits until the loop of `deps` has begun two more rounds, so at least one ran whole: what a
-    test checks then was not done again by a later round."""
-    from bot import deliveries
-
+def count_delivery_rounds(monkeypatch: pytest.MonkeyPatch) -> Callable[[Deps], None]:
+    """Count each delivery loop's rounds (a round drains the outbox once; a reviewer's click,
+    which drains too, is not one). The function returned waits until the loop of `deps` has
+    begun two more rounds, so at least one ran whole: what a test checks then was not done again
+    by a later round."""
     rounds: dict[int, int] = {}
-    drain = deliveries.drain
+    drain = DeliveryLoop._drain
 
-    def counted(deps: Deps) -> int:
-        rounds[id(deps)] = rounds.get(id(deps), 0) + 1
-        return drain(deps)
+    def counted(loop: DeliveryLoop) -> None:
+        rounds[id(loop.deps)] = rounds.get(id(loop.deps), 0) + 1
+        drain(loop)
 
-    monkeypatch.setattr(deliveries, "drain", counted)
+    monkeypatch.setattr(DeliveryLoop, "_drain", counted)
 
     def after_two_more_rounds(deps: Deps) -> None:
         seen = rounds.get(id(deps), 0)

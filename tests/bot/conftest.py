@@ -10,7 +10,6 @@ import pytest
 
 from bot import serve  # noqa: E402
 from bot.app import build_app  # noqa: E402
-from bot.deliveries import DeliveryLoop  # noqa: E402
 from bot.deps import Deps  # noqa: E402
 from core import db  # noqa: E402
 from core.agent.state import AgentContext  # noqa: E402
@@ -64,7 +63,7 @@ def bot_settings(database_url: str, slack: FakeSlack, monkeypatch: pytest.Monkey
 @pytest.fixture
 def bot(bot_settings: None, handbook: Path, slack: FakeSlack, model: ScriptedModel) -> Iterator[SlackBot]:
     """The bot as `python -m bot` runs it in HTTP mode: Bolt's WSGI adapter on a threaded
-    server, and the delivery loop alongside."""
+    server, with the heartbeat and the delivery loop alongside (`serve.alongside`)."""
     settings = get_settings()
 
     def context() -> AgentContext:
@@ -75,13 +74,13 @@ def bot(bot_settings: None, handbook: Path, slack: FakeSlack, model: ScriptedMod
     server = serve.http_server(app, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    under_test = SlackBot(url=f"http://127.0.0.1:{server.server_address[1]}{serve.EVENTS_PATH}", slack=slack,
-                          deps=deps, context=context, loop=DeliveryLoop(deps).start())
-    try:
-        yield under_test
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
-        under_test.loop.stop()   # the one running now (a test may have restarted it)
-        deps.close()
+    with serve.alongside(deps) as loop:
+        under_test = SlackBot(url=f"http://127.0.0.1:{server.server_address[1]}{serve.EVENTS_PATH}", slack=slack,
+                              deps=deps, context=context, loop=loop)
+        try:
+            yield under_test
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+            under_test.loop.stop()   # the one running now (a test may have restarted it)

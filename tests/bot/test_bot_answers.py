@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import slack_payloads
@@ -195,19 +194,27 @@ def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running
 
 def test_a_bot_whose_delivery_round_is_stuck_on_slack_is_still_alive_and_keeps_its_questions(
         bot: SlackBot, monkeypatch: pytest.MonkeyPatch) -> None:
-    slack_answers = threading.Event()
+    stuck, slack_answers = threading.Event(), threading.Event()
+
+    def stuck_on_slack(deps: Deps) -> None:   # a backlog, Slack slow
+        stuck.set()
+        slack_answers.wait(60)
+
     monkeypatch.setattr(answering, "HEARTBEAT_S", 0.2)
-    monkeypatch.setattr(deliveries, "drain", lambda deps: slack_answers.wait(60))   # a backlog, Slack slow
+    monkeypatch.setattr(deliveries, "drain", stuck_on_slack)
     bot.loop.stop()
     bot.loop = DeliveryLoop(bot.deps, poll_s=0.1).start()
-    heartbeat = answering.Heartbeat(bot.deps.process_id).start()   # as `bot.serve.serve` runs them
+    heartbeat = answering.Heartbeat(bot.deps.process_id).start()   # as `serve.alongside` runs them
     try:
         with db.connection() as conn:
             store.open_question(conn, channel_id="CGENERAL", question_ts="1.1", thread_ts="1.1", user_id=ASKER,
                                 event_id=None, question="How do I get a new laptop?", owner=bot.deps.process_id)
-        time.sleep(3.0)   # the round is stuck all this time
+        assert stuck.wait(30)
+        noted_since = "SELECT 1 FROM bot_processes WHERE id = %(p)s AND seen_at > %(t)s + interval '1 second'"
+        stuck_at = rows("SELECT now() AS t")[0]["t"]
+        wait_until(lambda: rows(noted_since, p=bot.deps.process_id, t=stuck_at), what="a sign of life while stuck")
         with db.connection() as conn:
-            assert store.release_orphans(conn, silent_for_s=2.0) == []   # another process finds it alive
+            assert store.release_orphans(conn, silent_for_s=1.0) == []   # another process finds it alive
     finally:
         slack_answers.set()
         heartbeat.stop()

@@ -6,8 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 
-def wait_until(check: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "condition",
-               poll_s: float = 0.05) -> Any:
+def wait_until(check: Callable[[], Any], *, timeout_s: float = 30.0, what: str = "condition") -> Any:
     """Poll `check` until it returns something truthy, and return that; fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -16,4 +15,4 @@ def wait_until(check: Callable[[], Any], *, timeout_s: float = 30.0, what: str =
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(poll_s)
+        time.sleep(0.05)

@@ -34,13 +34,14 @@ def handle_rate_down(ack: Ack, body: dict[str, Any], action: dict[str, Any], cli
     ack()
     try:
         answer_id, user = int(action["value"]), body["user"]["id"]
+        previous = None
         with db.connection() as conn:
             known = _known(conn, answer_id, logger)
-            previous = next((f for f in feedback.ratings_for(conn, answer_id) if f.user_id == user), None) \
-                if known else None
-            if known and (previous is None or previous.rating != "down"):
-                feedback.record_rating(conn, answer_id, user, "down")
-                previous = None
+            if known:
+                previous = next((f for f in feedback.ratings_for(conn, answer_id) if f.user_id == user), None)
+                if previous is None or previous.rating != "down":
+                    feedback.record_rating(conn, answer_id, user, "down")
+                    previous = None
         if not known:
             notices.tell_clicker(client, body, blocks.ANSWER_GONE)
             return

@@ -20,7 +20,7 @@ def handle_feedback_submission(ack: Ack, body: dict[str, Any], view: dict[str, A
         with db.connection() as conn:
             if feedback.get_answer(conn, answer_id) is None:
                 logger.warning("feedback on unknown answer %s ignored", answer_id)
-                ack(response_action="update", view=blocks.closing_modal(blocks.ANSWER_GONE))
+                ack(response_action="update", view=_closing(blocks.ANSWER_GONE))
                 return
             feedback.record_rating(conn, answer_id, body["user"]["id"], "down", reason=form.reason,
                                    comment=form.comment, suggested_answer=form.suggested_answer)
@@ -28,4 +28,8 @@ def handle_feedback_submission(ack: Ack, body: dict[str, Any], view: dict[str, A
         logger.exception("recording 👎 details failed")
         ack(response_action="errors", errors={"reason": notices.SORRY})
         return
-    ack(response_action="update", view=blocks.closing_modal(blocks.THANKS_DOWN))
+    ack(response_action="update", view=_closing(blocks.THANKS_DOWN))
+
+
+def _closing(text: str) -> dict[str, Any]:
+    return blocks.closing_modal(blocks.FEEDBACK_TITLE, [blocks.section(text)], callback_id=blocks.FEEDBACK_MODAL)
