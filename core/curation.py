@@ -13,7 +13,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core import pii
+from core import db, pii
 
 Decision = Literal["accepted", "rejected"]
 RatingFilter = Literal["any", "up", "down", "unrated"]
@@ -23,7 +23,7 @@ class CurationError(ValueError):
     """A curation action that cannot be taken; the message is fit to show an admin."""
 
 
-class JudgedMeanwhile(CurationError):
+class JudgedMeanwhile(CurationError, db.ChangedSince):
     """Someone judged the answer after the admin deciding had it in front of them (`Seen`)."""
 
 
@@ -248,12 +248,12 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     """Freeze every accepted item into a new dataset version, with the text of the sources each
     answer was drafted from. Refuses to make an empty one, or one the latest version already is
     (`DatasetUnchanged`, which names it)."""
-    if accepted_count(conn) == 0:
-        raise CurationError("No accepted answers yet: accept some in Curation before making a dataset.")
     conn.execute("LOCK TABLE datasets IN EXCLUSIVE MODE")  # two admins never get the same version
     items = conn.execute(
         "SELECT c.id, c.answer_id, c.question, c.ideal_answer, c.curated_at, a.sources FROM curation_items c"
         " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.id").fetchall()
+    if not items:
+        raise CurationError("No accepted answers yet: accept some in Curation before making a dataset.")
     texts = {i: pii.scrub(t) for i, t in source_texts(conn, [s for item in items for s in item["sources"]]).items()}
     rows = [{"c": item["id"], "a": item["answer_id"], "q": item["question"], "ans": item["ideal_answer"],
              "ctx": _context(item["sources"], texts), "at": item["curated_at"]} for item in items]

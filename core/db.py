@@ -20,6 +20,13 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Any fixed 64-bit number: every process that migrates takes this lock first.
 MIGRATION_LOCK_KEY = 7_146_392_001
 
+
+
+class ChangedSince(ValueError):
+    """A row changed after the person saving it was shown it, so nothing was saved: their edit
+    would have undone someone else's. The message says what changed; show them the row again."""
+
+
 _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
 _embedded: dict[Path, object] = {}

@@ -32,10 +32,16 @@ def configure(url: str | None = None) -> procrastinate.App:
 def ensure_schema(url: str | None = None) -> None:
     """Install procrastinate's tables once, under the migration lock (they do not depend on ours)."""
     url = url or db.database_url()
-    with db.connect(url) as conn:
+    with db.connection(url) as conn:   # pooled: a retrain request checks on its way to the queue
+        if _installed(conn):
+            return
         conn.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": db.MIGRATION_LOCK_KEY})
-        if conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is None:  # type: ignore[index]
+        if not _installed(conn):
             conn.execute(configure(url).schema_manager.get_schema())  # type: ignore[arg-type]
+
+
+def _installed(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is not None  # type: ignore[index]
 
 
 def run_worker(url: str | None = None, *, wait: bool = True, install_signal_handlers: bool = True,

@@ -70,8 +70,8 @@ def _same_model(a: str, b: str) -> bool:
 
 def _auth(settings: Settings | None) -> dict[str, str]:
     """The model server's bearer token (FLYWHEEL_LLM_API_KEY), as the generation clients send it."""
-    key = (settings or get_settings()).llm_api_key
-    return {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
+    token = (settings or get_settings()).llm_token
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def load_adapter(name: str, path: str, url: str, backend: str, settings: Settings | None = None) -> None:

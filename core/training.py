@@ -10,6 +10,8 @@ from typing import Any, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
+from core import db
+
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -176,14 +178,10 @@ class InvalidSchedule(ValueError):
     """A cron expression or minimum that cannot be used; the message says which."""
 
 
-class ScheduleChanged(ValueError):
-    """The schedule was saved by someone else after the admin saving it was shown it."""
-
-
 def set_schedule(conn: psycopg.Connection, *, enabled: bool, cron: str, min_new_examples: int,
                  params: dict[str, Any] | None = None, seen: dt.datetime | None = None) -> None:
     """Save the schedule. With `seen` (its `updated_at` as the admin was shown it), refused
-    (`ScheduleChanged`) if saved since: an old form must not switch a schedule back on."""
+    (`db.ChangedSince`) if saved since: an old form must not switch a schedule back on."""
     from croniter import croniter  # procrastinate's dependency, also used by the worker
 
     if not croniter.is_valid(cron):
@@ -197,7 +195,7 @@ def set_schedule(conn: psycopg.Connection, *, enabled: bool, cron: str, min_new_
         {"e": enabled, "c": cron, "m": min_new_examples, "p": Jsonb(params) if params is not None else None,
          "seen": seen}).rowcount
     if not saved:
-        raise ScheduleChanged("Someone saved the schedule after this page showed it, so nothing was saved: "
+        raise db.ChangedSince("Someone saved the schedule after this page showed it, so nothing was saved: "
                               "the form shows their schedule now.")
 
 

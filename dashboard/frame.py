@@ -1,5 +1,6 @@
-"""What every page shares: sign-in, the title and banners, one-shot messages, and running an admin
-action so that expected failures read as a clear message and unexpected ones are logged."""
+"""What every page shares: sign-in, the title and banners, one-shot messages, running an admin
+action so that expected failures read as a clear message and unexpected ones are logged, and
+remembering what a page showed, so that an edit made on an old view of a row is caught."""
 from __future__ import annotations
 
 import logging
@@ -8,6 +9,7 @@ from typing import TypeVar
 
 import streamlit as st
 
+from core import db
 from dashboard import auth
 
 logger = logging.getLogger(__name__)
@@ -46,18 +48,56 @@ def done(message: str) -> None:
     st.rerun()
 
 
-def attempt(what: str, action: Callable[[], T], *expected: type[Exception]) -> T | None:
+def attempt(what: str, action: Callable[[], T], *expected: type[Exception], refill: str | None = None) -> T | None:
     """Run an admin action. An expected error (by type) is the user's to fix: its message is
     shown as it is. Anything else is logged with its traceback and reported briefly. Returns the
-    action's result, or None when it failed (and then nothing was committed)."""
+    action's result, or None when it failed (and then nothing was committed).
+
+    `refill`: the `filled_from` key of the form the action saves. Once saved, or refused because
+    the row changed since (`db.ChangedSince`, said at the top), the form is filled again from
+    what is stored now."""
+    refused = None
     try:
-        return action()
-    except expected as e:
-        st.error(str(e))
+        result = action()
     except Exception as e:
-        logger.exception("dashboard action failed: %s", what)
-        st.error(f"{what} failed unexpectedly ({type(e).__name__}); the details are in the dashboard's log.")
-    return None
+        if refill is not None and isinstance(e, db.ChangedSince):
+            refused = str(e)
+        elif isinstance(e, expected):
+            st.error(str(e))
+            return None
+        else:
+            logger.exception("dashboard action failed: %s", what)
+            st.error(f"{what} failed unexpectedly ({type(e).__name__}); the details are in the dashboard's log.")
+            return None
+    if refill is not None:
+        st.session_state.pop(refill, None)
+    if refused is not None:
+        flash_error(refused)
+        st.rerun()
+    return result
+
+
+def filled_from(key: str, item: object, version: T) -> T:
+    """The version of `item` a form was filled from (its `updated_at`, say), kept across runs
+    until `attempt(refill=key)` saves it or another item is opened: saving that form over a newer
+    version can then be refused. Put it in the fields' keys, so a new version fills a new form."""
+    kept = st.session_state.get(key)
+    if kept is None or kept[0] != item:
+        st.session_state[key] = kept = (item, version)
+    return kept[1]  # type: ignore[no-any-return]
+
+
+def last_shown(key: str, item: object, now: T) -> T:
+    """What the previous run of the page showed of `item` (`now` the first time), and remember
+    `now` for the next: a click means what the admin saw, even if another admin, or their own
+    first click, has changed it since. `forget(key)` after their own change: it is no news."""
+    before = st.session_state.get(key)
+    st.session_state[key] = (item, now)
+    return before[1] if before is not None and before[0] == item else now  # type: ignore[no-any-return]
+
+
+def forget(key: str) -> None:
+    st.session_state.pop(key, None)
 
 
 def flash_error(message: str) -> None:

@@ -1,10 +1,9 @@
 """The adapter registry: one live version, refused promotions, rollback, live cache refresh."""
 from __future__ import annotations
 
-import time
-
 import psycopg
 import pytest
+from support.polling import wait_until
 
 from core import audit, db, models
 
@@ -83,18 +82,20 @@ def test_live_cache_follows_a_promotion_in_another_connection(database_url: str,
         if connection_lost:  # e.g. a Postgres restart or failover: the listener must listen again
             listening = ("SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %%'"
                          " AND datname = current_database() AND pid <> pg_backend_pid()")
+
+
+            def listener() -> list[dict]:   # a transaction sees one snapshot of pg_stat_activity: one each
+                with db.connection() as conn:
+                    return conn.execute(listening).fetchall()
+
+            wait_until(listener, timeout_s=10, what="the cache's LISTEN")   # shortly after its thread starts
             with db.connection() as conn:
-                deadline = time.monotonic() + 10  # the listener thread LISTENs shortly after it starts
-                while not conn.execute(listening).fetchall() and time.monotonic() < deadline:
-                    time.sleep(0.05)
                 dropped = conn.execute(f"SELECT pg_terminate_backend(pid) FROM ({listening}) l").fetchall()  # noqa: S608
             assert dropped
         with db.connection() as conn:
             adapter = _ready(conn)
             models.mark_live(conn, adapter.version, actor="admin")
-        deadline = time.monotonic() + 10
-        while cache.get() != adapter.name and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: cache.get() == adapter.name, timeout_s=10, what="the cache to follow the promotion")
         assert cache.get() == adapter.name
     finally:
         cache.close()

@@ -12,6 +12,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 from psycopg.types.json import Jsonb
 
+from core import db
 from core.knowledge.chunk import Chunk
 
 
@@ -183,14 +184,10 @@ def channel_ids(channels: Iterable[str]) -> list[str]:
     return ids
 
 
-class ChangedSince(ValueError):
-    """The document changed after the admin saving its visibility was shown it."""
-
-
 def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequence[str], groups: Sequence[str],
                    *, seen: dt.datetime | None = None) -> bool:
     """Who may see a document; False if it is gone. With `seen` (its `updated_at` as the admin was
-    shown it), refused (`ChangedSince`) if it changed since: saving old lists over a restriction
+    shown it), refused (`db.ChangedSince`) if it changed since: saving old lists over a restriction
     someone just added would make the document public again."""
     channels = channel_ids(channels)
     cur = conn.execute(
@@ -199,7 +196,7 @@ def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequenc
         {"c": list(channels), "g": list(groups), "id": document_id, "seen": seen})
     if cur.rowcount == 0 and seen is not None and conn.execute(
             "SELECT 1 FROM documents WHERE id = %(id)s", {"id": document_id}).fetchone():
-        raise ChangedSince(f"Document {document_id} changed after this page showed it (re-ingested, or its "
+        raise db.ChangedSince(f"Document {document_id} changed after this page showed it (re-ingested, or its "
                            "visibility set by someone else), so nothing was saved: it shows the stored lists now.")
     return bool(cur.rowcount)
 

@@ -13,7 +13,7 @@ def make_generator(settings: Settings, *, known_adapters: Callable[[], Collectio
 
     `local` is our own server, which refuses unknown adapters itself; `tgi` silently falls
     back to the base model on one, so it gets `known_adapters` (the adapter registry)."""
-    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    api_key = settings.llm_token
     if settings.llm_backend == "extractive":
         return None
     if settings.llm_backend == "local":

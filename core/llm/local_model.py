@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import torch
 
-from core.config import DEFAULT_LLM_NAME
+from core.config import default_llm_dir
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def smollm2_gguf() -> Path:
 
 def ensure_default_model(data_dir: Path) -> Path:
     """Convert the shipped GGUF to a safetensors folder once; return the folder."""
-    target = data_dir / "models" / DEFAULT_LLM_NAME
+    target = default_llm_dir(data_dir)
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -14,7 +14,7 @@ RATINGS = {"any": "Any", "up": "👍", "down": "👎", "unrated": "Not rated"}
 ROUTES = {"any": "Any", "answered": "Answered", "review": "Reviewed", "declined": "Declined"}
 ALL = "any"
 ACCEPT, ACCEPT_EDITED, REJECT = "Accept as delivered", "Accept edited answer", "Reject"
-SEEN = "cur_seen"   # (answer id, curation.Seen): the judgement the page last showed of the open answer
+SEEN = "cur_seen"   # `frame.last_shown`: the judgement the page last showed of the open answer
 
 
 def label(row: curation.CurationRow) -> str:
@@ -120,14 +120,14 @@ else:
         judged = frame.attempt("Bulk accept", lambda: judge_many(selected, "accept", identity.actor),
                                curation.CurationError)
         if judged is not None:
-            st.session_state.pop(SEEN, None)
+            frame.forget(SEEN)
             frame.done(f"Accepted {markup.count(len(judged), 'answer')}." + _skipped(len(selected) - len(judged)))
     if b_reject.button("Reject selected", disabled=viewer or not selected, key="bulk_reject") \
             and not frame.refuse_viewer(identity):
         judged = frame.attempt("Bulk reject", lambda: judge_many(selected, "reject", identity.actor),
                                curation.CurationError)
         if judged is not None:
-            st.session_state.pop(SEEN, None)
+            frame.forget(SEEN)
             frame.done(f"Rejected {markup.count(len(judged), 'answer')}." + _skipped(len(selected) - len(judged)))
 
     st.subheader("Answer")
@@ -168,11 +168,8 @@ else:
 
     # The judgement this admin saw when the page last showed this answer: what they decide now
     # must not overwrite one someone else made since.
-    shown_before, seen = st.session_state.get(SEEN, (None, None))
-    if shown_before != opened:
-        seen = curation.Seen(row.curated_at)
+    seen = frame.last_shown(SEEN, opened, curation.Seen(row.curated_at))
     judged_meanwhile = seen.curated_at != row.curated_at
-    st.session_state[SEEN] = (opened, curation.Seen(row.curated_at))
     shown = row.ideal_answer or row.final_answer or ""
     ideal = st.text_area("Ideal answer (edit, then accept)", value=shown, key=f"cur_ideal_{opened}", height=160,
                          disabled=viewer)
@@ -201,7 +198,7 @@ else:
         decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, ideal, seen),
                                  curation.CurationError)
         if decision is not None:
-            st.session_state.pop(SEEN)   # their own judgement is no news to them
+            frame.forget(SEEN)   # their own judgement is no news to them
             frame.done(f"Answer #{opened}: {decision}.")
 
 st.header("Datasets")

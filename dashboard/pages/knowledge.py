@@ -39,11 +39,7 @@ def change(document_id: int, action: str, actor: str, channels: list[str], group
            seen: dt.datetime) -> str:
     with db.connection() as conn:
         if action == "visibility":
-            try:
-                found = store.set_visibility(conn, document_id, channels, groups, seen=seen)
-            except store.ChangedSince:
-                st.session_state.pop(DOC_SHOWN, None)   # the next run fills the fields from what is stored
-                raise
+            found = store.set_visibility(conn, document_id, channels, groups, seen=seen)
             what = "visibility saved"
         elif action == "reindex":
             chunks = ingest.reindex_document(conn, document_id)
@@ -59,7 +55,7 @@ def change(document_id: int, action: str, actor: str, channels: list[str], group
     return what
 
 
-DOC_SHOWN = "kn_shown"   # (document id, updated_at) the visibility fields were filled from
+DOC_SHOWN = "kn_shown"   # `frame.filled_from`: the document's updated_at the visibility fields were filled from
 
 
 identity = frame.page("Knowledge")
@@ -103,9 +99,7 @@ if st.session_state.get("kn_doc") not in by_id:
 chosen = by_id[st.selectbox("Document", list(by_id), format_func=lambda i: f"#{i} · {by_id[i].title}", key="kn_doc")]
 # The version of the document the fields were filled from: saving them over a newer one (a
 # restriction someone just added) is refused.
-if st.session_state.get(DOC_SHOWN, (None, None))[0] != chosen.id:
-    st.session_state[DOC_SHOWN] = (chosen.id, chosen.updated_at)
-shown_at = st.session_state[DOC_SHOWN][1]
+shown_at = frame.filled_from(DOC_SHOWN, chosen.id, chosen.updated_at)
 stamp = f"{chosen.id}_{shown_at:%Y%m%d%H%M%S%f}"
 c_channels, c_groups = st.columns(2)
 channels = names(c_channels.text_input("Visible only in channels", value=", ".join(chosen.visible_channels),
@@ -129,7 +123,6 @@ for action, was_clicked in clicked.items():
         continue
     outcome = frame.attempt(f"Document ({action})",
                             lambda: change(chosen.id, action, identity.actor, channels, groups, shown_at),
-                            LookupError, store.VisibilityError, store.ChangedSince)
+                            LookupError, store.VisibilityError, refill=DOC_SHOWN)
     if outcome is not None:
-        st.session_state.pop(DOC_SHOWN, None)   # its own change is no news
         frame.done(f"{chosen.title}: {outcome}.")

@@ -37,7 +37,7 @@ with db.connection() as conn:
     live = models.live(conn)
 # The live version as the page showed it before this run: what a click on "Roll back" meant,
 # even if a first click (or another admin) has switched since.
-shown_live = st.session_state.get(LIVE_SHOWN, live.version if live else None)
+shown_live = frame.last_shown(LIVE_SHOWN, "live", live.version if live else None)
 
 c_backend, c_health, c_live = st.columns(3)
 c_backend.metric("Serving backend", settings.llm_backend)
@@ -88,4 +88,3 @@ for version, clicked in ((chosen.version, promote), (None, rollback)):
                                     models.PromotionRefused, serving.ServingError)
     if answered_by is not None:
         frame.done(answered_by)
-st.session_state[LIVE_SHOWN] = live.version if live else None

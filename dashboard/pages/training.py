@@ -14,7 +14,7 @@ RANKS = [4, 8, 16, 32, 64]
 DEFAULT_EPOCHS = 3  # the trainer's own default (trainer.train.TrainConfig)
 ACTIVE = ("queued", "running")
 REFRESH_S = 3  # how often an active run's detail is read again
-SCHEDULE_SHOWN = "sc_shown"   # the schedule's updated_at when the form was filled
+SCHEDULE_SHOWN = "sc_shown"   # `frame.filled_from`: the schedule's updated_at the form was filled from
 
 
 def start(version: int | None, base_model: str, epochs: int, rank: int, actor: str) -> training.TrainingRun:
@@ -24,14 +24,11 @@ def start(version: int | None, base_model: str, epochs: int, rank: int, actor: s
 
 
 def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, actor: str,
-                  seen: dt.datetime) -> training.Schedule | training.ScheduleChanged:
-    """The saved schedule, or the refusal when someone saved theirs after `seen`."""
+                  seen: dt.datetime) -> training.Schedule:
+    """Refused (`db.ChangedSince`) when someone saved theirs after `seen`."""
     with db.connection() as conn:
-        try:
-            training.set_schedule(conn, enabled=enabled, cron=cron.strip(), min_new_examples=min_new,
-                                  params={"epochs": epochs, "rank": rank}, seen=seen)
-        except training.ScheduleChanged as refused:
-            return refused
+        training.set_schedule(conn, enabled=enabled, cron=cron.strip(), min_new_examples=min_new,
+                              params={"epochs": epochs, "rank": rank}, seen=seen)
         audit.record(conn, actor, "schedule.set", "training_schedule",
                      {"enabled": enabled, "cron": cron.strip(), "min_new_examples": min_new,
                       "epochs": epochs, "rank": rank})
@@ -76,7 +73,7 @@ if submitted and not frame.refuse_viewer(identity):
 st.subheader("Schedule")
 # The version of the schedule this admin's form was filled from: saving over a newer one (another
 # admin, the CLI) is refused rather than switching it back, and the form then shows the newer one.
-shown = st.session_state.setdefault(SCHEDULE_SHOWN, schedule.updated_at)
+shown = frame.filled_from(SCHEDULE_SHOWN, "schedule", schedule.updated_at)
 stamp = f"{shown:%Y%m%d%H%M%S%f}"   # in the fields' keys: a new version fills a new form
 with st.form("tr_schedule"):
     enabled = st.toggle("Retrain periodically", value=schedule.enabled, key=f"sc_enabled_{stamp}")
@@ -96,13 +93,9 @@ st.caption(f"Last fired: {schedule.last_fired_at:%Y-%m-%d %H:%M}" if schedule.la
 if saved and not frame.refuse_viewer(identity):
     # InvalidSchedule: an invalid cron expression or minimum (the message says which).
     saved_schedule = frame.attempt("Saving the schedule", lambda: save_schedule(
-        enabled, cron, int(min_new), int(sc_epochs), int(sc_rank), identity.actor, shown), training.InvalidSchedule)
-    if isinstance(saved_schedule, training.ScheduleChanged):
-        st.session_state.pop(SCHEDULE_SHOWN)   # the next run fills the form from the saved schedule
-        frame.flash_error(str(saved_schedule))
-        st.rerun()
+        enabled, cron, int(min_new), int(sc_epochs), int(sc_rank), identity.actor, shown), training.InvalidSchedule,
+        refill=SCHEDULE_SHOWN)
     if saved_schedule is not None:
-        st.session_state[SCHEDULE_SHOWN] = saved_schedule.updated_at
         frame.done("Schedule saved: " + (f"retrains at '{saved_schedule.cron}' with at least "
                                          f"{markup.count(saved_schedule.min_new_examples, 'new answer')}."
                                          if saved_schedule.enabled else "periodic retrains are off."))
