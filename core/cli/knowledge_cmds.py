@@ -88,29 +88,29 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         missing, deleted = [], 0
         with db.connection() as conn:
             for doc in documents:
-                found, source = _delete(conn, doc)
-                if found:
-                    audit.record(conn, by, "knowledge.delete", f"document:{source}" if source.isdigit() else source,
-                                 {"documents": found})
-                    deleted += found
-                else:
+                sources = _delete(conn, doc)
+                if not sources:
                     missing.append(doc)
+                    continue
+                for target in [f"document:{doc}"] if doc.isdigit() else sources:   # each, as a re-ingest does
+                    audit.record(conn, by, "knowledge.delete", target)
+                deleted += len(sources)
         for doc in missing:
             typer.echo(f"No document {doc!r}.", err=True)
         typer.echo(f"deleted {deleted}")
         if missing:
             raise typer.Exit(1)
 
-    def _delete(conn: psycopg.Connection, doc: str) -> tuple[int, str]:
+    def _delete(conn: psycopg.Connection, doc: str) -> list[str]:
         """By id; by source as typed or as its absolute path (a file is stored under it, even once
-        it is gone from disk); else everything ingested from under that folder."""
+        it is gone from disk); else everything ingested from under that folder. The sources deleted."""
         if doc.isdigit():
-            return store.delete_document(conn, doc), doc
+            return store.delete_document(conn, doc)
         path = ingest.source_of(Path(doc))
         for source in dict.fromkeys([doc, path]):
             if found := store.delete_document(conn, source):
-                return found, source
-        return store.delete_under(conn, path), path
+                return found
+        return store.delete_under(conn, path)
 
     @docs_app.command("visibility")
     def docs_visibility(document_id: int, channel: list[str] = typer.Option([], "--channel"),

@@ -80,12 +80,12 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
                 or not str(record.get("text") or "").strip():
             yield ParseError(f"{name}:{number}: a record needs a non-empty '_id' and 'text'")
             continue
-        metadata = _clean_json(record.get("metadata")) if isinstance(record.get("metadata"), dict) else {}
+        metadata = _storable_json(record.get("metadata")) if isinstance(record.get("metadata"), dict) else {}
         url = record.get("url") or metadata.get("url")
         if url is not None and not isinstance(url, str):
             yield ParseError(f"{name}:{number}: 'url' must be a string, not {type(url).__name__}")
             continue
-        record_id = str(record["_id"])
+        record_id = storable(str(record["_id"]))
         if record_id in first_line:
             yield ParseError(f"{name}:{number}: '_id' {record_id!r} is already used on line {first_line[record_id]}")
             continue
@@ -93,7 +93,7 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
         title = clean_text(str(record.get("title") or record["_id"])).strip()
         yield ParsedDocument(source=f"{source}#{record_id}", title=title,
                              sections=[Section("", clean_text(str(record["text"])).strip())],
-                             url=url, metadata={**metadata, "record_id": record_id})
+                             url=storable(url) if url else None, metadata={**metadata, "record_id": record_id})
 
 
 def clean_text(text: str) -> str:
@@ -108,14 +108,14 @@ def storable(text: str) -> str:
     return _LONE_SURROGATE.sub("\ufffd", text.replace("\x00", ""))
 
 
-def _clean_json(value: Any) -> Any:
-    """A JSON value with every string in it cleaned (jsonb cannot hold NUL either)."""
+def _storable_json(value: Any) -> Any:
+    """A JSON value with every string in it `storable` (jsonb cannot hold NUL either), as written."""
     if isinstance(value, str):
-        return clean_text(value)
+        return storable(value)
     if isinstance(value, dict):
-        return {clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+        return {storable(str(k)): _storable_json(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean_json(v) for v in value]
+        return [_storable_json(v) for v in value]
     return value
 
 

@@ -138,24 +138,25 @@ def list_documents(conn: psycopg.Connection) -> list[DocumentRow]:
     return [DocumentRow(**r) for r in rows]
 
 
-def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> int:
+def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> list[str]:
     """Delete a document by id or source; the source of a JSONL file deletes all its records.
-    Returns how many were deleted."""
+    Returns the sources deleted."""
     if isinstance(id_or_source, int) or str(id_or_source).isdigit():
-        cur = conn.execute("DELETE FROM documents WHERE id = %(id)s", {"id": int(id_or_source)})
+        rows = conn.execute("DELETE FROM documents WHERE id = %(id)s RETURNING source", {"id": int(id_or_source)})
     else:
-        cur = conn.execute("DELETE FROM documents WHERE source = %(s)s OR starts_with(source, %(s)s || '#')",
-                           {"s": id_or_source})
-    return cur.rowcount
+        rows = conn.execute("DELETE FROM documents WHERE source = %(s)s OR starts_with(source, %(s)s || '#')"
+                            " RETURNING source", {"s": id_or_source})
+    return sorted(r["source"] for r in rows)
 
 
-def delete_under(conn: psycopg.Connection, folder: str) -> int:
+def delete_under(conn: psycopg.Connection, folder: str) -> list[str]:
     """Delete every document ingested from under a folder (its absolute path, not the root).
-    Returns how many were deleted."""
+    Returns the sources deleted."""
     folder = folder.rstrip("/")
     if not folder.startswith("/"):
         raise ValueError(f"{folder!r} is not an absolute folder path")
-    return conn.execute("DELETE FROM documents WHERE starts_with(source, %(f)s || '/')", {"f": folder}).rowcount
+    rows = conn.execute("DELETE FROM documents WHERE starts_with(source, %(f)s || '/') RETURNING source", {"f": folder})
+    return sorted(r["source"] for r in rows)
 
 
 def delete_records_not_in(conn: psycopg.Connection, file_source: str, kept: Collection[str]) -> list[str]:

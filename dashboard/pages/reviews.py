@@ -61,7 +61,7 @@ identity = frame.page("Reviews")
 viewer = not identity.can_act
 with db.connection() as conn:
     pending = feedback.pending_reviews(conn, limit=SHOWN_AT_ONCE)
-    waiting = feedback.pending_review_count(conn)
+    waiting = feedback.pending_review_count(conn) if len(pending) == SHOWN_AT_ONCE else len(pending)
 
 if not pending:
     st.info("No drafts are waiting for review.")

@@ -11,9 +11,8 @@ from core import audit, db, feedback
 from core.agent import run
 from dashboard import frame, markup
 
-_OUTCOME = "tryit_outcome"
+_OUTCOME = "tryit_outcome"   # (run.Outcome, the user id it was asked as)
 _THREAD = "tryit_thread"
-_ASKER = "tryit_asker"
 
 
 def ask(question: str, user_id: str, channel_id: str, actor: str) -> run.Outcome:
@@ -53,14 +52,13 @@ if c_ask.button("Ask", type="primary", key="tryit_ask", disabled=viewer) and not
         result = frame.attempt("Asking the agent", lambda: ask(question, user_id, channel_id, identity.actor),
                                run.AgentFailed)
     if result is not None:
-        st.session_state[_OUTCOME] = result
-        st.session_state[_ASKER] = user_id   # votes are the asker's, whatever the box says later
+        st.session_state[_OUTCOME] = (result, user_id)   # votes are the asker's, whatever the box says later
 if c_new.button("New conversation", key="tryit_new",
                 help="Follow-up questions share a thread (and its history) until you start a new one."):
     st.session_state.pop(_THREAD, None)
     st.session_state.pop(_OUTCOME, None)
 
-outcome: run.Outcome | None = st.session_state.get(_OUTCOME)
+outcome, asked_as = st.session_state.get(_OUTCOME, (None, ""))
 if outcome is not None:
     st.divider()
     st.markdown(f"**Route:** {outcome.route} · {markup.escape(outcome.reason)} · answer #{outcome.answer_id}"
@@ -78,7 +76,7 @@ if outcome is not None:
         st.dataframe(pd.DataFrame({"step": list(outcome.timings), "seconds": list(outcome.timings.values())}),
                      hide_index=True)
 
-    asker = st.session_state.get(_ASKER) or identity.actor   # asked without a user id: the admin's own vote
+    asker = asked_as or identity.actor   # asked without a user id: the admin's own vote
     st.markdown(f"**Rate it as the asker** ({markup.escape(asker)})")
     c_up, c_down = st.columns(2)
     if c_up.button("👍 Helpful", key="tryit_up", disabled=viewer) and not frame.refuse_viewer(identity):

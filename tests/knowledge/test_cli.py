@@ -125,6 +125,9 @@ def test_docs_rm_takes_a_deleted_files_path_or_a_folder(database_url: str, tmp_p
     assert "deleted 1" in runner.invoke(app, ["docs", "rm", "handbook/old.md"]).output
     removed = runner.invoke(app, ["docs", "rm", "handbook/it/"])
     assert removed.exit_code == 0 and "deleted 2" in removed.output
+    with db.connection() as conn:   # each document removed is on record by its source
+        assert sorted(e.target for e in audit.recent(conn) if e.action == "knowledge.delete") == sorted(
+            str((handbook / name).resolve()) for name in ("old.md", "it/laptops.md", "it/vpn.md"))
     assert "deleted 0" in runner.invoke(app, ["docs", "rm", "handbook"]).output   # not handbook-archive.md
     with db.connection() as conn:
         assert [d.title for d in store.list_documents(conn)] == ["Archive"]

@@ -201,6 +201,7 @@ def test_text_is_folded_so_ligatures_utf16_files_and_nul_characters_go_in(databa
     (tmp_path / "windows.txt").write_bytes("Canteen\nThe canteen serves soup on Fridays.\n".encode("utf-16"))
     # A NUL, which Postgres text cannot hold, escaped inside a JSON record
     (tmp_path / "shifts.jsonl").write_text('{"_id": "night", "title": "Night shift", "text": "Starts at 22:00.\\u0000",'
+                                          ' "url": "https://wiki.example/shifts\\u0000",'
                                           ' "metadata": {"team": "ops\\u0000", "tags": ["24/7\\u0000"]}}\n')
     report = ingest.ingest_paths([tmp_path])
     assert not report.failed, report.failed
