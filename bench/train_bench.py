@@ -113,11 +113,12 @@ def ours(config: object, data: list, *, warmup: int, steps: int, **options: obje
     """`trainer.train.train_lora` with its GPU defaults (flex attention, compiled decoder
     layers), or with `options` changing them; `batch_tokens` per optimiser step (one 2048-token
     sequence unless set), timed per step."""
+    from core.hyperparams import TrainConfig
     from trainer import train
 
     options = {"batch_tokens": SEQ, **options}
-    cfg = train.TrainConfig(rank=16, alpha=32, epochs=1, max_seq_len=SEQ, min_steps_per_epoch=1,
-                            val_every=10**9, checkpoint_every=10**9, warmup_ratio=0.0, **options)  # type: ignore[arg-type]
+    cfg = TrainConfig(rank=16, alpha=32, epochs=1, max_seq_len=SEQ, min_steps_per_epoch=1,
+                      val_every=10**9, checkpoint_every=10**9, warmup_ratio=0.0, **options)  # type: ignore[arg-type]
     attn = cfg.attn_implementation if cfg.attn_implementation != "auto" else "flex_attention"
     model = build_model(config, attn)
     stamps: list[float] = []

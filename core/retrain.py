@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from core import audit, curation, db, models, queue, training
+from core import audit, curation, db, hyperparams, models, queue, training
 from core.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -30,8 +30,10 @@ def default_base_model(settings: Settings | None = None) -> str:
 
 def request_retrain(*, requested_by: str, dataset_version: int | None = None, base_model: str | None = None,
                     params: dict[str, Any] | None = None) -> training.TrainingRun:
-    """Queue a retrain on a dataset version (default: the latest). Refuses an empty or unknown
-    dataset and a second retrain while one is queued or running (`training.RunAlreadyActive`)."""
+    """Queue a retrain on a dataset version (default: the latest). Refuses parameters the trainer
+    does not know or cannot use (`hyperparams.InvalidParams`), an empty or unknown dataset, and a
+    second retrain while one is queued or running (`training.RunAlreadyActive`)."""
+    hyperparams.parse(params or {})
     with db.connection() as conn:
         version = dataset_version if dataset_version is not None else curation.latest_version(conn)
         if version is None:
@@ -126,7 +128,7 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
             version = e.version
     try:
         return request_retrain(requested_by=SCHEDULE_ACTOR, dataset_version=version, params=schedule.params)
-    except training.RunAlreadyActive as e:
+    except (training.RunAlreadyActive, hyperparams.InvalidParams) as e:
         with db.connection() as conn:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
         logger.info("scheduled retrain skipped: %s", e)

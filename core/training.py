@@ -10,7 +10,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.types.json import Jsonb
 
-from core import db
+from core import db, hyperparams
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -188,6 +188,10 @@ def set_schedule(conn: psycopg.Connection, *, enabled: bool, cron: str, min_new_
         raise InvalidSchedule(f"'{cron}' is not a valid cron expression (e.g. '0 3 * * 1' for Mondays 03:00).")
     if min_new_examples < 1:
         raise InvalidSchedule("The minimum number of new curated examples must be at least 1.")
+    try:
+        hyperparams.parse(params or {})
+    except hyperparams.InvalidParams as e:
+        raise InvalidSchedule(str(e)) from e
     saved = conn.execute(
         "UPDATE training_schedule SET enabled = %(e)s, cron = %(c)s, min_new_examples = %(m)s,"
         " params = coalesce(%(p)s, params), updated_at = now()"

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import psycopg
 
 from core import curation
+from core.hyperparams import DatasetConfig
 from core.agent import prompts
 
 GENERAL_FILE = Path(__file__).resolve().parent / "general_instructions.jsonl"
@@ -27,19 +28,6 @@ GENERAL_FILE = Path(__file__).resolve().parent / "general_instructions.jsonl"
 
 class DatasetError(ValueError):
     """Nothing usable to train on; the message is fit to show an admin."""
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    val_ratio: float = 0.15          # share of domain examples held out for val loss and the gate
-    general_ratio: float = 0.3       # share of general examples in the training set (0.3 = 30:70)
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("val_ratio", "general_ratio"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 <= value < 1):
-                raise ValueError(f"{name} must be at least 0 and below 1")
 
 
 @dataclass(frozen=True)

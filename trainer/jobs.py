@@ -21,13 +21,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import procrastinate
 
-from core import db, logs, models, queue, serving, training
+from core import db, hyperparams, logs, models, queue, serving, training
 from core import retrain as retrains
 from core.config import Settings, get_settings
 from trainer import checkpoints, dataset, train
@@ -36,14 +35,7 @@ from trainer.runner import CANCELLED_EXIT
 logger = logging.getLogger(__name__)
 app = queue.app
 
-_TRAIN_KEYS = {f.name for f in fields(train.TrainConfig)}
-_DATA_KEYS = {f.name for f in fields(dataset.DatasetConfig)}
-_GATE_DEFAULTS = {"gate_questions": 32, "gate_max_new_tokens": 128}
 AUTO_PROMOTE_ACTOR = "auto-promote"   # who the audit log says promoted an adapter that passed the gate
-
-
-class ParamsError(ValueError):
-    """A run's parameters are not ones the trainer knows."""
 
 
 class _ChildFailed(RuntimeError):
@@ -82,7 +74,7 @@ def run_retrain(run_id: int, *, should_abort: Callable[[], bool] = lambda: False
         training.append_log(conn, run_id, f"started on {socket.gethostname()} (worker pid {os.getpid()})")
     try:
         _retrain(run, settings, should_abort)
-    except (dataset.DatasetError, ParamsError, _ChildFailed) as e:
+    except (dataset.DatasetError, hyperparams.InvalidParams, _ChildFailed) as e:
         retrains.fail_run(run_id, str(e))
     except BaseException as e:
         logger.exception("retrain run %s crashed", run_id)
@@ -92,7 +84,8 @@ def run_retrain(run_id: int, *, should_abort: Callable[[], bool] = lambda: False
 
 def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callable[[], bool]) -> None:
     work = settings.adapter_root / "runs" / f"run-{run.id}"
-    train_config, data_config, gate = parse_params(run.params)
+    # Checked when the run was requested; a run queued by an older version is checked again here.
+    train_config, data_config, gate = hyperparams.parse(run.params)
     if not (work / "data" / "manifest.json").exists():  # a resumed run keeps the data it started with
         if run.dataset_version is None:
             raise dataset.DatasetError("This run names no dataset version.")
@@ -108,9 +101,9 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
         live = models.live(conn)
     baseline = ({"name": live.name, "path": live.path}
                 if live is not None and live.base_model == run.base_model and Path(live.path).exists() else None)
-    spec = {"run_id": run.id, "base_model": run.base_model, "train": train.config_dict(train_config),
-            "gate": {"margin": settings.gate_margin, "questions": gate["gate_questions"],
-                     "max_new_tokens": gate["gate_max_new_tokens"]},
+    spec = {"run_id": run.id, "base_model": run.base_model, "train": train_config.as_dict(),
+            "gate": {"margin": settings.gate_margin, "questions": gate.gate_questions,
+                     "max_new_tokens": gate.gate_max_new_tokens},
             "baseline": baseline, "supervisor_pid": os.getpid()}
     (work / "spec.json").write_text(json.dumps(spec, indent=2))
     (work / "result.json").unlink(missing_ok=True)
@@ -160,32 +153,14 @@ def _auto_promote(run_id: int, adapter: models.Adapter, passed: bool, settings: 
     return True
 
 
-def parse_params(params: dict[str, Any]) -> tuple[train.TrainConfig, dataset.DatasetConfig, dict[str, int]]:
-    """A run's parameters (`epochs`, `rank`, `lr`, `general_ratio`, ... from the dashboard, CLI or
-    schedule) into the trainer's configs; an unknown key is refused, not ignored."""
-    unknown = set(params) - _TRAIN_KEYS - _DATA_KEYS - set(_GATE_DEFAULTS)
-    if unknown:
-        raise ParamsError(f"Unknown retrain parameter(s) {sorted(unknown)}; known: "
-                          f"{sorted(_TRAIN_KEYS | _DATA_KEYS | set(_GATE_DEFAULTS))}.")
-    try:
-        train_config = train.TrainConfig(**{k: v for k, v in params.items() if k in _TRAIN_KEYS})
-        data_config = dataset.DatasetConfig(**{k: v for k, v in params.items() if k in _DATA_KEYS})
-    except (TypeError, ValueError) as e:
-        raise ParamsError(f"Bad retrain parameters: {e}.") from e
-    if "rank" in params and "alpha" not in params:
-        train_config = train.TrainConfig(**{**asdict(train_config), "alpha": 2 * train_config.rank})
-    gate = {k: int(params.get(k, v)) for k, v in _GATE_DEFAULTS.items()}
-    return train_config, data_config, gate
-
-
-def _adapter_for(run: training.TrainingRun, settings: Settings, config: train.TrainConfig) -> models.Adapter:
+def _adapter_for(run: training.TrainingRun, settings: Settings, config: hyperparams.TrainConfig) -> models.Adapter:
     """The adapter version this run trains: registered now, or the one a resumed run had."""
     with db.connection() as conn:
         if run.adapter_version is not None:
             models.update(conn, run.adapter_version, status="training", clear_error=True)
             return models.get(conn, run.adapter_version)  # type: ignore[return-value]
         adapter = models.register(conn, base_model=run.base_model, path="", dataset_version=run.dataset_version,
-                                  hyperparams=train.config_dict(config))
+                                  hyperparams=config.as_dict())
         path = str((settings.adapter_root / adapter.name).resolve())
         models.update(conn, adapter.version, path=path)
         training.attach_adapter(conn, run.id, adapter.version)

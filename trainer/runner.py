@@ -19,6 +19,7 @@ from typing import Any
 import psutil
 
 from core import db, training
+from core.hyperparams import TrainConfig
 from trainer import dataset, evaluate, train
 
 logger = logging.getLogger("trainer.runner")
@@ -60,7 +61,7 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, 
     from transformers import AutoTokenizer
 
     base_model = spec["base_model"]
-    config = train.TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec["train"].items()})
+    config = TrainConfig.from_dict(spec["train"])
     data = dataset.load(work / "data")
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     train_examples = train.tokenize_chat_examples(tokenizer, [e.messages for e in data.train], config.max_seq_len)

@@ -23,55 +23,19 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from core.hyperparams import TrainConfig
 from trainer import checkpoints
 
 logger = logging.getLogger(__name__)
 IGNORE = -100
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    rank: int = 16
-    alpha: int = 32
-    dropout: float = 0.0                # peft's default; a dropout copies every LoRA input
-    target_modules: tuple[str, ...] | str = "all-linear"
-    epochs: int = 3
-    lr: float = 2e-4
-    max_seq_len: int = 2048
-    batch_tokens: int = 16_384          # tokens per optimiser step (packs x accumulation)
-    min_steps_per_epoch: int = 8        # small datasets: fewer packs per step rather than 1-2 steps
-    warmup_ratio: float = 0.03
-    seed: int = 0
-    val_every: int = 50                 # steps between validations
-    patience: int = 3                   # validations without improvement before stopping
-    checkpoint_every: int = 100
-    gradient_checkpointing: bool | Literal["auto"] = "auto"
-    compile: bool | Literal["auto"] = "auto"    # torch.compile each decoder layer; auto: on a GPU
-    attn_implementation: str = "auto"           # auto: flex_attention on a GPU, sdpa on a CPU
-    loss_chunk: int = 4096              # answer tokens per vocabulary-projection chunk
-    packs_per_forward: int = 1          # packs in one forward pass, padded to the longest
-
-    def __post_init__(self) -> None:
-        at_least_one = ("rank", "epochs", "max_seq_len", "batch_tokens", "min_steps_per_epoch", "val_every",
-                        "patience", "checkpoint_every", "loss_chunk", "packs_per_forward")
-        problems = [f"{name} must be a whole number of at least 1" for name in at_least_one
-                    if not isinstance(getattr(self, name), int) or getattr(self, name) < 1]
-        if not (isinstance(self.lr, (int, float)) and 0 < self.lr < math.inf):
-            problems.append("lr must be a positive number")
-        if not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            problems.append("alpha must be a positive number")
-        problems += [f"{name} must be at least 0 and below 1" for name in ("dropout", "warmup_ratio")
-                     if not (isinstance(getattr(self, name), (int, float)) and 0 <= getattr(self, name) < 1)]
-        if problems:
-            raise ValueError("; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -427,5 +391,3 @@ def _seed(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}

@@ -7,11 +7,12 @@ import datetime as dt
 import pandas as pd
 import streamlit as st
 
-from core import audit, curation, db, retrain, training
+from core import audit, curation, db, hyperparams, retrain, training
 from dashboard import frame, markup
 
 RANKS = [4, 8, 16, 32, 64]
-DEFAULT_EPOCHS = 3  # the trainer's own default (trainer.train.TrainConfig)
+DEFAULT_EPOCHS = hyperparams.TrainConfig().epochs
+DEFAULT_RANK = hyperparams.TrainConfig().rank
 ACTIVE = ("queued", "running")
 REFRESH_S = 3  # how often an active run's detail is read again
 SCHEDULE_SHOWN = "sc_shown"   # `frame.filled_from`: the schedule's updated_at the form was filled from
@@ -59,7 +60,7 @@ with st.form("tr_start"):
                                    placeholder="empty: the configured base model (FLYWHEEL_LLM_MODEL)")
     c_epochs, c_rank = st.columns(2)
     epochs = c_epochs.number_input("Epochs", min_value=1, max_value=20, value=DEFAULT_EPOCHS, key="tr_epochs")
-    rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(16), key="tr_rank")
+    rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(DEFAULT_RANK), key="tr_rank")
     submitted = st.form_submit_button("Start retrain", type="primary", disabled=viewer)
 if submitted and not frame.refuse_viewer(identity):
     # The first retrain on the default base model prepares it locally, which takes a while.
@@ -85,8 +86,8 @@ with st.form("tr_schedule"):
     c_epochs, c_rank = st.columns(2)
     sc_epochs = c_epochs.number_input("Epochs", min_value=1, max_value=20,
                                       value=int(schedule.params.get("epochs", DEFAULT_EPOCHS)), key=f"sc_epochs_{stamp}")
-    default_rank = int(schedule.params.get("rank", 16))
-    sc_rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(default_rank) if default_rank in RANKS else 2,
+    shown_rank = schedule.params.get("rank", DEFAULT_RANK)
+    sc_rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(shown_rank if shown_rank in RANKS else DEFAULT_RANK),
                                key=f"sc_rank_{stamp}")
     saved = st.form_submit_button("Save schedule", disabled=viewer)
 st.caption(f"Last fired: {schedule.last_fired_at:%Y-%m-%d %H:%M}" if schedule.last_fired_at else "Never fired yet.")

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from core import db, models, retrain
 from retrain_support import ROOT, TINY_PARAMS, finished_run
+from core.hyperparams import TrainConfig
 from trainer import train
 
 # Six examples of 12-18 tokens in packs of at most 32: three packs, all in one step, so two
@@ -47,9 +48,9 @@ def _assert_same_adapter(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 def test_a_step_gives_the_same_update_however_its_packs_are_split_into_forward_passes(
         tiny_model_dir: Path, tmp_path: Path) -> None:
     assert len(train.pack(_examples(), CONFIG["max_seq_len"])) == 3
-    one = train.train_lora(tiny_model_dir, _examples(), [], tmp_path / "one", train.TrainConfig(**CONFIG))
+    one = train.train_lora(tiny_model_dir, _examples(), [], tmp_path / "one", TrainConfig(**CONFIG))
     three = train.train_lora(tiny_model_dir, _examples(), [], tmp_path / "three",
-                             train.TrainConfig(**CONFIG, packs_per_forward=3))  # padded to the longest
+                             TrainConfig(**CONFIG, packs_per_forward=3))  # padded to the longest
     assert one.steps == three.steps == 4
     assert abs(one.train_loss - three.train_loss) < 1e-4
     _assert_same_adapter(_adapter(tmp_path / "one"), _adapter(tmp_path / "three"))
@@ -60,7 +61,7 @@ def test_two_processes_train_the_same_adapter_as_one(tiny_model_dir: Path, tmp_p
     # on the loss, hence on which adapter is best.
     config = {**CONFIG, "val_every": 1}
     val = _examples()[::2]
-    one = train.train_lora(tiny_model_dir, _examples(), val, tmp_path / "one", train.TrainConfig(**config))
+    one = train.train_lora(tiny_model_dir, _examples(), val, tmp_path / "one", TrainConfig(**config))
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"model": str(tiny_model_dir), "out": str(tmp_path / "two"), "config": config,
                                 "examples": [asdict(e) for e in _examples()], "val": [asdict(e) for e in val]}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from core.curation import DatasetItem
+from core.hyperparams import DatasetConfig
 from trainer import dataset, evaluate
 
 CONTEXT = [{"n": 1, "title": "Laptops", "heading": "Delivery", "text": "Delivery takes five working days."}]
@@ -17,7 +18,7 @@ def test_a_question_curated_twice_is_trained_once_with_its_later_answer() -> Non
     built = dataset.from_items([_item(1, "How long does delivery take?", "A week."),
                                 _item(2, "how long does delivery take"),
                                 _item(3, "Who approves expenses?", "Your manager [1].")], version=1,
-                               config=dataset.DatasetConfig(general_ratio=0))
+                               config=DatasetConfig(general_ratio=0))
     examples = built.train + built.val
     assert built.manifest["dropped_duplicates"] == 1
     assert sorted(e.answer for e in examples) == ["Five working days [1].", "Your manager [1]."]
@@ -39,13 +40,13 @@ def test_the_latest_curation_of_a_question_is_trained_on_even_from_an_older_answ
         conn.execute("UPDATE curation_items SET curated_at = now() - interval '30 days' WHERE answer_id = %(a)s",
                      {"a": newer})
         version = curation.create_dataset(conn, created_by="ann").version
-        built = dataset.build(conn, version, dataset.DatasetConfig(general_ratio=0))
+        built = dataset.build(conn, version, DatasetConfig(general_ratio=0))
     [example] = built.train + built.val
     assert example.answer == "Five working days since the policy change."
 
 
 def test_a_held_out_question_stays_held_out_as_the_dataset_grows() -> None:
-    config = dataset.DatasetConfig(val_ratio=0.2, general_ratio=0)
+    config = DatasetConfig(val_ratio=0.2, general_ratio=0)
     small = dataset.from_items([_item(i, f"Question number {i}?") for i in range(40)], 1, config)
     large = dataset.from_items([_item(i, f"Question number {i}?") for i in range(400)], 2, config)
     assert small.val and set(small.manifest["val_keys"]) <= set(large.manifest["val_keys"])
@@ -54,13 +55,13 @@ def test_a_held_out_question_stays_held_out_as_the_dataset_grows() -> None:
 
 
 def test_a_tiny_dataset_still_holds_one_out_and_trains_on_the_rest() -> None:
-    built = dataset.from_items([_item(1, "First?"), _item(2, "Second?")], 1, dataset.DatasetConfig(general_ratio=0))
+    built = dataset.from_items([_item(1, "First?"), _item(2, "Second?")], 1, DatasetConfig(general_ratio=0))
     assert (len(built.train), len(built.val)) == (1, 1)
 
 
 def test_general_examples_make_up_the_configured_share_of_training() -> None:
     built = dataset.from_items([_item(i, f"Question number {i}?") for i in range(80)], 1,
-                               dataset.DatasetConfig(val_ratio=0.15, general_ratio=0.3))
+                               DatasetConfig(val_ratio=0.15, general_ratio=0.3))
     general = [e for e in built.train if e.kind == "general"]
     assert general and abs(len(general) / len(built.train) - 0.3) < 0.02
     assert all(e.kind == "domain" for e in built.val)  # the gate measures the domain only

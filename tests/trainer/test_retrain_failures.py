@@ -10,8 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
-from core import curation, db, models, queue, retrain, serving, training
+from core import audit, curation, db, hyperparams, models, queue, retrain, serving, training
+from core.cli import train_cmds
 from core.config import get_settings
 from retrain_support import CURATED, TINY_PARAMS, answer_and_curate, finished_run
 from support.polling import wait_until
@@ -136,25 +139,40 @@ def test_empty_dataset_fails_the_run_with_a_clear_error_and_no_adapter(tiny_base
     assert failed.status == "failed" and "no accepted answers to train on" in (failed.error or "")  # type: ignore[union-attr]
 
 
-def test_unknown_parameter_fails_the_run_with_the_known_ones(curated_dataset: int) -> None:
-    run = retrain.request_retrain(requested_by="admin", params={"epoch": 2})
-    jobs.run_retrain(run.id)
+def test_unknown_parameter_is_refused_before_anything_is_queued(curated_dataset: int) -> None:
+    app = typer.Typer()
+    train_cmds.register(app)
+    refused = CliRunner().invoke(app, ["train", "--param", "epoch=2", "--as", "admin"])
+    assert refused.exit_code == 2
+    assert "Unknown retrain parameter(s) epoch; known: " in refused.output and "epochs" in refused.output
     with db.connection() as conn:
-        failed = training.get_run(conn, run.id)
-    assert failed.status == "failed" and "Unknown retrain parameter(s) ['epoch']" in (failed.error or "")  # type: ignore[union-attr]
-    assert "epochs" in (failed.error or "")  # type: ignore[union-attr]
+        assert training.list_runs(conn) == []
+        assert [e for e in audit.recent(conn) if e.action == "retrain.start"] == []
 
 
-def test_out_of_range_parameters_fail_the_run_naming_each_one(curated_dataset: int) -> None:
-    run = retrain.request_retrain(requested_by="admin", params={"epochs": 0, "lr": -1, "general_ratio": 1})
+def test_out_of_range_parameters_are_refused_naming_each_one(curated_dataset: int) -> None:
+    with pytest.raises(hyperparams.InvalidParams) as refused:
+        retrain.request_retrain(requested_by="admin",
+                                params={"epochs": 0, "lr": -1, "general_ratio": 1, "gate_questions": "many"})
+    for problem in ("epochs must be a whole number of at least 1", "lr must be a positive number",
+                    "general_ratio must be at least 0 and below 1", "gate_questions must be a whole number"):
+        assert problem in str(refused.value)
+    with db.connection() as conn:
+        assert training.list_runs(conn) == []
+
+
+def test_a_run_recorded_with_bad_parameters_fails_in_the_worker_without_an_adapter(
+        curated_dataset: int, tiny_base: Path) -> None:
+    # Recorded by an older version, or by hand: the worker checks again before building anything.
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model=str(tiny_base), dataset_version=curated_dataset,
+                                  params={"epochs": 2, "gate_max_new_tokens": 0}, requested_by="admin")
     jobs.run_retrain(run.id)
     with db.connection() as conn:
         failed = training.get_run(conn, run.id)
         assert models.list_adapters(conn) == []
     assert failed.status == "failed"  # type: ignore[union-attr]
-    assert "epochs must be a whole number of at least 1; lr must be a positive number" in (failed.error or "")  # type: ignore[union-attr]
-    with pytest.raises(jobs.ParamsError, match="general_ratio must be at least 0 and below 1"):
-        jobs.parse_params({"general_ratio": 1})
+    assert "gate_max_new_tokens must be a whole number of at least 1" in (failed.error or "")  # type: ignore[union-attr]
 
 
 def test_a_cancel_asked_while_the_gate_runs_leaves_the_adapter_ready_and_not_promoted(

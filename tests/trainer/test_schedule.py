@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from core import audit, curation, db, queue, retrain, training
 
 NOW = dt.datetime(2026, 3, 2, 3, 0, 30, tzinfo=dt.timezone.utc)  # a Monday, just after 03:00
@@ -93,6 +95,25 @@ def test_a_schedule_switched_back_on_waits_for_its_next_cron_time(curated_datase
         training.mark_schedule_fired(conn, NOW - dt.timedelta(days=28))
     assert retrain.scheduled_retrain(wednesday) is None  # not in working hours on a Wednesday
     assert retrain.scheduled_retrain(NOW + dt.timedelta(days=7)) is not None  # next Monday 03:00
+
+
+def test_a_schedule_with_parameters_the_trainer_does_not_know_is_refused(curated_dataset: int) -> None:
+    _schedule()
+    with db.connection() as conn, pytest.raises(training.InvalidSchedule, match="Unknown retrain parameter.s. epoch;"):
+        training.set_schedule(conn, enabled=True, cron="0 3 * * 1", min_new_examples=5, params={"epoch": 2})
+    with db.connection() as conn:
+        assert training.get_schedule(conn).params == {"epochs": 1}
+
+
+def test_a_due_schedule_whose_stored_parameters_are_bad_skips_with_the_reason(curated_dataset: int) -> None:
+    _schedule()   # then its parameters were stored by hand, or by a version that knew other keys
+    with db.connection() as conn:
+        conn.execute("UPDATE training_schedule SET params = '{\"epochs\": 0}'")
+    assert retrain.scheduled_retrain(NOW) is None
+    with db.connection() as conn:
+        [skip] = [e for e in audit.recent(conn) if e.action == "retrain.skip"]
+        assert training.list_runs(conn) == []
+    assert "epochs must be a whole number of at least 1" in skip.details["reason"]
 
 
 def test_the_worker_ticks_every_minute_on_the_training_queue() -> None:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from core.hyperparams import TrainConfig
 from trainer import train
 
 MESSAGES = [{"role": "system", "content": "Answer from the context."},
@@ -75,7 +76,7 @@ def test_chunked_loss_matches_full_cross_entropy_in_value_and_gradient(tiny: tor
 def _config(**kwargs: object) -> train.TrainConfig:
     defaults = dict(rank=4, alpha=8, dropout=0.0, epochs=30, lr=5e-3, max_seq_len=64, batch_tokens=64,
                     val_every=5, patience=100, checkpoint_every=10)
-    return train.TrainConfig(**{**defaults, **kwargs})  # type: ignore[arg-type]
+    return TrainConfig(**{**defaults, **kwargs})  # type: ignore[arg-type]
 
 
 def test_training_lowers_the_loss_on_what_it_learns(tiny: torch.nn.Module, tiny_model_dir: Path,

@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from core.hyperparams import TrainConfig
 from trainer import train
 
 
@@ -16,7 +17,7 @@ def main(spec_file: Path) -> None:
     spec = json.loads(spec_file.read_text())
     examples = [train.TokenizedExample(**e) for e in spec["examples"]]
     val = [train.TokenizedExample(**e) for e in spec["val"]]
-    result = train.train_lora(spec["model"], examples, val, Path(spec["out"]), train.TrainConfig(**spec["config"]))
+    result = train.train_lora(spec["model"], examples, val, Path(spec["out"]), TrainConfig(**spec["config"]))
     out = Path(spec["out"]).parent / f"val-loss-{os.environ['RANK']}.json"
     out.write_text(json.dumps({"val_loss": result.val_loss}))
 

@@ -1,0 +1,143 @@
+"""What a retrain can be asked for: the trainer's, the dataset's and the gate's settings.
+
+They live in `core` so that a retrain's parameters (`epochs`, `rank`, `lr`, `general_ratio`, ...
+from the dashboard, the CLI or the schedule) are checked where the run is requested, and a
+mistyped key is refused there, not by the worker after the run was queued. `trainer` reads
+the same classes. Plain dataclasses: nothing here needs torch."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal, NamedTuple
+
+
+class InvalidParams(ValueError):
+    """A retrain parameter the trainer does not know, or a value it cannot use; the message says which."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0                # peft's default; a dropout copies every LoRA input
+    target_modules: tuple[str, ...] | str = "all-linear"
+    epochs: int = 3
+    lr: float = 2e-4
+    max_seq_len: int = 2048
+    batch_tokens: int = 16_384          # tokens per optimiser step (packs x accumulation)
+    min_steps_per_epoch: int = 8        # small datasets: fewer packs per step rather than 1-2 steps
+    warmup_ratio: float = 0.03
+    seed: int = 0
+    val_every: int = 50                 # steps between validations
+    patience: int = 3                   # validations without improvement before stopping
+    checkpoint_every: int = 100
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+    compile: bool | Literal["auto"] = "auto"    # torch.compile each decoder layer; auto: on a GPU
+    attn_implementation: str = "auto"           # auto: flex_attention on a GPU, sdpa on a CPU
+    loss_chunk: int = 4096              # answer tokens per vocabulary-projection chunk
+    packs_per_forward: int = 1          # packs in one forward pass, padded to the longest
+
+    def __post_init__(self) -> None:
+        problems = _whole_numbers(self, ("rank", "epochs", "max_seq_len", "batch_tokens", "min_steps_per_epoch",
+                                         "val_every", "patience", "checkpoint_every", "loss_chunk",
+                                         "packs_per_forward"))
+        if not (_is_number(self.lr) and 0 < self.lr < math.inf):
+            problems.append("lr must be a positive number")
+        if not (_is_number(self.alpha) and 0 < self.alpha < math.inf):
+            problems.append("alpha must be a positive number")
+        problems += _shares(self, ("dropout", "warmup_ratio"))
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
+            problems.append("seed must be a whole number")
+        for name in ("gradient_checkpointing", "compile"):
+            if getattr(self, name) not in (True, False, "auto"):
+                problems.append(f"{name} must be true, false or \"auto\"")
+        if not (isinstance(self.target_modules, str) and self.target_modules
+                or isinstance(self.target_modules, tuple) and self.target_modules
+                and all(isinstance(m, str) and m for m in self.target_modules)):
+            problems.append("target_modules must be \"all-linear\" or a list of module names")
+        if not (isinstance(self.attn_implementation, str) and self.attn_implementation):
+            problems.append("attn_implementation must be a name such as \"sdpa\" or \"auto\"")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (a tuple of module names becomes a list)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The inverse of `as_dict`."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    val_ratio: float = 0.15          # share of domain examples held out for val loss and the gate
+    general_ratio: float = 0.3       # share of general examples in the training set (0.3 = 30:70)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = _shares(self, ("val_ratio", "general_ratio"))
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
+            problems.append("seed must be a whole number")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    gate_questions: int = 32         # held-out questions answered by both adapters
+    gate_max_new_tokens: int = 128   # the length of each of those answers
+
+    def __post_init__(self) -> None:
+        problems = _whole_numbers(self, ("gate_questions", "gate_max_new_tokens"))
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class RetrainParams(NamedTuple):
+    train: TrainConfig
+    data: DatasetConfig
+    gate: GateConfig
+
+
+_KEYS = {config: {f.name for f in fields(config)} for config in (TrainConfig, DatasetConfig, GateConfig)}
+
+
+def parse(params: dict[str, Any]) -> RetrainParams:
+    """A run's parameters into the three configs (`seed` sets both the trainer's and the split's).
+    An unknown key or a bad value raises `InvalidParams`, naming it. A `rank` without an `alpha`
+    gets alpha = 2 x rank, the trainer's default ratio."""
+    known = set().union(*_KEYS.values())
+    unknown = set(params) - known
+    if unknown:
+        raise InvalidParams(f"Unknown retrain parameter(s) {', '.join(sorted(unknown))}; "
+                            f"known: {', '.join(sorted(known))}.")
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}   # JSON has no tuples
+    if "rank" in given and "alpha" not in given and isinstance(given["rank"], int):
+        given["alpha"] = 2 * given["rank"]
+    built: list[Any] = []
+    problems: dict[str, None] = {}   # in order, once each: a bad seed is both the trainer's and the split's
+    for config in (TrainConfig, DatasetConfig, GateConfig):
+        try:
+            built.append(config(**{k: v for k, v in given.items() if k in _KEYS[config]}))
+        except (TypeError, ValueError) as e:
+            problems.update(dict.fromkeys(str(e).split("; ")))
+    if problems:
+        raise InvalidParams(f"Bad retrain parameters: {'; '.join(problems)}.")
+    return RetrainParams(*built)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole_numbers(config: object, names: tuple[str, ...]) -> list[str]:
+    return [f"{name} must be a whole number of at least 1" for name in names
+            if not (isinstance(getattr(config, name), int) and not isinstance(getattr(config, name), bool)
+                    and getattr(config, name) >= 1)]
+
+
+def _shares(config: object, names: tuple[str, ...]) -> list[str]:
+    return [f"{name} must be at least 0 and below 1" for name in names
+            if not (_is_number(getattr(config, name)) and 0 <= getattr(config, name) < 1)]
