@@ -73,7 +73,7 @@ def test_chunked_loss_matches_full_cross_entropy_in_value_and_gradient(tiny: tor
     assert torch.allclose(grad_chunked, tiny.model.layers[0].self_attn.q_proj.weight.grad, atol=1e-6)
 
 
-def _config(**kwargs: object) -> train.TrainConfig:
+def _config(**kwargs: object) -> TrainConfig:
     defaults = dict(rank=4, alpha=8, dropout=0.0, epochs=30, lr=5e-3, max_seq_len=64, batch_tokens=64,
                     val_every=5, patience=100, checkpoint_every=10)
     return TrainConfig(**{**defaults, **kwargs})  # type: ignore[arg-type]
