@@ -17,6 +17,7 @@ from bot import blocks, posting, reviews, store
 from bot.deps import Deps
 from core import db, feedback
 from core.agent import run
+from core.knowledge.parse import storable
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id
     text = event.get("text") or ""
     if bot_user_id:
         text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", " ", text)
-    text = html.unescape(re.sub(r"[ \t]+", " ", text)).strip()
+    text = storable(html.unescape(re.sub(r"[ \t]+", " ", text)).strip())   # as Postgres can keep it
     return Question(channel_id=channel, user_id=user, text=text, ts=ts,
                     thread_ts=event.get("thread_ts") or ts, event_id=event_id)
 
@@ -138,19 +139,23 @@ def answer_waiting(client: WebClient, deps: Deps) -> int:
             feedback.fail_running(conn, thread_key(channel_id, thread_ts), since=asked_at,
                                   error="the bot process answering it stopped; asked again")
         waiting = store.take_waiting(conn, deps.process_id)
+        # A process that stopped after the agent answered leaves an answer to show, not to ask again.
+        earlier = {row.id: store.earlier_answer(conn, row.id, thread_key(row.channel_id, row.thread_ts))
+                   for row, _ in waiting}
     if orphaned:
         logger.warning("%d questions were in progress in a bot process that stopped without finishing them",
                        len(orphaned))
     for row, text in waiting:
         question = Question(channel_id=row.channel_id, user_id=row.user_id, text=text, ts=row.question_ts,
                             thread_ts=row.thread_ts, event_id=row.event_id)
-        _answer_later(question, row.id, row.reply_ts, client, deps)
+        _answer_later(question, row.id, row.reply_ts, client, deps, earlier=earlier[row.id])
     if waiting:
         logger.info("answering %d questions left waiting when the bot last stopped", len(waiting))
     return len(waiting)
 
 
-def _answer_later(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> None:
+def _answer_later(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps, *,
+                  earlier: int | None = None) -> None:
     def keep_for_next_start() -> None:
         try:
             with db.connection() as conn:
@@ -159,19 +164,44 @@ def _answer_later(question: Question, row_id: int, reply_ts: str | None, client:
             logger.exception("could not hand on a waiting question from %s; it is taken over once this "
                              "process has gone silent", question.channel_id)
 
-    deps.run_later(lambda: answer(question, row_id, reply_ts, client, deps), if_not_started=keep_for_next_start)
+    deps.run_later(lambda: answer(question, row_id, reply_ts, client, deps, earlier=earlier),
+                   if_not_started=keep_for_next_start)
 
 
-def answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> None:
-    """Run the agent and show what came of it. Any failure leaves an apology, never silence."""
+def answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps, *,
+           earlier: int | None = None) -> None:
+    """Run the agent and show what came of it; with `earlier` (the answer a stopped process got
+    from the agent, `store.earlier_answer`), show that unless there is nothing to show. Any
+    failure leaves an apology, never silence."""
     try:
-        _answer(question, row_id, reply_ts, client, deps)
+        _answer(question, row_id, reply_ts, client, deps, earlier)
     finally:
         with db.connection() as conn:
             store.finish_question(conn, row_id, deps.process_id)
 
 
-def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> None:
+def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps,
+            earlier: int | None) -> None:
+    try:
+        outcome = run.outcome_as_asked(earlier) if earlier is not None else None
+    except Exception:
+        logger.exception("could not read answer %s again; the agent answers the question again", earlier)
+        outcome = None
+    if outcome is None:
+        outcome = _ask(question, row_id, reply_ts, client, deps)
+    if outcome is None:
+        return
+    try:
+        with db.connection() as conn:
+            store.link_answer(conn, row_id, outcome.answer_id)
+        _show(question, reply_ts, outcome, client, deps)
+    except Exception:
+        logger.exception("showing answer %s in %s failed", outcome.answer_id, question.channel_id)
+        _apologise(question, reply_ts, client, deps)
+
+
+def _ask(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> run.Outcome | None:
+    """The agent's outcome, or None when it failed (and the asker was apologised to)."""
     try:
         with deps.conversation(question.thread_key):
             outcome = run.ask(question.text,
@@ -183,18 +213,12 @@ def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebCl
         _apologise(question, reply_ts, client, deps)
         with db.connection() as conn:  # the failed answer row stays findable from the thread
             store.link_answer(conn, row_id, e.answer_id)
-        return
+        return None
     except Exception:
         logger.exception("answering a question in %s failed", question.channel_id)
         _apologise(question, reply_ts, client, deps)
-        return
-    try:
-        with db.connection() as conn:
-            store.link_answer(conn, row_id, outcome.answer_id)
-        _show(question, reply_ts, outcome, client, deps)
-    except Exception:
-        logger.exception("showing answer %s in %s failed", outcome.answer_id, question.channel_id)
-        _apologise(question, reply_ts, client, deps)
+        return None
+    return outcome
 
 
 def _show(question: Question, reply_ts: str | None, outcome: run.Outcome, client: WebClient, deps: Deps) -> None:

@@ -57,8 +57,12 @@ def post_card(client: WebClient, settings: Settings, review_id: int) -> None:
     with db.connection() as conn:
         review = feedback.get_review(conn, review_id)
         answer = feedback.get_answer(conn, review.answer_id) if review else None
+        where = store.for_answer(conn, answer.id) if answer else None
     if review is None or answer is None:
         logger.error("review %s is gone; no card posted", review_id)
+        return
+    if where is not None and where.review_ts is not None:   # by a process that stopped before it was done
+        logger.info("the card of review %s is already posted", review_id)
         return
     if not settings.review_channel:
         logger.warning("no review channel is configured (FLYWHEEL_REVIEW_CHANNEL); review %s waits "

@@ -88,13 +88,13 @@ def note_alive(conn: psycopg.Connection, process: str) -> None:
 
 
 def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> list[tuple[str, str, dt.datetime]]:
-    """Questions in progress in a bot process not noted alive for `silent_for_s` (killed, out
-    of memory) go back to waiting; returns their (channel, thread ts, asked at). Forgets
+    """Questions in progress (being answered, or the answer being shown) in a bot process not
+    noted alive for `silent_for_s` (killed, out of memory) go back to waiting; returns their (channel, thread ts, asked at). Forgets
     processes silent for a day."""
     conn.execute("DELETE FROM bot_processes WHERE seen_at < now() - interval '1 day'")
     rows = conn.execute(
         "UPDATE slack_answers s SET owner = NULL"
-        " WHERE s.question IS NOT NULL AND s.owner IS NOT NULL AND s.answer_id IS NULL AND NOT EXISTS ("
+        " WHERE s.question IS NOT NULL AND s.owner IS NOT NULL AND NOT EXISTS ("
         "   SELECT 1 FROM bot_processes p WHERE p.id = s.owner"
         "   AND p.seen_at > now() - make_interval(secs => %(s)s))"
         " RETURNING s.channel_id, s.thread_ts, s.created_at", {"s": silent_for_s}).fetchall()
@@ -111,6 +111,22 @@ def take_waiting(conn: psycopg.Connection, owner: str, limit: int = 1000) -> lis
         f" WHERE s.id = w.id RETURNING {_COLUMNS}, s.question", {"n": limit, "o": owner}).fetchall()
     taken = [(SlackAnswer(**{k: v for k, v in r.items() if k != "question"}), r["question"]) for r in rows]
     return sorted(taken, key=lambda t: t[0].id)
+
+
+def earlier_answer(conn: psycopg.Connection, slack_answer_id: int, thread_key: str) -> int | None:
+    """The answer a stopped bot process got from the agent for this question before it could
+    show it: the one linked to it, or (stopped before linking) the first finished answer to the
+    same question by the same person in `thread_key` since it was asked, that no other question
+    has. None: the agent has yet to answer it."""
+    row = conn.execute(
+        "SELECT coalesce(s.answer_id, ("
+        "  SELECT a.id FROM answers a WHERE a.thread_key = %(k)s AND a.user_id = s.user_id"
+        "  AND a.question = s.question AND a.created_at >= s.created_at"
+        "  AND a.status NOT IN ('running', 'failed')"
+        "  AND NOT EXISTS (SELECT 1 FROM slack_answers o WHERE o.answer_id = a.id)"
+        "  ORDER BY a.id LIMIT 1)) AS answer_id"
+        " FROM slack_answers s WHERE s.id = %(id)s", {"id": slack_answer_id, "k": thread_key}).fetchone()
+    return None if row is None else row["answer_id"]
 
 
 def set_reply(conn: psycopg.Connection, slack_answer_id: int, reply_ts: str) -> None:

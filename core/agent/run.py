@@ -5,7 +5,7 @@ import logging
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -232,10 +232,30 @@ def _apply(answer: feedback.Answer, decision: Decision, context: AgentContext | 
         nodes.record_decided(conn, answer.id, decision, nodes.decided_text(decision, answer.draft or ""))
 
 
+def outcome_as_asked(answer_id: int) -> Outcome | None:
+    """What `ask` returned for this answer, read again, for a surface whose process stopped after
+    the agent finished and before the asker saw it. An answer that went to review is the review
+    note, with its review while that is pending: a decision made since is delivered on its own.
+    None while the answer is running or after it failed: there is nothing to show, ask again."""
+    with db.connection() as conn:
+        a = feedback.get_answer(conn, answer_id)
+        review = feedback.review_for_answer(conn, answer_id)
+    if a is None or a.status in ("running", "failed"):
+        return None
+    if review is None:
+        return _outcome_of(a, review_id=None)
+    return replace(_outcome_of(a, review_id=review.id if review.status == "pending" else None),
+                               status="pending_review", text=REVIEW_WAIT)
+
+
 def _outcome(answer_id: int, *, review_id: int | None) -> Outcome:
     with db.connection() as conn:
         a = feedback.get_answer(conn, answer_id)
     assert a is not None
+    return _outcome_of(a, review_id=review_id)
+
+
+def _outcome_of(a: feedback.Answer, *, review_id: int | None) -> Outcome:
     text = REVIEW_WAIT if a.status == "pending_review" else (a.final_answer or "")
     return Outcome(answer_id=a.id, status=a.status, route=a.route or "declined", text=text,
                    reason=a.route_reason or "", confidence=a.confidence, sources=a.sources,

@@ -5,7 +5,8 @@ import threading
 
 import pytest
 import slack_payloads
-from bot_support import ASKER, BOT_USER, SlackBot, count_delivery_rounds, rows
+from bot_support import (ASKER, BOT_USER, REVIEW_CHANNEL, SALARY_DRAFT, SALARY_QUESTION, SlackBot,
+                         count_delivery_rounds, rows)
 from support.polling import wait_until
 from support.scripted_model import ScriptedModel
 
@@ -52,6 +53,12 @@ def test_direct_message_is_answered_in_its_thread(bot: SlackBot) -> None:
     ts = bot.dm("How do I get a new laptop?", channel="DASKER")
     answer = bot.reply("DASKER", ts)
     assert "Laptop request" in answer.shown_text and blocks.RATE_UP in answer.action_values()
+
+
+def test_a_question_with_a_nul_or_half_a_surrogate_pair_is_answered(bot: SlackBot) -> None:
+    ts = bot.mention("How do I get a new laptop?\x00 caf\udce9", channel="CGENERAL")
+    assert "Laptop request" in bot.reply("CGENERAL", ts).shown_text
+    assert rows("SELECT question FROM answers") == [{"question": "How do I get a new laptop? caf\ufffd"}]
 
 
 def test_edits_bot_messages_and_other_message_events_are_not_answered(bot: SlackBot) -> None:
@@ -190,6 +197,91 @@ def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running
         survivor.close()
         held.set()
     assert rows("SELECT question, owner FROM slack_answers") == [{"question": None, "owner": None}]
+
+
+def _dies_at(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> tuple[threading.Event, threading.Event]:
+    """The bot process dies on its first call of `module.name`: the call never returns (when
+    the test releases it, it fails). Returns (reached, release)."""
+    reached, release = threading.Event(), threading.Event()
+    real = getattr(module, name)
+
+    def first_call_dies(*args: object, **kwargs: object) -> object:
+        if reached.is_set():
+            return real(*args, **kwargs)
+        reached.set()
+        release.wait(60)
+        raise RuntimeError("this process was killed")
+
+    monkeypatch.setattr(module, name, first_call_dies)
+    return reached, release
+
+
+def _kill(bot: SlackBot) -> None:
+    bot.loop.stop()  # no more signs of life, and after ORPHANED_AFTER_S it counts as gone
+    rows("UPDATE bot_processes SET seen_at = now() - make_interval(secs => %(s)s) WHERE id = %(p)s RETURNING id",
+         s=ORPHANED_AFTER_S + 1, p=bot.deps.process_id)
+
+
+def _survivor(bot: SlackBot) -> Deps:
+    return Deps(settings=bot.deps.settings, client=bot.deps.client, agent_context=bot.context)
+
+
+@pytest.mark.parametrize("sensitive", [False, True], ids=["answered", "sent-to-review"])
+def test_an_answer_a_killed_bot_got_but_never_linked_is_shown_not_asked_again(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, sensitive: bool) -> None:
+    reached, release = _dies_at(monkeypatch, store, "link_answer")
+    if sensitive:
+        model.reply = SALARY_DRAFT
+    ts = bot.mention(SALARY_QUESTION if sensitive else "How do I get a new laptop?", channel="CGENERAL")
+    placeholder = bot.placeholder("CGENERAL", ts).response["ts"]
+    assert reached.wait(30)  # the agent has answered; the process dies before it notes which answer
+    _kill(bot)
+    asked = len(model.calls)
+
+    survivor = _survivor(bot)
+    after_two_more_rounds = count_delivery_rounds(monkeypatch)
+    loop = DeliveryLoop(survivor, poll_s=0.5).start()
+    try:
+        reply = bot.reply("CGENERAL", ts)  # the placeholder becomes what the agent said
+        after_two_more_rounds(survivor)
+    finally:
+        loop.stop()
+        survivor.close()
+        release.set()
+    assert reply.args["ts"] == placeholder
+    [answer] = rows("SELECT a.id, a.status FROM answers a JOIN slack_answers s ON s.answer_id = a.id")
+    assert len(model.calls) == asked and len(rows("SELECT id FROM answers")) == 1   # not asked again
+    if sensitive:
+        assert "A reviewer is checking this answer" in reply.shown_text and answer["status"] == "pending_review"
+        assert "Salary bands are reviewed" in bot.card().shown_text
+        assert rows("SELECT review_ts FROM slack_answers")[0]["review_ts"] is not None
+    else:
+        assert "Laptop request" in reply.shown_text and answer["status"] == "delivered"
+        assert reply.action_values()[blocks.RATE_UP] == str(answer["id"])
+
+
+def test_a_killed_bot_that_had_posted_the_review_card_leaves_one_card(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    reached, release = _dies_at(monkeypatch, store, "finish_question")
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(SALARY_QUESTION, channel="CGENERAL")
+    assert "A reviewer is checking" in bot.reply("CGENERAL", ts).shown_text
+    assert reached.wait(30)  # note and card posted; the process dies before noting it is done
+    bot.card()
+    _kill(bot)
+
+    survivor = _survivor(bot)
+    after_two_more_rounds = count_delivery_rounds(monkeypatch)
+    loop = DeliveryLoop(survivor, poll_s=0.5).start()
+    try:
+        wait_until(lambda: rows("SELECT 1 FROM slack_answers WHERE question IS NULL"), what="the question taken over")
+        after_two_more_rounds(survivor)
+    finally:
+        loop.stop()
+        survivor.close()
+        release.set()
+    assert len(bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL)) == 1
+    assert len(rows("SELECT id FROM answers")) == 1 and len(rows("SELECT id FROM reviews")) == 1
 
 
 def test_a_bot_whose_delivery_round_is_stuck_on_slack_is_still_alive_and_keeps_its_questions(
