@@ -6,6 +6,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -108,6 +109,10 @@ class Settings(BaseSettings):
     train_processes: int = 0               # training processes (data parallel); 0: one per GPU, one on a CPU
     tgi_launch_command: str = ""           # e.g. "text-generation-launcher --port {port} --lora-adapters {lora_adapters}"
 
+    # The time zone of the retrain schedule's cron and of every time read from the database (the
+    # dashboard's times, its questions per day): an IANA name.
+    timezone: str = "UTC"
+
     # Prometheus /metrics of the processes that serve no HTTP of their own (0: off). The local
     # model server serves /metrics on its own port.
     bot_metrics_port: int = 9101
@@ -139,6 +144,16 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL has an @, / or # inside its password or user name: write them as "
                              "%40, %2F and %23")
         return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _time_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value.strip())
+        except (ValueError, ZoneInfoNotFoundError):
+            raise ValueError(f"FLYWHEEL_TIMEZONE: {value!r} is not a time zone name (e.g. UTC, Europe/Paris, "
+                             "America/New_York)") from None
+        return value.strip()
 
     @field_validator("dashboard_password_hash", mode="before")
     @classmethod
@@ -196,6 +211,10 @@ class Settings(BaseSettings):
         if self.dashboard_password_hash is not None:
             return "password"
         return None
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @property
     def pg_dir(self) -> Path:

@@ -57,7 +57,17 @@ def embedded_url(pg_dir: Path) -> str:
 
 def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Connection:
     """One connection outside the pool, for scripts and tests."""
-    return psycopg.connect(url or database_url(), autocommit=autocommit, row_factory=dict_row)
+    conn = psycopg.connect(url or database_url(), autocommit=autocommit, row_factory=dict_row)
+    _in_time_zone(conn)
+    return conn
+
+
+def _in_time_zone(conn: psycopg.Connection) -> None:
+    """Times read back (and days counted by Postgres) in `FLYWHEEL_TIMEZONE`, whatever the
+    server's own zone."""
+    conn.execute("SELECT set_config('TimeZone', %(z)s, false)", {"z": get_settings().timezone})
+    if not conn.autocommit:
+        conn.commit()
 
 
 def pool(url: str | None = None) -> ConnectionPool:
@@ -73,6 +83,7 @@ def pool(url: str | None = None) -> ConnectionPool:
                 min_size=1,
                 max_size=get_settings().db_pool_max,
                 kwargs={"row_factory": dict_row},
+                configure=_in_time_zone,
                 open=True,
                 name="flywheel",
             )

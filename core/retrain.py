@@ -96,15 +96,15 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
     cron time has passed since it last fired (or since it was saved), and at least
     `min_new_examples` accepted answers are new or edited since the dataset the last successful
     retrain learned from, freeze a new dataset version (or take the latest, when it already holds
-    exactly these) and queue a retrain on it. Each cron time is considered once; a skip is
-    audited with its reason. Returns the queued run, if any."""
+    exactly these) and queue a retrain on it. The cron reads in `FLYWHEEL_TIMEZONE`. Each cron
+    time is considered once; a skip is audited with its reason. Returns the queued run, if any."""
     from croniter import croniter
 
     with db.connection() as conn:
         schedule = training.get_schedule(conn)
         if not schedule.enabled:
             return None
-        due = croniter(schedule.cron, now).get_prev(dt.datetime)
+        due = croniter(schedule.cron, now.astimezone(get_settings().zone)).get_prev(dt.datetime)
         # A cron time before the schedule was last saved (switched back on, a new cron) is past:
         # turning a weekly schedule on again on a Wednesday must not retrain there and then.
         if due <= max(schedule.last_fired_at or schedule.updated_at, schedule.updated_at):

@@ -2,6 +2,7 @@
 format (or link) the page, and with personal data highlighted."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any
 
@@ -16,6 +17,11 @@ _SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>$~:=@/])")
 def count(n: int, noun: str) -> str:
     """`n` and the noun, singular for one: "1 answer", "3 answers"."""
     return f"{n:,} {noun if n == 1 else noun + 's'}"
+
+
+def when(moment: dt.datetime) -> str:
+    """A time as the pages show it, in the zone it was read in (`FLYWHEEL_TIMEZONE`), named."""
+    return f"{moment:%Y-%m-%d %H:%M %Z}"
 
 
 def escape(text: str) -> str:

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from core import db
+from core import db, feedback, stats
+from core.config import SettingsInvalid, get_settings
 
 
 @pytest.fixture
@@ -51,6 +53,31 @@ def test_pooled_connection_rolls_back_on_error(database_url: str) -> None:
             raise RuntimeError("boom")
     with db.connection() as conn:
         assert conn.execute("SELECT count(*) AS n FROM group_members").fetchone()["n"] == 0
+
+
+def test_times_are_read_and_days_counted_in_the_configured_time_zone(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_TIMEZONE", "Asia/Kolkata")   # UTC+05:30, whatever the server's zone
+    get_settings.cache_clear()
+    with db.connection() as conn:
+        answer_id = feedback.create_answer(conn, thread_key="cli:1", surface="cli", question="Laptop?")
+        conn.execute("UPDATE answers SET created_at = '2026-03-01 20:00+00' WHERE id = %(a)s", {"a": answer_id})
+        asked = feedback.get_answer(conn, answer_id).created_at  # type: ignore[union-attr]
+        [day] = stats.daily(conn, dt.datetime(2026, 2, 1, tzinfo=dt.UTC))
+    assert (asked.hour, asked.minute, asked.utcoffset()) == (1, 30, dt.timedelta(hours=5, minutes=30))
+    assert day.day == dt.date(2026, 3, 2)   # 20:00 UTC is already the next day in India
+    with db.connect() as conn:
+        assert conn.execute("SELECT current_setting('TimeZone') AS z").fetchone()["z"] == "Asia/Kolkata"  # type: ignore[index]
+
+
+def test_an_unknown_time_zone_is_refused_naming_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_TIMEZONE", "Mars/Olympus_Mons")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SettingsInvalid, match="FLYWHEEL_TIMEZONE: 'Mars/Olympus_Mons' is not a time zone name"):
+            get_settings()
+    finally:
+        get_settings.cache_clear()
 
 
 def test_the_first_pooled_connection_migrates_a_new_database(empty_database: str) -> None:

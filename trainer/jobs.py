@@ -52,7 +52,7 @@ def retrain(context: procrastinate.JobContext, run_id: int) -> None:
 def tick(timestamp: int) -> None:
     """Every minute: fail runs orphaned by a dead worker, then fire the schedule if it is due."""
     retrains.recover_orphaned_runs()
-    retrains.scheduled_retrain(dt.datetime.fromtimestamp(timestamp).astimezone())
+    retrains.scheduled_retrain(dt.datetime.fromtimestamp(timestamp, tz=dt.UTC))
 
 
 def run_retrain(run_id: int, *, should_abort: Callable[[], bool] = lambda: False,

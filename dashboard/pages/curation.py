@@ -140,7 +140,7 @@ else:
 
     left, right = st.columns([3, 2])
     with left:
-        st.markdown(f"**Question** · {row.created_at:%Y-%m-%d %H:%M} · {row.channel_id or 'no channel'} · "
+        st.markdown(f"**Question** · {markup.when(row.created_at)} · {row.channel_id or 'no channel'} · "
                     f"{row.user_id or 'unknown user'}")
         st.markdown(markup.highlight_pii(row.question))
         st.markdown(f"**Final answer** · route: {row.route} ({markup.escape(row.route_reason or '')})")

@@ -71,7 +71,7 @@ else:
 
 for review, answer in pending:
     with st.container(border=True):
-        st.markdown(f"**Review #{review.id}** · answer #{answer.id} · asked {answer.created_at:%Y-%m-%d %H:%M} by "
+        st.markdown(f"**Review #{review.id}** · answer #{answer.id} · asked {markup.when(answer.created_at)} by "
                     f"{markup.escape(answer.user_id or 'unknown')} in {markup.escape(answer.channel_id or 'no channel')}"
                     f" · why: {markup.escape(review.reason)}"
                     + (f" · confidence {answer.confidence:.2f}" if answer.confidence is not None else ""))

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import audit, curation, db, hyperparams, retrain, training
+from core.config import get_settings
 from dashboard import frame, markup
 
 RANKS = [4, 8, 16, 32, 64]
@@ -79,7 +80,7 @@ stamp = f"{shown:%Y%m%d%H%M%S%f}"   # in the fields' keys: a new version fills a
 with st.form("tr_schedule"):
     enabled = st.toggle("Retrain periodically", value=schedule.enabled, key=f"sc_enabled_{stamp}")
     c_cron, c_min = st.columns(2)
-    cron = c_cron.text_input("When (cron, server time)", value=schedule.cron, key=f"sc_cron_{stamp}",
+    cron = c_cron.text_input(f"When (cron, {get_settings().timezone})", value=schedule.cron, key=f"sc_cron_{stamp}",
                              help="'0 3 * * 1' is Mondays at 03:00.")
     min_new = c_min.number_input("Only with at least this many new accepted answers", min_value=1,
                                  value=schedule.min_new_examples, key=f"sc_min_{stamp}")
@@ -90,7 +91,7 @@ with st.form("tr_schedule"):
     sc_rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(shown_rank if shown_rank in RANKS else DEFAULT_RANK),
                                key=f"sc_rank_{stamp}")
     saved = st.form_submit_button("Save schedule", disabled=viewer)
-st.caption(f"Last fired: {schedule.last_fired_at:%Y-%m-%d %H:%M}" if schedule.last_fired_at else "Never fired yet.")
+st.caption(f"Last fired: {markup.when(schedule.last_fired_at)}" if schedule.last_fired_at else "Never fired yet.")
 if saved and not frame.refuse_viewer(identity):
     # InvalidSchedule: an invalid cron expression or minimum (the message says which).
     saved_schedule = frame.attempt("Saving the schedule", lambda: save_schedule(

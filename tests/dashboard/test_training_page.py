@@ -1,9 +1,12 @@
 """The Training page: start (or refuse) a retrain, set the schedule, follow and cancel runs."""
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from core import curation, db, queue, training
+from core.config import get_settings
 from dashboard_helpers import audit_rows, open_page, seed_answer, table, texts
 
 
@@ -149,6 +152,18 @@ def test_schedule_is_validated_and_saved(dashboard_db: str) -> None:
     _field(at.number_input, "epochs").set_value(2)   # saved again from the same form: its own save is no news
     at.button[1].click().run()
     assert not at.error and "Schedule saved" in texts(at)
+
+
+def test_the_schedule_names_the_time_zone_its_cron_and_times_are_in(
+        dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_TIMEZONE", "Asia/Kolkata")
+    get_settings.cache_clear()
+    db.close_pools()   # its connections read times in the zone they were opened with
+    with db.connection() as conn:
+        training.mark_schedule_fired(conn, dt.datetime(2026, 3, 1, 21, 30, tzinfo=dt.UTC))
+    at = open_page("training")
+    assert _field(at.text_input, "cron").label == "When (cron, Asia/Kolkata)"
+    assert "Last fired: 2026-03-02 03:00 IST" in texts(at)
 
 
 def test_a_schedule_form_older_than_someone_elses_save_does_not_switch_it_back(dashboard_db: str) -> None:

@@ -7,6 +7,7 @@ import datetime as dt
 import pytest
 
 from core import audit, curation, db, queue, retrain, training
+from core.config import get_settings
 
 NOW = dt.datetime(2026, 3, 2, 3, 0, 30, tzinfo=dt.timezone.utc)  # a Monday, just after 03:00
 
@@ -114,6 +115,18 @@ def test_a_due_schedule_whose_stored_parameters_are_bad_skips_with_the_reason(cu
         [skip] = [e for e in audit.recent(conn) if e.action == "retrain.skip"]
         assert training.list_runs(conn) == []
     assert "epochs must be a whole number of at least 1" in skip.details["reason"]
+
+
+def test_the_cron_reads_in_the_configured_time_zone(curated_dataset: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_TIMEZONE", "Asia/Kolkata")
+    get_settings.cache_clear()
+    _schedule()   # Mondays 03:00 in India: Sunday 21:30 UTC
+    sunday = NOW - dt.timedelta(hours=5, minutes=30)
+    assert retrain.scheduled_retrain(sunday - dt.timedelta(minutes=1)) is None
+    run = retrain.scheduled_retrain(sunday)
+    assert run is not None and run.status == "queued"
+    with db.connection() as conn:
+        assert training.get_schedule(conn).last_fired_at == sunday
 
 
 def test_the_worker_ticks_every_minute_on_the_training_queue() -> None:
