@@ -46,10 +46,9 @@ class TrainConfig:
         if not (_is_number(self.alpha) and 0 < self.alpha < math.inf):
             problems.append("alpha must be a positive number")
         problems += _shares(self, ("dropout", "warmup_ratio"))
-        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
-            problems.append("seed must be a whole number")
+        problems += _seed(self.seed)
         for name in ("gradient_checkpointing", "compile"):
-            if getattr(self, name) not in (True, False, "auto"):
+            if not (isinstance(getattr(self, name), bool) or getattr(self, name) == "auto"):   # 1 == True
                 problems.append(f"{name} must be true, false or \"auto\"")
         if not (isinstance(self.target_modules, str) and self.target_modules
                 or isinstance(self.target_modules, tuple) and self.target_modules
@@ -77,9 +76,7 @@ class DatasetConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        problems = _shares(self, ("val_ratio", "general_ratio"))
-        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)):
-            problems.append("seed must be a whole number")
+        problems = _shares(self, ("val_ratio", "general_ratio")) + _seed(self.seed)
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -136,6 +133,12 @@ def _whole_numbers(config: object, names: tuple[str, ...]) -> list[str]:
     return [f"{name} must be a whole number of at least 1" for name in names
             if not (isinstance(getattr(config, name), int) and not isinstance(getattr(config, name), bool)
                     and getattr(config, name) >= 1)]
+
+
+def _seed(seed: object) -> list[str]:
+    """torch and numpy take seeds below 2**32 (torch fails on larger ones deep in a run)."""
+    fits = isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < 2**32
+    return [] if fits else ["seed must be a whole number from 0 to 4294967295"]
 
 
 def _shares(config: object, names: tuple[str, ...]) -> list[str]:

@@ -97,7 +97,8 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
     `min_new_examples` accepted answers are new or edited since the dataset the last successful
     retrain learned from, freeze a new dataset version (or take the latest, when it already holds
     exactly these) and queue a retrain on it. The cron reads in `FLYWHEEL_TIMEZONE`. Each cron
-    time is considered once; a skip is audited with its reason. Returns the queued run, if any."""
+    time is considered once; a skip (not enough new answers, a retrain under way, parameters
+    the trainer cannot use) is audited with its reason. Returns the queued run, if any."""
     from croniter import croniter
 
     with db.connection() as conn:
@@ -110,6 +111,11 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         if due <= max(schedule.last_fired_at or schedule.updated_at, schedule.updated_at):
             return None
         training.mark_schedule_fired(conn, now)
+        try:   # saved by hand, or by a version that knew other parameters: before any dataset is made
+            hyperparams.parse(schedule.params)
+        except hyperparams.InvalidParams as e:
+            audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
+            return None
         if training.active_run(conn) is not None:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
                          {"reason": "a retrain is already queued or running"})
@@ -128,7 +134,7 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
             version = e.version
     try:
         return request_retrain(requested_by=SCHEDULE_ACTOR, dataset_version=version, params=schedule.params)
-    except (training.RunAlreadyActive, hyperparams.InvalidParams) as e:
+    except training.RunAlreadyActive as e:
         with db.connection() as conn:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
         logger.info("scheduled retrain skipped: %s", e)

@@ -38,10 +38,12 @@ def test_module_names_survive_the_json_round_trip_the_worker_makes() -> None:
     ({"dropout": 1}, "dropout must be at least 0 and below 1"),
     ({"val_ratio": -0.1}, "val_ratio must be at least 0 and below 1"),
     ({"gradient_checkpointing": "yes"}, "gradient_checkpointing must be true, false or \"auto\""),
+    ({"compile": 1}, "compile must be true, false or \"auto\""),
+    ({"seed": 2**64}, "seed must be a whole number from 0 to 4294967295"),
     ({"target_modules": []}, "target_modules must be \"all-linear\" or a list of module names"),
     ({"target_modules": 3}, "target_modules must be \"all-linear\" or a list of module names"),
     ({"gate_questions": 0}, "gate_questions must be a whole number of at least 1"),
-    ({"seed": "x"}, "parameters: seed must be a whole number."),
+    ({"seed": "x"}, "parameters: seed must be a whole number from 0 to 4294967295."),
 ])
 def test_a_parameter_the_trainer_cannot_use_is_refused_naming_it(params: dict[str, object], problem: str) -> None:
     with pytest.raises(hyperparams.InvalidParams) as refused:

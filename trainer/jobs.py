@@ -29,7 +29,7 @@ import procrastinate
 from core import db, hyperparams, logs, models, queue, serving, training
 from core import retrain as retrains
 from core.config import Settings, get_settings
-from trainer import checkpoints, dataset, train
+from trainer import checkpoints, dataset
 from trainer.runner import CANCELLED_EXIT
 
 logger = logging.getLogger(__name__)

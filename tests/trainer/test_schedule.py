@@ -107,6 +107,7 @@ def test_a_schedule_with_parameters_the_trainer_does_not_know_is_refused(curated
 
 
 def test_a_due_schedule_whose_stored_parameters_are_bad_skips_with_the_reason(curated_dataset: int) -> None:
+    _edit_one_ideal_answer()   # new answers: a dataset would be made
     _schedule()   # then its parameters were stored by hand, or by a version that knew other keys
     with db.connection() as conn:
         conn.execute("UPDATE training_schedule SET params = '{\"epochs\": 0}'")
@@ -114,6 +115,7 @@ def test_a_due_schedule_whose_stored_parameters_are_bad_skips_with_the_reason(cu
     with db.connection() as conn:
         [skip] = [e for e in audit.recent(conn) if e.action == "retrain.skip"]
         assert training.list_runs(conn) == []
+        assert curation.latest_version(conn) == curated_dataset   # no dataset frozen for nothing
     assert "epochs must be a whole number of at least 1" in skip.details["reason"]
 
 
