@@ -41,6 +41,12 @@ def thread_key(channel_id: str, thread_ts: str) -> str:
     return f"slack:{channel_id}:{thread_ts}"
 
 
+def slack_thread(key: str) -> tuple[str, str]:
+    """The (channel, thread ts) of an agent's thread key made by `thread_key`."""
+    _, channel_id, thread_ts = key.split(":", 2)
+    return channel_id, thread_ts
+
+
 def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id: str | None) -> Question | None:
     """The question in an app_mention or message event, without the bot's own mention and with
     Slack's entities (&amp; &lt; &gt;) turned back into text. None when it has no author or
@@ -140,8 +146,10 @@ def answer_waiting(client: WebClient, deps: Deps) -> int:
                                   error="the bot process answering it stopped; asked again")
         waiting = store.take_waiting(conn, deps.process_id)
         # A process that stopped after the agent answered leaves an answer to show, not to ask again.
-        earlier = {row.id: store.earlier_answer(conn, row.id, thread_key(row.channel_id, row.thread_ts))
-                   for row, _ in waiting}
+        earlier: dict[int, int | None] = {}
+        for row, _ in waiting:   # oldest first: the same question asked twice gets an answer each
+            key = thread_key(row.channel_id, row.thread_ts)
+            earlier[row.id] = store.earlier_answer(conn, row.id, key, taken=[a for a in earlier.values() if a])
     if orphaned:
         logger.warning("%d questions were in progress in a bot process that stopped without finishing them",
                        len(orphaned))
@@ -194,7 +202,7 @@ def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebCl
     try:
         with db.connection() as conn:
             store.link_answer(conn, row_id, outcome.answer_id)
-        _show(question, reply_ts, outcome, client, deps)
+        _show(question, row_id, reply_ts, outcome, client, deps)
     except Exception:
         logger.exception("showing answer %s in %s failed", outcome.answer_id, question.channel_id)
         _apologise(question, reply_ts, client, deps)
@@ -221,13 +229,17 @@ def _ask(question: Question, row_id: int, reply_ts: str | None, client: WebClien
     return outcome
 
 
-def _show(question: Question, reply_ts: str | None, outcome: run.Outcome, client: WebClient, deps: Deps) -> None:
+def _show(question: Question, row_id: int, reply_ts: str | None, outcome: run.Outcome, client: WebClient,
+          deps: Deps) -> None:
     if outcome.status == "delivered":
         messages = blocks.answer_messages(outcome.answer_id, outcome.text, outcome.sources)
     else:  # waiting for a reviewer, or declined (not found, guard): a note without buttons
         messages = [blocks.note(outcome.text)]
-    posting.show(client, deps.throttle, channel=question.channel_id, thread_ts=question.thread_ts,
-                 ts=reply_ts, messages=messages)
+    shown = posting.show(client, deps.throttle, channel=question.channel_id, thread_ts=question.thread_ts,
+                         ts=reply_ts, messages=messages)
+    if shown is not None and shown != reply_ts:   # posted anew: a bot taking over edits it, not posts again
+        with db.connection() as conn:
+            store.set_reply(conn, row_id, shown)
     if outcome.status == "pending_review" and outcome.review_id is not None:
         reviews.post_card(client, deps.settings, outcome.review_id)
 

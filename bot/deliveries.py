@@ -3,8 +3,9 @@
 `core.agent.run.decide` queues one delivery row per decided answer and NOTIFYs. The bot claims
 rows for surface 'slack' one at a time and posts each inside the claiming transaction, so two
 bot processes never post the same row. A post that fails for a passing reason (network, Slack
-busy or down, the asker's thread not on record yet) puts the row back for a later round; one
-that keeps failing is given up after `MAX_ATTEMPTS` rounds. Slack refusing for good (archived
+busy or down) puts the row back for a later round; one that keeps failing is given up after
+`MAX_ATTEMPTS` rounds. An answer whose Slack thread is not on record yet (its question is being
+linked, or waits to be taken over from a bot that stopped) is passed over, uncounted, until it is. Slack refusing for good (archived
 channel, bot removed: `PERMANENT_ERRORS`) is final at once. Either way the reviewers are told
 under the review card that the asker never got it. The same loop takes up the questions a
 stopped bot left waiting (`answering.answer_waiting`) and resumes reviews whose deciding process
@@ -41,29 +42,42 @@ PERMANENT_ERRORS = frozenset({
 
 
 class NotOnRecord(LookupError):
-    """The answer has no Slack thread on record yet (its question is still being linked)."""
+    """The answer has no Slack thread on record (yet: its question may still be being linked)."""
+
+    def __init__(self, answer: feedback.Answer) -> None:
+        super().__init__(f"answer {answer.id} has no Slack thread on record")
+        self.answer = answer
 
 
 def drain(deps: Deps) -> int:
-    """Post every queued Slack delivery; returns how many were taken. Raises on a passing
-    failure, leaving that row (and the rest) queued for a later round."""
-    taken = 0
+    """Post every queued Slack delivery, oldest first; returns how many were taken. One whose
+    asker's thread is not on record is passed over while a question in that thread is still
+    being answered (a bot taking over a question links its answer), and given up when none is.
+    Raises on a passing Slack failure, leaving that row (and the rest) queued for a later round."""
+    taken, after = 0, 0
     while True:
         with db.connection() as conn:
-            items = feedback.claim_deliveries(conn, "slack", limit=1)
+            items = feedback.claim_deliveries(conn, "slack", limit=1, after=after)
             if not items:
                 return taken
+            item, after = items[0], items[0].id
             try:
-                deliver(deps, conn, items[0])
-            except (SlackApiError, NotOnRecord) as e:
-                if feedback.retry_delivery(conn, items[0].id, give_up_after=MAX_ATTEMPTS):
+                deliver(deps, conn, item)
+            except NotOnRecord as e:
+                if store.question_open(conn, *answering.slack_thread(e.answer.thread_key)):
+                    feedback.release_delivery(conn, item.id)
+                    continue
+                logger.error("the %s for answer %s is not posted: no question of its Slack thread is on record",
+                             item.kind, item.answer_id)
+            except SlackApiError as e:
+                if feedback.retry_delivery(conn, item.id, give_up_after=MAX_ATTEMPTS):
                     conn.commit()   # the row goes back, counted, even though this round ends here
                     raise
                 logger.error("giving up on the %s for answer %s after %d failed rounds: %s",
-                             items[0].kind, items[0].answer_id, MAX_ATTEMPTS, e)
-                where, answer = _on_record(conn, items[0].answer_id)
-                if where is not None and answer is not None:   # a thread never on record has no card either
-                    _report_undelivered(deps, conn, where, answer, items[0],
+                             item.kind, item.answer_id, MAX_ATTEMPTS, e)
+                where, answer = _on_record(conn, item.answer_id)
+                if where is not None and answer is not None:
+                    _report_undelivered(deps, conn, where, answer, item,
                                         f"posting it failed {MAX_ATTEMPTS} times ({_code(e)})")
         taken += 1
 
@@ -73,11 +87,11 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
     good (`PERMANENT_ERRORS`) is final: logged, and the row is done. Raises `SlackApiError` for
     any other refusal, `NotOnRecord` while the asker's thread is not on record."""
     where, answer = _on_record(conn, item.answer_id)
-    if where is None:
-        raise NotOnRecord(f"answer {item.answer_id} has no Slack thread on record")
     if answer is None:  # not expected: deleting an answer deletes its delivery
         logger.error("answer %s is gone; its %s is not posted", item.answer_id, item.kind)
         return
+    if where is None:
+        raise NotOnRecord(answer)
     messages = (blocks.answer_messages(item.answer_id, item.text, answer.sources) if item.kind == "answer"
                 else [blocks.note(item.text)])
     try:

@@ -5,6 +5,7 @@ Every function takes a connection and never commits: the caller owns the transac
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -113,20 +114,31 @@ def take_waiting(conn: psycopg.Connection, owner: str, limit: int = 1000) -> lis
     return sorted(taken, key=lambda t: t[0].id)
 
 
-def earlier_answer(conn: psycopg.Connection, slack_answer_id: int, thread_key: str) -> int | None:
+def earlier_answer(conn: psycopg.Connection, slack_answer_id: int, thread_key: str,
+                   taken: Collection[int] = ()) -> int | None:
     """The answer a stopped bot process got from the agent for this question before it could
     show it: the one linked to it, or (stopped before linking) the first finished answer to the
-    same question by the same person in `thread_key` since it was asked, that no other question
-    has. None: the agent has yet to answer it."""
+    same question by the same person in `thread_key` since it was asked that no other question
+    has, nor `taken` (matched to another question the same person asked twice). None: the agent
+    has yet to answer it."""
     row = conn.execute(
         "SELECT coalesce(s.answer_id, ("
         "  SELECT a.id FROM answers a WHERE a.thread_key = %(k)s AND a.user_id = s.user_id"
         "  AND a.question = s.question AND a.created_at >= s.created_at"
-        "  AND a.status NOT IN ('running', 'failed')"
+        "  AND a.status NOT IN ('running', 'failed') AND a.id <> ALL(%(taken)s)"
         "  AND NOT EXISTS (SELECT 1 FROM slack_answers o WHERE o.answer_id = a.id)"
         "  ORDER BY a.id LIMIT 1)) AS answer_id"
-        " FROM slack_answers s WHERE s.id = %(id)s", {"id": slack_answer_id, "k": thread_key}).fetchone()
+        " FROM slack_answers s WHERE s.id = %(id)s",
+        {"id": slack_answer_id, "k": thread_key, "taken": list(taken)}).fetchone()
     return None if row is None else row["answer_id"]
+
+
+def question_open(conn: psycopg.Connection, channel_id: str, thread_ts: str) -> bool:
+    """Whether a question in this thread waits for a bot or is being answered (and may yet be
+    linked to its answer)."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM slack_answers WHERE channel_id = %(c)s AND thread_ts = %(t)s"
+                       " AND question IS NOT NULL) AS open", {"c": channel_id, "t": thread_ts}).fetchone()
+    return bool(row and row["open"])
 
 
 def set_reply(conn: psycopg.Connection, slack_answer_id: int, reply_ts: str) -> None:

@@ -80,6 +80,19 @@ def test_an_unknown_time_zone_is_refused_naming_the_setting(monkeypatch: pytest.
         get_settings.cache_clear()
 
 
+def test_questions_an_earlier_version_left_open_after_showing_their_answer_are_closed_not_shown_again(
+        database_url: str) -> None:
+    with db.connect(database_url) as conn:
+        conn.execute("DELETE FROM schema_migrations WHERE version = '014_shown_questions_done'")
+        answer_id = feedback.create_answer(conn, thread_key="slack:C1:1.1", surface="slack", question="Laptop?")
+        conn.execute("INSERT INTO slack_answers (channel_id, question_ts, thread_ts, user_id, question, owner,"
+                     " answer_id) VALUES ('C1', '1.1', '1.1', 'U1', 'Laptop?', 'gone', %(a)s),"
+                     " ('C1', '1.2', '1.1', 'U1', 'Monitor?', NULL, NULL)", {"a": answer_id})
+        assert db.migrate(conn) == ["014_shown_questions_done"]
+        left = conn.execute("SELECT question, owner FROM slack_answers ORDER BY id").fetchall()
+    assert left == [{"question": None, "owner": None}, {"question": "Monitor?", "owner": None}]   # one still waits
+
+
 def test_the_first_pooled_connection_migrates_a_new_database(empty_database: str) -> None:
     # e.g. `flywheel ingest` on a database no process has started on yet
     try:

@@ -60,6 +60,7 @@ class AgentFailed(RuntimeError):
 
 
 REVIEW_WAIT = "A reviewer is checking this answer. You'll get it here once it's approved."
+REVIEW_DONE = "A reviewer has checked this answer: what they decided follows in this thread."
 # A decision reaches its thread within a second or so; one recorded longer ago and not yet
 # applied was cut off (the deciding process died between recording and resuming).
 STUCK_AFTER_S = 300.0
@@ -235,8 +236,9 @@ def _apply(answer: feedback.Answer, decision: Decision, context: AgentContext | 
 def outcome_as_asked(answer_id: int) -> Outcome | None:
     """What `ask` returned for this answer, read again, for a surface whose process stopped after
     the agent finished and before the asker saw it. An answer that went to review is the review
-    note, with its review while that is pending: a decision made since is delivered on its own.
-    None while the answer is running or after it failed: there is nothing to show, ask again."""
+    note with its review while that is pending; once decided, a note that the decision follows
+    (it is queued for delivery on its own). None while the answer is running or after it
+    failed: there is nothing to show, ask again."""
     with db.connection() as conn:
         a = feedback.get_answer(conn, answer_id)
         review = feedback.review_for_answer(conn, answer_id)
@@ -244,8 +246,9 @@ def outcome_as_asked(answer_id: int) -> Outcome | None:
         return None
     if review is None:
         return _outcome_of(a, review_id=None)
-    return replace(_outcome_of(a, review_id=review.id if review.status == "pending" else None),
-                               status="pending_review", text=REVIEW_WAIT)
+    if review.status == "pending":
+        return replace(_outcome_of(a, review_id=review.id), status="pending_review", text=REVIEW_WAIT)
+    return replace(_outcome_of(a, review_id=None), status="pending_review", text=REVIEW_DONE)
 
 
 def _outcome(answer_id: int, *, review_id: int | None) -> Outcome:

@@ -15,7 +15,7 @@ from bot.answering import ORPHANED_AFTER_S
 from bot.deliveries import DeliveryLoop
 from bot.deps import AGENT_RUNS, Deps
 from core import db
-from core.agent import prompts
+from core.agent import prompts, run
 
 
 def test_mention_gets_placeholder_then_answer_with_sources_and_feedback_buttons(bot: SlackBot) -> None:
@@ -199,16 +199,22 @@ def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running
     assert rows("SELECT question, owner FROM slack_answers") == [{"question": None, "owner": None}]
 
 
-def _dies_at(monkeypatch: pytest.MonkeyPatch, module: object, name: str) -> tuple[threading.Event, threading.Event]:
-    """The bot process dies on its first call of `module.name`: the call never returns (when
-    the test releases it, it fails). Returns (reached, release)."""
+def _dies_at(monkeypatch: pytest.MonkeyPatch, module: object, name: str,
+             calls: int = 1) -> tuple[threading.Event, threading.Event]:
+    """The bot process dies in its first `calls` calls of `module.name`: they never return (when
+    the test releases them, they fail). Returns (all reached, release)."""
     reached, release = threading.Event(), threading.Event()
     real = getattr(module, name)
+    dying = iter(range(calls))
+    lock = threading.Lock()
 
     def first_call_dies(*args: object, **kwargs: object) -> object:
-        if reached.is_set():
+        with lock:
+            dies = next(dying, None)
+        if dies is None:
             return real(*args, **kwargs)
-        reached.set()
+        if dies == calls - 1:
+            reached.set()
         release.wait(60)
         raise RuntimeError("this process was killed")
 
@@ -282,6 +288,76 @@ def test_a_killed_bot_that_had_posted_the_review_card_leaves_one_card(
         release.set()
     assert len(bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL)) == 1
     assert len(rows("SELECT id FROM answers")) == 1 and len(rows("SELECT id FROM reviews")) == 1
+
+
+def test_a_review_decided_before_the_question_was_taken_over_is_delivered_under_a_note_saying_so(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    reached, release = _dies_at(monkeypatch, store, "link_answer")
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(SALARY_QUESTION, channel="CGENERAL")
+    assert reached.wait(30)
+    _kill(bot)
+    [review] = rows("SELECT id FROM reviews")   # no card; a reviewer finds it in the dashboard
+    assert run.decide(review["id"], {"action": "approve", "reviewer": "alice@northwind.example"},
+                      context=bot.context()) is not None
+
+    survivor = _survivor(bot)
+    loop = DeliveryLoop(survivor, poll_s=0.5).start()
+    try:
+        note = bot.reply("CGENERAL", ts)
+        [answer] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts
+                                      and "People team" in c.shown_text)
+    finally:
+        loop.stop()
+        survivor.close()
+        release.set()
+    assert note.shown_text == run.REVIEW_DONE and answer.action_values()
+    assert bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL) == []
+
+
+def test_the_same_question_asked_twice_in_a_thread_keeps_an_answer_each_when_taken_over(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    reached, release = _dies_at(monkeypatch, store, "link_answer", calls=2)
+    first = bot.mention("How do I get a new laptop?", channel="CGENERAL")
+    again = bot.mention("How do I get a new laptop?", channel="CGENERAL", thread_ts=first)   # asked again, impatient
+    assert reached.wait(30)   # both answered; the process dies before noting which answer is whose
+    _kill(bot)
+
+    survivor = _survivor(bot)
+    loop = DeliveryLoop(survivor, poll_s=0.5).start()
+    try:
+        wait_until(lambda: rows("SELECT id FROM slack_answers WHERE question IS NULL AND answer_id IS NOT NULL")
+                   [1:], what="both questions shown")
+        apologies = bot.slack.calls_to("chat.update", lambda c: "went wrong" in c.shown_text)
+    finally:
+        loop.stop()
+        survivor.close()
+        release.set()   # (the dead process's calls now fail, and apologise: not what this test is about)
+    linked = rows("SELECT question_ts, answer_id FROM slack_answers ORDER BY id")
+    assert [r["question_ts"] for r in linked] == [first, again]
+    assert sorted(r["answer_id"] for r in linked) == [r["id"] for r in rows("SELECT id FROM answers ORDER BY id")]
+    assert len(model.calls) == 2 and apologies == []
+
+
+def test_an_answer_posted_in_place_of_a_failed_placeholder_is_edited_not_posted_again_when_taken_over(
+        bot: SlackBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    reached, release = _dies_at(monkeypatch, store, "finish_question")
+    bot.slack.fail_next("chat.postMessage", body={"ok": False, "error": "internal_error"})   # the placeholder
+    ts = bot.mention("How do I get a new laptop?", channel="CGENERAL")
+    [posted] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts and c.response["ok"])
+    assert reached.wait(30)   # the answer is shown; the process dies before noting it is done
+    _kill(bot)
+
+    survivor = _survivor(bot)
+    loop = DeliveryLoop(survivor, poll_s=0.5).start()
+    try:
+        [edited] = bot.slack.wait_for("chat.update", lambda c: c.args["ts"] == posted.response["ts"])
+    finally:
+        loop.stop()
+        survivor.close()
+        release.set()
+    assert "Laptop request" in edited.shown_text
+    assert len(bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == ts and c.response["ok"])) == 1
 
 
 def test_a_bot_whose_delivery_round_is_stuck_on_slack_is_still_alive_and_keeps_its_questions(

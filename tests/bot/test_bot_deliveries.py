@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from bot_support import ASKER, SlackBot, count_delivery_rounds, pending_review, rows
+from bot_support import ASKER, SALARY_QUESTION, SlackBot, count_delivery_rounds, pending_review, rows
 from support.polling import wait_until
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
@@ -122,23 +122,42 @@ def test_delivery_slack_keeps_refusing_is_given_up_after_max_attempts_and_the_re
     assert _outbox() == [{"taken": True, "failed_attempts": 3}]
 
 
-def test_delivery_for_an_answer_not_yet_linked_to_its_thread_is_posted_once_linked(
-        quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_delivery_for_an_answer_not_yet_linked_to_its_thread_waits_uncounted_and_is_posted_once_linked(
+        quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel) -> None:
     bot = quick_rounds
-    monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 1000)   # rounds come several times a second here
     ts, _ = pending_review(bot, model)
     [link] = rows("SELECT id, answer_id FROM slack_answers")
     with db.connection() as conn:   # as between `run.ask` returning and the bot linking its answer
-        conn.execute("UPDATE slack_answers SET answer_id = NULL")
+        conn.execute("UPDATE slack_answers SET answer_id = NULL, question = %(q)s, owner = %(p)s",
+                     {"q": SALARY_QUESTION, "p": bot.deps.process_id})
     _approve_outside_slack(bot)
-    wait_until(lambda: rows("SELECT id FROM deliveries WHERE failed_attempts >= 1 AND delivered_at IS NULL"),
-               what="a round that found no thread")
+    more_rounds()
+    more_rounds()   # however many rounds pass over it (a bot taking the question over waits 2 minutes)
+    assert _outbox() == [{"taken": False, "failed_attempts": None}] and _answer_posts(bot, ts) == []
 
     with db.connection() as conn:
-        conn.execute("UPDATE slack_answers SET answer_id = %(answer_id)s WHERE id = %(id)s", link)
+        conn.execute("UPDATE slack_answers SET answer_id = %(answer_id)s, question = NULL, owner = NULL"
+                     " WHERE id = %(id)s", link)
     _posted(bot, ts)
     wait_until(lambda: _outbox()[0]["taken"], what="the delivery taken")
     assert len(_answer_posts(bot, ts)) == 1
+
+
+def test_a_delivery_whose_thread_is_not_on_record_is_given_up_without_holding_back_the_next(
+        quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    bot = quick_rounds
+    monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 1000)   # it is not a passing failure: no rounds to count
+    ts, _ = pending_review(bot, model)
+    with db.connection() as conn:   # a decided answer whose Slack question the bot has no record of
+        lost = feedback.create_answer(conn, thread_key="slack:CGONE:1.1", surface="slack", question="Lost?")
+        feedback.queue_delivery(conn, lost, "answer", "An answer nobody can be shown.")
+    _approve_outside_slack(bot)
+
+    _posted(bot, ts)
+    wait_until(lambda: all(row["taken"] for row in _outbox()), what="both deliveries taken")
+    assert any(f"answer for answer {lost} is not posted" in r.getMessage() for r in caplog.records)
+    assert bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == "CGONE") == []
 
 
 def test_decision_recorded_by_a_process_that_died_before_resuming_is_posted_by_the_delivery_loop(
