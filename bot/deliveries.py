@@ -83,9 +83,10 @@ def drain(deps: Deps) -> int:
 
 
 def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> None:
-    """Post one delivery in the asker's thread, then redraw the review card. Slack refusing for
-    good (`PERMANENT_ERRORS`) is final: logged, and the row is done. Raises `SlackApiError` for
-    any other refusal, `NotOnRecord` while the asker's thread is not on record."""
+    """Post one delivery in the asker's thread, then say so in the review note above it and redraw
+    the review card. Slack refusing for good (`PERMANENT_ERRORS`) is final: logged, and the row
+    is done. Raises `SlackApiError` for any other refusal, `NotOnRecord` while the asker's thread
+    is not on record."""
     where, answer = _on_record(conn, item.answer_id)
     if answer is None:  # not expected: deleting an answer deletes its delivery
         logger.error("answer %s is gone; its %s is not posted", item.answer_id, item.kind)
@@ -105,9 +106,12 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
         return
     store.set_delivered(conn, item.answer_id, first or "")
     try:
+        if where.reply_ts is not None:   # the note above it said "once it's approved": true no longer
+            posting.replace(deps.client, deps.throttle, channel=where.channel_id, ts=where.reply_ts,
+                            message=blocks.note(run.REVIEW_DONE))
         reviews.redraw_card(deps.client, deps.throttle, conn, where, answer)
-    except Exception:  # the asker has the answer; a stale card must not re-post it
-        logger.exception("could not redraw the review card of answer %s", item.answer_id)
+    except Exception:  # the asker has the answer; a stale note or card must not re-post it
+        logger.exception("could not update the review note or card of answer %s", item.answer_id)
 
 
 def _on_record(conn: psycopg.Connection, answer_id: int) -> tuple[store.SlackAnswer | None, feedback.Answer | None]:

@@ -102,6 +102,10 @@ def test_reviewer_rejects_with_a_reason_and_asker_is_told_a_person_will_follow_u
     assert f"Rejected by <@{REVIEWER}>" in updated.shown_text and "bands are confidential" in updated.shown_text
     assert rows("SELECT status, reject_reason FROM reviews") == [
         {"status": "rejected", "reject_reason": "bands are confidential"}]
+    # The review note above no longer promises the answer "once it's approved".
+    note_ts = bot.placeholder("CGENERAL", ts).response["ts"]
+    [note] = bot.slack.wait_for("chat.update", lambda c: c.args["ts"] == note_ts and c.shown_text == run.REVIEW_DONE)
+    assert not note.action_values()
 
 
 def test_edit_or_reject_on_a_decided_review_says_so_before_any_modal(bot: SlackBot, model: ScriptedModel) -> None:
