@@ -43,9 +43,10 @@ def serving_url(settings: Settings | None = None) -> str:
 def live_adapter_for(base_model: str, settings: Settings | None = None) -> models.Adapter | None:
     """The live adapter, when it was trained on `base_model` and its files are on this machine:
     what our model server loads at start-up, so that after a restart it still answers with it.
-    None for a stand-alone server (no DATABASE_URL) or when the database cannot be read."""
+    None for a stand-alone server (no DATABASE_URL and no embedded database under the data
+    folder: none is made for it) or when the database cannot be read."""
     settings = settings or get_settings()
-    if settings.database_url is None:
+    if settings.database_url is None and not (settings.pg_dir / "PG_VERSION").exists():
         return None
     try:
         with db.connection() as conn:

@@ -158,6 +158,27 @@ def test_a_restarted_server_answers_with_the_live_adapter_again(database_url: st
         assert serving.answers_with_adapter(url, adapter.name)
 
 
+def test_a_restarted_server_on_the_embedded_database_answers_with_the_live_adapter_again(
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import db, models, serving
+    from core.config import get_settings
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)   # as `make up` runs: Postgres under the data folder
+    monkeypatch.setenv("FLYWHEEL_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    path = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
+    try:
+        with db.connection() as conn:
+            adapter = models.register(conn, base_model=str(tiny_model_dir), path=str(path), dataset_version=1,
+                                      hyperparams={"rank": 4}, status="ready")
+            models.mark_live(conn, adapter.version, actor="admin")
+        with serve_llm(tiny_model_dir) as url:
+            assert serving.answers_with_adapter(url, adapter.name)
+    finally:
+        db.close_pools()
+        get_settings.cache_clear()
+
+
 def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
