@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
+
 from core import audit, curation, db, hyperparams, models, queue, training
 from core.config import Settings, get_settings
 
@@ -84,8 +86,14 @@ def cancel_retrain(run_id: int, *, requested_by: str) -> bool:
 
 def resume_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun:
     """Queue a failed (crashed, killed) run again; the worker resumes it from its last
-    checkpoint on the same dataset version and parameters."""
+    checkpoint (or starts over, without one) on the same dataset version and parameters.
+    Refuses a run whose adapter is already trained (ready, live or retired): training it again
+    would take a live one off the air."""
     with db.connection() as conn:
+        trained = _trained_adapter(conn, training.get_run(conn, run_id))
+        if trained is not None:
+            raise ValueError(f"Retrain run {run_id} already trained {trained.name} ({trained.status}): "
+                             f"there is nothing to resume. See it with `flywheel models ls`.")
         run = training.requeue(conn, run_id)
         audit.record(conn, requested_by, "retrain.resume", f"run:{run_id}")
     return _enqueue(run.id)
@@ -141,6 +149,12 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         return None
 
 
+def _trained_adapter(conn: psycopg.Connection, run: training.TrainingRun | None) -> models.Adapter | None:
+    """The run's adapter when its training is over (ready, live, retired), else None."""
+    adapter = models.get(conn, run.adapter_version) if run and run.adapter_version is not None else None
+    return adapter if adapter is not None and adapter.status in ("ready", "live", "retired") else None
+
+
 def fail_run(run_id: int, reason: str) -> None:
     """Mark a run failed with its reason, and the adapter it was training with it."""
     with db.connection() as conn:
@@ -163,7 +177,12 @@ def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> lis
                 queue.fail_job(conn, orphan["job_id"])  # type: ignore[arg-type]
     for orphan in orphans:
         run_id = int(orphan["run_id"])  # type: ignore[call-overload]
-        if orphan["run_status"] == "queued":
+        with db.connection() as conn:
+            trained = _trained_adapter(conn, training.get_run(conn, run_id))
+        if trained is not None:   # it stopped while promoting, or just before the run was closed
+            fail_run(run_id, f"The worker stopped after {trained.name} was trained ({trained.status}); its gate "
+                             f"result is in Models, where it can be promoted. There is nothing to resume.")
+        elif orphan["run_status"] == "queued":
             fail_run(run_id, f"This retrain's job ended ({orphan['job_status'] or 'gone'}) before the run started. "
                              f"Start it again with `flywheel train resume {run_id}`.")
         else:

@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
 
     @train_app.command("resume")
     def resume(run_id: int, wait: bool = typer.Option(False, "--wait"), by: str = typer.Option("cli", "--as")) -> None:
-        """Queue a failed run again; it continues from its last checkpoint."""
+        """Queue a failed run again; it continues from its last checkpoint (or starts over if it left none)."""
         try:
             run = retrain.resume_retrain(run_id, requested_by=by)
         except (ValueError, training.RunAlreadyActive) as e:

@@ -150,7 +150,7 @@ def run_detail(run_id: int, was_active: bool) -> None:
             resumed = frame.attempt("Resuming", lambda: retrain.resume_retrain(run_id, requested_by=identity.actor),
                                     ValueError, training.RunAlreadyActive)
             if resumed is not None:
-                frame.done(f"Run {resumed.id} queued again; it continues from its last checkpoint.")
+                frame.done(f"Run {resumed.id} queued again; it continues from its last checkpoint, if it left one.")
 
 
 run_detail(chosen_id, by_id[chosen_id].status in ACTIVE)

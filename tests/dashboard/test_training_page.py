@@ -122,7 +122,7 @@ def test_a_failed_run_can_be_resumed_and_a_second_active_run_is_refused(dashboar
     with db.connection() as conn:
         training.finish_run(conn, other.id, "cancelled")
     at.button(key="tr_resume").click().run()
-    assert f"Run {failed.id} queued again; it continues from its last checkpoint." in texts(at)
+    assert f"Run {failed.id} queued again; it continues from its last checkpoint, if it left one." in texts(at)
     assert runs()[-1].status == "queued" and "retrain.resume" in [e["action"] for e in audit_rows()]
 
 

@@ -215,6 +215,29 @@ def _progress(run_id: int) -> float:
         return training.get_run(conn, run_id).progress  # type: ignore[union-attr]
 
 
+def test_a_run_whose_worker_died_after_its_adapter_was_trained_is_not_trained_again(
+        curated_dataset: int, tiny_base: Path, tmp_path: Path) -> None:
+    # The worker was killed while it auto-promoted (a slow model server); then an admin promoted the adapter.
+    run = retrain.request_retrain(requested_by="admin")
+    with db.connection() as conn:
+        training.start_run(conn, run.id)
+        adapter = models.register(conn, base_model=str(tiny_base), path=str(tmp_path), dataset_version=curated_dataset,
+                                  hyperparams={}, status="ready")
+        training.attach_adapter(conn, run.id, adapter.version)
+        models.mark_live(conn, adapter.version, actor="admin")
+    assert retrain.recover_orphaned_runs(stalled_after_s=0) == [run.id]
+    with db.connection() as conn:
+        failed = training.get_run(conn, run.id)
+    assert f"The worker stopped after {adapter.name} was trained (live)" in (failed.error or "")  # type: ignore[union-attr]
+    assert "flywheel train resume" not in (failed.error or "")  # type: ignore[union-attr]
+
+    with pytest.raises(ValueError, match=f"already trained {adapter.name} .live.: there is nothing to resume"):
+        retrain.resume_retrain(run.id, requested_by="admin")
+    with db.connection() as conn:
+        assert models.live(conn).version == adapter.version  # type: ignore[union-attr]
+        assert training.get_run(conn, run.id).status == "failed"  # type: ignore[union-attr]
+
+
 def test_a_training_process_killed_under_torchrun_is_reported_as_killed(tmp_path: Path) -> None:
     # torchrun exits 1 when one of its processes is killed; the reason still names the signal.
     script = tmp_path / "killed.py"
