@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,12 +31,26 @@ def default_base_model(settings: Settings | None = None) -> str:
     return settings.base_model
 
 
+def model_source(name: str) -> str:
+    """A base model as every process reads it the same: a folder as its absolute path (the
+    worker may run from another directory), a hub id as given. Raises `ValueError` for a path
+    with no model in it."""
+    path = Path(name).expanduser()
+    if not (path.exists() or name.startswith((".", "/", "~"))):
+        return name
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{name} is not a model folder (no config.json)")
+    return str(path.resolve())
+
+
 def request_retrain(*, requested_by: str, dataset_version: int | None = None, base_model: str | None = None,
                     params: dict[str, Any] | None = None) -> training.TrainingRun:
     """Queue a retrain on a dataset version (default: the latest). Refuses parameters the trainer
-    does not know or cannot use (`hyperparams.InvalidParams`), an empty or unknown dataset, and a
-    second retrain while one is queued or running (`training.RunAlreadyActive`)."""
+    does not know or cannot use (`hyperparams.InvalidParams`), a base model folder with no model
+    in it (`ValueError`), an empty or unknown dataset, and a second retrain while one is queued or
+    running (`training.RunAlreadyActive`)."""
     hyperparams.parse(params or {})
+    base_model = model_source(base_model or default_base_model())
     with db.connection() as conn:
         version = dataset_version if dataset_version is not None else curation.latest_version(conn)
         if version is None:
@@ -45,7 +60,7 @@ def request_retrain(*, requested_by: str, dataset_version: int | None = None, ba
             raise curation.CurationError(f"There is no dataset version {version}.")
         if info.items == 0:
             raise curation.CurationError(f"Dataset v{version} is empty: nothing to train on.")
-        run = training.create_run(conn, base_model=base_model or default_base_model(), dataset_version=version,
+        run = training.create_run(conn, base_model=base_model, dataset_version=version,
                                   params=params or {}, requested_by=requested_by)
         audit.record(conn, requested_by, "retrain.start", f"run:{run.id}", {"dataset_version": version, **(params or {})})
     return _enqueue(run.id)

@@ -56,7 +56,7 @@ def live_adapter_for(base_model: str, settings: Settings | None = None) -> model
         return None
     if live is None:
         return None
-    if not _same_model(live.base_model, base_model) or not Path(live.path).exists():
+    if not same_model(live.base_model, base_model) or not Path(live.path).exists():
         logger.warning("the live adapter %s (base %s, files %s) does not fit this server's model %s or its files "
                        "are missing here: serving the base model until a promotion loads one",
                        live.name, live.base_model, live.path, base_model)
@@ -64,7 +64,7 @@ def live_adapter_for(base_model: str, settings: Settings | None = None) -> model
     return live
 
 
-def _same_model(a: str, b: str) -> bool:
+def same_model(a: str, b: str) -> bool:
     """A folder on disk, however it is spelled, or the same hub id."""
     return a == b or (Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve())
 
@@ -146,7 +146,7 @@ def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool
     with db.connection() as conn:
         adapter = models.promotable(conn, version)
     served = settings.base_model
-    if not _same_model(adapter.base_model, served):
+    if not same_model(adapter.base_model, served):
         raise models.PromotionRefused(
             f"{adapter.name} was trained on {adapter.base_model}, but the model server runs {served} "
             "(FLYWHEEL_LLM_MODEL), and an adapter only fits the model it was trained on. Retrain on "
@@ -187,7 +187,7 @@ def rollback(settings: Settings | None = None, *, actor: str, from_version: int 
                                               "rolled back: look at the list again.")
             previous = models.previous_live(conn)
             # An adapter trained on another base model (served before) does not fit: the base model answers.
-            if previous is None or not _same_model(previous.base_model, settings.base_model):
+            if previous is None or not same_model(previous.base_model, settings.base_model):
                 models.roll_back_to_base_model(conn, actor=actor)
                 return None
         return _promote(previous.version, settings, actor=actor, rolling_back=True)

@@ -83,7 +83,7 @@ def run_retrain(run_id: int, *, should_abort: Callable[[], bool] = lambda: False
 
 
 def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callable[[], bool]) -> None:
-    work = settings.adapter_root / "runs" / f"run-{run.id}"
+    work = (settings.adapter_root / "runs" / f"run-{run.id}").resolve()   # the child runs in the repo root
     # Checked when the run was requested; a run queued by an older version is checked again here.
     train_config, data_config, gate = hyperparams.parse(run.params)
     if not (work / "data" / "manifest.json").exists():  # a resumed run keeps the data it started with
@@ -100,7 +100,8 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
     with db.connection() as conn:
         live = models.live(conn)
     baseline = ({"name": live.name, "path": live.path}
-                if live is not None and live.base_model == run.base_model and Path(live.path).exists() else None)
+                if live is not None and serving.same_model(live.base_model, run.base_model)
+                and Path(live.path).exists() else None)
     spec = {"run_id": run.id, "base_model": run.base_model, "train": train_config.as_dict(),
             "gate": {"margin": settings.gate_margin, "questions": gate.gate_questions,
                      "max_new_tokens": gate.gate_max_new_tokens},

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import typer
 
@@ -29,10 +28,10 @@ def register(app: typer.Typer) -> None:
         for spec, (name, sep, path) in zip(adapter, adapters):
             if not (name and sep and path):
                 raise typer.BadParameter(f"--adapter expects NAME=PATH, got {spec!r}")
-        source = model or retrain.default_base_model(settings)
-        if Path(source).exists() or source.startswith((".", "/")):  # a folder, not a hub id
-            if not (Path(source) / "config.json").is_file():
-                raise typer.BadParameter(f"{source} is not a model folder (no config.json)")
+        try:
+            source = retrain.model_source(model or retrain.default_base_model(settings))
+        except ValueError as e:
+            raise typer.BadParameter(str(e)) from None
         try:
             local = LocalModel(source)
         except (OSError, ValueError) as e:  # not a model folder, a hub id out of reach

@@ -68,7 +68,7 @@ if submitted and not frame.refuse_viewer(identity):
     with st.spinner("Queuing the retrain…"):
         started = frame.attempt("Starting a retrain",
                                 lambda: start(version, base_model.strip(), int(epochs), int(rank), identity.actor),
-                                curation.CurationError, training.RunAlreadyActive)
+                                ValueError, training.RunAlreadyActive)   # CurationError is a ValueError
     if started is not None:
         frame.done(f"Retrain run {started.id} queued on dataset v{started.dataset_version}.")
 

@@ -2,6 +2,7 @@
 is failed, nothing to train on is a clear error, and a cancel stops between steps."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -236,6 +237,46 @@ def test_a_run_whose_worker_died_after_its_adapter_was_trained_is_not_trained_ag
     with db.connection() as conn:
         assert models.live(conn).version == adapter.version  # type: ignore[union-attr]
         assert training.get_run(conn, run.id).status == "failed"  # type: ignore[union-attr]
+
+
+def test_a_retrain_with_a_relative_data_folder_runs_from_any_directory(
+        curated_dataset: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)   # `flywheel worker` started outside the repository
+    monkeypatch.setenv("FLYWHEEL_DATA_DIR", "data")   # relative, as the default `.flywheel` is
+    get_settings.cache_clear()
+    run = retrain.request_retrain(requested_by="admin", params=TINY_PARAMS)
+    jobs.run_retrain(run.id)
+    with db.connection() as conn:
+        done = training.get_run(conn, run.id)
+        adapter = models.get(conn, done.adapter_version)  # type: ignore[union-attr, arg-type]
+    assert done.status == "succeeded", f"{done.error}\n{done.log}"  # type: ignore[union-attr]
+    assert Path(adapter.path) == elsewhere / "data" / "adapters" / adapter.name  # type: ignore[union-attr]
+
+
+def test_a_base_model_folder_is_one_model_however_it_is_spelled_and_one_without_a_model_is_refused(
+        curated_dataset: int, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with db.connection() as conn:   # live, trained on the base model as the path was typed then
+        live = models.register(conn, base_model=f"{tiny_base}/", path=str(tmp_path), dataset_version=curated_dataset,
+                               hyperparams={}, status="ready")
+        models.mark_live(conn, live.version, actor="admin")
+    monkeypatch.chdir(tiny_base.parent)
+    run = retrain.request_retrain(requested_by="admin", base_model=f"./{tiny_base.name}")
+    assert run.base_model == str(tiny_base.resolve())
+
+    specs: list[dict] = []
+
+    def read_spec_then_fail(command: list[str], work: Path, *args: object, **kwargs: object) -> int:
+        specs.append(json.loads((work / "spec.json").read_text()))
+        return 1
+
+    monkeypatch.setattr(jobs, "_run_child", read_spec_then_fail)
+    jobs.run_retrain(run.id)
+    assert specs[0]["baseline"]["name"] == live.name   # the gate compares with the live adapter, not the base
+
+    with pytest.raises(ValueError, match="is not a model folder .no config.json."):
+        retrain.request_retrain(requested_by="admin", base_model=str(tmp_path / "nothing-here"))
 
 
 def test_a_training_process_killed_under_torchrun_is_reported_as_killed(tmp_path: Path) -> None:
