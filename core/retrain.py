@@ -80,23 +80,47 @@ def _enqueue(run_id: int) -> training.TrainingRun:
         return training.get_run(conn, run_id)  # type: ignore[return-value]
 
 
-def cancel_retrain(run_id: int, *, requested_by: str) -> bool:
+def cancel_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun | None:
     """Stop a queued or running retrain: a queued job is taken off the queue; a running one
-    stops at its next step. False when the run is not active."""
+    stops at its next step, or at once when its worker is dead (`queue.orphaned_runs`), so that
+    it does not block every new retrain until a worker starts. Returns the run as it is now,
+    None when it is not active; raises `LookupError` for a run that does not exist."""
     with db.connection() as conn:
         asked = training.request_cancel(conn, run_id)
         run = training.get_run(conn, run_id)
-        if asked:
-            audit.record(conn, requested_by, "retrain.cancel", f"run:{run_id}")
-    if not asked or run is None:
-        return False
-    if run.status == "queued" and run.job_id is not None:
+        if run is None:
+            raise LookupError(f"There is no retrain run {run_id}.")
+        if not asked:
+            return None
+        audit.record(conn, requested_by, "retrain.cancel", f"run:{run_id}")
+        orphaned = [o for o in queue.orphaned_runs(conn) if o["run_id"] == run_id]
+    if run.status == "queued" and run.job_id is None:   # its job was never queued (the request was cut short)
+        _cancelled_now(run_id, f"cancelled by {requested_by} before it started")
+    elif run.status == "queued":
         taken_off = queue.cancel_job(run.job_id)
         with db.connection() as conn:
             # Taken off the queue, or its job already ended without starting it: nothing will.
             if taken_off or queue.job_status(conn, run.job_id) not in queue.UNFINISHED_JOB:
                 training.finish_run(conn, run_id, "cancelled", error=f"cancelled by {requested_by} before it started")
-    return True
+    elif orphaned:
+        _cancelled_now(run_id, f"cancelled by {requested_by}; its worker had stopped")
+    with db.connection() as conn:
+        return training.get_run(conn, run_id)
+
+
+def _cancelled_now(run_id: int, reason: str) -> None:
+    """End a run no worker is carrying on as cancelled, with the adapter it was training and its job."""
+    with db.connection() as conn:
+        run = training.get_run(conn, run_id)
+        if run is None or run.status not in ("queued", "running"):
+            return
+        training.append_log(conn, run_id, reason)
+        training.finish_run(conn, run_id, "cancelled", error=reason)
+        adapter = models.get(conn, run.adapter_version) if run.adapter_version is not None else None
+        if adapter is not None and adapter.status == "training":
+            models.update(conn, adapter.version, status="failed", error="training was cancelled")
+        if run.job_id is not None:
+            queue.fail_job(conn, run.job_id)
 
 
 def resume_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun:
@@ -182,9 +206,9 @@ def fail_run(run_id: int, reason: str) -> None:
 
 
 def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> list[int]:
-    """Fail the runs no worker will carry on (see `queue.orphaned_runs`): they would show
-    "running" or "queued" forever, and block every new retrain. Their checkpoints stay, so
-    `resume_retrain` continues them."""
+    """End the runs no worker will carry on (see `queue.orphaned_runs`): they would show
+    "running" or "queued" forever, and block every new retrain. Failed, with their checkpoints
+    kept so that `resume_retrain` continues them; cancelled when a cancel was asked."""
     with db.connection() as conn:
         orphans = queue.orphaned_runs(conn, stalled_after_s)
         for orphan in orphans:
@@ -193,8 +217,11 @@ def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> lis
     for orphan in orphans:
         run_id = int(orphan["run_id"])  # type: ignore[call-overload]
         with db.connection() as conn:
-            trained = _trained_adapter(conn, training.get_run(conn, run_id))
-        if trained is not None:   # it stopped while promoting, or just before the run was closed
+            run = training.get_run(conn, run_id)
+            trained = _trained_adapter(conn, run)
+        if run is not None and run.cancel_requested:   # asked while its worker was already gone
+            _cancelled_now(run_id, "cancelled; its worker had stopped")
+        elif trained is not None:   # it stopped while promoting, or just before the run was closed
             fail_run(run_id, f"The worker stopped after {trained.name} was trained ({trained.status}); its gate "
                              f"result is in Models, where it can be promoted. There is nothing to resume.")
         elif orphan["run_status"] == "queued":
@@ -203,7 +230,7 @@ def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> lis
         else:
             fail_run(run_id, f"The worker stopped while it ran this retrain (no heartbeat for {stalled_after_s:.0f} s)."
                              f" Resume it from its last checkpoint with `flywheel train resume {run_id}`.")
-        logger.warning("retrain run %s was orphaned (%s, job %s); marked failed", run_id, orphan["run_status"],
+        logger.warning("retrain run %s was orphaned (%s, job %s); ended", run_id, orphan["run_status"],
                        orphan["job_status"])
     return [int(o["run_id"]) for o in orphans]  # type: ignore[call-overload]
 

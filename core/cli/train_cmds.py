@@ -57,10 +57,15 @@ def register(app: typer.Typer) -> None:
     @train_app.command("cancel")
     def cancel(run_id: int, by: str = typer.Option("cli", "--as")) -> None:
         """Stop a queued or running retrain (a running one stops at its next step)."""
-        if not retrain.cancel_retrain(run_id, requested_by=by):
+        try:
+            run = retrain.cancel_retrain(run_id, requested_by=by)
+        except LookupError as e:
+            typer.echo(str(e), err=True)
+            raise typer.Exit(1) from e
+        if run is None:
             typer.echo(f"Run {run_id} is not queued or running.", err=True)
             raise typer.Exit(1)
-        typer.echo(f"run {run_id}: cancellation requested")
+        typer.echo(f"run {run_id}: " + ("cancelled" if run.status == "cancelled" else "cancellation requested"))
 
     @train_app.command("ls")
     def runs(limit: int = typer.Option(20, "--limit", min=1)) -> None:

@@ -279,6 +279,43 @@ def test_a_base_model_folder_is_one_model_however_it_is_spelled_and_one_without_
         retrain.request_retrain(requested_by="admin", base_model=str(tmp_path / "nothing-here"))
 
 
+def test_cancelling_a_run_whose_worker_died_ends_it_at_once_and_frees_retraining(
+        curated_dataset: int, tiny_base: Path) -> None:
+    stuck = retrain.request_retrain(requested_by="admin")
+    with db.connection() as conn:   # running, as a worker killed mid-training left it, and no worker since
+        training.start_run(conn, stuck.id)
+        adapter = models.register(conn, base_model=str(tiny_base), path="", dataset_version=curated_dataset,
+                                  hyperparams={})
+        training.attach_adapter(conn, stuck.id, adapter.version)
+    cancelled = retrain.cancel_retrain(stuck.id, requested_by="admin")
+    assert cancelled is not None and cancelled.status == "cancelled"
+    assert cancelled.error == "cancelled by admin; its worker had stopped"
+    with db.connection() as conn:
+        assert models.get(conn, adapter.version).status == "failed"  # type: ignore[union-attr]
+        # Cut short between recording the run and queueing its job: no job to take off.
+        never_queued = training.create_run(conn, base_model=str(tiny_base), dataset_version=curated_dataset,
+                                           params={}, requested_by="admin")
+    assert retrain.cancel_retrain(never_queued.id, requested_by="admin").status == "cancelled"  # type: ignore[union-attr]
+    assert retrain.request_retrain(requested_by="admin").status == "queued"   # nothing blocks a new one
+
+
+def test_a_cancel_asked_before_the_worker_died_ends_the_run_cancelled_not_failed(curated_dataset: int) -> None:
+    run = retrain.request_retrain(requested_by="admin")
+    with db.connection() as conn:
+        training.start_run(conn, run.id)
+        training.request_cancel(conn, run.id)   # then the worker was killed before its next step
+    assert retrain.recover_orphaned_runs(stalled_after_s=0) == [run.id]
+    with db.connection() as conn:
+        assert training.get_run(conn, run.id).status == "cancelled"  # type: ignore[union-attr]
+
+
+def test_cancelling_a_run_that_does_not_exist_says_so(database_url: str) -> None:
+    app = typer.Typer()
+    train_cmds.register(app)
+    refused = CliRunner().invoke(app, ["train", "cancel", "999"])
+    assert refused.exit_code == 1 and "There is no retrain run 999." in refused.output
+
+
 def test_a_training_process_killed_under_torchrun_is_reported_as_killed(tmp_path: Path) -> None:
     # torchrun exits 1 when one of its processes is killed; the reason still names the signal.
     script = tmp_path / "killed.py"
