@@ -96,8 +96,12 @@ def not_the_model_asked(model: str | None, adapter_id: str | None, *, asked_adap
     adapter (the base model); scored as the adapter's, such answers would mislead."""
     if model is None:  # declined before drafting: nothing was generated, and a decline is scored as one
         return None
-    if model == "extractive" and model_configured:
-        return "was quoted from excerpts: the model server could not be reached"
+    if model == "extractive":
+        if model_configured:
+            return "was quoted from excerpts: the model server could not be reached"
+        if asked_adapter is not None:   # FLYWHEEL_LLM_BACKEND=extractive: no model at all
+            return f"was quoted from excerpts: no model is configured to run adapter {asked_adapter!r}"
+        return None
     if asked_adapter is not None and adapter_id != asked_adapter:
         return (f"came from the base model: the model server does not have adapter {asked_adapter!r} "
                 "(start it with `flywheel serve-llm --adapter NAME=PATH`, or promote the adapter)")

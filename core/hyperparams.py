@@ -104,15 +104,19 @@ _KEYS = {config: {f.name for f in fields(config)} for config in (TrainConfig, Da
 def parse(params: dict[str, Any]) -> RetrainParams:
     """A run's parameters into the three configs (`seed` sets both the trainer's and the split's).
     An unknown key or a bad value raises `InvalidParams`, naming it. A `rank` without an `alpha`
-    gets alpha = 2 x rank, the trainer's default ratio."""
+    gets alpha = 2 x rank, the trainer's default ratio; `target_modules` is "all-linear", a list
+    of module names, or one name."""
     known = set().union(*_KEYS.values())
     unknown = set(params) - known
     if unknown:
         raise InvalidParams(f"Unknown retrain parameter(s) {', '.join(sorted(unknown))}; "
                             f"known: {', '.join(sorted(known))}.")
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}   # JSON has no tuples
-    if "rank" in given and "alpha" not in given and isinstance(given["rank"], int):
-        given["alpha"] = 2 * given["rank"]
+    if isinstance(given.get("target_modules"), str) and given["target_modules"] != "all-linear":
+        given["target_modules"] = (given["target_modules"],)   # peft would read a lone string as a regex
+    rank = given.get("rank")
+    if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1 and "alpha" not in given:
+        given["alpha"] = 2 * rank
     built: list[Any] = []
     problems: dict[str, None] = {}   # in order, once each: a bad seed is both the trainer's and the split's
     for config in (TrainConfig, DatasetConfig, GateConfig):

@@ -27,6 +27,15 @@ def test_module_names_survive_the_json_round_trip_the_worker_makes() -> None:
     config = hyperparams.parse({"target_modules": ["q_proj", "v_proj"]}).train
     assert config.target_modules == ("q_proj", "v_proj")
     assert hyperparams.TrainConfig.from_dict(json.loads(json.dumps(config.as_dict()))) == config
+    # One name is a list of one (peft reads a lone string as a pattern for the whole module path).
+    assert hyperparams.parse({"target_modules": "q_proj"}).train.target_modules == ("q_proj",)
+    assert hyperparams.parse({"target_modules": "all-linear"}).train.target_modules == "all-linear"
+
+
+def test_a_bad_rank_is_the_only_problem_named_not_the_alpha_made_from_it() -> None:
+    with pytest.raises(hyperparams.InvalidParams) as refused:
+        hyperparams.parse({"rank": 0})
+    assert "rank must be" in str(refused.value) and "alpha" not in str(refused.value)
 
 
 @pytest.mark.parametrize(("params", "problem"), [

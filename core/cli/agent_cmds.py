@@ -78,7 +78,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
     @eval_app.command("answers")
     def eval_answers(questions: Path = typer.Option(..., "--questions", exists=True, dir_okay=False),
                      adapter: str = typer.Option(None, "--adapter", help="Adapter id; default: the base model."),
-                     limit: int = typer.Option(0, "--limit", help="Only the first N questions.")) -> None:
+                     limit: int = typer.Option(0, "--limit", min=0, help="Only the first N questions (0: all).")) -> None:
         """Answer each question through the agent and score against the reference answers.
         Prints one JSON object on its last line."""
         try:

@@ -59,6 +59,20 @@ def test_an_unreachable_server_stops_the_evaluation_instead_of_scoring_excerpts(
     assert result.exit_code == 1 and "quoted from excerpts" in result.output and "token_f1" not in result.stdout
 
 
+def test_an_adapter_asked_of_the_extractive_backend_says_no_model_is_configured(
+        questions: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(monkeypatch, "extractive", f"http://127.0.0.1:{free_port()}")
+    result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "flywheel-v9"])
+    assert result.exit_code == 1 and "no model is configured to run adapter 'flywheel-v9'" in result.output
+    scored = runner.invoke(app, ["eval", "answers", "--questions", str(questions)])   # the excerpts themselves
+    assert scored.exit_code == 0 and json.loads(scored.stdout.strip().splitlines()[-1])["n"] == 1
+
+
+def test_a_negative_limit_is_refused(questions: Path) -> None:
+    result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--limit", "-1"])
+    assert result.exit_code == 2 and "--limit" in result.output
+
+
 def test_tgi_is_only_sent_adapters_it_was_launched_with(database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # TGI answers an adapter id it lacks with the base model, silently: the id is checked first.
     _serve(monkeypatch, "tgi", f"http://127.0.0.1:{free_port()}")
