@@ -135,14 +135,14 @@ def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestRep
 def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
-            yield from sorted(_walk(path))
+            yield from sorted(files_under(path))
         elif path.is_file():
             yield path
         else:
             report.failed.append((str(path), f"{path}: no such file or folder"))
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def files_under(folder: Path) -> Iterator[Path]:
     """The supported files under `folder`. Symlinked folders (a shared drive linked in) are
     followed, each real folder once, so a link back up cannot loop; hidden files and folders
     (.git, .venv, .flywheel) are not documents."""

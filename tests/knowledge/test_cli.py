@@ -145,7 +145,7 @@ def test_docs_rm_of_a_jsonl_record_leaves_a_record_whose_id_starts_with_it(datab
         assert [d.source for d in store.list_documents(conn)] == [f"{faq.resolve()}#hr/leave"]
 
 
-def test_ingest_follows_a_symlinked_folder_once_and_a_link_back_up_does_not_loop(
+def test_ingest_follows_a_symlinked_folder_once_a_link_back_up_does_not_loop_and_rm_reaches_it(
         database_url: str, tmp_path: Path) -> None:
     shared = tmp_path / "shared-drive"
     shared.mkdir()
@@ -159,6 +159,8 @@ def test_ingest_follows_a_symlinked_folder_once_and_a_link_back_up_does_not_loop
     assert result.exit_code == 0 and "2 added" in result.output, result.output
     with db.connection() as conn:
         assert sorted(d.title for d in store.list_documents(conn)) == ["Travel", "VPN"]
+    removed = runner.invoke(app, ["docs", "rm", str(kb)])   # the linked folder's files are the folder's too
+    assert removed.exit_code == 0 and "deleted 2" in removed.output, removed.output
 
 
 def test_retrieval_eval_names_the_query_or_judgement_line_it_cannot_use(database_url: str, tmp_path: Path) -> None:
