@@ -60,11 +60,13 @@ def drain(deps: Deps) -> int:
             items = feedback.claim_deliveries(conn, "slack", limit=1, after=after)
             if not items:
                 return taken
-            item, after = items[0], items[0].id
+            item, after, posted = items[0], items[0].id, None
             try:
-                deliver(deps, conn, item)
+                posted = deliver(deps, conn, item)
             except NotOnRecord as e:
-                if store.question_open(conn, *answering.slack_thread(e.answer.thread_key)):
+                # Linked meanwhile counts too: a question is linked to its answer before it is closed.
+                if (store.question_open(conn, *answering.slack_thread(e.answer.thread_key))
+                        or store.for_answer(conn, item.answer_id) is not None):
                     feedback.release_delivery(conn, item.id)
                     continue
                 logger.error("the %s for answer %s is not posted: no question of its Slack thread is on record",
@@ -79,18 +81,21 @@ def drain(deps: Deps) -> int:
                 if where is not None and answer is not None:
                     _report_undelivered(deps, conn, where, answer, item,
                                         f"posting it failed {MAX_ATTEMPTS} times ({_code(e)})")
+        if posted is not None:   # the claim is committed: a failure from here on must not post it again
+            _after_delivery(deps, *posted)
         taken += 1
 
 
-def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> None:
-    """Post one delivery in the asker's thread, then say so in the review note above it and redraw
-    the review card. Slack refusing for good (`PERMANENT_ERRORS`) is final: logged, and the row
-    is done. Raises `SlackApiError` for any other refusal, `NotOnRecord` while the asker's thread
-    is not on record."""
+def deliver(deps: Deps, conn: psycopg.Connection,
+            item: feedback.Delivery) -> tuple[store.SlackAnswer, feedback.Answer] | None:
+    """Post one delivery in the asker's thread; returns where it went and the answer, for
+    `_after_delivery` once the claim is committed. Slack refusing for good (`PERMANENT_ERRORS`)
+    is final: logged, reported, and the row is done (None). Raises `SlackApiError` for any
+    other refusal, `NotOnRecord` while the asker's thread is not on record."""
     where, answer = _on_record(conn, item.answer_id)
     if answer is None:  # not expected: deleting an answer deletes its delivery
         logger.error("answer %s is gone; its %s is not posted", item.answer_id, item.kind)
-        return
+        return None
     if where is None:
         raise NotOnRecord(answer)
     messages = (blocks.answer_messages(item.answer_id, item.text, answer.sources) if item.kind == "answer"
@@ -103,15 +108,25 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery) -> No
             raise
         logger.exception("Slack refused the %s for answer %s for good; not retrying", item.kind, item.answer_id)
         _report_undelivered(deps, conn, where, answer, item, f"Slack refused to post it in their thread ({_code(e)})")
-        return
+        return None
     store.set_delivered(conn, item.answer_id, first or "")
-    try:
-        if where.reply_ts is not None:   # the note above it said "once it's approved": true no longer
+    return where, answer
+
+
+def _after_delivery(deps: Deps, where: store.SlackAnswer, answer: feedback.Answer) -> None:
+    """The review note above the delivered decision stops promising it "once it's approved", and
+    the review card loses its buttons: each on its own, so one failing leaves the other done."""
+    if where.reply_ts is not None:
+        try:
             posting.replace(deps.client, deps.throttle, channel=where.channel_id, ts=where.reply_ts,
                             message=blocks.note(run.REVIEW_DONE))
-        reviews.redraw_card(deps.client, deps.throttle, conn, where, answer)
-    except Exception:  # the asker has the answer; a stale note or card must not re-post it
-        logger.exception("could not update the review note or card of answer %s", item.answer_id)
+        except Exception:
+            logger.exception("could not update the review note above answer %s", answer.id)
+    try:
+        with db.connection() as conn:
+            reviews.redraw_card(deps.client, deps.throttle, conn, where, answer)
+    except Exception:
+        logger.exception("could not redraw the review card of answer %s", answer.id)
 
 
 def _on_record(conn: psycopg.Connection, answer_id: int) -> tuple[store.SlackAnswer | None, feedback.Answer | None]:

@@ -112,7 +112,7 @@ def parse(params: dict[str, Any]) -> RetrainParams:
         raise InvalidParams(f"Unknown retrain parameter(s) {', '.join(sorted(unknown))}; "
                             f"known: {', '.join(sorted(known))}.")
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}   # JSON has no tuples
-    if isinstance(given.get("target_modules"), str) and given["target_modules"] != "all-linear":
+    if isinstance(given.get("target_modules"), str) and given["target_modules"].lower() != "all-linear":
         given["target_modules"] = (given["target_modules"],)   # peft would read a lone string as a regex
     rank = given.get("rank")
     if isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1 and "alpha" not in given:

@@ -158,9 +158,10 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         if due <= max(schedule.last_fired_at or schedule.updated_at, schedule.updated_at):
             return None
         training.mark_schedule_fired(conn, now)
-        try:   # saved by hand, or by a version that knew other parameters: before any dataset is made
-            hyperparams.parse(schedule.params)
-        except hyperparams.InvalidParams as e:
+        try:   # before any dataset is made: parameters saved by hand (or by a version that knew others),
+            hyperparams.parse(schedule.params)   # a base model folder not mounted on this worker
+            model_source(default_base_model())
+        except ValueError as e:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
             return None
         if training.active_run(conn) is not None:
@@ -181,7 +182,7 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
             version = e.version
     try:
         return request_retrain(requested_by=SCHEDULE_ACTOR, dataset_version=version, params=schedule.params)
-    except training.RunAlreadyActive as e:
+    except (training.RunAlreadyActive, ValueError) as e:
         with db.connection() as conn:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
         logger.info("scheduled retrain skipped: %s", e)
@@ -222,8 +223,8 @@ def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> lis
         if run is not None and run.cancel_requested:   # asked while its worker was already gone
             _cancelled_now(run_id, "cancelled; its worker had stopped")
         elif trained is not None:   # it stopped while promoting, or just before the run was closed
-            fail_run(run_id, f"The worker stopped after {trained.name} was trained ({trained.status}); its gate "
-                             f"result is in Models, where it can be promoted. There is nothing to resume.")
+            fail_run(run_id, f"The worker stopped after {trained.name} was trained ({trained.status}); it is in "
+                             f"Models with its gate result. There is nothing to resume.")
         elif orphan["run_status"] == "queued":
             fail_run(run_id, f"This retrain's job ended ({orphan['job_status'] or 'gone'}) before the run started. "
                              f"Start it again with `flywheel train resume {run_id}`.")

@@ -15,7 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import psycopg
 
 from core import db, models, tgi_controller
 from core.config import Settings, get_settings
@@ -51,7 +50,7 @@ def live_adapter_for(base_model: str, settings: Settings | None = None) -> model
     try:
         with db.connection() as conn:
             live = models.live(conn)
-    except psycopg.OperationalError as e:
+    except Exception as e:   # unreachable, or an embedded database that cannot start: serve all the same
         logger.warning("cannot read the live adapter (%s): serving the base model until a promotion loads one", e)
         return None
     if live is None:

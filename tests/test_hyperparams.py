@@ -29,7 +29,7 @@ def test_module_names_survive_the_json_round_trip_the_worker_makes() -> None:
     assert hyperparams.TrainConfig.from_dict(json.loads(json.dumps(config.as_dict()))) == config
     # One name is a list of one (peft reads a lone string as a pattern for the whole module path).
     assert hyperparams.parse({"target_modules": "q_proj"}).train.target_modules == ("q_proj",)
-    assert hyperparams.parse({"target_modules": "all-linear"}).train.target_modules == "all-linear"
+    assert hyperparams.parse({"target_modules": "All-Linear"}).train.target_modules == "All-Linear"   # peft's spelling-blind
 
 
 def test_a_bad_rank_is_the_only_problem_named_not_the_alpha_made_from_it() -> None:

@@ -37,10 +37,11 @@ def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int
         return training.get_schedule(conn)
 
 
-def cancel(run_id: int, actor: str) -> bool:
-    if not retrain.cancel_retrain(run_id, requested_by=actor):  # audits the request itself
+def cancel(run_id: int, actor: str) -> training.TrainingRun:
+    run = retrain.cancel_retrain(run_id, requested_by=actor)   # audits the request itself
+    if run is None:
         raise LookupError(f"Run {run_id} is not queued or running any more.")
-    return True
+    return run
 
 
 identity = frame.page("Training")
@@ -141,8 +142,10 @@ def run_detail(run_id: int, was_active: bool) -> None:
         st.code(chosen.log or "(empty)", language=None)
     if chosen.status in ACTIVE:
         if st.button("Cancel this run", key="tr_cancel", disabled=viewer) and not frame.refuse_viewer(identity):
-            if frame.attempt("Cancelling", lambda: cancel(run_id, identity.actor), LookupError):
-                frame.done(f"Run {run_id}: cancellation requested.")
+            cancelled = frame.attempt("Cancelling", lambda: cancel(run_id, identity.actor), LookupError)
+            if cancelled is not None:
+                frame.done(f"Run {run_id}: " + ("cancelled." if cancelled.status == "cancelled"
+                                                else "cancellation requested; it stops at its next step."))
     if chosen.status == "failed":
         if st.button("Resume from the last checkpoint", key="tr_resume", disabled=viewer) \
                 and not frame.refuse_viewer(identity):

@@ -11,7 +11,7 @@ from support.polling import wait_until
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
 
-from bot import deliveries
+from bot import deliveries, store
 from bot.deliveries import DeliveryLoop
 from core import db, feedback
 from core.agent import run
@@ -158,6 +158,35 @@ def test_a_delivery_whose_thread_is_not_on_record_is_given_up_without_holding_ba
     wait_until(lambda: all(row["taken"] for row in _outbox()), what="both deliveries taken")
     assert any(f"answer for answer {lost} is not posted" in r.getMessage() for r in caplog.records)
     assert bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == "CGONE") == []
+
+
+def test_a_delivery_linked_just_as_it_was_found_unlinked_is_posted_not_given_up(
+        quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    bot = quick_rounds
+    ts, _ = pending_review(bot, model)
+    [link] = rows("SELECT id, answer_id FROM slack_answers")
+    rows("UPDATE slack_answers SET answer_id = NULL RETURNING id")
+    question_open = store.question_open
+
+    def linked_and_closed_meanwhile(conn: object, channel_id: str, thread_ts: str) -> bool:
+        # A bot taking the question over links its answer and closes it between the outbox's two reads.
+        rows("UPDATE slack_answers SET answer_id = %(answer_id)s WHERE id = %(id)s RETURNING id", **link)
+        return question_open(conn, channel_id, thread_ts)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "question_open", linked_and_closed_meanwhile)
+    _approve_outside_slack(bot)
+    _posted(bot, ts)
+
+
+def test_a_review_note_that_cannot_be_updated_still_leaves_the_card_redrawn(
+        quick_rounds: SlackBot, model: ScriptedModel) -> None:
+    bot = quick_rounds
+    ts, card = pending_review(bot, model)
+    bot.slack.fail_next("chat.update", body={"ok": False, "error": "cant_update_message"})   # the note, first
+    _approve_outside_slack(bot)
+    _posted(bot, ts)
+    [redrawn] = bot.slack.wait_for("chat.update", lambda c: c.args["ts"] == card.response["ts"] and c.response["ok"])
+    assert "Approved by alice@northwind.example" in redrawn.shown_text and not redrawn.action_values()
 
 
 def test_decision_recorded_by_a_process_that_died_before_resuming_is_posted_by_the_delivery_loop(

@@ -3,6 +3,7 @@ one at a time; and the worker's minute tick that checks it."""
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
@@ -117,6 +118,19 @@ def test_a_due_schedule_whose_stored_parameters_are_bad_skips_with_the_reason(cu
         assert training.list_runs(conn) == []
         assert curation.latest_version(conn) == curated_dataset   # no dataset frozen for nothing
     assert "epochs must be a whole number of at least 1" in skip.details["reason"]
+
+
+def test_a_due_schedule_whose_base_model_folder_is_missing_skips_with_the_reason(
+        curated_dataset: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _edit_one_ideal_answer()
+    _schedule()
+    monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tmp_path / "unmounted"))   # a volume not mounted on this worker
+    get_settings.cache_clear()
+    assert retrain.scheduled_retrain(NOW) is None
+    with db.connection() as conn:
+        [skip] = [e for e in audit.recent(conn) if e.action == "retrain.skip"]
+        assert training.list_runs(conn) == [] and curation.latest_version(conn) == curated_dataset
+    assert "is not a model folder (no config.json)" in skip.details["reason"]
 
 
 def test_the_cron_reads_in_the_configured_time_zone(curated_dataset: int, monkeypatch: pytest.MonkeyPatch) -> None:
