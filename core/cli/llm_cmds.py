@@ -43,7 +43,11 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter(f"cannot load the adapter {name!r}: {e}") from None
         live = serving.live_adapter_for(source, settings)
         if live is not None and live.name not in local.adapters:  # a restart keeps answering with it
-            local.load_adapter(live.name, live.path)
-            logger.info("loaded the live adapter %s from %s", live.name, live.path)
+            try:
+                local.load_adapter(live.name, live.path)
+                logger.info("loaded the live adapter %s from %s", live.name, live.path)
+            except (OSError, ValueError) as e:   # its files damaged or half gone: serve, with the base model
+                logger.error("cannot load the live adapter %s (%s): serving the base model until a promotion "
+                             "loads one", live.name, e)
         uvicorn.run(create_app(local, default_max_new_tokens=settings.llm_max_new_tokens),
                     host=host or settings.llm_host, port=port or settings.llm_port, log_level="info")

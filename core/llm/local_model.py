@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import itertools
 import logging
 import os
 import shutil
@@ -28,6 +29,11 @@ FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 class AdapterNotLoaded(KeyError):
     """A request named an adapter this server has not loaded."""
+
+
+class AdapterLoadFailed(ValueError):
+    """An adapter folder peft could not load (weights missing or damaged, another base model's);
+    the model and the adapters already loaded are as they were."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +140,9 @@ class LocalModel:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
-        self.adapters: dict[str, str] = {}
+        self.adapters: dict[str, str] = {}       # adapter id -> the folder it was loaded from
+        self._loaded_as: dict[str, str] = {}     # adapter id -> its name inside peft, new for each load
+        self._loads = itertools.count(1)
         self._lock = threading.Lock()
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.decoded_tokens = 0  # every token decoded, cancelled generations included
@@ -143,29 +151,55 @@ class LocalModel:
     # -- adapters --------------------------------------------------------------------------
 
     def load_adapter(self, adapter_id: str, path: str | Path) -> None:
-        from peft import PeftModel
+        """Load an adapter, or load `adapter_id` again from new files. It is loaded beside the
+        others under a peft name of its own and takes `adapter_id` only once loaded, so a load
+        that fails (`AdapterLoadFailed`) leaves every answer as it was."""
+        from peft import PeftConfig, PeftModel
 
-        if not (Path(path) / "adapter_config.json").exists():
+        folder = Path(path)
+        if not (folder / "adapter_config.json").exists():
             raise FileNotFoundError(f"{path}: no adapter_config.json (not a peft adapter folder)")
+        if not any((folder / name).exists() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise FileNotFoundError(f"{path}: no adapter weights (adapter_model.safetensors)")
         with self._lock:
-            if adapter_id in self.adapters:
-                self.model.delete_adapter(adapter_id)
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(path), adapter_name=adapter_id)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=adapter_id).eval()
-            self.adapters[adapter_id] = str(path)
+            name = f"loaded-{next(self._loads)}"
+            first, model = not isinstance(self.model, PeftModel), self.model
+            try:
+                if first:   # what PeftModel.from_pretrained does, keeping the wrapper to undo it
+                    config = PeftConfig.from_pretrained(str(folder))
+                    config.inference_mode = True
+                    model = PeftModel(self.model, config, adapter_name=name)
+                model.load_adapter(str(folder), adapter_name=name)
+            except Exception as e:
+                if first and model is not self.model:
+                    model.unload()   # the LoRA layers it put into the base model go again
+                elif not first and name in model.peft_config:
+                    self._drop(name)
+                raise AdapterLoadFailed(f"{path}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
+            self.model = model.eval()
+            replaced = self._loaded_as.get(adapter_id)
+            self._loaded_as[adapter_id], self.adapters[adapter_id] = name, str(path)
+            if replaced is not None:
+                self._drop(replaced)
         logger.info("adapter %s loaded from %s", adapter_id, path)
+
+    def _drop(self, name: str) -> None:
+        """Delete a peft adapter, making another one active first if it was (each request sets its own)."""
+        others = [n for n in self._loaded_as.values() if n != name]
+        if self.model.active_adapter == name and others:
+            self.model.set_adapter(others[0])
+        self.model.delete_adapter(name)
 
     def unload_adapter(self, adapter_id: str) -> None:
         with self._lock:
             if adapter_id not in self.adapters:
                 raise AdapterNotLoaded(adapter_id)
-            if len(self.adapters) == 1:  # the last one: back to the plain base model, LoRA layers removed
+            name = self._loaded_as.pop(adapter_id)
+            del self.adapters[adapter_id]
+            if not self.adapters:  # the last one: back to the plain base model, LoRA layers removed
                 self.model = self.model.unload()
             else:
-                self.model.delete_adapter(adapter_id)
-            del self.adapters[adapter_id]
+                self._drop(name)
 
     # -- generation ------------------------------------------------------------------------
 
@@ -209,7 +243,7 @@ class LocalModel:
         eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(self.model.generation_config.eos_token_id))
         special = set(self.tokenizer.all_special_ids)
         if adapter_id is not None:
-            self.model.set_adapter(adapter_id)
+            self.model.set_adapter(self._loaded_as[adapter_id])
             scope: Any = contextlib.nullcontext()
         else:
             scope = self.model.disable_adapter() if self.adapters else contextlib.nullcontext()

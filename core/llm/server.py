@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core import metrics as flywheel_metrics
 from core.config import get_settings
-from core.llm.local_model import (AdapterNotLoaded, FinishReason, GenerationParams, LocalModel, TokenOut,
-                                  TokenStream)
+from core.llm.local_model import (AdapterLoadFailed, AdapterNotLoaded, FinishReason, GenerationParams, LocalModel,
+                                  TokenOut, TokenStream)
 
 VERSION = "flywheel-local-0.1"
 GENERATION_PATHS = frozenset({"/", "/generate", "/generate_stream", "/v1/chat/completions"})
@@ -184,7 +184,7 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
     def load(body: AdapterLoad) -> dict[str, Any]:
         try:
             model.load_adapter(body.adapter_id, body.path)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, AdapterLoadFailed) as e:
             raise ValidationFailure(str(e)) from e
         return {"adapter_id": body.adapter_id, "path": body.path, "adapters": sorted(model.adapters)}
 

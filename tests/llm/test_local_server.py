@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,6 +180,21 @@ def test_a_restarted_server_on_the_embedded_database_answers_with_the_live_adapt
         get_settings.cache_clear()
 
 
+def test_a_live_adapter_whose_files_are_damaged_does_not_stop_the_server_starting(
+        database_url: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from core import db, models
+
+    path = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
+    (path / "adapter_model.safetensors").write_bytes(b"cut short")
+    with db.connection() as conn:
+        adapter = models.register(conn, base_model=str(tiny_model_dir), path=str(path), dataset_version=1,
+                                  hyperparams={"rank": 4}, status="ready")
+        models.mark_live(conn, adapter.version, actor="admin")
+    with serve_llm(tiny_model_dir) as url:   # it answers, with the base model
+        assert httpx.get(f"{url}/adapters", timeout=10).json() == {"adapters": []}
+        assert httpx.post(f"{url}/generate", json=PROMPT, timeout=30).status_code == 200
+
+
 def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -192,6 +208,46 @@ def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path,
         refused = CliRunner().invoke(app, ["serve-llm", *args, "--port", str(free_port())],
                                      env={"COLUMNS": "400"})  # the whole message on one line of the error box
         assert refused.exit_code == 2 and message in refused.output, (args, refused.output)
+
+
+def test_an_adapter_that_fails_to_load_changes_no_answer_and_says_why(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from core.llm.local_model import LocalModel
+    from core.llm.server import create_app
+
+    good, other = make_lora_adapter(tiny_model_dir, tmp_path / "v1", seed=3), make_lora_adapter(
+        tiny_model_dir, tmp_path / "v1b", seed=4)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(good, damaged)
+    (damaged / "adapter_model.safetensors").write_bytes(b"not safetensors")   # a copy cut short
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(good / "adapter_config.json", no_weights)
+
+    def text(client: TestClient, adapter: str | None = None) -> str:
+        parameters = {**PROMPT["parameters"], **({"adapter_id": adapter} if adapter else {})}
+        answer = client.post("/generate", json={**PROMPT, "parameters": parameters})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["generated_text"]
+
+    with TestClient(create_app(LocalModel(tiny_model_dir))) as client:
+        base = text(client)
+        for folder, why in [(damaged, "SafetensorError"), (no_weights, "no adapter weights")]:
+            refused = client.post("/adapters", json={"adapter_id": "v1", "path": str(folder)})
+            assert refused.status_code == 422 and why in refused.json()["error"], refused.text
+            assert text(client) == base and client.get("/adapters").json() == {"adapters": []}
+
+        assert client.post("/adapters", json={"adapter_id": "v1", "path": str(good)}).status_code == 200
+        tuned = text(client, "v1")
+        assert tuned != base
+        refused = client.post("/adapters", json={"adapter_id": "v1", "path": str(damaged)})   # loaded again, badly
+        assert refused.status_code == 422
+        assert (text(client, "v1"), text(client)) == (tuned, base)
+        assert client.get("/adapters").json() == {"adapters": [{"adapter_id": "v1", "path": str(good)}]}
+
+        assert client.post("/adapters", json={"adapter_id": "v1", "path": str(other)}).status_code == 200
+        assert text(client, "v1") not in (tuned, base) and text(client) == base   # new files under the same id
 
 
 def test_a_generation_that_fails_is_reported_in_tgi_error_shapes_and_the_server_goes_on(
