@@ -30,6 +30,7 @@ class ChangedSince(ValueError):
 _pools: dict[str, ConnectionPool] = {}
 _pools_lock = threading.Lock()
 _embedded: dict[Path, object] = {}
+_embedded_lock = threading.Lock()
 
 
 def database_url(settings: Settings | None = None) -> str:
@@ -47,12 +48,13 @@ def embedded_url(pg_dir: Path) -> str:
         import pgserver  # imported here: production with DATABASE_URL never needs it
 
     pg_dir = pg_dir.resolve()
-    if pg_dir not in _embedded:
-        pg_dir.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-            _embedded[pg_dir] = pgserver.get_server(pg_dir, cleanup_mode="stop")
-    return _embedded[pg_dir].get_uri()  # type: ignore[attr-defined]
+    with _embedded_lock:   # threads asking at once (the bot's first questions) start it once
+        if pg_dir not in _embedded:
+            pg_dir.mkdir(parents=True, exist_ok=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+                _embedded[pg_dir] = pgserver.get_server(pg_dir, cleanup_mode="stop")
+        return _embedded[pg_dir].get_uri()  # type: ignore[attr-defined]
 
 
 def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Connection:

@@ -79,7 +79,9 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor:
     logger.info("adapter %s is live on %s; draining %s", adapter.name, launched.url, old.url)
     drain(old.url, timeout_s=drain_timeout_s if drain_timeout_s is not None else _default_drain_s(settings),
           min_wait_s=models.LIVE_CACHE_MAX_AGE_S)
-    if old.pid is not None and old.host == socket.gethostname():
+    if _metrics(old.url) is None:   # not running (crashed, stopped, rebooted): its pid may be another's by now
+        logger.info("the previous server at %s is not answering: nothing to stop", old.url)
+    elif old.pid is not None and old.host == socket.gethostname():
         stop(old.pid)
     else:
         logger.warning("the previous server at %s was not started by Flywheel on this machine; "
@@ -175,7 +177,7 @@ def stop(pid: int, *, timeout_s: float = 30) -> None:
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             return
-        if proc is None and not psutil.pid_exists(pid):
+        if proc is None and not _running(pid):
             return
         time.sleep(0.1)
     logger.warning("model server %d did not stop in %.0f s; killing it", pid, timeout_s)
@@ -185,6 +187,15 @@ def stop(pid: int, *, timeout_s: float = 30) -> None:
         return
     if proc is not None:
         proc.wait(timeout=10)
+
+
+def _running(pid: int) -> bool:
+    """Whether the process runs: one that exited but that its parent (another process, which
+    started it) has not reaped yet is a zombie, and stopped."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _metrics(url: str) -> dict[str, float] | None:

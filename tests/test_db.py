@@ -3,6 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -91,6 +92,24 @@ def test_questions_an_earlier_version_left_open_after_showing_their_answer_are_c
         assert db.migrate(conn) == ["014_shown_questions_done"]
         left = conn.execute("SELECT question, owner FROM slack_answers ORDER BY id").fetchall()
     assert left == [{"question": None, "owner": None}, {"question": "Monitor?", "owner": None}]   # one still waits
+
+
+def test_threads_asking_for_the_embedded_database_at_once_all_get_it(tmp_path: Path) -> None:
+    urls: list[str] = []
+    errors: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            urls.append(db.embedded_url(tmp_path / "pg"))
+        except BaseException as e:  # noqa: BLE001  (what the test looks for)
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(set(urls)) == 1 and len(urls) == 4
 
 
 def test_the_first_pooled_connection_migrates_a_new_database(empty_database: str) -> None:

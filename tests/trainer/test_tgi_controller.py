@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -94,3 +96,33 @@ def test_a_new_tgi_that_fails_the_smoke_check_is_stopped_and_nothing_switches(
     [started] = [r for r in caplog.records if r.getMessage().startswith("started a model server")]
     pid = int(re.search(r"pid (\d+)", started.getMessage())[1])  # type: ignore[index]
     assert not _alive(pid)  # the refused server was stopped
+
+
+def test_a_previous_server_that_is_gone_is_not_stopped_by_its_old_pid(
+        tgi: list[models.Adapter], tmp_path: Path) -> None:
+    v1, _ = tgi
+    # The server Flywheel started before has died, and its pid now belongs to some other process group.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        with db.connection() as conn:
+            conn.execute("INSERT INTO serving_endpoint (id, url, pid, host) VALUES (1, %(u)s, %(p)s, %(h)s)",
+                         {"u": f"http://127.0.0.1:{free_port()}", "p": other.pid, "h": socket.gethostname()})
+        serving.promote(v1.version, actor="admin")
+        assert other.poll() is None   # still running
+        with db.connection() as conn:
+            tgi_controller.stop(models.endpoint(conn).pid)  # type: ignore[union-attr, arg-type]
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_server_another_process_started_counts_as_stopped_once_it_exits(caplog: pytest.LogCaptureFixture) -> None:
+    # Started by a process that is still running (the dashboard) and so not reaped: a zombie, not a server.
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        with caplog.at_level("WARNING", logger="core.tgi_controller"):
+            tgi_controller.stop(server.pid, timeout_s=3)
+        assert not [r for r in caplog.records if "did not stop" in r.getMessage()]
+    finally:
+        server.kill()
+        server.wait()
