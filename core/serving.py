@@ -75,11 +75,16 @@ def _auth(settings: Settings | None) -> dict[str, str]:
 
 
 def load_adapter(name: str, path: str, url: str, backend: str, settings: Settings | None = None) -> None:
-    """Make the server at `url` able to answer with `name` (does not make it live)."""
+    """Make the server at `url` able to answer with `name` (does not make it live). An adapter
+    the server holds already, from the same folder, is not loaded again: a version's files never
+    change, and a rollback then needs none (they may have been cleaned up since)."""
     base = url.rstrip("/")
     headers = _auth(settings)
     try:
         if backend == "local":
+            held = httpx.get(f"{base}/adapters", headers=headers, timeout=30)
+            if held.status_code == 200 and {"adapter_id": name, "path": path} in held.json().get("adapters", []):
+                return
             r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, headers=headers, timeout=120)
         elif backend == "openai":  # vLLM's --api-key guards /v1/* too
             r = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},

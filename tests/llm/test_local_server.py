@@ -195,6 +195,27 @@ def test_a_live_adapter_whose_files_are_damaged_does_not_stop_the_server_startin
         assert httpx.post(f"{url}/generate", json=PROMPT, timeout=30).status_code == 200
 
 
+def test_rolling_back_to_an_adapter_the_server_still_holds_needs_no_files(
+        database_url: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import db, models, serving
+    from core.config import get_settings
+
+    with db.connection() as conn:
+        v1, v2 = (models.register(conn, base_model=str(tiny_model_dir), dataset_version=1, hyperparams={"rank": 4},
+                                  path=str(make_lora_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed)),
+                                  status="ready") for seed in (3, 4))
+    with serve_llm(tiny_model_dir) as url:
+        monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
+        monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
+        get_settings.cache_clear()
+        serving.promote(v1.version, actor="admin")
+        serving.promote(v2.version, actor="admin")
+        shutil.rmtree(v1.path)   # cleaned up since; the server still holds it
+        rolled_back = serving.rollback(actor="admin")
+        assert rolled_back is not None and rolled_back.name == v1.name
+        assert serving.answers_with_adapter(url, v1.name)
+
+
 def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
