@@ -156,6 +156,12 @@ def _retire_live(conn: psycopg.Connection, *, except_version: int | None, rolled
                  " WHERE status = 'live' AND version IS DISTINCT FROM %(v)s", {"v": except_version, "rb": rolled_back})
 
 
+def clear_endpoint(conn: psycopg.Connection) -> None:
+    """Generation goes to the configured URL again (the server a promotion started is gone)."""
+    conn.execute("DELETE FROM serving_endpoint WHERE id = 1")
+    conn.execute("SELECT pg_notify(%(ch)s, '')", {"ch": LIVE_CHANNEL})
+
+
 def endpoint(conn: psycopg.Connection) -> Endpoint | None:
     """The server a promotion switched generation to; None: the configured URL."""
     row = conn.execute("SELECT url, pid, host, adapters FROM serving_endpoint WHERE id = 1").fetchone()

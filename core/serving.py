@@ -31,9 +31,11 @@ class ServingError(RuntimeError):
 
 
 def serving_url(settings: Settings | None = None) -> str:
-    """Where generation requests go now: the endpoint a promotion switched to, else the
-    configured URL."""
+    """Where generation requests go now: the TGI a promotion started, else the configured URL
+    (a server started for TGI is not the one to use once the backend is another)."""
     settings = settings or get_settings()
+    if settings.llm_backend != "tgi":
+        return settings.llm_url
     with db.connection() as conn:
         endpoint = models.endpoint(conn)
     return endpoint.url if endpoint else settings.llm_url
@@ -178,7 +180,8 @@ def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool
 def rollback(settings: Settings | None = None, *, actor: str, from_version: int | None = None) -> models.Adapter | None:
     """Promote the adapter that was live before the current one, or, when the base model was (or
     that adapter was trained on another base model), retire the current one (None: the base
-    model answers; every server serves it as it is). With `from_version`, refused unless that
+    model answers; every server serves it as it is, and a TGI a promotion started that is gone
+    is forgotten, so the configured server answers). With `from_version`, refused unless that
     version is still the live one: a second click, or a page older than someone else's switch,
     must not roll back one step further."""
     settings = settings or get_settings()
@@ -193,5 +196,9 @@ def rollback(settings: Settings | None = None, *, actor: str, from_version: int 
             # An adapter trained on another base model (served before) does not fit: the base model answers.
             if previous is None or not same_model(previous.base_model, settings.base_model):
                 models.roll_back_to_base_model(conn, actor=actor)
+                started = models.endpoint(conn)
+                if started is not None and not tgi_controller.answers(started.url):
+                    # The TGI a promotion started has gone: the configured server answers with the base model.
+                    models.clear_endpoint(conn)
                 return None
         return _promote(previous.version, settings, actor=actor, rolling_back=True)

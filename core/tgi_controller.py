@@ -79,7 +79,7 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor:
     logger.info("adapter %s is live on %s; draining %s", adapter.name, launched.url, old.url)
     drain(old.url, timeout_s=drain_timeout_s if drain_timeout_s is not None else _default_drain_s(settings),
           min_wait_s=models.LIVE_CACHE_MAX_AGE_S)
-    if _metrics(old.url) is None:   # not running (crashed, stopped, rebooted): its pid may be another's by now
+    if not answers(old.url):   # not running (crashed, stopped, rebooted): its pid may be another's by now
         logger.info("the previous server at %s is not answering: nothing to stop", old.url)
     elif old.pid is not None and old.host == socket.gethostname():
         stop(old.pid)
@@ -187,6 +187,11 @@ def stop(pid: int, *, timeout_s: float = 30) -> None:
         return
     if proc is not None:
         proc.wait(timeout=10)
+
+
+def answers(url: str) -> bool:
+    """Whether a model server answers at `url` at all."""
+    return _metrics(url) is not None
 
 
 def _running(pid: int) -> bool:

@@ -111,8 +111,10 @@ def close_live_adapter_caches() -> None:
 def default_context() -> AgentContext:
     """Settings, the configured generator, and the live adapter (None: the base model), read
     per question from a cache that a promotion refreshes."""
+    settings = get_settings()
     live, url = _live_adapter_cache(db.database_url()).current()
-    return AgentContext(settings=get_settings(), generator=_default_generator(url), adapter_id=live)
+    url = url if settings.llm_backend == "tgi" else None   # only a TGI promotion moves serving elsewhere
+    return AgentContext(settings=settings, generator=_default_generator(url), adapter_id=live)
 
 
 def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> Outcome:

@@ -126,3 +126,27 @@ def test_a_server_another_process_started_counts_as_stopped_once_it_exits(caplog
     finally:
         server.kill()
         server.wait()
+
+
+def test_rolling_back_to_the_base_model_after_the_started_tgi_died_serves_from_the_configured_url(
+        tgi: list[models.Adapter], monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.agent import run
+
+    v1, _ = tgi
+    gone = f"http://127.0.0.1:{free_port()}"
+    with db.connection() as conn:   # v1 went live on a TGI a promotion started, which has died since
+        models.mark_live(conn, v1.version, actor="admin", endpoint=models.Endpoint(url=gone, pid=None, host=None))
+    assert serving.serving_url() == gone
+    assert serving.rollback(actor="admin") is None
+    with db.connection() as conn:
+        assert models.endpoint(conn) is None and models.live(conn) is None
+    assert serving.serving_url() == get_settings().llm_url
+
+    # A row left by TGI does not bind another backend either.
+    with db.connection() as conn:
+        conn.execute("INSERT INTO serving_endpoint (id, url) VALUES (1, %(u)s)", {"u": gone})
+    monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "local")
+    get_settings.cache_clear()
+    run._default_generator.cache_clear()
+    assert serving.serving_url() == get_settings().llm_url
+    assert run.default_context().generator.url == get_settings().llm_url
