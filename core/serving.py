@@ -101,6 +101,22 @@ def load_adapter(name: str, path: str, url: str, backend: str, settings: Setting
         raise ServingError(f"The model server refused adapter {name!r} ({r.status_code}): {r.text[:300]}")
 
 
+def held_adapters(url: str, backend: str, settings: Settings | None = None) -> set[str] | None:
+    """The adapters the model server at `url` holds now (our server's `/adapters`, vLLM's
+    `/v1/models`); None when it cannot tell (TGI, extractive, unreachable)."""
+    route = {"local": "/adapters", "openai": "/v1/models"}.get(backend)
+    if route is None:
+        return None
+    try:
+        r = httpx.get(f"{url.rstrip('/')}{route}", headers=_auth(settings), timeout=5)
+        r.raise_for_status()
+        body = r.json()
+        return ({a["adapter_id"] for a in body["adapters"]} if backend == "local"
+                else {m["id"] for m in body["data"]})
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
 def first_token_logprobs(url: str, adapter_id: str | None, n: int = 8, settings: Settings | None = None) -> list[float]:
     """Greedy logprobs of the first tokens through TGI's `/generate` (our server speaks it too)."""
     parameters = {"max_new_tokens": n, "details": True, "do_sample": False, "adapter_id": adapter_id}

@@ -48,6 +48,12 @@ else:
 c_live.metric("Live adapter", live.name if live else "base model")
 if generator is not None:
     st.caption(f"Model server at {url}")
+# A model server restarted without the live adapter answers with the base model: say so, and let it be loaded again.
+held = serving.held_adapters(url, settings.llm_backend, settings) if live is not None and generator is not None else None
+live_missing = live is not None and held is not None and live.name not in held
+if live_missing:
+    st.warning(f"The model server does not hold the live adapter {live.name} (restarted without it?), so it "  # type: ignore[union-attr]
+               f"answers with the base model. Promote {live.name} again to load it.")  # type: ignore[union-attr]
 
 st.subheader("Adapters")
 if not adapters:
@@ -74,7 +80,7 @@ if chosen.error:
 
 c_promote, c_rollback = st.columns(2)
 promote = c_promote.button(f"Promote {chosen.name}", key="md_promote", type="primary",
-                           disabled=viewer or chosen.status == "live")
+                           disabled=viewer or (chosen.status == "live" and not live_missing))
 rollback = c_rollback.button("Roll back to the previous adapter (or the base model)", key="md_rollback",
                              disabled=viewer or live is None)
 for version, clicked in ((chosen.version, promote), (None, rollback)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from core import db, models, serving
 from core.config import get_settings
 from dashboard_helpers import audit_rows, open_page, table, texts
+from support.servers import serve_llm
+from support.tiny_model import make_lora_adapter
 
 
 class FakeVLLM(BaseHTTPRequestHandler):
@@ -181,3 +184,24 @@ def test_unreachable_model_server_is_a_clear_error(dashboard_db: str, monkeypatc
     [error] = [e.value for e in at.error]
     assert error.startswith("Could not reach the model server at http://127.0.0.1:9")
     assert live_name() is None and audit_rows() == []
+
+
+def test_a_live_adapter_the_model_server_lost_is_named_and_can_be_loaded_again(
+        dashboard_db: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_lora_adapter(tiny_model_dir, tmp_path / "v1", seed=3)
+    with serve_llm(tiny_model_dir) as url:
+        with db.connection() as conn:   # live, but the server started without it (database out of reach then)
+            live = models.register(conn, base_model=str(tiny_model_dir), path=str(path), dataset_version=1,
+                                   hyperparams={"rank": 4}, status="ready")
+            models.mark_live(conn, live.version, actor="admin")
+        monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "local")
+        monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
+        monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
+        get_settings.cache_clear()
+        at = open_page("models")
+        lost = (f"The model server does not hold the live adapter {live.name} (restarted without it?), so it "
+                f"answers with the base model. Promote {live.name} again to load it.")
+        assert lost in [w.value for w in at.warning]
+        at.button(key="md_promote").click().run()
+        assert f"{live.name} is live." in texts(at) and lost not in [w.value for w in at.warning]
+        assert serving.answers_with_adapter(url, live.name)
