@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
 
 from core import db, feedback, stats
 from core.config import SettingsInvalid, get_settings
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -28,21 +31,27 @@ def test_migrations_apply_in_order_then_are_a_no_op(empty_database: str) -> None
     assert db.ensure_schema(empty_database) == []
 
 
-def test_concurrent_migrations_do_not_race(empty_database: str) -> None:
-    results: list[list[str]] = []
+def _at_once(call: Callable[[], T], threads: int = 4) -> tuple[list[T], list[BaseException]]:
+    """`call` from several threads at once: what each returned, and what any raised."""
+    results: list[T] = []
     errors: list[BaseException] = []
 
-    def migrate() -> None:
+    def one() -> None:
         try:
-            results.append(db.ensure_schema(empty_database))
-        except BaseException as e:  # surfaced by the assertion below
+            results.append(call())
+        except BaseException as e:  # noqa: BLE001  (surfaced by the caller's assertions)
             errors.append(e)
 
-    threads = [threading.Thread(target=migrate) for _ in range(4)]
-    for t in threads:
+    started = [threading.Thread(target=one) for _ in range(threads)]
+    for t in started:
         t.start()
-    for t in threads:
+    for t in started:
         t.join()
+    return results, errors
+
+
+def test_concurrent_migrations_do_not_race(empty_database: str) -> None:
+    results, errors = _at_once(lambda: db.ensure_schema(empty_database))
     assert errors == []
     assert sorted(len(r) for r in results) == [0, 0, 0, len(db.migration_files())]
 
@@ -95,20 +104,7 @@ def test_questions_an_earlier_version_left_open_after_showing_their_answer_are_c
 
 
 def test_threads_asking_for_the_embedded_database_at_once_all_get_it(tmp_path: Path) -> None:
-    urls: list[str] = []
-    errors: list[BaseException] = []
-
-    def ask() -> None:
-        try:
-            urls.append(db.embedded_url(tmp_path / "pg"))
-        except BaseException as e:  # noqa: BLE001  (what the test looks for)
-            errors.append(e)
-
-    threads = [threading.Thread(target=ask) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    urls, errors = _at_once(lambda: db.embedded_url(tmp_path / "pg"))
     assert errors == [] and len(set(urls)) == 1 and len(urls) == 4
 
 
