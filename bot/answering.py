@@ -41,12 +41,6 @@ def thread_key(channel_id: str, thread_ts: str) -> str:
     return f"slack:{channel_id}:{thread_ts}"
 
 
-def slack_thread(key: str) -> tuple[str, str]:
-    """The (channel, thread ts) of an agent's thread key made by `thread_key`."""
-    _, channel_id, thread_ts = key.split(":", 2)
-    return channel_id, thread_ts
-
-
 def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id: str | None) -> Question | None:
     """The question in an app_mention or message event, without the bot's own mention and with
     Slack's entities (&amp; &lt; &gt;) turned back into text. None when it has no author or
@@ -145,18 +139,14 @@ def answer_waiting(client: WebClient, deps: Deps) -> int:
             feedback.fail_running(conn, thread_key(channel_id, thread_ts), since=asked_at,
                                   error="the bot process answering it stopped; asked again")
         waiting = store.take_waiting(conn, deps.process_id)
-        # A process that stopped after the agent answered leaves an answer to show, not to ask again.
-        earlier: dict[int, int | None] = {}
-        for row, _ in waiting:   # oldest first: the same question asked twice gets an answer each
-            key = thread_key(row.channel_id, row.thread_ts)
-            earlier[row.id] = store.earlier_answer(conn, row.id, key, taken=[a for a in earlier.values() if a])
     if orphaned:
         logger.warning("%d questions were in progress in a bot process that stopped without finishing them",
                        len(orphaned))
     for row, text in waiting:
         question = Question(channel_id=row.channel_id, user_id=row.user_id, text=text, ts=row.question_ts,
                             thread_ts=row.thread_ts, event_id=row.event_id)
-        _answer_later(question, row.id, row.reply_ts, client, deps, earlier=earlier[row.id])
+        # A process that stopped after the agent answered leaves that answer to show, not to ask again.
+        _answer_later(question, row.id, row.reply_ts, client, deps, earlier=row.answer_id)
     if waiting:
         logger.info("answering %d questions left waiting when the bot last stopped", len(waiting))
     return len(waiting)
@@ -178,9 +168,9 @@ def _answer_later(question: Question, row_id: int, reply_ts: str | None, client:
 
 def answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps, *,
            earlier: int | None = None) -> None:
-    """Run the agent and show what came of it; with `earlier` (the answer a stopped process got
-    from the agent, `store.earlier_answer`), show that unless there is nothing to show. Any
-    failure leaves an apology, never silence."""
+    """Run the agent and show what came of it; with `earlier` (the answer a stopped process
+    recorded for this question), show that unless there is nothing to show. Any failure leaves
+    an apology, never silence."""
     try:
         _answer(question, row_id, reply_ts, client, deps, earlier)
     finally:
@@ -200,8 +190,6 @@ def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebCl
     if outcome is None:
         return
     try:
-        with db.connection() as conn:
-            store.link_answer(conn, row_id, outcome.answer_id)
         _show(question, row_id, reply_ts, outcome, client, deps)
     except Exception:
         logger.exception("showing answer %s in %s failed", outcome.answer_id, question.channel_id)
@@ -209,18 +197,18 @@ def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebCl
 
 
 def _ask(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps) -> run.Outcome | None:
-    """The agent's outcome, or None when it failed (and the asker was apologised to)."""
+    """The agent's outcome, or None when it failed (and the asker was apologised to). The answer
+    is linked to the question as it is recorded, before the agent runs."""
     try:
         with deps.conversation(question.thread_key):
             outcome = run.ask(question.text,
                               run.Asker(surface="slack", user_id=question.user_id,
                                         channel_id=question.channel_id, thread_key=question.thread_key),
-                              context=deps.agent_context())
-    except run.AgentFailed as e:
+                              context=deps.agent_context(),
+                              on_recorded=lambda conn, answer_id: store.link_answer(conn, row_id, answer_id))
+    except run.AgentFailed:
         logger.exception("the agent failed on a question in %s", question.channel_id)
         _apologise(question, reply_ts, client, deps)
-        with db.connection() as conn:  # the failed answer row stays findable from the thread
-            store.link_answer(conn, row_id, e.answer_id)
         return None
     except Exception:
         logger.exception("answering a question in %s failed", question.channel_id)

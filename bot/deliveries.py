@@ -4,9 +4,8 @@
 rows for surface 'slack' one at a time and posts each inside the claiming transaction, so two
 bot processes never post the same row. A post that fails for a passing reason (network, Slack
 busy or down) puts the row back for a later round; one that keeps failing is given up after
-`MAX_ATTEMPTS` rounds. An answer whose Slack thread is not on record yet (its question is being
-linked, or waits to be taken over from a bot that stopped) is passed over, uncounted, until it is. Slack refusing for good (archived
-channel, bot removed: `PERMANENT_ERRORS`) is final at once. Either way the reviewers are told
+`MAX_ATTEMPTS` rounds. Slack refusing for good (archived channel, bot removed:
+`PERMANENT_ERRORS`) is final at once. Either way the reviewers are told
 under the review card that the asker never got it. The same loop takes up the questions a
 stopped bot left waiting (`answering.answer_waiting`) and resumes reviews whose deciding process
 died (`run.resume_decided`), at start-up and on every round after."""
@@ -41,63 +40,44 @@ PERMANENT_ERRORS = frozenset({
 })
 
 
-class NotOnRecord(LookupError):
-    """The answer has no Slack thread on record (yet: its question may still be being linked)."""
-
-    def __init__(self, answer: feedback.Answer) -> None:
-        super().__init__(f"answer {answer.id} has no Slack thread on record")
-        self.answer = answer
-
-
 def drain(deps: Deps) -> int:
-    """Post every queued Slack delivery, oldest first; returns how many were taken. One whose
-    asker's thread is not on record is passed over while a question in that thread is still
-    being answered (a bot taking over a question links its answer), and given up when none is.
-    Raises on a passing Slack failure, leaving that row (and the rest) queued for a later round."""
-    taken, after = 0, 0
+    """Post every queued Slack delivery, oldest first; returns how many were taken. Raises on a
+    passing failure, leaving that row (and the rest) queued for a later round."""
+    taken = 0
     while True:
+        posted = False
         with db.connection() as conn:
-            items = feedback.claim_deliveries(conn, "slack", limit=1, after=after)
+            items = feedback.claim_deliveries(conn, "slack", limit=1)
             if not items:
                 return taken
-            item, after, posted = items[0], items[0].id, None
-            try:
-                posted = deliver(deps, conn, item)
-            except NotOnRecord as e:
-                # Linked meanwhile counts too: a question is linked to its answer before it is closed.
-                if (store.question_open(conn, *answering.slack_thread(e.answer.thread_key))
-                        or store.for_answer(conn, item.answer_id) is not None):
-                    feedback.release_delivery(conn, item.id)
-                    continue
-                logger.error("the %s for answer %s is not posted: no question of its Slack thread is on record",
+            item = items[0]
+            where, answer = store.for_answer(conn, item.answer_id), feedback.get_answer(conn, item.answer_id)
+            if answer is None:  # not expected: deleting an answer deletes its delivery
+                logger.error("answer %s is gone; its %s is not posted", item.answer_id, item.kind)
+            elif where is None:  # a Slack question is linked to its answer as the answer is recorded
+                logger.error("the %s for answer %s is not posted: no Slack question of it is on record",
                              item.kind, item.answer_id)
-            except SlackApiError as e:
-                if feedback.retry_delivery(conn, item.id, give_up_after=MAX_ATTEMPTS):
-                    conn.commit()   # the row goes back, counted, even though this round ends here
-                    raise
-                logger.error("giving up on the %s for answer %s after %d failed rounds: %s",
-                             item.kind, item.answer_id, MAX_ATTEMPTS, e)
-                where, answer = _on_record(conn, item.answer_id)
-                if where is not None and answer is not None:
+            else:
+                try:
+                    posted = deliver(deps, conn, item, where, answer)
+                except SlackApiError as e:
+                    if feedback.retry_delivery(conn, item.id, give_up_after=MAX_ATTEMPTS):
+                        conn.commit()   # the row goes back, counted, even though this round ends here
+                        raise
+                    logger.error("giving up on the %s for answer %s after %d failed rounds: %s",
+                                 item.kind, item.answer_id, MAX_ATTEMPTS, e)
                     _report_undelivered(deps, conn, where, answer, item,
                                         f"posting it failed {MAX_ATTEMPTS} times ({_code(e)})")
-        if posted is not None:   # the claim is committed: a failure from here on must not post it again
-            _after_delivery(deps, *posted)
+        if posted:   # the claim is committed: a failure from here on must not post it again
+            _after_delivery(deps, where, answer)  # type: ignore[arg-type]
         taken += 1
 
 
-def deliver(deps: Deps, conn: psycopg.Connection,
-            item: feedback.Delivery) -> tuple[store.SlackAnswer, feedback.Answer] | None:
-    """Post one delivery in the asker's thread; returns where it went and the answer, for
-    `_after_delivery` once the claim is committed. Slack refusing for good (`PERMANENT_ERRORS`)
-    is final: logged, reported, and the row is done (None). Raises `SlackApiError` for any
-    other refusal, `NotOnRecord` while the asker's thread is not on record."""
-    where, answer = _on_record(conn, item.answer_id)
-    if answer is None:  # not expected: deleting an answer deletes its delivery
-        logger.error("answer %s is gone; its %s is not posted", item.answer_id, item.kind)
-        return None
-    if where is None:
-        raise NotOnRecord(answer)
+def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery, where: store.SlackAnswer,
+            answer: feedback.Answer) -> bool:
+    """Post one delivery in the asker's thread; True when posted, for `_after_delivery` once the
+    claim is committed. Slack refusing for good (`PERMANENT_ERRORS`) is final: logged, reported,
+    and the row is done (False). Raises `SlackApiError` for any other refusal."""
     messages = (blocks.answer_messages(item.answer_id, item.text, answer.sources) if item.kind == "answer"
                 else [blocks.note(item.text)])
     try:
@@ -108,9 +88,9 @@ def deliver(deps: Deps, conn: psycopg.Connection,
             raise
         logger.exception("Slack refused the %s for answer %s for good; not retrying", item.kind, item.answer_id)
         _report_undelivered(deps, conn, where, answer, item, f"Slack refused to post it in their thread ({_code(e)})")
-        return None
+        return False
     store.set_delivered(conn, item.answer_id, first or "")
-    return where, answer
+    return True
 
 
 def _after_delivery(deps: Deps, where: store.SlackAnswer, answer: feedback.Answer) -> None:
@@ -127,11 +107,6 @@ def _after_delivery(deps: Deps, where: store.SlackAnswer, answer: feedback.Answe
             reviews.redraw_card(deps.client, deps.throttle, conn, where, answer)
     except Exception:
         logger.exception("could not redraw the review card of answer %s", answer.id)
-
-
-def _on_record(conn: psycopg.Connection, answer_id: int) -> tuple[store.SlackAnswer | None, feedback.Answer | None]:
-    """Where an answer lives in Slack, and the answer."""
-    return store.for_answer(conn, answer_id), feedback.get_answer(conn, answer_id)
 
 
 def _code(e: Exception) -> str:

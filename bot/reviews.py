@@ -78,17 +78,10 @@ def post_card(client: WebClient, settings: Settings, review_id: int) -> None:
         store.set_review_card(conn, answer.id, settings.review_channel, ts)
 
 
-def refresh_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection, answer_id: int) -> None:
-    """Redraw an answer's review card from the database (after a decision: who, when, no buttons)."""
-    where = store.for_answer(conn, answer_id)
-    answer = feedback.get_answer(conn, answer_id)
-    if where is not None and answer is not None:
-        redraw_card(client, throttle, conn, where, answer)
-
-
 def redraw_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection, where: store.SlackAnswer,
                 answer: feedback.Answer) -> None:
-    """`refresh_card` for a caller that has read the answer and where it lives already."""
+    """Redraw an answer's review card from the database (after a decision: who, when, no buttons),
+    for a caller that has read the answer and where it lives already."""
     review = feedback.review_for_answer(conn, answer.id)
     if where.review_ts is None or where.review_channel_id is None or review is None:
         return

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from socketserver import ThreadingMixIn
-from typing import Literal
+from typing import Literal, NamedTuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_bolt import App
@@ -106,15 +106,22 @@ def run(app: App, deps: Deps) -> None:
                 server.serve_forever()
 
 
+class Beside(NamedTuple):
+    """What `alongside` runs."""
+
+    loop: DeliveryLoop
+    heartbeat: Heartbeat
+
+
 @contextmanager
-def alongside(deps: Deps) -> Iterator[DeliveryLoop]:
+def alongside(deps: Deps) -> Iterator[Beside]:
     """What runs beside the Slack handler: the heartbeat, and the delivery loop (which also takes
     up questions a stopped bot left waiting). On the way out the loop stops, the answers under
     way finish, and only then the heartbeat: until they are finished, they are this process's."""
     heartbeat = Heartbeat(deps.process_id).start()
     loop = DeliveryLoop(deps).start()
     try:
-        yield loop
+        yield Beside(loop, heartbeat)
     finally:
         loop.stop()
         deps.close()

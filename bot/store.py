@@ -5,7 +5,6 @@ Every function takes a connection and never commits: the caller owns the transac
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -78,9 +77,9 @@ def finish_question(conn: psycopg.Connection, slack_answer_id: int, owner: str) 
 
 
 def keep_waiting(conn: psycopg.Connection, slack_answer_id: int) -> None:
-    """The bot is stopping before it began this question: it waits for the next bot to start."""
-    conn.execute("UPDATE slack_answers SET owner = NULL WHERE id = %(id)s AND answer_id IS NULL",
-                 {"id": slack_answer_id})
+    """The bot is stopping before it began this question (or began showing an answer taken over):
+    it waits for the next bot to start."""
+    conn.execute("UPDATE slack_answers SET owner = NULL WHERE id = %(id)s", {"id": slack_answer_id})
 
 
 def note_alive(conn: psycopg.Connection, process: str) -> None:
@@ -90,8 +89,8 @@ def note_alive(conn: psycopg.Connection, process: str) -> None:
 
 def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> list[tuple[str, str, dt.datetime]]:
     """Questions in progress (being answered, or the answer being shown) in a bot process not
-    noted alive for `silent_for_s` (killed, out of memory) go back to waiting; returns their (channel, thread ts, asked at). Forgets
-    processes silent for a day."""
+    noted alive for `silent_for_s` (killed, out of memory) go back to waiting; returns their
+    (channel, thread ts, asked at). Forgets processes silent for a day."""
     conn.execute("DELETE FROM bot_processes WHERE seen_at < now() - interval '1 day'")
     rows = conn.execute(
         "UPDATE slack_answers s SET owner = NULL"
@@ -112,33 +111,6 @@ def take_waiting(conn: psycopg.Connection, owner: str, limit: int = 1000) -> lis
         f" WHERE s.id = w.id RETURNING {_COLUMNS}, s.question", {"n": limit, "o": owner}).fetchall()
     taken = [(SlackAnswer(**{k: v for k, v in r.items() if k != "question"}), r["question"]) for r in rows]
     return sorted(taken, key=lambda t: t[0].id)
-
-
-def earlier_answer(conn: psycopg.Connection, slack_answer_id: int, thread_key: str,
-                   taken: Collection[int] = ()) -> int | None:
-    """The answer a stopped bot process got from the agent for this question before it could
-    show it: the one linked to it, or (stopped before linking) the first finished answer to the
-    same question by the same person in `thread_key` since it was asked that no other question
-    has, nor `taken` (matched to another question the same person asked twice). None: the agent
-    has yet to answer it."""
-    row = conn.execute(
-        "SELECT coalesce(s.answer_id, ("
-        "  SELECT a.id FROM answers a WHERE a.thread_key = %(k)s AND a.user_id = s.user_id"
-        "  AND a.question = s.question AND a.created_at >= s.created_at"
-        "  AND a.status NOT IN ('running', 'failed') AND a.id <> ALL(%(taken)s)"
-        "  AND NOT EXISTS (SELECT 1 FROM slack_answers o WHERE o.answer_id = a.id)"
-        "  ORDER BY a.id LIMIT 1)) AS answer_id"
-        " FROM slack_answers s WHERE s.id = %(id)s",
-        {"id": slack_answer_id, "k": thread_key, "taken": list(taken)}).fetchone()
-    return None if row is None else row["answer_id"]
-
-
-def question_open(conn: psycopg.Connection, channel_id: str, thread_ts: str) -> bool:
-    """Whether a question in this thread waits for a bot or is being answered (and may yet be
-    linked to its answer)."""
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM slack_answers WHERE channel_id = %(c)s AND thread_ts = %(t)s"
-                       " AND question IS NOT NULL) AS open", {"c": channel_id, "t": thread_ts}).fetchone()
-    return bool(row and row["open"])
 
 
 def set_reply(conn: psycopg.Connection, slack_answer_id: int, reply_ts: str) -> None:

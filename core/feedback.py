@@ -217,25 +217,19 @@ def queue_delivery(conn: psycopg.Connection, answer_id: int, kind: DeliveryKind,
     return bool(cur.rowcount)
 
 
-def claim_deliveries(conn: psycopg.Connection, surface: Surface, limit: int = 20, *,
-                     after: int = 0) -> list[Delivery]:
-    """Take undelivered items for a surface (with ids above `after`), marking them delivered;
-    concurrent workers skip each other's rows. The caller posts them inside the same
-    transaction, so a failed post rolls the claim back."""
+def claim_deliveries(conn: psycopg.Connection, surface: Surface, limit: int = 20) -> list[Delivery]:
+    """Take undelivered items for a surface, marking them delivered; concurrent workers skip
+    each other's rows. The caller posts them inside the same transaction, so a failed post
+    rolls the claim back."""
     rows = conn.execute(
         "UPDATE deliveries d SET delivered_at = now() WHERE d.id IN ("
         "  SELECT d2.id FROM deliveries d2 JOIN answers a ON a.id = d2.answer_id"
-        "  WHERE d2.delivered_at IS NULL AND a.surface = %(s)s AND d2.id > %(after)s ORDER BY d2.id"
+        "  WHERE d2.delivered_at IS NULL AND a.surface = %(s)s ORDER BY d2.id"
         "  LIMIT %(n)s FOR UPDATE OF d2 SKIP LOCKED)"
         " RETURNING d.id, d.answer_id, d.kind, d.text",
-        {"s": surface, "n": limit, "after": after},
+        {"s": surface, "n": limit},
     ).fetchall()
     return [Delivery(**r) for r in rows]
-
-
-def release_delivery(conn: psycopg.Connection, delivery_id: int) -> None:
-    """Put a claimed outbox row back, uncounted: it cannot be posted yet, through nobody's fault."""
-    conn.execute("UPDATE deliveries SET delivered_at = NULL WHERE id = %(id)s", {"id": delivery_id})
 
 
 def retry_delivery(conn: psycopg.Connection, delivery_id: int, *, give_up_after: int) -> bool:

@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, Literal
@@ -117,9 +118,12 @@ def default_context() -> AgentContext:
     return AgentContext(settings=settings, generator=_default_generator(url), adapter_id=live)
 
 
-def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> Outcome:
+def ask(question: str, asker: Asker, *, context: AgentContext | None = None,
+        on_recorded: Callable[[psycopg.Connection, int], None] | None = None) -> Outcome:
     """Run the agent on one question. Returns at once with a review note if the draft waits for
-    a person; the decision resumes the same thread later (`decide`)."""
+    a person; the decision resumes the same thread later (`decide`). `on_recorded(conn, answer_id)`
+    runs in the transaction that records the answer: a surface links its own record of the
+    question to it there, so that no stop between the two can leave an answer nobody finds."""
     context = context or default_context()
     question = storable(question)   # as the asker wrote it, less what Postgres cannot store
     graph = get_graph()
@@ -128,6 +132,8 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None) -> 
         answer_id = feedback.create_answer(conn, thread_key=asker.thread_key, surface=asker.surface,
                                            question=question, user_id=asker.user_id,
                                            channel_id=asker.channel_id)
+        if on_recorded is not None:
+            on_recorded(conn, answer_id)
     if graph.get_state(config).interrupts:
         with db.connection() as conn:
             feedback.update_answer(conn, answer_id, status="declined", route="declined",
@@ -246,10 +252,9 @@ def outcome_as_asked(answer_id: int) -> Outcome | None:
         review = feedback.review_for_answer(conn, answer_id)
     if a is None or a.status in ("running", "failed"):
         return None
-    if review is None:
-        return _outcome_of(a, review_id=None)
-    if review.status == "pending":
-        return replace(_outcome_of(a, review_id=review.id), status="pending_review", text=REVIEW_WAIT)
+    if review is None or review.status == "pending":   # (a pending review's answer is pending_review)
+        return _outcome_of(a, review_id=review.id if review else None)
+    # Decided since: shown as a note without buttons, as the review note was; the decision follows.
     return replace(_outcome_of(a, review_id=None), status="pending_review", text=REVIEW_DONE)
 
 

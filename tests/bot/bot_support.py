@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bot.answering import Heartbeat
 from bot.deliveries import DeliveryLoop
 from bot.deps import Deps
 from core import db
@@ -47,6 +48,7 @@ class SlackBot:
     deps: Deps
     context: Callable[[], AgentContext]
     loop: DeliveryLoop
+    heartbeat: Heartbeat
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_ts(self) -> str:

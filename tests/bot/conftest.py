@@ -74,9 +74,9 @@ def bot(bot_settings: None, handbook: Path, slack: FakeSlack, model: ScriptedMod
     server = serve.http_server(app, host="127.0.0.1", port=0)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    with serve.alongside(deps) as loop:
+    with serve.alongside(deps) as beside:
         under_test = SlackBot(url=f"http://127.0.0.1:{server.server_address[1]}{serve.EVENTS_PATH}", slack=slack,
-                              deps=deps, context=context, loop=loop)
+                              deps=deps, context=context, loop=beside.loop, heartbeat=beside.heartbeat)
         try:
             yield under_test
         finally:

@@ -165,6 +165,24 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
     assert len(rows("SELECT id FROM answers")) == AGENT_RUNS + 1
 
 
+def test_a_question_is_linked_to_its_answer_before_the_agent_runs(bot: SlackBot, model: ScriptedModel) -> None:
+    # So a decision, or a bot taking the question over, always finds where the answer belongs.
+    held, answer_as_scripted = threading.Event(), model.chat
+
+    def held_chat(*args: object, **kwargs: object) -> object:
+        held.wait(30)
+        return answer_as_scripted(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.chat = held_chat  # type: ignore[method-assign]
+    try:
+        bot.mention("How do I get a new laptop?", channel="CGENERAL")
+        [linked] = wait_until(lambda: rows("SELECT s.answer_id FROM slack_answers s JOIN answers a"
+                                           " ON a.id = s.answer_id WHERE a.status = 'running'"), what="the link")
+        assert linked["answer_id"] == rows("SELECT id FROM answers")[0]["id"]
+    finally:
+        held.set()
+
+
 def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running(
         bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     held = threading.Event()
@@ -178,9 +196,7 @@ def test_a_question_in_progress_in_a_killed_bot_is_answered_by_one_still_running
     ts = bot.mention("How do I get a new laptop?", channel="CGENERAL")
     placeholder = bot.placeholder("CGENERAL", ts).response["ts"]
     wait_until(lambda: rows("SELECT id FROM answers"), what="the agent run under way")
-    bot.loop.stop()  # killed: no more signs of life, and after ORPHANED_AFTER_S it counts as gone
-    rows("UPDATE bot_processes SET seen_at = now() - make_interval(secs => %(s)s) WHERE id = %(p)s RETURNING id",
-         s=ORPHANED_AFTER_S + 1, p=bot.deps.process_id)
+    _kill(bot)
     model.chat = answer_as_scripted  # type: ignore[method-assign]
 
     survivor = Deps(settings=bot.deps.settings, client=bot.deps.client, agent_context=bot.context)
@@ -223,7 +239,8 @@ def _dies_at(monkeypatch: pytest.MonkeyPatch, module: object, name: str,
 
 
 def _kill(bot: SlackBot) -> None:
-    bot.loop.stop()  # no more signs of life, and after ORPHANED_AFTER_S it counts as gone
+    bot.heartbeat.stop()  # no more signs of life, and after ORPHANED_AFTER_S it counts as gone
+    bot.loop.stop()
     rows("UPDATE bot_processes SET seen_at = now() - make_interval(secs => %(s)s) WHERE id = %(p)s RETURNING id",
          s=ORPHANED_AFTER_S + 1, p=bot.deps.process_id)
 
@@ -233,14 +250,14 @@ def _survivor(bot: SlackBot) -> Deps:
 
 
 @pytest.mark.parametrize("sensitive", [False, True], ids=["answered", "sent-to-review"])
-def test_an_answer_a_killed_bot_got_but_never_linked_is_shown_not_asked_again(
+def test_an_answer_a_killed_bot_got_but_never_showed_is_shown_not_asked_again(
         bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch, sensitive: bool) -> None:
-    reached, release = _dies_at(monkeypatch, store, "link_answer")
+    reached, release = _dies_at(monkeypatch, answering, "_show")
     if sensitive:
         model.reply = SALARY_DRAFT
     ts = bot.mention(SALARY_QUESTION if sensitive else "How do I get a new laptop?", channel="CGENERAL")
     placeholder = bot.placeholder("CGENERAL", ts).response["ts"]
-    assert reached.wait(30)  # the agent has answered; the process dies before it notes which answer
+    assert reached.wait(30)  # the agent has answered; the process dies before showing it
     _kill(bot)
     asked = len(model.calls)
 
@@ -292,7 +309,7 @@ def test_a_killed_bot_that_had_posted_the_review_card_leaves_one_card(
 
 def test_a_review_decided_before_the_question_was_taken_over_is_delivered_under_a_note_saying_so(
         bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    reached, release = _dies_at(monkeypatch, store, "link_answer")
+    reached, release = _dies_at(monkeypatch, answering, "_show")
     model.reply = SALARY_DRAFT
     ts = bot.mention(SALARY_QUESTION, channel="CGENERAL")
     assert reached.wait(30)
@@ -317,10 +334,10 @@ def test_a_review_decided_before_the_question_was_taken_over_is_delivered_under_
 
 def test_the_same_question_asked_twice_in_a_thread_keeps_an_answer_each_when_taken_over(
         bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    reached, release = _dies_at(monkeypatch, store, "link_answer", calls=2)
+    reached, release = _dies_at(monkeypatch, answering, "_show", calls=2)
     first = bot.mention("How do I get a new laptop?", channel="CGENERAL")
     again = bot.mention("How do I get a new laptop?", channel="CGENERAL", thread_ts=first)   # asked again, impatient
-    assert reached.wait(30)   # both answered; the process dies before noting which answer is whose
+    assert reached.wait(30)   # both answered; the process dies before showing either
     _kill(bot)
 
     survivor = _survivor(bot)

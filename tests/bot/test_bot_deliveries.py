@@ -11,7 +11,7 @@ from support.polling import wait_until
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
 
-from bot import deliveries, store
+from bot import deliveries
 from bot.deliveries import DeliveryLoop
 from core import db, feedback
 from core.agent import run
@@ -122,27 +122,6 @@ def test_delivery_slack_keeps_refusing_is_given_up_after_max_attempts_and_the_re
     assert _outbox() == [{"taken": True, "failed_attempts": 3}]
 
 
-def test_delivery_for_an_answer_not_yet_linked_to_its_thread_waits_uncounted_and_is_posted_once_linked(
-        quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel) -> None:
-    bot = quick_rounds
-    ts, _ = pending_review(bot, model)
-    [link] = rows("SELECT id, answer_id FROM slack_answers")
-    with db.connection() as conn:   # as between `run.ask` returning and the bot linking its answer
-        conn.execute("UPDATE slack_answers SET answer_id = NULL, question = %(q)s, owner = %(p)s",
-                     {"q": SALARY_QUESTION, "p": bot.deps.process_id})
-    _approve_outside_slack(bot)
-    more_rounds()
-    more_rounds()   # however many rounds pass over it (a bot taking the question over waits 2 minutes)
-    assert _outbox() == [{"taken": False, "failed_attempts": None}] and _answer_posts(bot, ts) == []
-
-    with db.connection() as conn:
-        conn.execute("UPDATE slack_answers SET answer_id = %(answer_id)s, question = NULL, owner = NULL"
-                     " WHERE id = %(id)s", link)
-    _posted(bot, ts)
-    wait_until(lambda: _outbox()[0]["taken"], what="the delivery taken")
-    assert len(_answer_posts(bot, ts)) == 1
-
-
 def test_a_delivery_whose_thread_is_not_on_record_is_given_up_without_holding_back_the_next(
         quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
@@ -158,24 +137,6 @@ def test_a_delivery_whose_thread_is_not_on_record_is_given_up_without_holding_ba
     wait_until(lambda: all(row["taken"] for row in _outbox()), what="both deliveries taken")
     assert any(f"answer for answer {lost} is not posted" in r.getMessage() for r in caplog.records)
     assert bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == "CGONE") == []
-
-
-def test_a_delivery_linked_just_as_it_was_found_unlinked_is_posted_not_given_up(
-        quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    bot = quick_rounds
-    ts, _ = pending_review(bot, model)
-    [link] = rows("SELECT id, answer_id FROM slack_answers")
-    rows("UPDATE slack_answers SET answer_id = NULL RETURNING id")
-    question_open = store.question_open
-
-    def linked_and_closed_meanwhile(conn: object, channel_id: str, thread_ts: str) -> bool:
-        # A bot taking the question over links its answer and closes it between the outbox's two reads.
-        rows("UPDATE slack_answers SET answer_id = %(answer_id)s WHERE id = %(id)s RETURNING id", **link)
-        return question_open(conn, channel_id, thread_ts)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(store, "question_open", linked_and_closed_meanwhile)
-    _approve_outside_slack(bot)
-    _posted(bot, ts)
 
 
 def test_a_review_note_that_cannot_be_updated_still_leaves_the_card_redrawn(
