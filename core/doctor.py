@@ -8,7 +8,7 @@ from typing import Literal
 
 import psycopg
 
-from core import db, logs, models, serving
+from core import db, logs, models, queue, serving
 from core.config import Settings
 
 Level = Literal["ok", "warn", "fail"]
@@ -133,7 +133,7 @@ def _slack(settings: Settings) -> Check:
 
 def _queue(url: str) -> Check:
     with db.connect(url) as conn:
-        if conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is None:  # type: ignore[index]
+        if not queue.installed(conn):
             return Check("queue", "warn", "not set up yet: the worker does it at start (`flywheel worker`)")
         counts = {r["status"]: r["n"] for r in conn.execute(
             "SELECT status::text AS status, count(*) AS n FROM procrastinate_jobs GROUP BY 1")}

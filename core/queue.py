@@ -33,14 +33,15 @@ def ensure_schema(url: str | None = None) -> None:
     """Install procrastinate's tables once, under the migration lock (they do not depend on ours)."""
     url = url or db.database_url()
     with db.connection(url) as conn:   # pooled: a retrain request checks on its way to the queue
-        if _installed(conn):
+        if installed(conn):
             return
         conn.execute("SELECT pg_advisory_xact_lock(%(k)s)", {"k": db.MIGRATION_LOCK_KEY})
-        if not _installed(conn):
+        if not installed(conn):
             conn.execute(configure(url).schema_manager.get_schema())  # type: ignore[arg-type]
 
 
-def _installed(conn: psycopg.Connection) -> bool:
+def installed(conn: psycopg.Connection) -> bool:
+    """Whether the queue's tables are in this database."""
     return conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is not None  # type: ignore[index]
 
 
@@ -74,11 +75,13 @@ def cancel_job(job_id: int, url: str | None = None) -> bool:
         return queued.job_manager.cancel_job_by_id(job_id)
 
 
-def orphaned_runs(conn: psycopg.Connection, stalled_after_s: float = STALLED_AFTER_S) -> list[dict[str, object]]:
-    """Runs no live worker will carry on: marked running, or queued, while their job is gone,
-    ended (the task failed before the run started) or held by a dead worker (killed, machine
-    lost). A queued run whose job still waits is not one. [{run_id, run_status, job_id, job_status}]."""
-    if conn.execute("SELECT to_regclass('procrastinate_jobs') AS t").fetchone()["t"] is None:  # type: ignore[index]
+def orphaned_runs(conn: psycopg.Connection, stalled_after_s: float = STALLED_AFTER_S, *,
+                  run_id: int | None = None) -> list[dict[str, object]]:
+    """Runs (or the run `run_id`) no live worker will carry on: marked running, or queued, while
+    their job is gone, ended (the task failed before the run started) or held by a dead worker
+    (killed, machine lost). A queued run whose job still waits is not one.
+    [{run_id, run_status, job_id, job_status}]."""
+    if not installed(conn):
         return []
     rows = conn.execute(
         "SELECT r.id AS run_id, r.status AS run_status, j.id AS job_id, j.status::text AS job_status"
@@ -86,10 +89,11 @@ def orphaned_runs(conn: psycopg.Connection, stalled_after_s: float = STALLED_AFT
         " LEFT JOIN procrastinate_jobs j ON j.id = r.job_id"
         " LEFT JOIN procrastinate_workers w ON w.id = j.worker_id"
         " WHERE (r.status = 'running' OR (r.status = 'queued' AND r.job_id IS NOT NULL))"
+        "  AND (%(run)s::bigint IS NULL OR r.id = %(run)s)"
         "  AND (j.id IS NULL OR NOT j.status::text = ANY(%(unfinished)s)"
         "   OR (r.status = 'running' AND j.status <> 'doing')"
         "   OR (j.status = 'doing' AND (w.id IS NULL OR w.last_heartbeat < now() - make_interval(secs => %(s)s))))",
-        {"s": stalled_after_s, "unfinished": list(UNFINISHED_JOB)}).fetchall()
+        {"s": stalled_after_s, "unfinished": list(UNFINISHED_JOB), "run": run_id}).fetchall()
     return [dict(r) for r in rows]
 
 

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 
@@ -93,34 +93,20 @@ def cancel_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun | 
         if not asked:
             return None
         audit.record(conn, requested_by, "retrain.cancel", f"run:{run_id}")
-        orphaned = [o for o in queue.orphaned_runs(conn) if o["run_id"] == run_id]
-    if run.status == "queued" and run.job_id is None:   # its job was never queued (the request was cut short)
-        _cancelled_now(run_id, f"cancelled by {requested_by} before it started")
-    elif run.status == "queued":
+        if run.status == "queued" and run.job_id is None:   # its job was never queued (the request was cut short)
+            end_run(conn, run, "cancelled", f"cancelled by {requested_by} before it started")
+        elif run.status == "running" and queue.orphaned_runs(conn, run_id=run_id):
+            end_run(conn, run, "cancelled", f"cancelled by {requested_by}; its worker had stopped")
+            if run.job_id is not None:
+                queue.fail_job(conn, run.job_id)
+    if run.status == "queued" and run.job_id is not None:
         taken_off = queue.cancel_job(run.job_id)
         with db.connection() as conn:
             # Taken off the queue, or its job already ended without starting it: nothing will.
             if taken_off or queue.job_status(conn, run.job_id) not in queue.UNFINISHED_JOB:
-                training.finish_run(conn, run_id, "cancelled", error=f"cancelled by {requested_by} before it started")
-    elif orphaned:
-        _cancelled_now(run_id, f"cancelled by {requested_by}; its worker had stopped")
+                end_run(conn, run, "cancelled", f"cancelled by {requested_by} before it started")
     with db.connection() as conn:
         return training.get_run(conn, run_id)
-
-
-def _cancelled_now(run_id: int, reason: str) -> None:
-    """End a run no worker is carrying on as cancelled, with the adapter it was training and its job."""
-    with db.connection() as conn:
-        run = training.get_run(conn, run_id)
-        if run is None or run.status not in ("queued", "running"):
-            return
-        training.append_log(conn, run_id, reason)
-        training.finish_run(conn, run_id, "cancelled", error=reason)
-        adapter = models.get(conn, run.adapter_version) if run.adapter_version is not None else None
-        if adapter is not None and adapter.status == "training":
-            models.update(conn, adapter.version, status="failed", error="training was cancelled")
-        if run.job_id is not None:
-            queue.fail_job(conn, run.job_id)
 
 
 def resume_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun:
@@ -199,41 +185,51 @@ def fail_run(run_id: int, reason: str) -> None:
     """Mark a run failed with its reason, and the adapter it was training with it."""
     with db.connection() as conn:
         run = training.get_run(conn, run_id)
-        training.append_log(conn, run_id, f"failed: {reason}")
-        training.finish_run(conn, run_id, "failed", error=reason)
-        adapter = models.get(conn, run.adapter_version) if run and run.adapter_version is not None else None
-        if adapter is not None and adapter.status == "training":  # one already ready or live stays so
-            models.update(conn, adapter.version, status="failed", error=reason)
+        if run is not None:
+            end_run(conn, run, "failed", reason)
+
+
+def end_run(conn: psycopg.Connection, run: training.TrainingRun, status: Literal["failed", "cancelled"],
+            reason: str) -> None:
+    """End a run with its reason (in its log too), and the adapter it was training with it (one
+    already ready or live stays so), in the caller's transaction."""
+    training.append_log(conn, run.id, f"{status}: {reason}")
+    training.finish_run(conn, run.id, status, error=reason)
+    adapter = models.get(conn, run.adapter_version) if run.adapter_version is not None else None
+    if adapter is not None and adapter.status == "training":
+        models.update(conn, adapter.version, status="failed",
+                      error=reason if status == "failed" else "training was cancelled")
 
 
 def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> list[int]:
     """End the runs no worker will carry on (see `queue.orphaned_runs`): they would show
     "running" or "queued" forever, and block every new retrain. Failed, with their checkpoints
-    kept so that `resume_retrain` continues them; cancelled when a cancel was asked."""
+    kept so that `resume_retrain` continues them; cancelled when a cancel was asked. Returns
+    their ids."""
+    ended: list[int] = []
     with db.connection() as conn:
-        orphans = queue.orphaned_runs(conn, stalled_after_s)
-        for orphan in orphans:
+        for orphan in queue.orphaned_runs(conn, stalled_after_s):
             if orphan["job_status"] == "doing":
                 queue.fail_job(conn, orphan["job_id"])  # type: ignore[arg-type]
-    for orphan in orphans:
-        run_id = int(orphan["run_id"])  # type: ignore[call-overload]
-        with db.connection() as conn:
-            run = training.get_run(conn, run_id)
+            run = training.get_run(conn, int(orphan["run_id"]))  # type: ignore[call-overload]
+            assert run is not None
             trained = _trained_adapter(conn, run)
-        if run is not None and run.cancel_requested:   # asked while its worker was already gone
-            _cancelled_now(run_id, "cancelled; its worker had stopped")
-        elif trained is not None:   # it stopped while promoting, or just before the run was closed
-            fail_run(run_id, f"The worker stopped after {trained.name} was trained ({trained.status}); it is in "
-                             f"Models with its gate result. There is nothing to resume.")
-        elif orphan["run_status"] == "queued":
-            fail_run(run_id, f"This retrain's job ended ({orphan['job_status'] or 'gone'}) before the run started. "
-                             f"Start it again with `flywheel train resume {run_id}`.")
-        else:
-            fail_run(run_id, f"The worker stopped while it ran this retrain (no heartbeat for {stalled_after_s:.0f} s)."
-                             f" Resume it from its last checkpoint with `flywheel train resume {run_id}`.")
-        logger.warning("retrain run %s was orphaned (%s, job %s); ended", run_id, orphan["run_status"],
-                       orphan["job_status"])
-    return [int(o["run_id"]) for o in orphans]  # type: ignore[call-overload]
+            if run.cancel_requested:   # asked while its worker was already gone
+                end_run(conn, run, "cancelled", "cancelled; its worker had stopped")
+            elif trained is not None:   # it stopped while promoting, or just before the run was closed
+                end_run(conn, run, "failed", f"The worker stopped after {trained.name} was trained "
+                                             f"({trained.status}); it is in Models with its gate result. "
+                                             "There is nothing to resume.")
+            elif run.status == "queued":
+                end_run(conn, run, "failed", f"This retrain's job ended ({orphan['job_status'] or 'gone'}) before "
+                                             f"the run started. Start it again with `flywheel train resume {run.id}`.")
+            else:
+                end_run(conn, run, "failed", f"The worker stopped while it ran this retrain (no heartbeat for "
+                                             f"{stalled_after_s:.0f} s). Resume it from its last checkpoint with "
+                                             f"`flywheel train resume {run.id}`.")
+            logger.warning("retrain run %s was orphaned (%s, job %s); ended", run.id, run.status, orphan["job_status"])
+            ended.append(run.id)
+    return ended
 
 
 def wait_for_run(run_id: int, *, timeout_s: float, poll_s: float = 1.0,

@@ -115,9 +115,9 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
     result = json.loads((work / "result.json").read_text()) if (work / "result.json").exists() else {}
     # torchrun reports any worker's non-zero exit as 1: the result file says what happened.
     if code == CANCELLED_EXIT or result.get("status") == "cancelled":
-        with db.connection() as conn:
-            models.update(conn, adapter.version, status="failed", error="training was cancelled")
-            training.finish_run(conn, run.id, "cancelled", error=result.get("error", "cancelled"))
+        with db.connection() as conn:   # read again: the adapter it trains is attached now
+            retrains.end_run(conn, training.get_run(conn, run.id), "cancelled",  # type: ignore[arg-type]
+                             result.get("error", "cancelled"))
         return
     if code != 0 or result.get("status") != "succeeded":
         raise _ChildFailed(_failure_reason(code, result, work))

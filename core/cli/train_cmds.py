@@ -84,7 +84,9 @@ def register(app: typer.Typer) -> None:
         """Run the job worker: retrains one at a time, and the periodic schedule (Procfile `worker`)."""
         queue.ensure_schema()
         for run_id in retrain.recover_orphaned_runs():
-            typer.echo(f"run {run_id} was left running by a worker that died: marked failed (resume it to continue)")
+            with db.connection() as conn:
+                run = training.get_run(conn, run_id)
+            typer.echo(f"run {run_id}, left by a worker that stopped: {run.status}. {run.error}")  # type: ignore[union-attr]
         settings = get_settings()
         if settings.worker_metrics_port:
             metrics.start_exporter(settings.worker_metrics_port, db.database_url())
