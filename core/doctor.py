@@ -98,6 +98,10 @@ def _generation(settings: Settings, url: str) -> Check:
     if not generator.health():
         return Check("generation", "warn", f"{settings.llm_backend} server at {redacted(url)} is not answering: "
                      "answers fall back to cited excerpts until it is (`flywheel serve-llm`)")
+    if serving.lost_live_adapter(live, url, settings):
+        return Check("generation", "warn", f"{settings.llm_backend} server at {redacted(url)} is healthy but does not "
+                     f"hold the {adapter}, so it answers with the base model: `flywheel models promote "
+                     f"{live.version}` loads it again")  # type: ignore[union-attr]
     return Check("generation", "ok", f"{settings.llm_backend} server at {redacted(url)} is healthy; {adapter}")
 
 

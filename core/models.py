@@ -205,10 +205,6 @@ class LiveAdapterCache:
     def get(self) -> str | None:
         return self.current()[0]
 
-    def serving_url(self) -> str | None:
-        """Where to send generation requests; None: the configured URL."""
-        return self.current()[1]
-
     def current(self) -> tuple[str | None, str | None]:
         """(live adapter name, serving URL), read together so they always match."""
         with self._lock:

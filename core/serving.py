@@ -31,14 +31,19 @@ class ServingError(RuntimeError):
 
 
 def serving_url(settings: Settings | None = None) -> str:
-    """Where generation requests go now: the TGI a promotion started, else the configured URL
-    (a server started for TGI is not the one to use once the backend is another)."""
+    """Where generation requests go now (`effective_url` of the endpoint on record)."""
     settings = settings or get_settings()
     if settings.llm_backend != "tgi":
         return settings.llm_url
     with db.connection() as conn:
         endpoint = models.endpoint(conn)
-    return endpoint.url if endpoint else settings.llm_url
+    return effective_url(endpoint.url if endpoint else None, settings)
+
+
+def effective_url(started: str | None, settings: Settings) -> str:
+    """The TGI a promotion started (`started`, from the endpoint row) while the backend is TGI,
+    else the configured URL: a server started for TGI is not the one to use for another backend."""
+    return started if started and settings.llm_backend == "tgi" else settings.llm_url
 
 
 def live_adapter_for(base_model: str, settings: Settings | None = None) -> models.Adapter | None:
@@ -57,12 +62,17 @@ def live_adapter_for(base_model: str, settings: Settings | None = None) -> model
         return None
     if live is None:
         return None
-    if not same_model(live.base_model, base_model) or not Path(live.path).exists():
+    if not fits(live, base_model):
         logger.warning("the live adapter %s (base %s, files %s) does not fit this server's model %s or its files "
                        "are missing here: serving the base model until a promotion loads one",
                        live.name, live.base_model, live.path, base_model)
         return None
     return live
+
+
+def fits(adapter: models.Adapter, base_model: str) -> bool:
+    """Whether `adapter` can run on `base_model` here: trained on it, and its files on this machine."""
+    return same_model(adapter.base_model, base_model) and Path(adapter.path).exists()
 
 
 def same_model(a: str, b: str) -> bool:
@@ -84,8 +94,7 @@ def load_adapter(name: str, path: str, url: str, backend: str, settings: Setting
     headers = _auth(settings)
     try:
         if backend == "local":
-            held = httpx.get(f"{base}/adapters", headers=headers, timeout=30)
-            if held.status_code == 200 and {"adapter_id": name, "path": path} in held.json().get("adapters", []):
+            if (held_adapters(url, backend, settings) or {}).get(name) == path:
                 return
             r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, headers=headers, timeout=120)
         elif backend == "openai":  # vLLM's --api-key guards /v1/* too
@@ -101,9 +110,9 @@ def load_adapter(name: str, path: str, url: str, backend: str, settings: Setting
         raise ServingError(f"The model server refused adapter {name!r} ({r.status_code}): {r.text[:300]}")
 
 
-def held_adapters(url: str, backend: str, settings: Settings | None = None) -> set[str] | None:
-    """The adapters the model server at `url` holds now (our server's `/adapters`, vLLM's
-    `/v1/models`); None when it cannot tell (TGI, extractive, unreachable)."""
+def held_adapters(url: str, backend: str, settings: Settings | None = None) -> dict[str, str] | None:
+    """The adapters the model server at `url` holds now, with their folders (our server's
+    `/adapters`, vLLM's `/v1/models`); None when it cannot tell (TGI, extractive, unreachable)."""
     route = {"local": "/adapters", "openai": "/v1/models"}.get(backend)
     if route is None:
         return None
@@ -111,10 +120,17 @@ def held_adapters(url: str, backend: str, settings: Settings | None = None) -> s
         r = httpx.get(f"{url.rstrip('/')}{route}", headers=_auth(settings), timeout=5)
         r.raise_for_status()
         body = r.json()
-        return ({a["adapter_id"] for a in body["adapters"]} if backend == "local"
-                else {m["id"] for m in body["data"]})
+        return ({a["adapter_id"]: a["path"] for a in body["adapters"]} if backend == "local"
+                else {m["id"]: m.get("root", "") for m in body["data"]})
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
+
+
+def lost_live_adapter(live: models.Adapter | None, url: str, settings: Settings) -> bool:
+    """Whether the model server at `url` answers without the live adapter (restarted without
+    it): it answers with the base model. False when it holds it or cannot tell."""
+    held = held_adapters(url, settings.llm_backend, settings) if live is not None else None
+    return held is not None and live is not None and live.name not in held
 
 
 def first_token_logprobs(url: str, adapter_id: str | None, n: int = 8, settings: Settings | None = None) -> list[float]:

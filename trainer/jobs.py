@@ -99,9 +99,7 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
     adapter = _adapter_for(run, settings, train_config)
     with db.connection() as conn:
         live = models.live(conn)
-    baseline = ({"name": live.name, "path": live.path}
-                if live is not None and serving.same_model(live.base_model, run.base_model)
-                and Path(live.path).exists() else None)
+    baseline = {"name": live.name, "path": live.path} if live is not None and serving.fits(live, run.base_model) else None
     spec = {"run_id": run.id, "base_model": run.base_model, "train": train_config.as_dict(),
             "gate": {"margin": settings.gate_margin, "questions": gate.gate_questions,
                      "max_new_tokens": gate.gate_max_new_tokens},

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import psycopg
 from langgraph.types import Command
 
-from core import db, feedback, logs, metrics, models
+from core import db, feedback, logs, metrics, models, serving
 from core.agent import nodes, prompts
 from core.agent.graph import get_graph
 from core.agent.state import AgentContext, Decision, new_turn
@@ -113,8 +113,8 @@ def default_context() -> AgentContext:
     """Settings, the configured generator, and the live adapter (None: the base model), read
     per question from a cache that a promotion refreshes."""
     settings = get_settings()
-    live, url = _live_adapter_cache(db.database_url()).current()
-    url = url if settings.llm_backend == "tgi" else None   # only a TGI promotion moves serving elsewhere
+    live, started = _live_adapter_cache(db.database_url()).current()
+    url = serving.effective_url(started, settings)
     return AgentContext(settings=settings, generator=_default_generator(url), adapter_id=live)
 
 

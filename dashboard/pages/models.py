@@ -39,21 +39,21 @@ with db.connection() as conn:
 # even if a first click (or another admin) has switched since.
 shown_live = frame.last_shown(LIVE_SHOWN, "live", live.version if live else None)
 
+healthy = generator is not None and generator.health()
 c_backend, c_health, c_live = st.columns(3)
 c_backend.metric("Serving backend", settings.llm_backend)
 if generator is None:
     c_health.metric("Model server", "none", help="Extractive answers: the agent quotes sources, no model.")
 else:
-    c_health.metric("Model server", "healthy" if generator.health() else "unreachable", help=url)
+    c_health.metric("Model server", "healthy" if healthy else "unreachable", help=url)
 c_live.metric("Live adapter", live.name if live else "base model")
 if generator is not None:
     st.caption(f"Model server at {url}")
 # A model server restarted without the live adapter answers with the base model: say so, and let it be loaded again.
-held = serving.held_adapters(url, settings.llm_backend, settings) if live is not None and generator is not None else None
-live_missing = live is not None and held is not None and live.name not in held
-if live_missing:
-    st.warning(f"The model server does not hold the live adapter {live.name} (restarted without it?), so it "  # type: ignore[union-attr]
-               f"answers with the base model. Promote {live.name} again to load it.")  # type: ignore[union-attr]
+live_missing = healthy and serving.lost_live_adapter(live, url, settings)
+if live_missing and live is not None:
+    st.warning(f"The model server does not hold the live adapter {live.name} (restarted without it?), so it "
+               f"answers with the base model. Promote {live.name} again to load it.")
 
 st.subheader("Adapters")
 if not adapters:

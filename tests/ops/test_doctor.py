@@ -130,3 +130,21 @@ def test_a_setting_is_named_by_the_variable_that_sets_it() -> None:
 
     assert [env_name("reviewers"), env_name("database_url"), env_name("SLACK_API_URL")] == [
         "FLYWHEEL_REVIEWERS", "DATABASE_URL", "SLACK_API_URL"]  # pydantic names an aliased field by its alias
+
+
+def test_doctor_warns_when_the_model_server_lost_the_live_adapter(
+        database_url: str, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import db, models
+    from support.servers import serve_llm
+
+    with serve_llm(tiny_model_dir) as url:
+        with db.connection() as conn:   # promoted, then the server restarted without it
+            live = models.register(conn, base_model=str(tiny_model_dir), path="/gone", dataset_version=1,
+                                   hyperparams={}, status="ready")
+            models.mark_live(conn, live.version, actor="admin")
+        monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
+        get_settings.cache_clear()
+        result = CliRunner().invoke(app, ["doctor", "--no-embedder"])
+    [generation] = [line for line in result.output.splitlines() if "generation:" in line]
+    assert generation.startswith("WARN") and "does not hold the live adapter flywheel-v1" in generation
+    assert f"flywheel models promote {live.version}" in generation
