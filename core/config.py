@@ -142,8 +142,15 @@ class Settings(BaseSettings):
         misread = "@" in str(parts.get("host", "")) + str(parts.get("dbname", "")) or not port.replace(",", "").isdigit()
         if misread:   # e.g. postgresql://fly:Top/Secret@db/x reads as host "fly", port "Top"
             raise ValueError("DATABASE_URL has an @, / or # inside its password or user name: write them as "
-                             "%40, %2F and %23")
+                             "%40, %2F and %23, or leave the password out of it and set PGPASSWORD")
         return value
+
+    @field_validator("data_dir", "adapters_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """Folders as absolute paths, once: processes started elsewhere (the worker's training
+        child, in the repository root) must find the same ones."""
+        return None if value is None else value.expanduser().resolve()
 
     @field_validator("timezone")
     @classmethod

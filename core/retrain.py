@@ -43,14 +43,21 @@ def model_source(name: str) -> str:
     return str(path.resolve())
 
 
+def checked(params: dict[str, Any] | None, base_model: str | None = None) -> str:
+    """What a retrain is asked for, checked before anything is recorded: parameters the trainer
+    knows and can use (`hyperparams.InvalidParams`), and a base model it can load (`ValueError`).
+    Returns the base model as it is recorded (default: the served one)."""
+    hyperparams.parse(params or {})
+    return model_source(base_model or default_base_model())
+
+
 def request_retrain(*, requested_by: str, dataset_version: int | None = None, base_model: str | None = None,
                     params: dict[str, Any] | None = None) -> training.TrainingRun:
     """Queue a retrain on a dataset version (default: the latest). Refuses parameters the trainer
     does not know or cannot use (`hyperparams.InvalidParams`), a base model folder with no model
     in it (`ValueError`), an empty or unknown dataset, and a second retrain while one is queued or
     running (`training.RunAlreadyActive`)."""
-    hyperparams.parse(params or {})
-    base_model = model_source(base_model or default_base_model())
+    base_model = checked(params, base_model)
     with db.connection() as conn:
         version = dataset_version if dataset_version is not None else curation.latest_version(conn)
         if version is None:
@@ -145,8 +152,7 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
             return None
         training.mark_schedule_fired(conn, now)
         try:   # before any dataset is made: parameters saved by hand (or by a version that knew others),
-            hyperparams.parse(schedule.params)   # a base model folder not mounted on this worker
-            model_source(default_base_model())
+            base_model = checked(schedule.params)   # a base model folder not mounted on this worker
         except ValueError as e:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
             return None
@@ -167,8 +173,9 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         except curation.DatasetUnchanged as e:  # an admin already froze exactly these answers
             version = e.version
     try:
-        return request_retrain(requested_by=SCHEDULE_ACTOR, dataset_version=version, params=schedule.params)
-    except (training.RunAlreadyActive, ValueError) as e:
+        return request_retrain(requested_by=SCHEDULE_ACTOR, dataset_version=version, base_model=base_model,
+                               params=schedule.params)
+    except training.RunAlreadyActive as e:   # an admin started one meanwhile
         with db.connection() as conn:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
         logger.info("scheduled retrain skipped: %s", e)

@@ -83,7 +83,7 @@ def run_retrain(run_id: int, *, should_abort: Callable[[], bool] = lambda: False
 
 
 def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callable[[], bool]) -> None:
-    work = (settings.adapter_root / "runs" / f"run-{run.id}").resolve()   # the child runs in the repo root
+    work = settings.adapter_root / "runs" / f"run-{run.id}"
     # Checked when the run was requested; a run queued by an older version is checked again here.
     train_config, data_config, gate = hyperparams.parse(run.params)
     if not (work / "data" / "manifest.json").exists():  # a resumed run keeps the data it started with
@@ -160,7 +160,7 @@ def _adapter_for(run: training.TrainingRun, settings: Settings, config: hyperpar
             return models.get(conn, run.adapter_version)  # type: ignore[return-value]
         adapter = models.register(conn, base_model=run.base_model, path="", dataset_version=run.dataset_version,
                                   hyperparams=config.as_dict())
-        path = str((settings.adapter_root / adapter.name).resolve())
+        path = str(settings.adapter_root / adapter.name)
         models.update(conn, adapter.version, path=path)
         training.attach_adapter(conn, run.id, adapter.version)
         training.append_log(conn, run.id, f"training adapter {adapter.name}")

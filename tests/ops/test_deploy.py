@@ -41,6 +41,16 @@ def test_compose_file_keeps_secrets_out() -> None:
     assert "${POSTGRES_PASSWORD:?" in text and "xox" not in text
 
 
+def test_the_database_password_reaches_flywheel_as_the_database_takes_it() -> None:
+    # Not inside DATABASE_URL, where a password with @, / or # would need escaping the database never sees.
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    password = services["db"]["environment"]["POSTGRES_PASSWORD"]
+    for name in ("bot", "dashboard", "worker"):
+        environment = services[name]["environment"]
+        assert environment["PGPASSWORD"] == password
+        assert environment["DATABASE_URL"] == "postgresql://flywheel@db:5432/flywheel"
+
+
 @pytest.mark.skipif(shutil.which("docker") is None or subprocess.run(
     ["docker", "compose", "version"], capture_output=True).returncode != 0, reason="docker compose is not installed")
 def test_docker_compose_accepts_the_file() -> None:
