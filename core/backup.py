@@ -25,7 +25,8 @@ _MAY_HAVE_ROWS = ("training_schedule", "audit_log")
 
 
 class ImportRefused(RuntimeError):
-    """The target database already holds records; importing would mix two histories."""
+    """An export that cannot be imported here (the database already holds records, or the file
+    is damaged: not UTF-8, bad JSON, a row the schema refuses); nothing was imported."""
 
 
 def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:

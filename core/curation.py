@@ -188,6 +188,7 @@ def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision
     an earlier decision (those are changed one by one). Any answer that cannot be accepted stops
     the whole batch, so the caller's transaction rolls back."""
     ids = list(answer_ids)
+    # One read for those judged before; `Seen(None)` below catches only one judged meanwhile.
     judged_before = {r["answer_id"] for r in conn.execute(
         "SELECT answer_id FROM curation_items WHERE answer_id = ANY(%(ids)s)", {"ids": ids})}
     judged = []
@@ -258,7 +259,8 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     rows = [{"c": item["id"], "a": item["answer_id"], "q": item["question"], "ans": item["ideal_answer"],
              "ctx": _context(item["sources"], texts), "at": item["curated_at"]} for item in items]
     latest = latest_version(conn)
-    if latest is not None and _contents(_frozen(conn, latest)) == _contents(rows):
+    new = [DatasetItem(answer_id=r["a"], question=r["q"], answer=r["ans"], context=r["ctx"]) for r in rows]
+    if latest is not None and _teaches(dataset_items(conn, latest)) == _teaches(new):
         raise DatasetUnchanged(latest, len(rows))
     version = (latest or 0) + 1
     conn.execute("INSERT INTO datasets (version, created_by, note) VALUES (%(v)s, %(by)s, %(n)s)",
@@ -271,14 +273,10 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     return get_dataset(conn, version)  # type: ignore[return-value]
 
 
-def _frozen(conn: psycopg.Connection, version: int) -> list[dict[str, Any]]:
-    return conn.execute("SELECT curation_item_id AS c, question AS q, answer AS ans, context AS ctx"
-                        " FROM dataset_items WHERE dataset_version = %(v)s", {"v": version}).fetchall()
-
-
-def _contents(rows: Iterable[dict[str, Any]]) -> set[tuple[Any, ...]]:
-    """What a dataset teaches, for telling two apart: each item's text and passages."""
-    return {(r["c"], r["q"], r["ans"], json.dumps(r["ctx"], sort_keys=True)) for r in rows}
+def _teaches(items: Iterable[DatasetItem]) -> set[tuple[Any, ...]]:
+    """What a dataset teaches, for telling two apart: each answer's text and passages (an answer
+    is curated once)."""
+    return {(i.answer_id, i.question, i.answer, json.dumps(i.context, sort_keys=True)) for i in items}
 
 
 def source_texts(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) -> dict[int, str]:

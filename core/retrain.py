@@ -31,21 +31,25 @@ def default_base_model(settings: Settings | None = None) -> str:
     return settings.base_model
 
 
+class NotAModel(ValueError):
+    """A base model path with no model in it."""
+
+
 def model_source(name: str) -> str:
     """A base model as every process reads it the same: a folder as its absolute path (the
-    worker may run from another directory), a hub id as given. Raises `ValueError` for a path
+    worker may run from another directory), a hub id as given. Raises `NotAModel` for a path
     with no model in it."""
     path = Path(name).expanduser()
     if not (path.exists() or name.startswith((".", "/", "~"))):
         return name
     if not (path / "config.json").is_file():
-        raise ValueError(f"{name} is not a model folder (no config.json)")
+        raise NotAModel(f"{name} is not a model folder (no config.json)")
     return str(path.resolve())
 
 
 def checked(params: dict[str, Any] | None, base_model: str | None = None) -> str:
     """What a retrain is asked for, checked before anything is recorded: parameters the trainer
-    knows and can use (`hyperparams.InvalidParams`), and a base model it can load (`ValueError`).
+    knows and can use (`hyperparams.InvalidParams`), and a base model it can load (`NotAModel`).
     Returns the base model as it is recorded (default: the served one)."""
     hyperparams.parse(params or {})
     return model_source(base_model or default_base_model())
@@ -55,7 +59,7 @@ def request_retrain(*, requested_by: str, dataset_version: int | None = None, ba
                     params: dict[str, Any] | None = None) -> training.TrainingRun:
     """Queue a retrain on a dataset version (default: the latest). Refuses parameters the trainer
     does not know or cannot use (`hyperparams.InvalidParams`), a base model folder with no model
-    in it (`ValueError`), an empty or unknown dataset, and a second retrain while one is queued or
+    in it (`NotAModel`), an empty or unknown dataset, and a second retrain while one is queued or
     running (`training.RunAlreadyActive`)."""
     base_model = checked(params, base_model)
     with db.connection() as conn:
@@ -153,7 +157,7 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         training.mark_schedule_fired(conn, now)
         try:   # before any dataset is made: parameters saved by hand (or by a version that knew others),
             base_model = checked(schedule.params)   # a base model folder not mounted on this worker
-        except ValueError as e:
+        except (hyperparams.InvalidParams, NotAModel) as e:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule", {"reason": str(e)})
             return None
         if training.active_run(conn) is not None:

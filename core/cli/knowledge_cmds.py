@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import psycopg
 import typer
 
 from core import audit, db
@@ -88,7 +87,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         missing, deleted = [], 0
         with db.connection() as conn:
             for doc in documents:
-                sources = _delete(conn, doc)
+                sources = ingest.delete(conn, doc)
                 if not sources:
                     missing.append(doc)
                     continue
@@ -100,23 +99,6 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         typer.echo(f"deleted {deleted}")
         if missing:
             raise typer.Exit(1)
-
-    def _delete(conn: psycopg.Connection, doc: str) -> list[str]:
-        """By id; by source as typed or as its absolute path (a file is stored under it, even once
-        it is gone from disk); else everything ingested from under that folder, and the files
-        reached through a symlinked folder inside it (stored under their real paths) while the
-        link is there. The sources deleted."""
-        if doc.isdigit():
-            return store.delete_document(conn, doc)
-        path = ingest.source_of(Path(doc))
-        for source in dict.fromkeys([doc, path]):
-            if found := store.delete_document(conn, source):
-                return found
-        deleted = store.delete_under(conn, path)
-        if Path(doc).is_dir():
-            for file in ingest.files_under(Path(doc)):
-                deleted += store.delete_document(conn, ingest.source_of(file))
-        return deleted
 
     @docs_app.command("visibility")
     def docs_visibility(document_id: int, channel: list[str] = typer.Option([], "--channel"),

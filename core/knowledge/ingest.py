@@ -107,6 +107,25 @@ def _documents_from_paths(paths: Sequence[Path], report: IngestReport) -> Iterat
         yield from _documents_from_bytes(str(path), data, source_of(path), report)
 
 
+def delete(conn: psycopg.Connection, name: str) -> list[str]:
+    """Delete what `name` names: a document id; a source as typed or as its absolute path (a
+    file is stored under it, even once it is gone from disk); else everything ingested from
+    under that folder, and the files reached through a symlinked folder inside it (stored under
+    their real paths) while the link is there. Returns the sources deleted."""
+    if name.isdigit():
+        return store.delete_document(conn, name)
+    path = source_of(Path(name))
+    for source in dict.fromkeys([name, path]):
+        if found := store.delete_document(conn, source):
+            return found
+    deleted = store.delete_under(conn, path)
+    if Path(name).is_dir():
+        linked = (source_of(file) for file in files_under(Path(name)))
+        for source in [s for s in linked if not s.startswith(path.rstrip("/") + "/")]:   # the rest went above
+            deleted += store.delete_document(conn, source)
+    return deleted
+
+
 def source_of(path: Path) -> str:
     """How a file on disk is known in the knowledge base: its absolute path."""
     return str(path.resolve())

@@ -69,7 +69,8 @@ if submitted and not frame.refuse_viewer(identity):
     with st.spinner("Queuing the retrain…"):
         started = frame.attempt("Starting a retrain",
                                 lambda: start(version, base_model.strip(), int(epochs), int(rank), identity.actor),
-                                ValueError, training.RunAlreadyActive)   # CurationError is a ValueError
+                                curation.CurationError, hyperparams.InvalidParams, retrain.NotAModel,
+                                training.RunAlreadyActive)
     if started is not None:
         frame.done(f"Retrain run {started.id} queued on dataset v{started.dataset_version}.")
 

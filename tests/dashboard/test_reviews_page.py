@@ -97,14 +97,14 @@ def test_a_review_decided_elsewhere_says_already_decided(handbook: Path) -> None
 
 
 def test_a_long_queue_shows_the_oldest_page_and_says_how_many_wait(dashboard_db: str) -> None:
-    with db.connection() as conn:   # thirty drafts waiting (the records the agent writes)
+    opened = []
+    with db.connection() as conn:   # thirty drafts waiting (the records the agent writes), in this order
         for i in range(30):
             answer_id = feedback.create_answer(conn, thread_key=f"slack:C1:{i}", surface="slack", question=f"Q{i}?")
             feedback.update_answer(conn, answer_id, status="pending_review", route="review", draft=f"Draft {i}.")
-            feedback.open_review(conn, answer_id, "low confidence")
+            opened.append(feedback.open_review(conn, answer_id, "low confidence"))
     at = open_page("reviews")
     assert "30 waiting, oldest first; the oldest 25 are shown: each decision brings the next." in texts(at)
     shown = [b.key for b in at.button if b.key and b.key.startswith("rv_approve_")]
-    with db.connection() as conn:
-        oldest = [r.id for r, _ in feedback.pending_reviews(conn, limit=25)]
+    oldest = opened[:25]   # one transaction: the same time, so the order they were opened in decides
     assert shown == [f"rv_approve_{i}" for i in oldest] and len(shown) == 25
