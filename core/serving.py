@@ -163,13 +163,18 @@ def _one_at_a_time() -> Iterator[None]:
     """Promotions and rollbacks take turns, whichever process starts them (dashboard, CLI, the
     worker's auto-promote). Two at once would race for the live slot, and on TGI each would
     start a server of its own. The lock is held on a connection of its own, so a process that
-    dies releases it."""
+    dies releases it. It is released explicitly too: closing a connection only asks the server
+    to end its session, so a promotion started straight after would otherwise find it held."""
     with db.connect(autocommit=True) as conn:
         row = conn.execute("SELECT pg_try_advisory_lock(%(k)s) AS got", {"k": PROMOTION_LOCK_KEY}).fetchone()
         if not row or not row["got"]:
             raise models.PromotionRefused("Another promotion or rollback is under way; "
                                           "try again once it has finished.")
-        yield
+        try:
+            yield
+        finally:
+            if not conn.closed:
+                conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": PROMOTION_LOCK_KEY})
 
 
 def promote(version: int, settings: Settings | None = None, *, actor: str) -> models.Adapter:

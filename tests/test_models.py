@@ -99,3 +99,14 @@ def test_live_cache_follows_a_promotion_in_another_connection(database_url: str,
         assert cache.get() == adapter.name
     finally:
         cache.close()
+
+
+def test_a_rollback_straight_after_another_is_not_refused_as_under_way(database_url: str) -> None:
+    """Each rollback takes the promotion lock and lets it go; the next one, asked at once (a
+    script, or the worker's auto-promote right after an admin), must find it free. Closing the
+    lock's connection alone left it held until the server ended that session: rare on an idle
+    machine, but CI saw a rollback refused right after a promotion."""
+    from core import serving
+    for _ in range(30):
+        with pytest.raises(models.PromotionRefused, match="no longer live"):
+            serving.rollback(actor="admin", from_version=99)
