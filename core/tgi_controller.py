@@ -145,7 +145,11 @@ def drain(url: str, *, timeout_s: float, quiet_s: float = 2.0, min_wait_s: float
     deadline = started + max(timeout_s, min_wait_s)
     last_total, quiet_since = None, started
     while time.monotonic() < deadline:
-        gauges = _metrics(url)
+        try:
+            gauges = _metrics(url)
+        except httpx.TimeoutException:   # too busy to answer within the probe's timeout: still working
+            last_total, quiet_since = None, time.monotonic()
+            continue
         if gauges is None:
             return True  # gone already: nothing left to drain
         if not gauges:  # no Prometheus endpoint: nothing tells when it is idle, so wait it out
@@ -190,8 +194,11 @@ def stop(pid: int, *, timeout_s: float = 30) -> None:
 
 
 def answers(url: str) -> bool:
-    """Whether a model server answers at `url` at all."""
-    return _metrics(url) is not None
+    """Whether a model server runs at `url` at all (one too busy to answer in time does)."""
+    try:
+        return _metrics(url) is not None
+    except httpx.TimeoutException:
+        return True
 
 
 def _running(pid: int) -> bool:
@@ -204,8 +211,13 @@ def _running(pid: int) -> bool:
 
 
 def _metrics(url: str) -> dict[str, float] | None:
+    """TGI's request gauges; {} from a server that answers without them; None when nothing
+    answers at `url`. A server that does not answer within the timeout is busy, not gone: that
+    raises httpx.TimeoutException for the caller to read as such."""
     try:
         r = httpx.get(f"{url.rstrip('/')}/metrics", timeout=2)
+    except httpx.TimeoutException:
+        raise
     except httpx.HTTPError:
         return None
     if r.status_code != 200:

@@ -150,3 +150,14 @@ def test_rolling_back_to_the_base_model_after_the_started_tgi_died_serves_from_t
     run._default_generator.cache_clear()
     assert serving.serving_url() == get_settings().llm_url
     assert run.default_context().generator.url == get_settings().llm_url
+
+
+def test_an_old_server_too_busy_to_answer_its_metrics_is_neither_gone_nor_drained() -> None:
+    # A TGI busy generating can take longer than the probe's timeout to answer /metrics: it is
+    # still serving, so it must be stopped after the drain, and the drain must wait for it.
+    with socket.socket() as busy:   # accepts connections, never answers
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(8)
+        url = f"http://127.0.0.1:{busy.getsockname()[1]}"
+        assert tgi_controller.answers(url)
+        assert tgi_controller.drain(url, timeout_s=3, quiet_s=0.1) is False   # ran out of time, still working
