@@ -399,7 +399,7 @@ def test_a_bot_whose_delivery_round_is_stuck_on_slack_is_still_alive_and_keeps_i
         stuck_at = rows("SELECT now() AS t")[0]["t"]
         wait_until(lambda: rows(noted_since, p=bot.deps.process_id, t=stuck_at), what="a sign of life while stuck")
         with db.connection() as conn:
-            assert store.release_orphans(conn, silent_for_s=1.0) == []   # another process finds it alive
+            assert store.release_orphans(conn, silent_for_s=5.0) == []   # another process finds it alive (25 beats)
     finally:
         slack_answers.set()
         heartbeat.stop()

@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from core import db
+from core import db, models
 from core.agent import run
 from core.cli import app
 from core.config import get_settings
 from core.knowledge import ingest
 from core.llm.base import BackendUnavailable, UnknownAdapter
+from support.polling import wait_until
 from support.servers import free_port
 
 runner = CliRunner()
@@ -82,6 +83,8 @@ def test_tgi_is_only_sent_adapters_it_was_launched_with(database_url: str, monke
     with db.connection() as conn:
         conn.execute("INSERT INTO serving_endpoint (id, url, adapters) VALUES (1, 'http://x', %(a)s)",
                      {"a": "flywheel-v1=/a/v1,flywheel-v2=/a/v2"})
+        conn.execute("SELECT pg_notify(%(ch)s, '')", {"ch": models.LIVE_CHANNEL})   # as a promotion does
+    wait_until(lambda: run._launched_adapters() == ["flywheel-v1", "flywheel-v2"], what="the launch seen")
     with pytest.raises(UnknownAdapter, match="known adapters: flywheel-v1, flywheel-v2"):
         generator.chat([], adapter_id="flywheel-v3")
     with pytest.raises(BackendUnavailable):  # a launched adapter is sent (to a server that is not there)
