@@ -88,14 +88,14 @@ def test_live_cache_follows_a_promotion_in_another_connection(database_url: str,
                 with db.connection() as conn:
                     return conn.execute(listening).fetchall()
 
-            wait_until(listener, timeout_s=10, what="the cache's LISTEN")   # shortly after its thread starts
+            wait_until(listener, timeout_s=30, what="the cache's LISTEN")   # shortly after its thread starts
             with db.connection() as conn:
                 dropped = conn.execute(f"SELECT pg_terminate_backend(pid) FROM ({listening}) l").fetchall()  # noqa: S608
             assert dropped
         with db.connection() as conn:
             adapter = _ready(conn)
             models.mark_live(conn, adapter.version, actor="admin")
-        wait_until(lambda: cache.get() == adapter.name, timeout_s=10, what="the cache to follow the promotion")
+        wait_until(lambda: cache.get() == adapter.name, timeout_s=30, what="the cache to follow the promotion")
         assert cache.get() == adapter.name
     finally:
         cache.close()

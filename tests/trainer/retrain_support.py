@@ -98,7 +98,7 @@ class Worker:
                 self.kill()
 
 
-def finished_run(run_id: int, *, timeout_s: float = 180) -> training.TrainingRun:
+def finished_run(run_id: int, *, timeout_s: float = 600) -> training.TrainingRun:
     def done() -> training.TrainingRun | None:
         with db.connection() as conn:
             found = training.get_run(conn, run_id)

@@ -197,14 +197,16 @@ def test_a_cancel_asked_while_the_gate_runs_leaves_the_adapter_ready_and_not_pro
 
 
 def test_cancel_stops_a_running_retrain_between_steps(curated_dataset: int) -> None:
-    run = retrain.request_retrain(requested_by="admin", params=LONG)
+    # 300 steps, so that on a fast machine it is still training when the cancel lands.
+    run = retrain.request_retrain(requested_by="admin", params={**LONG, "epochs": 100})
     worker = threading.Thread(target=jobs.run_retrain, args=(run.id,))  # the task's body, in this process
     worker.start()
     _training_pid(run.id)
     wait_until(lambda: _progress(run.id) > 0, timeout_s=120, what="training progress")
     assert retrain.cancel_retrain(run.id, requested_by="admin")
     worker.join(timeout=120)
-    cancelled = finished_run(run.id, timeout_s=1)
+    assert not worker.is_alive(), "the retrain did not stop within 120 s of the cancel"
+    cancelled = finished_run(run.id)
     assert cancelled.status == "cancelled" and "cancelled at step" in (cancelled.error or "")
     assert 0 < cancelled.progress < 1
     with db.connection() as conn:
