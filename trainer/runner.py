@@ -90,7 +90,9 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, 
                               on_progress=on_progress, should_stop=should_stop)
     if result.resumed_from is not None:
         log(f"resumed from the checkpoint at step {result.resumed_from}")
-    log(f"trained {result.steps} steps at {result.tokens_per_s:.0f} tokens/s"
+    ran = result.steps - (result.resumed_from or 0)
+    log(f"trained {ran} steps" + (f" ({result.steps} in all)" if result.resumed_from else "")
+        + f" at {result.tokens_per_s:.0f} tokens/s"
         + (", stopped early: the val loss stopped improving" if result.stopped_early else ""))
     if not main_process:
         return {}

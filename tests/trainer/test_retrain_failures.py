@@ -64,6 +64,8 @@ def test_killed_training_is_marked_failed_and_resumes_from_its_checkpoint(
     assert done.status == "succeeded", f"{done.error}\n{done.log}"
     resumed_from = done.metrics["train"]["resumed_from"]
     assert resumed_from is not None and resumed_from >= 2 and f"resumed from the checkpoint at step {resumed_from}" in done.log
+    steps = done.metrics["train"]["steps"]
+    assert f"trained {steps - resumed_from} steps ({steps} in all)" in done.log
     assert done.adapter_version == adapter.version  # the same version, now trained
     with db.connection() as conn:
         assert models.get(conn, adapter.version).status == "ready"  # type: ignore[union-attr]
