@@ -178,6 +178,14 @@ def previous_live(conn: psycopg.Connection) -> Adapter | None:
     return None if row is None else Adapter(**row)
 
 
+def not_needed_by_requests(conn: psycopg.Connection, *, replaced: Adapter | None) -> set[str]:
+    """Names of the versions no request should use any more, once a switch is committed: all but
+    the live one, the one the switch replaced (requests in flight may still use it, and processes
+    that missed the switch's NOTIFY send it for a while) and the rollback target."""
+    keep = {a.name for a in (live(conn), replaced, previous_live(conn)) if a is not None}
+    return {r["name"] for r in conn.execute("SELECT name FROM adapters")} - keep
+
+
 def names(conn: psycopg.Connection) -> set[str]:
     """Names of the adapters that exist and are not failed: what a serving backend may be asked for."""
     return {r["name"] for r in conn.execute("SELECT name FROM adapters WHERE status <> 'failed'")}

@@ -305,3 +305,33 @@ def test_a_generation_that_fails_is_reported_in_tgi_error_shapes_and_the_server_
         assert gone.status_code == 422 and "Unknown adapter 'support-v9'" in gone.json()["error"]
         fault.clear()
         assert client.post("/generate", json=PROMPT).json()["details"]["generated_tokens"] == 6
+
+
+def test_the_local_server_lets_go_of_adapters_no_request_needs_after_each_switch(
+        database_url: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import db, models, serving
+    from core.config import get_settings
+
+    def held() -> list[str]:
+        return sorted(a["adapter_id"] for a in httpx.get(f"{url}/adapters", timeout=10).json()["adapters"])
+
+    with db.connection() as conn:
+        v1, v2, v3 = (models.register(conn, base_model=str(tiny_model_dir), dataset_version=1, hyperparams={"rank": 4},
+                                      path=str(make_lora_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed)),
+                                      status="ready") for seed in (3, 4, 5))
+    mine = make_lora_adapter(tiny_model_dir, tmp_path / "mine", seed=6)
+    with serve_llm(tiny_model_dir, "--adapter", f"mine={mine}") as url:
+        monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
+        monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
+        get_settings.cache_clear()
+        for v in (v1, v2, v3):
+            serving.promote(v.version, actor="admin")
+        # v3 live, v2 what it replaced and the rollback target; v1 is needed by no request.
+        assert held() == ["flywheel-v2", "flywheel-v3", "mine"]
+        assert serving.rollback(actor="admin").name == v2.name   # type: ignore[union-attr]
+        assert held() == ["flywheel-v2", "flywheel-v3", "mine"]   # v3: what the rollback replaced
+        assert serving.rollback(actor="admin").name == v1.name   # type: ignore[union-attr]  # loaded again
+        assert held() == ["flywheel-v1", "flywheel-v2", "mine"]
+        assert serving.rollback(actor="admin") is None           # the base model answers
+        assert held() == ["flywheel-v1", "mine"]   # what the last rollback replaced, and the hand-loaded one
+        assert serving.answers_with_adapter(url, "mine")
