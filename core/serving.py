@@ -236,13 +236,15 @@ def let_go_of(adapters: set[str], url: str, settings: Settings) -> None:
             logger.info("adapter %s unloaded from the model server: no request needs it any more", name)
 
 
-def rollback(settings: Settings | None = None, *, actor: str, from_version: int | None = None) -> models.Adapter | None:
+def rollback(settings: Settings | None = None, *, actor: str, from_version: int | None = None,
+             to_base_model: bool = False) -> models.Adapter | None:
     """Promote the adapter that was live before the current one, or, when the base model was (or
     that adapter was trained on another base model), retire the current one (None: the base
     model answers; every server serves it as it is, and a TGI a promotion started that is gone
-    is forgotten, so the configured server answers). With `from_version`, refused unless that
-    version is still the live one: a second click, or a page older than someone else's switch,
-    must not roll back one step further."""
+    is forgotten, so the configured server answers). `to_base_model`: straight to the base model
+    (the way back when the earlier adapters' files are gone). With `from_version`, refused unless
+    that version is still the live one: a second click, or a page older than someone else's
+    switch, must not roll back one step further."""
     settings = settings or get_settings()
     with _one_at_a_time():
         with db.connection() as conn:
@@ -251,18 +253,20 @@ def rollback(settings: Settings | None = None, *, actor: str, from_version: int 
                 now = f"{current.name} is live" if current else "the base model answers"
                 raise models.PromotionRefused(f"flywheel-v{from_version} is no longer live ({now}), so nothing was "
                                               "rolled back: look at the list again.")
-            previous = models.previous_live(conn)
+            previous = None if to_base_model else models.previous_live(conn)
             # An adapter trained on another base model (served before) does not fit: the base model answers.
-            to_base_model = previous is None or not same_model(previous.base_model, settings.base_model)
-            if to_base_model:
+            if previous is not None and same_model(previous.base_model, settings.base_model):
+                target = previous
+            else:
+                target = None
                 models.roll_back_to_base_model(conn, actor=actor)
                 started = models.endpoint(conn)
                 if started is not None and not tgi_controller.answers(started.url):
                     # The TGI a promotion started has gone: the configured server answers with the base model.
                     models.clear_endpoint(conn)
                 unneeded = models.not_needed_by_requests(conn, replaced=current)
-        if not to_base_model:
-            return _promote(previous.version, settings, actor=actor, rolling_back=True)  # type: ignore[union-attr]
+        if target is not None:
+            return _promote(target.version, settings, actor=actor, rolling_back=True)
         if settings.llm_backend == "local":
             let_go_of(unneeded, serving_url(settings), settings)
         return None

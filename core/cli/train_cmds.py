@@ -114,9 +114,10 @@ def register(app: typer.Typer) -> None:
         _switch(lambda: serving.promote(version, actor=by))
 
     @models_app.command("rollback")
-    def rollback(by: str = typer.Option("cli", "--as", help="Who rolls back (recorded).")) -> None:
+    def rollback(by: str = typer.Option("cli", "--as", help="Who rolls back (recorded)."),
+                 to_base: bool = typer.Option(False, "--to-base", help="Straight to the base model, no adapter.")) -> None:
         """Make the previously live adapter live again (the base model, before the first)."""
-        _switch(lambda: serving.rollback(actor=by))
+        _switch(lambda: serving.rollback(actor=by, to_base_model=to_base))
 
 
 def _switch(action: Callable[[], models.Adapter | None]) -> None:

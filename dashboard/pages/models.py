@@ -1,8 +1,10 @@
 """Models: the adapter versions retrains produced (dataset, metrics, status), which one is live,
-the serving backend's health; promote an adapter or roll back to the previous one."""
+the serving backend's health; promote an adapter, roll back to the previous one, or serve the
+base model."""
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pandas as pd
 import streamlit as st
@@ -13,13 +15,13 @@ from core.llm.backends import make_generator
 from dashboard import frame
 
 
-def switch(actor: str, version: int | None, shown_live: int | None) -> str:
-    """Promote `version`, or roll back from the live version the page showed when None (audited
-    with the switch); says what answers now."""
-    if version is not None:
-        live = serving.promote(version, actor=actor)
+def switch(actor: str, to: int | Literal["previous", "base model"], shown_live: int | None) -> str:
+    """Promote version `to`, or roll back from the live version the page showed (audited with the
+    switch); says what answers now."""
+    if isinstance(to, int):
+        live = serving.promote(to, actor=actor)
     else:
-        live = serving.rollback(actor=actor, from_version=shown_live)
+        live = serving.rollback(actor=actor, from_version=shown_live, to_base_model=to == "base model")
     return f"{live.name} is live." if live else "No adapter is live: the base model answers."
 
 
@@ -78,19 +80,23 @@ if chosen.metrics:
 if chosen.error:
     st.error(f"{chosen.name} failed: {chosen.error}")
 
-c_promote, c_rollback = st.columns(2)
+c_promote, c_rollback, c_base = st.columns(3)
 promote = c_promote.button(f"Promote {chosen.name}", key="md_promote", type="primary",
                            disabled=viewer or (chosen.status == "live" and not live_missing))
 rollback = c_rollback.button("Roll back to the previous adapter (or the base model)", key="md_rollback",
                              disabled=viewer or live is None)
-for version, clicked in ((chosen.version, promote), (None, rollback)):
+to_base = c_base.button("Serve the base model", key="md_base", disabled=viewer or live is None,
+                        help="No adapter: the way back when the earlier adapters cannot be loaded.")
+targets: tuple[tuple[int | Literal["previous", "base model"], bool], ...] = (
+    (chosen.version, promote), ("previous", rollback), ("base model", to_base))
+for target, clicked in targets:
     if not clicked or frame.refuse_viewer(identity):
         continue
     # PromotionRefused: failed, still training, trained on another base model, another promotion under
     # way, or no adapter live to roll back from; ServingError: the model server could not load or
     # serve it. Either way nothing was switched.
     with st.spinner("Loading and checking the adapter on the model server…"):
-        answered_by = frame.attempt("Switching adapters", lambda: switch(identity.actor, version, shown_live),
+        answered_by = frame.attempt("Switching adapters", lambda: switch(identity.actor, target, shown_live),
                                     models.PromotionRefused, serving.ServingError)
     if answered_by is not None:
         frame.done(answered_by)

@@ -205,3 +205,14 @@ def test_a_live_adapter_the_model_server_lost_is_named_and_can_be_loaded_again(
         at.button(key="md_promote").click().run()
         assert f"{live.name} is live." in texts(at) and lost not in [w.value for w in at.warning]
         assert serving.answers_with_adapter(url, live.name)
+
+
+def test_serve_the_base_model_skips_every_earlier_adapter(vllm: str) -> None:
+    first, second = register("ready"), register("ready")
+    for adapter in (first, second):
+        serving.promote(adapter.version, actor="bob")
+    at = open_page("models")
+    at.button(key="md_base").click().run()
+    assert not at.error and "No adapter is live: the base model answers." in texts(at)
+    assert live_name() is None and at.button(key="md_base").disabled and at.button(key="md_rollback").disabled
+    assert [(e["action"], e["target"]) for e in audit_rows()][-1] == ("model.rollback", "base model")

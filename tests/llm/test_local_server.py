@@ -335,3 +335,36 @@ def test_the_local_server_lets_go_of_adapters_no_request_needs_after_each_switch
         assert serving.rollback(actor="admin") is None           # the base model answers
         assert held() == ["flywheel-v1", "mine"]   # what the last rollback replaced, and the hand-loaded one
         assert serving.answers_with_adapter(url, "mine")
+
+
+def test_an_admin_can_go_back_to_the_base_model_when_the_previous_adapter_cannot_be_loaded(
+        database_url: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from core import audit, db, models, serving
+    from core.cli import app
+    from core.config import get_settings
+
+    with db.connection() as conn:
+        v1, v2 = (models.register(conn, base_model=str(tiny_model_dir), dataset_version=1, hyperparams={"rank": 4},
+                                  path=str(make_lora_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed)),
+                                  status="ready") for seed in (3, 4))
+    with serve_llm(tiny_model_dir) as url:
+        monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
+        monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
+        get_settings.cache_clear()
+        serving.promote(v1.version, actor="admin")
+        serving.promote(v2.version, actor="admin")
+        # v1's files were cleaned up, and the server no longer holds it (restarted since, say).
+        shutil.rmtree(v1.path)
+        assert httpx.delete(f"{url}/adapters/{v1.name}", timeout=10).status_code == 200
+
+        refused = CliRunner().invoke(app, ["models", "rollback", "--as", "alice"])
+        assert refused.exit_code == 2 and "no adapter_config.json" in refused.output
+        with db.connection() as conn:
+            assert models.live(conn).name == v2.name   # type: ignore[union-attr]
+        to_base = CliRunner().invoke(app, ["models", "rollback", "--to-base", "--as", "alice"])
+        assert to_base.exit_code == 0 and "the base model answers" in to_base.output
+        with db.connection() as conn:
+            assert models.live(conn) is None
+            assert [(e.action, e.target, e.actor) for e in audit.recent(conn)][0] == ("model.rollback", "base model", "alice")
