@@ -252,3 +252,26 @@ def test_review_without_a_usable_channel_still_tells_the_asker(
     assert len(bot.slack.calls_to("chat.update")) == 1   # no apology: the review waits in the dashboard
     assert rows("SELECT status FROM reviews") == [{"status": "pending"}]
     assert rows("SELECT review_ts FROM slack_answers") == [{"review_ts": None}]
+
+
+def test_a_decision_made_before_the_review_note_is_up_leaves_no_promise_above_it(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A reviewer in the dashboard decides in the moment between the agent pausing and the bot
+    # showing its note: the delivery comes first, and updates a note that is not there yet.
+    asked = run.ask
+
+    def decided_at_once(*args: object, **kwargs: object) -> run.Outcome:
+        outcome = asked(*args, **kwargs)  # type: ignore[arg-type]
+        run.decide(outcome.review_id, {"action": "approve", "reviewer": "alice@northwind.example"},  # type: ignore[arg-type]
+                   context=bot.context())
+        bot.slack.wait_for("chat.update", lambda c: c.shown_text == run.REVIEW_DONE)   # the delivery's update
+        return outcome
+
+    monkeypatch.setattr(run, "ask", decided_at_once)
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(SALARY_QUESTION, channel="CGENERAL")
+    bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts and "People team" in c.shown_text)
+    bot.card()   # posted after the review note
+    note_ts = bot.placeholder("CGENERAL", ts).response["ts"]
+    wait_until(lambda: bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == note_ts)[-1].shown_text
+               == run.REVIEW_DONE, what="the note saying the decision follows, last")
