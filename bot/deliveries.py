@@ -36,13 +36,15 @@ PERMANENT_ERRORS = frozenset({
     "channel_not_found", "is_archived", "not_in_channel", "account_inactive", "msg_too_long", "no_text",
     "invalid_blocks", "invalid_blocks_format", "too_many_attachments", "no_permission", "restricted_action",
     "restricted_action_read_only_channel", "restricted_action_thread_only_channel",
-    "restricted_action_non_threadable_channel", "cannot_reply_to_message",
+    "restricted_action_non_threadable_channel", "cannot_reply_to_message", "msg_blocks_too_long",
+    "team_access_not_granted", "ekm_access_denied",
 })
 
 
 def drain(deps: Deps) -> int:
-    """Post every queued Slack delivery, oldest first; returns how many were taken. Raises on a
-    passing failure, leaving that row (and the rest) queued for a later round."""
+    """Post every queued Slack delivery, oldest first (those that failed before last); returns
+    how many were taken. Raises on a passing failure, leaving that row (and the rest) queued for
+    a later round."""
     taken = 0
     while True:
         posted = False

@@ -17,7 +17,7 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.http_retry import default_retry_handlers
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
 from bot.answering import Heartbeat
 from bot.deliveries import DeliveryLoop
@@ -63,11 +63,13 @@ def not_configured(settings: Settings) -> str:
 
 
 def web_client(settings: Settings) -> WebClient:
-    """The Web API client: `SLACK_API_URL` as base url (tests point it at a fake), and 429s
-    retried after Slack's Retry-After instead of dropped."""
+    """The Web API client: `SLACK_API_URL` as base url (tests point it at a fake); 429s retried
+    after Slack's Retry-After and a 500 or 503 twice with backoff, instead of dropped (a finished
+    answer would be replaced by an apology)."""
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     return WebClient(token=token, base_url=settings.slack_api_url,
-                     retry_handlers=[*default_retry_handlers(), RateLimitErrorRetryHandler(max_retry_count=3)])
+                     retry_handlers=[*default_retry_handlers(), RateLimitErrorRetryHandler(max_retry_count=3),
+                                     ServerErrorRetryHandler(max_retry_count=2)])
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

@@ -220,11 +220,12 @@ def queue_delivery(conn: psycopg.Connection, answer_id: int, kind: DeliveryKind,
 def claim_deliveries(conn: psycopg.Connection, surface: Surface, limit: int = 20) -> list[Delivery]:
     """Take undelivered items for a surface, marking them delivered; concurrent workers skip
     each other's rows. The caller posts them inside the same transaction, so a failed post
-    rolls the claim back."""
+    rolls the claim back. Those that failed least come first: one row Slack keeps refusing
+    must not hold back every other one until it is given up."""
     rows = conn.execute(
         "UPDATE deliveries d SET delivered_at = now() WHERE d.id IN ("
         "  SELECT d2.id FROM deliveries d2 JOIN answers a ON a.id = d2.answer_id"
-        "  WHERE d2.delivered_at IS NULL AND a.surface = %(s)s ORDER BY d2.id"
+        "  WHERE d2.delivered_at IS NULL AND a.surface = %(s)s ORDER BY coalesce(d2.failed_attempts, 0), d2.id"
         "  LIMIT %(n)s FOR UPDATE OF d2 SKIP LOCKED)"
         " RETURNING d.id, d.answer_id, d.kind, d.text",
         {"s": surface, "n": limit},

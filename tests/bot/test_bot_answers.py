@@ -105,9 +105,10 @@ def test_nothing_found_is_a_note_without_buttons(bot: SlackBot) -> None:
     assert prompts.NOT_FOUND.split("{")[0].strip() in reply.shown_text
 
 
-def test_rate_limited_update_is_retried_after_retry_after(bot: SlackBot) -> None:
-    bot.slack.fail_next("chat.update", status=429, headers={"Retry-After": "0"},
-                        body={"ok": False, "error": "ratelimited"})
+@pytest.mark.parametrize(("status", "error"), [(429, "ratelimited"), (503, "service_unavailable"), (500, "fatal_error")])
+def test_an_update_slack_is_too_busy_for_is_retried_not_replaced_by_an_apology(
+        bot: SlackBot, status: int, error: str) -> None:
+    bot.slack.fail_next("chat.update", status=status, headers={"Retry-After": "0"}, body={"ok": False, "error": error})
     ts = bot.mention("How do I get a new laptop?")
     reply = bot.reply("CGENERAL", ts, count=2)
     assert reply.status == 200 and "Laptop request" in reply.shown_text

@@ -164,3 +164,20 @@ def test_decision_recorded_by_a_process_that_died_before_resuming_is_posted_by_t
     assert rows("SELECT status FROM answers") == [{"status": "delivered"}]
     bot.slack.wait_for("chat.update", lambda c: c.args["ts"] == card.response["ts"]
                        and "Approved by alice@northwind.example" in c.shown_text)
+
+
+def test_a_thread_slack_keeps_refusing_does_not_hold_back_the_decisions_after_it(
+        quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    bot = quick_rounds
+    monkeypatch.setattr(deliveries, "MAX_ATTEMPTS", 1000)   # ten minutes or more of rounds, in production
+    stuck_ts, _ = pending_review(bot, model)
+    bot.slack.refused_threads[stuck_ts] = "internal_error"   # a passing reason, again and again
+    first, = (int(r["id"]) for r in rows("SELECT id FROM reviews"))
+    run.decide(first, {"action": "approve", "reviewer": "alice@northwind.example"}, context=bot.context())
+    wait_until(lambda: rows("SELECT 1 FROM deliveries WHERE failed_attempts >= 2"), what="the first refused twice")
+
+    ts, _ = pending_review(bot, model)
+    [second] = (int(r["id"]) for r in rows("SELECT id FROM reviews WHERE id <> %(f)s", f=first))
+    run.decide(second, {"action": "approve", "reviewer": "alice@northwind.example"}, context=bot.context())
+    _posted(bot, ts)
+    assert not [c for c in _answer_posts(bot, stuck_ts) if c.response["ok"]]

@@ -68,6 +68,7 @@ class FakeSlack:
     team_id: str = "T111"
     usergroups: dict[str, list[str]] = field(default_factory=dict)
     missing_channels: set[str] = field(default_factory=set)
+    refused_threads: dict[str, str] = field(default_factory=dict)   # thread ts -> the error every post there gets
     calls: list[Call] = field(default_factory=list)
     messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     url: str = ""
@@ -141,6 +142,8 @@ class FakeSlack:
             return {"ok": False, "error": "no_text"}
         if error := _invalid_blocks(args.get("blocks")):
             return {"ok": False, "error": "invalid_blocks", "errors": [error]}
+        if args.get("thread_ts") in self.refused_threads:
+            return {"ok": False, "error": self.refused_threads[args["thread_ts"]]}
         ts = self._new_ts()
         message = {"bot_id": self.bot_id, "type": "message", "text": args.get("text", ""), "user": self.bot_user_id,
                    "ts": ts, "team": self.team_id, "blocks": args.get("blocks") or []}
