@@ -44,11 +44,16 @@ def where(channel_id: str | None) -> str:
     return "a direct message" if channel_id.startswith("D") else f"<#{channel_id}>"
 
 
+CARD_TITLES = {"pending": "Answer waiting for review", "approved": "Answer approved",
+               "edited": "Answer edited and approved", "rejected": "Answer rejected"}
+
+
 def review_card(review: feedback.Review, answer: feedback.Answer) -> Message:
     """The card in the reviewers' channel: buttons while pending, who decided and when after."""
     confidence = "n/a" if answer.confidence is None else f"{answer.confidence:.2f}"
+    title = CARD_TITLES[review.status]   # a reviewer scanning the channel sees what is still open
     out: list[Block] = [
-        {"type": "header", "text": {"type": "plain_text", "text": "Answer waiting for review", "emoji": True}},
+        {"type": "header", "text": {"type": "plain_text", "text": title, "emoji": True}},
         {"type": "section", "fields": [
             {"type": "mrkdwn", "text": f"*Asked by*\n{who(answer.user_id)}"},
             {"type": "mrkdwn", "text": f"*In*\n{where(answer.channel_id)}"},
@@ -67,7 +72,8 @@ def review_card(review: feedback.Review, answer: feedback.Answer) -> Message:
         out.append(_buttons(review.id))
     else:
         out.extend(_decision(review))
-    return Message(text=f"Review needed: {blocks.clip(answer.question, 200)}", blocks=out)
+    lead = "Review needed" if review.status == "pending" else title
+    return Message(text=f"{lead}: {blocks.clip(answer.question, 200)}", blocks=out)
 
 
 def _limited(text: str, max_blocks: int) -> list[Block]:

@@ -108,17 +108,20 @@ def test_pending_card_has_the_facts_and_three_buttons_with_the_review_id() -> No
         (review_view.APPROVE, "3"), (review_view.EDIT, "3"), (review_view.REJECT, "3")]
 
 
-@pytest.mark.parametrize(("review", "expected"), [
-    (_review(status="approved", decided_by="UREV"), [":white_check_mark: Approved by <@UREV> on <!date^"]),
-    (_review(status="edited", decided_by="alice@example.com", edited_text="Better."),
+@pytest.mark.parametrize(("review", "title", "expected"), [
+    (_review(status="approved", decided_by="UREV"), "Answer approved",
+     [":white_check_mark: Approved by <@UREV> on <!date^"]),
+    (_review(status="edited", decided_by="alice@example.com", edited_text="Better."), "Answer edited and approved",
      [":pencil2: Edited and approved by alice@example.com on <!date^", "Better."]),
-    (_review(status="rejected", decided_by="UREV", reject_reason="no <way>"),
+    (_review(status="rejected", decided_by="UREV", reject_reason="no <way>"), "Answer rejected",
      [":no_entry: Rejected by <@UREV> on <!date^", "Reason: no &lt;way&gt;"]),
 ])
-def test_decided_card_says_who_and_when_and_has_no_buttons(review: feedback.Review, expected: list[str]) -> None:
+def test_decided_card_says_what_who_and_when_and_has_no_buttons(
+        review: feedback.Review, title: str, expected: list[str]) -> None:
     decided = dt.datetime(2025, 3, 4, 5, 6, tzinfo=dt.UTC)
     card = review_view.review_card(dataclasses.replace(review, decided_at=decided), _answer())
     assert not any(b["type"] == "actions" for b in card.blocks)
+    assert card.blocks[0]["text"]["text"] == title and card.text.startswith(f"{title}: ")   # not "waiting for review"
     text = str(card.blocks)
     assert f"<!date^{int(decided.timestamp())}^" in text
     assert all(e in text for e in expected)
