@@ -7,8 +7,9 @@ busy or down) puts the row back for a later round; one that keeps failing is giv
 `MAX_ATTEMPTS` rounds. Slack refusing for good (archived channel, bot removed:
 `PERMANENT_ERRORS`) is final at once. Either way the reviewers are told
 under the review card that the asker never got it. The same loop takes up the questions a
-stopped bot left waiting (`answering.answer_waiting`) and resumes reviews whose deciding process
-died (`run.resume_decided`), at start-up and on every round after."""
+stopped bot left waiting (`answering.answer_waiting`), resumes reviews whose deciding process
+died (`run.resume_decided`) and posts review cards a failed post left out
+(`reviews.post_missing_cards`), at start-up and on every round after."""
 from __future__ import annotations
 
 import logging
@@ -163,6 +164,7 @@ class DeliveryLoop:
             self._resume_decided()
             self._drain()
             self._answer_waiting()
+            self._post_missing_cards()
             if time.monotonic() >= forget_at:
                 store.forget_events(conn, EVENT_MEMORY_S)
                 forget_at = time.monotonic() + 3600
@@ -183,6 +185,12 @@ class DeliveryLoop:
             run.resume_decided(context=self.deps.agent_context())
         except Exception:
             logger.exception("resuming decided reviews failed; trying again on the next wake-up")
+
+    def _post_missing_cards(self) -> None:
+        try:
+            reviews.post_missing_cards(self.deps.client, self.deps.settings)
+        except Exception:
+            logger.exception("posting missing review cards failed; trying again on the next wake-up")
 
     def _answer_waiting(self) -> None:
         try:

@@ -53,7 +53,8 @@ def is_reviewer(client: WebClient, settings: Settings, user_id: str, groups: Gro
 
 def post_card(client: WebClient, settings: Settings, review_id: int) -> None:
     """Post the card of a new review to the reviewers' channel and remember where it is. Without
-    a channel (or if Slack refuses), the review still waits in the dashboard: log, don't raise."""
+    a channel (or if Slack refuses, or cannot be reached), the review still waits in the
+    dashboard: log, don't raise; the delivery loop tries again (`post_missing_cards`)."""
     with db.connection() as conn:
         review = feedback.get_review(conn, review_id)
         answer = feedback.get_answer(conn, review.answer_id) if review else None
@@ -71,11 +72,27 @@ def post_card(client: WebClient, settings: Settings, review_id: int) -> None:
     try:
         ts = posting.post(client, channel=settings.review_channel, thread_ts=None,
                           message=review_view.review_card(review, answer))
-    except SlackApiError:
-        logger.exception("could not post the card of review %s to %s", review_id, settings.review_channel)
+    except SlackApiError as e:
+        logger.error("could not post the card of review %s to %s (%s); trying again on the next round",
+                     review_id, settings.review_channel, e.response.get("error"))
+        return
+    except Exception:   # Slack out of reach: the asker keeps the review note, not an apology
+        logger.exception("could not post the card of review %s to %s; trying again on the next round",
+                         review_id, settings.review_channel)
         return
     with db.connection() as conn:
         store.set_review_card(conn, answer.id, settings.review_channel, ts)
+
+
+def post_missing_cards(client: WebClient, settings: Settings) -> None:
+    """Post the cards a failed post left out: pending reviews of Slack questions the bot is done
+    with (so none is being posted as this runs) that have no card. Every delivery round."""
+    if not settings.review_channel:
+        return
+    with db.connection() as conn:
+        missing = store.reviews_without_card(conn)
+    for review_id in missing:
+        post_card(client, settings, review_id)
 
 
 def redraw_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection, where: store.SlackAnswer,

@@ -133,6 +133,14 @@ def set_delivered(conn: psycopg.Connection, answer_id: int, ts: str) -> None:
                  {"ts": ts, "a": answer_id})
 
 
+def reviews_without_card(conn: psycopg.Connection) -> list[int]:
+    """Pending reviews of Slack questions whose card was never posted, once the question is no
+    longer in progress (a bot posts its card before it is done with it)."""
+    return [int(r["id"]) for r in conn.execute(
+        "SELECT r.id FROM reviews r JOIN slack_answers s ON s.answer_id = r.answer_id"
+        " WHERE r.status = 'pending' AND s.review_ts IS NULL AND s.question IS NULL ORDER BY r.id")]
+
+
 def for_answer(conn: psycopg.Connection, answer_id: int) -> SlackAnswer | None:
     return _one(conn.execute(f"SELECT {_COLUMNS} FROM slack_answers s WHERE s.answer_id = %(a)s",
                              {"a": answer_id}).fetchone())

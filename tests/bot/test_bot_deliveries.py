@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from bot_support import ASKER, SALARY_QUESTION, SlackBot, count_delivery_rounds, pending_review, rows
+from bot_support import (ASKER, REVIEW_CHANNEL, SALARY_DRAFT, SALARY_QUESTION, SlackBot, count_delivery_rounds,
+                         pending_review, rows)
 from support.polling import wait_until
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
@@ -181,3 +182,21 @@ def test_a_thread_slack_keeps_refusing_does_not_hold_back_the_decisions_after_it
     run.decide(second, {"action": "approve", "reviewer": "alice@northwind.example"}, context=bot.context())
     _posted(bot, ts)
     assert not [c for c in _answer_posts(bot, stuck_ts) if c.response["ok"]]
+
+
+def test_a_review_card_slack_refused_is_posted_on_a_later_round_once(
+        quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel) -> None:
+    bot = quick_rounds
+    bot.slack.missing_channels.add(REVIEW_CHANNEL)   # the bot not yet invited there, say
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(SALARY_QUESTION, channel="CGENERAL")
+    assert bot.reply("CGENERAL", ts).shown_text == run.REVIEW_WAIT   # the asker keeps the note, not an apology
+    bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL and not c.response["ok"])
+
+    bot.slack.missing_channels.discard(REVIEW_CHANNEL)   # invited now
+    [card] = bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL and c.response["ok"])
+    assert SALARY_QUESTION in card.shown_text and card.action_values()
+    wait_until(lambda: rows("SELECT review_ts FROM slack_answers WHERE review_ts IS NOT NULL"), what="the card recorded")
+    more_rounds()
+    assert len(bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL
+                                  and c.response["ok"])) == 1
