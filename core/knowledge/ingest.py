@@ -30,11 +30,13 @@ class IngestReport:
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)              # records no longer in their JSONL file
     failed: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
+    # Stored documents not read this time (their file failed, or is gone) given the visibility asked for.
+    visibility_only: list[str] = field(default_factory=list)
     chunks: int = 0
 
     def add(self, other: IngestReport) -> None:
         """Count `other`'s documents in this report too (several ingests shown as one)."""
-        for name in ("added", "updated", "unchanged", "removed", "failed"):
+        for name in ("added", "updated", "unchanged", "removed", "failed", "visibility_only"):
             getattr(self, name).extend(getattr(other, name))
         self.chunks += other.chunks
 
@@ -43,6 +45,7 @@ class IngestReport:
                  + (f"{len(self.removed)} removed, " if self.removed else "")
                  + f"{len(self.failed)} failed ({self.chunks} chunks written)"]
         lines += [f"  failed: {message}" for _, message in self.failed]
+        lines += [f"  visibility set, content as stored before: {source}" for source in self.visibility_only]
         return "\n".join(lines)
 
 
@@ -65,8 +68,9 @@ def ingest_paths(paths: Sequence[Path], *, visible_channels: Sequence[str] | Non
     """Ingest files and folders (recursively, supported types only). With `audited_by`, each
     stored document (or visibility change) gets an audit row in its own transaction."""
     report = IngestReport()
-    documents = _documents_from_paths(paths, report)
-    _store_all(documents, visibility(visible_channels, visible_groups), report, url, audited_by)
+    visible = visibility(visible_channels, visible_groups)
+    _store_all(_documents_from_paths(paths, report), visible, report, url, audited_by)
+    _set_visibility_of_the_rest([source_of(p) for p in paths], visible, report, url, audited_by)
     return report
 
 
@@ -75,9 +79,26 @@ def ingest_file_bytes(name: str, data: bytes, *, source: str | None = None,
                       url: str | None = None, audited_by: str | None = None) -> IngestReport:
     """Ingest one uploaded file (the dashboard's path); same rules as files on disk."""
     report = IngestReport()
-    _store_all(_documents_from_bytes(name, data, source or f"upload:{name}", report),
-               visibility(visible_channels, visible_groups), report, url, audited_by)
+    visible, source = visibility(visible_channels, visible_groups), source or f"upload:{name}"
+    _store_all(_documents_from_bytes(name, data, source, report), visible, report, url, audited_by)
+    _set_visibility_of_the_rest([source], visible, report, url, audited_by)
     return report
+
+
+def _set_visibility_of_the_rest(sources: Sequence[str], visible: Visibility, report: IngestReport,
+                                url: str | None, audited_by: str | None) -> None:
+    """The visibility asked for holds for everything stored from `sources` (files, folders), not
+    only what was read this time: a file that failed to parse, or is gone from disk, keeps its
+    old content, but an admin restricting a folder must not find it still public."""
+    if visible is None:
+        return
+    with db.connection(url) as conn:
+        for source in sources:
+            for document_id, changed in store.set_visibility_from(conn, source, *visible):
+                if audited_by is not None:
+                    audit.record(conn, audited_by, "knowledge.visibility", f"document:{document_id}",
+                                 {"channels": list(visible[0]), "groups": list(visible[1])})
+                report.visibility_only.append(changed)
 
 
 def reindex_document(conn: psycopg.Connection, document_id: int) -> int:

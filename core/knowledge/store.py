@@ -212,6 +212,18 @@ def set_visibility_of_source(conn: psycopg.Connection, source: str, channels: Se
     return None if row is None else int(row["id"])
 
 
+def set_visibility_from(conn: psycopg.Connection, source: str, channels: Sequence[str],
+                        groups: Sequence[str]) -> list[tuple[int, str]]:
+    """Set the visibility of every document stored from `source`: the file, its JSONL records
+    (`<file>#<_id>`), or everything under the folder. Returns (id, source) of those it changed."""
+    rows = conn.execute(
+        "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
+        " WHERE (source = %(s)s OR starts_with(source, %(s)s || '#') OR starts_with(source, rtrim(%(s)s, '/') || '/'))"
+        " AND (visible_channels <> %(c)s OR visible_groups <> %(g)s) RETURNING id, source",
+        {"c": list(channels), "g": list(groups), "s": source}).fetchall()
+    return sorted((int(r["id"]), r["source"]) for r in rows)
+
+
 def get_chunks(conn: psycopg.Connection, chunk_ids: Sequence[int]) -> list[ChunkRow]:
     rows = conn.execute(
         "SELECT c.id, c.document_id, d.title, c.heading, d.url, d.source, c.text"

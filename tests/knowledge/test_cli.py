@@ -60,6 +60,29 @@ def test_re_ingesting_without_visibility_options_keeps_a_restricted_document_res
     assert refused.exit_code == 2 and "--public cannot go with --channel or --group" in refused.output
 
 
+def test_restricting_a_folder_also_restricts_its_files_that_failed_to_read_or_are_gone(
+        database_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "finance"
+    folder.mkdir()
+    (folder / "budget.md").write_text("# Budget\n\nThe 2027 travel budget is 1.2M EUR.\n")
+    (folder / "forecast.md").write_text("# Forecast\n\nRevenue grows 8% next year.\n")
+    (folder / "plan.md").write_text("# Plan\n\nHiring freeze until March.\n")
+    assert "3 added" in runner.invoke(app, ["ingest", str(folder)]).output   # public, at first
+    (folder / "budget.md").write_bytes(b"# Budget\n\n\xff\xfe broken \x80 bytes \xc3")   # unreadable now
+    (folder / "plan.md").unlink()   # gone from disk, still stored
+
+    result = runner.invoke(app, ["ingest", str(folder), "--group", "finance", "--as", "ana"])
+    assert "1 unchanged" in result.output and "1 failed" in result.output
+    assert f"visibility set, content as stored before: {(folder / 'budget.md').resolve()}" in result.output
+    with db.connection() as conn:
+        shown = {Path(d.source).name: d.visible_groups for d in store.list_documents(conn)}
+        audited = [e.target for e in audit.recent(conn) if e.action == "knowledge.visibility"]
+    assert shown == {"budget.md": ["finance"], "forecast.md": ["finance"], "plan.md": ["finance"]}
+    assert len(audited) == 3
+    hidden = runner.invoke(app, ["search", "travel budget 2027", "--user", "UOUTSIDER"])
+    assert "Nothing found." in hidden.output
+
+
 def test_search_with_only_punctuation_explains_itself(database_url: str) -> None:
     result = runner.invoke(app, ["search", "?!?"])
     assert result.exit_code == 2 and "only punctuation" in result.output
