@@ -81,7 +81,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if any(not doc.strip() for doc in documents):
             typer.echo("An empty document name names nothing; give an id, a file or a folder.", err=True)
             raise typer.Exit(2)
-        if any(ingest.source_of(Path(doc)) == "/" for doc in documents if not doc.isdigit()):
+        if any(ingest.source_of(Path(doc)) == "/" for doc in documents if not ingest.is_document_id(doc)):
             typer.echo("Refusing to delete every document under /; name the folder they came from.", err=True)
             raise typer.Exit(2)
         missing, deleted = [], 0
@@ -91,7 +91,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                 if not sources:
                     missing.append(doc)
                     continue
-                for target in [f"document:{doc}"] if doc.isdigit() else sources:   # each, as a re-ingest does
+                for target in [f"document:{doc}"] if ingest.is_document_id(doc) else sources:   # each, as a re-ingest does
                     audit.record(conn, by, "knowledge.delete", target)
                 deleted += len(sources)
         for doc in missing:

@@ -15,6 +15,9 @@ from core.knowledge.parse import ParsedDocument
 # next ingest cuts documents stored before again.
 VERSION = 2
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n{2,}")
+# Longer "words" are blobs (an inlined image, a minified script), not text anyone asks about:
+# kept whole, one could outgrow what Postgres indexes (a tsvector holds at most 1 MB).
+MAX_WORD_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def split_text(text: str, max_tokens: int, overlap: int) -> list[str]:
     """Pieces of at most `max_tokens` words (a word is our token: cheap, and at the default of
     200 most pieces fit the embedder's 256-wordpiece window; `chunk_document` cuts the rest)."""
     units = [u.strip() for u in _SENTENCE_END.split(text) if u and u.strip()]
-    words_per_unit = [u.split() for u in units]
+    words_per_unit = [[w if len(w) <= MAX_WORD_CHARS else w[:MAX_WORD_CHARS] + "…" for w in u.split()] for u in units]
     pieces: list[list[str]] = []
     current: list[str] = []
     for words in words_per_unit:

@@ -115,6 +115,11 @@ def reindex_document(conn: psycopg.Connection, document_id: int) -> int:
 def _documents_from_paths(paths: Sequence[Path], report: IngestReport) -> Iterator[ParsedDocument]:
     limit = get_settings().max_file_mb * 1024 * 1024
     for path in _files(paths, report):
+        source = source_of(path)
+        if not _is_utf8(source):   # bytes the file system allows but Postgres text cannot hold
+            shown = os.fsencode(source).decode("utf-8", "backslashreplace")   # the odd bytes as \xe9
+            report.failed.append((shown, f"{shown}: the file name is not valid UTF-8; rename the file"))
+            continue
         size = path.stat().st_size
         if size > limit:
             report.failed.append((str(path), f"{path}: {size / 1e6:.0f} MB is over the "
@@ -125,18 +130,27 @@ def _documents_from_paths(paths: Sequence[Path], report: IngestReport) -> Iterat
         except OSError as e:
             report.failed.append((str(path), f"{path}: cannot read ({e.strerror})"))
             continue
-        yield from _documents_from_bytes(str(path), data, source_of(path), report)
+        yield from _documents_from_bytes(str(path), data, source, report)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def delete(conn: psycopg.Connection, name: str) -> list[str]:
-    """Delete what `name` names: a document id; a source as typed or as its absolute path (a
-    file is stored under it, even once it is gone from disk); else everything ingested from
-    under that folder, and the files reached through a symlinked folder inside it (stored under
-    their real paths) while the link is there. Returns the sources deleted."""
-    if name.isdigit():
-        return store.delete_document(conn, name)
+    """Delete what `name` names: a document id (unless a file or folder of that name is here: a
+    folder named `2024`); a source as typed or as its absolute path (a file is stored under it,
+    even once it is gone from disk); else everything ingested from under that folder, and the
+    files reached through a symlinked folder inside it (stored under their real paths) while the
+    link is there. Returns the sources deleted."""
+    if is_document_id(name):
+        return store.delete_document(conn, int(name))
     path = source_of(Path(name))
-    for source in dict.fromkeys([name, path]):
+    for source in dict.fromkeys([path] if name.isdigit() else [name, path]):
         if found := store.delete_document(conn, source):
             return found
     deleted = store.delete_under(conn, path)
@@ -145,6 +159,11 @@ def delete(conn: psycopg.Connection, name: str) -> list[str]:
         for source in [s for s in linked if not s.startswith(path.rstrip("/") + "/")]:   # the rest went above
             deleted += store.delete_document(conn, source)
     return deleted
+
+
+def is_document_id(name: str) -> bool:
+    """Whether a name an admin typed is a document id: digits, and no file or folder of that name here."""
+    return name.isdigit() and not Path(name).exists()
 
 
 def source_of(path: Path) -> str:

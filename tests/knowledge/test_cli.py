@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,27 @@ def test_docs_rm_takes_a_deleted_files_path_or_a_folder(database_url: str, tmp_p
     for everything in ("", "/", "//"):
         assert runner.invoke(app, ["docs", "rm", everything]).exit_code == 2
     assert "deleted 1" in runner.invoke(app, ["docs", "rm", "."]).output
+
+
+def test_docs_rm_of_a_folder_named_like_a_number_removes_the_folder_not_that_document(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vpn.md").write_text("# VPN\n\nUse GlobalProtect.\n")
+    assert "1 added" in runner.invoke(app, ["ingest", "vpn.md"]).output
+    with db.connection() as conn:
+        [vpn] = store.list_documents(conn)
+    folder = tmp_path / str(vpn.id)   # a folder named like that document's id (a year, say)
+    folder.mkdir()
+    (folder / "review.md").write_text("# Review\n\nTargets were met.\n")
+    assert "1 added" in runner.invoke(app, ["ingest", folder.name]).output
+
+    removed = runner.invoke(app, ["docs", "rm", folder.name])
+    assert removed.exit_code == 0 and "deleted 1" in removed.output
+    with db.connection() as conn:
+        assert [d.title for d in store.list_documents(conn)] == ["VPN"]
+        assert audit.recent(conn)[0].target == str((folder / "review.md").resolve())
+    shutil.rmtree(folder)
+    assert "deleted 1" in runner.invoke(app, ["docs", "rm", folder.name]).output   # no such folder now: the id
 
 
 def test_docs_rm_of_a_jsonl_record_leaves_a_record_whose_id_starts_with_it(database_url: str, tmp_path: Path) -> None:

@@ -284,3 +284,19 @@ def test_chunks_of_a_section_that_matches_by_heading_rank_by_their_own_text(data
     assert not ingest.ingest_paths([tmp_path]).failed
     hits = _search("expenses taxi", k=3)
     assert "Taxi rides" in hits[0].text, [h.text[:60] for h in hits]
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_of_the_folder_goes_in(
+        database_url: str, tmp_path: Path) -> None:
+    import base64
+    import os
+    import random
+
+    (tmp_path / os.fsdecode(b"caf\xe9.txt")).write_text("Canteen\nThe canteen opens at noon.\n")   # latin-1 name
+    (tmp_path / "gym.txt").write_text("Gym\nThe fitness room opens at 6.\n")
+    image = base64.b64encode(random.Random(7).randbytes(900_000)).decode()   # a 1.2 MB inlined image
+    (tmp_path / "words.md").write_text(f"# Chart\n\n![chart](data:image/png;base64,{image})\n\nSales doubled in spring.\n")
+    report = ingest.ingest_paths([tmp_path])
+    assert [m for _, m in report.failed] == [f"{tmp_path}/caf\\xe9.txt: the file name is not valid UTF-8; rename the file"]
+    assert sorted(Path(s).name for s in report.added) == ["gym.txt", "words.md"]
+    assert _search("fitness room")[0].title == "Gym" and _search("sales doubled")[0].title == "Chart"
