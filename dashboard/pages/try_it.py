@@ -12,13 +12,20 @@ from core.agent import run
 from dashboard import frame, markup
 
 _OUTCOME = "tryit_outcome"   # (run.Outcome, the user id it was asked as)
-_THREAD = "tryit_thread"
+_THREADS = "tryit_threads"   # (user id, channel id) -> the conversation's thread key
+
+
+def thread_for(user_id: str, channel_id: str) -> str:
+    """Follow-ups share a conversation only as the same person in the same channel, as in Slack:
+    asked as someone else, the history (which may quote what only the first could read) stays out."""
+    threads: dict[tuple[str, str], str] = st.session_state.setdefault(_THREADS, {})
+    return threads.setdefault((user_id, channel_id), f"dashboard:{uuid.uuid4().hex}")
 
 
 def ask(question: str, user_id: str, channel_id: str, actor: str) -> run.Outcome:
     """The agent records the answer itself (in its own transactions); the audit row follows."""
     asker = run.Asker(surface="dashboard", user_id=user_id or None, channel_id=channel_id or None,
-                      thread_key=st.session_state.setdefault(_THREAD, f"dashboard:{uuid.uuid4().hex}"))
+                      thread_key=thread_for(user_id, channel_id))
     outcome = run.ask(question, asker)
     with db.connection() as conn:
         audit.record(conn, actor, "tryit.ask", f"answer:{outcome.answer_id}",
@@ -54,8 +61,9 @@ if c_ask.button("Ask", type="primary", key="tryit_ask", disabled=viewer) and not
     if result is not None:
         st.session_state[_OUTCOME] = (result, user_id)   # votes are the asker's, whatever the box says later
 if c_new.button("New conversation", key="tryit_new",
-                help="Follow-up questions share a thread (and its history) until you start a new one."):
-    st.session_state.pop(_THREAD, None)
+                help="Follow-up questions as the same user in the same channel share a thread (and its "
+                     "history) until you start a new one."):
+    st.session_state.pop(_THREADS, None)
     st.session_state.pop(_OUTCOME, None)
 
 outcome, asked_as = st.session_state.get(_OUTCOME, (None, ""))

@@ -66,3 +66,16 @@ def test_empty_question_is_refused_without_asking(handbook: Path) -> None:
     assert [e.value for e in at.error] == ["Type a question first."]
     with db.connection() as conn:
         assert conn.execute("SELECT count(*) AS n FROM answers").fetchone()["n"] == 0  # type: ignore[index]
+
+
+def test_a_follow_up_as_another_user_or_channel_starts_its_own_conversation(handbook: Path) -> None:
+    at = ask("How do I get a new laptop?", user="U_ANN", channel="C_IT")
+    for user, channel in (("U_ANN", "C_IT"), ("U_BOB", "C_IT"), ("U_ANN", "C_HR")):
+        at.text_input(key="tryit_user").input(user)
+        at.text_input(key="tryit_channel").input(channel)
+        at.text_area(key="tryit_question").input("And how long does that take?")
+        at.button(key="tryit_ask").click().run()
+    with db.connection() as conn:
+        threads = [r["thread_key"] for r in conn.execute("SELECT thread_key FROM answers ORDER BY id")]
+    # Ann's follow-up in C_IT continues her thread; Bob's, and Ann's in another channel, see none of it.
+    assert threads[1] == threads[0] and len({threads[0], threads[2], threads[3]}) == 3
