@@ -65,7 +65,9 @@ def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
     query = state["question"].strip()
     history = state.get("history") or []
     if history and len(query.split()) < 6:
-        query = f"{history[-1]['question']} {query}"
+        # The follow-up first: the embedder reads only a query's first 256 word pieces, and the
+        # question before may be long enough to push the follow-up out of them, and out of the cut.
+        query = f"{query} {history[-1]['question']}"
     viewer = search.Viewer(user_id=state.get("user_id"), channel_id=state.get("channel_id"))
     try:
         with db.connection() as conn:

@@ -129,3 +129,24 @@ def test_crash_in_agent_marks_answer_failed(context: AgentContext, model: Script
     with db.connection() as conn:
         row = feedback.get_answer(conn, failed.value.answer_id)
     assert row is not None and row.status == "failed" and "GPU on fire" in (row.error or "")
+
+
+def test_a_short_follow_up_to_a_long_question_is_searched_with_all_its_words(
+        context: AgentContext, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.knowledge import search
+
+    searched: list[str] = []
+    real_search = search.hybrid_search
+
+    def recorded(conn, query, viewer, **kwargs):  # type: ignore[no-untyped-def]
+        searched.append(query)
+        return real_search(conn, query, viewer, **kwargs)
+
+    monkeypatch.setattr(search, "hybrid_search", recorded)
+    long_question = "How do I get a new laptop? " + "I need one with more memory for my work. " * 60   # ~2,500 characters
+    run.ask(long_question, _asker("long"), context=context)
+    run.ask("And the VPN client?", _asker("long"), context=context)
+    # Searched with the question before it (what "the" refers to), the follow-up first: the
+    # embedder reads a query's first 256 word pieces, and a query is cut at max_query_chars.
+    assert searched[1].startswith("And the VPN client? How do I get a new laptop?")
+    assert len(searched[1]) == context.settings.max_query_chars
