@@ -10,12 +10,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-_TOKEN = re.compile(r"[a-z0-9]+")
+from core.text import words
+
 _CITATION = re.compile(r"\[\d+\]")
 
 
 def tokens(text: str) -> list[str]:
-    return _TOKEN.findall(_CITATION.sub(" ", text.lower()))
+    return words(_CITATION.sub(" ", text))
 
 
 def token_f1(prediction: str, reference: str) -> float:

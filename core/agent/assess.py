@@ -4,8 +4,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-_WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+from core.text import words
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 _CITATION = re.compile(r"\[\d+\]")
 # Words that carry no claim: a sentence is judged by the rest.
 _STOP = frozenset(
@@ -17,7 +18,7 @@ _STOP = frozenset(
 
 
 def content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 1}
+    return {w for w in words(text, joined=True) if w not in _STOP and (len(w) > 1 or w.isdigit())}   # "2" is a claim
 
 
 def groundedness(draft: str, sources: Sequence[str], min_overlap: float = 0.6) -> float:

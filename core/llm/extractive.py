@@ -7,8 +7,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-_WORD = re.compile(r"[a-z0-9]+")
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])|\n+")
+from core.text import words
+
+# A sentence ends at . ! ? before anything but a lower-case Latin letter ("e.g. this"), or at 。！？
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[^\W_a-z]|[\"'(“])|(?<=[。！？])|\n+")
 _STOP = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been it its this that "
     "these those you your we our they i me my do does did can could should would will how what when "
@@ -17,7 +19,7 @@ _STOP = frozenset(
 
 
 def _words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
+    return {w for w in words(text) if w not in _STOP}
 
 
 def extractive_answer(question: str, sources: Sequence[tuple[str, str]], max_sentences: int = 3) -> str:
@@ -32,6 +34,8 @@ def extractive_answer(question: str, sources: Sequence[tuple[str, str]], max_sen
             if len(words) < 3:
                 continue
             overlap = len(asked & words) / (len(asked) or 1)
+            if overlap == 0:   # shares no word with the question: quoting it would mislead
+                continue
             # Earlier sources ranked higher in retrieval: a small bonus keeps their order on ties.
             scored.append((overlap + 0.05 / n, n, position, sentence))
     if not scored:
