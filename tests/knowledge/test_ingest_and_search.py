@@ -186,10 +186,12 @@ def test_bad_files_are_reported_and_the_rest_of_the_batch_goes_in(database_url: 
     assert "half an emoji \ufffd kept" in [h.text.split("\n\n")[-1] for h in _search("half an emoji kept")]
 
 
-def test_a_pdf_with_only_an_owner_password_opens_like_any_other(database_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["RC4-128", "AES-128", "AES-256"])
+def test_a_pdf_with_only_an_owner_password_opens_like_any_other(database_url: str, tmp_path: Path,
+                                                                algorithm: str) -> None:
     # Published PDFs often forbid printing or copying with an owner password; they need none to read.
     writer = PdfWriter(clone_from=PdfReader(PDF))
-    writer.encrypt(user_password="", owner_password="publisher")
+    writer.encrypt(user_password="", owner_password="publisher", algorithm=algorithm)
     with (tmp_path / "restricted.pdf").open("wb") as f:
         writer.write(f)
     report = ingest.ingest_paths([tmp_path / "restricted.pdf"])
