@@ -171,7 +171,7 @@ def _markdown_sections(text: str) -> tuple[str, list[Section]]:
     stack: list[tuple[int, str]] = []
     sections: list[Section] = []
     body: list[str] = []
-    in_fence = False
+    fence: str | None = None   # the marker of the code block we are in
 
     def flush() -> None:
         content = "\n".join(body).strip()
@@ -180,9 +180,10 @@ def _markdown_sections(text: str) -> tuple[str, list[Section]]:
         body.clear()
 
     for line in text.splitlines():
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-        match = None if in_fence else _MD_HEADING.match(line)
+        marker = line.lstrip()[:3]
+        if marker in ("```", "~~~") and fence in (None, marker):   # a fence closes with its own marker
+            fence = None if fence else marker
+        match = None if fence else _MD_HEADING.match(line)
         if match is None:
             body.append(line)
             continue
@@ -252,7 +253,7 @@ def _html_line(element: Any) -> list[str]:
         return []
     if element.name[0] == "h":
         return [f"{'#' * int(element.name[1])} {words}"]
-    return [f"- {words}" if element.name == "li" else words]
+    return [f"- {words}" if element.name == "li" else _not_a_heading(words)]
 
 
 def _joined(pieces: list[str]) -> list[str]:
@@ -260,7 +261,13 @@ def _joined(pieces: list[str]) -> list[str]:
     empties the list."""
     words = " ".join("".join(pieces).split())
     pieces.clear()
-    return [words] if words else []
+    return [_not_a_heading(words)] if words else []
+
+
+def _not_a_heading(line: str) -> str:
+    """Text of a paragraph or table row that starts with "#" ("# of days: 25", a "#" column)
+    must not read as a Markdown heading on its way through `_markdown_sections`."""
+    return f" {line}" if line.startswith("#") else line
 
 
 def _pdf(name: str, data: bytes, source: str) -> ParsedDocument:

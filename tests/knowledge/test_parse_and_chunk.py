@@ -78,6 +78,23 @@ def test_html_tables_read_row_by_row() -> None:
     assert "Portugal | 45 EUR" in doc.sections[0].text and "x()" not in doc.text
 
 
+def test_html_text_starting_with_a_hash_is_not_read_as_a_heading() -> None:
+    html = (b"<html><head><title>Onboarding checklist</title></head><body><h2>Benefits</h2>"
+            b"<p># of vacation days: 25</p><table><tr><th>#</th><th>Step</th></tr><tr><td>1</td><td>Badge</td></tr>"
+            b"</table><div># loose text</div></body></html>")
+    [doc] = parse_bytes("onboarding.html", html)
+    assert doc.title == "Onboarding checklist" and [s.heading for s in doc.sections] == ["Benefits"]
+    assert [line.strip() for line in doc.sections[0].text.split("\n\n")] == [
+        "# of vacation days: 25", "# | Step", "1 | Badge", "# loose text"]
+
+
+def test_a_markdown_code_block_fenced_with_tildes_holds_no_headings() -> None:
+    [doc] = parse_bytes("client.md", b"# VPN client\n\n~~~bash\n# install the client\napt install vpn\n~~~\n\n"
+                                     b"## Signing in\n\nUse Okta.\n\n```\n~~~ not a fence end\n# still code\n```\n")
+    assert doc.title == "VPN client" and [s.heading for s in doc.sections] == ["", "Signing in"]
+    assert "# install the client" in doc.sections[0].text and "# still code" in doc.sections[1].text
+
+
 def test_html_text_outside_paragraphs_is_kept_block_by_block() -> None:
     html = (b"<html><head><title>Wiki</title></head><body><div class=page>Welcome to the <b>wiki</b>."
             b"<div>Ask <span>IT</span> first.</div>Then<br>HR.<h2>Terms</h2><dl><dt>PTO</dt><dd>Paid time off, 25 days."
