@@ -89,10 +89,15 @@ WITH dense AS (
            + coalesce(%(wl)s::float8 / (%(rrf_k)s + lexical.rank), 0) AS score
     FROM dense FULL OUTER JOIN lexical ON dense.id = lexical.id
 )
-SELECT c.id AS chunk_id, c.document_id, d.source, d.title, c.heading, d.url, c.text,
-       f.score, f.sim AS dense_score, f.lex AS lexical_score, (SELECT count(*) FROM dense) AS dense_found
-FROM fused f JOIN chunks c ON c.id = f.id JOIN documents d ON d.id = c.document_id
-ORDER BY f.score DESC, f.sim DESC NULLS LAST, f.body_sim DESC NULLS LAST, f.id
+SELECT chunk_id, document_id, source, title, heading, url, text, score, dense_score, lexical_score, dense_found
+FROM (   -- a passage stored twice (an uploaded copy of a file, a folder copied) is shown once, its best
+    SELECT DISTINCT ON (c.text) c.id AS chunk_id, c.document_id, d.source, d.title, c.heading, d.url, c.text,
+           f.score, f.sim AS dense_score, f.body_sim, f.lex AS lexical_score,
+           (SELECT count(*) FROM dense) AS dense_found
+    FROM fused f JOIN chunks c ON c.id = f.id JOIN documents d ON d.id = c.document_id
+    ORDER BY c.text, f.score DESC, f.sim DESC NULLS LAST, f.body_sim DESC NULLS LAST, f.id
+) once
+ORDER BY score DESC, dense_score DESC NULLS LAST, body_sim DESC NULLS LAST, chunk_id
 LIMIT %(k)s
 """
 _SQL = _SEARCH.format(nearest_text=_nearest("embedding", False), nearest_label=_nearest("heading_embedding", False),

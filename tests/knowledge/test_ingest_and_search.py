@@ -266,7 +266,7 @@ def test_restricted_chunks_crowding_a_topic_do_not_hide_the_public_ones(database
                                " VALUES (%(s)s, %(s)s, 'h', %(g)s) RETURNING id", {"s": source, "g": groups}).fetchone()
             cur.executemany("INSERT INTO chunks (document_id, ord, text, embedding, heading_embedding)"
                             " VALUES (%(d)s, %(o)s, %(t)s, %(e)s, %(e)s)",
-                            [{"d": doc["id"], "o": i, "t": f"{source} minutes", "e": near(spread)}  # type: ignore[index]
+                            [{"d": doc["id"], "o": i, "t": f"{source} minutes, part {i}", "e": near(spread)}  # type: ignore[index]
                              for i in range(count)])
     monkeypatch.setattr(search.embed, "embed_query", lambda query: question)
     with db.connection() as conn:
@@ -302,3 +302,14 @@ def test_a_file_name_that_is_not_utf8_is_reported_and_the_rest_of_the_folder_goe
     assert [m for _, m in report.failed] == [f"{tmp_path}/caf\\xe9.txt: the file name is not valid UTF-8; rename the file"]
     assert sorted(Path(s).name for s in report.added) == ["gym.txt", "words.md"]
     assert _search("fitness room")[0].title == "Gym" and _search("sales doubled")[0].title == "Chart"
+
+
+def test_a_passage_stored_twice_is_found_once(database_url: str, tmp_path: Path) -> None:
+    policy = "# Laptops\n\nNew laptops are ordered in the IT portal and arrive within five working days.\n"
+    for folder in ("handbook", "handbook-copy"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "laptops.md").write_text(policy)
+    ingest.ingest_paths([tmp_path])
+    ingest.ingest_file_bytes("laptops.md", policy.encode())   # and uploaded in the dashboard
+    hits = _search("how long until a new laptop arrives", k=3)
+    assert [h.title for h in hits].count("Laptops") == 1 and len({h.text for h in hits}) == len(hits)
