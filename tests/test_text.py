@@ -19,6 +19,16 @@ def test_a_draft_in_another_script_that_says_what_its_source_says_is_grounded() 
     assert groundedness("Доставка ноутбука занимает пять рабочих дней [1].", [RU_SOURCE]) == 1.0
     assert groundedness("配送には5営業日かかります [1]。", [JA_SOURCE]) == 1.0
     assert groundedness("Доставка ноутбука занимает 2 часа в Торонто [1].", [RU_SOURCE]) == 0.0   # no source says it
+    assert groundedness("配送には2営業日かかります [1]。", [JA_SOURCE]) == 0.0   # the source says 5
+    assert words("5営業日") == ["5", "営業", "業日"]
+
+
+def test_a_numbered_list_is_judged_by_its_items_not_their_numbers() -> None:
+    source = ("Order a new laptop in the IT portal. Submit the hardware form with your manager's approval. "
+              "The laptop arrives within five working days.")
+    draft = ("1. Order a new laptop in the IT portal [1].\n2) Submit the hardware form with your manager's "
+             "approval [1].\n- The laptop arrives within five working days [1].")
+    assert groundedness(draft, [source]) == 1.0
 
 
 def test_answers_in_another_script_are_scored_against_their_references() -> None:

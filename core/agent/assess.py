@@ -8,6 +8,7 @@ from core.text import words
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 _CITATION = re.compile(r"\[\d+\]")
+_LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*•])\s+", re.MULTILINE)   # "1. ", "2) ", "- ": not claims
 # Words that carry no claim: a sentence is judged by the rest.
 _STOP = frozenset(
     "a an the and or but if of to in on at by for with from as is are was were be been being it its "
@@ -27,7 +28,7 @@ def groundedness(draft: str, sources: Sequence[str], min_overlap: float = 0.6) -
     Cheap and deterministic; it catches drafts that mix true words into a claim no source makes
     ("delivery in Toronto takes 2 hours" when the source says seven working days)."""
     windows = [content_words(w) for source in sources for w in _windows(source)]
-    sentences = [s for s in _SENTENCE.split(_CITATION.sub("", draft)) if content_words(s)]
+    sentences = [s for s in _SENTENCE.split(_LIST_MARKER.sub("", _CITATION.sub("", draft))) if content_words(s)]
     if not sentences or not windows:
         return 0.0
     supported = 0
