@@ -230,12 +230,21 @@ def _show(question: Question, row_id: int, reply_ts: str | None, outcome: run.Ou
             store.set_reply(conn, row_id, shown)
     if outcome.status == "pending_review" and outcome.review_id is not None:
         reviews.post_card(client, deps.settings, outcome.review_id)
-        # Decided (in the dashboard) before the note was up: the delivery updated a note that was not there yet.
-        note_ts = shown or reply_ts
-        now = run.outcome_as_asked(outcome.answer_id) if note_ts and outcome.text == run.REVIEW_WAIT else None
-        if note_ts and now is not None and now.text == run.REVIEW_DONE:
+        if outcome.text == run.REVIEW_WAIT and (shown or reply_ts):
+            _unless_decided_meanwhile(question, shown or reply_ts, outcome, client, deps)  # type: ignore[arg-type]
+
+
+def _unless_decided_meanwhile(question: Question, note_ts: str, outcome: run.Outcome, client: WebClient,
+                              deps: Deps) -> None:
+    """Decided (in the dashboard) before the review note was up, the delivery updated a note that
+    was not there yet: say now that the decision follows. A failure here leaves the note as it is."""
+    try:
+        now = run.outcome_as_asked(outcome.answer_id)
+        if now is not None and now.text == run.REVIEW_DONE:
             posting.replace(client, deps.throttle, channel=question.channel_id, ts=note_ts,
                             message=blocks.note(run.REVIEW_DONE))
+    except Exception:
+        logger.exception("could not check the review of answer %s again", outcome.answer_id)
 
 
 def _apologise(question: Question, reply_ts: str | None, client: WebClient, deps: Deps) -> None:

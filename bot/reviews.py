@@ -56,9 +56,27 @@ def post_card(client: WebClient, settings: Settings, review_id: int) -> None:
     a channel (or if Slack refuses, or cannot be reached), the review still waits in the
     dashboard: log, don't raise; the delivery loop tries again (`post_missing_cards`)."""
     with db.connection() as conn:
-        review = feedback.get_review(conn, review_id)
-        answer = feedback.get_answer(conn, review.answer_id) if review else None
-        where = store.for_answer(conn, answer.id) if answer else None
+        _post_card(conn, client, settings, review_id)
+
+
+def post_missing_cards(client: WebClient, settings: Settings) -> None:
+    """Post the cards a failed post left out: pending reviews of Slack questions the bot is done
+    with that have no card. Each is taken (row-locked) for its post, so two bot processes never
+    both post one, and one Slack keeps refusing does not hold back the others."""
+    if not settings.review_channel:
+        return
+    with db.connection() as conn:
+        missing = store.reviews_without_card(conn)
+    for review_id in missing:
+        with db.connection() as conn:
+            if store.take_for_card(conn, review_id):
+                _post_card(conn, client, settings, review_id)
+
+
+def _post_card(conn: psycopg.Connection, client: WebClient, settings: Settings, review_id: int) -> None:
+    review = feedback.get_review(conn, review_id)
+    answer = feedback.get_answer(conn, review.answer_id) if review else None
+    where = store.for_answer(conn, answer.id) if answer else None
     if review is None or answer is None:
         logger.error("review %s is gone; no card posted", review_id)
         return
@@ -73,26 +91,14 @@ def post_card(client: WebClient, settings: Settings, review_id: int) -> None:
         ts = posting.post(client, channel=settings.review_channel, thread_ts=None,
                           message=review_view.review_card(review, answer))
     except SlackApiError as e:
-        logger.error("could not post the card of review %s to %s (%s); trying again on the next round",
+        logger.error("could not post the card of review %s to %s (%s); trying again later",
                      review_id, settings.review_channel, e.response.get("error"))
         return
     except Exception:   # Slack out of reach: the asker keeps the review note, not an apology
-        logger.exception("could not post the card of review %s to %s; trying again on the next round",
+        logger.exception("could not post the card of review %s to %s; trying again later",
                          review_id, settings.review_channel)
         return
-    with db.connection() as conn:
-        store.set_review_card(conn, answer.id, settings.review_channel, ts)
-
-
-def post_missing_cards(client: WebClient, settings: Settings) -> None:
-    """Post the cards a failed post left out: pending reviews of Slack questions the bot is done
-    with (so none is being posted as this runs) that have no card. Every delivery round."""
-    if not settings.review_channel:
-        return
-    with db.connection() as conn:
-        missing = store.reviews_without_card(conn)
-    for review_id in missing:
-        post_card(client, settings, review_id)
+    store.set_review_card(conn, answer.id, settings.review_channel, ts)
 
 
 def redraw_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection, where: store.SlackAnswer,

@@ -16,7 +16,7 @@ from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
-from slack_sdk.http_retry import default_retry_handlers
+from slack_sdk.http_retry import HttpRequest, HttpResponse, RetryState, default_retry_handlers
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
 from bot.answering import Heartbeat
@@ -62,14 +62,24 @@ def not_configured(settings: Settings) -> str:
     return f"{missing}\nEverything else works without it.\n{HOW_TO.format(port=settings.bot_port, path=EVENTS_PATH)}"
 
 
+class UpdateServerErrorRetryHandler(ServerErrorRetryHandler):
+    """A 500 or 503 from chat.update, tried again: an update is safe to repeat. A post is not
+    (Slack may answer 500 after posting): its caller decides (the outbox tries it on a later round)."""
+
+    def _can_retry(self, *, state: RetryState, request: HttpRequest, response: HttpResponse | None = None,
+                   error: Exception | None = None) -> bool:
+        return request.url.endswith("/chat.update") and super()._can_retry(
+            state=state, request=request, response=response, error=error)
+
+
 def web_client(settings: Settings) -> WebClient:
     """The Web API client: `SLACK_API_URL` as base url (tests point it at a fake); 429s retried
-    after Slack's Retry-After and a 500 or 503 twice with backoff, instead of dropped (a finished
-    answer would be replaced by an apology)."""
+    after Slack's Retry-After, and an update Slack answered 500 or 503 twice with backoff (a
+    finished answer would be replaced by an apology)."""
     token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else None
     return WebClient(token=token, base_url=settings.slack_api_url,
                      retry_handlers=[*default_retry_handlers(), RateLimitErrorRetryHandler(max_retry_count=3),
-                                     ServerErrorRetryHandler(max_retry_count=2)])
+                                     UpdateServerErrorRetryHandler(max_retry_count=2)])
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):

@@ -141,6 +141,14 @@ def reviews_without_card(conn: psycopg.Connection) -> list[int]:
         " WHERE r.status = 'pending' AND s.review_ts IS NULL AND s.question IS NULL ORDER BY r.id")]
 
 
+def take_for_card(conn: psycopg.Connection, review_id: int) -> bool:
+    """Lock the review's Slack row for posting its card, in the caller's transaction: False when
+    it has a card by now, or another process holds it."""
+    return conn.execute(
+        "SELECT s.id FROM slack_answers s JOIN reviews r ON r.answer_id = s.answer_id"
+        " WHERE r.id = %(r)s AND s.review_ts IS NULL FOR UPDATE OF s SKIP LOCKED", {"r": review_id}).fetchone() is not None
+
+
 def for_answer(conn: psycopg.Connection, answer_id: int) -> SlackAnswer | None:
     return _one(conn.execute(f"SELECT {_COLUMNS} FROM slack_answers s WHERE s.answer_id = %(a)s",
                              {"a": answer_id}).fetchone())

@@ -114,6 +114,14 @@ def test_an_update_slack_is_too_busy_for_is_retried_not_replaced_by_an_apology(
     assert reply.status == 200 and "Laptop request" in reply.shown_text
 
 
+def test_a_post_slack_answered_500_is_not_sent_again_it_may_have_been_posted(bot: SlackBot) -> None:
+    bot.slack.fail_next("chat.postMessage", status=500, body={"ok": False, "error": "fatal_error"})   # the placeholder
+    ts = bot.mention("How do I get a new laptop?")
+    answer = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts and c.response["ok"])[0]
+    assert "Laptop request" in answer.shown_text   # posted in place of the placeholder, which was not tried again
+    assert [c.status for c in bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)] == [500, 200]
+
+
 def test_placeholder_that_cannot_be_updated_is_replaced_by_a_new_message(bot: SlackBot) -> None:
     bot.slack.fail_next("chat.update", body={"ok": False, "error": "message_not_found"})  # someone deleted it
     ts = bot.mention("How do I get a new laptop?")

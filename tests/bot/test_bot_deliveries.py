@@ -200,3 +200,37 @@ def test_a_review_card_slack_refused_is_posted_on_a_later_round_once(
     more_rounds()
     assert len(bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL
                                   and c.response["ok"])) == 1
+
+
+def test_two_bot_processes_post_a_missing_review_card_once(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from bot import posting, reviews
+
+    bot.loop.stop()   # the two below are the processes' delivery rounds
+    bot.slack.missing_channels.add(REVIEW_CHANNEL)
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(SALARY_QUESTION, channel="CGENERAL")
+    assert bot.reply("CGENERAL", ts).shown_text == run.REVIEW_WAIT
+    wait_until(lambda: rows("SELECT 1 FROM slack_answers WHERE question IS NULL"), what="the question done with")
+    bot.slack.missing_channels.discard(REVIEW_CHANNEL)
+
+    first_posting, second_done, post = threading.Event(), threading.Event(), posting.post
+
+    def slow_first_post(*args: object, **kwargs: object) -> str:
+        if threading.current_thread().name == "first":
+            first_posting.set()
+            second_done.wait(10)   # the other process's round runs while this one is posting
+        return post(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(posting, "post", slow_first_post)
+    first = threading.Thread(target=reviews.post_missing_cards, args=(bot.deps.client, bot.deps.settings), name="first")
+    first.start()
+    assert first_posting.wait(30)
+    reviews.post_missing_cards(bot.deps.client, bot.deps.settings)   # the second process
+    second_done.set()
+    first.join(30)
+    cards = bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL and c.response["ok"])
+    assert len(cards) == 1
+    assert rows("SELECT review_ts FROM slack_answers") == [{"review_ts": cards[0].response["ts"]}]

@@ -275,3 +275,15 @@ def test_a_decision_made_before_the_review_note_is_up_leaves_no_promise_above_it
     note_ts = bot.placeholder("CGENERAL", ts).response["ts"]
     wait_until(lambda: bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == note_ts)[-1].shown_text
                == run.REVIEW_DONE, what="the note saying the decision follows, last")
+
+
+def test_a_failure_reading_the_review_again_leaves_the_review_note_not_an_apology(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    def database_hiccup(answer_id: int) -> None:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(run, "outcome_as_asked", database_hiccup)
+    ts, card = pending_review(bot, model)
+    wait_until(lambda: rows("SELECT 1 FROM slack_answers WHERE question IS NULL"), what="the question done with")
+    note_ts = bot.placeholder("CGENERAL", ts).response["ts"]
+    assert [c.shown_text for c in bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == note_ts)] == [run.REVIEW_WAIT]
