@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psycopg
 
 from core import db, models, tgi_controller
 from core.config import Settings, get_settings
@@ -89,7 +90,8 @@ def _auth(settings: Settings | None) -> dict[str, str]:
 def load_adapter(name: str, path: str, url: str, backend: str, settings: Settings | None = None) -> None:
     """Make the server at `url` able to answer with `name` (does not make it live). An adapter
     the server holds already, from the same folder, is not loaded again: a version's files never
-    change, and a rollback then needs none (they may have been cleaned up since)."""
+    change, and a rollback to the adapter a promotion replaced needs none (they may have been
+    cleaned up since). Rolling back further loads from files: older versions were let go of."""
     base = url.rstrip("/")
     headers = _auth(settings)
     try:
@@ -173,8 +175,10 @@ def _one_at_a_time() -> Iterator[None]:
         try:
             yield
         finally:
-            if not conn.closed:
+            try:
                 conn.execute("SELECT pg_advisory_unlock(%(k)s)", {"k": PROMOTION_LOCK_KEY})
+            except psycopg.Error:   # the connection broke: its session, and the lock, end with it
+                logger.warning("could not release the promotion lock; it goes with its connection")
 
 
 def promote(version: int, settings: Settings | None = None, *, actor: str) -> models.Adapter:

@@ -147,7 +147,7 @@ def drain(url: str, *, timeout_s: float, quiet_s: float = 2.0, min_wait_s: float
     while time.monotonic() < deadline:
         try:
             gauges = _metrics(url)
-        except httpx.TimeoutException:   # too busy to answer within the probe's timeout: still working
+        except httpx.ReadTimeout:   # too busy to answer within the probe's timeout: still working
             last_total, quiet_since = None, time.monotonic()
             continue
         if gauges is None:
@@ -197,7 +197,7 @@ def answers(url: str) -> bool:
     """Whether a model server runs at `url` at all (one too busy to answer in time does)."""
     try:
         return _metrics(url) is not None
-    except httpx.TimeoutException:
+    except httpx.ReadTimeout:
         return True
 
 
@@ -212,11 +212,11 @@ def _running(pid: int) -> bool:
 
 def _metrics(url: str) -> dict[str, float] | None:
     """TGI's request gauges; {} from a server that answers without them; None when nothing
-    answers at `url`. A server that does not answer within the timeout is busy, not gone: that
-    raises httpx.TimeoutException for the caller to read as such."""
+    answers at `url`. A server that takes the connection but does not answer within the timeout
+    is busy, not gone: that raises httpx.ReadTimeout for the caller to read as such."""
     try:
         r = httpx.get(f"{url.rstrip('/')}/metrics", timeout=2)
-    except httpx.TimeoutException:
+    except httpx.ReadTimeout:
         raise
     except httpx.HTTPError:
         return None

@@ -17,7 +17,7 @@ VERSION = 2
 _SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n{2,}")
 # Longer "words" are blobs (an inlined image, a minified script), not text anyone asks about:
 # kept whole, one could outgrow what Postgres indexes (a tsvector holds at most 1 MB).
-MAX_WORD_CHARS = 256
+MAX_WORD_CHARS = 1024   # a long link (SharePoint, tracking parameters) stays whole
 
 
 @dataclass(frozen=True)

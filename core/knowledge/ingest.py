@@ -94,11 +94,17 @@ def _set_visibility_of_the_rest(sources: Sequence[str], visible: Visibility, rep
         return
     with db.connection(url) as conn:
         for source in sources:
-            for document_id, changed in store.set_visibility_from(conn, source, *visible):
-                if audited_by is not None:
-                    audit.record(conn, audited_by, "knowledge.visibility", f"document:{document_id}",
-                                 {"channels": list(visible[0]), "groups": list(visible[1])})
-                report.visibility_only.append(changed)
+            report.visibility_only += _set_visibility(conn, source, visible, audited_by, and_under=True)
+
+
+def _set_visibility(conn: psycopg.Connection, source: str, visible: tuple[tuple[str, ...], tuple[str, ...]],
+                    audited_by: str | None, *, and_under: bool = False) -> list[str]:
+    """Set (and audit) the visibility of what is stored from `source`; the sources it changed."""
+    changed = store.set_visibility_of_source(conn, source, *visible, and_under=and_under)
+    for document_id, _ in changed if audited_by is not None else []:
+        audit.record(conn, audited_by, "knowledge.visibility", f"document:{document_id}",
+                     {"channels": list(visible[0]), "groups": list(visible[1])})
+    return [s for _, s in changed]
 
 
 def reindex_document(conn: psycopg.Connection, document_id: int) -> int:
@@ -263,10 +269,7 @@ def _store_batch(docs: list[ParsedDocument], visible: Visibility, report: Ingest
         if known[doc.source] == digest:  # content unchanged: keep chunks, set visibility if given
             if visible is not None:
                 with db.connection(url) as conn:
-                    changed = store.set_visibility_of_source(conn, doc.source, *visible)
-                    if changed is not None and audited_by is not None:
-                        audit.record(conn, audited_by, "knowledge.visibility", f"document:{changed}",
-                                     {"channels": list(visible[0]), "groups": list(visible[1])})
+                    _set_visibility(conn, doc.source, visible, audited_by)
             report.unchanged.append(doc.source)
             continue
         chunks = chunk.chunk_document(doc, settings.chunk_tokens, settings.chunk_overlap, fits=embed.fits_window)

@@ -180,7 +180,8 @@ def _markdown_sections(text: str) -> tuple[str, list[Section]]:
         body.clear()
 
     for line in text.splitlines():
-        marker = line.lstrip()[:3]
+        stripped = line.lstrip(" ")
+        marker = stripped[:3] if len(line) - len(stripped) <= 3 else ""   # indented 4 or more: not a fence
         if marker in ("```", "~~~") and fence in (None, marker):   # a fence closes with its own marker
             fence = None if fence else marker
         match = None if fence else _MD_HEADING.match(line)
@@ -265,8 +266,11 @@ def _joined(pieces: list[str]) -> list[str]:
 
 
 def _not_a_heading(line: str) -> str:
-    """Text of a paragraph or table row that starts with "#" ("# of days: 25", a "#" column)
-    must not read as a Markdown heading on its way through `_markdown_sections`."""
+    """Text of a paragraph or table row that starts with "#" ("# of days: 25", a "#" column),
+    or with a code fence's marker (a decorative "~~~"), must not read as Markdown on its way
+    through `_markdown_sections`."""
+    if line.startswith(("```", "~~~")):
+        return f"    {line}"
     return f" {line}" if line.startswith("#") else line
 
 

@@ -202,23 +202,19 @@ def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequenc
     return bool(cur.rowcount)
 
 
-def set_visibility_of_source(conn: psycopg.Connection, source: str, channels: Sequence[str],
-                             groups: Sequence[str]) -> int | None:
-    """Set the visibility of the document from `source`; its id when that changed it, else None."""
-    row = conn.execute(
-        "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
-        " WHERE source = %(s)s AND (visible_channels <> %(c)s OR visible_groups <> %(g)s) RETURNING id",
-        {"c": list(channels), "g": list(groups), "s": source}).fetchone()
-    return None if row is None else int(row["id"])
+_FROM_SOURCE = "source = %(s)s"
+_FROM_SOURCE_AND_UNDER = ("(source = %(s)s OR starts_with(source, %(s)s || '#')"
+                          " OR starts_with(source, rtrim(%(s)s, '/') || '/'))")
 
 
-def set_visibility_from(conn: psycopg.Connection, source: str, channels: Sequence[str],
-                        groups: Sequence[str]) -> list[tuple[int, str]]:
-    """Set the visibility of every document stored from `source`: the file, its JSONL records
-    (`<file>#<_id>`), or everything under the folder. Returns (id, source) of those it changed."""
+def set_visibility_of_source(conn: psycopg.Connection, source: str, channels: Sequence[str], groups: Sequence[str],
+                             *, and_under: bool = False) -> list[tuple[int, str]]:
+    """Set the visibility of the document from `source`; `and_under`: of every document stored
+    from it, the file's JSONL records (`<file>#<_id>`) or everything under the folder. Returns
+    (id, source) of those it changed."""
     rows = conn.execute(
         "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
-        " WHERE (source = %(s)s OR starts_with(source, %(s)s || '#') OR starts_with(source, rtrim(%(s)s, '/') || '/'))"
+        f" WHERE {_FROM_SOURCE_AND_UNDER if and_under else _FROM_SOURCE}"
         " AND (visible_channels <> %(c)s OR visible_groups <> %(g)s) RETURNING id, source",
         {"c": list(channels), "g": list(groups), "s": source}).fetchall()
     return sorted((int(r["id"]), r["source"]) for r in rows)

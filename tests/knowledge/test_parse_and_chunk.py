@@ -80,12 +80,12 @@ def test_html_tables_read_row_by_row() -> None:
 
 def test_html_text_starting_with_a_hash_is_not_read_as_a_heading() -> None:
     html = (b"<html><head><title>Onboarding checklist</title></head><body><h2>Benefits</h2>"
-            b"<p># of vacation days: 25</p><table><tr><th>#</th><th>Step</th></tr><tr><td>1</td><td>Badge</td></tr>"
-            b"</table><div># loose text</div></body></html>")
+            b"<p># of vacation days: 25</p><p>~~~</p><table><tr><th>#</th><th>Step</th></tr><tr><td>1</td>"
+            b"<td>Badge</td></tr></table><div># loose text</div><h2>Leave</h2><p>Ask HR.</p></body></html>")
     [doc] = parse_bytes("onboarding.html", html)
-    assert doc.title == "Onboarding checklist" and [s.heading for s in doc.sections] == ["Benefits"]
+    assert doc.title == "Onboarding checklist" and [s.heading for s in doc.sections] == ["Benefits", "Leave"]
     assert [line.strip() for line in doc.sections[0].text.split("\n\n")] == [
-        "# of vacation days: 25", "# | Step", "1 | Badge", "# loose text"]
+        "# of vacation days: 25", "~~~", "# | Step", "1 | Badge", "# loose text"]
 
 
 def test_a_markdown_code_block_fenced_with_tildes_holds_no_headings() -> None:
