@@ -37,7 +37,9 @@ def register(app: typer.Typer) -> None:
         from core import queue
         from core.knowledge import ingest, store
 
-        signal.signal(signal.SIGTERM, _interrupt)  # `kill`, `docker stop`: stop everything, as Ctrl-C does
+        # `kill`, `docker stop`, a closed terminal or SSH session: stop everything, as Ctrl-C does
+        for stop_signal in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop_signal, _interrupt)
         settings = get_settings()
         url = db.database_url()
         applied = db.ensure_schema(url)
@@ -61,14 +63,19 @@ def register(app: typer.Typer) -> None:
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
         if not settings.database_url:
             env["DATABASE_URL"] = url
-        proc = subprocess.Popen([honcho, "start", "-f", str(procfile), "-d", str(ROOT)], env=env)
+        # `-e /dev/null`: honcho's own reading of `.env` drops the spaces inside values ("a, b c"
+        # -> "a,bc") and would override what every process reads from it itself (pydantic).
+        # In a session of its own, so that a hang-up (which honcho does not handle) reaches only this
+        # process, which stops honcho and so every process, instead of leaving them orphaned.
+        proc = subprocess.Popen([honcho, "start", "-f", str(procfile), "-d", str(procfile.resolve().parent),
+                                 "-e", os.devnull], env=env, start_new_session=True)
         try:
             code = proc.wait()
-        except KeyboardInterrupt:  # Ctrl-C (honcho got it too) or SIGTERM (honcho did not)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP, to this process only
             _wait_for(proc)
             code = 0  # stopped as asked
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for stop_signal in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop_signal, signal.SIG_DFL)
         raise typer.Exit(code)  # a normal exit, so the embedded Postgres is stopped on the way out
 
 
@@ -77,8 +84,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _wait_for(proc: subprocess.Popen[bytes]) -> int:
-    """Ask honcho to stop (a terminal's Ctrl-C reached it already; a signal sent to this process
-    alone did not) and give its processes time to finish what they are doing."""
+    """Ask honcho (in a session of its own: no terminal signal reaches it) to stop, and give its
+    processes time to finish what they are doing."""
     proc.terminate()
     try:
         return proc.wait(timeout=30)

@@ -109,8 +109,10 @@ def test_make_up_runs_every_process_answers_and_stops_cleanly_keeping_data(produ
     assert again.returncode == 0 and again.stdout.count("chunks") == documents
 
 
-def test_up_terminated_alone_stops_its_processes_and_the_embedded_database(tmp_path: Path) -> None:
-    """`kill PID` or `docker stop` sends SIGTERM to `flywheel up` only, not to its children."""
+@pytest.mark.parametrize("how", ["SIGTERM to up alone", "SIGHUP to the terminal's process group"])
+def test_up_stopped_from_outside_stops_its_processes_and_the_embedded_database(tmp_path: Path, how: str) -> None:
+    """`kill PID` or `docker stop` sends SIGTERM to `flywheel up` only, not to its children; a
+    closed terminal or SSH session sends SIGHUP to its whole foreground process group."""
     child_pid = tmp_path / "child.pid"
     child = ("import os, time; "  # a child of up (using the database through up's DATABASE_URL),
              f"open({str(child_pid)!r}, 'w').write(str(os.getpid())); time.sleep(600)")  # killed by SIGTERM
@@ -130,13 +132,44 @@ def test_up_terminated_alone_stops_its_processes_and_the_embedded_database(tmp_p
         postmaster = tmp_path / "data" / "pg" / "postmaster.pid"
         assert postmaster.exists()
 
-        proc.send_signal(signal.SIGTERM)
+        if how.startswith("SIGTERM"):
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGHUP)
         assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
         deadline = time.monotonic() + 30
         while (postmaster.exists() or psutil.pid_exists(int(child_pid.read_text()))) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not psutil.pid_exists(int(child_pid.read_text())), "the Procfile's process was left running"
         assert not postmaster.exists(), "the embedded Postgres was left running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_the_processes_read_env_settings_with_spaces_as_written(tmp_path: Path) -> None:
+    """honcho, left to read `.env` itself, joined the words of a value ("security incident")."""
+    seen = tmp_path / "seen.txt"
+    (tmp_path / ".env").write_text("FLYWHEEL_SENSITIVE_TOPICS=salary,security incident\n")
+    child = (f"import os, time; os.chdir({str(tmp_path)!r}); from core.config import get_settings; "   # reads its .env
+             f"open({str(seen)!r}, 'w').write('|'.join(get_settings().sensitive_topics)); time.sleep(600)")
+    (tmp_path / "Procfile").write_text(f'child: {sys.executable} -c "{child}"\n')
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLACK_", "DATABASE_URL", "FLYWHEEL_SENSITIVE_TOPICS"))}
+    env["FLYWHEEL_DATA_DIR"] = str(tmp_path / "data")
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "up", "--procfile", str(tmp_path / "Procfile"),
+                             "--no-samples"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (seen.exists() and seen.read_text()) and proc.poll() is None:
+            assert time.monotonic() < deadline, "the Procfile's process never started"
+            time.sleep(0.2)
+        assert seen.read_text() == "salary|security incident"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
