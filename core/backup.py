@@ -30,7 +30,9 @@ class ImportRefused(RuntimeError):
 
 
 def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
-    """Write `<table>.jsonl` for every table into `folder`; returns rows per table."""
+    """Write `<table>.jsonl` for every table into `folder`; returns rows per table. Run it in a
+    REPEATABLE READ transaction (as `flywheel export` does) for one snapshot: read table by table
+    while the product runs, a vote could be exported without its answer, and not import."""
     folder.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     for table in TABLES:

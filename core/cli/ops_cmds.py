@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 import typer
 
 from core import backup, db, doctor
@@ -37,7 +38,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{folder} holds other files: export into a new or empty folder "
                                      "(or over an earlier export, which is replaced).")
         try:
-            with db.connection() as conn:
+            with db.connect() as conn:   # one snapshot of every table, however busy the product is meanwhile
+                conn.isolation_level, conn.read_only = psycopg.IsolationLevel.REPEATABLE_READ, True
                 counts = backup.export_to(conn, folder)
         except OSError as e:   # not writable, a missing parent that cannot be made, a full disk
             typer.echo(f"Cannot write the export to {folder}: {e.strerror or e}.", err=True)

@@ -177,3 +177,33 @@ def test_export_where_nothing_can_be_written_says_so(database_url: str, tmp_path
     refused = CliRunner().invoke(app, ["export", str(tmp_path / "notes.md" / "backup")])
     assert refused.exit_code == 1 and "Cannot write the export to" in refused.output
     assert isinstance(refused.exception, SystemExit)   # a message, not an OSError
+
+
+def test_an_export_taken_while_people_vote_imports(database_url: str, pg_server: str, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    with db.connection() as conn:
+        feedback.create_answer(conn, thread_key="cli:1", surface="cli", question="Where is the canteen?")
+
+    class AnAnswerAndAVoteMeanwhile(tuple):   # written by the bot between the export's reads of two tables
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for table in tuple.__iter__(self):
+                yield table
+                if table == "answers":
+                    with db.connection() as other:
+                        answer_id = feedback.create_answer(other, thread_key="slack:C1:2", surface="slack",
+                                                           question="And the gym?")
+                        feedback.record_rating(other, answer_id, "U1", "up")
+
+    monkeypatch.setattr(backup, "TABLES", AnAnswerAndAVoteMeanwhile(backup.TABLES))
+    assert CliRunner().invoke(app, ["export", str(tmp_path / "export")]).exit_code == 0
+    monkeypatch.setattr(backup, "TABLES", tuple(backup.TABLES))
+    target = f"restore_{next(_fresh)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
+    try:
+        with db.connect(pg_server.replace("/postgres?", f"/{target}?")) as conn:
+            counts = backup.import_from(conn, tmp_path / "export")
+        assert (counts["answers"], counts["feedback"]) == (1, 0)   # as it was when the export began
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
