@@ -14,6 +14,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from core import db, pii
+from core.agent import prompts
 
 Decision = Literal["accepted", "rejected"]
 RatingFilter = Literal["any", "up", "down", "unrated"]
@@ -21,6 +22,11 @@ RatingFilter = Literal["any", "up", "down", "unrated"]
 
 class CurationError(ValueError):
     """A curation action that cannot be taken; the message is fit to show an admin."""
+
+
+class NotAnAnswer(CurationError):
+    """Accepting as delivered an answer that is a note (a decline, a reviewer's rejection, quoted
+    excerpts): the model would learn to say it. Edited into a real answer, it can be accepted."""
 
 
 class JudgedMeanwhile(CurationError, db.ChangedSince):
@@ -167,11 +173,25 @@ def accept(conn: psycopg.Connection, answer_id: int, *, curated_by: str, ideal_a
     row = get_row(conn, answer_id)
     if row is None:
         raise CurationError(f"Answer {answer_id} does not exist or is not finished yet.")
+    if ideal_answer is None and (why := _a_note(row)):
+        raise NotAnAnswer(f"Answer {answer_id} is {why}, not an answer: write the answer the model should "
+                          "give, and accept that.")
     edited = ideal_answer is not None and ideal_answer.strip() != (row.final_answer or "").strip()
     text = (ideal_answer if ideal_answer is not None else row.final_answer) or ""
     if not text.strip():
         raise CurationError("The ideal answer is empty: write the answer you want the model to learn.")
     _upsert(conn, row, "accepted", pii.scrub(text.strip()), edited, curated_by, seen)
+
+
+def _a_note(row: CurationRow) -> str | None:
+    """What the delivered text is when it is a note rather than an answer, else None."""
+    if row.status == "rejected":
+        return "the note that a reviewer rejected the draft"
+    if row.route == "declined":
+        return f"a decline ({row.route_reason or 'no answer drafted'})"
+    if prompts.EXTRACTIVE_NOTE.split("{")[0] in (row.final_answer or ""):
+        return "quoted excerpts, written without the model"
+    return None
 
 
 def reject(conn: psycopg.Connection, answer_id: int, *, curated_by: str, seen: Seen | None = None) -> None:
@@ -185,8 +205,9 @@ def reject(conn: psycopg.Connection, answer_id: int, *, curated_by: str, seen: S
 def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision, *, curated_by: str) -> list[int]:
     """Accept (as delivered) or reject many answers; returns the ids it judged. Answers judged
     before (or meanwhile) are skipped: a bulk action must not undo a hand-edited ideal answer or
-    an earlier decision (those are changed one by one). Any answer that cannot be accepted stops
-    the whole batch, so the caller's transaction rolls back."""
+    an earlier decision (those are changed one by one); so are notes (`NotAnAnswer`) when
+    accepting. Any other answer that cannot be accepted stops the whole batch, so the caller's
+    transaction rolls back."""
     ids = list(answer_ids)
     # One read for those judged before; `Seen(None)` below catches only one judged meanwhile.
     judged_before = {r["answer_id"] for r in conn.execute(
@@ -198,7 +219,7 @@ def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision
                 accept(conn, answer_id, curated_by=curated_by, seen=Seen(None))
             else:
                 reject(conn, answer_id, curated_by=curated_by, seen=Seen(None))
-        except JudgedMeanwhile:
+        except (JudgedMeanwhile, NotAnAnswer):
             continue
         except CurationError as e:
             raise CurationError(f"Nothing in this batch was judged: answer {answer_id} cannot be {decision}. {e}") from e

@@ -57,8 +57,8 @@ def judge_many(answer_ids: list[int], action: str, actor: str) -> list[int]:
 
 
 def _skipped(n: int) -> str:
-    return (f" Skipped {n} already judged: bulk actions leave their decision and ideal answer as they are;"
-            " open one to change it.") if n else ""
+    return (f" Skipped {n}: already judged (bulk actions leave a decision and ideal answer as they are), or a"
+            " note rather than an answer (a decline, a rejection, quoted excerpts); open one to change it.") if n else ""
 
 
 def export(version: int, actor: str) -> str:
