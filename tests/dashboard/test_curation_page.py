@@ -206,7 +206,7 @@ def test_bulk_actions_keep_an_edited_ideal_answer_and_a_rejection(answers: dict[
                                            "skipped": [answers["parking"], answers["vpn"]]}
     at.multiselect(key="cur_bulk").set_value([answers["vpn"]]).run()
     at.button(key="bulk_reject").click().run()  # nor does a bulk reject undo the edited answer
-    assert "Rejected 0 answers. Skipped 1 already judged" in texts(at)
+    assert "Rejected 0 answers. Skipped 1: already judged" in texts(at)
     assert {r["answer_id"]: r["decision"] for r in curation_rows()}[answers["vpn"]] == "accepted"
 
 
