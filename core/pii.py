@@ -19,7 +19,13 @@ class PiiSpan:
     text: str
 
 
-_NAME = r"[A-Z][a-z]+(?:[ -][A-Z][a-z]+){0,2}"
+# Up to four words in any alphabet ("José García", "McDonald", "O'Brien", "Zoë"); `_name_in` keeps
+# the leading ones that are capitalised and not common words ("Hi Team," names nobody).
+_WORD = r"[^\W\d_][\w'’]*"
+_NAME = rf"{_WORD}(?:[ -]{_WORD}){{0,3}}"
+_NOT_NAMES = frozenset("""all everyone everybody team teams folks guys there sir madam friends colleagues
+    practices wishes regards new sure happy glad sorry here back not just still also monday tuesday wednesday
+    thursday friday saturday sunday today tomorrow tonight later again the a an best kind warm many thanks""".split())
 _PATTERNS: list[tuple[PiiKind, re.Pattern[str], int]] = [
     # (kind, pattern, group holding the personal part)
     ("token", re.compile(
@@ -38,6 +44,8 @@ _PATTERNS: list[tuple[PiiKind, re.Pattern[str], int]] = [
     ("name", re.compile(rf"(?:^|\n)\s*(?:Hi|Hello|Hey|Dear)\s+({_NAME}),"), 1),
 ]
 _DECIMAL = re.compile(r"\d+\.\d+")
+# Digit runs that are not phone numbers: an IP address, a date and time, a dotted build number, a range.
+_NOT_PHONE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|\d{4}-\d{2}-\d{2}\b.*|\d+(?:\.\d+){2,}|\d{4,}-\d{4,}")
 _REPLACEMENT: dict[PiiKind, str] = {"email": "[email]", "phone": "[phone]", "token": "[secret]",
                                     "mention": "[person]", "name": "[name]"}
 
@@ -48,8 +56,13 @@ def find_pii(text: str) -> list[PiiSpan]:
     for kind, pattern, group in _PATTERNS:
         for m in pattern.finditer(text):
             start, end = m.span(group)
-            if kind == "phone" and (sum(ch.isdigit() for ch in m.group()) < 9 or _DECIMAL.fullmatch(m.group())):
-                continue  # dates, amounts, decimals and version numbers are not phone numbers
+            if kind == "phone" and (sum(ch.isdigit() for ch in m.group()) < 9 or _DECIMAL.fullmatch(m.group())
+                                    or _NOT_PHONE.fullmatch(m.group())):
+                continue  # dates, amounts, decimals, versions, addresses and ranges are not phone numbers
+            if kind == "name":
+                end = start + len(_name_in(text[start:end]))
+                if end == start:
+                    continue
             found.append(PiiSpan(kind, start, end, text[start:end]))
     found.sort(key=lambda s: (s.start, -(s.end - s.start)))
     spans: list[PiiSpan] = []
@@ -57,6 +70,16 @@ def find_pii(text: str) -> list[PiiSpan]:
         if not spans or span.start >= spans[-1].end:
             spans.append(span)
     return spans
+
+
+def _name_in(words: str) -> str:
+    """The leading words that read as a name: capitalised, and not a common word."""
+    kept = ""
+    for m in re.finditer(rf"([ -]?)({_WORD})", words):
+        if not m.group(2)[0].isupper() or m.group(2).lower() in _NOT_NAMES:
+            break
+        kept = words[:m.end()]
+    return kept
 
 
 def scrub(text: str) -> str:

@@ -27,6 +27,13 @@ from dashboard_helpers import rate, seed_answer
     ("Dr. Jane Doe signed it", "name", "Jane Doe"),
     ("Hi Anna, where is the form?", "name", "Anna"),
     ("Where is the form?\nThanks,\nTom Baker", "name", "Tom Baker"),
+    ("My name is José García, I need help", "name", "José García"),
+    ("Dr. McDonald approved it", "name", "McDonald"),
+    ("I'm Anna O'Brien from finance", "name", "Anna O'Brien"),
+    ("Dr. Müller signed", "name", "Müller"),
+    ("Hi Zoë, where is it?", "name", "Zoë"),
+    ("Hi Anna Maria Smith Jones, hello", "name", "Anna Maria Smith Jones"),
+    ("Where is it?\nCheers,\nÉmile", "name", "Émile"),
 ])
 def test_find_pii_finds_each_kind(text: str, kind: str, found: str) -> None:
     spans = pii.find_pii(text)
@@ -38,6 +45,11 @@ def test_find_pii_finds_each_kind(text: str, kind: str, found: str) -> None:
     "Delivery takes five working days; orders before 2024-03-15 ship from v1.2.3 stock.",
     "The budget is 1,250,000 and pi is 3.14159265358.",
     "Hi all, the office opens at 09:00.",
+    "Logged 2024-01-15 10:00 from gateway 172.16.254.1 on build 2024.11.03.1542.",
+    "The salary band is 50000-70000.",
+    "Hi Team, read this. Dear Sir, thanks.",
+    "Thanks\nBest Practices",
+    "I am New to the company, call me Monday.",
 ])
 def test_find_pii_leaves_dates_amounts_and_versions_alone(text: str) -> None:
     assert pii.find_pii(text) == []
