@@ -1,6 +1,7 @@
 """Postgres access: a psycopg pool, the embedded server when no DATABASE_URL, and migrations."""
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import warnings
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
@@ -51,6 +53,8 @@ def embedded_url(pg_dir: Path) -> str:
     with _embedded_lock:   # threads asking at once (the bot's first questions) start it once
         if pg_dir not in _embedded:
             pg_dir.mkdir(parents=True, exist_ok=True)
+            with pgserver.postgres_server.PostgresServer._lock:   # pgserver's own, across processes
+                forget_stale_server(pg_dir)
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
                 _embedded[pg_dir] = pgserver.get_server(pg_dir, cleanup_mode="stop")
@@ -70,6 +74,37 @@ def _in_time_zone(conn: psycopg.Connection) -> None:
     conn.execute("SELECT set_config('TimeZone', %(z)s, false)", {"z": get_settings().timezone})
     if not conn.autocommit:
         conn.commit()
+
+
+def forget_stale_server(pg_dir: Path) -> None:
+    """What a killed run (a crash, a reboot, SIGKILL) leaves in the embedded database's folder:
+    a `postmaster.pid` whose pid is no longer this folder's server (after a reboot, possibly
+    another program: pgserver would take it for the server, fail to connect, and kill it on
+    exit), and the pids of processes that used it (pgserver stops the server only when the last
+    of those exits, so it would never stop it again). Both are forgotten."""
+    pid_file = pg_dir / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        pid = None
+    if pid is not None and not _serves(pid, pg_dir):
+        pid_file.unlink(missing_ok=True)
+    users = pg_dir / ".handle_pids.json"
+    try:
+        pids = json.loads(users.read_text())
+    except (OSError, ValueError):
+        return
+    alive = [p for p in pids if isinstance(p, int) and psutil.pid_exists(p)]
+    if alive != pids:
+        users.write_text(json.dumps(alive))
+
+
+def _serves(pid: int, pg_dir: Path) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.name() == "postgres" and str(pg_dir) in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
 
 
 def pool(url: str | None = None) -> ConnectionPool:

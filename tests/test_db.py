@@ -138,3 +138,29 @@ def test_a_question_asked_before_any_process_started_on_the_database_is_answered
         run.close_live_adapter_caches()
         db.close_pools()
         get_settings.cache_clear()
+
+
+def test_what_a_killed_run_left_in_the_embedded_database_folder_is_forgotten(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])   # after a reboot, another program
+    try:
+        (tmp_path / "postmaster.pid").write_text(f"{other.pid}\n{tmp_path}\n")
+        (tmp_path / ".handle_pids.json").write_text(json.dumps([other.pid, 999_999_999]))   # the second: killed
+        db.forget_stale_server(tmp_path)
+        assert not (tmp_path / "postmaster.pid").exists() and other.poll() is None
+        assert json.loads((tmp_path / ".handle_pids.json").read_text()) == [other.pid]
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_embedded_servers_own_pid_file_is_kept(pg_server: str) -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    pg_dir = Path(parse_qs(urlparse(pg_server).query)["host"][0])   # the tests' own embedded server
+    before = (pg_dir / "postmaster.pid").read_text()
+    db.forget_stale_server(pg_dir)
+    assert (pg_dir / "postmaster.pid").read_text() == before
