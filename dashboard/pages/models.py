@@ -9,7 +9,7 @@ from typing import Literal
 import pandas as pd
 import streamlit as st
 
-from core import db, models, serving
+from core import db, doctor, models, serving
 from core.config import get_settings
 from core.llm.backends import make_generator
 from dashboard import frame
@@ -47,10 +47,10 @@ c_backend.metric("Serving backend", settings.llm_backend)
 if generator is None:
     c_health.metric("Model server", "none", help="Extractive answers: the agent quotes sources, no model.")
 else:
-    c_health.metric("Model server", "healthy" if healthy else "unreachable", help=url)
+    c_health.metric("Model server", "healthy" if healthy else "unreachable", help=doctor.redacted(url))
 c_live.metric("Live adapter", live.name if live else "base model")
 if generator is not None:
-    st.caption(f"Model server at {url}")
+    st.caption(f"Model server at {doctor.redacted(url)}")   # no credentials or query string on screen
 # A model server restarted without the live adapter answers with the base model: say so, and let it be loaded again.
 live_missing = healthy and serving.lost_live_adapter(live, url, settings)
 if live_missing and live is not None:

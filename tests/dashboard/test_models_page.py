@@ -216,3 +216,11 @@ def test_serve_the_base_model_skips_every_earlier_adapter(vllm: str) -> None:
     assert not at.error and "No adapter is live: the base model answers." in texts(at)
     assert live_name() is None and at.button(key="md_base").disabled and at.button(key="md_rollback").disabled
     assert [(e["action"], e["target"]) for e in audit_rows()][-1] == ("model.rollback", "base model")
+
+
+def test_the_model_servers_address_is_shown_without_its_credentials(vllm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", vllm.replace("http://", "http://admin:s3cret@") + "/?key=abc123")
+    get_settings.cache_clear()
+    page = texts(open_page("models"))
+    assert "Model server at http://admin:***@127.0.0.1" in page or "Model server at http://127.0.0.1" in page
+    assert "s3cret" not in page and "abc123" not in page

@@ -36,6 +36,18 @@ def test_worker_and_tgi_share_the_adapters_volume() -> None:
     assert services["worker"]["environment"]["FLYWHEEL_ADAPTERS_DIR"] == "/adapters"
 
 
+def test_every_folder_a_flywheel_service_writes_to_is_the_flywheel_users_in_the_image() -> None:
+    # A named volume starts as a copy of the image's folder; one the image lacks is root's, and
+    # the worker (uid 1000) could not write its adapters there.
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    [chown] = [line for line in dockerfile.splitlines() if "chown flywheel" in line]
+    owned = set(chown.split("chown flywheel", 1)[1].split())
+    writes = {v.split(":")[1] for name in ("bot", "dashboard", "worker") for v in services[name].get("volumes", [])
+              if not v.endswith(":ro")}
+    assert writes and writes <= owned
+
+
 def test_compose_file_keeps_secrets_out() -> None:
     text = COMPOSE.read_text()
     assert "${POSTGRES_PASSWORD:?" in text and "xox" not in text
