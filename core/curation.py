@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -183,6 +184,12 @@ def accept(conn: psycopg.Connection, answer_id: int, *, curated_by: str, ideal_a
     _upsert(conn, row, "accepted", pii.scrub(text.strip()), edited, curated_by, seen)
 
 
+def question_key(question: str) -> str:
+    """A question as the trainer tells repeats apart ("How do I reset my password?" and "how do i
+    reset my password" are one): a dataset teaches one answer per key, the latest curated."""
+    return re.sub(r"\s+", " ", question.strip().lower()).rstrip("?!. ")
+
+
 def _a_note(row: CurationRow) -> str | None:
     """What the delivered text is when it is a note rather than an answer, else None."""
     if row.status == "rejected":
@@ -212,8 +219,15 @@ def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision
     # One read for those judged before; `Seen(None)` below catches only one judged meanwhile.
     judged_before = {r["answer_id"] for r in conn.execute(
         "SELECT answer_id FROM curation_items WHERE answer_id = ANY(%(ids)s)", {"ids": ids})}
+    # A repeat of a question whose ideal answer an admin wrote by hand: accepted later as
+    # delivered, it would be the one the dataset teaches (the latest curated wins).
+    hand_written = {question_key(r["question"]) for r in conn.execute(
+        "SELECT question FROM curation_items WHERE decision = 'accepted' AND edited")} if decision == "accepted" else set()
+    asked = {r["id"]: r["question"] for r in conn.execute(
+        "SELECT id, question FROM answers WHERE id = ANY(%(ids)s)", {"ids": ids})} if hand_written else {}
     judged = []
-    for answer_id in (i for i in ids if i not in judged_before):
+    for answer_id in (i for i in ids if i not in judged_before
+                      and question_key(asked.get(i, "")) not in hand_written):
         try:
             if decision == "accepted":
                 accept(conn, answer_id, curated_by=curated_by, seen=Seen(None))
@@ -269,11 +283,13 @@ def not_in_dataset(conn: psycopg.Connection, version: int | None) -> int:
 def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "") -> DatasetInfo:
     """Freeze every accepted item into a new dataset version, with the text of the sources each
     answer was drafted from. Refuses to make an empty one, or one the latest version already is
-    (`DatasetUnchanged`, which names it)."""
+    (`DatasetUnchanged`, which names it), in the same order: of two answers to one question the
+    later curated is the one trained on."""
     conn.execute("LOCK TABLE datasets IN EXCLUSIVE MODE")  # two admins never get the same version
     items = conn.execute(
         "SELECT c.id, c.answer_id, c.question, c.ideal_answer, c.curated_at, a.sources FROM curation_items c"
-        " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.id").fetchall()
+        " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.curated_at NULLS FIRST, c.id"
+    ).fetchall()
     if not items:
         raise CurationError("No accepted answers yet: accept some in Curation before making a dataset.")
     texts = {i: pii.scrub(t) for i, t in source_texts(conn, [s for item in items for s in item["sources"]]).items()}
@@ -294,10 +310,10 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     return get_dataset(conn, version)  # type: ignore[return-value]
 
 
-def _teaches(items: Iterable[DatasetItem]) -> set[tuple[Any, ...]]:
-    """What a dataset teaches, for telling two apart: each answer's text and passages (an answer
-    is curated once)."""
-    return {(i.answer_id, i.question, i.answer, json.dumps(i.context, sort_keys=True)) for i in items}
+def _teaches(items: Iterable[DatasetItem]) -> list[tuple[Any, ...]]:
+    """What a dataset teaches, for telling two apart: each answer's text and passages, in the
+    order curated (which of two answers to one question wins)."""
+    return [(i.answer_id, i.question, i.answer, json.dumps(i.context, sort_keys=True)) for i in items]
 
 
 def source_texts(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) -> dict[int, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -60,7 +59,7 @@ def from_items(items: Sequence[curation.DatasetItem], version: int | None,
     usable = [i for i in items if i.question.strip() and i.answer.strip()]
     latest: dict[str, curation.DatasetItem] = {}
     for item in usable:
-        latest[_normalise(item.question)] = item    # a later curation of the same question wins
+        latest[curation.question_key(item.question)] = item    # a later curation of the same question wins
     if not latest:
         raise DatasetError(f"Dataset v{version} has no accepted answers to train on: accept answers in "
                            "Curation (rejected ones never become training data) and make a new dataset.")
@@ -118,13 +117,9 @@ def _domain_example(item: curation.DatasetItem) -> SFTExample:
                       [s["text"] for s in sources])
 
 
-def _normalise(question: str) -> str:
-    return re.sub(r"\s+", " ", question.strip().lower()).rstrip("?!. ")
-
-
 def _bucket(question: str) -> float:
     """A number in [0, 1) fixed by the question's text."""
-    return int(hashlib.sha256(_normalise(question).encode()).hexdigest()[:12], 16) / 16**12
+    return int(hashlib.sha256(curation.question_key(question).encode()).hexdigest()[:12], 16) / 16**12
 
 
 def _digest(train: Sequence[SFTExample], val: Sequence[SFTExample]) -> str:

@@ -324,3 +324,32 @@ def test_audit_records_who_did_what(database_url: str) -> None:
         ("password:Bob", "dataset.create", "dataset:v1", {}),
         ("oidc:ann@northwind.example", "curation.accept", "answer:7", {"edited": True}),
     ]
+
+
+def test_a_bulk_accept_does_not_override_a_hand_written_answer_to_the_same_question(database_url: str) -> None:
+    from trainer import dataset
+
+    edited = seed_answer("How do I reset my password?", "Ask IT.")
+    repeat = seed_answer("how do I reset my password", "I don't know.")   # asked again later
+    other = seed_answer("Where is the canteen?", "Floor 3.")
+    with db.connection() as conn:
+        curation.accept(conn, edited, curated_by="ann", ideal_answer="Use the self-service portal, then sign in again.")
+        assert curation.bulk(conn, [repeat, other], "accepted", curated_by="bob") == [other]
+        version = curation.create_dataset(conn, created_by="ann").version
+        built = dataset.from_items(curation.dataset_items(conn, version), version)
+    answers = [m["content"] for e in built.train + built.val for m in e.messages if m["role"] == "assistant"]
+    assert "Use the self-service portal, then sign in again." in answers and "I don't know." not in answers
+
+
+def test_a_new_dataset_is_made_when_only_which_repeat_wins_changed(database_url: str) -> None:
+    first = seed_answer("How do I reset my password?", "Ask IT.")
+    second = seed_answer("How do I reset my password", "Use the self-service portal.")
+    for answer_id in (first, second):   # one click after another: a transaction each
+        with db.connection() as conn:
+            curation.accept(conn, answer_id, curated_by="ann")
+    with db.connection() as conn:
+        curation.create_dataset(conn, created_by="ann")   # teaches the second, curated last
+    with db.connection() as conn:
+        curation.accept(conn, first, curated_by="ann")    # judged again: now the first is the latest
+    with db.connection() as conn:
+        assert curation.create_dataset(conn, created_by="ann").version == 2
