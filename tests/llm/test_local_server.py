@@ -6,6 +6,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -195,19 +196,32 @@ def test_a_live_adapter_whose_files_are_damaged_does_not_stop_the_server_startin
         assert httpx.post(f"{url}/generate", json=PROMPT, timeout=30).status_code == 200
 
 
-def test_rolling_back_to_an_adapter_the_server_still_holds_needs_no_files(
-        database_url: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import db, models, serving
-    from core.config import get_settings
+def _ready_adapters(tiny_model_dir: Path, tmp_path: Path, *, seeds: tuple[int, ...]) -> list[Any]:
+    """Registered, finished adapter versions of the tiny model, each changing its output."""
+    from core import db, models
 
     with db.connection() as conn:
-        v1, v2 = (models.register(conn, base_model=str(tiny_model_dir), dataset_version=1, hyperparams={"rank": 4},
-                                  path=str(make_lora_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed)),
-                                  status="ready") for seed in (3, 4))
+        return [models.register(conn, base_model=str(tiny_model_dir), dataset_version=1, hyperparams={"rank": 4},
+                                path=str(make_lora_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed)),
+                                status="ready") for seed in seeds]
+
+
+def _served_by(url: str, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flywheel's settings pointed at the local server at `url`, serving the tiny model."""
+    from core.config import get_settings
+
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
+    monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
+    get_settings.cache_clear()
+
+
+def test_rolling_back_to_an_adapter_the_server_still_holds_needs_no_files(
+        database_url: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import serving
+
+    v1, v2 = _ready_adapters(tiny_model_dir, tmp_path, seeds=(3, 4))
     with serve_llm(tiny_model_dir) as url:
-        monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
-        monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
-        get_settings.cache_clear()
+        _served_by(url, tiny_model_dir, monkeypatch)
         serving.promote(v1.version, actor="admin")
         serving.promote(v2.version, actor="admin")
         shutil.rmtree(v1.path)   # cleaned up since; the server still holds it
@@ -309,21 +323,15 @@ def test_a_generation_that_fails_is_reported_in_tgi_error_shapes_and_the_server_
 
 def test_the_local_server_lets_go_of_adapters_no_request_needs_after_each_switch(
         database_url: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import db, models, serving
-    from core.config import get_settings
+    from core import serving
 
     def held() -> list[str]:
         return sorted(a["adapter_id"] for a in httpx.get(f"{url}/adapters", timeout=10).json()["adapters"])
 
-    with db.connection() as conn:
-        v1, v2, v3 = (models.register(conn, base_model=str(tiny_model_dir), dataset_version=1, hyperparams={"rank": 4},
-                                      path=str(make_lora_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed)),
-                                      status="ready") for seed in (3, 4, 5))
+    v1, v2, v3 = _ready_adapters(tiny_model_dir, tmp_path, seeds=(3, 4, 5))
     mine = make_lora_adapter(tiny_model_dir, tmp_path / "mine", seed=6)
     with serve_llm(tiny_model_dir, "--adapter", f"mine={mine}") as url:
-        monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
-        monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
-        get_settings.cache_clear()
+        _served_by(url, tiny_model_dir, monkeypatch)
         for v in (v1, v2, v3):
             serving.promote(v.version, actor="admin")
         # v3 live, v2 what it replaced and the rollback target; v1 is needed by no request.
@@ -343,16 +351,10 @@ def test_an_admin_can_go_back_to_the_base_model_when_the_previous_adapter_cannot
 
     from core import audit, db, models, serving
     from core.cli import app
-    from core.config import get_settings
 
-    with db.connection() as conn:
-        v1, v2 = (models.register(conn, base_model=str(tiny_model_dir), dataset_version=1, hyperparams={"rank": 4},
-                                  path=str(make_lora_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed)),
-                                  status="ready") for seed in (3, 4))
+    v1, v2 = _ready_adapters(tiny_model_dir, tmp_path, seeds=(3, 4))
     with serve_llm(tiny_model_dir) as url:
-        monkeypatch.setenv("FLYWHEEL_LLM_URL", url)
-        monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
-        get_settings.cache_clear()
+        _served_by(url, tiny_model_dir, monkeypatch)
         serving.promote(v1.version, actor="admin")
         serving.promote(v2.version, actor="admin")
         # v1's files were cleaned up, and the server no longer holds it (restarted since, say).
