@@ -215,9 +215,12 @@ def _served_by(url: str, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     get_settings.cache_clear()
 
 
-def test_rolling_back_to_an_adapter_the_server_still_holds_needs_no_files(
+def test_rolling_back_needs_no_files_while_the_server_holds_the_adapter_and_the_base_model_is_the_way_out_after(
         database_url: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from core import serving
+    from typer.testing import CliRunner
+
+    from core import audit, db, models, serving
+    from core.cli import app
 
     v1, v2 = _ready_adapters(tiny_model_dir, tmp_path, seeds=(3, 4))
     with serve_llm(tiny_model_dir) as url:
@@ -228,6 +231,19 @@ def test_rolling_back_to_an_adapter_the_server_still_holds_needs_no_files(
         rolled_back = serving.rollback(actor="admin")
         assert rolled_back is not None and rolled_back.name == v1.name
         assert serving.answers_with_adapter(url, v1.name)
+
+        serving.promote(v2.version, actor="admin")
+        # Now the server no longer holds v1 either (restarted since, say): a rollback cannot load it.
+        assert httpx.delete(f"{url}/adapters/{v1.name}", timeout=10).status_code == 200
+        refused = CliRunner().invoke(app, ["models", "rollback", "--as", "alice"])
+        assert refused.exit_code == 2 and "no adapter_config.json" in refused.output
+        with db.connection() as conn:
+            assert models.live(conn).name == v2.name   # type: ignore[union-attr]
+        to_base = CliRunner().invoke(app, ["models", "rollback", "--to-base", "--as", "alice"])
+        assert to_base.exit_code == 0 and "the base model answers" in to_base.output
+        with db.connection() as conn:
+            assert models.live(conn) is None
+            assert [(e.action, e.target, e.actor) for e in audit.recent(conn)][0] == ("model.rollback", "base model", "alice")
 
 
 def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -343,30 +359,3 @@ def test_the_local_server_lets_go_of_adapters_no_request_needs_after_each_switch
         assert serving.rollback(actor="admin") is None           # the base model answers
         assert held() == ["flywheel-v1", "mine"]   # what the last rollback replaced, and the hand-loaded one
         assert serving.answers_with_adapter(url, "mine")
-
-
-def test_an_admin_can_go_back_to_the_base_model_when_the_previous_adapter_cannot_be_loaded(
-        database_url: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from typer.testing import CliRunner
-
-    from core import audit, db, models, serving
-    from core.cli import app
-
-    v1, v2 = _ready_adapters(tiny_model_dir, tmp_path, seeds=(3, 4))
-    with serve_llm(tiny_model_dir) as url:
-        _served_by(url, tiny_model_dir, monkeypatch)
-        serving.promote(v1.version, actor="admin")
-        serving.promote(v2.version, actor="admin")
-        # v1's files were cleaned up, and the server no longer holds it (restarted since, say).
-        shutil.rmtree(v1.path)
-        assert httpx.delete(f"{url}/adapters/{v1.name}", timeout=10).status_code == 200
-
-        refused = CliRunner().invoke(app, ["models", "rollback", "--as", "alice"])
-        assert refused.exit_code == 2 and "no adapter_config.json" in refused.output
-        with db.connection() as conn:
-            assert models.live(conn).name == v2.name   # type: ignore[union-attr]
-        to_base = CliRunner().invoke(app, ["models", "rollback", "--to-base", "--as", "alice"])
-        assert to_base.exit_code == 0 and "the base model answers" in to_base.output
-        with db.connection() as conn:
-            assert models.live(conn) is None
-            assert [(e.action, e.target, e.actor) for e in audit.recent(conn)][0] == ("model.rollback", "base model", "alice")
