@@ -135,9 +135,9 @@ def answer_waiting(client: WebClient, deps: Deps) -> int:
     with db.connection() as conn:
         store.note_alive(conn, deps.process_id)   # never this process's own questions, whatever its heartbeat
         orphaned = store.release_orphans(conn, ORPHANED_AFTER_S)
-        for channel_id, thread_ts, asked_at in orphaned:  # the agent's run that stopped with its process
-            feedback.fail_running(conn, thread_key(channel_id, thread_ts), since=asked_at,
-                                  error="the bot process answering it stopped; asked again")
+        # The agent's runs that stopped with their process: exactly those, not others in their threads.
+        feedback.fail_running(conn, [a for a in orphaned if a is not None],
+                              error="the bot process answering it stopped; asked again")
         waiting = store.take_waiting(conn, deps.process_id)
     if orphaned:
         logger.warning("%d questions were in progress in a bot process that stopped without finishing them",
@@ -206,11 +206,7 @@ def _ask(question: Question, row_id: int, reply_ts: str | None, client: WebClien
                                         channel_id=question.channel_id, thread_key=question.thread_key),
                               context=deps.agent_context(),
                               on_recorded=lambda conn, answer_id: store.link_answer(conn, row_id, answer_id))
-    except run.AgentFailed:
-        logger.exception("the agent failed on a question in %s", question.channel_id)
-        _apologise(question, reply_ts, client, deps)
-        return None
-    except Exception:
+    except Exception:   # run.AgentFailed, or the database failing around it
         logger.exception("answering a question in %s failed", question.channel_id)
         _apologise(question, reply_ts, client, deps)
         return None

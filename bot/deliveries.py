@@ -48,7 +48,7 @@ def drain(deps: Deps) -> int:
     a later round."""
     taken = 0
     while True:
-        posted = False
+        posted: tuple[store.SlackAnswer, feedback.Answer] | None = None
         with db.connection() as conn:
             items = feedback.claim_deliveries(conn, "slack", limit=1)
             if not items:
@@ -62,7 +62,7 @@ def drain(deps: Deps) -> int:
                              item.kind, item.answer_id)
             else:
                 try:
-                    posted = deliver(deps, conn, item, where, answer)
+                    posted = (where, answer) if deliver(deps, conn, item, where, answer) else None
                 except SlackApiError as e:
                     if feedback.retry_delivery(conn, item.id, give_up_after=MAX_ATTEMPTS):
                         conn.commit()   # the row goes back, counted, even though this round ends here
@@ -72,7 +72,7 @@ def drain(deps: Deps) -> int:
                     _report_undelivered(deps, conn, where, answer, item,
                                         f"posting it failed {MAX_ATTEMPTS} times ({_code(e)})")
         if posted:   # the claim is committed: a failure from here on must not post it again
-            _after_delivery(deps, where, answer)  # type: ignore[arg-type]
+            _after_delivery(deps, *posted)
         taken += 1
 
 

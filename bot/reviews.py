@@ -90,11 +90,7 @@ def _post_card(conn: psycopg.Connection, client: WebClient, settings: Settings, 
     try:
         ts = posting.post(client, channel=settings.review_channel, thread_ts=None,
                           message=review_view.review_card(review, answer))
-    except SlackApiError as e:
-        logger.error("could not post the card of review %s to %s (%s); trying again later",
-                     review_id, settings.review_channel, e.response.get("error"))
-        return
-    except Exception:   # Slack out of reach: the asker keeps the review note, not an apology
+    except (SlackApiError, OSError):   # refused, or out of reach: the asker keeps the review note, not an apology
         logger.exception("could not post the card of review %s to %s; trying again later",
                          review_id, settings.review_channel)
         return

@@ -4,7 +4,6 @@ the questions it has yet to answer.
 Every function takes a connection and never commits: the caller owns the transaction."""
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -87,18 +86,19 @@ def note_alive(conn: psycopg.Connection, process: str) -> None:
                  {"p": process})
 
 
-def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> list[tuple[str, str, dt.datetime]]:
+def release_orphans(conn: psycopg.Connection, silent_for_s: float) -> list[int | None]:
     """Questions in progress (being answered, or the answer being shown) in a bot process not
-    noted alive for `silent_for_s` (killed, out of memory) go back to waiting; returns their
-    (channel, thread ts, asked at). Forgets processes silent for a day."""
+    noted alive for `silent_for_s` (killed, out of memory) go back to waiting; returns the
+    answers recorded for them (None: killed before the agent recorded one). Forgets processes
+    silent for a day."""
     conn.execute("DELETE FROM bot_processes WHERE seen_at < now() - interval '1 day'")
     rows = conn.execute(
         "UPDATE slack_answers s SET owner = NULL"
         " WHERE s.question IS NOT NULL AND s.owner IS NOT NULL AND NOT EXISTS ("
         "   SELECT 1 FROM bot_processes p WHERE p.id = s.owner"
         "   AND p.seen_at > now() - make_interval(secs => %(s)s))"
-        " RETURNING s.channel_id, s.thread_ts, s.created_at", {"s": silent_for_s}).fetchall()
-    return [(r["channel_id"], r["thread_ts"], r["created_at"]) for r in rows]
+        " RETURNING s.answer_id", {"s": silent_for_s}).fetchall()
+    return [r["answer_id"] for r in rows]
 
 
 def take_waiting(conn: psycopg.Connection, owner: str, limit: int = 1000) -> list[tuple[SlackAnswer, str]]:

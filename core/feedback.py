@@ -4,6 +4,7 @@ Every function takes a connection and never commits: the caller owns the transac
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
@@ -119,11 +120,10 @@ def thread_answers(conn: psycopg.Connection, thread_key: str) -> list[Answer]:
 
 # -- reviews ---------------------------------------------------------------------------------
 
-def fail_running(conn: psycopg.Connection, thread_key: str, *, since: dt.datetime, error: str) -> None:
-    """Fail the answers in `thread_key` left running since `since` by a process that stopped."""
-    conn.execute("UPDATE answers SET status = 'failed', error = %(e)s"
-                 " WHERE thread_key = %(t)s AND status = 'running' AND created_at >= %(since)s",
-                 {"e": error, "t": thread_key, "since": since})
+def fail_running(conn: psycopg.Connection, answer_ids: Sequence[int], *, error: str) -> None:
+    """Fail those of these answers still running: left so by a process that stopped."""
+    conn.execute("UPDATE answers SET status = 'failed', error = %(e)s WHERE id = ANY(%(ids)s) AND status = 'running'",
+                 {"e": error, "ids": list(answer_ids)})
 
 
 def open_review(conn: psycopg.Connection, answer_id: int, reason: str) -> int:

@@ -234,3 +234,26 @@ def test_two_bot_processes_post_a_missing_review_card_once(
     cards = bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL and c.response["ok"])
     assert len(cards) == 1
     assert rows("SELECT review_ts FROM slack_answers") == [{"review_ts": cards[0].response["ts"]}]
+
+
+def test_a_review_card_slack_could_not_be_reached_for_leaves_the_note_and_is_posted_later(
+        quick_rounds: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    from urllib.error import URLError
+
+    from bot import posting
+
+    bot, post, failed = quick_rounds, posting.post, []
+
+    def network_down_once(client: object, *, channel: str, **kwargs: object) -> str:
+        if channel == REVIEW_CHANNEL and not failed:
+            failed.append(channel)
+            raise URLError("connection reset by peer")
+        return post(client, channel=channel, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(posting, "post", network_down_once)
+    model.reply = SALARY_DRAFT
+    ts = bot.mention(SALARY_QUESTION, channel="CGENERAL")
+    bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL and c.response["ok"])
+    assert failed and bot.reply("CGENERAL", ts).shown_text == run.REVIEW_WAIT   # the note, not an apology
+    note_ts = bot.placeholder("CGENERAL", ts).response["ts"]
+    assert all(c.shown_text == run.REVIEW_WAIT for c in bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == note_ts))
