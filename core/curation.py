@@ -174,10 +174,10 @@ def accept(conn: psycopg.Connection, answer_id: int, *, curated_by: str, ideal_a
     row = get_row(conn, answer_id)
     if row is None:
         raise CurationError(f"Answer {answer_id} does not exist or is not finished yet.")
-    if ideal_answer is None and (why := _a_note(row)):
+    edited = ideal_answer is not None and ideal_answer.strip() != (row.final_answer or "").strip()
+    if not edited and (why := _a_note(row)):   # as delivered, or the page's text box left as it was
         raise NotAnAnswer(f"Answer {answer_id} is {why}, not an answer: write the answer the model should "
                           "give, and accept that.")
-    edited = ideal_answer is not None and ideal_answer.strip() != (row.final_answer or "").strip()
     text = (ideal_answer if ideal_answer is not None else row.final_answer) or ""
     if not text.strip():
         raise CurationError("The ideal answer is empty: write the answer you want the model to learn.")
@@ -227,7 +227,7 @@ def bulk(conn: psycopg.Connection, answer_ids: Iterable[int], decision: Decision
         "SELECT id, question FROM answers WHERE id = ANY(%(ids)s)", {"ids": ids})} if hand_written else {}
     judged = []
     for answer_id in (i for i in ids if i not in judged_before
-                      and question_key(asked.get(i, "")) not in hand_written):
+                      and question_key(pii.scrub(asked.get(i, ""))) not in hand_written):   # stored scrubbed
         try:
             if decision == "accepted":
                 accept(conn, answer_id, curated_by=curated_by, seen=Seen(None))
@@ -310,10 +310,12 @@ def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "")
     return get_dataset(conn, version)  # type: ignore[return-value]
 
 
-def _teaches(items: Iterable[DatasetItem]) -> list[tuple[Any, ...]]:
-    """What a dataset teaches, for telling two apart: each answer's text and passages, in the
-    order curated (which of two answers to one question wins)."""
-    return [(i.answer_id, i.question, i.answer, json.dumps(i.context, sort_keys=True)) for i in items]
+def _teaches(items: Iterable[DatasetItem]) -> tuple[set[tuple[Any, ...]], dict[str, int]]:
+    """What a dataset teaches, for telling two apart: each answer's text and passages, and which
+    answer wins for each question (the last curated; `items` in curation order)."""
+    items = list(items)
+    return ({(i.answer_id, i.question, i.answer, json.dumps(i.context, sort_keys=True)) for i in items},
+            {question_key(i.question): i.answer_id for i in items})
 
 
 def source_texts(conn: psycopg.Connection, sources: Sequence[dict[str, Any]]) -> dict[int, str]:

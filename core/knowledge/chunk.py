@@ -14,7 +14,7 @@ from core.knowledge.parse import ParsedDocument
 # Part of every document's content hash: raise it when the chunks made from a text change, so the
 # next ingest cuts documents stored before again.
 VERSION = 2
-_SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|\n{2,}")
+_SENTENCE_END = re.compile(r"(?<=[.!?:])\s+|(?<=[。！？])|\n{2,}")   # Chinese and Japanese end sentences unspaced
 # Longer "words" are blobs (an inlined image, a minified script), not text anyone asks about:
 # kept whole, one could outgrow what Postgres indexes (a tsvector holds at most 1 MB).
 MAX_WORD_CHARS = 1024   # a long link (SharePoint, tracking parameters) stays whole

@@ -216,8 +216,10 @@ def test_a_note_is_not_accepted_as_delivered_but_can_be_edited_into_an_answer(an
     }
     with db.connection() as conn:
         for name, answer_id in notes.items():
-            with pytest.raises(curation.NotAnAnswer, match=f"Answer {answer_id} is .*, not an answer"):
-                curation.accept(conn, answer_id, curated_by="ann")
+            shown = curation.get_row(conn, answer_id).final_answer   # type: ignore[union-attr]  # the page's text box
+            for ideal_answer in (None, shown):
+                with pytest.raises(curation.NotAnAnswer, match=f"Answer {answer_id} is .*, not an answer"):
+                    curation.accept(conn, answer_id, curated_by="ann", ideal_answer=ideal_answer)
         # In bulk (the admin selected everything shown) they are left out; the answers go in.
         assert curation.bulk(conn, [answers["laptop"], *notes.values()], "accepted", curated_by="ann") == [
             answers["laptop"]]
@@ -329,8 +331,8 @@ def test_audit_records_who_did_what(database_url: str) -> None:
 def test_a_bulk_accept_does_not_override_a_hand_written_answer_to_the_same_question(database_url: str) -> None:
     from trainer import dataset
 
-    edited = seed_answer("How do I reset my password?", "Ask IT.")
-    repeat = seed_answer("how do I reset my password", "I don't know.")   # asked again later
+    edited = seed_answer("How do I reset my password? My name is Anna Berg", "Ask IT.")
+    repeat = seed_answer("How do I reset my password? My name is Tom Baker", "I don't know.")   # asked again, signed
     other = seed_answer("Where is the canteen?", "Floor 3.")
     with db.connection() as conn:
         curation.accept(conn, edited, curated_by="ann", ideal_answer="Use the self-service portal, then sign in again.")
@@ -353,3 +355,7 @@ def test_a_new_dataset_is_made_when_only_which_repeat_wins_changed(database_url:
         curation.accept(conn, first, curated_by="ann")    # judged again: now the first is the latest
     with db.connection() as conn:
         assert curation.create_dataset(conn, created_by="ann").version == 2
+    with db.connection() as conn:
+        curation.accept(conn, first, curated_by="ann")    # judged again, as it was: nothing to train anew
+    with db.connection() as conn, pytest.raises(curation.DatasetUnchanged):
+        curation.create_dataset(conn, created_by="ann")
