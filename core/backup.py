@@ -25,8 +25,9 @@ _MAY_HAVE_ROWS = ("training_schedule", "audit_log")
 
 
 class ImportRefused(RuntimeError):
-    """An export that cannot be imported here (the database already holds records, or the file
-    is damaged: not UTF-8, bad JSON, a row the schema refuses); nothing was imported."""
+    """An export that cannot be imported here (the database already holds records, the export is
+    incomplete or from a newer Flywheel, or a file is damaged: not UTF-8, bad JSON, a row the
+    schema refuses); nothing was imported."""
 
 
 def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
@@ -34,6 +35,8 @@ def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     REPEATABLE READ transaction (as `flywheel export` does) for one snapshot: read table by table
     while the product runs, a vote could be exported without its answer, and not import."""
     folder.mkdir(parents=True, exist_ok=True)
+    manifest = folder / "manifest.json"
+    manifest.unlink(missing_ok=True)   # an export cut short over an earlier one is no export at all
     counts: dict[str, int] = {}
     for table in TABLES:
         query = sql.SQL("SELECT to_jsonb(t) AS row FROM {} t ORDER BY 1").format(sql.Identifier(table))
@@ -43,23 +46,37 @@ def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
                 out.write(json.dumps(record["row"], ensure_ascii=False) + "\n")
                 n += 1
         counts[table] = n
-    (folder / "manifest.json").write_text(json.dumps({"tables": counts}, indent=2))
+    migrations = [r["version"] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+    partial = folder / "manifest.json.partial"
+    partial.write_text(json.dumps({"migrations": migrations, "tables": counts}, indent=2))
+    partial.rename(manifest)   # last, whole: the files it lists are all written
     return counts
 
 
 def is_export(folder: Path) -> bool:
     """Whether `folder` holds a Flywheel export (its manifest lists the tables)."""
+    return _manifest(folder) is not None
+
+
+def _manifest(folder: Path) -> dict[str, Any] | None:
     try:
-        return "tables" in json.loads((folder / "manifest.json").read_text())
-    except (OSError, ValueError, TypeError):
-        return False
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("tables"), dict) else None
 
 
 def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     """Restore an export into a database with no records yet (migrated, knowledge base allowed).
     Runs in the caller's transaction: a bad file leaves nothing half-imported."""
-    if not is_export(folder):
+    manifest = _manifest(folder)
+    if manifest is None:
         raise FileNotFoundError(f"{folder} is not a Flywheel export (no manifest.json listing its tables).")
+    known = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")}
+    newer = sorted(set(manifest.get("migrations", [])) - known)   # exports from before the list have none
+    if newer:
+        raise ImportRefused(f"This export comes from a newer Flywheel (its database has {', '.join(newer)}); "
+                            "upgrade Flywheel here first. Nothing was imported.")
     for table in TABLES:
         if table in _MAY_HAVE_ROWS:
             continue
@@ -70,14 +87,22 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     for table in TABLES:
         path = folder / f"{table}.jsonl"
         rows = _read_rows(path) if path.exists() else []
+        listed = manifest["tables"].get(table)
+        if listed is not None and listed != len(rows):
+            raise ImportRefused(f"{path.name} holds {len(rows)} records where the export wrote {listed}: "
+                                "the export is incomplete. Nothing was imported.")
         if table == "training_schedule":
             conn.execute("DELETE FROM training_schedule")
-        insert = sql.SQL("INSERT INTO {t} SELECT * FROM jsonb_populate_record(NULL::{t}, %(row)s)").format(
-            t=sql.Identifier(table))
-        if table == "audit_log":
-            insert = sql.SQL("INSERT INTO audit_log ({c}) SELECT {c} FROM jsonb_populate_record(NULL::audit_log, "
-                             "%(row)s)").format(c=sql.SQL(", ").join(map(sql.Identifier, _columns(conn, table, "id"))))
+        columns = _columns(conn, table)
+        if table == "audit_log":   # imported after the audit of knowledge ingested here: new ids
+            columns.remove("id")
         for number, row in rows:
+            present = [c for c in columns if c in row]   # a column newer than the export takes its default
+            if not present:
+                raise ImportRefused(f"{path.name}:{number}: none of its fields is a column of {table}; "
+                                    "nothing was imported.")
+            insert = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM jsonb_populate_record(NULL::{t}, %(row)s)").format(
+                t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, present)))
             try:
                 conn.execute(insert, {"row": Jsonb(row)})
             except (psycopg.IntegrityError, psycopg.DataError) as e:   # the caller's transaction rolls back
@@ -99,16 +124,20 @@ def _read_rows(path: Path) -> list[tuple[int, Any]]:
         if not line.strip():
             continue
         try:
-            rows.append((number, json.loads(line)))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ImportRefused(f"{path.name}:{number}: not valid JSON ({e.msg}); nothing was imported.") from None
+        if not isinstance(row, dict) or not row:
+            raise ImportRefused(f"{path.name}:{number}: not a record (a JSON object of columns); "
+                                "nothing was imported.")
+        rows.append((number, row))
     return rows
 
 
-def _columns(conn: psycopg.Connection, table: str, leaving_out: str) -> list[str]:
+def _columns(conn: psycopg.Connection, table: str) -> list[str]:
     return [r["column_name"] for r in conn.execute(
         "SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema()"
-        " AND table_name = %(t)s AND column_name <> %(x)s ORDER BY ordinal_position", {"t": table, "x": leaving_out})]
+        " AND table_name = %(t)s ORDER BY ordinal_position", {"t": table})]
 
 
 def _advance_sequence(conn: psycopg.Connection, table: str) -> None:

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import itertools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -15,6 +18,20 @@ from core.cli import app
 from core.config import get_settings
 
 _fresh = itertools.count()
+
+
+@contextmanager
+def _fresh_database(pg_server: str) -> Iterator[str]:
+    """A migrated database with no records, dropped afterwards; yields its URL."""
+    target = f"restore_{next(_fresh)}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
+    try:
+        yield pg_server.replace("/postgres?", f"/{target}?")
+    finally:
+        db.close_pools()
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
 
 
 def _seed(handbook_dir: Path) -> None:
@@ -68,26 +85,20 @@ def test_export_then_import_into_fresh_database_round_trips_every_row(
     exported = CliRunner().invoke(app, ["export", str(out)])
     assert exported.exit_code == 0, exported.output
 
-    target = f"restore_{next(_fresh)}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
-    target_url = pg_server.replace("/postgres?", f"/{target}?")
     db.close_pools()
-    monkeypatch.setenv("DATABASE_URL", target_url)
-    get_settings.cache_clear()
-    imported = CliRunner().invoke(app, ["import", str(out)])
-    assert imported.exit_code == 0, imported.output
-    assert _rows(target_url) == before
+    with _fresh_database(pg_server) as target_url:
+        monkeypatch.setenv("DATABASE_URL", target_url)
+        get_settings.cache_clear()
+        imported = CliRunner().invoke(app, ["import", str(out)])
+        assert imported.exit_code == 0, imported.output
+        assert _rows(target_url) == before
 
-    again = CliRunner().invoke(app, ["import", str(out)])  # a second import would mix two histories
-    assert again.exit_code == 2 and "fresh database" in again.output
-    with db.connect(target_url) as conn:  # new rows get new ids after the imported ones
-        with conn.transaction():
-            new_id = feedback.create_answer(conn, thread_key="cli:x", surface="cli", question="q")
-    assert new_id > max(r["id"] for r in before["answers"])
-    db.close_pools()
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
+        again = CliRunner().invoke(app, ["import", str(out)])  # a second import would mix two histories
+        assert again.exit_code == 2 and "fresh database" in again.output
+        with db.connect(target_url) as conn:  # new rows get new ids after the imported ones
+            with conn.transaction():
+                new_id = feedback.create_answer(conn, thread_key="cli:x", surface="cli", question="q")
+        assert new_id > max(r["id"] for r in before["answers"])
 
 
 def test_import_of_a_folder_that_is_not_an_export_is_refused(database_url: str, tmp_path: Path) -> None:
@@ -102,20 +113,13 @@ def test_import_keeps_the_audit_of_knowledge_ingested_before_it(database_url: st
     with db.connection() as conn:
         audit.record(conn, "ann", "knowledge.ingest", "document:1")
         backup.export_to(conn, tmp_path / "export")
-    target = f"restore_{next(_fresh)}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
-    try:
-        with db.connect(pg_server.replace("/postgres?", f"/{target}?")) as conn:
-            audit.record(conn, "bob", "knowledge.ingest", "document:9")  # `flywheel ingest` before the import
-            conn.commit()
-            backup.import_from(conn, tmp_path / "export")
-            conn.commit()
-            actors = [r["actor"] for r in conn.execute("SELECT actor FROM audit_log ORDER BY id")]
-        assert actors == ["bob", "ann"]
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
+    with _fresh_database(pg_server) as target_url, db.connect(target_url) as conn:
+        audit.record(conn, "bob", "knowledge.ingest", "document:9")  # `flywheel ingest` before the import
+        conn.commit()
+        backup.import_from(conn, tmp_path / "export")
+        conn.commit()
+        actors = [r["actor"] for r in conn.execute("SELECT actor FROM audit_log ORDER BY id")]
+    assert actors == ["bob", "ann"]
 
 
 def test_export_refuses_an_empty_path_and_a_folder_of_other_files(database_url: str, tmp_path: Path,
@@ -142,6 +146,7 @@ def test_export_refuses_an_empty_path_and_a_folder_of_other_files(database_url: 
     (lambda lines: [*lines, lines[0][: len(lines[0]) // 2]], "answers.jsonl:2: not valid JSON"),
     (lambda lines: [lines[0].replace('"question": "Where is the canteen?"', '"question": null')],
      'answers.jsonl:1: does not fit this database (null value in column "question"'),
+    (lambda lines: ["[1, 2]"], "answers.jsonl:1: not a record"),
 ])
 def test_import_of_a_damaged_export_names_the_line_and_imports_nothing(
         database_url: str, pg_server: str, tmp_path: Path, damage: object, says: str) -> None:
@@ -151,25 +156,23 @@ def test_import_of_a_damaged_export_names_the_line_and_imports_nothing(
         backup.export_to(conn, tmp_path / "export")
     answers = tmp_path / "export" / "answers.jsonl"
     answers.write_text("\n".join(damage(answers.read_text().splitlines())) + "\n")  # type: ignore[operator]
-    target = f"restore_{next(_fresh)}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
-    restored = pg_server.replace("/postgres?", f"/{target}?")
-    try:
-        with pytest.MonkeyPatch.context() as env:
-            env.setenv("DATABASE_URL", restored)
+    _assert_refused_and_nothing_imported(pg_server, tmp_path / "export", says)
+
+
+def _assert_refused_and_nothing_imported(pg_server: str, export: Path, says: str) -> None:
+    with _fresh_database(pg_server) as restored:
+        try:
+            with pytest.MonkeyPatch.context() as env:
+                env.setenv("DATABASE_URL", restored)
+                get_settings.cache_clear()
+                refused = CliRunner().invoke(app, ["import", str(export)])
+        finally:
             get_settings.cache_clear()
-            refused = CliRunner().invoke(app, ["import", str(tmp_path / "export")])
-        assert refused.exit_code == 2 and says in refused.output and "nothing was imported" in refused.output
-        assert "Traceback" not in refused.output
+        assert refused.exit_code == 2 and says in refused.output, refused.output
+        assert "nothing was imported" in refused.output.lower() and "Traceback" not in refused.output
         with psycopg.connect(restored) as conn:
             assert conn.execute("SELECT count(*) FROM answers").fetchone() == (0,)
             assert conn.execute("SELECT count(*) FROM feedback").fetchone() == (0,)
-    finally:
-        get_settings.cache_clear()
-        db.close_pools()
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
 
 
 def test_export_where_nothing_can_be_written_says_so(database_url: str, tmp_path: Path) -> None:
@@ -197,13 +200,63 @@ def test_an_export_taken_while_people_vote_imports(database_url: str, pg_server:
     monkeypatch.setattr(backup, "TABLES", AnAnswerAndAVoteMeanwhile(backup.TABLES))
     assert CliRunner().invoke(app, ["export", str(tmp_path / "export")]).exit_code == 0
     monkeypatch.setattr(backup, "TABLES", tuple(backup.TABLES))
-    target = f"restore_{next(_fresh)}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{target}" TEMPLATE flywheel_template')
-    try:
-        with db.connect(pg_server.replace("/postgres?", f"/{target}?")) as conn:
-            counts = backup.import_from(conn, tmp_path / "export")
-        assert (counts["answers"], counts["feedback"]) == (1, 0)   # as it was when the export began
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
+    with _fresh_database(pg_server) as target_url, db.connect(target_url) as conn:
+        counts = backup.import_from(conn, tmp_path / "export")
+    assert (counts["answers"], counts["feedback"]) == (1, 0)   # as it was when the export began
+
+
+def _an_export(folder: Path) -> Path:
+    with db.connection() as conn:
+        answer_id = feedback.create_answer(conn, thread_key="cli:1", surface="cli", question="Where is the canteen?")
+        feedback.record_rating(conn, answer_id, "U1", "up")
+        backup.export_to(conn, folder)
+    return folder
+
+
+def test_an_export_cut_short_over_an_earlier_one_is_not_an_export(database_url: str, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    export = _an_export(tmp_path / "export")
+    written: list[str] = []
+
+    class DiskFullAfterTwoTables(tuple):
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            for table in tuple.__iter__(self):
+                if len(written) == 2:
+                    raise OSError(28, "No space left on device")
+                written.append(table)
+                yield table
+
+    monkeypatch.setattr(backup, "TABLES", DiskFullAfterTwoTables(backup.TABLES))
+    cut = CliRunner().invoke(app, ["export", str(export)])
+    assert cut.exit_code == 1 and "No space left on device" in cut.output
+    assert not backup.is_export(export)   # its old manifest would have vouched for a mix of two exports
+    refused = CliRunner().invoke(app, ["import", str(export)])
+    assert refused.exit_code == 2 and "not a Flywheel export" in refused.output
+
+
+def test_import_of_an_export_missing_records_is_refused(database_url: str, pg_server: str, tmp_path: Path) -> None:
+    export = _an_export(tmp_path / "export")
+    (export / "feedback.jsonl").write_text("")   # lost in a copy
+    _assert_refused_and_nothing_imported(pg_server, export,
+                                         "feedback.jsonl holds 0 records where the export wrote 1")
+
+
+def test_import_of_an_export_from_a_newer_flywheel_is_refused(database_url: str, pg_server: str,
+                                                              tmp_path: Path) -> None:
+    export = _an_export(tmp_path / "export")
+    manifest = json.loads((export / "manifest.json").read_text())
+    manifest["migrations"].append("099_from_the_future")
+    (export / "manifest.json").write_text(json.dumps(manifest))
+    _assert_refused_and_nothing_imported(pg_server, export, "newer Flywheel (its database has 099_from_the_future)")
+
+
+def test_an_export_from_before_a_column_existed_imports_with_its_default(database_url: str, pg_server: str,
+                                                                         tmp_path: Path) -> None:
+    export = _an_export(tmp_path / "export")
+    answers = export / "answers.jsonl"
+    rows = [json.loads(line) for line in answers.read_text().splitlines()]
+    answers.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "timings"}) + "\n" for r in rows))
+    with _fresh_database(pg_server) as target_url, db.connect(target_url) as conn:
+        counts = backup.import_from(conn, export)
+        timings = conn.execute("SELECT timings FROM answers").fetchone()
+    assert counts["answers"] == 1 and timings == {"timings": {}}
