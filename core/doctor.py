@@ -12,6 +12,7 @@ from core import db, logs, models, queue, serving
 from core.config import Settings
 
 Level = Literal["ok", "warn", "fail"]
+_NO_TABLES = "a new database, no tables yet"
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,16 @@ def run_checks(settings: Settings, *, embedder: bool = True) -> Iterator[Check]:
         return
     where = "DATABASE_URL" if settings.database_url else f"embedded, {settings.pg_dir}"
     yield Check("database", "ok", f"PostgreSQL {version} ({where}), pgvector {vector[0] if vector else 'not installed yet'}")
-    yield from _guarded("migrations", lambda: _migrations(url))
+    migrations = list(_guarded("migrations", lambda: _migrations(url)))
+    yield from migrations
     if embedder:
         yield from _guarded("embedder", _embedder)
-    yield from _guarded("knowledge base", lambda: _knowledge(url))
-    yield from _guarded("generation", lambda: _generation(settings, url))
+    if migrations[0].detail.startswith(_NO_TABLES):   # nothing to read yet: one finding, not three errors
+        yield from (Check(name, "warn", "not checked: the database has no tables yet")
+                    for name in ("knowledge base", "generation"))
+    else:
+        yield from _guarded("knowledge base", lambda: _knowledge(url))
+        yield from _guarded("generation", lambda: _generation(settings, url))
     yield from _guarded("slack", lambda: _slack(settings))
     yield from _guarded("queue", lambda: _queue(url))
 
@@ -65,6 +71,9 @@ def _migrations(url: str) -> Check:
         exists = conn.execute("SELECT to_regclass('schema_migrations') AS t").fetchone()
         applied = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")} if exists["t"] else set()  # type: ignore[index]
     pending = [p.stem for p in db.migration_files() if p.stem not in applied]
+    if not applied:
+        return Check("migrations", "warn", f"{_NO_TABLES}: `flywheel migrate` (or any of the Procfile's processes, "
+                     "at start) creates them")
     if pending:
         return Check("migrations", "warn", f"{len(pending)} not applied yet ({', '.join(pending)}): `flywheel migrate`")
     return Check("migrations", "ok", f"{len(applied)} applied, none pending")
@@ -128,7 +137,14 @@ def _slack(settings: Settings) -> Check:
         who = WebClient(token=settings.slack_bot_token.get_secret_value(), base_url=settings.slack_api_url,
                         timeout=5).auth_test()
     except SlackApiError as e:
-        return Check("slack", "fail", f"Slack refused the bot token: {e.response.get('error')}")
+        return Check("slack", "fail", f"Slack refused the bot token (SLACK_BOT_TOKEN): {e.response.get('error')}")
+    if settings.slack_app_token is not None:   # what the bot opens its Socket Mode connection with
+        try:
+            WebClient(base_url=settings.slack_api_url, timeout=5).apps_connections_open(
+                app_token=settings.slack_app_token.get_secret_value())
+        except SlackApiError as e:
+            return Check("slack", "fail", f"Slack refused the app token (SLACK_APP_TOKEN): {e.response.get('error')}; "
+                         "the bot cannot connect in Socket Mode (an app-level token with connections:write, xapp-...)")
     review = f", reviews go to {settings.review_channel}" if settings.review_channel else \
         ", FLYWHEEL_REVIEW_CHANNEL unset: drafts needing review cannot be shown to reviewers"
     level: Level = "ok" if settings.review_channel else "warn"

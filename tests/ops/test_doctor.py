@@ -148,3 +148,48 @@ def test_doctor_warns_when_the_model_server_lost_the_live_adapter(
     [generation] = [line for line in result.output.splitlines() if "generation:" in line]
     assert generation.startswith("WARN") and "does not hold the live adapter flywheel-v1" in generation
     assert f"flywheel models promote {live.version}" in generation
+
+
+def test_doctor_on_a_database_without_tables_says_so_once_not_with_sql_errors(
+        pg_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute('DROP DATABASE IF EXISTS "doctor_bare"')
+        conn.execute('CREATE DATABASE "doctor_bare"')   # a new, empty Postgres database before any process ran
+    try:
+        monkeypatch.setenv("DATABASE_URL", pg_server.replace("/postgres?", "/doctor_bare?"))
+        monkeypatch.setenv("FLYWHEEL_LLM_BACKEND", "extractive")
+        get_settings.cache_clear()
+        result = CliRunner().invoke(app, ["doctor", "--no-embedder"])
+    finally:
+        get_settings.cache_clear()
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute('DROP DATABASE "doctor_bare" WITH (FORCE)')
+    assert result.exit_code == 0, result.output
+    lines = {line.split(":")[0][6:]: line for line in result.output.splitlines()}
+    assert lines["migrations"].startswith("WARN") and "no tables yet: `flywheel migrate`" in lines["migrations"]
+    assert lines["knowledge base"] == "WARN  knowledge base: not checked: the database has no tables yet"
+    assert lines["generation"] == "WARN  generation: not checked: the database has no tables yet"
+    assert "does not exist" not in result.output and "Error" not in result.output
+
+
+@pytest.mark.parametrize(("app_token", "says"), [
+    ("xapp-1-revoked", "FAIL  slack: Slack refused the app token (SLACK_APP_TOKEN): invalid_auth"),
+    (None, "ok    slack: Socket Mode as @flywheel in Flywheel Test"),
+])
+def test_doctor_checks_the_app_token_socket_mode_connects_with(
+        database_url: str, monkeypatch: pytest.MonkeyPatch, app_token: str | None, says: str) -> None:
+    from support import fake_slack
+
+    with fake_slack.FakeSlack().running() as slack:
+        for name, value in [("SLACK_API_URL", slack.url), ("SLACK_BOT_TOKEN", fake_slack.TOKEN),
+                            ("SLACK_APP_TOKEN", app_token or fake_slack.APP_TOKEN),
+                            ("FLYWHEEL_REVIEW_CHANNEL", "C0REVIEW"), ("FLYWHEEL_LLM_BACKEND", "extractive")]:
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        result = CliRunner().invoke(app, ["doctor", "--no-embedder"])
+    get_settings.cache_clear()
+    [slack_line] = [line for line in result.output.splitlines() if "slack:" in line]
+    assert slack_line.startswith(says), result.output
+    assert "xapp-1" not in result.output

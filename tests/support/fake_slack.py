@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 TOKEN = "xoxb-test-token"
+APP_TOKEN = "xapp-1-test-token"   # Socket Mode's app-level token: apps.connections.open only
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class FakeSlack:
         if scripted:
             s = scripted.pop(0)
             return s.status, s.headers, s.body
-        if token != TOKEN:
+        if token != (APP_TOKEN if method == "apps.connections.open" else TOKEN):
             return 200, {}, {"ok": False, "error": "not_authed" if token is None else "invalid_auth"}
         handler = getattr(self, "_" + method.replace(".", "_"), None)
         if handler is None:
@@ -133,6 +134,9 @@ class FakeSlack:
     def _auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "url": "https://flywheel-test.slack.com/", "team": "Flywheel Test",
                 "user": "flywheel", "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": self.bot_id}
+
+    def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "url": f"wss://wss-primary.slack.com/link/?ticket={next(self._ts)}&app_id=A111"}
 
     def _chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:  # noqa: N802  (Slack's name)
         channel = args.get("channel")
