@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import streamlit as st
 
 from core import db
+from core.config import get_settings
 from dashboard import auth
 
 logger = logging.getLogger(__name__)
@@ -129,3 +130,11 @@ def refuse_viewer(identity: auth.Identity) -> bool:
         return False
     st.error("Viewers cannot change anything here; ask an admin.")
     return True
+
+
+def time_columns(*names: str) -> dict[str, Any]:
+    """Column settings for a table's times: headed with the zone they are shown in
+    (`FLYWHEEL_TIMEZONE`, which every time read from the database is in), to the minute."""
+    zone = get_settings().timezone
+    return {name: st.column_config.DatetimeColumn(f"{name.replace('_', ' ')} ({zone})", format="YYYY-MM-DD HH:mm")
+            for name in names}

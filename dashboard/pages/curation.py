@@ -106,7 +106,7 @@ if not rows:
     st.info("No answers match these filters.")
 else:
     st.dataframe(table(rows), hide_index=True,
-                 column_config={"asked": st.column_config.DatetimeColumn("asked", format="YYYY-MM-DD HH:mm"),
+                 column_config={**frame.time_columns("asked"),
                                 "question": st.column_config.TextColumn("question", width="large")})
 
     st.subheader("Bulk")
@@ -214,7 +214,8 @@ if d_make.button("Make dataset version", key="ds_make", disabled=viewer) and not
     if info is not None:
         frame.done(f"Dataset v{info.version} made with {markup.count(info.items, 'answer')}.")
 if datasets:
-    st.dataframe(pd.DataFrame([vars(d) for d in datasets]), hide_index=True)
+    st.dataframe(pd.DataFrame([vars(d) for d in datasets]), hide_index=True,
+                 column_config=frame.time_columns("created_at"))
     # Training data is sensitive even scrubbed: only admins get the button, and the file is made
     # on their click (a disabled button would still serve a file made for everyone).
     if identity.can_act:

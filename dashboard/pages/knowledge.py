@@ -90,7 +90,7 @@ if not documents:
 st.dataframe(pd.DataFrame([{"id": d.id, "title": d.title, "source": d.source, "chunks": d.chunks,
                             "visibility": d.visibility, "updated": d.updated_at} for d in documents]),
              hide_index=True,
-             column_config={"updated": st.column_config.DatetimeColumn("updated", format="YYYY-MM-DD HH:mm")})
+             column_config=frame.time_columns("updated"))
 
 st.subheader("Change a document")
 by_id = {d.id: d for d in documents}

@@ -65,7 +65,7 @@ st.dataframe(pd.DataFrame([{
     "version": a.version, "name": a.name, "status": a.status, "dataset": a.dataset_version,
     "base model": a.base_model, "metrics": json.dumps(a.metrics) if a.metrics else "", "created": a.created_at,
     "promoted": a.promoted_at, "error": a.error or "",
-} for a in adapters]), hide_index=True)
+} for a in adapters]), hide_index=True, column_config=frame.time_columns("created", "promoted"))
 
 by_version = {a.version: a for a in adapters}
 chosen = by_version[st.selectbox("Adapter", list(by_version),

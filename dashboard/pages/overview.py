@@ -60,12 +60,13 @@ if gaps:
     st.dataframe(pd.DataFrame([vars(g) for g in gaps]), hide_index=True,
                  column_config={"question": st.column_config.TextColumn("Question", width="large"),
                                 "not_found": "Not found", "downvotes": "👎", "asked": "Asked",
-                                "last_asked": st.column_config.DatetimeColumn("Last asked")})
+                                **frame.time_columns("last_asked")})
 else:
     st.write("None in this period.")
 
 with st.expander("Recent admin actions"):
     if recent_actions:
-        st.dataframe(pd.DataFrame([vars(a) for a in recent_actions]), hide_index=True)
+        st.dataframe(pd.DataFrame([vars(a) for a in recent_actions]), hide_index=True,
+                     column_config=frame.time_columns("at"))
     else:
         st.write("No admin actions recorded yet.")

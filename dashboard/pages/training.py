@@ -112,7 +112,8 @@ st.dataframe(pd.DataFrame([{
     "run": r.id, "status": r.status, "dataset": r.dataset_version, "progress": r.progress,
     "adapter": r.adapter_version, "by": r.requested_by, "created": r.created_at, "finished": r.finished_at,
 } for r in runs]), hide_index=True,
-    column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0)})
+    column_config={"progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0),
+                   **frame.time_columns("created", "finished")})
 
 by_id = {r.id: r for r in runs}
 chosen_id = st.selectbox("Run", list(by_id), format_func=lambda i: f"run {i} · {by_id[i].status}", key="tr_run")

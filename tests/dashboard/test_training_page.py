@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
@@ -161,9 +162,14 @@ def test_the_schedule_names_the_time_zone_its_cron_and_times_are_in(
     db.close_pools()   # its connections read times in the zone they were opened with
     with db.connection() as conn:
         training.mark_schedule_fired(conn, dt.datetime(2026, 3, 1, 21, 30, tzinfo=dt.UTC))
+        training.create_run(conn, base_model="tiny", dataset_version=None, params={}, requested_by="ann")
     at = open_page("training")
     assert _field(at.text_input, "cron").label == "When (cron, Asia/Kolkata)"
     assert "Last fired: 2026-03-02 03:00 IST" in texts(at)
+    [runs_table] = [d for d in at.dataframe if "created" in d.value.columns]   # its times are in that zone too
+    headers = json.loads(runs_table.proto.columns)
+    assert headers["created"]["label"] == "created (Asia/Kolkata)" and str(runs_table.value["created"].dt.tz) == \
+        "Asia/Kolkata"
 
 
 def test_a_schedule_form_older_than_someone_elses_save_does_not_switch_it_back(dashboard_db: str) -> None:
