@@ -93,7 +93,8 @@ def _enqueue(run_id: int) -> training.TrainingRun:
 
 def cancel_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun | None:
     """Stop a queued or running retrain: a queued job is taken off the queue; a running one
-    stops at its next step, or at once when its worker is dead (`queue.orphaned_runs`), so that
+    stops at its next step (its worker stops it if it has not within `jobs.CANCEL_GRACE_S`:
+    stuck loading, in the gate), or at once when its worker is dead (`queue.orphaned_runs`), so that
     it does not block every new retrain until a worker starts. Returns the run as it is now,
     None when it is not active; raises `LookupError` for a run that does not exist."""
     with db.connection() as conn:

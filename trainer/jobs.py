@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ logger = logging.getLogger(__name__)
 app = queue.app
 
 AUTO_PROMOTE_ACTOR = "auto-promote"   # who the audit log says promoted an adapter that passed the gate
+# How long the training process has to honour a cancel itself (at its next step) before the worker
+# stops it: longer than a step of an 8B model, shorter than an admin's patience.
+CANCEL_GRACE_S = 60.0
 
 
 class _ChildFailed(RuntimeError):
@@ -191,10 +195,14 @@ def child_command(work: Path, processes: int = 1) -> list[str]:
     return [sys.executable, "-m", "trainer.runner", str(work)]
 
 
-def _run_child(command: list[str], work: Path, run_id: int, should_abort: Callable[[], bool]) -> int:
+def _run_child(command: list[str], work: Path, run_id: int, should_abort: Callable[[], bool],
+               cancel_grace_s: float = CANCEL_GRACE_S) -> int:
     """Run the training process and wait for it; a worker shutdown stops it (its checkpoints
-    stay for a resume)."""
+    stay for a resume). A cancel is the process's to honour between steps; one it has not
+    honoured within `cancel_grace_s` (loading a model, the gate, a hung collective) is enforced
+    here, and the exit reads as cancelled."""
     env = {**os.environ, "DATABASE_URL": db.database_url(), "PYTHONUNBUFFERED": "1"}
+    cancel_seen: float | None = None
     with (work / "train.log").open("ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 cwd=str(Path(__file__).resolve().parents[1]), start_new_session=True)
@@ -204,6 +212,15 @@ def _run_child(command: list[str], work: Path, run_id: int, should_abort: Callab
                     return proc.wait(timeout=1.0)
                 except subprocess.TimeoutExpired:
                     pass
+                if cancel_seen is None and _cancel_requested(run_id):
+                    cancel_seen = time.monotonic()
+                if cancel_seen is not None and time.monotonic() - cancel_seen > cancel_grace_s:
+                    _log(run_id, f"the training process did not stop within {cancel_grace_s:.0f} s of the "
+                                 "cancel: stopping it")
+                    _terminate(proc)
+                    (work / "result.json").write_text(json.dumps({
+                        "status": "cancelled", "error": "cancelled; the training process was stopped"}))
+                    return CANCELLED_EXIT
                 if should_abort():
                     _log(run_id, "the worker is shutting down: stopping the training process")
                     _terminate(proc)
@@ -213,6 +230,11 @@ def _run_child(command: list[str], work: Path, run_id: int, should_abort: Callab
             if proc.poll() is None:
                 _terminate(proc)
             raise
+
+
+def _cancel_requested(run_id: int) -> bool:
+    with db.connection() as conn:
+        return training.cancel_requested(conn, run_id)
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:

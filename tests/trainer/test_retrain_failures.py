@@ -320,7 +320,7 @@ def test_cancelling_a_run_that_does_not_exist_says_so(database_url: str) -> None
     assert refused.exit_code == 1 and "There is no retrain run 999." in refused.output
 
 
-def test_a_training_process_killed_under_torchrun_is_reported_as_killed(tmp_path: Path) -> None:
+def test_a_training_process_killed_under_torchrun_is_reported_as_killed(database_url: str, tmp_path: Path) -> None:
     # torchrun exits 1 when one of its processes is killed; the reason still names the signal.
     script = tmp_path / "killed.py"
     script.write_text("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
@@ -330,6 +330,27 @@ def test_a_training_process_killed_under_torchrun_is_reported_as_killed(tmp_path
     reason = jobs._failure_reason(code, {}, tmp_path)
     assert reason.startswith("The training process was killed by SIGKILL (out of memory?)")
     assert "No checkpoint was left" in reason  # none was written here: a resume starts over
+
+
+def test_a_cancel_the_training_process_does_not_honour_is_enforced_by_the_worker(
+        database_url: str, tmp_path: Path) -> None:
+    """Stuck loading a model, in the gate or in a hung collective, the process never reaches the
+    step where it would look at the cancel: the worker stops it after a grace period."""
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model="tiny", dataset_version=None, params={}, requested_by="admin")
+        training.start_run(conn, run.id)
+    pid_file = tmp_path / "pid"
+    command = [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); "
+                                     "time.sleep(600)"]
+    stopper = threading.Timer(2.0, lambda: retrain.cancel_retrain(run.id, requested_by="admin"))
+    stopper.start()
+    code = jobs._run_child(command, tmp_path, run.id, should_abort=lambda: False, cancel_grace_s=1.0)
+    assert code == jobs.CANCELLED_EXIT
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "cancelled"
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid_file.read_text()), 0)
+    with db.connection() as conn:
+        assert "did not stop within 1 s of the cancel: stopping it" in training.get_run(conn, run.id).log  # type: ignore[union-attr]
 
 
 def test_a_queued_run_whose_job_ended_before_it_started_does_not_block_retraining(curated_dataset: int) -> None:
