@@ -135,16 +135,28 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
             training.finish_run(conn, run.id, "cancelled", metrics=metrics, adapter_version=adapter.version,
                                 error=f"cancelled after training: {adapter.name} is ready but was not promoted")
             return
-    metrics["promoted"] = _auto_promote(run.id, adapter, bool(result["gate"].get("passed")), settings)
+    gated_against = baseline["name"] if baseline else None
+    metrics["promoted"] = _auto_promote(run.id, adapter, bool(result["gate"].get("passed")), gated_against,
+                                        settings)
     with db.connection() as conn:
         training.finish_run(conn, run.id, "succeeded", metrics=metrics, adapter_version=adapter.version)
 
 
-def _auto_promote(run_id: int, adapter: models.Adapter, passed: bool, settings: Settings) -> bool:
+def _auto_promote(run_id: int, adapter: models.Adapter, passed: bool, gated_against: str | None,
+                  settings: Settings) -> bool:
+    """Promote what passed the gate against what is live now (`gated_against`: the live
+    adapter's name when the gate ran, None for the base model)."""
     if not settings.auto_promote:
         return False
     if not passed:
         _log(run_id, f"{adapter.name} is not promoted: it did not pass the gate")
+        return False
+    with db.connection() as conn:
+        live = models.live(conn)
+    live_now = live.name if live is not None and serving.fits(live, adapter.base_model) else None
+    if live_now != gated_against:   # promoted or rolled back by hand while this run trained
+        _log(run_id, f"{adapter.name} is not promoted: the gate compared it with {gated_against or 'the base model'}, "
+                     f"but {live_now or 'the base model'} went live meanwhile; compare them and promote by hand")
         return False
     try:
         serving.promote(adapter.version, settings, actor=AUTO_PROMOTE_ACTOR)

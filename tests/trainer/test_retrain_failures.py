@@ -198,6 +198,32 @@ def test_a_cancel_asked_while_the_gate_runs_leaves_the_adapter_ready_and_not_pro
     assert adapter is not None and adapter.status == "ready" and adapter.metrics["gate"]
 
 
+def test_an_adapter_gated_against_the_base_model_is_not_auto_promoted_over_one_promoted_meanwhile(
+        curated_dataset: int, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = retrain.request_retrain(requested_by="admin", params=TINY_PARAMS)
+    train_and_gate = jobs._run_child
+    (tmp_path / "by-hand").mkdir()
+
+    def admin_promotes_another_adapter_meanwhile(*args: object, **kwargs: object) -> int:
+        code = train_and_gate(*args, **kwargs)  # type: ignore[arg-type]
+        with db.connection() as conn:
+            other = models.register(conn, base_model=str(tiny_base), path=str(tmp_path / "by-hand"),
+                                    dataset_version=curated_dataset, hyperparams={}, status="ready")
+            models.mark_live(conn, other.version, actor="admin")
+        return code
+
+    monkeypatch.setattr(jobs, "_run_child", admin_promotes_another_adapter_meanwhile)
+    jobs.run_retrain(run.id, settings=get_settings().model_copy(update={"auto_promote": True, "gate_margin": 100.0}))
+    with db.connection() as conn:
+        finished = training.get_run(conn, run.id)
+        live = models.live(conn)
+    assert finished.status == "succeeded" and finished.metrics["promoted"] is False  # type: ignore[union-attr]
+    assert finished.metrics["gate"]["passed"] is True  # type: ignore[union-attr]
+    assert live is not None and live.version != finished.adapter_version  # type: ignore[union-attr]
+    assert (f"is not promoted: the gate compared it with the base model, but {live.name} went live meanwhile"
+            in finished.log)  # type: ignore[union-attr]
+
+
 def test_cancel_stops_a_running_retrain_between_steps(curated_dataset: int) -> None:
     # 300 steps, so that on a fast machine it is still training when the cancel lands.
     run = retrain.request_retrain(requested_by="admin", params={**LONG, "epochs": 100})
