@@ -22,12 +22,16 @@ from core.llm.base import BackendUnavailable, LLMError, UnknownAdapter
 logger = logging.getLogger(__name__)
 
 # Instructions aimed at the assistant; not questions that merely say "ignore the previous travel
-# rules" or "if you are now on the night shift".
+# rules", "if you are now on the night shift", "forget the prior instructions from HR", or ask how
+# to turn on developer mode on a phone or whether jailbreaking a company iPhone is allowed.
 _INJECTION = re.compile(
     r"\b(ignore|disregard|forget)\b.{0,20}\b(previous|prior|above|earlier|your|all)\b.{0,20}"
     r"\b(instructions?|prompts?)\b"
+    r"(?!\s+(from|by|of|about|on|for)\s+(?!now\b|(the\s+)?(system|developers?|assistant|model|ai|openai)\b))"
     r"|\b(reveal|print|show|repeat)\b.{0,20}\b(system|hidden)\s+prompt\b"
-    r"|\byou are now (dan|unrestricted|jailbroken|free of|no longer bound)\b|\bjailbreak\b|\bdeveloper mode\b",
+    r"|\byou are now (dan|unrestricted|jailbroken|free of|no longer bound)\b"
+    r"|\b(you are|you're|act|acting|respond|answer|pretend|simulate)\b.{0,40}\bdeveloper mode\b"
+    r"|\bjailbreak\s+(yourself|you|this\s+(assistant|bot|model|ai|chat)|the\s+(assistant|bot|model|ai))\b",
     re.IGNORECASE | re.DOTALL,
 )
 
