@@ -63,7 +63,7 @@ def drain(deps: Deps) -> int:
             else:
                 try:
                     posted = (where, answer) if deliver(deps, conn, item, where, answer) else None
-                except SlackApiError as e:
+                except (SlackApiError, OSError) as e:   # Slack busy or down, or the network (URLError, timeout)
                     if feedback.retry_delivery(conn, item.id, give_up_after=MAX_ATTEMPTS):
                         conn.commit()   # the row goes back, counted, even though this round ends here
                         raise
@@ -80,7 +80,7 @@ def deliver(deps: Deps, conn: psycopg.Connection, item: feedback.Delivery, where
             answer: feedback.Answer) -> bool:
     """Post one delivery in the asker's thread; True when posted, for `_after_delivery` once the
     claim is committed. Slack refusing for good (`PERMANENT_ERRORS`) is final: logged, reported,
-    and the row is done (False). Raises `SlackApiError` for any other refusal."""
+    and the row is done (False). Raises `SlackApiError` for any other refusal, `OSError` for the network."""
     messages = (blocks.answer_messages(item.answer_id, item.text, answer.sources) if item.kind == "answer"
                 else [blocks.note(item.text)])
     try:

@@ -79,6 +79,19 @@ def test_delivery_slack_refuses_for_a_passing_reason_is_posted_once_on_a_later_r
     assert _outbox() == [{"taken": True, "failed_attempts": 1}]
 
 
+def test_delivery_the_network_drops_is_counted_and_posted_once_on_a_later_round(
+        quick_rounds: SlackBot, more_rounds: Callable[[], None], model: ScriptedModel) -> None:
+    bot = quick_rounds
+    ts, _ = pending_review(bot, model)
+    bot.slack.drop_next("chat.postMessage", times=2)   # the first try and the client's one retry on a reset
+    _approve_outside_slack(bot)
+
+    _posted(bot, ts)
+    more_rounds()   # nothing is posted again
+    assert [c.response["ok"] for c in _answer_posts(bot, ts)] == [True]
+    assert _outbox() == [{"taken": True, "failed_attempts": 1}]   # counted: a dead network is given up in time
+
+
 def _reviewers_told_undelivered(bot: SlackBot, card: Call, why: str) -> None:
     """The card shows the decision without buttons, and its thread says the asker never got it."""
     card_ts = card.response["ts"]

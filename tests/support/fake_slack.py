@@ -77,6 +77,7 @@ class FakeSlack:
     def __post_init__(self) -> None:
         self._changed = threading.Condition()
         self._scripted: dict[str, list[_Scripted]] = {}
+        self._drops: dict[str, int] = {}
         self._ts = itertools.count(1)
 
     # -- scripting and inspection ------------------------------------------------------------
@@ -86,6 +87,19 @@ class FakeSlack:
         """The next call of `method` gets this answer instead (e.g. 429 with Retry-After)."""
         self._scripted.setdefault(method, []).append(
             _Scripted(status, body or {"ok": False, "error": "ratelimited"}, headers or {}))
+
+    def drop_next(self, method: str, times: int = 1) -> None:
+        """The next `times` calls of `method` get no answer: the connection is closed once the
+        request is read, as a network fault after Slack took it looks to the client."""
+        with self._changed:
+            self._drops[method] = self._drops.get(method, 0) + times
+
+    def _take_drop(self, method: str) -> bool:
+        with self._changed:
+            if not self._drops.get(method):
+                return False
+            self._drops[method] -= 1
+            return True
 
     def calls_to(self, method: str, where: Callable[[Call], bool] | None = None) -> list[Call]:
         with self._changed:
@@ -212,6 +226,9 @@ class FakeSlack:
                 for key in ("blocks", "view"):  # form-encoded calls send these as JSON strings
                     if isinstance(args.get(key), str):
                         args[key] = json.loads(args[key])
+                if outer._take_drop(method):
+                    self.close_connection = True
+                    return
                 auth = self.headers.get("authorization") or ""
                 token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else args.pop("token", None)
                 status, headers, body = outer._answer(method, args, token)
