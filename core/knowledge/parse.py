@@ -68,7 +68,8 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
     if not text.strip():  # refused like any empty file: re-ingesting it must not delete every record
         raise ParseError(f"{name}: the file is empty")
     first_line: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Records end at "\n" only: U+2028 or U+0085 inside a string is JSON text, not a line break.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -76,7 +77,7 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
         except json.JSONDecodeError as e:
             yield ParseError(f"{name}:{number}: invalid JSON ({e.msg})")
             continue
-        if not isinstance(record, dict) or not str(record.get("_id") or "").strip() \
+        if not isinstance(record, dict) or not _scalar_text(record.get("_id")) \
                 or not str(record.get("text") or "").strip():
             yield ParseError(f"{name}:{number}: a record needs a non-empty '_id' and 'text'")
             continue
@@ -94,6 +95,11 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
         yield ParsedDocument(source=f"{source}#{record_id}", title=title,
                              sections=[Section("", clean_text(str(record["text"])).strip())],
                              url=storable(url) if url else None, metadata={**metadata, "record_id": record_id})
+
+
+def _scalar_text(value: object) -> str:
+    """A record id as text: a string or number (0 included), stripped; '' for none."""
+    return str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
 
 
 def clean_text(text: str) -> str:

@@ -131,3 +131,15 @@ def test_html_in_the_encoding_it_declares_is_read_as_such() -> None:
 def test_bad_files_get_a_message_naming_them(name: str, data: bytes, message: str) -> None:
     with pytest.raises(ParseError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_bytes(name, data)
+
+
+def test_jsonl_records_end_at_newlines_only_and_an_id_may_be_zero() -> None:
+    from core.knowledge.parse import parse_jsonl
+
+    data = ('{"_id": 0, "text": "Line one\u2028line two of the same answer."}\r\n'
+            '{"_id": "q1", "text": "Windows-1252 text read as Latin-1: caf\u0085."}\n').encode()
+    found = list(parse_jsonl("faq.jsonl", data, "faq.jsonl"))
+    assert [type(d).__name__ for d in found] == ["ParsedDocument", "ParsedDocument"], found
+    assert [d.source for d in found] == ["faq.jsonl#0", "faq.jsonl#q1"]   # type: ignore[union-attr]
+    refused = list(parse_jsonl("faq.jsonl", b'{"_id": null, "text": "x"}\n{"_id": true, "text": "y"}\n', "faq.jsonl"))
+    assert [str(e) for e in refused] == [f"faq.jsonl:{n}: a record needs a non-empty '_id' and 'text'" for n in (1, 2)]
