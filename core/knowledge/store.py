@@ -144,9 +144,16 @@ def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> list[s
     if isinstance(id_or_source, int) or str(id_or_source).isdigit():
         rows = conn.execute("DELETE FROM documents WHERE id = %(id)s RETURNING source", {"id": int(id_or_source)})
     else:
-        rows = conn.execute("DELETE FROM documents WHERE source = %(s)s OR starts_with(source, %(s)s || '#')"
-                            " RETURNING source", {"s": id_or_source})
+        rows = conn.execute("DELETE FROM documents WHERE source = %(s)s"
+                            " OR (%(records)s AND starts_with(source, %(s)s || '#')) RETURNING source",
+                            {"s": id_or_source, "records": holds_records(str(id_or_source))})
     return sorted(r["source"] for r in rows)
+
+
+def holds_records(source: str) -> bool:
+    """Whether documents `<source>#<_id>` are the records of this source: a JSONL file (not a
+    folder `docs/C` beside `docs/C#`)."""
+    return source.lower().endswith(".jsonl")
 
 
 def delete_under(conn: psycopg.Connection, folder: str) -> list[str]:
@@ -203,7 +210,7 @@ def set_visibility(conn: psycopg.Connection, document_id: int, channels: Sequenc
 
 
 _FROM_SOURCE = "source = %(s)s"
-_FROM_SOURCE_AND_UNDER = ("(source = %(s)s OR starts_with(source, %(s)s || '#')"
+_FROM_SOURCE_AND_UNDER = ("(source = %(s)s OR (%(records)s AND starts_with(source, %(s)s || '#'))"
                           " OR starts_with(source, rtrim(%(s)s, '/') || '/'))")
 
 
@@ -216,7 +223,7 @@ def set_visibility_of_source(conn: psycopg.Connection, source: str, channels: Se
         "UPDATE documents SET visible_channels = %(c)s, visible_groups = %(g)s, updated_at = now()"
         f" WHERE {_FROM_SOURCE_AND_UNDER if and_under else _FROM_SOURCE}"
         " AND (visible_channels <> %(c)s OR visible_groups <> %(g)s) RETURNING id, source",
-        {"c": list(channels), "g": list(groups), "s": source}).fetchall()
+        {"c": list(channels), "g": list(groups), "s": source, "records": holds_records(source)}).fetchall()
     return sorted((int(r["id"]), r["source"]) for r in rows)
 
 

@@ -190,6 +190,22 @@ def test_docs_rm_of_a_jsonl_record_leaves_a_record_whose_id_starts_with_it(datab
         assert [d.source for d in store.list_documents(conn)] == [f"{faq.resolve()}#hr/leave"]
 
 
+def test_a_folder_beside_one_whose_name_adds_a_hash_is_neither_restricted_nor_deleted_with_it(
+        database_url: str, tmp_path: Path) -> None:
+    for folder, text in [("C", "Pointers are explained in the C style guide."), ("C#", "LINQ is explained in the C# guide.")]:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "guide.md").write_text(f"# Guide\n\n{text}\n")
+    assert "2 added" in runner.invoke(app, ["ingest", str(tmp_path)]).output
+    restricted = runner.invoke(app, ["ingest", str(tmp_path / "C"), "--channel", "C0123ABCD"])
+    assert restricted.exit_code == 0, restricted.output
+    with db.connection() as conn:
+        shown = {Path(d.source).parent.name: d.visibility for d in store.list_documents(conn)}
+    assert shown["C#"] == "public" and shown["C"] != "public"
+    assert "deleted 1" in runner.invoke(app, ["docs", "rm", str(tmp_path / "C")]).output
+    with db.connection() as conn:
+        assert [Path(d.source).parent.name for d in store.list_documents(conn)] == ["C#"]
+
+
 def test_ingest_follows_a_symlinked_folder_once_a_link_back_up_does_not_loop_and_rm_reaches_it(
         database_url: str, tmp_path: Path) -> None:
     shared = tmp_path / "shared-drive"
