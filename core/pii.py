@@ -37,15 +37,17 @@ _PATTERNS: list[tuple[PiiKind, re.Pattern[str], int]] = [
     # continues a decimal or version number, which is not a phone number.
     ("phone", re.compile(r"(?<![\w.])(?:\+|\()?\d[\d ().-]{7,}\d(?!\w|\.\d)"), 0),
     ("mention", re.compile(r"<@[UW][A-Z0-9]+(?:\|[^>]*)?>"), 0),
-    ("name", re.compile(rf"\b(?:[Mm]y name is|I am|I'm|[Cc]all me)\s+({_NAME})"), 1),
+    ("name", re.compile(rf"\b(?:[Mm]y name is|I am|I['’]m|[Cc]all me)\s+({_NAME})"), 1),   # a phone types ’
     ("name", re.compile(rf"\b(?:Mr|Mrs|Ms|Mx|Dr|Prof)\.?\s+({_NAME})"), 1),
     ("name", re.compile(rf"(?:^|\n)\s*(?:Thanks|Thank you|Cheers|Regards|Best|Best regards),?\s*\n?\s*({_NAME})\s*$"), 1),
     # A greeting names a person only when a comma follows the name ("Hi Anna," but not "Hi all").
     ("name", re.compile(rf"(?:^|\n)\s*(?:Hi|Hello|Hey|Dear)\s+({_NAME}),"), 1),
 ]
 _DECIMAL = re.compile(r"\d+\.\d+")
-# Digit runs that are not phone numbers: an IP address, a date and time, a dotted build number, a range.
-_NOT_PHONE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|\d{4}-\d{2}-\d{2}\b.*|\d+(?:\.\d+){2,}|\d{4,}-\d{4,}")
+# Digit runs that are not phone numbers: an IP address, a date (2024-05-01, 01.05.2024, 5/1/2024)
+# and what follows it (a time), a dotted build number, a range.
+_NOT_PHONE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|(?:\d{4}-\d{2}-\d{2}|\d{1,2}([./])\d{1,2}\1\d{2,4})\b.*"
+                        r"|\d+(?:\.\d+){2,}|\d{4,}-\d{4,}")
 _REPLACEMENT: dict[PiiKind, str] = {"email": "[email]", "phone": "[phone]", "token": "[secret]",
                                     "mention": "[person]", "name": "[name]"}
 

@@ -30,6 +30,7 @@ from dashboard_helpers import rate, seed_answer
     ("My name is José García, I need help", "name", "José García"),
     ("Dr. McDonald approved it", "name", "McDonald"),
     ("I'm Anna O'Brien from finance", "name", "Anna O'Brien"),
+    ("I’m Anna Schmidt, from HR", "name", "Anna Schmidt"),   # the apostrophe a phone types
     ("Dr. Müller signed", "name", "Müller"),
     ("Hi Zoë, where is it?", "name", "Zoë"),
     ("Hi Anna Maria Smith Jones, hello", "name", "Anna Maria Smith Jones"),
@@ -50,6 +51,7 @@ def test_find_pii_finds_each_kind(text: str, kind: str, found: str) -> None:
     "Hi Team, read this. Dear Sir, thanks.",
     "Thanks\nBest Practices",
     "I am New to the company, call me Monday.",
+    "Window: 01.05.2024 10:00-12:00, or 5/1/2024 14:00.",
 ])
 def test_find_pii_leaves_dates_amounts_and_versions_alone(text: str) -> None:
     assert pii.find_pii(text) == []
