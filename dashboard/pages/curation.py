@@ -30,10 +30,11 @@ def table(rows: list[curation.CurationRow]) -> pd.DataFrame:
     } for r in rows])
 
 
-def judge(answer_id: int, action: str, actor: str, ideal_answer: str, seen: curation.Seen) -> curation.Decision:
+def judge(answer_id: int, action: str, actor: str, ideal_answer: str | None,
+          seen: curation.Seen) -> curation.Decision:
     """One transaction: the judgement and its audit row land together or not at all. Accepting
-    stores `ideal_answer` (marked edited when it is not the answer as delivered). Refused when
-    someone judged the answer after this admin opened it (`seen`)."""
+    stores `ideal_answer` (marked edited when it is not the answer as delivered; None: as
+    delivered). Refused when someone judged the answer after this admin opened it (`seen`)."""
     with db.connection() as conn:
         if action == "reject":
             curation.reject(conn, answer_id, curated_by=actor, seen=seen)
@@ -175,6 +176,9 @@ else:
                          disabled=viewer)
     if markup.has_pii(row.question, ideal):
         st.caption("Highlighted personal data is replaced (e.g. by [email]) in what is stored.")
+    if row.ideal_answer and row.ideal_answer.strip() != (row.final_answer or "").strip():
+        st.caption(f"The box shows the ideal answer {markup.escape(row.curated_by or 'someone')} stored: "
+                   f"{ACCEPT_EDITED} keeps it, {ACCEPT} goes back to the answer as delivered.")
     a_keep, a_edit, a_reject = st.columns(3)
     actions = {
         "accept": a_keep.button(ACCEPT, key="cur_accept", disabled=viewer, type="primary"),
@@ -193,9 +197,10 @@ else:
             st.error(f"You changed the text: use {ACCEPT_EDITED} to keep your edit, or undo it to accept "
                      "the answer as delivered.")
             continue
-        # Both accepts store the text shown: on "accept" it is unchanged, so an ideal answer an
-        # earlier edit stored stays, and an answer never edited is stored as delivered.
-        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, ideal, seen),
+        # "Accept as delivered" stores the delivered answer, even over an ideal answer an earlier
+        # edit stored (which the text box shows: accepting it again is "Accept edited answer").
+        text = None if action == "accept" else ideal
+        decision = frame.attempt(f"Curation ({action})", lambda: judge(opened, action, identity.actor, text, seen),
                                  curation.CurationError)
         if decision is not None:
             frame.forget(SEEN)   # their own judgement is no news to them

@@ -87,15 +87,22 @@ def test_edit_into_the_ideal_answer_and_accept(answers: dict[str, int]) -> None:
     assert [e["action"] for e in audit_rows()] == ["curation.edit"]
 
 
-def test_accepting_again_keeps_the_ideal_answer_an_earlier_edit_stored(answers: dict[str, int]) -> None:
+def test_an_ideal_answer_an_earlier_edit_stored_is_kept_or_dropped_as_the_buttons_say(
+        answers: dict[str, int]) -> None:
     at = open_page("curation")
     at.selectbox(key="cur_open").select(answers["vpn"]).run()
     at.text_area(key=f"cur_ideal_{answers['vpn']}").input("Install WireGuard from the portal.")
     at.button(key="cur_accept_edit").click().run()
-    at.button(key="cur_accept").click().run()  # the edit is what the box shows: accepting keeps it
+    assert ("The box shows the ideal answer local\\:root stored: Accept edited answer keeps it, "
+            "Accept as delivered goes back to the answer as delivered.") in [c.value for c in at.caption]
+    at.button(key="cur_accept_edit").click().run()  # the edit is what the box shows: accepted again, kept
     assert not at.error
     [row] = curation_rows()
     assert (row["ideal_answer"], row["edited"]) == ("Install WireGuard from the portal.", True)
+    at.button(key="cur_accept").click().run()   # another admin thinks the delivered answer was better
+    assert not at.error
+    [row] = curation_rows()
+    assert row["edited"] is False and row["ideal_answer"] != "Install WireGuard from the portal."
 
 
 def test_accept_as_delivered_refuses_an_edited_ideal_answer_and_stores_nothing(answers: dict[str, int]) -> None:
