@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     # Training and serving adapters
     adapters_dir: Path | None = None       # default: <data_dir>/adapters
     auto_promote: bool = False             # promote an adapter that passes the eval gate
+    # Datasets leave out answers drafted from documents not everyone may see (an adapter answers
+    # everyone); true where the adapter is served only to people who may see every document.
+    train_on_restricted: bool = False
     gate_margin: float = 0.0               # the new adapter may be this much worse and still pass
     train_processes: int = 0               # training processes (data parallel); 0: one per GPU, one on a CPU
     tgi_launch_command: str = ""           # e.g. "text-generation-launcher --port {port} --lora-adapters {lora_adapters}"

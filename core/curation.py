@@ -264,33 +264,62 @@ def _upsert(conn: psycopg.Connection, row: CurationRow, decision: Decision, answ
 
 # -- datasets --------------------------------------------------------------------------------
 
+# An answer drafted from a document not everyone may see (visible only in some channels or to
+# some groups): an adapter trained on it would tell everyone, so datasets leave it out unless
+# `FLYWHEEL_TRAIN_ON_RESTRICTED` says the adapter is served only to people who may see it all.
+# Reads the answer as `a`.
+_FROM_RESTRICTED = ("EXISTS (SELECT 1 FROM jsonb_array_elements(a.sources) s JOIN documents d"
+                    " ON d.id = (s->>'document_id')::bigint"
+                    " WHERE cardinality(d.visible_channels) > 0 OR cardinality(d.visible_groups) > 0)")
+_TRAINABLE = f"(%(restricted_ok)s OR NOT {_FROM_RESTRICTED})"
+
+
 def accepted_count(conn: psycopg.Connection) -> int:
-    """Answers accepted as training material now: what the next dataset version would hold."""
+    """Answers accepted as training material now."""
     row = conn.execute("SELECT count(*) AS n FROM curation_items WHERE decision = 'accepted'").fetchone()
     return int(row["n"])  # type: ignore[index]
 
 
-def not_in_dataset(conn: psycopg.Connection, version: int | None) -> int:
-    """Accepted answers that dataset `version` does not hold as they are now: accepted since it
-    was made, or edited since (all of them for None). The schedule's "enough new data"."""
-    row = conn.execute(
-        "SELECT count(*) AS n FROM curation_items c WHERE c.decision = 'accepted' AND NOT EXISTS ("
-        " SELECT 1 FROM dataset_items i WHERE i.dataset_version = %(v)s AND i.curation_item_id = c.id"
-        " AND i.question = c.question AND i.answer IS NOT DISTINCT FROM c.ideal_answer)", {"v": version}).fetchone()
+def restricted_count(conn: psycopg.Connection) -> int:
+    """Accepted answers drafted from a document not everyone may see (left out of datasets
+    unless `FLYWHEEL_TRAIN_ON_RESTRICTED`)."""
+    row = conn.execute("SELECT count(*) AS n FROM curation_items c JOIN answers a ON a.id = c.answer_id"
+                       f" WHERE c.decision = 'accepted' AND {_FROM_RESTRICTED}").fetchone()
     return int(row["n"])  # type: ignore[index]
 
 
-def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "") -> DatasetInfo:
+def not_in_dataset(conn: psycopg.Connection, version: int | None, *, include_restricted: bool = False) -> int:
+    """Accepted answers a dataset may hold that dataset `version` does not hold as they are now:
+    accepted since it was made, or edited since (all of them for None). The schedule's "enough
+    new data"."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM curation_items c JOIN answers a ON a.id = c.answer_id"
+        f" WHERE c.decision = 'accepted' AND {_TRAINABLE} AND NOT EXISTS ("
+        " SELECT 1 FROM dataset_items i WHERE i.dataset_version = %(v)s AND i.curation_item_id = c.id"
+        " AND i.question = c.question AND i.answer IS NOT DISTINCT FROM c.ideal_answer)",
+        {"v": version, "restricted_ok": include_restricted}).fetchone()
+    return int(row["n"])  # type: ignore[index]
+
+
+def create_dataset(conn: psycopg.Connection, *, created_by: str, note: str = "",
+                   include_restricted: bool = False) -> DatasetInfo:
     """Freeze every accepted item into a new dataset version, with the text of the sources each
-    answer was drafted from. Refuses to make an empty one, or one the latest version already is
+    answer was drafted from; one drafted from a document not everyone may see only with
+    `include_restricted`. Refuses to make an empty one, or one the latest version already is
     (`DatasetUnchanged`, which names it), in the same order: of two answers to one question the
     later curated is the one trained on."""
     conn.execute("LOCK TABLE datasets IN EXCLUSIVE MODE")  # two admins never get the same version
     items = conn.execute(
         "SELECT c.id, c.answer_id, c.question, c.ideal_answer, c.curated_at, a.sources FROM curation_items c"
-        " JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' ORDER BY c.curated_at NULLS FIRST, c.id"
-    ).fetchall()
+        f" JOIN answers a ON a.id = c.answer_id WHERE c.decision = 'accepted' AND {_TRAINABLE}"
+        " ORDER BY c.curated_at NULLS FIRST, c.id", {"restricted_ok": include_restricted}).fetchall()
     if not items:
+        restricted = restricted_count(conn)
+        if restricted:
+            raise CurationError(f"Each of the {restricted} accepted answers was drafted from a document not everyone "
+                                "may see, and an adapter answers everyone: nothing to make a dataset of "
+                                "(FLYWHEEL_TRAIN_ON_RESTRICTED=true trains on them where the adapter is served only "
+                                "to people who may see them).")
         raise CurationError("No accepted answers yet: accept some in Curation before making a dataset.")
     texts = {i: pii.scrub(t) for i, t in source_texts(conn, [s for item in items for s in item["sources"]]).items()}
     rows = [{"c": item["id"], "a": item["answer_id"], "q": item["question"], "ans": item["ideal_answer"],

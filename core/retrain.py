@@ -167,14 +167,16 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
             return None
         # New: accepted answers the last successful retrain did not learn as they are now.
         last = training.last_succeeded(conn)
-        new = curation.not_in_dataset(conn, last.dataset_version if last else None)
+        new = curation.not_in_dataset(conn, last.dataset_version if last else None,
+                                      include_restricted=get_settings().train_on_restricted)
         if new < schedule.min_new_examples:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
                          {"reason": "not enough new accepted answers", "new": new,
                           "min_new_examples": schedule.min_new_examples})
             return None
         try:
-            version = curation.create_dataset(conn, created_by=SCHEDULE_ACTOR, note=f"scheduled ({schedule.cron})").version
+            version = curation.create_dataset(conn, created_by=SCHEDULE_ACTOR, note=f"scheduled ({schedule.cron})",
+                                              include_restricted=get_settings().train_on_restricted).version
         except curation.DatasetUnchanged as e:  # an admin already froze exactly these answers
             version = e.version
     try:

@@ -8,6 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from core import audit, curation, db
+from core.config import get_settings
 from dashboard import frame, markup
 
 RATINGS = {"any": "Any", "up": "👍", "down": "👎", "unrated": "Not rated"}
@@ -72,7 +73,8 @@ def export(version: int, actor: str) -> str:
 
 def make_dataset(actor: str, note: str) -> curation.DatasetInfo:
     with db.connection() as conn:
-        info = curation.create_dataset(conn, created_by=actor, note=note)
+        info = curation.create_dataset(conn, created_by=actor, note=note,
+                                       include_restricted=get_settings().train_on_restricted)
         audit.record(conn, actor, "dataset.create", f"dataset:v{info.version}", {"items": info.items})
     return info
 
@@ -209,9 +211,12 @@ else:
 st.header("Datasets")
 with db.connection() as conn:
     accepted = curation.accepted_count(conn)
+    restricted = 0 if get_settings().train_on_restricted else curation.restricted_count(conn)
     datasets = curation.list_datasets(conn)
 st.caption(f"{accepted} accepted answers. A new version freezes all of them, with the source passages "
-           "each answer was drafted from.")
+           "each answer was drafted from" + (
+               f", but {restricted}: drafted from documents not everyone may see, they are left out, since an "
+               "adapter answers everyone (FLYWHEEL_TRAIN_ON_RESTRICTED=true trains on them)." if restricted else "."))
 d_note, d_make = st.columns([3, 1])
 note = d_note.text_input("Note for the new version", key="ds_note", disabled=viewer)
 if d_make.button("Make dataset version", key="ds_make", disabled=viewer) and not frame.refuse_viewer(identity):

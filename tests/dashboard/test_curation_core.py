@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import threading
+from pathlib import Path
 
 import pytest
 from support.polling import wait_until
@@ -263,6 +264,36 @@ def test_dataset_snapshots_accepted_items_with_their_context(database_url: str, 
     assert items[0].context == [{"n": 1, "title": "Laptops", "heading": "Ordering",
                                  "text": "Laptops\nOrdering\n\nOrder laptops in the IT portal. "
                                          "Questions go to [email]."}]
+
+
+def test_an_answer_drafted_from_a_document_not_everyone_may_see_is_left_out_of_datasets(
+        database_url: str, tmp_path) -> None:  # noqa: ANN001
+    (tmp_path / "canteen.md").write_text("# Canteen\n\nThe canteen is on floor 3.\n")
+    (tmp_path / "pay.md").write_text("# Pay bands\n\nBand 4 pays 70,000 to 85,000.\n")
+    assert not ingest.ingest_paths([tmp_path]).failed
+    with db.connection() as conn:
+        docs = {Path(d.source).stem: d.id for d in store.list_documents(conn)}
+        store.set_visibility(conn, docs["pay"], ["C0HRTEAM"], [])   # the HR channel only
+        chunks = {r["document_id"]: r["id"] for r in conn.execute("SELECT id, document_id FROM chunks")}
+
+    def source(name: str) -> dict:
+        return {"n": 1, "chunk_id": chunks[docs[name]], "document_id": docs[name], "title": name, "heading": ""}
+
+    canteen = seed_answer("Where is the canteen?", "Floor 3 [1].", sources=[source("canteen")])
+    pay = seed_answer("What does band 4 pay?", "70,000 to 85,000 [1].", sources=[source("pay")])
+    with db.connection() as conn:
+        curation.accept(conn, pay, curated_by="ann")
+        with pytest.raises(curation.CurationError, match="^Each of the 1 accepted answers was drafted from a document "
+                                                         "not everyone may see"):
+            curation.create_dataset(conn, created_by="ann")
+        curation.accept(conn, canteen, curated_by="ann")
+        assert (curation.restricted_count(conn), curation.not_in_dataset(conn, None),
+                curation.not_in_dataset(conn, None, include_restricted=True)) == (1, 1, 2)
+        first = curation.create_dataset(conn, created_by="ann")
+        assert [i.answer_id for i in curation.dataset_items(conn, first.version)] == [canteen]
+        assert curation.not_in_dataset(conn, first.version) == 0   # the schedule sees nothing new
+        everything = curation.create_dataset(conn, created_by="ann", include_restricted=True)
+        assert {i.answer_id for i in curation.dataset_items(conn, everything.version)} == {canteen, pay}
 
 
 def test_a_dataset_trains_on_the_passages_as_the_answer_saw_them_not_on_a_later_edit(
