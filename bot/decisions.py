@@ -7,6 +7,7 @@ from slack_sdk import WebClient
 
 from bot import deliveries, notices, review_view
 from bot.deps import Deps
+from core import db, feedback
 from core.agent import run
 from core.agent.state import Decision
 
@@ -29,7 +30,9 @@ def decide(client: WebClient, deps: Deps, review_id: int, decision: Decision, *,
         notices.tell(client, channel=channel, user=reviewer, text=review_view.DECISION_FAILED)
         return False
     if outcome is None:
-        notices.tell(client, channel=channel, user=reviewer, text=review_view.ALREADY_DECIDED)
+        with db.connection() as conn:
+            review = feedback.get_review(conn, review_id)
+        notices.tell(client, channel=channel, user=reviewer, text=review_view.already_decided(review, reviewer))
         return False
     try:
         deliveries.drain(deps)

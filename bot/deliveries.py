@@ -66,6 +66,8 @@ def drain(deps: Deps) -> int:
                 except (SlackApiError, OSError) as e:   # Slack busy or down, or the network (URLError, timeout)
                     if feedback.retry_delivery(conn, item.id, give_up_after=MAX_ATTEMPTS):
                         conn.commit()   # the row goes back, counted, even though this round ends here
+                        # Meanwhile the card shows the decision: other reviewers must not take it for open.
+                        _redraw_card(deps, where, answer)
                         raise
                     logger.error("giving up on the %s for answer %s after %d failed rounds: %s",
                                  item.kind, item.answer_id, MAX_ATTEMPTS, e)
@@ -105,6 +107,10 @@ def _after_delivery(deps: Deps, where: store.SlackAnswer, answer: feedback.Answe
                             message=blocks.note(run.REVIEW_DONE))
         except Exception:
             logger.exception("could not update the review note above answer %s", answer.id)
+    _redraw_card(deps, where, answer)
+
+
+def _redraw_card(deps: Deps, where: store.SlackAnswer, answer: feedback.Answer) -> None:
     try:
         with db.connection() as conn:
             reviews.redraw_card(deps.client, deps.throttle, conn, where, answer)

@@ -44,6 +44,18 @@ def where(channel_id: str | None) -> str:
     return "a direct message" if channel_id.startswith("D") else f"<#{channel_id}>"
 
 
+_DONE = {"approved": "approved", "edited": "edited and approved", "rejected": "rejected"}
+
+
+def already_decided(review: feedback.Review | None, clicker: str) -> str:
+    """What a reviewer hears who clicks on a decided review: their own earlier click, or whose."""
+    if review is None or review.status not in _DONE:
+        return ALREADY_DECIDED
+    if review.decided_by == clicker:
+        return f"You already {_DONE[review.status]} this answer; your first click counted."
+    return f"{who(review.decided_by)} already {_DONE[review.status]} this answer, so nothing changed."
+
+
 CARD_TITLES = {"pending": "Answer waiting for review", "approved": "Answer approved",
                "edited": "Answer edited and approved", "rejected": "Answer rejected"}
 

@@ -33,9 +33,9 @@ def handle_edit(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: 
         if not _reviewer(client, body, context):
             return
         review_id = int(action["value"])
-        answer = _waiting(review_id)
+        review, answer = _review(review_id)
         if answer is None:
-            notices.tell_clicker(client, body, review_view.ALREADY_DECIDED)
+            notices.tell_clicker(client, body, review_view.already_decided(review, body["user"]["id"]))
             return
         client.views_open(trigger_id=body["trigger_id"], view=review_view.edit_modal(review_id, answer.draft or ""))
     except Exception:
@@ -51,8 +51,9 @@ def handle_reject(ack: Ack, body: dict[str, Any], action: dict[str, Any], client
         if not _reviewer(client, body, context):
             return
         review_id = int(action["value"])
-        if _waiting(review_id) is None:  # before the reviewer types a reason for nothing
-            notices.tell_clicker(client, body, review_view.ALREADY_DECIDED)
+        review, waiting = _review(review_id)
+        if waiting is None:  # before the reviewer types a reason for nothing
+            notices.tell_clicker(client, body, review_view.already_decided(review, body["user"]["id"]))
             return
         client.views_open(trigger_id=body["trigger_id"], view=review_view.reject_modal(review_id))
     except Exception:
@@ -67,9 +68,9 @@ def _reviewer(client: WebClient, body: dict[str, Any], context: BoltContext) -> 
     return False
 
 
-def _waiting(review_id: int) -> feedback.Answer | None:
-    """The answer of a review still waiting for its decision; None once decided (or gone)."""
+def _review(review_id: int) -> tuple[feedback.Review | None, feedback.Answer | None]:
+    """A review, and its answer while it still waits for its decision (None once decided, or gone)."""
     with db.connection() as conn:
         review = feedback.get_review(conn, review_id)
         answer = feedback.get_answer(conn, review.answer_id) if review else None
-    return answer if review is not None and review.status == "pending" else None
+    return review, (answer if review is not None and review.status == "pending" else None)
