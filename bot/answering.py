@@ -162,7 +162,7 @@ def _answer_later(question: Question, row_id: int, reply_ts: str | None, client:
             logger.exception("could not hand on a waiting question from %s; it is taken over once this "
                              "process has gone silent", question.channel_id)
 
-    deps.run_later(lambda: answer(question, row_id, reply_ts, client, deps, earlier=earlier),
+    deps.run_later(question.thread_key, lambda: answer(question, row_id, reply_ts, client, deps, earlier=earlier),
                    if_not_started=keep_for_next_start)
 
 
@@ -200,12 +200,11 @@ def _ask(question: Question, row_id: int, reply_ts: str | None, client: WebClien
     """The agent's outcome, or None when it failed (and the asker was apologised to). The answer
     is linked to the question as it is recorded, before the agent runs."""
     try:
-        with deps.conversation(question.thread_key):
-            outcome = run.ask(question.text,
-                              run.Asker(surface="slack", user_id=question.user_id,
-                                        channel_id=question.channel_id, thread_key=question.thread_key),
-                              context=deps.agent_context(),
-                              on_recorded=lambda conn, answer_id: store.link_answer(conn, row_id, answer_id))
+        outcome = run.ask(question.text,
+                          run.Asker(surface="slack", user_id=question.user_id,
+                                    channel_id=question.channel_id, thread_key=question.thread_key),
+                          context=deps.agent_context(),
+                          on_recorded=lambda conn, answer_id: store.link_answer(conn, row_id, answer_id))
     except Exception:   # run.AgentFailed, or the database failing around it
         logger.exception("answering a question in %s failed", question.channel_id)
         _apologise(question, reply_ts, client, deps)

@@ -7,9 +7,9 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,30 +28,52 @@ KEY = "flywheel"
 AGENT_RUNS = 8          # questions answered at once per bot process; more wait their turn
 
 
-class KeyedLocks:
-    """A lock per key, kept only while some thread holds or waits for it: threads with
-    different keys never wait for each other."""
+class KeyedQueue:
+    """Work run on a pool of `workers` threads, one piece at a time per key, in the order given:
+    the pieces of one key hold one worker between them, so a busy Slack thread (a burst of follow-ups) cannot take
+    every worker from the other threads, and a thread's answers come in the order asked."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent")
         self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, list[int]]] = {}   # key: (lock, [users])
+        self._waiting: dict[str, deque[tuple[Callable[[], None], Callable[[], None]]]] = {}  # key: after the running
 
-    @contextmanager
-    def hold(self, key: str) -> Iterator[None]:
+    def submit(self, key: str, work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
+        """Run `work` after the work of `key` given before it; `if_not_started` instead when the
+        pool closes first (or has closed)."""
         with self._guard:
-            lock, users = self._locks.setdefault(key, (threading.Lock(), [0]))
-            users[0] += 1
+            if key in self._waiting:   # one of this key's runs: it starts this one when it is done
+                self._waiting[key].append((work, if_not_started))
+                return
+            self._waiting[key] = deque()
+        self._start(key, work, if_not_started)
+
+    def _start(self, key: str, work: Callable[[], None], if_not_started: Callable[[], None]) -> None:
         try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                users[0] -= 1
-                if users[0] == 0:
-                    del self._locks[key]
+            future = self._pool.submit(work)
+        except RuntimeError:  # cannot schedule new futures after shutdown
+            if_not_started()
+            self._next(key)
+            return
+        future.add_done_callback(lambda f: (_settled(f, if_not_started), self._next(key)))
+
+    def _next(self, key: str) -> None:
+        with self._guard:
+            waiting = self._waiting[key]
+            if not waiting:
+                del self._waiting[key]
+                return
+            work, if_not_started = waiting.popleft()
+        self._start(key, work, if_not_started)
 
     def __len__(self) -> int:
-        return len(self._locks)
+        """Keys with work running or waiting."""
+        with self._guard:
+            return len(self._waiting)
+
+    def close(self) -> None:
+        """Finish the work under way; the rest gets its `if_not_started`."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass(frozen=True)
@@ -62,35 +84,24 @@ class Deps:
     settings: Settings
     client: WebClient                              # the app's client, for work outside a request
     agent_context: Callable[[], AgentContext] = run.default_context
-    workers: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=AGENT_RUNS, thread_name_prefix="agent"))
+    agent_runs: KeyedQueue = field(default_factory=lambda: KeyedQueue(AGENT_RUNS))
     throttle: UpdateThrottle = field(default_factory=UpdateThrottle)
     reviewer_groups: GroupMembers = field(default_factory=GroupMembers)
     # This process, in the records of the questions it is answering (see store.release_orphans).
     process_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
-    _thread_locks: KeyedLocks = field(default_factory=KeyedLocks)
 
-    @contextmanager
-    def conversation(self, thread_key: str) -> Iterator[None]:
-        """One agent run at a time per Slack thread in this process: a quick follow-up waits
-        for the answer before it, so the thread's history stays in order."""
-        with self._thread_locks.hold(thread_key):
-            yield
-
-    def run_later(self, work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
-        """Run `work` on the worker pool; `if_not_started` instead when the pool closes first
-        (or has already closed: a question can arrive while the process stops)."""
-        try:
-            future = self.workers.submit(work)
-        except RuntimeError:  # cannot schedule new futures after shutdown
-            if_not_started()
-            return
-        future.add_done_callback(lambda f: _settled(f, if_not_started))
+    def run_later(self, thread_key: str, work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
+        """Run `work` on the worker pool once the work given before for the same Slack thread is
+        done (one agent run at a time per thread in this process: a quick follow-up waits for
+        the answer before it, so the thread's history stays in order); `if_not_started` instead
+        when the pool closes first (or has already closed: a question can arrive while the
+        process stops)."""
+        self.agent_runs.submit(thread_key, work, if_not_started=if_not_started)
 
     def close(self) -> None:
         """Finish the agent runs under way; those not begun get their `if_not_started` (the
         process is stopping)."""
-        self.workers.shutdown(wait=True, cancel_futures=True)
+        self.agent_runs.close()
 
 
 def _settled(future: Future[None], if_not_started: Callable[[], None]) -> None:

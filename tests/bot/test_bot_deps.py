@@ -1,5 +1,6 @@
-"""The worker pool and per-thread locks: one agent run at a time per Slack thread, never a wait
-on another thread's run, and nothing a run raises goes unlogged."""
+"""The agent runs: one at a time per Slack thread, in order, holding one worker per thread (a
+busy thread never starves the others); nothing a run raises goes unlogged; work not begun when
+the bot stops is handed on."""
 from __future__ import annotations
 
 import logging
@@ -7,36 +8,57 @@ import threading
 
 import pytest
 from slack_sdk import WebClient
+from support.polling import wait_until
 
-from bot.deps import Deps, KeyedLocks
+from bot.deps import Deps, KeyedQueue
 from core.config import get_settings
 
 
-def test_a_thread_waits_only_for_a_run_in_the_same_thread_and_its_lock_goes_when_unused() -> None:
-    locks = KeyedLocks()
+def test_a_busy_thread_holds_one_worker_and_its_questions_run_in_order() -> None:
+    runs = KeyedQueue(workers=2)
     release = threading.Event()
-    first_in, same_thread_in, other_thread_in = threading.Event(), threading.Event(), threading.Event()
+    order: list[str] = []
+    other_thread_in = threading.Event()
 
-    def run(key: str, inside: threading.Event, hold: bool = False) -> None:
-        with locks.hold(key):
+    def run(name: str, hold: bool = False, inside: threading.Event | None = None) -> None:
+        order.append(name)
+        if inside is not None:
             inside.set()
-            if hold:
-                release.wait(30)
+        if hold:
+            release.wait(30)
 
-    first = threading.Thread(target=run, args=("slack:C1:1", first_in, True))
-    first.start()
-    assert first_in.wait(30)
-    follow_up = threading.Thread(target=run, args=("slack:C1:1", same_thread_in))
-    other = threading.Thread(target=run, args=("slack:C1:2", other_thread_in))
-    follow_up.start()
-    other.start()
-    assert other_thread_in.wait(30)           # another thread's question goes at once
-    assert not same_thread_in.wait(0.2)       # the follow-up waits for the answer before it
+    runs.submit("slack:C1:1", lambda: run("first", hold=True), if_not_started=lambda: None)
+    for n in range(2, 6):   # a burst of follow-ups in the same thread
+        runs.submit("slack:C1:1", lambda n=n: run(f"follow-up {n}"), if_not_started=lambda: None)
+    runs.submit("slack:C1:2", lambda: run("other thread", inside=other_thread_in), if_not_started=lambda: None)
+    assert other_thread_in.wait(30)   # the second worker was free for another thread's question
+    assert order == ["first", "other thread"]   # the follow-ups wait for the answer before them
     release.set()
-    assert same_thread_in.wait(30)
-    for t in (first, follow_up, other):
-        t.join(30)
-    assert len(locks) == 0
+    wait_until(lambda: len(runs) == 0, what="the thread's questions answered")
+    assert order == ["first", "other thread", "follow-up 2", "follow-up 3", "follow-up 4", "follow-up 5"]
+    runs.close()
+
+
+def test_work_not_begun_when_the_runs_close_is_handed_on_in_order() -> None:
+    runs = KeyedQueue(workers=1)
+    release, started = threading.Event(), threading.Event()
+    handed_on: list[str] = []
+
+    def held() -> None:
+        started.set()
+        release.wait(30)
+
+    runs.submit("t1", held, if_not_started=lambda: handed_on.append("held"))
+    assert started.wait(30)
+    for name in ("t1 next", "t2", "t1 last"):
+        runs.submit(name.split()[0], lambda: None, if_not_started=lambda name=name: handed_on.append(name))
+    closing = threading.Thread(target=runs.close)
+    closing.start()
+    release.set()
+    closing.join(30)
+    assert sorted(handed_on) == ["t1 last", "t1 next", "t2"]
+    runs.submit("t3", lambda: None, if_not_started=lambda: handed_on.append("after close"))
+    assert handed_on[-1] == "after close" and len(runs) == 0
 
 
 def test_an_agent_run_that_raises_past_its_own_handlers_is_logged_with_its_traceback(
@@ -46,7 +68,7 @@ def test_an_agent_run_that_raises_past_its_own_handlers_is_logged_with_its_trace
     def escapes() -> None:
         raise RuntimeError("escaped the run's handlers")
 
-    deps.run_later(escapes, if_not_started=lambda: None)
+    deps.run_later("slack:C1:1", escapes, if_not_started=lambda: None)
     deps.close()
     [record] = [r for r in caplog.records if r.name == "bot.deps"]
     assert record.levelno == logging.ERROR and record.exc_info is not None
