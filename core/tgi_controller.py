@@ -98,7 +98,7 @@ def launch(adapters: Mapping[str, str], settings: Settings) -> Launched:
                                  "--port {port} --lora-adapters {lora_adapters}').")
     port = _free_port(settings.llm_host)
     spec = ",".join(f"{name}={path}" for name, path in adapters.items())
-    fields = {"port": port, "host": settings.llm_host, "model": settings.llm_model, "lora_adapters": spec}
+    fields = {"port": port, "host": settings.llm_host, "model": settings.base_model, "lora_adapters": spec}
     try:
         argv = [part.format(**fields) for part in shlex.split(settings.tgi_launch_command)]
     except (KeyError, IndexError, ValueError) as e:

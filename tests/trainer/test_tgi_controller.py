@@ -161,3 +161,16 @@ def test_an_old_server_too_busy_to_answer_its_metrics_is_neither_gone_nor_draine
         url = f"http://127.0.0.1:{busy.getsockname()[1]}"
         assert tgi_controller.answers(url)
         assert tgi_controller.drain(url, timeout_s=3, quiet_s=0.1) is False   # ran out of time, still working
+
+
+def test_the_launch_command_gets_the_model_retrains_are_made_on_when_none_is_configured(tmp_path: Path) -> None:
+    from core.config import Settings, default_llm_dir
+
+    said = tmp_path / "model-id"
+    settings = Settings(_env_file=None, data_dir=tmp_path, llm_model="",
+                        tgi_launch_command=f"{sys.executable} -c 'import sys; open(sys.argv[1], \"w\").write(sys.argv[2])'"
+                                           f" {said} {{model}}")
+    launched = tgi_controller.launch({"flywheel-v1": "/adapters/flywheel-v1"}, settings)
+    wait_until(lambda: said.exists() and said.read_text(), what="the launch command to run")
+    assert said.read_text() == str(default_llm_dir(tmp_path)) == settings.base_model
+    tgi_controller.stop(launched.pid)
