@@ -30,7 +30,7 @@ import procrastinate
 from core import db, hyperparams, logs, models, queue, serving, training
 from core import retrain as retrains
 from core.config import Settings, get_settings
-from trainer import checkpoints, dataset
+from trainer import checkpoints, dataset, train
 from trainer.runner import CANCELLED_EXIT
 
 logger = logging.getLogger(__name__)
@@ -279,6 +279,8 @@ def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
     tail = "\n".join(log.splitlines()[-8:])
     if checkpoints.latest(work / "checkpoints") is not None:
         kept = "\nIts checkpoints are kept: resume the run to continue."
+    elif train.finished_training(work) is not None:
+        kept = "\nTraining had finished: a resume goes straight to the gate."
     else:
         kept = "\nNo checkpoint was left (none was due yet, or training had finished): a resume trains from the start."
     return why + (f"; last output:\n{tail}" if tail else "") + kept

@@ -86,14 +86,18 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, 
         return training.cancel_requested(conn, run_id)
 
     log(f"training process {os.getpid()} started")  # tests and operators find the process by this line
-    result = train.train_lora(base_model, train_examples, val_examples, work, config,
-                              on_progress=on_progress, should_stop=should_stop)
-    if result.resumed_from is not None:
-        log(f"resumed from the checkpoint at step {result.resumed_from}")
-    ran = result.steps - (result.resumed_from or 0)
-    log(f"trained {ran} steps" + (f" ({result.steps} in all)" if result.resumed_from else "")
-        + f" at {result.tokens_per_s:.0f} tokens/s"
-        + (", stopped early: the val loss stopped improving" if result.stopped_early else ""))
+    result = train.finished_training(work)
+    if result is not None:   # this run stopped after its training, in the gate
+        log(f"training had finished ({result.steps} steps) before the run stopped: on to the gate")
+    else:
+        result = train.train_lora(base_model, train_examples, val_examples, work, config,
+                                  on_progress=on_progress, should_stop=should_stop)
+        if result.resumed_from is not None:
+            log(f"resumed from the checkpoint at step {result.resumed_from}")
+        ran = result.steps - (result.resumed_from or 0)
+        log(f"trained {ran} steps" + (f" ({result.steps} in all)" if result.resumed_from else "")
+            + f" at {result.tokens_per_s:.0f} tokens/s"
+            + (", stopped early: the val loss stopped improving" if result.stopped_early else ""))
     if not main_process:
         return {}
     outcome: dict[str, Any] = {"status": "succeeded", "train": {

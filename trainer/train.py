@@ -17,13 +17,14 @@ What makes it fast, and why:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from trainer import checkpoints
 
 logger = logging.getLogger(__name__)
 IGNORE = -100
+FINISHED = "trained.json"   # in the output folder: what a finished training gave
 
 
 @dataclass(frozen=True)
@@ -317,14 +319,30 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
             stopped_early = True
             break
     elapsed = time.perf_counter() - started
+    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    result = TrainResult(output_dir / "adapter", step, last_loss, best_val if val_packs else None,
+                         tokens / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early)
     accelerator.wait_for_everyone()
     if main:
         if not val_packs or not (output_dir / "adapter").exists():
             model.save_pretrained(output_dir / "adapter")
+        finished = output_dir / f"{FINISHED}.partial"
+        finished.write_text(json.dumps({**asdict(result), "adapter_dir": str(result.adapter_dir)}))
+        finished.rename(output_dir / FINISHED)   # before the checkpoints go: a crash after resumes from here
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # finished: the adapter is what remains
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
-    return TrainResult(output_dir / "adapter", step, last_loss, best_val if val_packs else None,
-                       tokens / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early)
+    return result
+
+
+def finished_training(output_dir: Path) -> TrainResult | None:
+    """What a training that finished in `output_dir` gave, if one did: a run that stopped after
+    it (in the eval gate) resumes there instead of training again from the start."""
+    try:
+        recorded = json.loads((output_dir / FINISHED).read_text())
+    except (OSError, ValueError):
+        return None
+    if not (output_dir / "adapter").is_dir():
+        return None
+    return TrainResult(**{**recorded, "adapter_dir": Path(recorded["adapter_dir"])})
 
 
 def evaluate_loss(model: Any, packs: Sequence[Pack], device: Any, chunk: int = 4096) -> float:

@@ -19,7 +19,7 @@ from core.cli import train_cmds
 from core.config import get_settings
 from retrain_support import CURATED, TINY_PARAMS, answer_and_curate, finished_run
 from support.polling import wait_until
-from trainer import jobs
+from trainer import jobs, train
 
 LONG = {**TINY_PARAMS, "epochs": 10, "val_every": 5}  # 30 steps: long enough to be stopped mid-way
 
@@ -70,6 +70,30 @@ def test_killed_training_is_marked_failed_and_resumes_from_its_checkpoint(
     with db.connection() as conn:
         assert models.get(conn, adapter.version).status == "ready"  # type: ignore[union-attr]
     assert not (_work(run.id) / "checkpoints").exists()
+
+
+def test_a_run_killed_in_its_gate_resumes_at_the_gate_without_training_again(curated_dataset: int) -> None:
+    run = retrain.request_retrain(requested_by="admin", params={**TINY_PARAMS, "gate_max_new_tokens": 128})
+    finished = _work(run.id) / train.FINISHED
+
+    def kill_once_trained() -> None:   # the gate loads the model and generates: seconds, on this machine
+        wait_until(finished.exists, timeout_s=120, what="the training to finish")
+        os.kill(_training_pid(run.id), signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_once_trained)
+    killer.start()
+    jobs.run_retrain(run.id)   # the worker's task, in this process
+    killer.join(30)
+    killed = finished_run(run.id)
+    assert killed.status == "failed" and "Training had finished: a resume goes straight to the gate." in (
+        killed.error or "")
+
+    retrain.resume_retrain(run.id, requested_by="admin")
+    jobs.run_retrain(run.id)
+    resumed = finished_run(run.id)
+    assert resumed.status == "succeeded" and resumed.metrics["gate"]  # type: ignore[index]
+    assert "training had finished (" in resumed.log
+    assert len(re.findall(r"^[\d:]+ trained \d+ steps", resumed.log, re.MULTILINE)) == 1   # trained once
 
 
 def test_run_of_a_dead_worker_is_failed_and_its_training_stops(curated_dataset: int, start_worker: object) -> None:

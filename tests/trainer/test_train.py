@@ -119,6 +119,15 @@ def test_crashed_run_resumes_from_its_last_checkpoint(tiny_model_dir: Path, tmp_
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_finished_training_is_on_record_for_a_run_that_stops_after_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert train.finished_training(tmp_path) is None
+    done = train.train_lora(tiny_model_dir, _examples(2), _examples(1, seed=1), tmp_path, _config(epochs=3))
+    assert not (tmp_path / "checkpoints").exists()   # gone: what a resume would start from is the record
+    assert train.finished_training(tmp_path) == done
+    (tmp_path / "adapter").rename(tmp_path / "lost")
+    assert train.finished_training(tmp_path) is None   # without its adapter, the record is worth nothing
+
+
 def test_cancel_stops_between_steps_without_an_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
     calls = iter(range(100))
     with pytest.raises(train.TrainingCancelled, match="cancelled at step 3"):
