@@ -88,6 +88,9 @@ def run_retrain(run_id: int, *, should_abort: Callable[[], bool] = lambda: False
 
 def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callable[[], bool]) -> None:
     work = settings.adapter_root / "runs" / f"run-{run.id}"
+    if run.adapter_version is None and work.exists():   # never trained: what is there is another database's run
+        _log(run.id, f"cleared {work}, left by an earlier run {run.id} of another database")
+        shutil.rmtree(work)
     # Checked when the run was requested; a run queued by an older version is checked again here.
     train_config, data_config, gate = hyperparams.parse(run.params)
     if not (work / "data" / "manifest.json").exists():  # a resumed run keeps the data it started with
@@ -117,6 +120,7 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
     result = json.loads((work / "result.json").read_text()) if (work / "result.json").exists() else {}
     # torchrun reports any worker's non-zero exit as 1: the result file says what happened.
     if code == CANCELLED_EXIT or result.get("status") == "cancelled":
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)   # a cancelled run is not resumed
         with db.connection() as conn:   # read again: the adapter it trains is attached now
             retrains.end_run(conn, training.get_run(conn, run.id), "cancelled",  # type: ignore[arg-type]
                              result.get("error", "cancelled"))
@@ -126,6 +130,7 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
     final = Path(adapter.path)
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(work / "adapter", final)
+    shutil.rmtree(work / "adapter")   # the run keeps its data, spec and log; its adapter is `final`
     metrics: dict[str, Any] = {"train": result["train"], "gate": result["gate"],
                                "dataset": _manifest_summary(manifest)}
     with db.connection() as conn:

@@ -72,6 +72,25 @@ def test_killed_training_is_marked_failed_and_resumes_from_its_checkpoint(
     assert not (_work(run.id) / "checkpoints").exists()
 
 
+def test_a_new_run_does_not_take_up_a_run_folder_another_database_left_and_keeps_no_second_adapter(
+        curated_dataset: int) -> None:
+    run = retrain.request_retrain(requested_by="admin", params=TINY_PARAMS)
+    left = _work(run.id)   # run 1 of the database this one replaced (a reset, an import), same adapters folder
+    (left / "data").mkdir(parents=True)
+    (left / "data" / "manifest.json").write_text(json.dumps({"dataset_version": 7}))
+    (left / "checkpoints" / "step-000002").mkdir(parents=True)
+    (left / "checkpoints" / "step-000002" / "state.json").write_text("{}")
+    jobs.run_retrain(run.id)
+    done = finished_run(run.id)
+    assert done.status == "succeeded", done.error
+    assert f"cleared {left}" in done.log and "resumed from" not in done.log
+    assert f"dataset v{curated_dataset}:" in done.log
+    with db.connection() as conn:
+        adapter = models.get(conn, done.adapter_version)  # type: ignore[arg-type]
+    assert (Path(adapter.path) / "adapter_config.json").exists()  # type: ignore[union-attr]
+    assert not (left / "adapter").exists() and (left / "train.log").exists()
+
+
 def test_a_run_killed_in_its_gate_resumes_at_the_gate_without_training_again(curated_dataset: int) -> None:
     run = retrain.request_retrain(requested_by="admin", params={**TINY_PARAMS, "gate_max_new_tokens": 128})
     finished = _work(run.id) / train.FINISHED
@@ -255,12 +274,14 @@ def test_cancel_stops_a_running_retrain_between_steps(curated_dataset: int) -> N
     worker.start()
     _training_pid(run.id)
     wait_until(lambda: _progress(run.id) > 0, timeout_s=120, what="training progress")
+    _checkpointed(run.id)
     assert retrain.cancel_retrain(run.id, requested_by="admin")
     worker.join(timeout=120)
     assert not worker.is_alive(), "the retrain did not stop within 120 s of the cancel"
     cancelled = finished_run(run.id)
     assert cancelled.status == "cancelled" and "cancelled at step" in (cancelled.error or "")
     assert 0 < cancelled.progress < 1
+    assert not (_work(run.id) / "checkpoints").exists()   # a cancelled run is not resumed: no disk kept for it
     with db.connection() as conn:
         assert models.get(conn, cancelled.adapter_version).status == "failed"  # type: ignore[arg-type,union-attr]
 
