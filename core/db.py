@@ -121,6 +121,7 @@ def pool(url: str | None = None) -> ConnectionPool:
                 max_size=get_settings().db_pool_max,
                 kwargs={"row_factory": dict_row},
                 configure=_in_time_zone,
+                check=ConnectionPool.check_connection,   # a connection Postgres dropped (a restart) is replaced
                 open=True,
                 name="flywheel",
             )

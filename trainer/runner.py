@@ -30,16 +30,16 @@ def main(work: Path) -> int:
     spec = json.loads((work / "spec.json").read_text())
     run_id = int(spec["run_id"])
     main_process = train.process_state().is_main_process
-    conn = db.connect(os.environ["DATABASE_URL"], autocommit=True) if main_process else None
     parent = int(spec["supervisor_pid"])
 
     def log(line: str) -> None:
         logger.info(line)
-        if conn is not None:
-            training.append_log(conn, run_id, line)
+        if main_process:
+            with db.connection() as conn:
+                training.append_log(conn, run_id, line)
 
     try:
-        result = _run(spec, work, run_id, conn, parent, log, main_process)
+        result = _run(spec, work, run_id, parent, log, main_process)
     except train.TrainingCancelled as e:
         log(str(e))
         _write(work, {"status": "cancelled", "error": str(e)}, main_process)
@@ -50,13 +50,12 @@ def main(work: Path) -> int:
                       "traceback": traceback.format_exc()[-4000:]}, main_process)
         return 1
     finally:
-        if conn is not None:
-            conn.close()
+        db.close_pools()
     _write(work, result, main_process)
     return 0
 
 
-def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, log: Any,
+def _run(spec: dict[str, Any], work: Path, run_id: int, parent: int, log: Any,
          main_process: bool) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
@@ -74,8 +73,9 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, 
         raise dataset.DatasetError(f"No example fits in {config.max_seq_len} tokens with its answer.")
 
     def on_progress(step: int, total: int, loss: float, val_loss: float | None) -> None:
-        training.report_progress(conn, run_id, step=step, total=total, train_loss=round(loss, 4),
-                                 val_loss=None if val_loss is None else round(val_loss, 4))
+        with db.connection() as conn:   # pooled and checked: a Postgres restart costs no training
+            training.report_progress(conn, run_id, step=step, total=total, train_loss=round(loss, 4),
+                                     val_loss=None if val_loss is None else round(val_loss, 4))
         if step == 1 or step == total or step % max(1, total // 10) == 0:
             log(f"step {step}/{total}: train loss {loss:.4f}"
                 + (f", val loss {val_loss:.4f}" if val_loss is not None else ""))
@@ -83,7 +83,8 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, conn: Any, parent: int, 
     def should_stop() -> bool:
         if not psutil.pid_exists(parent):  # the worker died: stop rather than train for nobody
             raise RuntimeError(f"the worker process {parent} that started this training is gone")
-        return training.cancel_requested(conn, run_id)
+        with db.connection() as conn:
+            return training.cancel_requested(conn, run_id)
 
     log(f"training process {os.getpid()} started")  # tests and operators find the process by this line
     result = train.finished_training(work)

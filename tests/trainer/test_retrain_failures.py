@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -89,6 +90,24 @@ def test_a_new_run_does_not_take_up_a_run_folder_another_database_left_and_keeps
         adapter = models.get(conn, done.adapter_version)  # type: ignore[arg-type]
     assert (Path(adapter.path) / "adapter_config.json").exists()  # type: ignore[union-attr]
     assert not (left / "adapter").exists() and (left / "train.log").exists()
+
+
+def test_a_retrain_goes_on_when_postgres_drops_every_connection_mid_training(
+        curated_dataset: int, database_url: str) -> None:
+    run = retrain.request_retrain(requested_by="admin", params={**LONG, "epochs": 30})   # 90 steps
+    worker = threading.Thread(target=jobs.run_retrain, args=(run.id,))  # the task's body, in this process
+    worker.start()
+    _training_pid(run.id)
+    wait_until(lambda: _progress(run.id) > 0, timeout_s=120, what="training progress")
+    with psycopg.connect(database_url, autocommit=True) as admin:   # a restart, a failover: every session ends
+        dropped = admin.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                                " WHERE datname = current_database() AND pid <> pg_backend_pid()").fetchone()
+    assert dropped[0] >= 1   # type: ignore[index]
+    assert _progress(run.id) < 1, "training ended before the connections were dropped"
+    worker.join(timeout=300)
+    done = finished_run(run.id)
+    assert done.status == "succeeded", done.error
+    assert done.progress == 1
 
 
 def test_a_run_killed_in_its_gate_resumes_at_the_gate_without_training_again(curated_dataset: int) -> None:
