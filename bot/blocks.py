@@ -1,7 +1,8 @@
 """Block Kit for the asker's thread: placeholder, answer with sources and 👍/👎, notes, the 👎 modal.
 
 Pure functions: text in, JSON-ready dicts out. Slack's limits are kept here: a section's text is
-at most 3000 characters, a message at most 50 blocks, a context block at most 10 elements."""
+at most 3000 characters, a message at most 50 blocks and about 12,000 characters of text in all
+(undocumented: past it Slack answers `msg_blocks_too_long`), a context block at most 10 elements."""
 from __future__ import annotations
 
 import re
@@ -13,6 +14,7 @@ from core import feedback
 
 SECTION_CHARS = 3000
 MAX_BLOCKS = 50
+MESSAGE_CHARS = 11_000   # text in one message's blocks, with room below Slack's ~12,000
 CONTEXT_ELEMENTS = 10
 FALLBACK_CHARS = 3000
 
@@ -159,16 +161,30 @@ def feedback_actions(answer_id: int) -> Block:
 
 
 def answer_messages(answer_id: int, text: str, sources: Sequence[Mapping[str, Any]]) -> list[Message]:
-    """An answer as one message (or, past 50 blocks, several): text sections, then the sources
-    and the 👍/👎 buttons on the last one."""
+    """An answer as one message (or, past what one message holds, several): text sections, then
+    the sources and the 👍/👎 buttons on the last one."""
     body = [section(chunk) for chunk in split_text(escape(to_mrkdwn(text)))] or [section("…")]
     tail = [b for b in (sources_block(sources, text),) if b is not None] + [feedback_actions(answer_id)]
-    groups: list[list[Block]] = []
-    while len(body) + len(tail) > MAX_BLOCKS:
-        groups.append(body[:MAX_BLOCKS])
-        body = body[MAX_BLOCKS:]
-    groups.append(body + tail)
+    groups: list[list[Block]] = [[]]
+    for block in body:
+        if len(groups[-1]) == MAX_BLOCKS or text_chars([*groups[-1], block]) > MESSAGE_CHARS:
+            groups.append([])
+        groups[-1].append(block)
+    if len(groups[-1]) + len(tail) > MAX_BLOCKS or text_chars(groups[-1] + tail) > MESSAGE_CHARS:
+        groups.append([])
+    groups[-1].extend(tail)
     return [Message(text=_group_fallback(g), blocks=g) for g in groups]
+
+
+def text_chars(blocks: Sequence[Any]) -> int:
+    """The characters of text in `blocks`, as Slack counts them against a message's limit."""
+    def count(node: Any) -> int:
+        if isinstance(node, Mapping):
+            return sum(len(v) if k == "text" and isinstance(v, str) else count(v) for k, v in node.items())
+        if isinstance(node, list):
+            return sum(count(item) for item in node)
+        return 0
+    return count(list(blocks))
 
 
 def _group_fallback(group: list[Block]) -> str:

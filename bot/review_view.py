@@ -27,8 +27,8 @@ TOO_LONG_TO_EDIT = ("This draft is {chars:,} characters long, more than Slack le
                     "Edit it in the dashboard's *Reviews* page, or approve or reject it as it is from the card.")
 
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
-# Room in one message for everything around the draft (header, facts, question, sources, ...).
-_DRAFT_BLOCKS = blocks.MAX_BLOCKS - 12
+_CUT = "_… cut here; the whole text is in the dashboard's Reviews page._"
+_EDITED_CHARS = 3000   # of an edited answer, on a decided card (the draft gets what is left)
 
 
 def who(user: str | None) -> str:
@@ -74,25 +74,24 @@ def review_card(review: feedback.Review, answer: feedback.Answer) -> Message:
         ]},
         blocks.section(f"*Question*\n{blocks.clip(answer.question, 2900)}"),
         blocks.section("*Draft answer*"),
-        *_limited(answer.draft or "(no draft)", _DRAFT_BLOCKS),
     ]
     sources = blocks.sources_block(answer.sources, answer.draft or "")
-    if sources is not None:
-        out.append(sources)
-    out.append({"type": "divider"})
-    if review.status == "pending":
-        out.append(_buttons(review.id))
-    else:
-        out.extend(_decision(review))
+    after: list[Block] = [*([sources] if sources is not None else []), {"type": "divider"},
+                          *([_buttons(review.id)] if review.status == "pending" else _decision(review))]
+    room = blocks.MESSAGE_CHARS - blocks.text_chars(out + after)   # the draft gets what one message has left
     lead = "Review needed" if review.status == "pending" else title
-    return Message(text=f"{lead}: {blocks.clip(answer.question, 200)}", blocks=out)
+    return Message(text=f"{lead}: {blocks.clip(answer.question, 200)}",
+                   blocks=[*out, *_limited(answer.draft or "(no draft)", room), *after])
 
 
-def _limited(text: str, max_blocks: int) -> list[Block]:
+def _limited(text: str, max_chars: int) -> list[Block]:
+    """`text` as sections of at most `max_chars` characters in all, cut with a pointer to the
+    dashboard when longer."""
     parts = blocks.sections(blocks.to_mrkdwn(text))
-    if len(parts) <= max_blocks:
+    if blocks.text_chars(parts) <= max_chars:
         return parts
-    return [*parts[: max_blocks - 1], blocks.section("_… cut here; the whole draft is in the dashboard._")]
+    kept = blocks.clip(blocks.to_mrkdwn(text), max(max_chars - len(_CUT), 0))
+    return [*(blocks.section(chunk) for chunk in blocks.split_text(kept)), blocks.section(_CUT)]
 
 
 def _buttons(review_id: int) -> Block:
@@ -114,7 +113,7 @@ def _decision(review: feedback.Review) -> list[Block]:
         return [_context(line)]
     if review.status == "edited":
         line = f":pencil2: Edited and approved by {who(review.decided_by)} {when}. Sent instead of the draft:"
-        return [_context(line), *_limited(review.edited_text or "", 8)]
+        return [_context(line), *_limited(review.edited_text or "", _EDITED_CHARS)]
     reason = blocks.clip(review.reject_reason or "", 2000)
     return [_context(f":no_entry: Rejected by {who(review.decided_by)} {when}. Reason: {reason}")]
 

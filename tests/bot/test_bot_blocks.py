@@ -75,8 +75,11 @@ def test_link_cannot_break_out_of_its_markup() -> None:
 def test_very_long_answer_spreads_over_messages_of_at_most_50_blocks_buttons_on_the_last() -> None:
     text = "\n\n".join(f"Paragraph {i}: " + "word " * 550 for i in range(120))
     messages = blocks.answer_messages(9, text, SOURCES)
-    assert len(messages) == 3
-    assert all(len(m.blocks) <= blocks.MAX_BLOCKS for m in messages)
+    assert len(messages) == 40   # a ~2,760-character section a paragraph: three fit under Slack's ~12,000
+    assert all(len(m.blocks) <= blocks.MAX_BLOCKS and blocks.text_chars(m.blocks) <= blocks.MESSAGE_CHARS
+               for m in messages)
+    shown = " ".join(b["text"]["text"] for m in messages for b in m.blocks if b["type"] == "section")
+    assert shown.split() == blocks.escape(text).split()   # every word, once, in order
     assert all(len(b["text"]["text"]) <= blocks.SECTION_CHARS for m in messages for b in m.blocks
                if b["type"] == "section")
     assert [b["type"] for b in messages[-1].blocks][-2:] == ["context", "actions"]
@@ -127,9 +130,15 @@ def test_decided_card_says_what_who_and_when_and_has_no_buttons(
     assert all(e in text for e in expected)
 
 
-def test_card_of_a_huge_draft_stays_within_one_message() -> None:
+def test_card_of_a_huge_draft_or_edit_stays_within_one_message() -> None:
     card = review_view.review_card(_review(), _answer(draft="word " * 200_000))
     assert len(card.blocks) <= blocks.MAX_BLOCKS and "dashboard" in str(card.blocks[-4:])
+    assert blocks.text_chars(card.blocks) <= blocks.MESSAGE_CHARS
+    edited = dataclasses.replace(_review(), status="edited", decided_by="U1", edited_text="Use the portal. " * 2000,
+                                 decided_at=dt.datetime(2025, 3, 4, tzinfo=dt.UTC))
+    card = review_view.review_card(edited, _answer(draft="word " * 200_000, question="q" * 4000))
+    assert blocks.text_chars(card.blocks) <= blocks.MESSAGE_CHARS
+    assert str(card.blocks).count("whole text is in the dashboard") == 2   # the draft's cut and the edit's
 
 
 def test_direct_message_questions_show_where_as_a_dm() -> None:

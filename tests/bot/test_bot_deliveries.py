@@ -92,6 +92,22 @@ def test_delivery_the_network_drops_is_counted_and_posted_once_on_a_later_round(
     assert _outbox() == [{"taken": True, "failed_attempts": 1}]   # counted: a dead network is given up in time
 
 
+def test_a_long_answer_edited_in_the_dashboard_reaches_the_asker_in_messages_slack_accepts(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts, card = pending_review(bot, model)
+    edited = "Salary bands are reviewed each March by the People team, with the budget. " * 300   # 22,800
+    review_id = int(rows("SELECT id FROM reviews")[0]["id"])
+    run.decide(review_id, {"action": "edit", "reviewer": "alice@northwind.example", "text": edited},
+               context=bot.context())
+
+    posts = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts and "People team"
+                               in c.shown_text and c.response["ok"], count=3)
+    assert not bot.slack.calls_to("chat.postMessage", lambda c: not c.response["ok"])   # no msg_blocks_too_long
+    assert "".join(p.shown_text for p in posts).count("People team") == 300
+    [redrawn] = bot.slack.wait_for("chat.update", lambda c: c.args["ts"] == card.response["ts"])
+    assert redrawn.response["ok"] and "whole text is in the dashboard" in redrawn.shown_text
+
+
 def _reviewers_told_undelivered(bot: SlackBot, card: Call, why: str) -> None:
     """The card shows the decision without buttons, and its thread says the asker never got it."""
     card_ts = card.response["ts"]

@@ -160,6 +160,8 @@ class FakeSlack:
             return {"ok": False, "error": "no_text"}
         if error := _invalid_blocks(args.get("blocks")):
             return {"ok": False, "error": "invalid_blocks", "errors": [error]}
+        if _too_long(args.get("blocks")):
+            return {"ok": False, "error": "msg_blocks_too_long"}
         if args.get("thread_ts") in self.refused_threads:
             return {"ok": False, "error": self.refused_threads[args["thread_ts"]]}
         ts = self._new_ts()
@@ -176,6 +178,8 @@ class FakeSlack:
             return {"ok": False, "error": "message_not_found"}
         if error := _invalid_blocks(args.get("blocks")):
             return {"ok": False, "error": "invalid_blocks", "errors": [error]}
+        if _too_long(args.get("blocks")):
+            return {"ok": False, "error": "msg_blocks_too_long"}
         message = self.messages[key]  # type: ignore[index]
         message.update(text=args.get("text", ""), blocks=args.get("blocks") or [])
         return {"ok": True, "channel": key[0], "ts": key[1], "text": message["text"],
@@ -275,3 +279,13 @@ def _invalid_blocks(blocks: Any) -> str | None:
         if block.get("type") == "actions" and not 0 < len(block.get("elements", [])) <= 25:
             return f"blocks[{i}].elements must be 1-25"
     return None
+
+
+def _too_long(blocks: Any) -> bool:
+    """Slack's undocumented limit on a message's text in all its blocks (bolt-js issue 2509:
+    refused from about 12,000 characters)."""
+    def chars(node: Any) -> int:
+        if isinstance(node, dict):
+            return sum(len(v) if k == "text" and isinstance(v, str) else chars(v) for k, v in node.items())
+        return sum(chars(item) for item in node) if isinstance(node, list) else 0
+    return blocks is not None and chars(blocks) > 12_000
