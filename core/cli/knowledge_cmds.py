@@ -39,6 +39,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
                        err=True)
             raise typer.Exit(1)
         typer.echo(report.summary())
+        _warn_of_empty_groups(group)
         if report.failed and not (report.added or report.updated or report.unchanged):
             raise typer.Exit(1)
 
@@ -122,6 +123,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             typer.echo(f"No document {document_id}.", err=True)
             raise typer.Exit(1)
         typer.echo("updated")
+        _warn_of_empty_groups(group)
 
     @docs_app.command("group-add")
     def group_add(group: str, users: list[str], by: str = typer.Option("cli", "--as", help="Who adds (recorded).")) -> None:
@@ -144,3 +146,12 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
         typer.echo(json.dumps(result))
+
+
+def _warn_of_empty_groups(groups: list[str]) -> None:
+    if not groups:
+        return
+    with db.connection() as conn:
+        empty = store.groups_without_members(conn, groups)
+    if empty:
+        typer.echo(store.empty_groups_note(empty), err=True)

@@ -237,6 +237,20 @@ def get_chunks(conn: psycopg.Connection, chunk_ids: Sequence[int]) -> list[Chunk
     return [by_id[i] for i in chunk_ids if i in by_id]
 
 
+def groups_without_members(conn: psycopg.Connection, groups: Sequence[str]) -> list[str]:
+    """The groups no one is in yet: a document visible only to them is visible to nobody."""
+    known = {r["group_name"] for r in conn.execute(
+        "SELECT DISTINCT group_name FROM group_members WHERE group_name = ANY(%(g)s)", {"g": list(groups)})}
+    return [g for g in dict.fromkeys(groups) if g not in known]
+
+
+def empty_groups_note(groups: Sequence[str]) -> str:
+    """What to tell whoever restricted documents to groups no one is in yet."""
+    return (f"No one is in {'group' if len(groups) == 1 else 'groups'} {', '.join(groups)} yet, so only "
+            f"its members will see these documents once added: `flywheel docs group-add {groups[0]} U0123ABCD …` "
+            "adds Slack users.")
+
+
 def add_group_member(conn: psycopg.Connection, group: str, user_id: str) -> None:
     conn.execute("INSERT INTO group_members (group_name, user_id) VALUES (%(g)s, %(u)s) ON CONFLICT DO NOTHING",
                  {"g": group, "u": user_id})

@@ -22,6 +22,15 @@ def names(text: str) -> list[str]:
     return [n.lstrip("#@") for n in re.split(r"[\s,]+", text) if n.strip("#@ ")]
 
 
+def empty_groups(groups: list[str]) -> str:
+    """A sentence to add to what an action says, when it restricted documents to groups no one is in."""
+    if not groups:
+        return ""
+    with db.connection() as conn:
+        empty = store.groups_without_members(conn, groups)
+    return f" {store.empty_groups_note(empty)}" if empty else ""
+
+
 def upload(files: list[UploadedFile], channels: list[str], groups: list[str], actor: str) -> ingest.IngestReport:
     """Each document is stored, with its audit row, in a transaction of its own (as on the CLI)."""
     total = ingest.IngestReport()
@@ -67,7 +76,8 @@ files = st.file_uploader(f"Files to ingest ({', '.join(SUPPORTED)})", accept_mul
                          key=f"kn_files_{generation}", disabled=viewer)
 c_channels, c_groups = st.columns(2)
 new_channels = names(c_channels.text_input("Visible only in channels (ids; empty: everyone, or as before for a file already here)", key="kn_up_channels"))
-new_groups = names(c_groups.text_input("Visible only to user groups (ids)", key="kn_up_groups"))
+new_groups = names(c_groups.text_input("Visible only to user groups (names, as in `flywheel docs group-add`)",
+                                      key="kn_up_groups"))
 if st.button("Ingest", type="primary", key="kn_ingest", disabled=viewer or not files) \
         and not frame.refuse_viewer(identity):
     report = frame.attempt("Ingesting", lambda: upload(files or [], new_channels, new_groups, identity.actor),
@@ -77,7 +87,7 @@ if st.button("Ingest", type="primary", key="kn_ingest", disabled=viewer or not f
             st.error(message)
         if not report.failed:
             st.session_state[_UPLOADER] = generation + 1
-            frame.done(report.summary())
+            frame.done(report.summary() + empty_groups(new_groups))
         elif report.added or report.updated:
             st.success(report.summary().splitlines()[0])
 
@@ -125,4 +135,4 @@ for action, was_clicked in clicked.items():
                             lambda: change(chosen.id, action, identity.actor, channels, groups, shown_at),
                             LookupError, store.VisibilityError, refill=DOC_SHOWN)
     if outcome is not None:
-        frame.done(f"{chosen.title}: {outcome}.")
+        frame.done(f"{chosen.title}: {outcome}." + (empty_groups(groups) if action == "visibility" else ""))

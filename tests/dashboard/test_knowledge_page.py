@@ -92,6 +92,23 @@ def test_visibility_reindex_and_delete(handbook: Path) -> None:
     assert [e["action"] for e in audit_rows()] == ["knowledge.visibility", "knowledge.reindex", "knowledge.delete"]
 
 
+def test_restricting_a_document_to_a_group_no_one_is_in_says_how_to_add_members(handbook: Path) -> None:
+    laptops = next(d for d in documents() if d.title == "Laptop requests")
+    at = open_page("knowledge")
+    at.selectbox(key="kn_doc").select(laptops.id).run()
+    _visibility_field(at, "groups", laptops.id).input("it-staf")   # misspelt
+    at.button(key="kn_save").click().run()
+    [said] = [str(e.value) for e in at.success]
+    assert said.startswith("Laptop requests: visibility saved. No one is in group it-staf yet")
+    assert "flywheel docs group-add it-staf" in said
+    with db.connection() as conn:
+        store.add_group_member(conn, "it-staff", "U0IT")
+    at.run()
+    _visibility_field(at, "groups", laptops.id).input("it-staff")
+    at.button(key="kn_save").click().run()
+    assert [str(e.value) for e in at.success] == ["Laptop requests: visibility saved."]
+
+
 def test_visibility_saved_over_a_restriction_added_meanwhile_is_refused(handbook: Path) -> None:
     laptops = next(d for d in documents() if d.title == "Laptop requests")
     at = open_page("knowledge")

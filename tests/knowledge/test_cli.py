@@ -238,3 +238,14 @@ def test_retrieval_eval_names_the_query_or_judgement_line_it_cannot_use(database
     qrels.write_text("q1\td1\n")
     broken = runner.invoke(app, args)
     assert broken.exit_code == 2 and f"{qrels}:1: expected 'query-id<TAB>corpus-id<TAB>score'" in broken.output
+
+
+def test_ingesting_for_a_group_no_one_is_in_warns_and_names_how_to_add_members(database_url: str,
+                                                                                tmp_path: Path) -> None:
+    (tmp_path / "pay.md").write_text("# Pay\n\nBands are reviewed each March.\n")
+    result = runner.invoke(app, ["ingest", str(tmp_path), "--group", "hr"])
+    assert result.exit_code == 0 and "1 added" in result.output
+    assert "No one is in group hr yet" in result.output and "flywheel docs group-add hr" in result.output
+    assert "added 1" in runner.invoke(app, ["docs", "group-add", "hr", "U0HR"]).output
+    again = runner.invoke(app, ["docs", "visibility", "1", "--group", "hr"])
+    assert again.exit_code == 0 and "No one is in" not in again.output
