@@ -3,6 +3,7 @@ document, re-embed it, or delete it."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 
 import pandas as pd
@@ -14,6 +15,7 @@ from core.knowledge import ingest, store
 from core.knowledge.parse import SUPPORTED
 from dashboard import frame
 
+logger = logging.getLogger(__name__)
 _UPLOADER = "kn_uploader_generation"  # a new key empties the uploader after a successful ingest
 
 
@@ -37,9 +39,15 @@ def upload(files: list[UploadedFile], channels: list[str], groups: list[str], ac
     bar = st.progress(0.0, text="Starting…")
     for n, file in enumerate(files):
         bar.progress(n / len(files), text=f"Ingesting {file.name} ({n + 1} of {len(files)})…")
-        # Neither given: a file already here keeps its visibility (a new one is public).
-        total.add(ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels or None,
-                                           visible_groups=groups or None, audited_by=actor))
+        try:   # neither given: a file already here keeps its visibility (a new one is public)
+            total.add(ingest.ingest_file_bytes(file.name, file.getvalue(), visible_channels=channels or None,
+                                               visible_groups=groups or None, audited_by=actor))
+        except store.VisibilityError:
+            raise   # the same for every file: said once
+        except Exception as e:   # the database or the embedder failing: the files before it are stored
+            logger.exception("ingesting %s failed", file.name)
+            total.failed.append((file.name, f"{file.name}: could not be stored ({type(e).__name__}); "
+                                            "upload it again"))
     bar.progress(1.0, text="Done.")
     return total
 
@@ -85,6 +93,8 @@ if st.button("Ingest", type="primary", key="kn_ingest", disabled=viewer or not f
     if report is not None:
         for _, message in report.failed:
             st.error(message)
+        if report.failed and (report.added or report.updated or report.unchanged):
+            st.info(report.summary().splitlines()[0])   # what did go in
         if not report.failed:
             st.session_state[_UPLOADER] = generation + 1
             frame.done(report.summary() + empty_groups(new_groups))

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
+import pytest
+
 from core import db
 from core.knowledge import store
 from dashboard_helpers import audit_rows, open_page, table, texts
@@ -34,6 +37,27 @@ def test_upload_ingests_the_file(dashboard_db: str) -> None:
         {"title": "Parking guide", "chunks": 1, "visibility": "only #C0FACILITY"}]
     [entry] = audit_rows()
     assert (entry["action"], entry["target"]) == ("knowledge.ingest", f"document:{doc.id}")
+
+
+def test_an_upload_that_fails_at_one_file_stores_the_others_and_says_which(
+        dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.knowledge import ingest
+
+    real = ingest.ingest_file_bytes
+
+    def database_drops_at_the_second(name: str, *args: object, **kwargs: object) -> ingest.IngestReport:
+        if name == "b.md":
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest, "ingest_file_bytes", database_drops_at_the_second)
+    at = open_page("knowledge")
+    at.file_uploader[0].set_value([(f"{n}.md", f"# {n.upper()}\n\nText of {n}.\n".encode(), "text/markdown")
+                                   for n in ("a", "b", "c")]).run()
+    at.button(key="kn_ingest").click().run()
+    assert [e.value for e in at.error] == ["b.md: could not be stored (OperationalError); upload it again"]
+    assert [i.value for i in at.info] == ["2 added, 0 updated, 0 unchanged, 1 failed (2 chunks written)"]
+    assert sorted(d.source for d in documents()) == ["upload:a.md", "upload:c.md"]
 
 
 def test_uploading_a_jsonl_file_again_removes_the_records_taken_out_of_it(dashboard_db: str) -> None:
