@@ -150,10 +150,13 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         schedule = training.get_schedule(conn)
         if not schedule.enabled:
             return None
-        due = croniter(schedule.cron, now.astimezone(get_settings().zone)).get_prev(dt.datetime)
+        zone = get_settings().zone
+        due = croniter(schedule.cron, now.astimezone(zone)).get_prev(dt.datetime)
         # A cron time before the schedule was last saved (switched back on, a new cron) is past:
         # turning a weekly schedule on again on a Wednesday must not retrain there and then.
-        if due <= max(schedule.last_fired_at or schedule.updated_at, schedule.updated_at):
+        since = max(schedule.last_fired_at or schedule.updated_at, schedule.updated_at).astimezone(zone)
+        # On the clock's face: when clocks go back, 02:30 comes twice, and is one cron time.
+        if due.replace(tzinfo=None) <= since.replace(tzinfo=None):
             return None
         training.mark_schedule_fired(conn, now)
         try:   # before any dataset is made: parameters saved by hand (or by a version that knew others),

@@ -145,6 +145,19 @@ def test_the_cron_reads_in_the_configured_time_zone(curated_dataset: int, monkey
         assert training.get_schedule(conn).last_fired_at == sunday
 
 
+def test_a_cron_time_the_clocks_going_back_repeats_fires_once(curated_dataset: int,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_TIMEZONE", "Europe/Paris")
+    get_settings.cache_clear()
+    first = dt.datetime(2024, 10, 27, 0, 30, 30, tzinfo=dt.timezone.utc)   # 02:30 CEST; at 03:00 it is 02:00 CET
+    _schedule(cron="30 2 * * 0", min_new=1, saved=first - dt.timedelta(days=3))
+    assert retrain.scheduled_retrain(first) is not None
+    assert retrain.scheduled_retrain(first + dt.timedelta(hours=1)) is None   # 02:30 CET: the same time again
+    with db.connection() as conn:
+        assert training.get_schedule(conn).last_fired_at == first
+        assert not [e for e in audit.recent(conn) if e.action == "retrain.skip"]   # not even considered
+
+
 def test_the_worker_ticks_every_minute_on_the_training_queue() -> None:
     import trainer.jobs  # noqa: F401  (registers the tasks on core.queue.app)
 
