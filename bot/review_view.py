@@ -60,8 +60,9 @@ CARD_TITLES = {"pending": "Answer waiting for review", "approved": "Answer appro
                "edited": "Answer edited and approved", "rejected": "Answer rejected"}
 
 
-def review_card(review: feedback.Review, answer: feedback.Answer) -> Message:
-    """The card in the reviewers' channel: buttons while pending, who decided and when after."""
+def review_card(review: feedback.Review, answer: feedback.Answer, earlier: feedback.Answer | None = None) -> Message:
+    """The card in the reviewers' channel: buttons while pending, who decided and when after;
+    with `earlier`, the turn before a follow-up, which the question may only make sense with."""
     confidence = "n/a" if answer.confidence is None else f"{answer.confidence:.2f}"
     title = CARD_TITLES[review.status]   # a reviewer scanning the channel sees what is still open
     out: list[Block] = [
@@ -72,6 +73,7 @@ def review_card(review: feedback.Review, answer: feedback.Answer) -> Message:
             {"type": "mrkdwn", "text": f"*Confidence*\n{confidence}"},
             {"type": "mrkdwn", "text": f"*Why it needs review*\n{blocks.clip(review.reason, 1900)}"},
         ]},
+        *([_earlier(earlier)] if earlier is not None else []),
         blocks.section(f"*Question*\n{blocks.clip(answer.question, 2900)}"),
         blocks.section("*Draft answer*"),
     ]
@@ -82,6 +84,12 @@ def review_card(review: feedback.Review, answer: feedback.Answer) -> Message:
     lead = "Review needed" if review.status == "pending" else title
     return Message(text=f"{lead}: {blocks.clip(answer.question, 200)}",
                    blocks=[*out, *_limited(answer.draft or "(no draft)", room), *after])
+
+
+def _earlier(earlier: feedback.Answer) -> Block:
+    said = earlier.final_answer or earlier.draft or "(no answer)"
+    return _context(f"*Earlier in this thread*\n*Q:* {blocks.clip(earlier.question, 500)}\n"
+                    f"*A:* {blocks.clip(said, 1000)}")
 
 
 def _limited(text: str, max_chars: int) -> list[Block]:

@@ -89,7 +89,7 @@ def _post_card(conn: psycopg.Connection, client: WebClient, settings: Settings, 
         return
     try:
         ts = posting.post(client, channel=settings.review_channel, thread_ts=None,
-                          message=review_view.review_card(review, answer))
+                          message=review_view.review_card(review, answer, feedback.earlier_turn(conn, answer)))
     except (SlackApiError, OSError):   # refused, or out of reach: the asker keeps the review note, not an apology
         logger.exception("could not post the card of review %s to %s; trying again later",
                          review_id, settings.review_channel)
@@ -105,7 +105,7 @@ def redraw_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Conne
     if where.review_ts is None or where.review_channel_id is None or review is None:
         return
     posting.replace(client, throttle, channel=where.review_channel_id, ts=where.review_ts,
-                    message=review_view.review_card(review, answer))
+                    message=review_view.review_card(review, answer, feedback.earlier_turn(conn, answer)))
 
 
 def report_undelivered(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection,

@@ -118,6 +118,14 @@ def thread_answers(conn: psycopg.Connection, thread_key: str) -> list[Answer]:
     return [Answer(**r) for r in rows]
 
 
+def earlier_turn(conn: psycopg.Connection, answer: Answer) -> Answer | None:
+    """The question and answer before `answer` in its conversation, if any: what a follow-up
+    ("and for contractors?") means depends on it."""
+    row = conn.execute(f"SELECT {_columns(Answer)} FROM answers WHERE thread_key = %(k)s AND id < %(id)s"
+                       " ORDER BY id DESC LIMIT 1", {"k": answer.thread_key, "id": answer.id}).fetchone()
+    return _one(Answer, row)
+
+
 # -- reviews ---------------------------------------------------------------------------------
 
 def fail_running(conn: psycopg.Connection, answer_ids: Sequence[int], *, error: str) -> None:

@@ -62,6 +62,7 @@ viewer = not identity.can_act
 with db.connection() as conn:
     pending = feedback.pending_reviews(conn, limit=SHOWN_AT_ONCE)
     waiting = feedback.pending_review_count(conn) if len(pending) == SHOWN_AT_ONCE else len(pending)
+    earlier_turns = {answer.id: feedback.earlier_turn(conn, answer) for _, answer in pending}
 
 if not pending:
     st.info("No drafts are waiting for review.")
@@ -75,6 +76,9 @@ for review, answer in pending:
                     f"{markup.escape(answer.user_id or 'unknown')} in {markup.escape(answer.channel_id or 'no channel')}"
                     f" · why: {markup.escape(review.reason)}"
                     + (f" · confidence {answer.confidence:.2f}" if answer.confidence is not None else ""))
+        if earlier := earlier_turns.get(answer.id):   # a follow-up: what it follows
+            st.caption(f"Earlier in this thread: {markup.escape(earlier.question)} → "
+                       f"{markup.escape((earlier.final_answer or earlier.draft or '(no answer)')[:600])}")
         st.markdown(f"**Question:** {markup.highlight_pii(answer.question)}")
         st.markdown(f"**Draft:** {markup.highlight_pii(answer.draft or '')}")
         with st.expander(f"Sources ({len(answer.sources)})"):

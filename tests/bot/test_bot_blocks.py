@@ -141,6 +141,14 @@ def test_card_of_a_huge_draft_or_edit_stays_within_one_message() -> None:
     assert str(card.blocks).count("whole text is in the dashboard") == 2   # the draft's cut and the edit's
 
 
+def test_a_follow_ups_card_shows_the_turn_before_it_and_a_first_questions_does_not() -> None:
+    earlier = _answer(id=6, question="How do I order a laptop?", final_answer="In the IT portal [1].")
+    card = review_view.review_card(_review(), _answer(question="And for contractors?"), earlier)
+    [context] = [b for b in card.blocks if "Earlier in this thread" in str(b)]
+    assert "How do I order a laptop?" in str(context) and "In the IT portal [1]." in str(context)
+    assert "Earlier in this thread" not in str(review_view.review_card(_review(), _answer()).blocks)
+
+
 def test_direct_message_questions_show_where_as_a_dm() -> None:
     assert "a direct message" in str(review_view.review_card(_review(), _answer(channel_id="D123")).blocks)
 

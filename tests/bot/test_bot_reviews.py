@@ -108,6 +108,17 @@ def test_reviewer_rejects_with_a_reason_and_asker_is_told_a_person_will_follow_u
     assert not note.action_values()
 
 
+def test_the_card_of_a_follow_up_shows_the_turn_it_follows(bot: SlackBot, model: ScriptedModel) -> None:
+    first = bot.mention("How do I get a new laptop?", channel="CGENERAL")
+    bot.reply("CGENERAL", first)
+    model.reply = SALARY_DRAFT
+    bot.mention(SALARY_QUESTION, channel="CGENERAL", thread_ts=first)   # the follow-up goes to review
+    card = bot.card()
+    earlier = next(b for b in card.blocks if "Earlier in this thread" in str(b))
+    assert "How do I get a new laptop?" in str(earlier)
+    assert str(card.blocks).index("Earlier in this thread") < str(card.blocks).index(SALARY_QUESTION)
+
+
 def test_edit_or_reject_on_a_decided_review_says_so_before_any_modal(bot: SlackBot, model: ScriptedModel) -> None:
     _, card = pending_review(bot, model)
     with_buttons = copy.deepcopy(bot.message_of(card))  # as a second reviewer still sees it, not redrawn yet

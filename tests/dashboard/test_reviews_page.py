@@ -27,6 +27,16 @@ def test_pending_queue_shows_the_draft_and_why(handbook: Path) -> None:
     assert "Salary bands are reviewed each March" in page
 
 
+def test_a_follow_up_waiting_for_review_shows_the_turn_it_follows(handbook: Path) -> None:
+    with db.connection() as conn:   # answered earlier in the same Slack thread
+        earlier = feedback.create_answer(conn, thread_key="slack:C1:t1", surface="slack",
+                                         question="Who sets pay bands?", user_id="U1", channel_id="C1")
+        feedback.update_answer(conn, earlier, status="delivered", final_answer="The People team [1].")
+    pending_review()
+    at = open_page("reviews")
+    assert "Earlier in this thread: Who sets pay bands? → The People team \\[1\\]\\." in [c.value for c in at.caption]
+
+
 def test_approving_resumes_the_thread_and_queues_the_delivery(handbook: Path) -> None:
     pending = pending_review()
     at = open_page("reviews")
