@@ -36,6 +36,7 @@ class KeyedQueue:
     def __init__(self, workers: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent")
         self._guard = threading.Lock()
+        self._closed = False
         self._waiting: dict[str, deque[tuple[Callable[[], None], Callable[[], None]]]] = {}  # key: after the running
 
     def submit(self, key: str, work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
@@ -58,13 +59,18 @@ class KeyedQueue:
         future.add_done_callback(lambda f: (_settled(f, if_not_started), self._next(key)))
 
     def _next(self, key: str) -> None:
+        """Start the key's next piece; once closing, hand on all the rest instead. (A cancelled
+        future's callback runs inside the pool's shutdown, which a submit there would wait on.)"""
         with self._guard:
             waiting = self._waiting[key]
-            if not waiting:
+            following = waiting.popleft() if waiting and not self._closed else None
+            if following is None:
                 del self._waiting[key]
-                return
-            work, if_not_started = waiting.popleft()
-        self._start(key, work, if_not_started)
+        if following is not None:
+            self._start(key, *following)
+            return
+        for _, not_started in waiting:   # closing: the rest is handed on, in order
+            not_started()
 
     def __len__(self) -> int:
         """Keys with work running or waiting."""
@@ -73,6 +79,8 @@ class KeyedQueue:
 
     def close(self) -> None:
         """Finish the work under way; the rest gets its `if_not_started`."""
+        with self._guard:
+            self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 

@@ -27,7 +27,9 @@ def test_a_busy_thread_holds_one_worker_and_its_questions_run_in_order() -> None
         if hold:
             release.wait(30)
 
-    runs.submit("slack:C1:1", lambda: run("first", hold=True), if_not_started=lambda: None)
+    first_in = threading.Event()
+    runs.submit("slack:C1:1", lambda: run("first", hold=True, inside=first_in), if_not_started=lambda: None)
+    assert first_in.wait(30)
     for n in range(2, 6):   # a burst of follow-ups in the same thread
         runs.submit("slack:C1:1", lambda n=n: run(f"follow-up {n}"), if_not_started=lambda: None)
     runs.submit("slack:C1:2", lambda: run("other thread", inside=other_thread_in), if_not_started=lambda: None)
@@ -48,15 +50,18 @@ def test_work_not_begun_when_the_runs_close_is_handed_on_in_order() -> None:
         started.set()
         release.wait(30)
 
-    runs.submit("t1", held, if_not_started=lambda: handed_on.append("held"))
+    runs.submit("t0", held, if_not_started=lambda: handed_on.append("held"))
     assert started.wait(30)
-    for name in ("t1 next", "t2", "t1 last"):
+    for name in ("t1 first", "t2 first", "t1 second", "t1 third"):   # t1 first waits in the pool, the rest here
         runs.submit(name.split()[0], lambda: None, if_not_started=lambda name=name: handed_on.append(name))
     closing = threading.Thread(target=runs.close)
     closing.start()
+    wait_until(lambda: handed_on, what="the close to cancel what had not begun")   # with the held run still going
     release.set()
     closing.join(30)
-    assert sorted(handed_on) == ["t1 last", "t1 next", "t2"]
+    assert not closing.is_alive(), "closing hung"
+    assert [n for n in handed_on if n.startswith("t1")] == ["t1 first", "t1 second", "t1 third"]
+    assert sorted(handed_on) == ["t1 first", "t1 second", "t1 third", "t2 first"]
     runs.submit("t3", lambda: None, if_not_started=lambda: handed_on.append("after close"))
     assert handed_on[-1] == "after close" and len(runs) == 0
 
