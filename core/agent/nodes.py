@@ -24,13 +24,19 @@ logger = logging.getLogger(__name__)
 # Instructions aimed at the assistant; not questions that merely say "ignore the previous travel
 # rules", "if you are now on the night shift", "forget the prior instructions from HR", or ask how
 # to turn on developer mode on a phone or whether jailbreaking a company iPhone is allowed.
+_ABOUT_THE_ASSISTANT = r"(?:the\s+)?(?:system|developers?|assistant|model|ai|openai|above|admins?)\b|your\b|me\b|now\b"
 _INJECTION = re.compile(
     r"\b(ignore|disregard|forget)\b.{0,20}\b(previous|prior|above|earlier|your|all)\b.{0,20}"
     r"\b(instructions?|prompts?)\b"
-    r"(?!\s+(from|by|of|about|on|for)\s+(?!now\b|(the\s+)?(system|developers?|assistant|model|ai|openai)\b))"
+    rf"(?!\s+(?:from|by)\s+(?!{_ABOUT_THE_ASSISTANT}))"   # "… instructions from HR": a named source's
     r"|\b(reveal|print|show|repeat)\b.{0,20}\b(system|hidden)\s+prompt\b"
     r"|\byou are now (dan|unrestricted|jailbroken|free of|no longer bound)\b"
-    r"|\b(you are|you're|act|acting|respond|answer|pretend|simulate)\b.{0,40}\bdeveloper mode\b"
+    r"|(?:^|[.!:]\s*)(dan|stan|dude|jailbreak|developer)\s+mode\s+(enabled|activated)\b(?!\s+(on|in|for)\b)"
+    r"|\b(act|acting|respond|answer|pretend|simulate)\b.{0,40}\bwith\s+developer mode\b"
+    r"|\b(you are|you're)\s+(now\s+)?(in|running in)\s+developer mode\b"
+    # "enable developer mode on my phone / in Chrome" names a device; without one it is aimed here
+    r"|\b(enable|enter|activate|switch\s+(?:to|into)|turn\s+on)\s+(the\s+)?developer mode\b(?!\s+(on|in|for|of)\b)"
+    r"|\bdan\s+(jailbreak|prompt)\b"
     r"|\bjailbreak\s+(yourself|you|this\s+(assistant|bot|model|ai|chat)|the\s+(assistant|bot|model|ai))\b",
     re.IGNORECASE | re.DOTALL,
 )
