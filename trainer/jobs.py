@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import procrastinate
+import psycopg
+from psycopg_pool import PoolTimeout
 
 from core import db, hyperparams, logs, models, queue, serving, training
 from core import retrain as retrains
@@ -213,12 +215,14 @@ def child_command(work: Path, processes: int = 1) -> list[str]:
 
 
 def _run_child(command: list[str], work: Path, run_id: int, should_abort: Callable[[], bool],
-               cancel_grace_s: float = CANCEL_GRACE_S) -> int:
+               cancel_grace_s: float | None = None) -> int:
     """Run the training process and wait for it; a worker shutdown stops it (its checkpoints
     stay for a resume). A cancel is the process's to honour between steps; one it has not
-    honoured within `cancel_grace_s` (loading a model, the gate, a hung collective) is enforced
-    here, and the exit reads as cancelled."""
+    honoured within `cancel_grace_s` (loading a model, a hung collective) is enforced here, and
+    the exit reads as cancelled. Not in the gate (training is done then): a cancel asked there
+    leaves the adapter ready, not promoted."""
     env = {**os.environ, "DATABASE_URL": db.database_url(), "PYTHONUNBUFFERED": "1"}
+    grace = CANCEL_GRACE_S if cancel_grace_s is None else cancel_grace_s
     cancel_seen: float | None = None
     with (work / "train.log").open("ab") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -231,8 +235,9 @@ def _run_child(command: list[str], work: Path, run_id: int, should_abort: Callab
                     pass
                 if cancel_seen is None and _cancel_requested(run_id):
                     cancel_seen = time.monotonic()
-                if cancel_seen is not None and time.monotonic() - cancel_seen > cancel_grace_s:
-                    _log(run_id, f"the training process did not stop within {cancel_grace_s:.0f} s of the "
+                if cancel_seen is not None and time.monotonic() - cancel_seen > grace \
+                        and train.finished_training(work) is None:
+                    _log(run_id, f"the training process did not stop within {grace:.0f} s of the "
                                  "cancel: stopping it")
                     _terminate(proc)
                     (work / "result.json").write_text(json.dumps({
@@ -250,8 +255,13 @@ def _run_child(command: list[str], work: Path, run_id: int, should_abort: Callab
 
 
 def _cancel_requested(run_id: int) -> bool:
-    with db.connection() as conn:
-        return training.cancel_requested(conn, run_id)
+    """False while the database cannot be asked (a restart): training goes on meanwhile."""
+    try:
+        with db.connection() as conn:
+            return training.cancel_requested(conn, run_id)
+    except (psycopg.Error, PoolTimeout) as e:
+        logger.warning("could not check run %s for a cancel: %s", run_id, e)
+        return False
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
@@ -287,7 +297,7 @@ def _failure_reason(code: int, result: dict[str, Any], work: Path) -> str:
     elif train.finished_training(work) is not None:
         kept = "\nTraining had finished: a resume goes straight to the gate."
     else:
-        kept = "\nNo checkpoint was left (none was due yet, or training had finished): a resume trains from the start."
+        kept = "\nNo checkpoint was left (none was due yet): a resume trains from the start."
     return why + (f"; last output:\n{tail}" if tail else "") + kept
 
 

@@ -443,6 +443,22 @@ def test_a_cancel_the_training_process_does_not_honour_is_enforced_by_the_worker
         assert "did not stop within 1 s of the cancel: stopping it" in training.get_run(conn, run.id).log  # type: ignore[union-attr]
 
 
+def test_a_cancel_asked_in_the_gate_lets_the_gate_finish(database_url: str, tmp_path: Path) -> None:
+    """Training is done then: the adapter is worth keeping ready (not promoted), so the worker
+    does not stop a gate that takes minutes on a CPU."""
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model="tiny", dataset_version=None, params={}, requested_by="admin")
+        training.start_run(conn, run.id)
+        training.request_cancel(conn, run.id)
+    trained = f"import json, os, time; os.makedirs({str(tmp_path / 'adapter')!r}); " \
+              f"open({str(tmp_path / train.FINISHED)!r}, 'w').write(json.dumps(dict(adapter_dir='a', steps=1, " \
+              "train_loss=1.0, val_loss=None, tokens_per_s=1.0, peak_mem_gb=None, resumed_from=None, " \
+              "stopped_early=False))); time.sleep(3)"
+    code = jobs._run_child([sys.executable, "-c", trained], tmp_path, run.id, should_abort=lambda: False,
+                           cancel_grace_s=0.5)
+    assert code == 0 and not (tmp_path / "result.json").exists()
+
+
 def test_a_queued_run_whose_job_ended_before_it_started_does_not_block_retraining(curated_dataset: int) -> None:
     """The worker's task failed before it started the run (a database error), or the job was
     lost: the run would stay queued, refusing every new retrain, and a cancel changed nothing."""
