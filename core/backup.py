@@ -13,6 +13,8 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from core.knowledge.parse import jsonl_lines
+
 # In dependency order: a row's references are restored before it.
 # slack_answers: where each Slack answer lives (thread, review card), so a restored database can
 # still deliver a decision on a pending review to its asker.
@@ -120,9 +122,7 @@ def _read_rows(path: Path) -> list[tuple[int, Any]]:
     except UnicodeDecodeError as e:
         raise ImportRefused(f"{path.name}: not valid UTF-8 (byte {e.start}); nothing was imported.") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:

@@ -68,10 +68,7 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
     if not text.strip():  # refused like any empty file: re-ingesting it must not delete every record
         raise ParseError(f"{name}: the file is empty")
     first_line: dict[str, int] = {}
-    # Records end at "\n" only: U+2028 or U+0085 inside a string is JSON text, not a line break.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
+    for number, line in jsonl_lines(text):
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
@@ -95,6 +92,14 @@ def parse_jsonl(name: str, data: bytes, source: str) -> Iterator[ParsedDocument 
         yield ParsedDocument(source=f"{source}#{record_id}", title=title,
                              sections=[Section("", clean_text(str(record["text"])).strip())],
                              url=storable(url) if url else None, metadata={**metadata, "record_id": record_id})
+
+
+def jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """The non-blank lines of JSON Lines text with their numbers. Lines end at "\n" only: a
+    U+2028 or U+0085 inside a string (as `json.dumps(ensure_ascii=False)` writes them) is text."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            yield number, line
 
 
 def _scalar_text(value: object) -> str:

@@ -250,6 +250,15 @@ def test_import_of_an_export_from_a_newer_flywheel_is_refused(database_url: str,
     _assert_refused_and_nothing_imported(pg_server, export, "newer Flywheel (its database has 099_from_the_future)")
 
 
+def test_text_with_unicode_line_separators_round_trips(database_url: str, pg_server: str, tmp_path: Path) -> None:
+    with db.connection() as conn:   # a paste from a web page, text mis-decoded from Windows-1252
+        feedback.create_answer(conn, thread_key="cli:1", surface="cli", question="Line one\u2028line two\x85 end")
+        backup.export_to(conn, tmp_path / "export")
+    with _fresh_database(pg_server) as target_url, db.connect(target_url) as conn:
+        assert backup.import_from(conn, tmp_path / "export")["answers"] == 1
+        assert conn.execute("SELECT question FROM answers").fetchone() == {"question": "Line one\u2028line two\x85 end"}
+
+
 def test_an_export_from_before_a_column_existed_imports_with_its_default(database_url: str, pg_server: str,
                                                                          tmp_path: Path) -> None:
     export = _an_export(tmp_path / "export")
