@@ -265,12 +265,13 @@ def _upsert(conn: psycopg.Connection, row: CurationRow, decision: Decision, answ
 # -- datasets --------------------------------------------------------------------------------
 
 # An answer drafted from a document not everyone may see (visible only in some channels or to
-# some groups): an adapter trained on it would tell everyone, so datasets leave it out unless
-# `FLYWHEEL_TRAIN_ON_RESTRICTED` says the adapter is served only to people who may see it all.
-# Reads the answer as `a`.
-_FROM_RESTRICTED = ("EXISTS (SELECT 1 FROM jsonb_array_elements(a.sources) s JOIN documents d"
+# some groups, when the answer was drafted or now): an adapter trained on it would tell everyone,
+# so datasets leave it out unless `FLYWHEEL_TRAIN_ON_RESTRICTED` says the adapter is served only
+# to people who may see it all. Reads the answer as `a`.
+_FROM_RESTRICTED = ("EXISTS (SELECT 1 FROM jsonb_array_elements(a.sources) s LEFT JOIN documents d"
                     " ON d.id = (s->>'document_id')::bigint"
-                    " WHERE cardinality(d.visible_channels) > 0 OR cardinality(d.visible_groups) > 0)")
+                    " WHERE coalesce((s->>'restricted')::boolean, false)"
+                    " OR cardinality(d.visible_channels) > 0 OR cardinality(d.visible_groups) > 0)")
 _TRAINABLE = f"(%(restricted_ok)s OR NOT {_FROM_RESTRICTED})"
 
 

@@ -87,7 +87,7 @@ def retrieve(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any
     relevant = [h for h in hits if (h.dense_score or 0.0) >= settings.min_relevance]
     sources: list[Source] = [
         Source(n=i, chunk_id=h.chunk_id, document_id=h.document_id, title=h.title, heading=h.heading,
-               url=h.url, text=h.text, score=h.score, dense_score=h.dense_score)
+               url=h.url, text=h.text, score=h.score, dense_score=h.dense_score, restricted=h.restricted)
         for i, h in enumerate(relevant, start=1)
     ]
     if not sources:

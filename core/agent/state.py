@@ -23,6 +23,7 @@ class Source(TypedDict):
     text: str
     score: float
     dense_score: float | None
+    restricted: bool   # its document was not visible to everyone (answers recorded before: absent)
 
 
 class Turn(TypedDict):

@@ -41,6 +41,7 @@ class Hit:
     score: float                  # fused reciprocal-rank score, higher is better
     dense_score: float | None     # cosine similarity, None when not among the dense candidates
     lexical_score: float | None   # ts_rank, None when not among the full-text candidates
+    restricted: bool = False      # its document is visible only in some channels or to some groups
 
 
 class QueryError(ValueError):
@@ -89,10 +90,12 @@ WITH dense AS (
            + coalesce(%(wl)s::float8 / (%(rrf_k)s + lexical.rank), 0) AS score
     FROM dense FULL OUTER JOIN lexical ON dense.id = lexical.id
 )
-SELECT chunk_id, document_id, source, title, heading, url, text, score, dense_score, lexical_score, dense_found
+SELECT chunk_id, document_id, source, title, heading, url, text, score, dense_score, lexical_score, restricted,
+       dense_found
 FROM (   -- a passage stored twice (an uploaded copy of a file, a folder copied) is shown once, its best
     SELECT DISTINCT ON (c.text) c.id AS chunk_id, c.document_id, d.source, d.title, c.heading, d.url, c.text,
            f.score, f.sim AS dense_score, f.body_sim, f.lex AS lexical_score,
+           cardinality(d.visible_channels) > 0 OR cardinality(d.visible_groups) > 0 AS restricted,
            (SELECT count(*) FROM dense) AS dense_found
     FROM fused f JOIN chunks c ON c.id = f.id JOIN documents d ON d.id = c.document_id
     ORDER BY c.text, f.score DESC, f.sim DESC NULLS LAST, f.body_sim DESC NULLS LAST, f.id

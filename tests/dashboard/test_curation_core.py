@@ -296,6 +296,26 @@ def test_an_answer_drafted_from_a_document_not_everyone_may_see_is_left_out_of_d
         assert {i.answer_id for i in curation.dataset_items(conn, everything.version)} == {canteen, pay}
 
 
+def test_an_answer_drafted_from_a_restricted_document_stays_out_after_the_document_is_deleted(
+        database_url: str, tmp_path) -> None:  # noqa: ANN001
+    from core.agent import run
+    from core.agent.state import AgentContext
+    from core.config import get_settings
+
+    page = tmp_path / "pay.md"
+    page.write_text("# Pay bands\n\nBand 4 pays 70,000 to 85,000 a year.\n")
+    assert not ingest.ingest_paths([page], visible_channels=["C0HRTEAM"]).failed
+    asked = run.ask("What does band 4 pay?", run.Asker(surface="slack", user_id="U1", channel_id="C0HRTEAM"),
+                    context=AgentContext(settings=get_settings(), generator=None, reviews=False))
+    assert asked.sources and all(s["restricted"] for s in asked.sources)
+    with db.connection() as conn:
+        assert store.delete_document(conn, str(page.resolve()))   # the restriction goes with the document
+        curation.accept(conn, asked.answer_id, curated_by="ann", ideal_answer="Band 4 pays 70,000 to 85,000.")
+        assert curation.restricted_count(conn) == 1   # as it was when the answer was drafted
+        with pytest.raises(curation.CurationError, match="^Each of the 1 accepted answers"):
+            curation.create_dataset(conn, created_by="ann")
+
+
 def test_a_dataset_trains_on_the_passages_as_the_answer_saw_them_not_on_a_later_edit(
         database_url: str, tmp_path) -> None:  # noqa: ANN001
     from core.agent import run
