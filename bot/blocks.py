@@ -16,6 +16,7 @@ SECTION_CHARS = 3000
 MAX_BLOCKS = 50
 MESSAGE_CHARS = 11_000   # text in one message's blocks, with room below Slack's ~12,000
 CONTEXT_ELEMENTS = 10
+SOURCE_CHARS = 400       # one source in the sources line, link included: ten stay under 4,000
 FALLBACK_CHARS = 3000
 
 # Action ids and callback ids: Bolt routes on these.
@@ -64,12 +65,14 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def link(url: str | None, label: str) -> str:
-    """A mrkdwn link for http(s) urls; other urls (file paths) just show the escaped label."""
+def link(url: str | None, label: str, *, escaped: bool = False) -> str:
+    """A mrkdwn link for http(s) urls; other urls (file paths) just show the escaped label
+    (`escaped`: the label is escaped already)."""
+    shown = label if escaped else escape(label)
     if not url or not url.lower().startswith(("http://", "https://")):
-        return escape(label)
+        return shown
     safe = re.sub(r"[<>|\s]", lambda m: f"%{ord(m.group()):02X}", url.replace("&", "&amp;"))
-    return f"<{safe}|{escape(label)}>"
+    return f"<{safe}|{shown}>"
 
 
 def split_text(text: str, limit: int = SECTION_CHARS) -> list[str]:
@@ -145,8 +148,10 @@ def sources_block(sources: Sequence[Mapping[str, Any]], text: str = "") -> Block
     elements = []
     for s in shown[:CONTEXT_ELEMENTS]:
         title = str(s.get("title") or "untitled")
-        label = f"{title} › {s['heading']}" if s.get("heading") else title
-        elements.append({"type": "mrkdwn", "text": f"[{s.get('n', '?')}] {link(s.get('url'), label[:300])}"})
+        label = clip(f"{title} › {s['heading']}" if s.get("heading") else title, SOURCE_CHARS // 2)
+        linked = link(s.get("url"), label, escaped=True)
+        shown_as = linked if len(linked) <= SOURCE_CHARS else label   # a link too long to show is left out
+        elements.append({"type": "mrkdwn", "text": f"[{s.get('n', '?')}] {shown_as}"})
     return {"type": "context", "block_id": "sources", "elements": elements}
 
 

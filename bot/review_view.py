@@ -28,7 +28,7 @@ TOO_LONG_TO_EDIT = ("This draft is {chars:,} characters long, more than Slack le
 
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _CUT = "_… cut here; the whole text is in the dashboard's Reviews page._"
-_EDITED_CHARS = 3000   # of an edited answer, on a decided card (the draft gets what is left)
+_EDITED_CHARS = 2500   # of an edited answer, on a decided card (the draft gets what is left)
 
 
 def who(user: str | None) -> str:
@@ -71,10 +71,10 @@ def review_card(review: feedback.Review, answer: feedback.Answer, earlier: feedb
             {"type": "mrkdwn", "text": f"*Asked by*\n{who(answer.user_id)}"},
             {"type": "mrkdwn", "text": f"*In*\n{where(answer.channel_id)}"},
             {"type": "mrkdwn", "text": f"*Confidence*\n{confidence}"},
-            {"type": "mrkdwn", "text": f"*Why it needs review*\n{blocks.clip(review.reason, 1900)}"},
+            {"type": "mrkdwn", "text": f"*Why it needs review*\n{blocks.clip(review.reason, 1000)}"},
         ]},
         *([_earlier(earlier)] if earlier is not None else []),
-        blocks.section(f"*Question*\n{blocks.clip(answer.question, 2900)}"),
+        blocks.section(f"*Question*\n{blocks.clip(answer.question, 2000)}"),
         blocks.section("*Draft answer*"),
     ]
     sources = blocks.sources_block(answer.sources, answer.draft or "")
@@ -88,8 +88,8 @@ def review_card(review: feedback.Review, answer: feedback.Answer, earlier: feedb
 
 def _earlier(earlier: feedback.Answer) -> Block:
     said = earlier.final_answer or earlier.draft or "(no answer)"
-    return _context(f"*Earlier in this thread*\n*Q:* {blocks.clip(earlier.question, 500)}\n"
-                    f"*A:* {blocks.clip(said, 1000)}")
+    return _context(f"*Earlier in this thread*\n*Q:* {blocks.clip(earlier.question, 300)}\n"
+                    f"*A:* {blocks.clip(said, 700)}")
 
 
 def _limited(text: str, max_chars: int) -> list[Block]:

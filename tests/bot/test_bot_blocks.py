@@ -139,6 +139,15 @@ def test_card_of_a_huge_draft_or_edit_stays_within_one_message() -> None:
     card = review_view.review_card(edited, _answer(draft="word " * 200_000, question="q" * 4000))
     assert blocks.text_chars(card.blocks) <= blocks.MESSAGE_CHARS
     assert str(card.blocks).count("whole text is in the dashboard") == 2   # the draft's cut and the edit's
+    # At the worst: ten sources with long titles full of '&' and long links, a long reason, an earlier turn
+    sources = [{"n": n, "title": "R&D " * 200, "heading": "& " * 100, "url": "https://wiki.example/" + "x" * 3000,
+                "chunk_id": n} for n in range(1, 11)]
+    worst = _answer(draft="word " * 200_000, question="&" * 4000, sources=sources)
+    card = review_view.review_card(dataclasses.replace(edited, reason="&" * 3000), worst,
+                                   _answer(question="&" * 4000, final_answer="&" * 4000))
+    assert blocks.text_chars(card.blocks) <= blocks.MESSAGE_CHARS + 100 < 12_000
+    assert all(blocks.text_chars(m.blocks) <= blocks.MESSAGE_CHARS for m in blocks.answer_messages(
+        1, "&" * 40_000, sources))
 
 
 def test_a_follow_ups_card_shows_the_turn_before_it_and_a_first_questions_does_not() -> None:
