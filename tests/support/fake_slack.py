@@ -90,7 +90,7 @@ class FakeSlack:
 
     def drop_next(self, method: str, times: int = 1) -> None:
         """The next `times` calls of `method` get no answer: the connection is closed once the
-        request is read, as a network fault after Slack took it looks to the client."""
+        request is read, before Slack acts on it (a reset on the way in; nothing is posted)."""
         with self._changed:
             self._drops[method] = self._drops.get(method, 0) + times
 
