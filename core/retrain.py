@@ -129,7 +129,7 @@ def resume_retrain(run_id: int, *, requested_by: str) -> training.TrainingRun:
     with db.connection() as conn:
         trained = _trained_adapter(conn, training.get_run(conn, run_id))
         if trained is not None:
-            raise ValueError(f"Retrain run {run_id} already trained {trained.name} ({trained.status}): "
+            raise training.CannotResume(f"Retrain run {run_id} already trained {trained.name} ({trained.status}): "
                              f"there is nothing to resume. See it with `flywheel models ls`.")
         run = training.requeue(conn, run_id)
         audit.record(conn, requested_by, "retrain.resume", f"run:{run_id}")

@@ -46,6 +46,10 @@ class Schedule:
     updated_at: dt.datetime
 
 
+class CannotResume(ValueError):
+    """A run that is not there to resume: none by that id, not failed, or its adapter trained."""
+
+
 class RunAlreadyActive(RuntimeError):
     """Only one retrain runs at a time."""
 
@@ -100,9 +104,9 @@ def requeue(conn: psycopg.Connection, run_id: int) -> TrainingRun:
     failed, and (through the unique index) a second active run."""
     run = get_run(conn, run_id)
     if run is None:
-        raise ValueError(f"There is no retrain run {run_id}.")
+        raise CannotResume(f"There is no retrain run {run_id}.")
     if run.status != "failed":
-        raise ValueError(f"Retrain run {run_id} is {run.status}; only a failed run can be resumed.")
+        raise CannotResume(f"Retrain run {run_id} is {run.status}; only a failed run can be resumed.")
     try:
         with conn.transaction():
             # Its old job (ended) goes with it: until the new one is set, orphan recovery must not

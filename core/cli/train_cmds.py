@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import typer
 
-from core import db, metrics, models, queue, retrain, serving, training
+from core import curation, db, hyperparams, metrics, models, queue, retrain, serving, training
 from core.config import get_settings
 
 WAIT_TIMEOUT_S = 24 * 3600
@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         try:
             run = retrain.request_retrain(requested_by=by, dataset_version=dataset, base_model=base_model,
                                           params=params)
-        except (ValueError, training.RunAlreadyActive) as e:   # parameters, base model, dataset (CurationError)
+        except (hyperparams.InvalidParams, retrain.NotAModel, curation.CurationError, training.RunAlreadyActive) as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
         typer.echo(f"retrain run {run.id} queued on dataset v{run.dataset_version} (job {run.job_id})")
@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         """Queue a failed run again; it continues from its last checkpoint (or starts over if it left none)."""
         try:
             run = retrain.resume_retrain(run_id, requested_by=by)
-        except (ValueError, training.RunAlreadyActive) as e:
+        except (training.CannotResume, training.RunAlreadyActive) as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
         typer.echo(f"retrain run {run.id} queued again (job {run.job_id})")

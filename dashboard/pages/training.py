@@ -151,9 +151,9 @@ def run_detail(run_id: int, was_active: bool) -> None:
     if chosen.status == "failed":
         if st.button("Resume from the last checkpoint", key="tr_resume", disabled=viewer) \
                 and not frame.refuse_viewer(identity):
-            # ValueError: the run is not failed any more; RunAlreadyActive: another retrain is active.
+            # CannotResume: the run is not failed any more; RunAlreadyActive: another retrain is active.
             resumed = frame.attempt("Resuming", lambda: retrain.resume_retrain(run_id, requested_by=identity.actor),
-                                    ValueError, training.RunAlreadyActive)
+                                    training.CannotResume, training.RunAlreadyActive)
             if resumed is not None:
                 frame.done(f"Run {resumed.id} queued again; it continues from its last checkpoint, if it left one.")
 

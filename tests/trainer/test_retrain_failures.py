@@ -326,7 +326,7 @@ def test_a_run_whose_worker_died_after_its_adapter_was_trained_is_not_trained_ag
     assert f"The worker stopped after {adapter.name} was trained (live)" in (failed.error or "")  # type: ignore[union-attr]
     assert "flywheel train resume" not in (failed.error or "")  # type: ignore[union-attr]
 
-    with pytest.raises(ValueError, match=f"already trained {adapter.name} .live.: there is nothing to resume"):
+    with pytest.raises(training.CannotResume, match=f"already trained {adapter.name} .live.: there is nothing to resume"):
         retrain.resume_retrain(run.id, requested_by="admin")
     with db.connection() as conn:
         assert models.live(conn).version == adapter.version  # type: ignore[union-attr]
@@ -408,6 +408,16 @@ def test_cancelling_a_run_that_does_not_exist_says_so(database_url: str) -> None
     train_cmds.register(app)
     refused = CliRunner().invoke(app, ["train", "cancel", "999"])
     assert refused.exit_code == 1 and "There is no retrain run 999." in refused.output
+
+
+def test_resuming_a_run_that_is_not_there_to_resume_says_why(curated_dataset: int) -> None:
+    app = typer.Typer()
+    train_cmds.register(app)
+    queued = retrain.request_retrain(requested_by="admin")
+    for run_id, says in [(999, "There is no retrain run 999."),
+                         (queued.id, f"Retrain run {queued.id} is queued; only a failed run can be resumed.")]:
+        refused = CliRunner().invoke(app, ["train", "resume", str(run_id)])
+        assert refused.exit_code == 2 and says in refused.output, refused.output
 
 
 def test_a_training_process_killed_under_torchrun_is_reported_as_killed(database_url: str, tmp_path: Path) -> None:
