@@ -206,6 +206,7 @@ else:
                                  curation.CurationError)
         if decision is not None:
             frame.forget(SEEN)   # their own judgement is no news to them
+            st.session_state.pop(f"cur_ideal_{opened}", None)   # the box shows what was stored (scrubbed)
             frame.done(f"Answer #{opened}: {decision}.")
 
 st.header("Datasets")

@@ -85,6 +85,9 @@ def test_edit_into_the_ideal_answer_and_accept(answers: dict[str, int]) -> None:
     assert (row["answer_id"], row["decision"], row["edited"]) == (answers["vpn"], "accepted", True)
     assert row["ideal_answer"] == "Install WireGuard; ask [email]."
     assert [e["action"] for e in audit_rows()] == ["curation.edit"]
+    assert at.text_area(key=f"cur_ideal_{answers['vpn']}").value == "Install WireGuard; ask [email]."   # as stored
+    at.button(key="cur_accept_edit").click().run()   # accepted again as the box shows it: no "you changed it"
+    assert not at.error
 
 
 def test_an_ideal_answer_an_earlier_edit_stored_is_kept_or_dropped_as_the_buttons_say(
