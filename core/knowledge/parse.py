@@ -305,6 +305,8 @@ def _pdf(name: str, data: bytes, source: str) -> ParsedDocument:
     except Exception as e:  # pypdf raises many kinds on damaged files (PdfReadError, NotImplementedError, ...)
         detail = str(e) or type(e).__name__
         raise ParseError(f"{name}: unreadable PDF ({detail})") from e
+    if not pages:
+        raise ParseError(f"{name}: the PDF has no pages")
     if not any(p.strip() for p in pages):
         raise ParseError(f"{name}: the PDF has no extractable text (scanned images need OCR first)")
     # PDFs carry no reliable heading structure; "# " lines are kept as headings when the text has them.

@@ -143,3 +143,14 @@ def test_jsonl_records_end_at_newlines_only_and_an_id_may_be_zero() -> None:
     assert [d.source for d in found] == ["faq.jsonl#0", "faq.jsonl#q1"]   # type: ignore[union-attr]
     refused = list(parse_jsonl("faq.jsonl", b'{"_id": null, "text": "x"}\n{"_id": true, "text": "y"}\n', "faq.jsonl"))
     assert [str(e) for e in refused] == [f"faq.jsonl:{n}: a record needs a non-empty '_id' and 'text'" for n in (1, 2)]
+
+
+def test_a_pdf_without_pages_is_named_as_such_not_as_one_needing_ocr() -> None:
+    import io
+
+    from pypdf import PdfWriter
+
+    empty = io.BytesIO()
+    PdfWriter().write(empty)
+    with pytest.raises(ParseError, match="^empty.pdf: the PDF has no pages$"):
+        parse_bytes("empty.pdf", empty.getvalue())
