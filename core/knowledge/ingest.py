@@ -198,13 +198,20 @@ def _documents_from_bytes(name: str, data: bytes, source: str, report: IngestRep
 
 
 def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:
+    """The files `paths` name, each once (`docs docs/a.md`, a folder linked in twice)."""
+    seen: set[str] = set()
     for path in paths:
         if path.is_dir():
-            yield from sorted(files_under(path))
+            found = sorted(files_under(path))
         elif path.is_file():
-            yield path
+            found = [path]
         else:
             report.failed.append((str(path), f"{path}: no such file or folder"))
+            continue
+        for file in found:
+            if (source := source_of(file)) not in seen:
+                seen.add(source)
+                yield file
 
 
 def files_under(folder: Path) -> Iterator[Path]:

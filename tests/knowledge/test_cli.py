@@ -249,3 +249,9 @@ def test_ingesting_for_a_group_no_one_is_in_warns_and_names_how_to_add_members(d
     assert "added 1" in runner.invoke(app, ["docs", "group-add", "hr", "U0HR"]).output
     again = runner.invoke(app, ["docs", "visibility", "1", "--group", "hr"])
     assert again.exit_code == 0 and "No one is in" not in again.output
+
+
+def test_a_file_named_twice_is_ingested_and_counted_once(database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# A\n\nThe canteen opens at noon.\n")
+    result = runner.invoke(app, ["ingest", str(tmp_path), str(tmp_path / "a.md")])
+    assert result.exit_code == 0 and "1 added, 0 updated, 0 unchanged" in result.output, result.output
