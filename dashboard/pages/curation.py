@@ -58,9 +58,13 @@ def judge_many(answer_ids: list[int], action: str, actor: str) -> list[int]:
     return judged
 
 
-def _skipped(n: int) -> str:
-    return (f" Skipped {n}: already judged (bulk actions leave a decision and ideal answer as they are), or a"
-            " note rather than an answer (a decline, a rejection, quoted excerpts); open one to change it.") if n else ""
+def _skipped(n: int, *, accepting: bool) -> str:
+    if not n:
+        return ""
+    repeat = (", or a repeat of a question whose ideal answer someone wrote by hand (it would replace that "
+              "answer)") if accepting else ""
+    return (f" Skipped {n}: already judged (bulk actions leave a decision and ideal answer as they are), a note "
+            f"rather than an answer (a decline, a rejection, quoted excerpts){repeat}; open one to change it.")
 
 
 def export(version: int, actor: str) -> str:
@@ -124,14 +128,16 @@ else:
                                curation.CurationError)
         if judged is not None:
             frame.forget(SEEN)
-            frame.done(f"Accepted {markup.count(len(judged), 'answer')}." + _skipped(len(selected) - len(judged)))
+            frame.done(f"Accepted {markup.count(len(judged), 'answer')}."
+                       + _skipped(len(selected) - len(judged), accepting=True))
     if b_reject.button("Reject selected", disabled=viewer or not selected, key="bulk_reject") \
             and not frame.refuse_viewer(identity):
         judged = frame.attempt("Bulk reject", lambda: judge_many(selected, "reject", identity.actor),
                                curation.CurationError)
         if judged is not None:
             frame.forget(SEEN)
-            frame.done(f"Rejected {markup.count(len(judged), 'answer')}." + _skipped(len(selected) - len(judged)))
+            frame.done(f"Rejected {markup.count(len(judged), 'answer')}."
+                       + _skipped(len(selected) - len(judged), accepting=False))
 
     st.subheader("Answer")
     if st.session_state.get("cur_open") not in by_id:

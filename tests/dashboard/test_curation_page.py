@@ -206,7 +206,8 @@ def test_bulk_actions_keep_an_edited_ideal_answer_and_a_rejection(answers: dict[
     at.multiselect(key="cur_bulk").set_value([answers["laptop"], answers["parking"], answers["vpn"]]).run()
     at.button(key="bulk_accept").click().run()
     assert ("Accepted 1 answer. Skipped 2: already judged (bulk actions leave a decision and ideal answer as "
-            "they are), or a note rather than an answer (a decline, a rejection, quoted excerpts); open one to "
+            "they are), a note rather than an answer (a decline, a rejection, quoted excerpts), or a repeat of a "
+            "question whose ideal answer someone wrote by hand (it would replace that answer); open one to "
             "change it.") in texts(at)
     assert {r["answer_id"]: (r["decision"], r["ideal_answer"], r["edited"]) for r in curation_rows()} == {
         answers["vpn"]: ("accepted", "Install WireGuard from the portal.", True),
