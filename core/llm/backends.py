@@ -17,7 +17,7 @@ def make_generator(settings: Settings, *, known_adapters: Callable[[], Collectio
     if settings.llm_backend == "extractive":
         return None
     if settings.llm_backend == "local":
-        return TGIGenerator(settings.llm_url, timeout=settings.llm_timeout_s)
+        return TGIGenerator(settings.llm_url, timeout=settings.llm_timeout_s, api_key=api_key)
     if settings.llm_backend == "tgi":
         return TGIGenerator(settings.llm_url, timeout=settings.llm_timeout_s, api_key=api_key,
                             known_adapters=known_adapters)

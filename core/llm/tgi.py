@@ -32,6 +32,9 @@ REQUEST_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+NO_KEY = "no-key"   # the bearer token sent to a model server that needs none
+
+
 class TGIGenerator:
     """`chat` uses the OpenAI-style chat route (TGI takes the adapter in `model`);
     `generate` uses `/generate` with `adapter_id` and `details`."""
@@ -42,7 +45,9 @@ class TGIGenerator:
                  known_adapters: Callable[[], Collection[str]] | None = None, base_model_name: str = "tgi",
                  max_retries: int = 3, backoff_s: float = 0.5, max_wait_s: float = 20.0) -> None:
         self.url = url.rstrip("/")
-        self._client = InferenceClient(base_url=self.url, timeout=timeout, api_key=api_key)
+        # Without a key, huggingface_hub sends the machine's Hugging Face token (HF_TOKEN, `hf auth
+        # login`) to whatever server this is: a placeholder keeps it from leaving the machine.
+        self._client = InferenceClient(base_url=self.url, timeout=timeout, api_key=api_key or NO_KEY)
         self._known_adapters = known_adapters
         self._base_model_name = base_model_name
         self._max_retries = max_retries

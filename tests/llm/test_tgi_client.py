@@ -94,3 +94,20 @@ def test_adapters_are_loaded_and_smoke_checked_with_the_servers_api_key(monkeypa
         get_settings.cache_clear()
     assert [(r["path"], r["authorization"]) for r in fake.requests] == [
         ("/v1/load_lora_adapter", "Bearer sk-vllm-123456"), ("/generate", "Bearer sk-vllm-123456")]
+
+
+def test_the_machines_hugging_face_token_never_goes_to_the_model_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.config import Settings
+    from core.llm.backends import make_generator
+
+    monkeypatch.setenv("HF_TOKEN", "hf_operators_own_token_0123456789")
+    fake = ScriptedTGI([OK])
+    with fake.running() as url:
+        for backend in ("local", "tgi", "openai"):
+            generator = make_generator(Settings(_env_file=None, llm_backend=backend, llm_url=url, llm_model="m"))
+            generator.chat(HI)   # type: ignore[union-attr]
+        keyed = make_generator(Settings(_env_file=None, llm_backend="local", llm_url=url, llm_api_key="sk-proxy-1"))
+        keyed.chat(HI)   # type: ignore[union-attr]
+    sent = [r["authorization"] for r in fake.requests]
+    assert not any("hf_operators_own_token" in (a or "") for a in sent), sent
+    assert sent[-1] == "Bearer sk-proxy-1"   # a key the operator set is sent, on the local backend too
