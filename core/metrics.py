@@ -70,8 +70,16 @@ def watch_database(url: str) -> None:
         REGISTRY.register(_collector)
 
 
-def start_exporter(port: int, url: str) -> None:
-    """Serve /metrics on `port` from a background thread (processes without an HTTP server)."""
+def start_exporter(port: int, url: str) -> bool:
+    """Serve /metrics on `port` from a background thread (processes without an HTTP server).
+    A port already taken (a second bot or worker on this host) costs the metrics, not the
+    process: False, with a warning."""
+    try:
+        start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+    except OSError as e:
+        logger.warning("metrics not served: port %d is taken (%s); set FLYWHEEL_BOT_METRICS_PORT or "
+                       "FLYWHEEL_WORKER_METRICS_PORT to another, or 0 for none", port, e.strerror or e)
+        return False
     watch_database(url)
-    start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
     logger.info("metrics on http://127.0.0.1:%d/metrics", port)
+    return True

@@ -60,3 +60,14 @@ def test_metrics_report_questions_routes_feedback_and_latency(database_url: str)
     assert ("flywheel_feedback", (("rating", "up"),), 1) in found
     assert ("flywheel_database_up", (), 1) in found
     assert 'flywheel_answer_seconds_count{step="retrieve"}' in registry_text
+
+
+def test_a_metrics_port_already_taken_costs_the_metrics_not_the_process(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as taken:   # a second bot or worker on this host
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert metrics.start_exporter(taken.getsockname()[1], database_url) is False
+    assert any("metrics not served: port" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
