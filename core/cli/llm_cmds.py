@@ -14,7 +14,10 @@ def register(app: typer.Typer) -> None:
     @app.command("serve-llm")
     def serve_llm(model: str = typer.Option(None, "--model", help="Local folder or hub id; default SmolLM2-135M-Instruct."),
                   adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH, repeatable."),
-                  host: str = typer.Option(None, "--host"), port: int = typer.Option(None, "--port")) -> None:
+                  host: str = typer.Option(None, "--host"), port: int = typer.Option(None, "--port"),
+                  idle_unless_local: bool = typer.Option(
+                      False, "--idle-unless-local",
+                      help="With another FLYWHEEL_LLM_BACKEND, stay up doing nothing (the Procfile's llm line).")) -> None:
         """Serve the base model and its LoRA adapters over TGI's HTTP API (with a database, the
         live adapter too)."""
         import uvicorn
@@ -24,6 +27,11 @@ def register(app: typer.Typer) -> None:
         from core.llm.server import create_app
 
         settings = get_settings()
+        if idle_unless_local and settings.llm_backend != "local":
+            typer.echo(f"FLYWHEEL_LLM_BACKEND is {settings.llm_backend}: no local model server is needed here.")
+            from bot.serve import idle   # under honcho, a process that exits stops all the others
+
+            raise typer.Exit(idle())
         adapters = [spec.partition("=") for spec in adapter]
         for spec, (name, sep, path) in zip(adapter, adapters):
             if not (name and sep and path):

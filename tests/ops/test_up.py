@@ -174,3 +174,18 @@ def test_the_processes_read_env_settings_with_spaces_as_written(tmp_path: Path) 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def test_the_llm_line_idles_when_another_backend_serves_the_model(tmp_path: Path) -> None:
+    env = {**os.environ, "FLYWHEEL_LLM_BACKEND": "tgi", "FLYWHEEL_DATA_DIR": str(tmp_path)}
+    llm = subprocess.Popen([sys.executable, "-m", "core.cli", "serve-llm", "--idle-unless-local"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        said = llm.stdout.readline()   # type: ignore[union-attr]
+        assert "FLYWHEEL_LLM_BACKEND is tgi: no local model server is needed here." in said
+        with pytest.raises(subprocess.TimeoutExpired):   # still up: under honcho an exit would stop the rest
+            llm.wait(timeout=2)
+        assert not any(tmp_path.iterdir())   # no model converted for nothing
+    finally:
+        llm.terminate()
+        llm.communicate(timeout=30)
