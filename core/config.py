@@ -218,9 +218,15 @@ class Settings(BaseSettings):
         """Moving `serve-llm` to another port (FLYWHEEL_LLM_PORT) moves where the bot asks, unless
         FLYWHEEL_LLM_URL says otherwise."""
         if "llm_url" not in self.model_fields_set:
-            host = "127.0.0.1" if self.llm_host in ("0.0.0.0", "::", "") else self.llm_host  # noqa: S104
-            self.llm_url = f"http://{f'[{host}]' if ':' in host else host}:{self.llm_port}"
+            self.llm_url = f"http://{self.llm_address}:{self.llm_port}"
         return self
+
+    @property
+    def llm_address(self) -> str:
+        """Where a model server listening on `llm_host` is reached from this machine (loopback
+        for "every address"), ready for a URL."""
+        host = "127.0.0.1" if self.llm_host in ("0.0.0.0", "::", "") else self.llm_host  # noqa: S104
+        return f"[{host}]" if ":" in host else host
 
     @property
     def dashboard_login(self) -> Literal["oidc", "password"] | None:

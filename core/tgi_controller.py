@@ -114,7 +114,7 @@ def launch(adapters: Mapping[str, str], settings: Settings) -> Launched:
             raise TGIControllerError(f"Could not run {argv[0]!r}: {e}") from e
     _children[proc.pid] = proc
     logger.info("started a model server (pid %d) on port %d with %s", proc.pid, port, spec)
-    return Launched(f"http://{settings.llm_host}:{port}", proc.pid, spec, log)
+    return Launched(f"http://{settings.llm_address}:{port}", proc.pid, spec, log)
 
 
 def wait_healthy(launched: Launched, *, timeout_s: float) -> None:

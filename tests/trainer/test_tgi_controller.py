@@ -174,3 +174,7 @@ def test_the_launch_command_gets_the_model_retrains_are_made_on_when_none_is_con
     wait_until(lambda: said.exists() and said.read_text(), what="the launch command to run")
     assert said.read_text() == str(default_llm_dir(tmp_path)) == settings.base_model
     tgi_controller.stop(launched.pid)
+    everywhere = settings.model_copy(update={"llm_host": "0.0.0.0"})   # listening on every address
+    launched = tgi_controller.launch({"flywheel-v1": "/adapters/flywheel-v1"}, everywhere)
+    tgi_controller.stop(launched.pid)
+    assert launched.url.startswith("http://127.0.0.1:")   # where it is reached, not the bind address
