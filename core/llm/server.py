@@ -12,13 +12,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from prometheus_client import generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core import metrics as flywheel_metrics
 from core.config import get_settings
@@ -50,10 +50,31 @@ class GenerateRequest(BaseModel):
     stream: bool = False
 
 
+class TextChunk(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageChunk(BaseModel):
+    type: Literal["image_url"]
+    image_url: dict[str, Any]
+
+
 class ChatMessageIn(BaseModel):
+    """A message; its content is text, or (TGI's `MessageContent`) a list of parts, of which a
+    text-only model reads the text."""
     model_config = ConfigDict(extra="ignore")
     role: str
-    content: str
+    content: str | list[Annotated[TextChunk | ImageChunk, Field(discriminator="type")]]
+
+    @field_validator("content")
+    @classmethod
+    def _text_only(cls, content: str | list[TextChunk | ImageChunk]) -> str:
+        if isinstance(content, str):
+            return content
+        if any(isinstance(part, ImageChunk) for part in content):
+            raise ValueError("this model reads text only: send no image_url parts")
+        return "\n".join(part.text for part in content if isinstance(part, TextChunk))
 
 
 class ChatRequest(BaseModel):

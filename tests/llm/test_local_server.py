@@ -43,6 +43,14 @@ def test_every_route_answers_in_tgi_shapes(tiny_server: str) -> None:
     for chunk in chunks:
         validate(chunk, "ChatCompletionChunk")
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    parts = {**chat, "messages": [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}], "seed": 1}
+    as_parts = httpx.post(f"{tiny_server}/v1/chat/completions", json=parts, timeout=60).json()   # MessageContent
+    validate(as_parts, "ChatCompletion")
+    as_text = httpx.post(f"{tiny_server}/v1/chat/completions", json={**chat, "seed": 1}, timeout=60).json()
+    assert as_parts["choices"][0]["message"] == as_text["choices"][0]["message"]   # the same prompt
+    image = {**chat, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}
+    refused = httpx.post(f"{tiny_server}/v1/chat/completions", json=image, timeout=60)
+    assert refused.status_code == 422 and "text only" in refused.json()["error"]
 
 
 def test_bad_requests_are_422_in_tgi_error_shape(tiny_server: str) -> None:
