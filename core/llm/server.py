@@ -6,6 +6,7 @@ promotion watches to know an old server has drained."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
@@ -156,6 +157,19 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
     max_total = model.max_context
     requests = _Counter()
     app.add_middleware(_InFlight, counter=requests)
+    key = settings.llm_token
+
+    @app.middleware("http")
+    async def bearer_token(request: Request, call_next: Any) -> Any:
+        """With FLYWHEEL_LLM_API_KEY set, every route but /health and /metrics asks for it: on
+        a network, nobody else loads, drops or uses adapters."""
+        if key is None or request.url.path in ("/health", "/metrics"):
+            return await call_next(request)
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return JSONResponse({"error": "a bearer token (FLYWHEEL_LLM_API_KEY) is needed", "error_type": "authentication"},
+                                status_code=401)
+        return await call_next(request)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

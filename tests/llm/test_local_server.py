@@ -367,3 +367,19 @@ def test_the_local_server_lets_go_of_adapters_no_request_needs_after_each_switch
         assert serving.rollback(actor="admin") is None           # the base model answers
         assert held() == ["flywheel-v1", "mine"]   # what the last rollback replaced, and the hand-loaded one
         assert serving.answers_with_adapter(url, "mine")
+
+
+def test_with_an_api_key_the_server_asks_every_caller_but_health_checks_for_it(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_LLM_API_KEY", "sk-local-0123456789")
+    with serve_llm(tiny_model_dir) as url:
+        chat = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}
+        refused = [httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60),
+                   httpx.delete(f"{url}/adapters/flywheel-v1", timeout=60),
+                   httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=60,
+                              headers={"authorization": "Bearer wrong"})]
+        assert [r.status_code for r in refused] == [401, 401, 401]
+        assert httpx.get(f"{url}/health").status_code == 200
+        answered = TGIGenerator(url, api_key="sk-local-0123456789").chat([ChatMessage("user", "Hello")],
+                                                                          max_new_tokens=2)
+        assert answered.completion_tokens == 2
