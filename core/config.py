@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +26,18 @@ def default_llm_dir(data_dir: Path) -> Path:
 TextList = Annotated[list[str], NoDecode]
 
 
+# The `.env` file read; a process started elsewhere by one that read another (the dashboard
+# runs from the repository root) is told which (`for_children`).
+ENV_FILE = "FLYWHEEL_ENV_FILE"
+
+
+def for_children(settings: Settings) -> dict[str, str]:
+    """Environment for a child process that runs in another folder: the same `.env` and data
+    folder as this process, which read them relative to where it was started."""
+    return {ENV_FILE: str(Path(os.environ.get(ENV_FILE, ".env")).resolve()),
+            "FLYWHEEL_DATA_DIR": str(settings.data_dir)}
+
+
 class SettingsInvalid(ValueError):
     """A setting from the environment or `.env` cannot be used; the message names the variable."""
 
@@ -34,8 +47,8 @@ class Settings(BaseSettings):
     conventional ones (`DATABASE_URL`, `SLACK_*`)."""
 
     # Inputs stay out of error messages: a secret set wrongly must not end up in a log.
-    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_file=".env", extra="ignore",
-                                      hide_input_in_errors=True)
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", env_file=os.environ.get(ENV_FILE, ".env"),
+                                      extra="ignore", hide_input_in_errors=True)
 
     # Storage
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from core import passwords
-from core.config import Settings, get_settings, is_loopback
+from core.config import Settings, for_children, get_settings, is_loopback
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "dashboard" / "app.py"
@@ -65,7 +65,9 @@ def register(app: typer.Typer) -> None:
         shown = "localhost" if is_loopback(address) else address
         typer.echo(f"dashboard: http://{shown}:{port}"
                    + ("" if settings.dashboard_login else " (no login configured: localhost only)"))
-        # Run from the repository root so `dashboard` and `core` import as packages.
+        # Run from the repository root so `dashboard` and `core` import as packages, with this
+        # folder's `.env` and data folder.
+        os.environ.update(for_children(settings))
         os.chdir(ROOT)
         argv = streamlit_argv(port, address)
         os.execv(argv[0], argv)

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from core import db, doctor, serving
-from core.config import Settings, get_settings
+from core.config import Settings, for_children, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "handbook"
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         honcho = shutil.which("honcho", path=str(bin_dir)) or "honcho"
         # Every child opens the same embedded database; this process keeps it up while they run
         # and stops it once they have all exited.
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = {**os.environ, **for_children(settings), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
         if not settings.database_url:
             env["DATABASE_URL"] = url
         # `-e /dev/null`: honcho's own reading of `.env` drops the spaces inside values ("a, b c"

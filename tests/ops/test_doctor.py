@@ -203,3 +203,18 @@ def test_the_model_server_url_follows_the_port_serve_llm_is_moved_to(monkeypatch
     assert Settings(_env_file=None).llm_url == "http://127.0.0.1:8090"
     monkeypatch.setenv("FLYWHEEL_LLM_URL", "http://gpu-box:80")   # a server elsewhere is named
     assert Settings(_env_file=None).llm_url == "http://gpu-box:80"
+
+
+def test_a_process_started_in_another_folder_reads_the_env_file_and_data_folder_of_its_parent(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.config import for_children
+
+    (tmp_path / ".env").write_text("FLYWHEEL_REVIEW_CHANNEL=C0FROMHERE\n")
+    monkeypatch.chdir(tmp_path)   # where the operator typed `flywheel dashboard` / `flywheel up`
+    monkeypatch.delenv("FLYWHEEL_ENV_FILE", raising=False)
+    monkeypatch.delenv("FLYWHEEL_DATA_DIR", raising=False)
+    env = {**os.environ, **for_children(Settings())}
+    child = subprocess.run([sys.executable, "-c", "from core.config import Settings; s = Settings(); "
+                            "print(s.review_channel, s.data_dir)"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, check=True)   # as the dashboard runs
+    assert child.stdout.split() == ["C0FROMHERE", str(tmp_path / ".flywheel")]

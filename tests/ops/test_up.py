@@ -152,16 +152,16 @@ def test_the_processes_read_env_settings_with_spaces_as_written(tmp_path: Path) 
     """honcho, left to read `.env` itself, joined the words of a value ("security incident")."""
     seen = tmp_path / "seen.txt"
     (tmp_path / ".env").write_text("FLYWHEEL_SENSITIVE_TOPICS=salary,security incident\n")
-    child = (f"import os, time; os.chdir({str(tmp_path)!r}); from core.config import get_settings; "   # reads its .env
+    child = ("import time; from core.config import get_settings; "   # reads the .env of where `up` was typed
              f"open({str(seen)!r}, 'w').write('|'.join(get_settings().sensitive_topics)); time.sleep(600)")
     (tmp_path / "Procfile").write_text(f'child: {sys.executable} -c "{child}"\n')
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SLACK_", "DATABASE_URL", "FLYWHEEL_SENSITIVE_TOPICS"))}
+           if not k.startswith(("SLACK_", "DATABASE_URL", "FLYWHEEL_SENSITIVE_TOPICS", "FLYWHEEL_ENV_FILE"))}
     env["FLYWHEEL_DATA_DIR"] = str(tmp_path / "data")
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.Popen([sys.executable, "-m", "core.cli", "up", "--procfile", str(tmp_path / "Procfile"),
-                             "--no-samples"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             "--no-samples"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not (seen.exists() and seen.read_text()) and proc.poll() is None:
