@@ -64,10 +64,11 @@ def drain(deps: Deps) -> int:
                 try:
                     posted = (where, answer) if deliver(deps, conn, item, where, answer) else None
                 except (SlackApiError, OSError) as e:   # Slack busy or down, or the network (URLError, timeout)
-                    if feedback.retry_delivery(conn, item.id, give_up_after=MAX_ATTEMPTS):
+                    failures = feedback.retry_delivery(conn, item.id, give_up_after=MAX_ATTEMPTS)
+                    if failures is not None:
                         conn.commit()   # the row goes back, counted, even though this round ends here
-                        # Meanwhile the card shows the decision: other reviewers must not take it for open.
-                        _redraw_card(deps, where, answer)
+                        if failures == 1:   # meanwhile the card shows the decision: not open to other reviewers
+                            _redraw_card(deps, where, answer)
                         raise
                     logger.error("giving up on the %s for answer %s after %d failed rounds: %s",
                                  item.kind, item.answer_id, MAX_ATTEMPTS, e)

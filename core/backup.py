@@ -96,21 +96,26 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
         if table == "training_schedule":
             conn.execute("DELETE FROM training_schedule")
         columns = _columns(conn, table)
-        if table == "audit_log":   # imported after the audit of knowledge ingested here: new ids
-            columns.remove("id")
+        # audit_log: imported after the audit of knowledge ingested here, so under new ids
+        imported = [c for c in columns if not (table == "audit_log" and c == "id")]
+        inserts: dict[tuple[str, ...], sql.Composed] = {}   # one statement per set of columns present
         for number, row in rows:
-            present = [c for c in columns if c in row]   # a column newer than the export takes its default
+            present = tuple(c for c in imported if c in row)   # a column newer than the export takes its default
             if not present:
                 raise ImportRefused(f"{path.name}:{number}: none of its fields is a column of {table}; "
                                     "nothing was imported.")
-            insert = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM jsonb_populate_record(NULL::{t}, %(row)s)").format(
-                t=sql.Identifier(table), c=sql.SQL(", ").join(map(sql.Identifier, present)))
+            if present not in inserts:
+                inserts[present] = sql.SQL("INSERT INTO {t} ({c}) SELECT {c} FROM jsonb_populate_record(NULL::{t}, "
+                                           "%(row)s)").format(t=sql.Identifier(table),
+                                                              c=sql.SQL(", ").join(map(sql.Identifier, present)))
+            insert = inserts[present]
             try:
                 conn.execute(insert, {"row": Jsonb(row)})
             except (psycopg.IntegrityError, psycopg.DataError) as e:   # the caller's transaction rolls back
                 raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
                                     "nothing was imported.") from None
-        _advance_sequence(conn, table)
+        if "id" in columns:
+            _advance_sequence(conn, table)
         counts[table] = len(rows)
     return counts
 
@@ -142,10 +147,6 @@ def _columns(conn: psycopg.Connection, table: str) -> list[str]:
 
 def _advance_sequence(conn: psycopg.Connection, table: str) -> None:
     """After explicit ids, the next generated id must come after them."""
-    has_id = conn.execute("SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-                          " AND table_name = %(t)s AND column_name = 'id'", {"t": table}).fetchone()
-    if has_id is None:
-        return
     seq = conn.execute("SELECT pg_get_serial_sequence(%(t)s, 'id') AS s", {"t": table}).fetchone()
     if seq and seq["s"]:
         conn.execute(sql.SQL("SELECT setval(%(s)s, coalesce((SELECT max(id) FROM {}), 0) + 1, false)").format(

@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from core import db, pii
 from core.agent import prompts
+from core.knowledge import store
 
 Decision = Literal["accepted", "rejected"]
 RatingFilter = Literal["any", "up", "down", "unrated"]
@@ -270,8 +271,7 @@ def _upsert(conn: psycopg.Connection, row: CurationRow, decision: Decision, answ
 # to people who may see it all. Reads the answer as `a`.
 _FROM_RESTRICTED = ("EXISTS (SELECT 1 FROM jsonb_array_elements(a.sources) s LEFT JOIN documents d"
                     " ON d.id = (s->>'document_id')::bigint"
-                    " WHERE coalesce((s->>'restricted')::boolean, false)"
-                    " OR cardinality(d.visible_channels) > 0 OR cardinality(d.visible_groups) > 0)")
+                    f" WHERE coalesce((s->>'restricted')::boolean, false) OR {store.RESTRICTED})")
 _TRAINABLE = f"(%(restricted_ok)s OR NOT {_FROM_RESTRICTED})"
 
 

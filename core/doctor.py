@@ -12,7 +12,6 @@ from core import db, logs, models, queue, serving
 from core.config import Settings
 
 Level = Literal["ok", "warn", "fail"]
-_NO_TABLES = "a new database, no tables yet"
 
 
 @dataclass(frozen=True)
@@ -20,6 +19,10 @@ class Check:
     name: str
     level: Level
     detail: str
+
+
+NO_TABLES = Check("migrations", "warn", "a new database, no tables yet: `flywheel migrate` (or any of the "
+                  "Procfile's processes, at start) creates them")
 
 
 def redacted(url: str) -> str:
@@ -49,7 +52,7 @@ def run_checks(settings: Settings, *, embedder: bool = True) -> Iterator[Check]:
     yield from migrations
     if embedder:
         yield from _guarded("embedder", _embedder)
-    if migrations[0].detail.startswith(_NO_TABLES):   # nothing to read yet: one finding, not three errors
+    if migrations == [NO_TABLES]:   # nothing to read yet: one finding, not three errors
         yield from (Check(name, "warn", "not checked: the database has no tables yet")
                     for name in ("knowledge base", "generation"))
     else:
@@ -72,8 +75,7 @@ def _migrations(url: str) -> Check:
         applied = {r["version"] for r in conn.execute("SELECT version FROM schema_migrations")} if exists["t"] else set()  # type: ignore[index]
     pending = [p.stem for p in db.migration_files() if p.stem not in applied]
     if not applied:
-        return Check("migrations", "warn", f"{_NO_TABLES}: `flywheel migrate` (or any of the Procfile's processes, "
-                     "at start) creates them")
+        return NO_TABLES
     if pending:
         return Check("migrations", "warn", f"{len(pending)} not applied yet ({', '.join(pending)}): `flywheel migrate`")
     return Check("migrations", "ok", f"{len(applied)} applied, none pending")

@@ -241,13 +241,14 @@ def claim_deliveries(conn: psycopg.Connection, surface: Surface, limit: int = 20
     return [Delivery(**r) for r in rows]
 
 
-def retry_delivery(conn: psycopg.Connection, delivery_id: int, *, give_up_after: int) -> bool:
+def retry_delivery(conn: psycopg.Connection, delivery_id: int, *, give_up_after: int) -> int | None:
     """A claimed outbox row whose post failed for a passing reason: count the failure and put
-    the row back in the queue. False when it has failed `give_up_after` times: it stays taken."""
+    the row back in the queue; returns how many times it has failed. None when that reaches
+    `give_up_after`: it stays taken."""
     row = conn.execute(
         "UPDATE deliveries SET failed_attempts = coalesce(failed_attempts, 0) + 1,"
         " delivered_at = CASE WHEN coalesce(failed_attempts, 0) + 1 < %(n)s THEN NULL ELSE delivered_at END"
-        " WHERE id = %(id)s RETURNING delivered_at IS NULL AS queued",
+        " WHERE id = %(id)s RETURNING failed_attempts, delivered_at IS NULL AS queued",
         {"n": give_up_after, "id": delivery_id},
     ).fetchone()
-    return bool(row and row["queued"])
+    return int(row["failed_attempts"]) if row and row["queued"] else None

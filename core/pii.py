@@ -43,11 +43,10 @@ _PATTERNS: list[tuple[PiiKind, re.Pattern[str], int]] = [
     # A greeting names a person only when a comma follows the name ("Hi Anna," but not "Hi all").
     ("name", re.compile(rf"(?:^|\n)\s*(?:Hi|Hello|Hey|Dear)\s+({_NAME}),"), 1),
 ]
-_DECIMAL = re.compile(r"\d+\.\d+")
 # Digit runs that are not phone numbers: an IP address, a date (2024-05-01, 01.05.2024, 5/1/2024)
-# and what follows it (a time), a dotted build number, a range.
+# and what follows it (a time), a decimal or a dotted build number, a range.
 _NOT_PHONE = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|(?:\d{4}-\d{2}-\d{2}|\d{1,2}([./])\d{1,2}\1\d{2,4})\b.*"
-                        r"|\d+(?:\.\d+){2,}|\d{4,}-\d{4,}")
+                        r"|\d+(?:\.\d+)+|\d{4,}-\d{4,}")
 _REPLACEMENT: dict[PiiKind, str] = {"email": "[email]", "phone": "[phone]", "token": "[secret]",
                                     "mention": "[person]", "name": "[name]"}
 
@@ -58,8 +57,7 @@ def find_pii(text: str) -> list[PiiSpan]:
     for kind, pattern, group in _PATTERNS:
         for m in pattern.finditer(text):
             start, end = m.span(group)
-            if kind == "phone" and (sum(ch.isdigit() for ch in m.group()) < 9 or _DECIMAL.fullmatch(m.group())
-                                    or _NOT_PHONE.fullmatch(m.group())):
+            if kind == "phone" and (sum(ch.isdigit() for ch in m.group()) < 9 or _NOT_PHONE.fullmatch(m.group())):
                 continue  # dates, amounts, decimals, versions, addresses and ranges are not phone numbers
             if kind == "name":
                 end = start + len(_name_in(text[start:end]))

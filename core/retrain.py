@@ -150,7 +150,8 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         schedule = training.get_schedule(conn)
         if not schedule.enabled:
             return None
-        zone = get_settings().zone
+        settings = get_settings()
+        zone = settings.zone
         due = croniter(schedule.cron, now.astimezone(zone)).get_prev(dt.datetime)
         # A cron time before the schedule was last saved (switched back on, a new cron) is past:
         # turning a weekly schedule on again on a Wednesday must not retrain there and then.
@@ -171,7 +172,7 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
         # New: accepted answers the last successful retrain did not learn as they are now.
         last = training.last_succeeded(conn)
         new = curation.not_in_dataset(conn, last.dataset_version if last else None,
-                                      include_restricted=get_settings().train_on_restricted)
+                                      include_restricted=settings.train_on_restricted)
         if new < schedule.min_new_examples:
             audit.record(conn, SCHEDULE_ACTOR, "retrain.skip", "training_schedule",
                          {"reason": "not enough new accepted answers", "new": new,
@@ -179,7 +180,7 @@ def scheduled_retrain(now: dt.datetime) -> training.TrainingRun | None:
             return None
         try:
             version = curation.create_dataset(conn, created_by=SCHEDULE_ACTOR, note=f"scheduled ({schedule.cron})",
-                                              include_restricted=get_settings().train_on_restricted).version
+                                              include_restricted=settings.train_on_restricted).version
         except curation.DatasetUnchanged as e:  # an admin already froze exactly these answers
             version = e.version
     try:

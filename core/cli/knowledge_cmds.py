@@ -152,6 +152,6 @@ def _warn_of_empty_groups(groups: list[str]) -> None:
     if not groups:
         return
     with db.connection() as conn:
-        empty = store.groups_without_members(conn, groups)
-    if empty:
-        typer.echo(store.empty_groups_note(empty), err=True)
+        note = store.empty_groups_note(conn, groups)
+    if note:
+        typer.echo(note, err=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import typer
 
@@ -29,9 +30,7 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         if idle_unless_local and settings.llm_backend != "local":
             typer.echo(f"FLYWHEEL_LLM_BACKEND is {settings.llm_backend}: no local model server is needed here.")
-            from bot.serve import idle   # under honcho, a process that exits stops all the others
-
-            raise typer.Exit(idle())
+            threading.Event().wait()   # stay up: under honcho, a process that exits stops all the others
         adapters = [spec.partition("=") for spec in adapter]
         for spec, (name, sep, path) in zip(adapter, adapters):
             if not (name and sep and path):

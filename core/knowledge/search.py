@@ -48,8 +48,8 @@ class QueryError(ValueError):
     """A query that cannot be searched: empty, only punctuation, or too long."""
 
 
-_VISIBLE = """(
-    (cardinality(d.visible_channels) = 0 AND cardinality(d.visible_groups) = 0)
+_VISIBLE = f"""(
+    NOT {store.RESTRICTED}
     OR %(channel)s = ANY (d.visible_channels)
     OR d.visible_groups && ARRAY(SELECT g.group_name FROM group_members g WHERE g.user_id = %(user)s)
 )"""
@@ -95,7 +95,7 @@ SELECT chunk_id, document_id, source, title, heading, url, text, score, dense_sc
 FROM (   -- a passage stored twice (an uploaded copy of a file, a folder copied) is shown once, its best
     SELECT DISTINCT ON (c.text) c.id AS chunk_id, c.document_id, d.source, d.title, c.heading, d.url, c.text,
            f.score, f.sim AS dense_score, f.body_sim, f.lex AS lexical_score,
-           cardinality(d.visible_channels) > 0 OR cardinality(d.visible_groups) > 0 AS restricted,
+           {restricted} AS restricted,
            (SELECT count(*) FROM dense) AS dense_found
     FROM fused f JOIN chunks c ON c.id = f.id JOIN documents d ON d.id = c.document_id
     ORDER BY c.text, f.score DESC, f.sim DESC NULLS LAST, f.body_sim DESC NULLS LAST, f.id
@@ -104,9 +104,9 @@ ORDER BY score DESC, dense_score DESC NULLS LAST, body_sim DESC NULLS LAST, chun
 LIMIT %(k)s
 """
 _SQL = _SEARCH.format(nearest_text=_nearest("embedding", False), nearest_label=_nearest("heading_embedding", False),
-                      VISIBLE=_VISIBLE)
+                      VISIBLE=_VISIBLE, restricted=store.RESTRICTED)
 _SQL_EXACT = _SEARCH.format(nearest_text=_nearest("embedding", True), nearest_label=_nearest("heading_embedding", True),
-                            VISIBLE=_VISIBLE)
+                            VISIBLE=_VISIBLE, restricted=store.RESTRICTED)
 
 # More chunks the viewer may see than the dense candidates found: with pgvector 0.6 an HNSW scan
 # yields its `ef_search` nearest chunks and only then drops those the viewer may not see, so

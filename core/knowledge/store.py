@@ -138,6 +138,11 @@ def list_documents(conn: psycopg.Connection) -> list[DocumentRow]:
     return [DocumentRow(**r) for r in rows]
 
 
+# A document not everyone may see (visible only in some channels or to some groups), reading the
+# document as `d`: what search lets only some askers see, and what training leaves out.
+RESTRICTED = "(cardinality(d.visible_channels) > 0 OR cardinality(d.visible_groups) > 0)"
+
+
 def delete_document(conn: psycopg.Connection, id_or_source: int | str) -> list[str]:
     """Delete a document by id or source; the source of a JSONL file deletes all its records.
     Returns the sources deleted."""
@@ -237,17 +242,16 @@ def get_chunks(conn: psycopg.Connection, chunk_ids: Sequence[int]) -> list[Chunk
     return [by_id[i] for i in chunk_ids if i in by_id]
 
 
-def groups_without_members(conn: psycopg.Connection, groups: Sequence[str]) -> list[str]:
-    """The groups no one is in yet: a document visible only to them is visible to nobody."""
+def empty_groups_note(conn: psycopg.Connection, groups: Sequence[str]) -> str:
+    """What to tell whoever restricted documents to `groups`, when no one is in some of them
+    yet (a misspelt name: a document visible only to them is visible to nobody); "" otherwise."""
     known = {r["group_name"] for r in conn.execute(
         "SELECT DISTINCT group_name FROM group_members WHERE group_name = ANY(%(g)s)", {"g": list(groups)})}
-    return [g for g in dict.fromkeys(groups) if g not in known]
-
-
-def empty_groups_note(groups: Sequence[str]) -> str:
-    """What to tell whoever restricted documents to groups no one is in yet."""
-    return (f"No one is in {'group' if len(groups) == 1 else 'groups'} {', '.join(groups)} yet, so only "
-            f"its members will see these documents once added: `flywheel docs group-add {groups[0]} U0123ABCD …` "
+    empty = [g for g in dict.fromkeys(groups) if g not in known]
+    if not empty:
+        return ""
+    return (f"No one is in {'group' if len(empty) == 1 else 'groups'} {', '.join(empty)} yet, so only "
+            f"its members will see these documents once added: `flywheel docs group-add {empty[0]} U0123ABCD …` "
             "adds Slack users.")
 
 

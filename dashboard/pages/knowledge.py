@@ -29,8 +29,8 @@ def empty_groups(groups: list[str]) -> str:
     if not groups:
         return ""
     with db.connection() as conn:
-        empty = store.groups_without_members(conn, groups)
-    return f" {store.empty_groups_note(empty)}" if empty else ""
+        note = store.empty_groups_note(conn, groups)
+    return f" {note}" if note else ""
 
 
 def upload(files: list[UploadedFile], channels: list[str], groups: list[str], actor: str) -> ingest.IngestReport:
