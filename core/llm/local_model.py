@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import itertools
 import logging
 import os
@@ -145,6 +146,7 @@ class LocalModel:
         self._loads = itertools.count(1)
         self._lock = threading.Lock()
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self._cache_keyword = cache_keyword(self.model)
         self.decoded_tokens = 0  # every token decoded, cancelled generations included
         self._decoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
 
@@ -238,6 +240,8 @@ class LocalModel:
                 stream: TokenStream) -> Iterator[TokenOut | FinishReason]:
         import contextlib
 
+        from transformers import DynamicCache
+
         generator = torch.Generator(device=self.device)
         generator.manual_seed(params.seed if params.seed is not None else 0)
         eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(self.model.generation_config.eos_token_id))
@@ -251,13 +255,12 @@ class LocalModel:
         text = ""
         with scope, torch.inference_mode():
             ids = torch.tensor([input_ids], device=self.device)
-            past = None
+            cache = {self._cache_keyword: DynamicCache()}  # filled in place, step by step
             for _ in range(params.max_new_tokens):
                 if stream.cancelled:
                     return
-                out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+                out = self.model(input_ids=ids, use_cache=True, **cache)
                 self.decoded_tokens += 1
-                past = out.past_key_values
                 logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
                 token = _pick(logprobs, params, generator)
                 generated.append(token)
@@ -272,6 +275,12 @@ class LocalModel:
                     return
                 ids = torch.tensor([[token]], device=self.device)
         yield "length"
+
+
+def cache_keyword(model: Any) -> str:
+    """The name under which `model.forward` takes its KV cache. transformers 5.24 renamed
+    `past_key_values` to `cache` in most architectures (the old name warns until 5.40)."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
 
 
 def _as_list(value: Any) -> list[int]:
