@@ -13,12 +13,14 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
 
 from core import db, models, tgi_controller
 from core.config import Settings, get_settings
+from core.llm.base import adapter_files_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +91,17 @@ def _auth(settings: Settings | None) -> dict[str, str]:
 
 def load_adapter(name: str, path: str, url: str, backend: str, settings: Settings | None = None) -> None:
     """Make the server at `url` able to answer with `name` (does not make it live). An adapter
-    the server holds already, from the same folder, is not loaded again: a version's files never
-    change, and a rollback to the adapter a promotion replaced needs none (they may have been
-    cleaned up since). Rolling back further loads from files: older versions were let go of."""
+    the server holds already, from the same files, is not loaded again, nor when its files are
+    gone: a rollback to the adapter a promotion replaced needs none (they may have been cleaned
+    up since). Rolling back further loads from files: older versions were let go of. Files
+    written again under the same name (version numbers start again after a database reset) are
+    loaded again."""
     base = url.rstrip("/")
     headers = _auth(settings)
     try:
         if backend == "local":
-            if (held_adapters(url, backend, settings) or {}).get(name) == path:
+            held = (_held_by_local_server(url, settings) or {}).get(name)
+            if held and held["path"] == path and adapter_files_stamp(path) in (None, held.get("files")):
                 return
             r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, headers=headers, timeout=120)
         elif backend == "openai":  # vLLM's --api-key guards /v1/* too
@@ -115,15 +120,26 @@ def load_adapter(name: str, path: str, url: str, backend: str, settings: Setting
 def held_adapters(url: str, backend: str, settings: Settings | None = None) -> dict[str, str] | None:
     """The adapters the model server at `url` holds now, with their folders (our server's
     `/adapters`, vLLM's `/v1/models`); None when it cannot tell (TGI, extractive, unreachable)."""
-    route = {"local": "/adapters", "openai": "/v1/models"}.get(backend)
-    if route is None:
+    if backend == "local":
+        held = _held_by_local_server(url, settings)
+        return None if held is None else {name: entry["path"] for name, entry in held.items()}
+    if backend != "openai":
         return None
     try:
-        r = httpx.get(f"{url.rstrip('/')}{route}", headers=_auth(settings), timeout=5)
+        r = httpx.get(f"{url.rstrip('/')}/v1/models", headers=_auth(settings), timeout=5)
         r.raise_for_status()
-        body = r.json()
-        return ({a["adapter_id"]: a["path"] for a in body["adapters"]} if backend == "local"
-                else {m["id"]: m.get("root", "") for m in body["data"]})
+        return {m["id"]: m.get("root", "") for m in r.json()["data"]}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _held_by_local_server(url: str, settings: Settings | None) -> dict[str, dict[str, Any]] | None:
+    """Our server's `/adapters`: adapter id -> {"path", "files" (the adapter_files_stamp of what
+    it loaded)}; None when it cannot tell."""
+    try:
+        r = httpx.get(f"{url.rstrip('/')}/adapters", headers=_auth(settings), timeout=5)
+        r.raise_for_status()
+        return {a["adapter_id"]: a for a in r.json()["adapters"]}
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
         return None
 

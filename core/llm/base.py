@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 
@@ -56,3 +57,17 @@ class Generator(Protocol):
                max_new_tokens: int = 256, temperature: float = 0.0) -> Iterator[str]: ...
 
     def health(self) -> bool: ...
+
+
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_files_stamp(folder: str | Path) -> str | None:
+    """What tells one writing of an adapter's weights from another: their size and modification
+    time, as make and rsync tell changed files. None when the folder holds no weights."""
+    for name in ADAPTER_WEIGHTS:
+        weights = Path(folder) / name
+        if weights.exists():
+            stat = weights.stat()
+            return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return None

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from core.config import default_llm_dir
+from core.llm.base import adapter_files_stamp
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +143,7 @@ class LocalModel:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.adapters: dict[str, str] = {}       # adapter id -> the folder it was loaded from
+        self.stamps: dict[str, str] = {}         # adapter id -> adapter_files_stamp of what it loaded
         self._loaded_as: dict[str, str] = {}     # adapter id -> its name inside peft, new for each load
         self._loads = itertools.count(1)
         self._lock = threading.Lock()
@@ -161,7 +163,8 @@ class LocalModel:
         folder = Path(path)
         if not (folder / "adapter_config.json").exists():
             raise FileNotFoundError(f"{path}: no adapter_config.json (not a peft adapter folder)")
-        if not any((folder / name).exists() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+        stamp = adapter_files_stamp(folder)
+        if stamp is None:
             raise FileNotFoundError(f"{path}: no adapter weights (adapter_model.safetensors)")
         with self._lock:
             name = f"loaded-{next(self._loads)}"
@@ -181,6 +184,7 @@ class LocalModel:
             self.model = model.eval()
             replaced = self._loaded_as.get(adapter_id)
             self._loaded_as[adapter_id], self.adapters[adapter_id] = name, str(path)
+            self.stamps[adapter_id] = stamp
             if replaced is not None:
                 self._drop(replaced)
         logger.info("adapter %s loaded from %s", adapter_id, path)
@@ -197,7 +201,7 @@ class LocalModel:
             if adapter_id not in self.adapters:
                 raise AdapterNotLoaded(adapter_id)
             name = self._loaded_as.pop(adapter_id)
-            del self.adapters[adapter_id]
+            del self.adapters[adapter_id], self.stamps[adapter_id]
             if not self.adapters:  # the last one: back to the plain base model, LoRA layers removed
                 self.model = self.model.unload()
             else:

@@ -213,7 +213,8 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
 
     @app.get("/adapters")
     def adapters() -> dict[str, Any]:
-        return {"adapters": [{"adapter_id": k, "path": v} for k, v in model.adapters.items()]}
+        held = list(model.adapters.items())   # a copy: a load or unload may run meanwhile
+        return {"adapters": [{"adapter_id": k, "path": v, "files": model.stamps.get(k)} for k, v in held]}
 
     @app.post("/adapters")
     def load(body: AdapterLoad) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.llm.base import BackendUnavailable, ChatMessage, UnknownAdapter
+from core.llm.base import BackendUnavailable, ChatMessage, UnknownAdapter, adapter_files_stamp
 from core.llm.tgi import TGIGenerator
 from support.openapi import validate
 from support.servers import decoded_tokens, free_port, serve_llm
@@ -254,6 +254,28 @@ def test_rolling_back_needs_no_files_while_the_server_holds_the_adapter_and_the_
             assert [(e.action, e.target, e.actor) for e in audit.recent(conn)][0] == ("model.rollback", "base model", "alice")
 
 
+def test_an_adapter_name_written_again_with_new_files_is_loaded_again_not_served_from_the_old_ones(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """After a database reset version numbers start again, and the trainer writes the new
+    flywheel-v1 into the folder the old one came from: the server must not keep the old weights."""
+    from core import serving
+
+    folder = make_lora_adapter(tiny_model_dir, tmp_path / "flywheel-v1", seed=3)
+    with serve_llm(tiny_model_dir) as url:
+        serving.load_adapter("flywheel-v1", str(folder), url, "local")
+        old = serving.first_token_logprobs(url, "flywheel-v1")
+        serving.load_adapter("flywheel-v1", str(folder), url, "local")   # the same files: kept as they are
+        assert serving.first_token_logprobs(url, "flywheel-v1") == old
+
+        shutil.rmtree(folder)
+        make_lora_adapter(tiny_model_dir, folder, seed=5)   # the new flywheel-v1, trained after the reset
+        serving.load_adapter("reference", str(make_lora_adapter(tiny_model_dir, tmp_path / "ref", seed=5)),
+                             url, "local")
+        serving.load_adapter("flywheel-v1", str(folder), url, "local")
+        assert serving.first_token_logprobs(url, "flywheel-v1") == serving.first_token_logprobs(url, "reference")
+        assert serving.first_token_logprobs(url, "flywheel-v1") != old
+
+
 def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -303,7 +325,8 @@ def test_an_adapter_that_fails_to_load_changes_no_answer_and_says_why(tiny_model
         refused = client.post("/adapters", json={"adapter_id": "v1", "path": str(damaged)})   # loaded again, badly
         assert refused.status_code == 422
         assert (text(client, "v1"), text(client)) == (tuned, base)
-        assert client.get("/adapters").json() == {"adapters": [{"adapter_id": "v1", "path": str(good)}]}
+        assert client.get("/adapters").json() == {
+            "adapters": [{"adapter_id": "v1", "path": str(good), "files": adapter_files_stamp(good)}]}
 
         assert client.post("/adapters", json={"adapter_id": "v1", "path": str(other)}).status_code == 200
         assert text(client, "v1") not in (tuned, base) and text(client) == base   # new files under the same id
