@@ -53,6 +53,7 @@ class GenerationParams:
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
+    repetition_penalty: float | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
@@ -265,7 +266,10 @@ class LocalModel:
                     return
                 out = self.model(input_ids=ids, use_cache=True, **cache)
                 self.decoded_tokens += 1
-                logprobs = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+                logits = out.logits[0, -1].float()
+                if params.repetition_penalty not in (None, 1.0):
+                    logits = _penalise_repeats(logits, input_ids + generated, params.repetition_penalty)
+                logprobs = torch.log_softmax(logits, dim=-1)
                 token = _pick(logprobs, params, generator)
                 generated.append(token)
                 full = self.tokenizer.decode(generated, skip_special_tokens=True)
@@ -293,8 +297,16 @@ def _as_list(value: Any) -> list[int]:
     return list(value) if isinstance(value, (list, tuple)) else [int(value)]
 
 
+def _penalise_repeats(logits: torch.Tensor, seen: list[int], penalty: float) -> torch.Tensor:
+    """CTRL's repetition penalty, as TGI applies it over the prompt and what was generated:
+    a seen token's logit is divided by the penalty when positive, multiplied when negative."""
+    ids = torch.tensor(sorted(set(seen)), device=logits.device)
+    scores = logits.gather(0, ids)
+    return logits.scatter(0, ids, torch.where(scores < 0, scores * penalty, scores / penalty))
+
+
 def _pick(logprobs: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> int:
-    if not params.do_sample and not params.temperature:
+    if not params.do_sample:
         return int(torch.argmax(logprobs))
     scores = logprobs / max(params.temperature or 1.0, 1e-5)
     if params.top_k:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import random
 import threading
 import time
 import uuid
@@ -41,6 +42,7 @@ class GenerateParameters(BaseModel):
     temperature: float | None = Field(default=None, gt=0)
     top_k: int | None = Field(default=None, gt=0)
     top_p: float | None = Field(default=None, gt=0, lt=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
     return_full_text: bool | None = None
 
 
@@ -239,8 +241,12 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
                                     f"Given: {input_len} `inputs` tokens and {max_new} `max_new_tokens`")
         if p.adapter_id is not None and p.adapter_id not in model.adapters:
             raise ValidationFailure(_unknown_adapter(p.adapter_id, model))
-        return GenerationParams(max_new_tokens=max_new, do_sample=p.do_sample or bool(p.temperature),
-                                temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, seed=p.seed,
+        # As TGI: a temperature other than 1, top_k or top_p turns sampling on, and sampling
+        # without a seed draws one (reported in `details`, so the answer can be had again).
+        sampling = p.do_sample or p.temperature not in (None, 1.0) or p.top_k is not None or p.top_p is not None
+        seed = (p.seed if p.seed is not None else random.randrange(1, 2**63)) if sampling else None
+        return GenerationParams(max_new_tokens=max_new, do_sample=sampling, temperature=p.temperature,
+                                top_k=p.top_k, top_p=p.top_p, repetition_penalty=p.repetition_penalty, seed=seed,
                                 stop=tuple(p.stop))
 
     # Generation routes are async: a request waiting for the decode thread holds no worker
@@ -259,7 +265,7 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
         response: dict[str, Any] = {"generated_text": text}
         if body.parameters.details:
             response["details"] = {"finish_reason": finish, "generated_tokens": len(tokens), "prefill": [],
-                                   "seed": body.parameters.seed, "tokens": [_token(t) for t in tokens]}
+                                   "seed": params.seed, "tokens": [_token(t) for t in tokens]}
         return response
 
     @app.post("/generate_stream")
@@ -281,7 +287,7 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
                         previous = item
                     else:
                         final = {"finish_reason": item, "generated_tokens": index + 1, "input_length": len(ids),
-                                 "seed": body.parameters.seed}
+                                 "seed": params.seed}
                         yield _sse({"index": index, "token": _token(previous) if previous else
                                     {"id": 0, "text": "", "logprob": 0.0, "special": True},
                                     "generated_text": text, "details": final if body.parameters.details else None})
@@ -293,9 +299,10 @@ def create_app(model: LocalModel, *, default_max_new_tokens: int = 256) -> FastA
     async def chat(body: ChatRequest, request: Request) -> Any:
         adapter_id = body.model if body.model and body.model not in ("tgi", model.name) else None
         ids = model.chat_ids([m.model_dump() for m in body.messages])
+        # As TGI's chat route (and OpenAI's): it samples unless the temperature is 0.
         params = params_of(GenerateParameters(adapter_id=adapter_id, max_new_tokens=body.max_tokens,
-                                              temperature=body.temperature or None, top_p=body.top_p
-                                              if body.top_p and body.top_p < 1 else None,
+                                              do_sample=body.temperature != 0, temperature=body.temperature or None,
+                                              top_p=body.top_p if body.top_p and body.top_p < 1 else None,
                                               seed=body.seed, stop=body.stop or []), len(ids))
         stream = model.generate(ids, params, adapter_id)
         created, completion_id = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:12]}"

@@ -59,7 +59,7 @@ class TGIGenerator:
         self._check_adapter(adapter_id)
         out = self._call(lambda: self._client.chat_completion(
             [{"role": m.role, "content": m.content} for m in messages], model=adapter_id or self._base_model_name,
-            max_tokens=max_new_tokens, temperature=temperature or None, seed=0 if not temperature else None))
+            max_tokens=max_new_tokens, temperature=temperature))
         choice = out.choices[0]
         usage = out.usage
         return Generation(text=choice.message.content or "", model=out.model, adapter_id=adapter_id,
@@ -72,7 +72,7 @@ class TGIGenerator:
         self._check_adapter(adapter_id)
         chunks = self._call(lambda: self._client.chat_completion(
             [{"role": m.role, "content": m.content} for m in messages], model=adapter_id or self._base_model_name,
-            max_tokens=max_new_tokens, temperature=temperature or None, stream=True))
+            max_tokens=max_new_tokens, temperature=temperature, stream=True))
         try:
             for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta.content:

@@ -94,6 +94,44 @@ def test_tgi_client_chats_generates_and_streams(tiny_server: str) -> None:
     assert client.health()
 
 
+def _generate(url: str, **parameters: Any) -> dict[str, Any]:
+    body = {"inputs": "Northwind laptops ship in", "parameters": {"max_new_tokens": 8, "details": True, **parameters}}
+    response = httpx.post(f"{url}/generate", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_sampling_is_switched_on_as_tgi_switches_it_and_a_drawn_seed_is_reported_to_have_the_answer_again(
+        tiny_server: str) -> None:
+    greedy = _generate(tiny_server)
+    assert greedy["details"]["seed"] is None
+    assert _generate(tiny_server, temperature=1.0, seed=7) == greedy   # nothing that changes a distribution
+    for switch in ({"do_sample": True}, {"top_k": 50}, {"top_p": 0.9}, {"temperature": 0.7}):
+        assert _generate(tiny_server, **switch, seed=1)["generated_text"] != greedy["generated_text"], switch
+        first, second = _generate(tiny_server, **switch), _generate(tiny_server, **switch)
+        assert None is not first["details"]["seed"] != second["details"]["seed"] is not None
+        assert _generate(tiny_server, **switch, seed=first["details"]["seed"]) == first
+
+
+def test_the_chat_route_samples_unless_the_temperature_is_0_and_flywheels_client_asks_for_0(tiny_server: str) -> None:
+    def chat(**fields: Any) -> str:
+        body = {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8, **fields}
+        return httpx.post(f"{tiny_server}/v1/chat/completions", json=body, timeout=60).json()[
+            "choices"][0]["message"]["content"]
+
+    greedy = chat(temperature=0)
+    assert chat(seed=1) != greedy   # as TGI and OpenAI: no temperature is temperature 1
+    assert TGIGenerator(tiny_server).chat([ChatMessage("user", "Hello")], max_new_tokens=8).text == greedy
+    assert "".join(TGIGenerator(tiny_server).stream([ChatMessage("user", "Hello")], max_new_tokens=8)) == greedy
+
+
+def test_a_repetition_penalty_keeps_an_answer_from_repeating_its_tokens(tiny_server: str) -> None:
+    plain = [t["id"] for t in _generate(tiny_server, max_new_tokens=24)["details"]["tokens"]]
+    assert len(set(plain)) < len(plain)   # the tiny random model repeats itself
+    penalised = [t["id"] for t in _generate(tiny_server, max_new_tokens=24, repetition_penalty=1e4)["details"]["tokens"]]
+    assert len(set(penalised)) == len(penalised)
+
+
 def test_adapter_loaded_while_serving_changes_only_its_own_answers(tiny_server: str, tiny_model_dir: Path,
                                                                    tmp_path: Path) -> None:
     client = TGIGenerator(tiny_server)
