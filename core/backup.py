@@ -6,8 +6,9 @@ Adapter weights are files under the adapters folder; back that folder up with th
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import psycopg
 from psycopg import sql
@@ -36,13 +37,13 @@ def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     """Write `<table>.jsonl` for every table into `folder`; returns rows per table. Run it in a
     REPEATABLE READ transaction (as `flywheel export` does) for one snapshot: read table by table
     while the product runs, a vote could be exported without its answer, and not import."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     manifest = folder / "manifest.json"
     manifest.unlink(missing_ok=True)   # an export cut short over an earlier one is no export at all
     counts: dict[str, int] = {}
     for table in TABLES:
         query = sql.SQL("SELECT to_jsonb(t) AS row FROM {} t ORDER BY 1").format(sql.Identifier(table))
-        with (folder / f"{table}.jsonl").open("w", encoding="utf-8") as out:
+        with _private(folder / f"{table}.jsonl") as out:
             n = 0
             for record in conn.execute(query):
                 out.write(json.dumps(record["row"], ensure_ascii=False) + "\n")
@@ -50,9 +51,18 @@ def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
         counts[table] = n
     migrations = [r["version"] for r in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
     partial = folder / "manifest.json.partial"
-    partial.write_text(json.dumps({"migrations": migrations, "tables": counts}, indent=2))
+    with _private(partial) as out:
+        out.write(json.dumps({"migrations": migrations, "tables": counts}, indent=2))
     partial.rename(manifest)   # last, whole: the files it lists are all written
     return counts
+
+
+def _private(path: Path) -> TextIO:
+    """`path` opened for writing, readable by its owner only: an export holds questions as
+    asked, drafts from restricted documents and the audit log."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)   # a file there from an earlier export keeps its mode otherwise
+    return os.fdopen(fd, "w", encoding="utf-8")
 
 
 def is_export(folder: Path) -> bool:

@@ -40,7 +40,7 @@ def load(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int,
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
-    state = torch.load(folder / "optimizer.pt", weights_only=False)
+    state = torch.load(folder / "optimizer.pt", weights_only=True)   # tensors and numbers only: nothing to unpickle
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,6 +85,9 @@ def test_export_then_import_into_fresh_database_round_trips_every_row(
     out = tmp_path / "export"
     exported = CliRunner().invoke(app, ["export", str(out)])
     assert exported.exit_code == 0, exported.output
+    # Questions as asked and drafts from restricted documents: for the owner's eyes only.
+    assert stat.S_IMODE(out.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o600}
 
     db.close_pools()
     with _fresh_database(pg_server) as target_url:
