@@ -6,7 +6,7 @@ import threading
 
 import typer
 
-from core.config import get_settings
+from core.config import get_settings, is_loopback
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,12 @@ def register(app: typer.Typer) -> None:
         if idle_unless_local and settings.llm_backend != "local":
             typer.echo(f"FLYWHEEL_LLM_BACKEND is {settings.llm_backend}: no local model server is needed here.")
             threading.Event().wait()   # stay up: under honcho, a process that exits stops all the others
+        address = host or settings.llm_host
+        if not is_loopback(address) and not settings.llm_token:
+            raise typer.BadParameter(
+                f"refusing to serve on {address} without FLYWHEEL_LLM_API_KEY: anyone who can reach the server "
+                "could load, replace or unload the adapters every answer uses. Set FLYWHEEL_LLM_API_KEY (and the "
+                "same on every Flywheel process), or listen on 127.0.0.1.")
         adapters = [spec.partition("=") for spec in adapter]
         for spec, (name, sep, path) in zip(adapter, adapters):
             if not (name and sep and path):
@@ -57,4 +63,4 @@ def register(app: typer.Typer) -> None:
                 logger.error("cannot load the live adapter %s (%s): serving the base model until a promotion "
                              "loads one", live.name, e)
         uvicorn.run(create_app(local, default_max_new_tokens=settings.llm_max_new_tokens),
-                    host=host or settings.llm_host, port=port or settings.llm_port, log_level="info")
+                    host=address, port=port or settings.llm_port, log_level="info")

@@ -323,7 +323,9 @@ def test_serve_llm_names_a_model_or_adapter_it_cannot_load(tiny_model_dir: Path,
                           (["--model", str(tmp_path)], "is not a model folder (no config.json)"),
                           (["--model", str(tiny_model_dir), "--adapter", "v1"], "expects NAME=PATH"),
                           (["--model", str(tiny_model_dir), "--adapter", f"v1={tmp_path}"],
-                           "cannot load the adapter 'v1'")]:
+                           "cannot load the adapter 'v1'"),
+                          (["--model", str(tiny_model_dir), "--host", "0.0.0.0"],   # anyone could swap adapters
+                           "refusing to serve on 0.0.0.0 without FLYWHEEL_LLM_API_KEY")]:
         refused = CliRunner().invoke(app, ["serve-llm", *args, "--port", str(free_port())],
                                      env={"COLUMNS": "400"})  # the whole message on one line of the error box
         assert refused.exit_code == 2 and message in refused.output, (args, refused.output)
