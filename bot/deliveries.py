@@ -114,7 +114,7 @@ def _after_delivery(deps: Deps, where: store.SlackAnswer, answer: feedback.Answe
 def _redraw_card(deps: Deps, where: store.SlackAnswer, answer: feedback.Answer) -> None:
     try:
         with db.connection() as conn:
-            reviews.redraw_card(deps.client, deps.throttle, conn, where, answer)
+            reviews.redraw_card(deps.client, deps.throttle, conn, where, answer, deps.settings)
     except Exception:
         logger.exception("could not redraw the review card of answer %s", answer.id)
 
@@ -126,7 +126,8 @@ def _code(e: Exception) -> str:
 def _report_undelivered(deps: Deps, conn: psycopg.Connection, where: store.SlackAnswer, answer: feedback.Answer,
                         item: feedback.Delivery, why: str) -> None:
     try:
-        reviews.report_undelivered(deps.client, deps.throttle, conn, where, answer, item.kind, why)
+        reviews.report_undelivered(deps.client, deps.throttle, conn, where, answer, item.kind, why,
+                                   deps.settings)
     except Exception:  # the row is final either way; the log has it
         logger.exception("could not tell the reviewers that answer %s was not delivered", item.answer_id)
 

@@ -23,6 +23,10 @@ ALREADY_DECIDED = "This review was already decided, so nothing changed."
 DECISION_FAILED = "Sorry, recording that decision failed; the review is still open. Please try again."
 EMPTY_EDIT = "The answer can't be empty."
 EMPTY_REASON = "Please say why, for the record."
+RESTRICTED_DRAFT = (":lock: Drafted from documents not everyone in this channel may see, so the draft and its "
+                    "sources are only on the dashboard's *Reviews* page (review #{review_id}): decide it there.")
+RESTRICTED_EDIT = ("This draft comes from documents not everyone in the review channel may see: edit, approve or "
+                   "reject it on the dashboard's *Reviews* page.")
 TOO_LONG_TO_EDIT = ("This draft is {chars:,} characters long, more than Slack lets you edit here ({limit:,}). "
                     "Edit it in the dashboard's *Reviews* page, or approve or reject it as it is from the card.")
 
@@ -60,11 +64,15 @@ CARD_TITLES = {"pending": "Answer waiting for review", "approved": "Answer appro
                "edited": "Answer edited and approved", "rejected": "Answer rejected"}
 
 
-def review_card(review: feedback.Review, answer: feedback.Answer, earlier: feedback.Answer | None = None) -> Message:
+def review_card(review: feedback.Review, answer: feedback.Answer, earlier: feedback.Answer | None = None,
+                *, show_restricted: bool = False) -> Message:
     """The card in the reviewers' channel: buttons while pending, who decided and when after;
-    with `earlier`, the turn before a follow-up, which the question may only make sense with."""
+    with `earlier`, the turn before a follow-up, which the question may only make sense with.
+    A draft from documents not everyone may see shows without its text, sources or buttons (it
+    is decided on the dashboard), unless `show_restricted` (the review channel may read them)."""
     confidence = "n/a" if answer.confidence is None else f"{answer.confidence:.2f}"
     title = CARD_TITLES[review.status]   # a reviewer scanning the channel sees what is still open
+    hidden = answer.restricted and not show_restricted
     out: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": title, "emoji": True}},
         {"type": "section", "fields": [
@@ -73,21 +81,26 @@ def review_card(review: feedback.Review, answer: feedback.Answer, earlier: feedb
             {"type": "mrkdwn", "text": f"*Confidence*\n{confidence}"},
             {"type": "mrkdwn", "text": f"*Why it needs review*\n{blocks.clip(review.reason, 1000)}"},
         ]},
-        *([_earlier(earlier)] if earlier is not None else []),
+        *([_earlier(earlier, show_restricted)] if earlier is not None else []),
         blocks.section(f"*Question*\n{blocks.clip(answer.question, 2000)}"),
-        blocks.section("*Draft answer*"),
     ]
+    lead = "Review needed" if review.status == "pending" else title
+    text = f"{lead}: {blocks.clip(answer.question, 200)}"
+    if hidden:
+        return Message(text=text, blocks=[*out, blocks.section(RESTRICTED_DRAFT.format(review_id=review.id)),
+                                          {"type": "divider"}, *_decision(review, with_edit=False)])
     sources = blocks.sources_block(answer.sources, answer.draft or "")
     after: list[Block] = [*([sources] if sources is not None else []), {"type": "divider"},
                           *([_buttons(review.id)] if review.status == "pending" else _decision(review))]
+    out.append(blocks.section("*Draft answer*"))
     room = blocks.MESSAGE_CHARS - blocks.text_chars(out + after)   # the draft gets what one message has left
-    lead = "Review needed" if review.status == "pending" else title
-    return Message(text=f"{lead}: {blocks.clip(answer.question, 200)}",
-                   blocks=[*out, *_limited(answer.draft or "(no draft)", room), *after])
+    return Message(text=text, blocks=[*out, *_limited(answer.draft or "(no draft)", room), *after])
 
 
-def _earlier(earlier: feedback.Answer) -> Block:
+def _earlier(earlier: feedback.Answer, show_restricted: bool) -> Block:
     said = earlier.final_answer or earlier.draft or "(no answer)"
+    if earlier.restricted and not show_restricted:
+        said = "_(drafted from restricted documents: on the dashboard)_"
     return _context(f"*Earlier in this thread*\n*Q:* {blocks.clip(earlier.question, 300)}\n"
                     f"*A:* {blocks.clip(said, 700)}")
 
@@ -114,12 +127,17 @@ def _buttons(review_id: int) -> Block:
     ]}
 
 
-def _decision(review: feedback.Review) -> list[Block]:
+def _decision(review: feedback.Review, *, with_edit: bool = True) -> list[Block]:
+    """Who decided, when, and how; nothing while the review is pending."""
     when = _date(review)
+    if review.status == "pending":
+        return []
     if review.status == "approved":
         line = f":white_check_mark: Approved by {who(review.decided_by)} {when}"
         return [_context(line)]
     if review.status == "edited":
+        if not with_edit:
+            return [_context(f":pencil2: Edited and approved by {who(review.decided_by)} {when}")]
         line = f":pencil2: Edited and approved by {who(review.decided_by)} {when}. Sent instead of the draft:"
         return [_context(line), *_limited(review.edited_text or "", _EDITED_CHARS)]
     reason = blocks.clip(review.reject_reason or "", 2000)

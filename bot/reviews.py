@@ -89,7 +89,7 @@ def _post_card(conn: psycopg.Connection, client: WebClient, settings: Settings, 
         return
     try:
         ts = posting.post(client, channel=settings.review_channel, thread_ts=None,
-                          message=review_view.review_card(review, answer, feedback.earlier_turn(conn, answer)))
+                          message=card(conn, review, answer, settings))
     except (SlackApiError, OSError):   # refused, or out of reach: the asker keeps the review note, not an apology
         logger.exception("could not post the card of review %s to %s; trying again later",
                          review_id, settings.review_channel)
@@ -97,19 +97,26 @@ def _post_card(conn: psycopg.Connection, client: WebClient, settings: Settings, 
     store.set_review_card(conn, answer.id, settings.review_channel, ts)
 
 
+def card(conn: psycopg.Connection, review: feedback.Review, answer: feedback.Answer, settings: Settings) -> Message:
+    """The review card of `answer` as it stands, with the turn before it."""
+    return review_view.review_card(review, answer, feedback.earlier_turn(conn, answer),
+                                   show_restricted=settings.reviewers_see_restricted)
+
+
 def redraw_card(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection, where: store.SlackAnswer,
-                answer: feedback.Answer) -> None:
+                answer: feedback.Answer, settings: Settings) -> None:
     """Redraw an answer's review card from the database (after a decision: who, when, no buttons),
     for a caller that has read the answer and where it lives already."""
     review = feedback.review_for_answer(conn, answer.id)
     if where.review_ts is None or where.review_channel_id is None or review is None:
         return
     posting.replace(client, throttle, channel=where.review_channel_id, ts=where.review_ts,
-                    message=review_view.review_card(review, answer, feedback.earlier_turn(conn, answer)))
+                    message=card(conn, review, answer, settings))
 
 
 def report_undelivered(client: WebClient, throttle: UpdateThrottle, conn: psycopg.Connection,
-                       where: store.SlackAnswer, answer: feedback.Answer, kind: feedback.DeliveryKind, why: str) -> None:
+                       where: store.SlackAnswer, answer: feedback.Answer, kind: feedback.DeliveryKind, why: str,
+                       settings: Settings) -> None:
     """A decided answer (or the note that it was rejected) never reached the asker: say so in
     the card's thread, so the reviewers can reach the asker another way, then redraw the card
     (the decision, no buttons)."""
@@ -117,4 +124,4 @@ def report_undelivered(client: WebClient, throttle: UpdateThrottle, conn: psycop
         return
     posting.post(client, channel=where.review_channel_id, thread_ts=where.review_ts,
                  message=review_view.undelivered(answer, kind, why))
-    redraw_card(client, throttle, conn, where, answer)
+    redraw_card(client, throttle, conn, where, answer, settings)

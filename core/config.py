@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     review_channel: str = ""               # channel id where review cards go
     reviewers: TextList = []              # Slack user ids allowed to decide reviews
     reviewer_group: str = ""               # or a Slack user group id (its members decide)
+    # Whether everyone in the review channel may read documents restricted to some channels or
+    # groups; if not, a card drafted from them shows no draft or sources: decide it on the dashboard.
+    reviewers_see_restricted: bool = False
     bot_port: int = 3000                   # HTTP mode: where Slack posts events
 
     # Dashboard. OIDC through Streamlit's st.login when configured; else a password whose

@@ -42,6 +42,11 @@ class Answer:
     error: str | None
     created_at: dt.datetime
 
+    @property
+    def restricted(self) -> bool:
+        """Drafted from a document not everyone may see (as it was when drafted)."""
+        return any(source.get("restricted") for source in self.sources)
+
 
 @dataclass(frozen=True)
 class Review:

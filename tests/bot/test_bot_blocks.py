@@ -158,6 +158,26 @@ def test_a_follow_ups_card_shows_the_turn_before_it_and_a_first_questions_does_n
     assert "Earlier in this thread" not in str(review_view.review_card(_review(), _answer()).blocks)
 
 
+def test_a_card_drafted_from_restricted_documents_shows_no_draft_sources_or_buttons_unless_reviewers_may_see_them(
+        ) -> None:
+    hr_only = [{**SOURCES[2], "restricted": True}]
+    answer = _answer(draft="Band C pays 71,000 [1].", sources=hr_only)
+    card = review_view.review_card(_review(), answer)
+    shown = str(card.blocks)
+    assert "Band C pays" not in shown and "Pay" not in shown and "pay.md" not in shown
+    assert "review #3" in shown and "Is R&amp;D's &lt;budget&gt; public?" in shown   # the question stays
+    assert not [b for b in card.blocks if b["type"] == "actions"]
+    edited = _review(status="edited", decided_by="UREV", edited_text="Band C pays 72,000.",
+                     decided_at=dt.datetime(2025, 1, 2, tzinfo=dt.UTC))
+    assert "72,000" not in str(review_view.review_card(edited, answer).blocks)
+    follow_up = review_view.review_card(_review(), _answer(question="And band D?"), answer)
+    assert "Band C pays" not in str(follow_up.blocks)   # nor as the turn before a follow-up
+
+    allowed = review_view.review_card(_review(), answer, show_restricted=True)
+    assert "Band C pays" in str(allowed.blocks) and "Pay" in str(allowed.blocks)
+    assert [b for b in allowed.blocks if b["type"] == "actions"]
+
+
 def test_direct_message_questions_show_where_as_a_dm() -> None:
     assert "a direct message" in str(review_view.review_card(_review(), _answer(channel_id="D123")).blocks)
 

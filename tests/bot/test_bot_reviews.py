@@ -13,7 +13,9 @@ from support.scripted_model import ScriptedModel
 
 from bot import blocks, review_view, store
 from bot.deliveries import DeliveryLoop
+from core import db, feedback
 from core.agent import graph, run
+from core.knowledge import store as store_of_documents
 
 
 def _review_id() -> int:
@@ -117,6 +119,31 @@ def test_the_card_of_a_follow_up_shows_the_turn_it_follows(bot: SlackBot, model:
     earlier = next(b for b in card.blocks if "Earlier in this thread" in str(b))
     assert "How do I get a new laptop?" in str(earlier)
     assert str(card.blocks).index("Earlier in this thread") < str(card.blocks).index(SALARY_QUESTION)
+
+
+def test_a_draft_from_a_channels_own_documents_is_decided_on_the_dashboard_not_shown_to_the_review_channel(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    with db.connection() as conn:   # the pay document: for #general only
+        [(doc_id, _)] = [(d.id, d.source) for d in store_of_documents.list_documents(conn) if "salary" in d.source]
+        store_of_documents.set_visibility(conn, doc_id, ["CGENERAL"], [])
+    ts, card = pending_review(bot, model)
+    assert SALARY_DRAFT not in card.shown_text and "Salary bands" not in card.shown_text
+    assert SALARY_QUESTION in card.shown_text and not card.action_values()
+    with db.connection() as conn:   # a card drawn before the rule, with its buttons
+        review = feedback.get_review(conn, _review_id())
+        drawn = review_view.review_card(review, feedback.get_answer(conn, review.answer_id), show_restricted=True)
+    bot.click({**bot.message_of(card), "blocks": drawn.blocks}, review_view.EDIT, user=REVIEWER,
+              channel=REVIEW_CHANNEL)
+    [told] = bot.slack.wait_for("chat.postEphemeral", lambda c: c.args["user"] == REVIEWER)
+    assert told.args["text"] == review_view.RESTRICTED_EDIT and not bot.slack.calls_to("views.open")
+
+    decided = run.decide(_review_id(), {"action": "edit", "reviewer": "alice@northwind.example",
+                                        "text": "Bands are set by the People team [1]."}, context=bot.context())
+    assert decided is not None   # on the dashboard: the asker gets it, the card says who, not what
+    bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts and "People team" in c.shown_text)
+    updated = _card_update(bot, card)
+    assert "Edited and approved by alice@northwind.example" in updated.shown_text
+    assert "People team" not in updated.shown_text
 
 
 def test_edit_or_reject_on_a_decided_review_says_so_before_any_modal(bot: SlackBot, model: ScriptedModel) -> None:

@@ -37,6 +37,9 @@ def handle_edit(ack: Ack, body: dict[str, Any], action: dict[str, Any], client: 
         if answer is None:
             notices.tell_clicker(client, body, review_view.already_decided(review, body["user"]["id"]))
             return
+        if answer.restricted and not deps.of(context).settings.reviewers_see_restricted:
+            notices.tell_clicker(client, body, review_view.RESTRICTED_EDIT)
+            return
         client.views_open(trigger_id=body["trigger_id"], view=review_view.edit_modal(review_id, answer.draft or ""))
     except Exception:
         logger.exception("opening the edit modal failed")
