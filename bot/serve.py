@@ -6,10 +6,10 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from socketserver import ThreadingMixIn
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from slack_bolt import App
@@ -97,8 +97,24 @@ class _QuietHandler(WSGIRequestHandler):
 def http_server(app: App, *, host: str = "0.0.0.0", port: int = 3000) -> WSGIServer:  # noqa: S104
     """Bolt's WSGI adapter on a threaded server from the standard library: each request gets
     a thread, so one slow acknowledgement never holds up the next."""
-    return make_server(host, port, SlackRequestHandler(app, path=EVENTS_PATH),
+    return make_server(host, port, _refusing_large_bodies(SlackRequestHandler(app, path=EVENTS_PATH)),
                        server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+
+
+# Slack's largest requests (a modal's view with what was typed in it) are far below this.
+MAX_BODY_BYTES = 1 << 20
+
+
+def _refusing_large_bodies(handler: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """A 413 for a body over MAX_BODY_BYTES before anything reads it: Bolt reads the whole body
+    into memory to check its signature, so anyone could otherwise make the bot hold gigabytes."""
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        declared = str(environ.get("CONTENT_LENGTH") or "0")
+        if not declared.isdigit() or int(declared) > MAX_BODY_BYTES:
+            start_response("413 Content Too Large", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"The request body is over {MAX_BODY_BYTES:,} bytes.\n".encode()]
+        return handler(environ, start_response)
+    return app
 
 
 def run(app: App, deps: Deps) -> None:

@@ -1,8 +1,10 @@
 """Requests that do not come from Slack are refused; Slack's URL check is answered."""
 from __future__ import annotations
 
+import http.client
 import json
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -42,6 +44,19 @@ def test_tampered_body_is_rejected(bot: SlackBot) -> None:
     headers = slack_payloads.signed_headers(body, SECRET)
     response = httpx.post(bot.url, content=body.replace("laptop", "salary").encode(), headers=headers, timeout=30)
     assert response.status_code == 401
+
+
+def test_a_body_too_large_for_any_slack_request_is_refused_before_it_is_read(bot: SlackBot) -> None:
+    url = urllib.parse.urlsplit(bot.url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    connection.putrequest("POST", url.path)   # says a gigabyte follows; none is sent
+    connection.putheader("Content-Length", str(10**9))
+    connection.putheader("Content-Type", "application/json")
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and "over 1,048,576 bytes" in response.read().decode()
+    connection.close()
+    assert bot.post(_mention_body(bot)).status_code == 200   # the next request is served as ever
 
 
 def test_url_verification_challenge_is_answered(bot: SlackBot) -> None:
