@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import getpass
 import ipaddress
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,7 +93,26 @@ def gate(settings: Settings | None = None) -> Identity:
                  "FLYWHEEL_DASHBOARD_PASSWORD_HASH (`flywheel hash-password`) or configure OIDC, or start it with "
                  "`flywheel dashboard`, which binds it to localhost.")
         st.stop()
+    why = not_from_this_machine(dict(st.context.headers))
+    if why is not None:
+        st.error(f"No login is configured, so this dashboard is only for a browser on its own machine, and {why}. "
+                 "Set FLYWHEEL_DASHBOARD_PASSWORD_HASH (`flywheel hash-password`) or configure OIDC to use it "
+                 "from elsewhere.")
+        st.stop()
     return Identity(actor=f"local:{getpass.getuser()}", role="admin", mode="local")
+
+
+def not_from_this_machine(headers: Mapping[str, str]) -> str | None:
+    """Why a request is not a browser on this machine, though it reaches a loopback address:
+    it came through a proxy on this host (every browser behind it looks local), or it names
+    another host (a page whose DNS name was rebound to 127.0.0.1). None when nothing says so."""
+    named = {k.lower(): v for k, v in headers.items()}
+    if any(named.get(h) for h in ("x-forwarded-for", "forwarded", "x-real-ip")):
+        return "this request came through a proxy"
+    host = named.get("host")
+    if host and not is_loopback(urllib.parse.urlsplit(f"//{host}").hostname):
+        return f"this request names the host {host!r}"
+    return None
 
 
 def _oidc(settings: Settings) -> Identity:

@@ -164,6 +164,14 @@ def test_without_login_the_dashboard_runs_only_on_loopback(dashboard_db: str) ->
     assert not at.metric
 
 
+def test_without_login_a_request_naming_another_host_is_not_taken_for_this_machine() -> None:
+    # A page on evil.example whose DNS name was rebound to 127.0.0.1 still sends its own Host.
+    assert auth.not_from_this_machine({"Host": "evil.example:8501"}) == "this request names the host 'evil.example:8501'"
+    for host in ("localhost:8501", "127.0.0.1:8501", "[::1]:8501", "LOCALHOST"):
+        assert auth.not_from_this_machine({"host": host}) is None, host
+    assert auth.not_from_this_machine({"Forwarded": "for=203.0.113.7", "Host": "localhost"}) is not None
+
+
 def test_behind_a_trusted_proxy_the_browser_address_comes_from_x_forwarded_for() -> None:
     proxies = ["10.0.0.0/8", "loopback"]
     assert auth.client_address("10.0.0.5", "203.0.113.7, 10.0.0.9", proxies) == "203.0.113.7"

@@ -29,8 +29,18 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 @pytest.fixture
 def dashboard_url(dashboard_db: str, tmp_path: Path) -> Iterator[str]:
     """The real dashboard in its own process, on a free port, with a password login."""
+    yield from _dashboard(dashboard_db, tmp_path, {"FLYWHEEL_DASHBOARD_PASSWORD_HASH": PASSWORD_HASH})
+
+
+@pytest.fixture
+def dashboard_without_login_url(dashboard_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    monkeypatch.delenv("FLYWHEEL_DASHBOARD_PASSWORD_HASH", raising=False)
+    yield from _dashboard(dashboard_db, tmp_path, {})
+
+
+def _dashboard(dashboard_db: str, tmp_path: Path, login: dict[str, str]) -> Iterator[str]:
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": dashboard_db, "FLYWHEEL_DASHBOARD_PASSWORD_HASH": PASSWORD_HASH,
+    env = {**os.environ, "DATABASE_URL": dashboard_db, **login,
            "FLYWHEEL_LLM_BACKEND": "extractive", "FLYWHEEL_DATA_DIR": str(tmp_path / "data")}
     log_path = tmp_path / "streamlit.log"
     with open(log_path, "w") as log:
@@ -111,5 +121,27 @@ def test_a_running_retrain_moves_on_the_training_page_without_a_click(dashboard_
                 training.finish_run(conn, run.id, "succeeded")
             expect(page.get_by_text("succeeded · 100%")).to_be_visible(timeout=REFRESH_WAIT_MS)
             expect(page.get_by_role("button", name="Cancel this run")).to_have_count(0)
+        finally:
+            browser.close()
+
+
+def test_without_a_login_only_a_browser_on_the_machine_gets_in_not_one_through_a_proxy(
+        dashboard_without_login_url: str, tmp_path: Path) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            here = browser.new_page()
+            here.set_default_timeout(UI_TIMEOUT_MS)
+            here.goto(dashboard_without_login_url)
+            expect(here.get_by_role("heading", name="Overview")).to_be_visible()
+
+            # What nginx on this host adds to every request it passes on from the internet.
+            proxied = browser.new_page(extra_http_headers={"X-Forwarded-For": "203.0.113.7"})
+            proxied.set_default_timeout(UI_TIMEOUT_MS)
+            proxied.goto(dashboard_without_login_url)
+            expect(proxied.get_by_text("this request came through a proxy")).to_be_visible()
+            expect(proxied.get_by_role("heading", name="Overview")).to_have_count(0)
         finally:
             browser.close()
