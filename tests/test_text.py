@@ -35,3 +35,13 @@ def test_answers_in_another_script_are_scored_against_their_references() -> None
     assert token_f1("Пять рабочих дней.", "пять рабочих дней") == 1.0
     assert rouge_l("配送には5営業日かかります", "配送には5営業日かかります。") == 1.0
     assert token_f1("Три дня.", "Пять рабочих дней.") == 0.0
+
+
+def test_a_bare_number_is_grounded_only_in_a_passage_about_what_was_asked() -> None:
+    vacation = "Lisbon: 25 working days of paid vacation per calendar year. Toronto: 20 working days."
+    parking = "The garage has 10 spaces for bicycles. Ask reception for a badge."
+    question = "How many vacation days do I get in Lisbon?"
+    assert groundedness("10", [vacation, parking], question=question) == 0.0
+    assert groundedness("25 [1].", [vacation, parking], question=question) == 1.0
+    assert groundedness("25 days.", [vacation, parking], question=question) == 1.0
+    assert groundedness("You get 25 working days of paid vacation per year [1].", [vacation, parking]) == 1.0

@@ -8,6 +8,7 @@ from core.text import words
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n+")
 _CITATION = re.compile(r"\[\d+\]")
+_TERSE = 2   # a sentence with fewer words than this besides its numbers is read with the question
 _LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*•])\s+", re.MULTILINE)   # "1. ", "2) ", "- ": not claims
 # Words that carry no claim: a sentence is judged by the rest.
 _STOP = frozenset(
@@ -22,18 +23,23 @@ def content_words(text: str) -> set[str]:
     return {w for w in words(text, joined=True) if w not in _STOP and (len(w) > 1 or w.isdigit())}   # "2" is a claim
 
 
-def groundedness(draft: str, sources: Sequence[str], min_overlap: float = 0.6) -> float:
+def groundedness(draft: str, sources: Sequence[str], min_overlap: float = 0.6, *, question: str = "") -> float:
     """Share of the draft's sentences (0..1) supported by one passage of a source: two adjacent
     source sentences must hold most of the sentence's content words and every number in it.
     Cheap and deterministic; it catches drafts that mix true words into a claim no source makes
-    ("delivery in Toronto takes 2 hours" when the source says seven working days)."""
+    ("delivery in Toronto takes 2 hours" when the source says seven working days). A terse
+    sentence ("10.", "25 days") answers the question: it is read with the question's words, so a
+    number is grounded only in a passage about what was asked."""
     windows = [content_words(w) for source in sources for w in _windows(source)]
     sentences = [s for s in _SENTENCE.split(_LIST_MARKER.sub("", _CITATION.sub("", draft))) if content_words(s)]
     if not sentences or not windows:
         return 0.0
+    asked = content_words(question)
     supported = 0
     for sentence in sentences:
         words = content_words(sentence)
+        if len({w for w in words if not w.isdigit()}) < _TERSE:
+            words |= asked
         numbers = {w for w in words if w.isdigit()}
         for window in windows:
             if numbers <= window and len(words & window) / len(words) >= min_overlap:

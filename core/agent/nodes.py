@@ -142,7 +142,8 @@ def assess(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     sources = state["sources"]
     top = max((s["dense_score"] or 0.0) for s in sources)
     # An extractive draft quotes the sources word for word: grounded by construction.
-    grounded = 1.0 if state.get("model") == "extractive" else groundedness(state["draft"], [s["text"] for s in sources])
+    texts = [s["text"] for s in sources]
+    grounded = 1.0 if state.get("model") == "extractive" else groundedness(state["draft"], texts, question=state["question"])
     # Both must hold: strong evidence was found, and the draft says what the evidence says.
     confidence = round(min(1.0, top / settings.strong_relevance) * grounded, 3)
     topic = sensitive_topic(f"{state['question']}\n{state['draft']}", settings.sensitive_topics)
