@@ -54,6 +54,10 @@ class TrainConfig:
                 or isinstance(self.target_modules, tuple) and self.target_modules
                 and all(isinstance(m, str) and m for m in self.target_modules)):
             problems.append("target_modules must be \"all-linear\" or a list of module names")
+        elif isinstance(self.target_modules, tuple) and "lm_head" in self.target_modules:
+            # The chunked loss multiplies by the output layer's base weight: an adapter there would never train.
+            problems.append("target_modules cannot include lm_head: the trainer computes the loss from its base "
+                            "weights, so a LoRA adapter on it would not learn")
         if not (isinstance(self.attn_implementation, str) and self.attn_implementation):
             problems.append("attn_implementation must be a name such as \"sdpa\" or \"auto\"")
         if problems:

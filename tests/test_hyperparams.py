@@ -51,6 +51,7 @@ def test_a_bad_rank_is_the_only_problem_named_not_the_alpha_made_from_it() -> No
     ({"seed": 2**64}, "seed must be a whole number from 0 to 4294967295"),
     ({"target_modules": []}, "target_modules must be \"all-linear\" or a list of module names"),
     ({"target_modules": 3}, "target_modules must be \"all-linear\" or a list of module names"),
+    ({"target_modules": ["q_proj", "lm_head"]}, "target_modules cannot include lm_head"),
     ({"gate_questions": 0}, "gate_questions must be a whole number of at least 1"),
     ({"seed": "x"}, "parameters: seed must be a whole number from 0 to 4294967295."),
 ])

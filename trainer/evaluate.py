@@ -99,9 +99,18 @@ def evaluate(base_model: str | Path, candidate_dir: Path, val: Sequence[SFTExamp
     return GateDecision(passed, new, old, baseline[0] if baseline else "base", margin, reasons, samples)
 
 
+def stop_tokens(model: Any, tokenizer: Any) -> list[int]:
+    """Where an answer ends, as serving ends it (`LocalModel`): the tokenizer's end-of-sequence
+    and every one the model's generation config names (Llama 3 ends a turn with `<|eot_id|>`,
+    which is not its tokenizer's eos)."""
+    ids = [tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
+    flat = [int(i) for value in ids if value is not None for i in (value if isinstance(value, (list, tuple)) else [value])]
+    return sorted(set(flat))
+
+
 def score(answers: Sequence[str], examples: Sequence[SFTExample], val_loss: float | None) -> Scores:
     summary = evaluation.summarise(answers, [e.answer for e in examples], [False] * len(examples))
-    grounded = sum(groundedness(a, e.sources) for a, e in zip(answers, examples)) / max(len(examples), 1)
+    grounded = sum(groundedness(a, e.sources, question=e.question) for a, e in zip(answers, examples)) / max(len(examples), 1)
     return Scores(val_loss=None if val_loss is None else round(val_loss, 4), token_f1=summary["token_f1"],
                   rouge_l=summary["rouge_l"], groundedness=round(grounded, 4), n=len(examples))
 
@@ -124,7 +133,7 @@ def generate_answers(model: Any, tokenizer: Any, conversations: Sequence[list[di
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                              eos_token_id=tokenizer.eos_token_id)
+                              eos_token_id=stop_tokens(model, tokenizer))
     device = next(model.parameters()).device
     answers: list[str] = []
     for start in range(0, len(conversations), batch_size):

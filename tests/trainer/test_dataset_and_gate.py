@@ -1,6 +1,8 @@
 """The dataset builder and the gate's decision, on hand-made items and scores."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.curation import DatasetItem
@@ -85,3 +87,17 @@ def test_the_gate_passes_a_candidate_within_the_margin_and_names_what_fails() ->
     passed, reasons = evaluate.decide(_scores(0.40, val_loss=2.2), baseline, margin=0.05)  # 10% above
     assert not passed and reasons == ["val_loss 2.2000 is above 2.0000 by more than 5%"]
     assert evaluate.decide(_scores(0.40, val_loss=2.08), baseline, margin=0.05)[0]
+
+
+def test_the_gate_ends_an_answer_where_serving_ends_it(tiny_model_dir: Path) -> None:
+    """The gate's answers stop at every end of turn the model's generation config names, as
+    serving does (Llama 3 ends a turn with <|eot_id|>, which is not its tokenizer's eos), not
+    only at the tokenizer's: it scores the answers users would get, not ones run to the limit."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    base.generation_config.eos_token_id = [tokenizer.eos_token_id, 198]
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))   # the gate scores a PeftModel
+    assert evaluate.stop_tokens(model, tokenizer) == sorted({tokenizer.eos_token_id, 198})
