@@ -11,6 +11,7 @@ import atexit
 import datetime as dt
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, fields
@@ -64,6 +65,10 @@ class PromotionRefused(ValueError):
     """The adapter cannot go live (failed, still training, unknown)."""
 
 
+class GateNotPassed(PromotionRefused):
+    """The adapter did not pass its eval gate: it goes live only when promoted despite that."""
+
+
 _COLUMNS = ", ".join(f.name for f in fields(Adapter))
 
 
@@ -98,6 +103,15 @@ def get(conn: psycopg.Connection, version: int) -> Adapter | None:
     return None if row is None else Adapter(**row)
 
 
+def find(conn: psycopg.Connection, given: str) -> Adapter | None:
+    """The adapter named `given`, or numbered so (`3`, `v3`)."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM adapters WHERE name = %(n)s", {"n": given}).fetchone()
+    if row is not None:
+        return Adapter(**row)
+    number = version_number(given)
+    return None if number is None else get(conn, number)
+
+
 def list_adapters(conn: psycopg.Connection) -> list[Adapter]:
     return [Adapter(**r) for r in conn.execute(f"SELECT {_COLUMNS} FROM adapters ORDER BY version DESC")]
 
@@ -115,6 +129,22 @@ def promotable(conn: psycopg.Connection, version: int) -> Adapter:
     if adapter.status in ("failed", "training"):
         raise PromotionRefused(f"Adapter v{version} is {adapter.status}; only a finished adapter can go live.")
     return adapter
+
+
+def gate_failure(adapter: Adapter) -> str | None:
+    """Why `adapter` did not pass its eval gate, or None when it passed (or was registered
+    without one)."""
+    gate = adapter.metrics.get("gate")
+    if not isinstance(gate, dict) or gate.get("passed"):
+        return None
+    reasons = gate.get("reasons") or ["no reason was recorded"]
+    return f"{adapter.name} did not pass its eval gate: {'; '.join(reasons)}."
+
+
+def version_number(given: str) -> int | None:
+    """The version an admin typed: `3`, `v3` or the name `flywheel-v3`; None for anything else."""
+    match = re.fullmatch(r"\s*(?:flywheel-)?v?(\d{1,9})\s*", given, flags=re.IGNORECASE)
+    return int(match.group(1)) if match else None
 
 
 def mark_live(conn: psycopg.Connection, version: int, *, actor: str, rolling_back: bool = False,

@@ -117,6 +117,32 @@ def load_adapter(name: str, path: str, url: str, backend: str, settings: Setting
         raise ServingError(f"The model server refused adapter {name!r} ({r.status_code}): {r.text[:300]}")
 
 
+def ready_to_answer_with(given: str, settings: Settings | None = None) -> str:
+    """Make the model server hold the adapter `given` (its name, or `3`/`v3`) so that it answers
+    with it before it goes live, as `flywheel eval answers --adapter` needs; returns its name.
+    A registered adapter is loaded on our server or vLLM (TGI holds only what it was launched
+    with); a name the registry lacks is fine when the server holds it (started with
+    `--adapter NAME=PATH`). Raises ServingError saying why it cannot answer with it."""
+    settings = settings or get_settings()
+    url = serving_url(settings)
+    with db.connection() as conn:
+        adapter = models.find(conn, given)
+    if adapter is None:
+        held = held_adapters(url, settings.llm_backend, settings)
+        if held is not None and given not in held:
+            raise ServingError(f"There is no adapter {given!r}: `flywheel models ls` lists them"
+                               + (f", and the model server holds {', '.join(sorted(held))}." if held else "."))
+        return given
+    if adapter.status in ("training", "failed"):
+        raise ServingError(f"{adapter.name} is {adapter.status}: only a finished adapter can answer.")
+    if not same_model(adapter.base_model, settings.base_model):
+        raise ServingError(f"{adapter.name} was trained on {adapter.base_model}, but the model server runs "
+                           f"{settings.base_model} (FLYWHEEL_LLM_MODEL).")
+    if settings.llm_backend in ("local", "openai"):
+        load_adapter(adapter.name, adapter.path, url, settings.llm_backend, settings)
+    return adapter.name
+
+
 def held_adapters(url: str, backend: str, settings: Settings | None = None) -> dict[str, str] | None:
     """The adapters the model server at `url` holds now, with their folders (our server's
     `/adapters`, vLLM's `/v1/models`); None when it cannot tell (TGI, extractive, unreachable)."""
@@ -197,17 +223,24 @@ def _one_at_a_time() -> Iterator[None]:
                 logger.warning("could not release the promotion lock; it goes with its connection")
 
 
-def promote(version: int, settings: Settings | None = None, *, actor: str) -> models.Adapter:
+def promote(version: int, settings: Settings | None = None, *, actor: str,
+            despite_gate: bool = False) -> models.Adapter:
     """Load, smoke-check, then switch, audited as `actor` in the switch's transaction. Requests
     in flight finish on the adapter they started with; new requests read the live adapter from
-    the registry and use the new one. Refused while another promotion or rollback runs."""
+    the registry and use the new one. Refused while another promotion or rollback runs, and for
+    an adapter that did not pass its eval gate unless `despite_gate` (`models.GateNotPassed`)."""
     with _one_at_a_time():
-        return _promote(version, settings or get_settings(), actor=actor, rolling_back=False)
+        return _promote(version, settings or get_settings(), actor=actor, rolling_back=False,
+                        despite_gate=despite_gate)
 
 
-def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool) -> models.Adapter:
+def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool,
+             despite_gate: bool) -> models.Adapter:
     with db.connection() as conn:
         adapter = models.promotable(conn, version)
+    failure = None if despite_gate else models.gate_failure(adapter)
+    if failure is not None:
+        raise models.GateNotPassed(failure)
     served = settings.base_model
     if not same_model(adapter.base_model, served):
         raise models.PromotionRefused(
@@ -286,7 +319,8 @@ def rollback(settings: Settings | None = None, *, actor: str, from_version: int 
                     models.clear_endpoint(conn)
                 unneeded = models.not_needed_by_requests(conn, replaced=current)
         if target is not None:
-            return _promote(target.version, settings, actor=actor, rolling_back=True)
+            # It was live before, so someone already chose it (despite its gate, if it failed one).
+            return _promote(target.version, settings, actor=actor, rolling_back=True, despite_gate=True)
         if settings.llm_backend == "local":
             let_go_of(unneeded, serving_url(settings), settings)
         return None

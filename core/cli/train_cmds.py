@@ -109,9 +109,17 @@ def register(app: typer.Typer) -> None:
                        f"{a.created_at:%Y-%m-%d %H:%M}\t{figures or a.error or ''}")
 
     @models_app.command("promote")
-    def promote(version: int, by: str = typer.Option("cli", "--as", help="Who promotes (recorded).")) -> None:
+    def promote(version: str = typer.Argument(..., help="3, v3 or flywheel-v3 (`flywheel models ls`)."),
+                by: str = typer.Option("cli", "--as", help="Who promotes (recorded)."),
+                despite_gate: bool = typer.Option(False, "--despite-gate",
+                                                  help="Promote an adapter that did not pass its eval gate.")) -> None:
         """Load adapter VERSION into the serving model, check it, and make it live."""
-        _switch(lambda: serving.promote(version, actor=by))
+        number = models.version_number(version)
+        if number is None:
+            typer.echo(f"{version!r} is not an adapter version: give 3, v3 or flywheel-v3 (`flywheel models ls` "
+                       "lists them).", err=True)
+            raise typer.Exit(2)
+        _switch(lambda: serving.promote(number, actor=by, despite_gate=despite_gate))
 
     @models_app.command("rollback")
     def rollback(by: str = typer.Option("cli", "--as", help="Who rolls back (recorded)."),
@@ -123,6 +131,9 @@ def register(app: typer.Typer) -> None:
 def _switch(action: Callable[[], models.Adapter | None]) -> None:
     try:
         live = action()
+    except models.GateNotPassed as e:
+        typer.echo(f"{e} Nothing was switched; add --despite-gate to promote it all the same.", err=True)
+        raise typer.Exit(2) from e
     except (models.PromotionRefused, serving.ServingError) as e:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from e

@@ -15,11 +15,12 @@ from core.llm.backends import make_generator
 from dashboard import frame
 
 
-def switch(actor: str, to: int | Literal["previous", "base model"], shown_live: int | None) -> str:
-    """Promote version `to`, or roll back from the live version the page showed (audited with the
-    switch); says what answers now."""
+def switch(actor: str, to: int | Literal["previous", "base model"], shown_live: int | None,
+           despite_gate: bool = False) -> str:
+    """Promote version `to` (`despite_gate`: though it did not pass its eval gate), or roll back
+    from the live version the page showed (audited with the switch); says what answers now."""
     if isinstance(to, int):
-        live = serving.promote(to, actor=actor)
+        live = serving.promote(to, actor=actor, despite_gate=despite_gate)
     else:
         live = serving.rollback(actor=actor, from_version=shown_live, to_base_model=to == "base model")
     return f"{live.name} is live." if live else "No adapter is live: the base model answers."
@@ -79,10 +80,16 @@ if chosen.metrics:
     c_metrics.json(chosen.metrics)
 if chosen.error:
     st.error(f"{chosen.name} failed: {chosen.error}")
+gate_failure = models.gate_failure(chosen) if chosen.status == "ready" else None
+despite_gate = False
+if gate_failure is not None:
+    st.warning(gate_failure)
+    despite_gate = st.checkbox(f"Promote {chosen.name} all the same", key="md_despite_gate", disabled=viewer)
 
 c_promote, c_rollback, c_base = st.columns(3)
 promote = c_promote.button(f"Promote {chosen.name}", key="md_promote", type="primary",
-                           disabled=viewer or (chosen.status == "live" and not live_missing))
+                           disabled=viewer or (chosen.status == "live" and not live_missing)
+                           or (gate_failure is not None and not despite_gate))
 rollback = c_rollback.button("Roll back to the previous adapter (or the base model)", key="md_rollback",
                              disabled=viewer or live is None)
 to_base = c_base.button("Serve the base model", key="md_base", disabled=viewer or live is None,
@@ -96,7 +103,7 @@ for target, clicked in targets:
     # way, or no adapter live to roll back from; ServingError: the model server could not load or
     # serve it. Either way nothing was switched.
     with st.spinner("Loading and checking the adapter on the model server…"):
-        answered_by = frame.attempt("Switching adapters", lambda: switch(identity.actor, target, shown_live),
+        answered_by = frame.attempt("Switching adapters", lambda: switch(identity.actor, target, shown_live, despite_gate),
                                     models.PromotionRefused, serving.ServingError)
     if answered_by is not None:
         frame.done(answered_by)

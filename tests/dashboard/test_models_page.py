@@ -22,7 +22,7 @@ class FakeVLLM(BaseHTTPRequestHandler):
 
     loaded: list[str] = []
     loading = threading.Event()    # set when a load request arrives
-    finish = threading.Event()     # a load answers once this is set
+    may_answer = threading.Event()   # a load answers once this is set (not `finish`: a handler method)
 
     def do_GET(self) -> None:  # noqa: N802
         self._reply(200 if self.path == "/health" else 404, {})
@@ -31,7 +31,7 @@ class FakeVLLM(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/v1/load_lora_adapter":
             FakeVLLM.loading.set()
-            FakeVLLM.finish.wait(30)
+            FakeVLLM.may_answer.wait(30)
             FakeVLLM.loaded.append(body["lora_name"])
             self._reply(200, {})
         else:
@@ -61,7 +61,7 @@ def vllm(dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     get_settings.cache_clear()
     FakeVLLM.loaded = []
     FakeVLLM.loading.clear()
-    FakeVLLM.finish.set()
+    FakeVLLM.may_answer.set()
     yield url
     server.shutdown()
     server.server_close()
@@ -75,6 +75,12 @@ def register(status: str, dataset_version: int = 1, base_model: str = "base") ->
         models.update(conn, adapter.version, status=status, metrics={"eval_loss": 1.5},  # type: ignore[arg-type]
                       error="diverged" if status == "failed" else None)
         return models.get(conn, adapter.version)  # type: ignore[return-value]
+
+
+def failed_gate(adapter: models.Adapter, reason: str) -> models.Adapter:
+    with db.connection() as conn:
+        models.update(conn, adapter.version, metrics={"gate": {"passed": False, "reasons": [reason]}})
+    return adapter
 
 
 def live_name() -> str | None:
@@ -128,9 +134,24 @@ def test_promoting_a_failed_adapter_is_refused_and_nothing_changes(vllm: str) ->
     assert live_name() is None and FakeVLLM.loaded == [] and audit_rows() == []
 
 
+def test_an_adapter_that_failed_its_gate_is_promoted_only_when_the_admin_confirms(vllm: str) -> None:
+    adapter = failed_gate(register("ready"), "token_f1 0.2100 is worse than 0.3400 by more than 0.0")
+    at = open_page("models")
+    at.selectbox(key="md_adapter").select(adapter.version).run()
+    assert "flywheel-v1 did not pass its eval gate: token_f1 0.2100 is worse than 0.3400 by more than 0.0." in [
+        w.value for w in at.warning]
+    assert at.button(key="md_promote").disabled
+    at.checkbox(key="md_despite_gate").check().run()
+    at.button(key="md_promote").click().run()
+    assert not at.error and live_name() == "flywheel-v1" and FakeVLLM.loaded == ["flywheel-v1"]
+    with pytest.raises(models.GateNotPassed):   # from code too, only when asked to
+        serving.promote(failed_gate(register("ready"), "val_loss is above").version, actor="bob")
+    assert live_name() == "flywheel-v1"
+
+
 def test_promoting_while_another_promotion_loads_is_refused_and_changes_nothing(vllm: str) -> None:
     first, second = register("ready"), register("ready")
-    FakeVLLM.finish.clear()   # the first promotion's load takes its time
+    FakeVLLM.may_answer.clear()   # the first promotion's load takes its time
     promoting = threading.Thread(target=serving.promote, args=(first.version,), kwargs={"actor": "bob"})
     promoting.start()
     assert FakeVLLM.loading.wait(30)
@@ -140,7 +161,7 @@ def test_promoting_while_another_promotion_loads_is_refused_and_changes_nothing(
     at.button(key="md_promote").click().run()
     assert [e.value for e in at.error] == ["Another promotion or rollback is under way; try again once it has finished."]
 
-    FakeVLLM.finish.set()
+    FakeVLLM.may_answer.set()
     promoting.join(30)
     assert live_name() == "flywheel-v1" and FakeVLLM.loaded == ["flywheel-v1"]
     at.button(key="md_promote").click().run()   # once it is done, the second goes through

@@ -77,3 +77,22 @@ def test_promoting_a_failed_adapter_is_refused(database_url: str) -> None:
     with db.connection() as conn:
         assert models.live(conn) is None and audit.recent(conn) == []
         assert training.list_runs(conn) == []
+
+
+def test_an_adapter_that_failed_its_gate_is_promoted_from_the_cli_only_with_despite_gate(database_url: str) -> None:
+    with db.connection() as conn:
+        adapter = models.register(conn, base_model=get_settings().base_model, path="/nowhere", dataset_version=1,
+                                  hyperparams={}, status="training")
+        models.update(conn, adapter.version, status="ready", metrics={"gate": {
+            "passed": False, "reasons": ["rouge_l 0.1000 is worse than 0.3000 by more than 0.0"]}})
+    refused = CliRunner().invoke(_cli(), ["models", "promote", "flywheel-v1", "--as", "alice"])
+    assert refused.exit_code == 2
+    assert refused.output.startswith("flywheel-v1 did not pass its eval gate: rouge_l 0.1000 is worse than 0.3000 "
+                                     "by more than 0.0. Nothing was switched; add --despite-gate")
+    # Past the gate it goes to the model server (none runs here): the gate did not stop it.
+    tried = CliRunner().invoke(_cli(), ["models", "promote", "v1", "--despite-gate", "--as", "alice"])
+    assert tried.exit_code == 2 and "Could not reach the model server" in tried.output
+    unknown = CliRunner().invoke(_cli(), ["models", "promote", "latest"])
+    assert unknown.exit_code == 2 and "'latest' is not an adapter version: give 3, v3 or flywheel-v3" in unknown.output
+    with db.connection() as conn:
+        assert models.live(conn) is None and audit.recent(conn) == []
