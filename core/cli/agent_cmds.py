@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from pathlib import Path
 
 import typer
 
-from core import db, evaluation, feedback
+from core import db, evaluation, feedback, serving
 from core.agent import run
 
 
@@ -41,13 +42,18 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
     @reviews_app.command("ls")
     def reviews_ls() -> None:
-        """List drafts waiting for a reviewer."""
+        """List drafts waiting for a reviewer: the question, the draft and its sources."""
         with db.connection() as conn:
             pending = feedback.pending_reviews(conn)
         if not pending:
             typer.echo("No drafts are waiting for review.")
         for review, answer in pending:
-            typer.echo(f"{review.id}\t{review.created_at:%Y-%m-%d %H:%M}\t{review.reason}\t{answer.question[:80]}")
+            conf = f", confidence {answer.confidence:.2f}" if answer.confidence is not None else ""
+            typer.echo(f"Review {review.id} ({review.created_at:%Y-%m-%d %H:%M}): {review.reason}{conf}")
+            typer.echo(textwrap.indent(f"Question: {answer.question}\nDraft: {answer.draft or '(none)'}", "  "))
+            for s in answer.sources:
+                typer.echo(f"  [{s['n']}] {s['title']}" + (f" > {s['heading']}" if s.get("heading") else ""))
+            typer.echo("")
 
     def _decide(review_id: int, decision: dict) -> None:
         try:
@@ -77,7 +83,9 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
     @eval_app.command("answers")
     def eval_answers(questions: Path = typer.Option(..., "--questions", exists=True, dir_okay=False),
-                     adapter: str = typer.Option(None, "--adapter", help="Adapter id; default: the base model."),
+                     adapter: str = typer.Option(None, "--adapter", help=(
+                         "flywheel-v3, v3, or a name the model server was started with; a ready adapter is "
+                         "loaded first. Default: the base model.")),
                      limit: int = typer.Option(0, "--limit", min=0, help="Only the first N questions (0: all).")) -> None:
         """Answer each question through the agent and score against the reference answers.
         Prints one JSON object on its last line."""
@@ -87,7 +95,14 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
         pairs = pairs[:limit] if limit else pairs
-        context = dataclasses.replace(run.default_context(), adapter_id=adapter, reviews=False)
+        context = dataclasses.replace(run.default_context(), reviews=False)
+        if adapter is not None and context.generator is not None:
+            try:   # a ready adapter is loaded first: is it worth promoting?
+                adapter = serving.ready_to_answer_with(adapter)
+            except serving.ServingError as e:
+                typer.echo(f"Stopped, nothing asked: {e}", err=True)
+                raise typer.Exit(1) from e
+        context = dataclasses.replace(context, adapter_id=adapter)
         predictions, declined = [], []
         for pair in pairs:
             outcome = run.ask(pair.question, run.Asker(surface="eval"), context=context)

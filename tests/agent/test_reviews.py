@@ -4,14 +4,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 from langgraph.types import Command
+from typer.testing import CliRunner
 
 from core import db, feedback
 from core.agent import graph, prompts, run
 from core.agent.state import AgentContext
+from core.cli import app
 from support.scripted_model import ScriptedModel
 
 SALARY_DRAFT = "Salary bands are reviewed each March by the People team [1]."
@@ -191,6 +194,11 @@ def test_review_started_in_one_process_is_approved_from_a_fresh_one(database_url
     graph.reset_graphs()
     with db.connection() as conn:
         [(review, answer)] = feedback.pending_reviews(conn)
+    listed = CliRunner().invoke(app, ["reviews", "ls"])   # what the reviewer approves, before approving it
+    assert listed.exit_code == 0, listed.output
+    assert f"Review {review.id} (" in listed.output and "sensitive topic (salary)" in listed.output
+    assert textwrap.indent(f"Question: When are salary bands reviewed?\nDraft: {answer.draft}\n", "  ") \
+        + "  [1] " in listed.output
     approved = _flywheel("reviews", "approve", str(review.id), database_url=database_url)
     assert approved.returncode == 0, approved.stderr
     assert "Salary bands" in approved.stdout or "salary band" in approved.stdout.lower()

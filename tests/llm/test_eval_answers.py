@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from core import db, models
+from core import db, models, serving
 from core.agent import run
 from core.cli import app
 from core.config import get_settings
 from core.knowledge import ingest
 from core.llm.base import BackendUnavailable, UnknownAdapter
 from support.polling import wait_until
-from support.servers import free_port
+from support.servers import free_port, serve_llm
+from support.tiny_model import make_lora_adapter
 
 runner = CliRunner()
 
@@ -49,8 +50,30 @@ def test_an_adapter_the_server_lacks_stops_the_evaluation_instead_of_scoring_the
     _serve(monkeypatch, "local", tiny_server)
     result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "flywheel-v9"])
     assert result.exit_code == 1
-    assert "Stopped, nothing scored" in result.output and "does not have adapter 'flywheel-v9'" in result.output
+    assert result.output.startswith("Stopped, nothing asked: There is no adapter 'flywheel-v9': `flywheel models ls` "
+                                    "lists them.")
     assert "token_f1" not in result.stdout
+    with db.connection() as conn:   # no question was asked, so none is on record
+        assert conn.execute("SELECT count(*) AS n FROM answers").fetchone()["n"] == 0
+
+
+def test_a_ready_adapter_is_loaded_and_scored_before_it_goes_live(
+        questions: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
+    folder = make_lora_adapter(tiny_model_dir, tmp_path / "flywheel-v1")
+    with db.connection() as conn:
+        adapter = models.register(conn, base_model=str(tiny_model_dir), path=str(folder), dataset_version=None,
+                                  hyperparams={}, status="training")
+        models.update(conn, adapter.version, status="ready")
+    with serve_llm(tiny_model_dir) as url:   # a server of its own: it ends up holding flywheel-v1
+        _serve(monkeypatch, "local", url)
+        result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "v1"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout.strip().splitlines()[-1])["adapter"] == "flywheel-v1"
+        assert "flywheel-v1" in (serving.held_adapters(url, "local") or {})
+    with db.connection() as conn:
+        assert models.live(conn) is None   # scored, not promoted
+        assert [r["adapter_id"] for r in conn.execute("SELECT adapter_id FROM answers")] == ["flywheel-v1"]
 
 
 def test_an_unreachable_server_stops_the_evaluation_instead_of_scoring_excerpts(
