@@ -52,6 +52,9 @@ def embedded_url(pg_dir: Path) -> str:
     pg_dir = pg_dir.resolve()
     with _embedded_lock:   # threads asking at once (the bot's first questions) start it once
         if pg_dir not in _embedded:
+            if not (pg_dir / "PG_VERSION").exists():   # a command run from another folder lands here too
+                logger.warning("no database in %s: starting a new, empty one (the data folder is FLYWHEEL_DATA_DIR, "
+                               "by default .flywheel in the folder a command is run from)", pg_dir)
             pg_dir.mkdir(parents=True, exist_ok=True)
             with pgserver.postgres_server.PostgresServer._lock:   # pgserver's own, across processes
                 forget_stale_server(pg_dir)

@@ -103,9 +103,14 @@ def test_questions_an_earlier_version_left_open_after_showing_their_answer_are_c
     assert left == [{"question": None, "owner": None}, {"question": "Monitor?", "owner": None}]   # one still waits
 
 
-def test_threads_asking_for_the_embedded_database_at_once_all_get_it(tmp_path: Path) -> None:
+def test_threads_asking_for_the_embedded_database_at_once_all_get_it_and_a_new_one_is_announced_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     urls, errors = _at_once(lambda: db.embedded_url(tmp_path / "pg"))
     assert errors == [] and len(set(urls)) == 1 and len(urls) == 4
+    # A command run from another folder than usual gets an empty database: it says so, and where.
+    assert [r.getMessage() for r in caplog.records if "new, empty one" in r.getMessage()] == [
+        f"no database in {tmp_path / 'pg'}: starting a new, empty one (the data folder is FLYWHEEL_DATA_DIR, "
+        "by default .flywheel in the folder a command is run from)"]
 
 
 def test_the_first_pooled_connection_migrates_a_new_database(empty_database: str) -> None:
