@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,23 @@ def slack_status(settings: Settings) -> str:
     return f"connecting over {mode}" + (f" on port {settings.bot_port}" if mode == "HTTP events" else "")
 
 
+def taken_ports(settings: Settings) -> list[str]:
+    """The ports the Procfile's processes will listen on that something holds already, as
+    "8501 (dashboard)"."""
+    wanted = {settings.dashboard_port: "dashboard"}
+    if settings.llm_backend == "local":
+        wanted[settings.llm_port] = "model server"
+    if doctor.slack_mode(settings) == "HTTP events":
+        wanted[settings.bot_port] = "Slack bot"
+    return [f"{port} ({what})" for port, what in wanted.items() if _listening(port)]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def up(procfile: Path = typer.Option(ROOT / "Procfile", "--procfile"),
@@ -41,6 +59,12 @@ def register(app: typer.Typer) -> None:
         for stop_signal in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(stop_signal, _interrupt)
         settings = get_settings()
+        taken = taken_ports(settings)
+        if taken:
+            typer.echo(f"Port {', '.join(taken)} is in use already: is Flywheel running (another `make up`)? Stop "
+                       "it with Ctrl-C in its terminal, or set FLYWHEEL_DASHBOARD_PORT, FLYWHEEL_LLM_PORT or "
+                       "FLYWHEEL_BOT_PORT to free ports.", err=True)
+            raise typer.Exit(1)
         url = db.database_url()
         applied = db.ensure_schema(url)
         queue.ensure_schema(url)

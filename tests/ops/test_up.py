@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -189,3 +190,20 @@ def test_the_llm_line_idles_when_another_backend_serves_the_model(tmp_path: Path
     finally:
         llm.terminate()
         llm.communicate(timeout=30)
+
+
+def test_a_second_up_says_flywheel_seems_to_be_running_instead_of_failing_on_a_port(tmp_path: Path) -> None:
+    with socket.socket() as dashboard:   # what the first `make up`'s dashboard holds
+        dashboard.bind(("127.0.0.1", 0))
+        dashboard.listen()
+        port = dashboard.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DATABASE_URL"))}
+        env.update(FLYWHEEL_DATA_DIR=str(tmp_path / "data"), FLYWHEEL_DASHBOARD_PORT=str(port),
+                   FLYWHEEL_LLM_BACKEND="extractive")
+        (tmp_path / "Procfile").write_text(f'child: {sys.executable} -c "import time; time.sleep(600)"\n')
+        second = subprocess.run([sys.executable, "-m", "core.cli", "up", "--procfile", str(tmp_path / "Procfile"),
+                                 "--no-samples"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert second.stderr.startswith(f"Port {port} (dashboard) is in use already: is Flywheel running (another "
+                                    "`make up`)?")
+    assert not (tmp_path / "data" / "pg").exists()   # it stopped before starting anything
