@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import typer
@@ -26,6 +27,15 @@ def slack_status(settings: Settings) -> str:
     if mode is None:
         return "SLACK_BOT_TOKEN is set but neither SLACK_APP_TOKEN nor SLACK_SIGNING_SECRET: the bot cannot receive events"
     return f"connecting over {mode}" + (f" on port {settings.bot_port}" if mode == "HTTP events" else "")
+
+
+def samples_left_to_ingest(sources: Sequence[str]) -> bool:
+    """Whether `up` ingests the sample handbook: the knowledge base is empty, or holds nothing
+    but part of the handbook (a first start stopped while ingesting it)."""
+    from core.knowledge.ingest import files_under, source_of
+
+    handbook = {source_of(f) for f in files_under(SAMPLES)}
+    return set(sources) <= handbook and not handbook <= set(sources)
 
 
 def taken_ports(settings: Settings) -> list[str]:
@@ -71,10 +81,14 @@ def register(app: typer.Typer) -> None:
         where = "DATABASE_URL" if settings.database_url else f"embedded Postgres in {settings.pg_dir}"
         typer.echo(f"database: {where} ({len(applied)} migrations applied)")
         with db.connection() as conn:
-            empty = store.count_documents(conn) == 0
-        if empty and ingest_samples:
+            sources = [d.source for d in store.list_documents(conn)]
+        if ingest_samples and samples_left_to_ingest(sources):
             typer.echo(f"first start: ingesting the sample handbook from {SAMPLES.relative_to(ROOT)}")
-            typer.echo(ingest.ingest_paths([SAMPLES]).summary())
+            try:
+                typer.echo(ingest.ingest_paths([SAMPLES]).summary())
+            except KeyboardInterrupt:
+                typer.echo("stopped while ingesting the sample handbook: the next `make up` finishes it", err=True)
+                raise typer.Exit(130) from None
         typer.echo(f"generation: {settings.llm_backend} backend at {doctor.redacted(serving.serving_url(settings))} "
                    "(answers fall back to cited excerpts while it is unreachable)")
         typer.echo(f"dashboard: http://localhost:{settings.dashboard_port}")

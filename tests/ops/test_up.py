@@ -207,3 +207,15 @@ def test_a_second_up_says_flywheel_seems_to_be_running_instead_of_failing_on_a_p
     assert second.stderr.startswith(f"Port {port} (dashboard) is in use already: is Flywheel running (another "
                                     "`make up`)?")
     assert not (tmp_path / "data" / "pg").exists()   # it stopped before starting anything
+
+
+def test_the_sample_handbook_is_ingested_on_a_first_start_and_finished_after_an_interrupted_one() -> None:
+    from core.cli.run_cmds import SAMPLES, samples_left_to_ingest
+    from core.knowledge.ingest import files_under, source_of
+
+    handbook = sorted(source_of(f) for f in files_under(SAMPLES))
+    assert samples_left_to_ingest([])                      # first start
+    assert samples_left_to_ingest(handbook[:5])            # Ctrl-C while ingesting it
+    assert not samples_left_to_ingest(handbook)            # all there
+    assert not samples_left_to_ingest(handbook[:5] + ["/docs/own.md"])   # the admin's own documents: left alone
+    assert not samples_left_to_ingest(["/docs/own.md"])
