@@ -29,11 +29,22 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if not all(p.strip() for p in paths):
             raise typer.BadParameter("An empty path: name the files or folders to ingest ('.' for this folder).")
         given = public or channel or group
+        so_far: list[ingest.IngestReport] = []
+
+        def progress(report: ingest.IngestReport) -> None:
+            so_far[:] = [report]
+            typer.echo(f"  {report.summary().splitlines()[0]} so far", err=True)
+
         try:
             report = ingest.ingest_paths([Path(p) for p in paths], visible_channels=channel if given else None,
-                                         visible_groups=group if given else None, audited_by=by)
+                                         visible_groups=group if given else None, audited_by=by, on_batch=progress)
         except store.VisibilityError as e:
             raise typer.BadParameter(str(e), param_hint="--channel") from None
+        except KeyboardInterrupt:
+            stored = f" ({so_far[0].summary().splitlines()[0]})" if so_far else ""
+            typer.echo(f"Stopped: what was stored is kept{stored}; run the same command again to go on "
+                       "(unchanged documents are skipped).", err=True)
+            raise typer.Exit(130) from None
         if not (report.added or report.updated or report.unchanged or report.failed):
             typer.echo(f"No files to ingest there (supported: {', '.join(SUPPORTED)}; hidden folders are skipped).",
                        err=True)

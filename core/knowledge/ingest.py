@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,12 +64,13 @@ def visibility(channels: Sequence[str] | None, groups: Sequence[str] | None) -> 
 
 def ingest_paths(paths: Sequence[Path], *, visible_channels: Sequence[str] | None = None,
                  visible_groups: Sequence[str] | None = None, url: str | None = None,
-                 audited_by: str | None = None) -> IngestReport:
+                 audited_by: str | None = None, on_batch: Callable[[IngestReport], None] | None = None) -> IngestReport:
     """Ingest files and folders (recursively, supported types only). With `audited_by`, each
-    stored document (or visibility change) gets an audit row in its own transaction."""
+    stored document (or visibility change) gets an audit row in its own transaction. `on_batch`
+    sees the report so far after each batch of documents is stored."""
     report = IngestReport()
     visible = visibility(visible_channels, visible_groups)
-    _store_all(_documents_from_paths(paths, report), visible, report, url, audited_by)
+    _store_all(_documents_from_paths(paths, report), visible, report, url, audited_by, on_batch)
     _set_visibility_of_the_rest([source_of(p) for p in paths], visible, report, url, audited_by)
     return report
 
@@ -238,7 +239,8 @@ def _content_hash(doc: ParsedDocument) -> str:
 
 
 def _store_all(documents: Iterable[ParsedDocument], visible: Visibility, report: IngestReport,
-               url: str | None, audited_by: str | None = None) -> None:
+               url: str | None, audited_by: str | None = None,
+               on_batch: Callable[[IngestReport], None] | None = None) -> None:
     batch: list[ParsedDocument] = []
     records: dict[str, set[str]] = {}  # JSONL file: the sources of the records read from it
     for doc in documents:
@@ -248,6 +250,8 @@ def _store_all(documents: Iterable[ParsedDocument], visible: Visibility, report:
         if len(batch) >= BATCH_DOCUMENTS:
             _store_batch(batch, visible, report, url, audited_by)
             batch = []
+            if on_batch is not None:
+                on_batch(report)
     if batch:
         _store_batch(batch, visible, report, url, audited_by)
     failed = {source for source, _ in report.failed}

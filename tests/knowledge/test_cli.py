@@ -255,3 +255,37 @@ def test_a_file_named_twice_is_ingested_and_counted_once(database_url: str, tmp_
     (tmp_path / "a.md").write_text("# A\n\nThe canteen opens at noon.\n")
     result = runner.invoke(app, ["ingest", str(tmp_path), str(tmp_path / "a.md")])
     assert result.exit_code == 0 and "1 added, 0 updated, 0 unchanged" in result.output, result.output
+
+
+def test_a_long_ingest_shows_progress_and_ctrl_c_keeps_what_was_stored(database_url: str, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    for i in range(320):
+        (tmp_path / f"note-{i:03}.md").write_text(f"# Note {i}\n\nRoom {i} is booked through the front desk.\n")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    with subprocess.Popen([sys.executable, "-m", "core.cli", "ingest", str(tmp_path)], env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            seen = []
+            deadline = time.monotonic() + 180
+            while not any(line.endswith("so far\n") for line in seen):   # the first batch is stored
+                assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
+                seen.append(proc.stderr.readline())   # type: ignore[union-attr]
+            assert "  64 added, 0 updated, 0 unchanged, 0 failed (64 chunks written) so far\n" in seen
+            proc.send_signal(signal.SIGINT)   # Ctrl-C
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 130, err
+    assert "Stopped: what was stored is kept (64 added" in err and "Traceback" not in err
+    with db.connection() as conn:
+        kept = len(store.list_documents(conn))
+    assert 64 <= kept < 320
+    again = runner.invoke(app, ["ingest", str(tmp_path)])   # goes on where it stopped
+    assert again.exit_code == 0, again.output
+    assert f"{320 - kept} added, 0 updated, {kept} unchanged, 0 failed" in again.output
