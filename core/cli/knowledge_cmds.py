@@ -138,7 +138,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
 
     @docs_app.command("group-add")
     def group_add(group: str, users: list[str], by: str = typer.Option("cli", "--as", help="Who adds (recorded).")) -> None:
-        """Add Slack users to a user group known to visibility rules."""
+        """Add Slack users (by member id) to a user group known to visibility rules."""
+        try:
+            users = store.user_ids(users)
+        except store.VisibilityError as e:
+            raise typer.BadParameter(str(e), param_hint="USERS") from None
         with db.connection() as conn:
             for user in users:
                 store.add_group_member(conn, group, user)

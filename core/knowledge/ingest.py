@@ -280,7 +280,7 @@ def _store_batch(docs: list[ParsedDocument], visible: Visibility, report: Ingest
         if known[doc.source] == digest:  # content unchanged: keep chunks, set visibility if given
             if visible is not None:
                 with db.connection(url) as conn:
-                    _set_visibility(conn, doc.source, visible, audited_by)
+                    report.visibility_only += _set_visibility(conn, doc.source, visible, audited_by)
             report.unchanged.append(doc.source)
             continue
         chunks = chunk.chunk_document(doc, settings.chunk_tokens, settings.chunk_overlap, fits=embed.fits_window)

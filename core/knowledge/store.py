@@ -185,6 +185,7 @@ class VisibilityError(ValueError):
 
 
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
+_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
 
 
 def channel_ids(channels: Iterable[str]) -> list[str]:
@@ -253,6 +254,17 @@ def empty_groups_note(conn: psycopg.Connection, groups: Sequence[str]) -> str:
     return (f"No one is in {'group' if len(empty) == 1 else 'groups'} {', '.join(empty)} yet, so only "
             f"its members will see these documents once added: `flywheel docs group-add {empty[0]} U0123ABCD …` "
             "adds Slack users.")
+
+
+def user_ids(users: Iterable[str]) -> list[str]:
+    """Slack user ids as typed (a leading @ is dropped); anything else is refused: a name would
+    never match the id a question arrives with, so the person would silently see nothing."""
+    ids = [u.strip().lstrip("@") for u in users]
+    wrong = [u for u in ids if not _USER_ID.fullmatch(u)]
+    if wrong:
+        raise VisibilityError(f"Not a Slack user id: {', '.join(repr(u) for u in wrong)}. Give the member's id "
+                              "(like U0123ABCD, under 'Copy member ID' in their Slack profile), not their name.")
+    return ids
 
 
 def add_group_member(conn: psycopg.Connection, group: str, user_id: str) -> None:

@@ -51,7 +51,9 @@ def test_re_ingesting_without_visibility_options_keeps_a_restricted_document_res
         [doc] = store.list_documents(conn)
     assert (doc.visible_channels, doc.visible_groups) == ([], ["hr"])
 
-    assert runner.invoke(app, ["ingest", str(tmp_path), "--public", "--as", "ana"]).exit_code == 0  # said so
+    widened = runner.invoke(app, ["ingest", str(tmp_path), "--public", "--as", "ana"])   # said so
+    assert widened.exit_code == 0 and "1 unchanged" in widened.output
+    assert f"visibility set, content as stored before: {page.resolve()}" in widened.output   # not just "unchanged"
     with db.connection() as conn:
         [doc] = store.list_documents(conn)
         actions = [(e.actor, e.action) for e in reversed(audit.recent(conn))]
@@ -247,6 +249,10 @@ def test_ingesting_for_a_group_no_one_is_in_warns_and_names_how_to_add_members(d
     assert result.exit_code == 0 and "1 added" in result.output
     assert "No one is in group hr yet" in result.output and "flywheel docs group-add hr" in result.output
     assert "added 1" in runner.invoke(app, ["docs", "group-add", "hr", "U0HR"]).output
+    named = runner.invoke(app, ["docs", "group-add", "hr", "U0FIN", "bob"])   # a name never matches an asker
+    assert named.exit_code == 2 and "Not a Slack user id: 'bob'" in named.output
+    with db.connection() as conn:
+        assert [r["user_id"] for r in conn.execute("SELECT user_id FROM group_members ORDER BY user_id")] == ["U0HR"]
     again = runner.invoke(app, ["docs", "visibility", "1", "--group", "hr"])
     assert again.exit_code == 0 and "No one is in" not in again.output
 
