@@ -1,12 +1,17 @@
 """Export and import what the loop has learned: answers with their Slack threads, reviews and
 feedback, curation, datasets, the adapter registry and retrain runs, as one JSONL file per table.
 
-The knowledge base is not exported: its documents live where they came from and re-ingest.
-Adapter weights are files under the adapters folder; back that folder up with the export."""
+The knowledge base's content is not exported: its documents live where they came from and
+re-ingest. What the files cannot tell is: each document's visibility (`documents.jsonl`, its
+source, title and who may see it) and who is in each user group (`group_members.jsonl`). An
+import lists those documents, empty until re-ingested, so that a re-ingest without
+--channel/--group keeps them restricted rather than making them public. Adapter weights are
+files under the adapters folder; back that folder up with the export."""
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +27,10 @@ from core.knowledge.parse import jsonl_lines
 TABLES: tuple[str, ...] = ("answers", "slack_answers", "reviews", "feedback", "deliveries", "curation_items",
                            "datasets", "dataset_items", "adapters", "training_runs", "training_schedule",
                            "audit_log")
+# What of the knowledge base a re-ingest cannot bring back, merged into what is there already.
+_DOCUMENTS = ("SELECT jsonb_build_object('source', source, 'title', title, 'url', url, 'visible_channels', "
+              "visible_channels, 'visible_groups', visible_groups) AS row FROM documents ORDER BY source")
+_GROUP_MEMBERS = "SELECT to_jsonb(g) AS row FROM group_members g ORDER BY group_name, user_id"
 # Tables a database being restored may already hold rows of: the single schedule row every
 # database has, and the audit of knowledge ingested before the import (imported rows get new ids).
 _MAY_HAVE_ROWS = ("training_schedule", "audit_log")
@@ -41,8 +50,7 @@ def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     manifest = folder / "manifest.json"
     manifest.unlink(missing_ok=True)   # an export cut short over an earlier one is no export at all
     counts: dict[str, int] = {}
-    for table in TABLES:
-        query = sql.SQL("SELECT to_jsonb(t) AS row FROM {} t ORDER BY 1").format(sql.Identifier(table))
+    for table, query in _export_queries():
         with _private(folder / f"{table}.jsonl") as out:
             n = 0
             for record in conn.execute(query):
@@ -55,6 +63,13 @@ def export_to(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
         out.write(json.dumps({"migrations": migrations, "tables": counts}, indent=2))
     partial.rename(manifest)   # last, whole: the files it lists are all written
     return counts
+
+
+def _export_queries() -> Iterator[tuple[str, sql.Composable]]:
+    for table in TABLES:
+        yield table, sql.SQL("SELECT to_jsonb(t) AS row FROM {} t ORDER BY 1").format(sql.Identifier(table))
+    yield "documents", sql.SQL(_DOCUMENTS)
+    yield "group_members", sql.SQL(_GROUP_MEMBERS)
 
 
 def _private(path: Path) -> TextIO:
@@ -97,12 +112,7 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
             raise ImportRefused(f"The database already has {table}; import into a fresh database.")
     counts: dict[str, int] = {}
     for table in TABLES:
-        path = folder / f"{table}.jsonl"
-        rows = _read_rows(path) if path.exists() else []
-        listed = manifest["tables"].get(table)
-        if listed is not None and listed != len(rows):
-            raise ImportRefused(f"{path.name} holds {len(rows)} records where the export wrote {listed}: "
-                                "the export is incomplete. Nothing was imported.")
+        path, rows = _rows_of(folder, manifest, table)
         if table == "training_schedule":
             conn.execute("DELETE FROM training_schedule")
         columns = _columns(conn, table)
@@ -127,7 +137,51 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
         if "id" in columns:
             _advance_sequence(conn, table)
         counts[table] = len(rows)
+    counts["documents"] = _import_documents(conn, *_rows_of(folder, manifest, "documents"))
+    counts["group_members"] = _import_group_members(conn, *_rows_of(folder, manifest, "group_members"))
     return counts
+
+
+def _rows_of(folder: Path, manifest: dict[str, Any], table: str) -> tuple[Path, list[tuple[int, Any]]]:
+    """The exported records of `table` (none from an export older than it), all of them."""
+    path = folder / f"{table}.jsonl"
+    rows = _read_rows(path) if path.exists() else []
+    listed = manifest["tables"].get(table)
+    if listed is not None and listed != len(rows):
+        raise ImportRefused(f"{path.name} holds {len(rows)} records where the export wrote {listed}: "
+                            "the export is incomplete. Nothing was imported.")
+    return path, rows
+
+
+def _import_documents(conn: psycopg.Connection, path: Path, rows: list[tuple[int, Any]]) -> int:
+    """List each exported document with its visibility, empty (no chunks, no content hash) until a
+    re-ingest fills it and keeps that visibility. A document ingested here before the import
+    takes the exported visibility when it is public here: restoring narrows, never widens."""
+    for number, row in rows:
+        try:
+            conn.execute(
+                "INSERT INTO documents (source, title, url, content_hash, visible_channels, visible_groups)"
+                " SELECT source, title, url, '', visible_channels, visible_groups"
+                " FROM jsonb_populate_record(NULL::documents, %(row)s)"
+                " ON CONFLICT (source) DO UPDATE SET visible_channels = EXCLUDED.visible_channels,"
+                " visible_groups = EXCLUDED.visible_groups"
+                " WHERE documents.visible_channels = '{}' AND documents.visible_groups = '{}'", {"row": Jsonb(row)})
+        except (psycopg.IntegrityError, psycopg.DataError) as e:
+            raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
+                                "nothing was imported.") from None
+    return len(rows)
+
+
+def _import_group_members(conn: psycopg.Connection, path: Path, rows: list[tuple[int, Any]]) -> int:
+    for number, row in rows:
+        try:
+            conn.execute("INSERT INTO group_members (group_name, user_id) SELECT group_name, user_id"
+                         " FROM jsonb_populate_record(NULL::group_members, %(row)s) ON CONFLICT DO NOTHING",
+                         {"row": Jsonb(row)})
+        except (psycopg.IntegrityError, psycopg.DataError) as e:
+            raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
+                                "nothing was imported.") from None
+    return len(rows)
 
 
 def _read_rows(path: Path) -> list[tuple[int, Any]]:

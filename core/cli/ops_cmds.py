@@ -57,3 +57,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
         typer.echo("imported: " + ", ".join(f"{table} {n}" for table, n in counts.items()))
+        if counts.get("documents"):
+            typer.echo("The knowledge base's documents are listed with who may see them, but empty: re-ingest "
+                       "their files (`flywheel ingest PATH`, `flywheel docs ls` shows what is empty); they keep "
+                       "their visibility.")

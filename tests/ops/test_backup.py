@@ -105,6 +105,40 @@ def test_export_then_import_into_fresh_database_round_trips_every_row(
         assert new_id > max(r["id"] for r in before["answers"])
 
 
+def test_a_restored_knowledge_base_keeps_who_may_see_each_document_through_a_re_ingest(
+        database_url: str, pg_server: str, tmp_path: Path) -> None:
+    from core.knowledge import ingest
+    from core.knowledge import store as knowledge
+
+    handbook = tmp_path / "handbook"
+    (handbook / "hr").mkdir(parents=True)
+    (handbook / "laptops.md").write_text("# Laptops\n\nOrder a new laptop through the IT portal.\n")
+    (handbook / "hr" / "pay.md").write_text("# Salary bands\n\nBand C starts at 52,000 EUR.\n")
+    ingest.ingest_paths([handbook / "laptops.md"])
+    ingest.ingest_paths([handbook / "hr"], visible_groups=["hr"])
+    with db.connection() as conn:
+        knowledge.add_group_member(conn, "hr", "U0HR")
+    out = tmp_path / "export"
+    assert CliRunner().invoke(app, ["export", str(out)]).exit_code == 0
+    db.close_pools()
+
+    def visibility(url: str) -> dict[str, tuple[list[str], int]]:
+        with db.connect(url) as conn:
+            return {d.title: (d.visible_groups, d.chunks) for d in knowledge.list_documents(conn)}
+
+    with _fresh_database(pg_server) as target_url:
+        with db.connect(target_url) as conn:   # the laptop page was re-ingested before the import
+            ingest.ingest_paths([handbook / "laptops.md"], url=target_url)
+            backup.import_from(conn, out)
+            conn.commit()
+            assert [(r["group_name"], r["user_id"]) for r in conn.execute("SELECT * FROM group_members")] == [
+                ("hr", "U0HR")]
+        assert visibility(target_url) == {"Laptops": ([], 1), "Salary bands": (["hr"], 0)}   # listed, empty
+        report = ingest.ingest_paths([handbook], url=target_url)   # re-ingest as a nightly job would: no flags
+        assert (report.added, len(report.unchanged)) == ([str((handbook / "hr" / "pay.md").resolve())], 1)
+        assert visibility(target_url) == {"Laptops": ([], 1), "Salary bands": (["hr"], 1)}   # still HR only
+
+
 def test_import_of_a_folder_that_is_not_an_export_is_refused(database_url: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["import", str(tmp_path)])
     assert result.exit_code == 2 and "not a Flywheel export" in result.output
