@@ -207,16 +207,25 @@ def prepare_model(base_model: Any, config: TrainConfig) -> Any:
 
 
 def _needs_checkpointing(model: Any, config: TrainConfig) -> bool:
-    """Activations of a decoder layer in bf16 are roughly 34 x hidden bytes per token (flash and
-    flex attention keep no score matrix; measured: about 9 GiB for 2048 tokens of Llama-3-8B);
-    checkpoint only when they would not fit beside the weights in three quarters of the card."""
+    """Checkpoint only when a forward pass's activations would not fit beside the weights in
+    three quarters of this process's GPU."""
     if config.gradient_checkpointing != "auto":
         return bool(config.gradient_checkpointing)
     if not torch.cuda.is_available():
         return False
-    activations = 34 * model.config.hidden_size * model.config.num_hidden_layers * config.max_seq_len
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return weights + activations > torch.cuda.get_device_properties(0).total_memory * 0.75
+    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    return weights + activation_bytes(model.config, config) > memory * 0.75
+
+
+def activation_bytes(model_config: Any, config: TrainConfig) -> int:
+    """What one forward pass keeps for the backward: about 34 x hidden bytes per token per
+    decoder layer in bf16 (flash and flex attention keep no score matrix; measured: about 9 GiB
+    for 2048 tokens of Llama-3-8B), for every pack of the pass, plus one chunk of the loss's
+    fp32 logits and their gradient."""
+    tokens = config.max_seq_len * max(1, config.packs_per_forward)
+    layers = 34 * model_config.hidden_size * model_config.num_hidden_layers * tokens
+    return layers + 2 * 4 * config.loss_chunk * model_config.vocab_size
 
 
 def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence[TokenizedExample],

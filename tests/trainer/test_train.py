@@ -171,6 +171,16 @@ torch_internals = [pytest.mark.filterwarnings("ignore::DeprecationWarning:torch"
                    pytest.mark.filterwarnings("ignore:_compile flag on create_block_mask:DeprecationWarning")]
 
 
+def test_the_memory_estimate_that_decides_on_checkpointing_grows_with_the_packs_of_a_forward_pass() -> None:
+    from transformers import LlamaConfig
+
+    llama3_8b = LlamaConfig(hidden_size=4096, num_hidden_layers=32, vocab_size=128256)
+    one = train.activation_bytes(llama3_8b, TrainConfig(max_seq_len=2048))
+    assert 12 * 2**30 < one < 13 * 2**30   # about 8.5 GiB of layers (9 measured) and 4 GiB of loss logits
+    two = train.activation_bytes(llama3_8b, TrainConfig(max_seq_len=2048, packs_per_forward=2))
+    assert two - one == 34 * 4096 * 32 * 2048   # the second pack's layers; one loss chunk either way
+
+
 @pytest.mark.gpu
 @needs_cuda
 @torch_internals[0]
