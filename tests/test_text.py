@@ -40,8 +40,17 @@ def test_answers_in_another_script_are_scored_against_their_references() -> None
 def test_a_bare_number_is_grounded_only_in_a_passage_about_what_was_asked() -> None:
     vacation = "Lisbon: 25 working days of paid vacation per calendar year. Toronto: 20 working days."
     parking = "The garage has 10 spaces for bicycles. Ask reception for a badge."
+    parental = "Parental leave: 25 days paid."
     question = "How many vacation days do I get in Lisbon?"
-    assert groundedness("10", [vacation, parking], question=question) == 0.0
-    assert groundedness("25 [1].", [vacation, parking], question=question) == 1.0
-    assert groundedness("25 days.", [vacation, parking], question=question) == 1.0
-    assert groundedness("You get 25 working days of paid vacation per year [1].", [vacation, parking]) == 1.0
+    for wrong in ("10", "10 [2].", "It's 25 days.", "25 days total."):   # from the wrong passage
+        assert groundedness(wrong, [parking, parental], question=question) == 0.0, wrong
+    for right in ("25 [1].", "25 days.", "It's 25 days.", "25 working days total."):
+        assert groundedness(right, [vacation, parking, parental], question=question) == 1.0, right
+    assert groundedness("You get 25 working days of paid vacation per year [1].", [vacation, parking],
+                        question=question) == 1.0
+
+
+def test_short_list_items_without_numbers_are_judged_by_their_own_words() -> None:
+    source = "Travellers need a passport, visa and photo."
+    draft = "Bring the following:\n- passport\n- visa\n- photo"
+    assert groundedness(draft, [source], question="What documents do I need for travel?") == 0.75
