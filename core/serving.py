@@ -124,23 +124,35 @@ def ready_to_answer_with(given: str, settings: Settings | None = None) -> str:
     with); a name the registry lacks is fine when the server holds it (started with
     `--adapter NAME=PATH`). Raises ServingError saying why it cannot answer with it."""
     settings = settings or get_settings()
+    if settings.llm_backend == "extractive":
+        raise ServingError(f"No model is configured to run adapter {given!r}: FLYWHEEL_LLM_BACKEND is extractive.")
     url = serving_url(settings)
     with db.connection() as conn:
         adapter = models.find(conn, given)
-    if adapter is None:
-        held = held_adapters(url, settings.llm_backend, settings)
-        if held is not None and given not in held:
-            raise ServingError(f"There is no adapter {given!r}: `flywheel models ls` lists them"
-                               + (f", and the model server holds {', '.join(sorted(held))}." if held else "."))
-        return given
-    if adapter.status in ("training", "failed"):
-        raise ServingError(f"{adapter.name} is {adapter.status}: only a finished adapter can answer.")
-    if not same_model(adapter.base_model, settings.base_model):
-        raise ServingError(f"{adapter.name} was trained on {adapter.base_model}, but the model server runs "
-                           f"{settings.base_model} (FLYWHEEL_LLM_MODEL).")
-    if settings.llm_backend in ("local", "openai"):
+        endpoint = models.endpoint(conn)
+    name = adapter.name if adapter else given
+    if adapter is not None:
+        if adapter.status in ("training", "failed"):
+            raise ServingError(f"{adapter.name} is {adapter.status}: only a finished adapter can answer.")
+        if not same_model(adapter.base_model, settings.base_model):
+            raise ServingError(f"{adapter.name} was trained on {adapter.base_model}, but the model server runs "
+                               f"{settings.base_model} (FLYWHEEL_LLM_MODEL).")
+    if settings.llm_backend == "tgi":   # TGI holds what it was launched with, and answers anything else as the base model
+        launched = models.adapter_names(endpoint.adapters) if endpoint else []
+        if name not in launched:
+            raise ServingError(f"The TGI serving now was not launched with {name!r} (it has "
+                               f"{', '.join(launched) or 'none'}): TGI loads adapters only at start, so promote it, "
+                               "which starts a TGI with it, or start TGI with it in LORA_ADAPTERS.")
+        return name
+    held = held_adapters(url, settings.llm_backend, settings)
+    if held is None:
+        raise ServingError(f"Could not reach the model server at {url} to ask which adapters it holds.")
+    if adapter is not None:
         load_adapter(adapter.name, adapter.path, url, settings.llm_backend, settings)
-    return adapter.name
+    elif name not in held:
+        raise ServingError(f"There is no adapter {given!r}: `flywheel models ls` lists them"
+                           + (f", and the model server holds {', '.join(sorted(held))}." if held else "."))
+    return name
 
 
 def held_adapters(url: str, backend: str, settings: Settings | None = None) -> dict[str, str] | None:

@@ -96,7 +96,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
             raise typer.Exit(2) from e
         pairs = pairs[:limit] if limit else pairs
         context = dataclasses.replace(run.default_context(), reviews=False)
-        if adapter is not None and context.generator is not None:
+        if adapter is not None:
             try:   # a ready adapter is loaded first: is it worth promoting?
                 adapter = serving.ready_to_answer_with(adapter)
             except serving.ServingError as e:

@@ -87,9 +87,24 @@ def test_an_adapter_asked_of_the_extractive_backend_says_no_model_is_configured(
         questions: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _serve(monkeypatch, "extractive", f"http://127.0.0.1:{free_port()}")
     result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "flywheel-v9"])
-    assert result.exit_code == 1 and "no model is configured to run adapter 'flywheel-v9'" in result.output
+    assert result.exit_code == 1 and "No model is configured to run adapter 'flywheel-v9'" in result.output
+    with db.connection() as conn:   # refused before a question was asked
+        assert conn.execute("SELECT count(*) AS n FROM answers").fetchone()["n"] == 0
     scored = runner.invoke(app, ["eval", "answers", "--questions", str(questions)])   # the excerpts themselves
     assert scored.exit_code == 0 and json.loads(scored.stdout.strip().splitlines()[-1])["n"] == 1
+
+
+def test_an_adapter_tgi_was_not_launched_with_stops_before_a_question_is_asked(
+        questions: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _serve(monkeypatch, "tgi", f"http://127.0.0.1:{free_port()}")
+    with db.connection() as conn:   # the TGI a promotion started, with v1 only
+        conn.execute("INSERT INTO serving_endpoint (id, url, adapters) VALUES (1, 'http://x', 'flywheel-v1=/a/v1')")
+    result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "flywheel-v2"])
+    assert result.exit_code == 1
+    assert result.output.startswith("Stopped, nothing asked: The TGI serving now was not launched with "
+                                    "'flywheel-v2' (it has flywheel-v1): TGI loads adapters only at start")
+    with db.connection() as conn:
+        assert conn.execute("SELECT count(*) AS n FROM answers").fetchone()["n"] == 0
 
 
 def test_a_negative_limit_is_refused(questions: Path) -> None:
