@@ -80,11 +80,14 @@ if chosen.metrics:
     c_metrics.json(chosen.metrics)
 if chosen.error:
     st.error(f"{chosen.name} failed: {chosen.error}")
-gate_failure = models.gate_failure(chosen) if chosen.status == "ready" else None
+can_promote = chosen.status in ("ready", "retired") or (chosen.status == "live" and live_missing)
+gate_failure = models.gate_failure(chosen) if can_promote else None
 despite_gate = False
 if gate_failure is not None:
     st.warning(gate_failure)
-    despite_gate = st.checkbox(f"Promote {chosen.name} all the same", key="md_despite_gate", disabled=viewer)
+    # One box per version: a tick given for one adapter's reasons must not carry over to another's.
+    despite_gate = st.checkbox(f"Promote {chosen.name} all the same", key=f"md_despite_gate_{chosen.version}",
+                               disabled=viewer)
 
 c_promote, c_rollback, c_base = st.columns(3)
 promote = c_promote.button(f"Promote {chosen.name}", key="md_promote", type="primary",

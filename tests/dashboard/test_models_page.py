@@ -141,11 +141,17 @@ def test_an_adapter_that_failed_its_gate_is_promoted_only_when_the_admin_confirm
     assert "flywheel-v1 did not pass its eval gate: token_f1 0.2100 is worse than 0.3400 by more than 0.0." in [
         w.value for w in at.warning]
     assert at.button(key="md_promote").disabled
-    at.checkbox(key="md_despite_gate").check().run()
+    at.checkbox(key="md_despite_gate_1").check().run()
+    other = failed_gate(register("ready"), "rouge_l 0.1000 is worse than 0.3000 by more than 0.0")
+    at.run()
+    at.selectbox(key="md_adapter").select(other.version).run()   # the tick was for v1's reasons, not v2's
+    assert at.button(key="md_promote").disabled and not at.checkbox(key="md_despite_gate_2").value
+    at.selectbox(key="md_adapter").select(adapter.version).run()
+    at.checkbox(key="md_despite_gate_1").check().run()
     at.button(key="md_promote").click().run()
     assert not at.error and live_name() == "flywheel-v1" and FakeVLLM.loaded == ["flywheel-v1"]
     with pytest.raises(models.GateNotPassed):   # from code too, only when asked to
-        serving.promote(failed_gate(register("ready"), "val_loss is above").version, actor="bob")
+        serving.promote(other.version, actor="bob")
     assert live_name() == "flywheel-v1"
 
 
