@@ -28,8 +28,8 @@ TABLES: tuple[str, ...] = ("answers", "slack_answers", "reviews", "feedback", "d
                            "datasets", "dataset_items", "adapters", "training_runs", "training_schedule",
                            "audit_log")
 # What of the knowledge base a re-ingest cannot bring back, merged into what is there already.
-_DOCUMENTS = ("SELECT jsonb_build_object('source', source, 'title', title, 'url', url, 'visible_channels', "
-              "visible_channels, 'visible_groups', visible_groups) AS row FROM documents ORDER BY source")
+_DOCUMENTS = ("SELECT jsonb_build_object('id', id, 'source', source, 'title', title, 'url', url, 'visible_channels', "
+              "visible_channels, 'visible_groups', visible_groups) AS row FROM documents ORDER BY id")
 _GROUP_MEMBERS = "SELECT to_jsonb(g) AS row FROM group_members g ORDER BY group_name, user_id"
 # Tables a database being restored may already hold rows of: the single schedule row every
 # database has, and the audit of knowledge ingested before the import (imported rows get new ids).
@@ -155,17 +155,28 @@ def _rows_of(folder: Path, manifest: dict[str, Any], table: str) -> tuple[Path, 
 
 def _import_documents(conn: psycopg.Connection, path: Path, rows: list[tuple[int, Any]]) -> int:
     """List each exported document with its visibility, empty (no chunks, no content hash) until a
-    re-ingest fills it and keeps that visibility. A document ingested here before the import
+    re-ingest fills it and keeps that visibility; under its old id where that is free, so the
+    sources recorded with answers still name it. A document ingested here before the import
     takes the exported visibility when it is public here: restoring narrows, never widens."""
     for number, row in rows:
         try:
+            here = conn.execute("SELECT id, visible_channels = '{}' AND visible_groups = '{}' AS public"
+                                " FROM documents WHERE source = %(s)s", {"s": row.get("source")}).fetchone()
+            if here is not None:
+                if here["public"]:
+                    conn.execute("UPDATE documents d SET visible_channels = r.visible_channels,"
+                                 " visible_groups = r.visible_groups FROM jsonb_populate_record(NULL::documents,"
+                                 " %(row)s) r WHERE d.id = %(id)s", {"row": Jsonb(row), "id": here["id"]})
+                continue
+            old_id = row.get("id") if isinstance(row.get("id"), int) else None
+            if old_id is not None and conn.execute("SELECT 1 FROM documents WHERE id = %(id)s", {"id": old_id}).fetchone():
+                old_id = None   # a document ingested here before the import has it
             conn.execute(
-                "INSERT INTO documents (source, title, url, content_hash, visible_channels, visible_groups)"
-                " SELECT source, title, url, '', visible_channels, visible_groups"
-                " FROM jsonb_populate_record(NULL::documents, %(row)s)"
-                " ON CONFLICT (source) DO UPDATE SET visible_channels = EXCLUDED.visible_channels,"
-                " visible_groups = EXCLUDED.visible_groups"
-                " WHERE documents.visible_channels = '{}' AND documents.visible_groups = '{}'", {"row": Jsonb(row)})
+                "INSERT INTO documents (id, source, title, url, content_hash, visible_channels, visible_groups)"
+                " SELECT coalesce(%(id)s, nextval(pg_get_serial_sequence('documents', 'id'))), r.source, r.title,"
+                " r.url, '', r.visible_channels, r.visible_groups FROM jsonb_populate_record(NULL::documents, %(row)s) r",
+                {"row": Jsonb(row), "id": old_id})
+            _advance_sequence(conn, "documents")   # a new id never meets an old one inserted after it
         except (psycopg.IntegrityError, psycopg.DataError) as e:
             raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
                                 "nothing was imported.") from None

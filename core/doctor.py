@@ -89,11 +89,18 @@ def _embedder() -> Check:
 
 
 def _knowledge(url: str) -> Check:
+    from core.knowledge import store
+
     with db.connect(url) as conn:
         row = conn.execute("SELECT (SELECT count(*) FROM documents) AS d, (SELECT count(*) FROM chunks) AS c").fetchone()
+        empty = store.empty_documents(conn)
     if not row["d"]:  # type: ignore[index]
         return Check("knowledge base", "warn", "empty: `flywheel ingest PATH`")
-    return Check("knowledge base", "ok", f"{row['d']} documents, {row['c']} chunks")  # type: ignore[index]
+    figures = f"{row['d']} documents, {row['c']} chunks"  # type: ignore[index]
+    if empty:
+        return Check("knowledge base", "warn", f"{figures}; {len(empty)} without content (an import listed them, "
+                     f"e.g. {empty[0]}): ingest their files again")
+    return Check("knowledge base", "ok", figures)
 
 
 def _generation(settings: Settings, url: str) -> Check:

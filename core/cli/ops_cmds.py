@@ -8,6 +8,7 @@ import typer
 
 from core import backup, db, doctor
 from core.config import get_settings
+from core.knowledge import store
 
 _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
@@ -57,7 +58,14 @@ def register(app: typer.Typer) -> None:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
         typer.echo("imported: " + ", ".join(f"{table} {n}" for table, n in counts.items()))
-        if counts.get("documents"):
-            typer.echo("The knowledge base's documents are listed with who may see them, but empty: re-ingest "
-                       "their files (`flywheel ingest PATH`, `flywheel docs ls` shows what is empty); they keep "
-                       "their visibility.")
+        with db.connection() as conn:
+            empty = store.empty_documents(conn)
+        if empty:
+            typer.echo(f"{len(empty)} documents are listed with who may see them, but without content: ingest "
+                       "their files again (`flywheel ingest PATH`); they keep their visibility.")
+        elsewhere = [s for s in empty if not (Path(s).exists() or Path(s.rsplit("#", 1)[0]).exists())]
+        if elsewhere:
+            typer.echo(f"{len(elsewhere)} of them are not at their old paths on this machine (e.g. {elsewhere[0]}): "
+                       "an ingest from elsewhere makes new documents, public unless you give the same --channel or "
+                       "--group (`flywheel docs ls` shows who may see each); then `flywheel docs rm` the empty "
+                       "entries.", err=True)

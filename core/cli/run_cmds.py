@@ -71,7 +71,8 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         taken = taken_ports(settings)
         if taken:
-            typer.echo(f"Port {', '.join(taken)} is in use already: is Flywheel running (another `make up`)? Stop "
+            ports = f"Port {taken[0]} is" if len(taken) == 1 else f"Ports {', '.join(taken)} are"
+            typer.echo(f"{ports} in use already: is Flywheel running (another `make up`)? Stop "
                        "it with Ctrl-C in its terminal, or set FLYWHEEL_DASHBOARD_PORT, FLYWHEEL_LLM_PORT or "
                        "FLYWHEEL_BOT_PORT to free ports.", err=True)
             raise typer.Exit(1)
@@ -81,7 +82,7 @@ def register(app: typer.Typer) -> None:
         where = "DATABASE_URL" if settings.database_url else f"embedded Postgres in {settings.pg_dir}"
         typer.echo(f"database: {where} ({len(applied)} migrations applied)")
         with db.connection() as conn:
-            sources = [d.source for d in store.list_documents(conn)]
+            sources = [d.source for d in store.list_documents(conn) if d.chunks]   # not those an import listed
         if ingest_samples and samples_left_to_ingest(sources):
             typer.echo(f"first start: ingesting the sample handbook from {SAMPLES.relative_to(ROOT)}")
             try:

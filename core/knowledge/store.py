@@ -138,6 +138,17 @@ def list_documents(conn: psycopg.Connection) -> list[DocumentRow]:
     return [DocumentRow(**r) for r in rows]
 
 
+def is_document(conn: psycopg.Connection, document_id: int) -> bool:
+    return conn.execute("SELECT 1 FROM documents WHERE id = %(id)s", {"id": document_id}).fetchone() is not None
+
+
+def empty_documents(conn: psycopg.Connection) -> list[str]:
+    """Sources of documents without content: listed by an import, not ingested here since."""
+    rows = conn.execute("SELECT d.source FROM documents d WHERE NOT EXISTS"
+                        " (SELECT 1 FROM chunks c WHERE c.document_id = d.id) ORDER BY d.source")
+    return [r["source"] for r in rows]
+
+
 # A document not everyone may see (visible only in some channels or to some groups), reading the
 # document as `d`: what search lets only some askers see, and what training leaves out.
 RESTRICTED = "(cardinality(d.visible_channels) > 0 OR cardinality(d.visible_groups) > 0)"
@@ -185,7 +196,7 @@ class VisibilityError(ValueError):
 
 
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
-_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+_USER_ID = re.compile(r"[UW][A-Z0-9]{7,}")   # U0123ABCD: "WENDY" is a name
 
 
 def channel_ids(channels: Iterable[str]) -> list[str]:
@@ -259,8 +270,9 @@ def empty_groups_note(conn: psycopg.Connection, groups: Sequence[str]) -> str:
 def user_ids(users: Iterable[str]) -> list[str]:
     """Slack user ids as typed (a leading @ is dropped); anything else is refused: a name would
     never match the id a question arrives with, so the person would silently see nothing."""
-    ids = [u.strip().lstrip("@") for u in users]
-    wrong = [u for u in ids if not _USER_ID.fullmatch(u)]
+    typed = [u.strip() for u in users]
+    ids = [u.removeprefix("<").removesuffix(">").lstrip("@").upper() for u in typed]   # <@U0123ABCD> too
+    wrong = [u for u, i in zip(typed, ids) if not _USER_ID.fullmatch(i)]
     if wrong:
         raise VisibilityError(f"Not a Slack user id: {', '.join(repr(u) for u in wrong)}. Give the member's id "
                               "(like U0123ABCD, under 'Copy member ID' in their Slack profile), not their name.")

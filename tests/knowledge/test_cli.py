@@ -32,7 +32,7 @@ def test_ingest_search_list_and_remove(database_url: str, tmp_path: Path) -> Non
     assert "public" in runner.invoke(app, ["docs", "ls"]).output
     assert runner.invoke(app, ["docs", "rm", doc_id, "--as", "ana"]).exit_code == 0
     assert "empty" in runner.invoke(app, ["docs", "ls"]).output
-    assert runner.invoke(app, ["docs", "group-add", "hr", "U1", "U2"]).exit_code == 0
+    assert runner.invoke(app, ["docs", "group-add", "hr", "U0123ABCD", "U0123ABCE"]).exit_code == 0
     with db.connection() as conn:  # every change to what people may read is on record
         assert [(e.actor, e.action, e.target) for e in reversed(audit.recent(conn))] == [
             ("cli", "knowledge.ingest", f"document:{doc_id}"), ("cli", "knowledge.visibility", f"document:{doc_id}"),
@@ -248,11 +248,13 @@ def test_ingesting_for_a_group_no_one_is_in_warns_and_names_how_to_add_members(d
     result = runner.invoke(app, ["ingest", str(tmp_path), "--group", "hr"])
     assert result.exit_code == 0 and "1 added" in result.output
     assert "No one is in group hr yet" in result.output and "flywheel docs group-add hr" in result.output
-    assert "added 1" in runner.invoke(app, ["docs", "group-add", "hr", "U0HR"]).output
-    named = runner.invoke(app, ["docs", "group-add", "hr", "U0FIN", "bob"])   # a name never matches an asker
-    assert named.exit_code == 2 and "Not a Slack user id: 'bob'" in named.output
+    assert "added 1" in runner.invoke(app, ["docs", "group-add", "hr", "<@u0hr00001>"]).output   # as Slack copies it
+    for name in ("bob", "WENDY"):   # a name never matches the id a question arrives with
+        named = runner.invoke(app, ["docs", "group-add", "hr", "U0FIN0001", name])
+        assert named.exit_code == 2 and f"Not a Slack user id: '{name}'" in named.output
     with db.connection() as conn:
-        assert [r["user_id"] for r in conn.execute("SELECT user_id FROM group_members ORDER BY user_id")] == ["U0HR"]
+        assert [r["user_id"] for r in conn.execute("SELECT user_id FROM group_members ORDER BY user_id")] == [
+            "U0HR00001"]
     again = runner.invoke(app, ["docs", "visibility", "1", "--group", "hr"])
     assert again.exit_code == 0 and "No one is in" not in again.output
 

@@ -114,10 +114,14 @@ def test_a_restored_knowledge_base_keeps_who_may_see_each_document_through_a_re_
     (handbook / "hr").mkdir(parents=True)
     (handbook / "laptops.md").write_text("# Laptops\n\nOrder a new laptop through the IT portal.\n")
     (handbook / "hr" / "pay.md").write_text("# Salary bands\n\nBand C starts at 52,000 EUR.\n")
+    (tmp_path / "gone.md").write_text("# Gone\n\nA page deleted since.\n")
+    ingest.ingest_paths([tmp_path / "gone.md"])
     ingest.ingest_paths([handbook / "laptops.md"])
     ingest.ingest_paths([handbook / "hr"], visible_groups=["hr"])
     with db.connection() as conn:
+        knowledge.delete_document(conn, str((tmp_path / "gone.md").resolve()))   # ids here: 2 and 3
         knowledge.add_group_member(conn, "hr", "U0HR")
+        pay_id = {d.title: d.id for d in knowledge.list_documents(conn)}["Salary bands"]
     out = tmp_path / "export"
     assert CliRunner().invoke(app, ["export", str(out)]).exit_code == 0
     db.close_pools()
@@ -134,9 +138,35 @@ def test_a_restored_knowledge_base_keeps_who_may_see_each_document_through_a_re_
             assert [(r["group_name"], r["user_id"]) for r in conn.execute("SELECT * FROM group_members")] == [
                 ("hr", "U0HR")]
         assert visibility(target_url) == {"Laptops": ([], 1), "Salary bands": (["hr"], 0)}   # listed, empty
+        with db.connect(target_url) as conn:   # under its old id, which the answers' sources name
+            assert {d.title: d.id for d in knowledge.list_documents(conn)}["Salary bands"] == pay_id
         report = ingest.ingest_paths([handbook], url=target_url)   # re-ingest as a nightly job would: no flags
         assert (report.added, len(report.unchanged)) == ([str((handbook / "hr" / "pay.md").resolve())], 1)
         assert visibility(target_url) == {"Laptops": ([], 1), "Salary bands": (["hr"], 1)}   # still HR only
+
+
+def test_an_import_names_restricted_documents_whose_files_are_not_where_they_were(
+        database_url: str, pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import doctor
+    from core.knowledge import ingest
+
+    old = tmp_path / "old" / "pay.md"
+    old.parent.mkdir()
+    old.write_text("# Salary bands\n\nBand C starts at 52,000 EUR.\n")
+    ingest.ingest_paths([old], visible_groups=["hr"])
+    out = tmp_path / "export"
+    assert CliRunner().invoke(app, ["export", str(out)]).exit_code == 0
+    old.rename(tmp_path / "pay.md")   # another machine, another checkout
+    db.close_pools()
+    with _fresh_database(pg_server) as target_url:
+        monkeypatch.setenv("DATABASE_URL", target_url)
+        get_settings.cache_clear()
+        imported = CliRunner().invoke(app, ["import", str(out)])
+        assert imported.exit_code == 0, imported.output
+        assert "1 documents are listed with who may see them, but without content" in imported.output
+        assert f"1 of them are not at their old paths on this machine (e.g. {old.resolve()})" in imported.output
+        [check] = [c for c in doctor.run_checks(get_settings(), embedder=False) if c.name == "knowledge base"]
+        assert check.level == "warn" and "1 without content" in check.detail
 
 
 def test_import_of_a_folder_that_is_not_an_export_is_refused(database_url: str, tmp_path: Path) -> None:
