@@ -42,11 +42,14 @@ def register(app: typer.Typer) -> None:
     def hash_password() -> None:
         """Ask for a dashboard password (twice, not shown) and print the FLYWHEEL_DASHBOARD_PASSWORD_HASH
         line to put in .env. Prompts go to stderr, so `flywheel hash-password >> .env` works."""
-        password = typer.prompt("Dashboard password", hide_input=True, confirmation_prompt=True, err=True)
-        if len(password) < passwords.MIN_LENGTH:
-            typer.echo(f"The password must have at least {passwords.MIN_LENGTH} characters; nothing was made.",
-                       err=True)
-            raise typer.Exit(2)
+        while True:   # a short one is refused as typed, before its confirmation, and asked for again
+            password = typer.prompt("Dashboard password", hide_input=True, err=True)
+            if len(password) < passwords.MIN_LENGTH:
+                typer.echo(f"The password must have at least {passwords.MIN_LENGTH} characters.", err=True)
+            elif typer.prompt("Repeat for confirmation", hide_input=True, err=True) != password:
+                typer.echo("The two entries differ.", err=True)
+            else:
+                break
         typer.echo(f"FLYWHEEL_DASHBOARD_PASSWORD_HASH={passwords.hash_password(password)}")
 
     @app.command()

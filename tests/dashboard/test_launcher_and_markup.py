@@ -78,8 +78,15 @@ def test_hash_password_prints_a_salted_hash_the_settings_accept_and_the_sign_in_
     stored = Settings().dashboard_password_hash.get_secret_value()  # type: ignore[union-attr]
     assert passwords.password_matches("correct horse", stored)
     assert not passwords.password_matches("correct horsE", stored)
-    short = CliRunner().invoke(app, ["hash-password"], input="seven77\nseven77\n")
-    assert short.exit_code == 2 and "at least 8 characters" in short.output and "scrypt:" not in short.output
+    # A short one is refused at once and asked for again, not after typing it twice.
+    retried = CliRunner().invoke(app, ["hash-password"], input="seven77\ncorrect horse\ncorrect horse\n")
+    assert retried.exit_code == 0, retried.output
+    assert "The password must have at least 8 characters." in retried.output
+    assert passwords.password_matches("correct horse", retried.stdout.strip().splitlines()[-1].split("=", 1)[1])
+    typo = CliRunner().invoke(app, ["hash-password"], input="correct horse\ncorrect horsE\ncorrect horse\ncorrect horse\n")
+    assert typo.exit_code == 0 and "The two entries differ." in typo.output
+    gave_up = CliRunner().invoke(app, ["hash-password"], input="seven77\n")   # end of input: nothing made
+    assert gave_up.exit_code != 0 and "scrypt:" not in gave_up.output
 
 
 def test_with_a_login_it_listens_everywhere_or_where_asked() -> None:
