@@ -26,7 +26,7 @@ def save(folder: Path, model: Any, optimizer: Any, scheduler: Any, step: int, be
     model.save_pretrained(partial / "adapter")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None},
                partial / "optimizer.pt")
     (partial / "state.json").write_text(json.dumps({"step": step, "best_val": best_val,
                                                     "bad_validations": bad_validations}))
@@ -46,8 +46,9 @@ def load(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int,
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
-    cuda_rng = state.get("cuda_rng") or []
-    if cuda_rng and torch.cuda.is_available() and len(cuda_rng) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_rng)   # dropout on the GPU draws from these
+    # Dropout on the GPU draws from this device's generator. Only the main process saves, so on
+    # several GPUs every process resumes with its stream: a valid run, not a bit-identical one.
+    if isinstance(state.get("cuda_rng"), torch.Tensor) and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda_rng"])
     meta = json.loads((folder / "state.json").read_text())
     return int(meta["step"]), float(meta["best_val"]), int(meta["bad_validations"])
