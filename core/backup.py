@@ -19,6 +19,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from core import audit
 from core.knowledge.parse import jsonl_lines
 
 # In dependency order: a row's references are restored before it.
@@ -27,6 +28,7 @@ from core.knowledge.parse import jsonl_lines
 TABLES: tuple[str, ...] = ("answers", "slack_answers", "reviews", "feedback", "deliveries", "curation_items",
                            "datasets", "dataset_items", "adapters", "training_runs", "training_schedule",
                            "audit_log")
+IMPORT_ACTOR = "import"   # who the audit log says narrowed a document's visibility to the exported one
 # What of the knowledge base a re-ingest cannot bring back, merged into what is there already.
 _DOCUMENTS = ("SELECT jsonb_build_object('id', id, 'source', source, 'title', title, 'url', url, 'visible_channels', "
               "visible_channels, 'visible_groups', visible_groups) AS row FROM documents ORDER BY id")
@@ -155,32 +157,59 @@ def _rows_of(folder: Path, manifest: dict[str, Any], table: str) -> tuple[Path, 
 
 def _import_documents(conn: psycopg.Connection, path: Path, rows: list[tuple[int, Any]]) -> int:
     """List each exported document with its visibility, empty (no chunks, no content hash) until a
-    re-ingest fills it and keeps that visibility; under its old id where that is free, so the
-    sources recorded with answers still name it. A document ingested here before the import
-    takes the exported visibility when it is public here: restoring narrows, never widens."""
+    re-ingest fills it and keeps that visibility. A document ingested here before the import
+    takes the exported visibility when it is public here (audited): restoring narrows, never
+    widens. Each keeps its old id where that is free; where not, the sources recorded with the
+    imported answers are renumbered, so they still name it (training leaves out what was drafted
+    from a restricted document, and reads its text, through them)."""
+    exported = [row["id"] for _, row in rows if type(row.get("id")) is int]
+    # New ids come from above every id here and every exported one: a document whose old id is
+    # taken never takes another's.
+    conn.execute("SELECT setval(pg_get_serial_sequence('documents', 'id'), greatest((SELECT coalesce(max(id), 0)"
+                 " FROM documents), %(top)s) + 1, false)", {"top": max(exported, default=0)})
+    moved: dict[int, int] = {}
     for number, row in rows:
+        old_id = row["id"] if type(row.get("id")) is int else None
         try:
-            here = conn.execute("SELECT id, visible_channels = '{}' AND visible_groups = '{}' AS public"
-                                " FROM documents WHERE source = %(s)s", {"s": row.get("source")}).fetchone()
-            if here is not None:
-                if here["public"]:
-                    conn.execute("UPDATE documents d SET visible_channels = r.visible_channels,"
-                                 " visible_groups = r.visible_groups FROM jsonb_populate_record(NULL::documents,"
-                                 " %(row)s) r WHERE d.id = %(id)s", {"row": Jsonb(row), "id": here["id"]})
-                continue
-            old_id = row.get("id") if isinstance(row.get("id"), int) else None
-            if old_id is not None and conn.execute("SELECT 1 FROM documents WHERE id = %(id)s", {"id": old_id}).fetchone():
-                old_id = None   # a document ingested here before the import has it
-            conn.execute(
-                "INSERT INTO documents (id, source, title, url, content_hash, visible_channels, visible_groups)"
-                " SELECT coalesce(%(id)s, nextval(pg_get_serial_sequence('documents', 'id'))), r.source, r.title,"
-                " r.url, '', r.visible_channels, r.visible_groups FROM jsonb_populate_record(NULL::documents, %(row)s) r",
-                {"row": Jsonb(row), "id": old_id})
-            _advance_sequence(conn, "documents")   # a new id never meets an old one inserted after it
+            new_id = _import_document(conn, row, old_id)
         except (psycopg.IntegrityError, psycopg.DataError) as e:
             raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
                                 "nothing was imported.") from None
+        if old_id is not None and new_id != old_id:
+            moved[old_id] = new_id
+    if moved:
+        conn.execute(
+            "UPDATE answers a SET sources = (SELECT jsonb_agg(CASE WHEN m.new_id IS NULL THEN e.s"
+            " ELSE jsonb_set(e.s, '{document_id}', to_jsonb(m.new_id)) END ORDER BY e.n)"
+            " FROM jsonb_array_elements(a.sources) WITH ORDINALITY AS e(s, n)"
+            " LEFT JOIN unnest(%(old)s::text[], %(new)s::bigint[]) AS m(old_id, new_id) ON m.old_id = e.s->>'document_id')"
+            " WHERE jsonb_typeof(a.sources) = 'array' AND EXISTS (SELECT 1 FROM jsonb_array_elements(a.sources) s"
+            " WHERE s->>'document_id' = ANY(%(old)s::text[]))",
+            {"old": [str(k) for k in moved], "new": list(moved.values())})
+    _advance_sequence(conn, "documents")
     return len(rows)
+
+
+def _import_document(conn: psycopg.Connection, row: dict[str, Any], old_id: int | None) -> int:
+    """One exported document, listed or merged into the one here from the same source; its id here."""
+    here = conn.execute("SELECT id, visible_channels = '{}' AND visible_groups = '{}' AS public"
+                        " FROM documents WHERE source = %(s)s", {"s": row.get("source")}).fetchone()
+    if here is not None:
+        if here["public"] and (row.get("visible_channels") or row.get("visible_groups")):
+            conn.execute("UPDATE documents d SET visible_channels = r.visible_channels, visible_groups = r.visible_groups,"
+                         " updated_at = now() FROM jsonb_populate_record(NULL::documents, %(row)s) r"
+                         " WHERE d.id = %(id)s", {"row": Jsonb(row), "id": here["id"]})
+            audit.record(conn, IMPORT_ACTOR, "knowledge.visibility", f"document:{here['id']}",
+                         {"channels": row.get("visible_channels"), "groups": row.get("visible_groups")})
+        return int(here["id"])
+    free = old_id is not None and conn.execute("SELECT 1 FROM documents WHERE id = %(id)s",
+                                               {"id": old_id}).fetchone() is None
+    inserted = conn.execute(
+        "INSERT INTO documents (id, source, title, url, content_hash, visible_channels, visible_groups)"
+        " SELECT coalesce(%(id)s, nextval(pg_get_serial_sequence('documents', 'id'))), r.source, r.title, r.url, '',"
+        " r.visible_channels, r.visible_groups FROM jsonb_populate_record(NULL::documents, %(row)s) r RETURNING id",
+        {"row": Jsonb(row), "id": old_id if free else None}).fetchone()
+    return int(inserted["id"])  # type: ignore[index]
 
 
 def _import_group_members(conn: psycopg.Connection, path: Path, rows: list[tuple[int, Any]]) -> int:

@@ -61,11 +61,17 @@ def register(app: typer.Typer) -> None:
         with db.connection() as conn:
             empty = store.empty_documents(conn)
         if empty:
-            typer.echo(f"{len(empty)} documents are listed with who may see them, but without content: ingest "
-                       "their files again (`flywheel ingest PATH`); they keep their visibility.")
-        elsewhere = [s for s in empty if not (Path(s).exists() or Path(s.rsplit("#", 1)[0]).exists())]
+            typer.echo(f"{_documents(len(empty))} listed with who may see them, but without content: ingest their "
+                       "files again (`flywheel ingest PATH`), or upload them again under the same names; they keep "
+                       "their visibility.")
+        uploads = [s for s in empty if s.startswith("upload:")]
+        elsewhere = [s for s in empty if s not in uploads and not (Path(s).exists() or Path(s.rsplit("#", 1)[0]).exists())]
         if elsewhere:
-            typer.echo(f"{len(elsewhere)} of them are not at their old paths on this machine (e.g. {elsewhere[0]}): "
-                       "an ingest from elsewhere makes new documents, public unless you give the same --channel or "
+            typer.echo(f"{_documents(len(elsewhere))} not at the old paths on this machine (e.g. {elsewhere[0]}): an "
+                       "ingest from elsewhere makes new documents, public unless you give the same --channel or "
                        "--group (`flywheel docs ls` shows who may see each); then `flywheel docs rm` the empty "
                        "entries.", err=True)
+
+
+def _documents(n: int) -> str:
+    return "1 document is" if n == 1 else f"{n} documents are"

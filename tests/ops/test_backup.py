@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from bot import store
 from core import backup, curation, db, feedback, models, training
@@ -33,6 +33,14 @@ def _fresh_database(pg_server: str) -> Iterator[str]:
         db.close_pools()
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
+
+
+def _import_with_cli(folder: Path, target_url: str, monkeypatch: pytest.MonkeyPatch) -> Result:
+    monkeypatch.setenv("DATABASE_URL", target_url)
+    get_settings.cache_clear()
+    imported = CliRunner().invoke(app, ["import", str(folder)])
+    assert imported.exit_code == 0, imported.output
+    return imported
 
 
 def _seed(handbook_dir: Path) -> None:
@@ -91,10 +99,7 @@ def test_export_then_import_into_fresh_database_round_trips_every_row(
 
     db.close_pools()
     with _fresh_database(pg_server) as target_url:
-        monkeypatch.setenv("DATABASE_URL", target_url)
-        get_settings.cache_clear()
-        imported = CliRunner().invoke(app, ["import", str(out)])
-        assert imported.exit_code == 0, imported.output
+        _import_with_cli(out, target_url, monkeypatch)
         assert _rows(target_url) == before
 
         again = CliRunner().invoke(app, ["import", str(out)])  # a second import would mix two histories
@@ -145,6 +150,46 @@ def test_a_restored_knowledge_base_keeps_who_may_see_each_document_through_a_re_
         assert visibility(target_url) == {"Laptops": ([], 1), "Salary bands": (["hr"], 1)}   # still HR only
 
 
+def test_an_import_over_documents_ingested_first_narrows_them_audited_and_renumbers_the_answers_sources(
+        database_url: str, pg_server: str, tmp_path: Path) -> None:
+    from core import audit
+    from core.knowledge import ingest
+    from core.knowledge import store as knowledge
+
+    pages = {"gone": "# Gone\n\nDeleted since.\n", "laptops": "# Laptops\n\nOrder one in the IT portal.\n",
+             "pay": "# Salary bands\n\nBand C starts at 52,000 EUR.\n", "canteen": "# Canteen\n\nOpens at noon.\n"}
+    for name, text in pages.items():
+        (tmp_path / f"{name}.md").write_text(text)
+    ingest.ingest_paths([tmp_path / "gone.md"])
+    ingest.ingest_paths([tmp_path / "laptops.md"])
+    ingest.ingest_paths([tmp_path / "pay.md"], visible_groups=["hr"])
+    with db.connection() as conn:
+        knowledge.delete_document(conn, str((tmp_path / "gone.md").resolve()))
+        old = {d.title: d.id for d in knowledge.list_documents(conn)}
+        answer_id = feedback.create_answer(conn, thread_key="cli:1", surface="cli", question="Pay and laptops?")
+        feedback.update_answer(conn, answer_id, sources=[{"n": n, "document_id": old[title], "title": title}
+                                                         for n, title in enumerate(["Laptops", "Salary bands"], 1)])
+        backup.export_to(conn, tmp_path / "export")
+    with _fresh_database(pg_server) as target_url:
+        # Before the import this machine ingested the canteen page and, carelessly, the pay page for everyone:
+        # they hold the ids the exported documents had.
+        ingest.ingest_paths([tmp_path / "canteen.md"], url=target_url)
+        ingest.ingest_paths([tmp_path / "pay.md"], url=target_url)
+        with db.connect(target_url) as conn:
+            shown = {d.title: d.updated_at for d in knowledge.list_documents(conn)}
+            backup.import_from(conn, tmp_path / "export")
+            conn.commit()
+            here = {d.title: d for d in knowledge.list_documents(conn)}
+            [answer] = conn.execute("SELECT sources FROM answers").fetchall()
+            narrowed = [(e.actor, e.target) for e in audit.recent(conn) if e.action == "knowledge.visibility"]
+    assert here["Salary bands"].visible_groups == ["hr"] and here["Salary bands"].chunks == 1   # narrowed, kept
+    assert here["Salary bands"].updated_at > shown["Salary bands"]   # a Knowledge page shown before cannot undo it
+    assert narrowed == [("import", f"document:{here['Salary bands'].id}")]
+    assert here["Laptops"].id not in {here["Canteen"].id, here["Salary bands"].id, *old.values()}
+    assert [(s["title"], s["document_id"]) for s in answer["sources"]] == [
+        ("Laptops", here["Laptops"].id), ("Salary bands", here["Salary bands"].id)]   # the answer names them still
+
+
 def test_an_import_names_restricted_documents_whose_files_are_not_where_they_were(
         database_url: str, pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core import doctor
@@ -159,12 +204,9 @@ def test_an_import_names_restricted_documents_whose_files_are_not_where_they_wer
     old.rename(tmp_path / "pay.md")   # another machine, another checkout
     db.close_pools()
     with _fresh_database(pg_server) as target_url:
-        monkeypatch.setenv("DATABASE_URL", target_url)
-        get_settings.cache_clear()
-        imported = CliRunner().invoke(app, ["import", str(out)])
-        assert imported.exit_code == 0, imported.output
-        assert "1 documents are listed with who may see them, but without content" in imported.output
-        assert f"1 of them are not at their old paths on this machine (e.g. {old.resolve()})" in imported.output
+        imported = _import_with_cli(out, target_url, monkeypatch)
+        assert "1 document is listed with who may see them, but without content" in imported.output
+        assert f"1 document is not at the old paths on this machine (e.g. {old.resolve()})" in imported.output
         [check] = [c for c in doctor.run_checks(get_settings(), embedder=False) if c.name == "knowledge base"]
         assert check.level == "warn" and "1 without content" in check.detail
 
