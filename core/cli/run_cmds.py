@@ -29,13 +29,14 @@ def slack_status(settings: Settings) -> str:
     return f"connecting over {mode}" + (f" on port {settings.bot_port}" if mode == "HTTP events" else "")
 
 
-def samples_left_to_ingest(sources: Sequence[str]) -> bool:
-    """Whether `up` ingests the sample handbook: the knowledge base is empty, or holds nothing
-    but part of the handbook (a first start stopped while ingesting it)."""
+def samples_left_to_ingest(sources: Sequence[str], filled: Sequence[str]) -> bool:
+    """Whether `up` ingests the sample handbook: the knowledge base (`sources`, of which
+    `filled` have content) is empty, or holds nothing but part of the handbook (a first start
+    stopped while ingesting it, or an import listed it)."""
     from core.knowledge.ingest import files_under, source_of
 
     handbook = {source_of(f) for f in files_under(SAMPLES)}
-    return set(sources) <= handbook and not handbook <= set(sources)
+    return set(sources) <= handbook and not handbook <= set(filled)
 
 
 def taken_ports(settings: Settings) -> list[str]:
@@ -82,8 +83,9 @@ def register(app: typer.Typer) -> None:
         where = "DATABASE_URL" if settings.database_url else f"embedded Postgres in {settings.pg_dir}"
         typer.echo(f"database: {where} ({len(applied)} migrations applied)")
         with db.connection() as conn:
-            sources = [d.source for d in store.list_documents(conn) if d.chunks]   # not those an import listed
-        if ingest_samples and samples_left_to_ingest(sources):
+            documents = store.list_documents(conn)
+        if ingest_samples and samples_left_to_ingest([d.source for d in documents],
+                                                     [d.source for d in documents if d.chunks]):
             typer.echo(f"first start: ingesting the sample handbook from {SAMPLES.relative_to(ROOT)}")
             try:
                 typer.echo(ingest.ingest_paths([SAMPLES]).summary())

@@ -214,8 +214,10 @@ def test_the_sample_handbook_is_ingested_on_a_first_start_and_finished_after_an_
     from core.knowledge.ingest import files_under, source_of
 
     handbook = sorted(source_of(f) for f in files_under(SAMPLES))
-    assert samples_left_to_ingest([])                      # first start
-    assert samples_left_to_ingest(handbook[:5])            # Ctrl-C while ingesting it
-    assert not samples_left_to_ingest(handbook)            # all there
-    assert not samples_left_to_ingest(handbook[:5] + ["/docs/own.md"])   # the admin's own documents: left alone
-    assert not samples_left_to_ingest(["/docs/own.md"])
+    assert samples_left_to_ingest([], [])                               # first start
+    assert samples_left_to_ingest(handbook[:5], handbook[:5])           # Ctrl-C while ingesting it
+    assert samples_left_to_ingest(handbook, [])                         # an import listed it, empty
+    assert not samples_left_to_ingest(handbook, handbook)               # all there
+    own = handbook[:5] + ["/docs/own.md"]   # the admin's own documents: left alone, even listed by an import
+    assert not samples_left_to_ingest(own, own)
+    assert not samples_left_to_ingest(["/docs/own.md"], [])
