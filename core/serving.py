@@ -142,7 +142,7 @@ def ready_to_answer_with(given: str, settings: Settings | None = None) -> str:
         if name not in launched:
             raise ServingError(f"The TGI serving now was not launched with {name!r} (it has "
                                f"{', '.join(launched) or 'none'}): TGI loads adapters only at start, so promote it, "
-                               "which starts a TGI with it, or start TGI with it in LORA_ADAPTERS.")
+                               "which starts a TGI with it (FLYWHEEL_TGI_LAUNCH_COMMAND).")
         return name
     held = held_adapters(url, settings.llm_backend, settings)
     if held is None:

@@ -42,7 +42,7 @@ def test_a_bare_number_is_grounded_only_in_a_passage_about_what_was_asked() -> N
     parking = "The garage has 10 spaces for bicycles. Ask reception for a badge."
     parental = "Parental leave: 25 days paid."
     question = "How many vacation days do I get in Lisbon?"
-    for wrong in ("10", "10 [2].", "It's 25 days.", "25 days total."):   # from the wrong passage
+    for wrong in ("10", "10 [2].", "It's 25 days.", "It\u2019s 25 days total.", "25 days total."):   # wrong passage
         assert groundedness(wrong, [parking, parental], question=question) == 0.0, wrong
     for right in ("25 [1].", "25 days.", "It's 25 days.", "25 working days total."):
         assert groundedness(right, [vacation, parking, parental], question=question) == 1.0, right

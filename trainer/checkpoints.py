@@ -47,7 +47,8 @@ def load(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int,
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
     # Dropout on the GPU draws from this device's generator. Only the main process saves, so on
-    # several GPUs every process resumes with its stream: a valid run, not a bit-identical one.
+    # several GPUs every process resumes with the main process's stream: a valid run, not a
+    # bit-identical one (on one GPU it is).
     if isinstance(state.get("cuda_rng"), torch.Tensor) and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda_rng"])
     meta = json.loads((folder / "state.json").read_text())

@@ -21,7 +21,8 @@ _STOP = frozenset(
 
 
 def content_words(text: str) -> set[str]:
-    return {w for w in words(text, joined=True) if w not in _STOP and (len(w) > 1 or w.isdigit())}   # "2" is a claim
+    words_ = words(text.replace("\u2019", "'"), joined=True)   # "it’s" as "it's"
+    return {w for w in words_ if w not in _STOP and (len(w) > 1 or w.isdigit())}   # "2" is a claim
 
 
 def groundedness(draft: str, sources: Sequence[str], min_overlap: float = 0.6, *, question: str = "") -> float:

@@ -196,7 +196,7 @@ class VisibilityError(ValueError):
 
 
 _CHANNEL_ID = re.compile(r"[CGD][A-Z0-9]{2,}")
-_USER_ID = re.compile(r"[UW][A-Z0-9]{7,}")   # U0123ABCD: "WENDY" is a name
+_USER_ID = re.compile(r"[UW](?=[A-Z]*\d)[A-Z0-9]{7,}")   # U0123ABCD, with a digit: "WILLIAMS" is a name
 
 
 def channel_ids(channels: Iterable[str]) -> list[str]:

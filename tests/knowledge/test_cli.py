@@ -249,7 +249,7 @@ def test_ingesting_for_a_group_no_one_is_in_warns_and_names_how_to_add_members(d
     assert result.exit_code == 0 and "1 added" in result.output
     assert "No one is in group hr yet" in result.output and "flywheel docs group-add hr" in result.output
     assert "added 1" in runner.invoke(app, ["docs", "group-add", "hr", "<@u0hr00001>"]).output   # as Slack copies it
-    for name in ("bob", "WENDY"):   # a name never matches the id a question arrives with
+    for name in ("bob", "WENDY", "williams"):   # a name never matches the id a question arrives with
         named = runner.invoke(app, ["docs", "group-add", "hr", "U0FIN0001", name])
         assert named.exit_code == 2 and f"Not a Slack user id: '{name}'" in named.output
     with db.connection() as conn:
