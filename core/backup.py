@@ -144,6 +144,22 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
     return counts
 
 
+def relocate_adapters(conn: psycopg.Connection, adapter_root: Path) -> list[str]:
+    """Point each adapter whose files are not at the path on record to `adapter_root/<name>`
+    when they are there (the adapters folder restored beside the export, on a machine whose data
+    folder is elsewhere); returns the names of adapters whose files are in neither place."""
+    missing = []
+    for row in conn.execute("SELECT version, name, path FROM adapters WHERE status <> 'failed' ORDER BY version").fetchall():
+        if row["path"] and Path(row["path"]).exists():
+            continue
+        here = adapter_root / row["name"]
+        if (here / "adapter_config.json").exists():
+            conn.execute("UPDATE adapters SET path = %(p)s WHERE version = %(v)s", {"p": str(here), "v": row["version"]})
+        else:
+            missing.append(row["name"])
+    return missing
+
+
 def _rows_of(folder: Path, manifest: dict[str, Any], table: str) -> tuple[Path, list[tuple[int, Any]]]:
     """The exported records of `table` (none from an export older than it), all of them."""
     path = folder / f"{table}.jsonl"

@@ -51,13 +51,18 @@ def register(app: typer.Typer) -> None:
     @app.command("import")
     def import_cmd(folder: Path = typer.Argument(..., exists=True, file_okay=False)) -> None:
         """Restore an export into a database that has no answers, curation or adapters yet."""
+        adapter_root = get_settings().adapter_root
         try:
             with db.connection() as conn:
                 counts = backup.import_from(conn, folder)
+                without_files = backup.relocate_adapters(conn, adapter_root)
         except (backup.ImportRefused, FileNotFoundError) as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
         typer.echo("imported: " + ", ".join(f"{table} {n}" for table, n in counts.items()))
+        if without_files:
+            typer.echo(f"The files of {', '.join(without_files)} are not here: copy the adapters folder backed up with "
+                       f"the export to {adapter_root}, or they cannot be promoted or rolled back to.", err=True)
         with db.connection() as conn:
             empty = store.empty_documents(conn)
         if empty:

@@ -211,6 +211,27 @@ def test_an_import_names_restricted_documents_whose_files_are_not_where_they_wer
         assert check.level == "warn" and "1 without content" in check.detail
 
 
+def test_an_import_points_adapters_to_the_adapters_folder_restored_here(
+        database_url: str, pg_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with db.connection() as conn:   # trained on a machine whose data folder was elsewhere
+        for name in ("flywheel-v1", "flywheel-v2"):
+            models.register(conn, base_model="tiny", path=f"/elsewhere/adapters/{name}", dataset_version=None,
+                            hyperparams={}, status="ready")
+        backup.export_to(conn, tmp_path / "export")
+    db.close_pools()
+    root = tmp_path / "adapters-here"   # the adapters folder copied over, v2's files missing
+    (root / "flywheel-v1").mkdir(parents=True)
+    (root / "flywheel-v1" / "adapter_config.json").write_text("{}")
+    monkeypatch.setenv("FLYWHEEL_ADAPTERS_DIR", str(root))
+    with _fresh_database(pg_server) as target_url:
+        imported = _import_with_cli(tmp_path / "export", target_url, monkeypatch)
+        with db.connect(target_url) as conn:
+            paths = {a.name: a.path for a in models.list_adapters(conn)}
+    assert paths == {"flywheel-v1": str(root / "flywheel-v1"), "flywheel-v2": "/elsewhere/adapters/flywheel-v2"}
+    assert (f"The files of flywheel-v2 are not here: copy the adapters folder backed up with the export to {root}"
+            in imported.output)
+
+
 def test_import_of_a_folder_that_is_not_an_export_is_refused(database_url: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["import", str(tmp_path)])
     assert result.exit_code == 2 and "not a Flywheel export" in result.output
