@@ -1,4 +1,4 @@
-"""The admin dashboard's entry point (`streamlit run dashboard/app.py`): sign in, then the pages."""
+"""The admin dashboard's entry point (`streamlit run dashboard/app.py`): the pages, each behind the sign-in."""
 from __future__ import annotations
 
 import streamlit as st
@@ -6,12 +6,13 @@ import streamlit as st
 from dashboard import auth
 
 st.set_page_config(page_title="Flywheel admin", page_icon="🛞", layout="wide")
-identity = auth.gate()  # stops here, showing only the login, for anyone not signed in
+identity = auth.signed_in()
 
-with st.sidebar:
-    st.caption(f"Signed in as **{identity.actor}** ({identity.role})")
-    if identity.mode != "local" and st.button("Log out"):
-        auth.log_out(identity)
+if identity is not None:
+    with st.sidebar:
+        st.caption(f"Signed in as **{identity.actor}** ({identity.role})")
+        if identity.mode != "local" and st.button("Log out"):
+            auth.log_out(identity)
 
 pages = {
     "The loop": [
@@ -26,4 +27,6 @@ pages = {
         st.Page("pages/models.py", title="Models", icon="🧩"),
     ],
 }
-st.navigation(pages).run()
+# A stranger sees no menu, and whichever page the address names shows only the login: every page
+# starts with `frame.page`, which stops at the gate.
+st.navigation(pages, position="sidebar" if identity is not None else "hidden").run()

@@ -79,27 +79,45 @@ def server_is_loopback_only() -> bool:
     return address is not None and is_loopback(str(address))
 
 
-def gate(settings: Settings | None = None) -> Identity:
-    """The signed-in identity. Shows the login and stops the run when there is none, so nothing
-    below a call to `gate` renders for a stranger."""
+def signed_in(settings: Settings | None = None) -> Identity | None:
+    """Who is signed in, or None; shows nothing (`gate` shows the login or the refusal)."""
     settings = settings or get_settings()
     current = mode(settings)
-    if current == "oidc":
-        return _oidc(settings)
     if current == "password":
-        return _password(settings)
-    if not server_is_loopback_only():
+        identity = st.session_state.get(_IDENTITY_KEY)
+        return identity if isinstance(identity, Identity) else None
+    if current == "oidc":   # with no admin listed, no one (a viewer neither) until the operator lists one
+        email = str(st.user.get("email") or "") if st.user.get("is_logged_in", False) else ""
+        verified = not email_unverified(st.user.get("email_verified"))
+        role = oidc_role(email, settings) if email and verified and _emails(settings.dashboard_admins) else None
+        return Identity(actor=f"oidc:{email.lower()}", role=role, mode="oidc") if role else None
+    if server_is_loopback_only() and not_from_this_machine(dict(st.context.headers)) is None:
+        return Identity(actor=f"local:{getpass.getuser()}", role="admin", mode="local")
+    return None
+
+
+def gate(settings: Settings | None = None) -> Identity:
+    """The signed-in identity. Shows the login (or why no one may sign in) and stops the run when
+    there is none, so nothing below a call to `gate` renders for a stranger."""
+    settings = settings or get_settings()
+    identity = signed_in(settings)
+    if identity is not None:
+        return identity
+    current = mode(settings)
+    if current == "oidc":
+        _oidc_refusal(settings)
+    elif current == "password":
+        _password_login(settings)
+    elif not server_is_loopback_only():
         st.error("No login is configured, so this dashboard only runs bound to 127.0.0.1. Set "
                  "FLYWHEEL_DASHBOARD_PASSWORD_HASH (`flywheel hash-password`) or configure OIDC, or start it with "
                  "`flywheel dashboard`, which binds it to localhost.")
-        st.stop()
-    why = not_from_this_machine(dict(st.context.headers))
-    if why is not None:
+    else:
+        why = not_from_this_machine(dict(st.context.headers))
         st.error(f"No login is configured, so this dashboard is only for a browser on its own machine, and {why}. "
                  "Set FLYWHEEL_DASHBOARD_PASSWORD_HASH (`flywheel hash-password`) or configure OIDC to use it "
                  "from elsewhere.")
-        st.stop()
-    return Identity(actor=f"local:{getpass.getuser()}", role="admin", mode="local")
+    st.stop()
 
 
 def not_from_this_machine(headers: Mapping[str, str]) -> str | None:
@@ -115,35 +133,27 @@ def not_from_this_machine(headers: Mapping[str, str]) -> str | None:
     return None
 
 
-def _oidc(settings: Settings) -> Identity:
+def _oidc_refusal(settings: Settings) -> None:
+    """Why this OIDC session is not signed in, with the button that helps."""
+    st.title("Flywheel admin")
+    email = str(st.user.get("email") or "")
     if not _emails(settings.dashboard_admins):
-        st.title("Flywheel admin")
         st.error(NO_ADMINS)
-        st.stop()
-    if not st.user.get("is_logged_in", False):
-        st.title("Flywheel admin")
+    elif not st.user.get("is_logged_in", False):
         st.info("Sign in with your company account to continue.")
         st.button("Log in", on_click=st.login, type="primary")
-        st.stop()
-    email = str(st.user.get("email") or "")
-    if email_unverified(st.user.get("email_verified")):
+    elif email_unverified(st.user.get("email_verified")):
         st.error(f"The identity provider has not verified the e-mail address {email or '(none)'}, so it cannot "
                  "be used to sign in here. Verify it with your identity provider, then sign in again.")
         st.button("Log out", on_click=st.logout)
-        st.stop()
-    role = oidc_role(email, settings) if email else None
-    if role is None:
+    else:
         st.error(f"The account {email or '(no e-mail)'} may not use this dashboard. Ask an admin to add it "
                  "to FLYWHEEL_DASHBOARD_ADMINS or FLYWHEEL_DASHBOARD_VIEWERS.")
         st.button("Log out", on_click=st.logout)
-        st.stop()
-    return Identity(actor=f"oidc:{email.lower()}", role=role, mode="oidc")
 
 
-def _password(settings: Settings) -> Identity:
-    identity = st.session_state.get(_IDENTITY_KEY)
-    if isinstance(identity, Identity):
-        return identity
+def _password_login(settings: Settings) -> None:
+    """The sign-in form; a right password remembers who signed in and runs the page again."""
     st.title("Flywheel admin")
     with st.form("login"):
         name = st.text_input("Your name", max_chars=80, help="Recorded in the audit log with everything you do.")
@@ -170,7 +180,6 @@ def _password(settings: Settings) -> Identity:
                 st.session_state[_IDENTITY_KEY] = Identity(actor=actor, role="admin", mode="password")
         if _IDENTITY_KEY in st.session_state:
             st.rerun()
-    st.stop()
 
 
 def _client_address() -> str:

@@ -59,6 +59,8 @@ def sign_in(page, url: str) -> None:  # noqa: ANN001
 
     page.set_default_timeout(UI_TIMEOUT_MS)
     page.goto(url)
+    expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("link", name="Curation")).to_have_count(0)   # no menu of pages before signing in
     page.get_by_role("textbox", name="Your name").fill("Ann")
     page.locator("input[type=password]").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
