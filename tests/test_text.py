@@ -54,3 +54,10 @@ def test_short_list_items_without_numbers_are_judged_by_their_own_words() -> Non
     source = "Travellers need a passport, visa and photo."
     draft = "Bring the following:\n- passport\n- visa\n- photo"
     assert groundedness(draft, [source], question="What documents do I need for travel?") == 0.75
+
+
+def test_a_word_and_its_plural_or_third_person_form_count_as_one() -> None:
+    source = "Delivery to Toronto takes 2 hours. Returns need the original box."
+    assert groundedness("It takes 2 hours.", [source], question="How long does delivery take?") == 1.0
+    assert groundedness("A return needs the original box [1].", [source]) == 1.0
+    assert groundedness("It takes 5 hours.", [source], question="How long does delivery take?") == 0.0

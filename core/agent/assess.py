@@ -21,8 +21,14 @@ _STOP = frozenset(
 
 
 def content_words(text: str) -> set[str]:
+    """The words that carry a claim, a plural or third-person "s" taken off ("takes" and "take",
+    "days" and "day" are one word here)."""
     words_ = words(text.replace("\u2019", "'"), joined=True)   # "it’s" as "it's"
-    return {w for w in words_ if w not in _STOP and (len(w) > 1 or w.isdigit())}   # "2" is a claim
+    return {_singular(w) for w in words_ if w not in _STOP and (len(w) > 1 or w.isdigit())}   # "2" is a claim
+
+
+def _singular(word: str) -> str:
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def groundedness(draft: str, sources: Sequence[str], min_overlap: float = 0.6, *, question: str = "") -> float:
