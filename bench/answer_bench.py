@@ -5,8 +5,10 @@ guard, retrieval, assessment, checkpointing and records. Run: `.venv/bin/python 
 Uses its own embedded Postgres in a temporary folder unless DATABASE_URL is set."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -25,6 +27,7 @@ def pct(values: list[float], p: float) -> float:
 
 def main(n: int = 100) -> None:
     tmp = tempfile.mkdtemp(prefix="answer-bench-")
+    atexit.register(shutil.rmtree, tmp, True)  # registered first, so it runs after Postgres stops
     os.environ.setdefault("FLYWHEEL_DATA_DIR", tmp)
     os.environ["FLYWHEEL_LLM_BACKEND"] = "extractive"
     sys.path.insert(0, str(ROOT))
@@ -61,6 +64,10 @@ def serving_speed(runs: int = 5, new_tokens: int = 128) -> None:
     from support.tiny_model import build_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    atexit.register(shutil.rmtree, tmp, True)
+    # A data folder without a database: the servers read no live adapter, so they hold no handle
+    # on the benchmark's embedded Postgres, which then stops when this process exits.
+    os.environ["FLYWHEEL_DATA_DIR"] = str(tmp)
     for label, model_dir in (("tiny random model", build_tiny_model(tmp / "tiny")),
                              ("SmolLM2-135M-Instruct", ensure_default_model(tmp))):
         with serve_llm(model_dir) as url:
