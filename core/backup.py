@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -131,11 +132,8 @@ def import_from(conn: psycopg.Connection, folder: Path) -> dict[str, int]:
                                            "%(row)s)").format(t=sql.Identifier(table),
                                                               c=sql.SQL(", ").join(map(sql.Identifier, present)))
             insert = inserts[present]
-            try:
+            with _refused_unless_it_fits(path, number):
                 conn.execute(insert, {"row": Jsonb(row)})
-            except (psycopg.IntegrityError, psycopg.DataError) as e:   # the caller's transaction rolls back
-                raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
-                                    "nothing was imported.") from None
         if "id" in columns:
             _advance_sequence(conn, table)
         counts[table] = len(rows)
@@ -186,11 +184,8 @@ def _import_documents(conn: psycopg.Connection, path: Path, rows: list[tuple[int
     moved: dict[int, int] = {}
     for number, row in rows:
         old_id = row["id"] if type(row.get("id")) is int else None
-        try:
+        with _refused_unless_it_fits(path, number):
             new_id = _import_document(conn, row, old_id)
-        except (psycopg.IntegrityError, psycopg.DataError) as e:
-            raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
-                                "nothing was imported.") from None
         if old_id is not None and new_id != old_id:
             moved[old_id] = new_id
     if moved:
@@ -230,14 +225,21 @@ def _import_document(conn: psycopg.Connection, row: dict[str, Any], old_id: int 
 
 def _import_group_members(conn: psycopg.Connection, path: Path, rows: list[tuple[int, Any]]) -> int:
     for number, row in rows:
-        try:
+        with _refused_unless_it_fits(path, number):
             conn.execute("INSERT INTO group_members (group_name, user_id) SELECT group_name, user_id"
                          " FROM jsonb_populate_record(NULL::group_members, %(row)s) ON CONFLICT DO NOTHING",
                          {"row": Jsonb(row)})
-        except (psycopg.IntegrityError, psycopg.DataError) as e:
-            raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
-                                "nothing was imported.") from None
     return len(rows)
+
+
+@contextmanager
+def _refused_unless_it_fits(path: Path, number: int) -> Iterator[None]:
+    """A row the schema refuses ends the import, naming its line (the caller's transaction rolls back)."""
+    try:
+        yield
+    except (psycopg.IntegrityError, psycopg.DataError) as e:
+        raise ImportRefused(f"{path.name}:{number}: does not fit this database ({e.diag.message_primary}); "
+                            "nothing was imported.") from None
 
 
 def _read_rows(path: Path) -> list[tuple[int, Any]]:

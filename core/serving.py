@@ -122,36 +122,34 @@ def ready_to_answer_with(given: str, settings: Settings | None = None) -> str:
     with it before it goes live, as `flywheel eval answers --adapter` needs; returns its name.
     A registered adapter is loaded on our server or vLLM (TGI holds only what it was launched
     with); a name the registry lacks is fine when the server holds it (started with
-    `--adapter NAME=PATH`). Raises ServingError saying why it cannot answer with it."""
+    `--adapter NAME=PATH`). Raises ServingError, or PromotionRefused for an unfinished adapter or
+    one trained on another model, saying why it cannot answer with it."""
     settings = settings or get_settings()
     if settings.llm_backend == "extractive":
         raise ServingError(f"No model is configured to run adapter {given!r}: FLYWHEEL_LLM_BACKEND is extractive.")
     url = serving_url(settings)
     with db.connection() as conn:
-        adapter = models.find(conn, given)
+        found = models.find(conn, given)
+        adapter = models.promotable(conn, found.version) if found else None   # finished, not failed
         endpoint = models.endpoint(conn)
     name = adapter.name if adapter else given
     if adapter is not None:
-        if adapter.status in ("training", "failed"):
-            raise ServingError(f"{adapter.name} is {adapter.status}: only a finished adapter can answer.")
-        if not same_model(adapter.base_model, settings.base_model):
-            raise ServingError(f"{adapter.name} was trained on {adapter.base_model}, but the model server runs "
-                               f"{settings.base_model} (FLYWHEEL_LLM_MODEL).")
+        _refuse_unless_served_model(adapter, settings)
     if settings.llm_backend == "tgi":   # TGI holds what it was launched with, and answers anything else as the base model
         launched = models.adapter_names(endpoint.adapters) if endpoint else []
         if name not in launched:
             raise ServingError(f"The TGI serving now was not launched with {name!r} (it has "
                                f"{', '.join(launched) or 'none'}): TGI loads adapters only at start, so promote it, "
                                "which starts a TGI with it (FLYWHEEL_TGI_LAUNCH_COMMAND).")
-        return name
-    held = held_adapters(url, settings.llm_backend, settings)
-    if held is None:
-        raise ServingError(f"Could not reach the model server at {url} to ask which adapters it holds.")
-    if adapter is not None:
+    elif adapter is not None:
         load_adapter(adapter.name, adapter.path, url, settings.llm_backend, settings)
-    elif name not in held:
-        raise ServingError(f"There is no adapter {given!r}: `flywheel models ls` lists them"
-                           + (f", and the model server holds {', '.join(sorted(held))}." if held else "."))
+    else:   # a name only the server may know: started with --adapter NAME=PATH
+        held = held_adapters(url, settings.llm_backend, settings)
+        if held is None:
+            raise ServingError(f"Could not reach the model server at {url} to ask which adapters it holds.")
+        if name not in held:
+            raise ServingError(f"There is no adapter {given!r}: `flywheel models ls` lists them"
+                               + (f", and the model server holds {', '.join(sorted(held))}." if held else "."))
     return name
 
 
@@ -246,6 +244,15 @@ def promote(version: int, settings: Settings | None = None, *, actor: str,
                         despite_gate=despite_gate)
 
 
+def _refuse_unless_served_model(adapter: models.Adapter, settings: Settings) -> None:
+    """An adapter only fits the model it was trained on: `PromotionRefused` for another one."""
+    if not same_model(adapter.base_model, settings.base_model):
+        raise models.PromotionRefused(
+            f"{adapter.name} was trained on {adapter.base_model}, but the model server runs {settings.base_model} "
+            "(FLYWHEEL_LLM_MODEL), and an adapter only fits the model it was trained on. Retrain on "
+            "the served model, or serve the adapter's base model again.")
+
+
 def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool,
              despite_gate: bool) -> models.Adapter:
     with db.connection() as conn:
@@ -253,12 +260,7 @@ def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool
     failure = None if despite_gate else models.gate_failure(adapter)
     if failure is not None:
         raise models.GateNotPassed(failure)
-    served = settings.base_model
-    if not same_model(adapter.base_model, served):
-        raise models.PromotionRefused(
-            f"{adapter.name} was trained on {adapter.base_model}, but the model server runs {served} "
-            "(FLYWHEEL_LLM_MODEL), and an adapter only fits the model it was trained on. Retrain on "
-            "the served model, or serve the adapter's base model again.")
+    _refuse_unless_served_model(adapter, settings)
     if settings.llm_backend == "tgi":
         try:
             return tgi_controller.promote(adapter, settings, actor=actor, rolling_back=rolling_back)

@@ -19,6 +19,7 @@ import torch
 
 from core import evaluation
 from core.agent.assess import groundedness
+from core.llm.local_model import end_of_turn_ids
 from trainer import train
 from trainer.dataset import SFTExample
 
@@ -100,12 +101,8 @@ def evaluate(base_model: str | Path, candidate_dir: Path, val: Sequence[SFTExamp
 
 
 def stop_tokens(model: Any, tokenizer: Any) -> list[int] | None:
-    """Where an answer ends, as serving ends it (`LocalModel`): the tokenizer's end-of-sequence
-    and every one the model's generation config names (Llama 3 ends a turn with `<|eot_id|>`,
-    which is not its tokenizer's eos)."""
-    ids = [tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)]
-    flat = [int(i) for value in ids if value is not None for i in (value if isinstance(value, (list, tuple)) else [value])]
-    return sorted(set(flat)) or None   # none named: generate to the token limit
+    """Where an answer ends, as serving ends it; None when nothing is named (to the token limit)."""
+    return sorted(end_of_turn_ids(model, tokenizer)) or None
 
 
 def score(answers: Sequence[str], examples: Sequence[SFTExample], val_loss: float | None) -> Scores:

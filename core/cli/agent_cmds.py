@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from core import db, evaluation, feedback, serving
+from core import db, evaluation, feedback, models, serving
 from core.agent import run
 
 
@@ -99,7 +99,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if adapter is not None:
             try:   # a ready adapter is loaded first: is it worth promoting?
                 adapter = serving.ready_to_answer_with(adapter)
-            except serving.ServingError as e:
+            except (serving.ServingError, models.PromotionRefused) as e:
                 typer.echo(f"Stopped, nothing asked: {e}", err=True)
                 raise typer.Exit(1) from e
         context = dataclasses.replace(context, adapter_id=adapter)

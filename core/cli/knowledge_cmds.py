@@ -29,11 +29,11 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         if not all(p.strip() for p in paths):
             raise typer.BadParameter("An empty path: name the files or folders to ingest ('.' for this folder).")
         given = public or channel or group
-        so_far: list[ingest.IngestReport] = []
+        so_far: list[ingest.IngestReport] = []   # the report as the last batch left it
 
         def progress(report: ingest.IngestReport) -> None:
             so_far[:] = [report]
-            typer.echo(f"  {report.summary().splitlines()[0]} so far", err=True)
+            typer.echo(f"  {report.tally()} so far", err=True)
 
         try:
             report = ingest.ingest_paths([Path(p) for p in paths], visible_channels=channel if given else None,
@@ -41,7 +41,7 @@ def register(app: typer.Typer, eval_app: typer.Typer) -> None:
         except store.VisibilityError as e:
             raise typer.BadParameter(str(e), param_hint="--channel") from None
         except KeyboardInterrupt:
-            stored = f" ({so_far[0].summary().splitlines()[0]})" if so_far else ""
+            stored = f" ({so_far[0].tally()})" if so_far else ""
             typer.echo(f"Stopped: what was stored is kept{stored}; run the same command again to go on "
                        "(unchanged documents are skipped).", err=True)
             raise typer.Exit(130) from None

@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
             with db.connection() as conn:
                 counts = backup.import_from(conn, folder)
                 without_files = backup.relocate_adapters(conn, adapter_root)
+                empty = store.empty_documents(conn)
         except (backup.ImportRefused, FileNotFoundError) as e:
             typer.echo(str(e), err=True)
             raise typer.Exit(2) from e
@@ -63,8 +64,6 @@ def register(app: typer.Typer) -> None:
         if without_files:
             typer.echo(f"The files of {', '.join(without_files)} are not here: copy the adapters folder backed up with "
                        f"the export to {adapter_root}, or they cannot be promoted or rolled back to.", err=True)
-        with db.connection() as conn:
-            empty = store.empty_documents(conn)
         if empty:
             typer.echo(f"{_documents(len(empty))} listed with who may see them, but without content: ingest their "
                        "files again (`flywheel ingest PATH`), or upload them again under the same names; they keep "

@@ -40,10 +40,14 @@ class IngestReport:
             getattr(self, name).extend(getattr(other, name))
         self.chunks += other.chunks
 
+    def tally(self) -> str:
+        """The counts, on one line."""
+        return (f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
+                + (f"{len(self.removed)} removed, " if self.removed else "")
+                + f"{len(self.failed)} failed ({self.chunks} chunks written)")
+
     def summary(self) -> str:
-        lines = [f"{len(self.added)} added, {len(self.updated)} updated, {len(self.unchanged)} unchanged, "
-                 + (f"{len(self.removed)} removed, " if self.removed else "")
-                 + f"{len(self.failed)} failed ({self.chunks} chunks written)"]
+        lines = [self.tally()]
         lines += [f"  failed: {message}" for _, message in self.failed]
         lines += [f"  visibility set, content as stored before: {source}" for source in self.visibility_only]
         return "\n".join(lines)

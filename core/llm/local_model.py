@@ -249,7 +249,7 @@ class LocalModel:
 
         generator = torch.Generator(device=self.device)
         generator.manual_seed(params.seed if params.seed is not None else 0)
-        eos = set(_as_list(self.tokenizer.eos_token_id)) | set(_as_list(self.model.generation_config.eos_token_id))
+        eos = end_of_turn_ids(self.model, self.tokenizer)
         special = set(self.tokenizer.all_special_ids)
         if adapter_id is not None:
             self.model.set_adapter(self._loaded_as[adapter_id])
@@ -289,6 +289,13 @@ def cache_keyword(model: Any) -> str:
     """The name under which `model.forward` takes its KV cache. transformers 5.24 renamed
     `past_key_values` to `cache` in most architectures (the old name warns until 5.40)."""
     return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+def end_of_turn_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens an answer ends at: the tokenizer's end-of-sequence and every one the model's
+    generation config names (Llama 3 ends a turn with `<|eot_id|>`, not its tokenizer's eos)."""
+    config = getattr(model, "generation_config", None)
+    return set(_as_list(tokenizer.eos_token_id)) | set(_as_list(getattr(config, "eos_token_id", None)))
 
 
 def _as_list(value: Any) -> list[int]:

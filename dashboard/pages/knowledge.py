@@ -60,10 +60,10 @@ def change(document_id: int, action: str, actor: str, channels: list[str], group
             what = "visibility saved"
         elif action == "reindex":
             chunks = ingest.reindex_document(conn, document_id)
-            found = chunks > 0 or store.is_document(conn, document_id)
-            if not chunks and found:   # listed by an import, its content not ingested here yet
+            if not chunks and store.is_document(conn, document_id):   # an import listed it, its content not here yet
                 raise LookupError(f"Document {document_id} has no content yet (an import listed it): ingest its "
                                   "file again, and it keeps its visibility.")
+            found = chunks > 0
             what = f"{chunks} chunks re-embedded"
         else:
             found = store.delete_document(conn, document_id)
