@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.curation import DatasetItem
 from core.hyperparams import DatasetConfig
@@ -101,3 +102,15 @@ def test_the_gate_ends_an_answer_where_serving_ends_it(tiny_model_dir: Path) -> 
     base.generation_config.eos_token_id = [tokenizer.eos_token_id, 198]
     model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))   # the gate scores a PeftModel
     assert evaluate.stop_tokens(model, tokenizer) == sorted({tokenizer.eos_token_id, 198})
+
+    # And the answers really end there. The tiny model (tied embeddings) repeats the prompt's last
+    # token; an output row made to favour "Yes" over it makes it say "Yes" first.
+    says_yes = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    [yes] = tokenizer.encode("Yes", add_special_tokens=False)
+    says_yes.lm_head.weight = torch.nn.Parameter(says_yes.lm_head.weight.detach().clone())   # untied
+    says_yes.lm_head.weight.data[yes] = 2 * says_yes.lm_head.weight.data[198]
+    asked = [[{"role": "user", "content": "How long does laptop delivery take?"}]]
+    [to_the_limit] = evaluate.generate_answers(says_yes, tokenizer, asked, max_new_tokens=6)
+    says_yes.generation_config.eos_token_id = [tokenizer.eos_token_id, yes]   # its end of turn
+    assert evaluate.generate_answers(says_yes, tokenizer, asked, max_new_tokens=6) == ["Yes"]
+    assert to_the_limit.startswith("Yes") and to_the_limit != "Yes"
