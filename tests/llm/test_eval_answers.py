@@ -15,7 +15,7 @@ from core.knowledge import ingest
 from core.llm.base import BackendUnavailable, UnknownAdapter
 from support.polling import wait_until
 from support.servers import free_port, serve_llm
-from support.tiny_model import make_lora_adapter
+from support.tiny_model import register_ready_adapter
 
 runner = CliRunner()
 
@@ -28,6 +28,11 @@ def questions(database_url: str, tmp_path: Path) -> Path:
     path.write_text(json.dumps({"question": "How long does laptop delivery take?",
                                 "answer": "Five working days in Lisbon."}) + "\n")
     return path
+
+
+def _answers_on_record() -> int:
+    with db.connection() as conn:
+        return conn.execute("SELECT count(*) AS n FROM answers").fetchone()["n"]
 
 
 def _serve(monkeypatch: pytest.MonkeyPatch, backend: str, url: str) -> None:
@@ -45,7 +50,7 @@ def test_the_base_model_is_scored(questions: Path, tiny_server: str, monkeypatch
     assert scored["adapter"] is None and scored["n"] == 1 and 0.0 <= scored["token_f1"] <= 1.0
 
 
-def test_an_adapter_the_server_lacks_stops_the_evaluation_instead_of_scoring_the_base_model(
+def test_an_adapter_neither_registered_nor_held_by_the_server_stops_the_evaluation_before_a_question(
         questions: Path, tiny_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     _serve(monkeypatch, "local", tiny_server)
     result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "flywheel-v9"])
@@ -53,18 +58,13 @@ def test_an_adapter_the_server_lacks_stops_the_evaluation_instead_of_scoring_the
     assert result.output.startswith("Stopped, nothing asked: There is no adapter 'flywheel-v9': `flywheel models ls` "
                                     "lists them.")
     assert "token_f1" not in result.stdout
-    with db.connection() as conn:   # no question was asked, so none is on record
-        assert conn.execute("SELECT count(*) AS n FROM answers").fetchone()["n"] == 0
+    assert _answers_on_record() == 0   # no question was asked
 
 
 def test_a_ready_adapter_is_loaded_and_scored_before_it_goes_live(
         questions: Path, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLYWHEEL_LLM_MODEL", str(tiny_model_dir))
-    folder = make_lora_adapter(tiny_model_dir, tmp_path / "flywheel-v1")
-    with db.connection() as conn:
-        adapter = models.register(conn, base_model=str(tiny_model_dir), path=str(folder), dataset_version=None,
-                                  hyperparams={}, status="training")
-        models.update(conn, adapter.version, status="ready")
+    register_ready_adapter(tiny_model_dir, tmp_path / "flywheel-v1")
     with serve_llm(tiny_model_dir) as url:   # a server of its own: it ends up holding flywheel-v1
         _serve(monkeypatch, "local", url)
         result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "v1"])
@@ -88,8 +88,7 @@ def test_an_adapter_asked_of_the_extractive_backend_says_no_model_is_configured(
     _serve(monkeypatch, "extractive", f"http://127.0.0.1:{free_port()}")
     result = runner.invoke(app, ["eval", "answers", "--questions", str(questions), "--adapter", "flywheel-v9"])
     assert result.exit_code == 1 and "No model is configured to run adapter 'flywheel-v9'" in result.output
-    with db.connection() as conn:   # refused before a question was asked
-        assert conn.execute("SELECT count(*) AS n FROM answers").fetchone()["n"] == 0
+    assert _answers_on_record() == 0   # refused before a question was asked
     scored = runner.invoke(app, ["eval", "answers", "--questions", str(questions)])   # the excerpts themselves
     assert scored.exit_code == 0 and json.loads(scored.stdout.strip().splitlines()[-1])["n"] == 1
 
@@ -103,8 +102,7 @@ def test_an_adapter_tgi_was_not_launched_with_stops_before_a_question_is_asked(
     assert result.exit_code == 1
     assert result.output.startswith("Stopped, nothing asked: The TGI serving now was not launched with "
                                     "'flywheel-v2' (it has flywheel-v1): TGI loads adapters only at start")
-    with db.connection() as conn:
-        assert conn.execute("SELECT count(*) AS n FROM answers").fetchone()["n"] == 0
+    assert _answers_on_record() == 0
 
 
 def test_a_negative_limit_is_refused(questions: Path) -> None:

@@ -15,7 +15,7 @@ from core.llm.base import BackendUnavailable, ChatMessage, UnknownAdapter, adapt
 from core.llm.tgi import TGIGenerator
 from support.openapi import validate
 from support.servers import decoded_tokens, free_port, serve_llm
-from support.tiny_model import make_lora_adapter
+from support.tiny_model import make_lora_adapter, register_ready_adapter
 
 PROMPT = {"inputs": "Northwind laptops ship in", "parameters": {"max_new_tokens": 6, "details": True}}
 
@@ -197,10 +197,8 @@ def test_a_restarted_server_answers_with_the_live_adapter_again(database_url: st
                                                                  tmp_path: Path) -> None:
     from core import db, models, serving
 
-    path = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
+    adapter = register_ready_adapter(tiny_model_dir, tmp_path / "adapter")
     with db.connection() as conn:
-        adapter = models.register(conn, base_model=str(tiny_model_dir), path=str(path), dataset_version=1,
-                                  hyperparams={"rank": 4}, status="ready")
         models.mark_live(conn, adapter.version, actor="admin")  # promoted before the restart
     with serve_llm(tiny_model_dir) as url:
         assert serving.answers_with_adapter(url, adapter.name)
@@ -214,11 +212,9 @@ def test_a_restarted_server_on_the_embedded_database_answers_with_the_live_adapt
     monkeypatch.delenv("DATABASE_URL", raising=False)   # as `make up` runs: Postgres under the data folder
     monkeypatch.setenv("FLYWHEEL_DATA_DIR", str(tmp_path / "data"))
     get_settings.cache_clear()
-    path = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
     try:
+        adapter = register_ready_adapter(tiny_model_dir, tmp_path / "adapter")
         with db.connection() as conn:
-            adapter = models.register(conn, base_model=str(tiny_model_dir), path=str(path), dataset_version=1,
-                                      hyperparams={"rank": 4}, status="ready")
             models.mark_live(conn, adapter.version, actor="admin")
         with serve_llm(tiny_model_dir) as url:
             assert serving.answers_with_adapter(url, adapter.name)
@@ -231,11 +227,9 @@ def test_a_live_adapter_whose_files_are_damaged_does_not_stop_the_server_startin
         database_url: str, tiny_model_dir: Path, tmp_path: Path) -> None:
     from core import db, models
 
-    path = make_lora_adapter(tiny_model_dir, tmp_path / "adapter", seed=3)
-    (path / "adapter_model.safetensors").write_bytes(b"cut short")
+    adapter = register_ready_adapter(tiny_model_dir, tmp_path / "adapter")
+    (Path(adapter.path) / "adapter_model.safetensors").write_bytes(b"cut short")
     with db.connection() as conn:
-        adapter = models.register(conn, base_model=str(tiny_model_dir), path=str(path), dataset_version=1,
-                                  hyperparams={"rank": 4}, status="ready")
         models.mark_live(conn, adapter.version, actor="admin")
     with serve_llm(tiny_model_dir) as url:   # it answers, with the base model
         assert httpx.get(f"{url}/adapters", timeout=10).json() == {"adapters": []}
@@ -244,12 +238,7 @@ def test_a_live_adapter_whose_files_are_damaged_does_not_stop_the_server_startin
 
 def _ready_adapters(tiny_model_dir: Path, tmp_path: Path, *, seeds: tuple[int, ...]) -> list[Any]:
     """Registered, finished adapter versions of the tiny model, each changing its output."""
-    from core import db, models
-
-    with db.connection() as conn:
-        return [models.register(conn, base_model=str(tiny_model_dir), dataset_version=1, hyperparams={"rank": 4},
-                                path=str(make_lora_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed)),
-                                status="ready") for seed in seeds]
+    return [register_ready_adapter(tiny_model_dir, tmp_path / f"v{seed}", seed=seed) for seed in seeds]
 
 
 def _served_by(url: str, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -293,16 +282,25 @@ def test_rolling_back_needs_no_files_while_the_server_holds_the_adapter_and_the_
 
 
 def test_an_adapter_name_written_again_with_new_files_is_loaded_again_not_served_from_the_old_ones(
-        tiny_model_dir: Path, tmp_path: Path) -> None:
+        tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After a database reset version numbers start again, and the trainer writes the new
     flywheel-v1 into the folder the old one came from: the server must not keep the old weights."""
     from core import serving
 
+    posted: list[str] = []
+    real_post = httpx.post
+
+    def recording_post(url: str, **kwargs: Any) -> httpx.Response:
+        posted.append(url.rsplit("/", 1)[-1])
+        return real_post(url, **kwargs)
+
+    monkeypatch.setattr(httpx, "post", recording_post)
     folder = make_lora_adapter(tiny_model_dir, tmp_path / "flywheel-v1", seed=3)
     with serve_llm(tiny_model_dir) as url:
         serving.load_adapter("flywheel-v1", str(folder), url, "local")
         old = serving.first_token_logprobs(url, "flywheel-v1")
         serving.load_adapter("flywheel-v1", str(folder), url, "local")   # the same files: kept as they are
+        assert posted.count("adapters") == 1
         assert serving.first_token_logprobs(url, "flywheel-v1") == old
 
         shutil.rmtree(folder)

@@ -209,7 +209,7 @@ def test_a_second_up_says_flywheel_seems_to_be_running_instead_of_failing_on_a_p
     assert not (tmp_path / "data" / "pg").exists()   # it stopped before starting anything
 
 
-def test_the_sample_handbook_is_ingested_on_a_first_start_and_finished_after_an_interrupted_one() -> None:
+def test_samples_left_to_ingest_is_the_handbook_on_a_first_start_after_an_interrupted_one_or_an_import() -> None:
     from core.cli.run_cmds import SAMPLES, samples_left_to_ingest
     from core.knowledge.ingest import files_under, source_of
 

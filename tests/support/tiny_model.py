@@ -4,6 +4,7 @@ tests where only the mechanics matter. Plus random LoRA adapters that really cha
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -41,3 +42,14 @@ def make_lora_adapter(model_dir: Path, dest: Path, seed: int = 1, rank: int = 4)
                         init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(dest)
     return dest
+
+
+def register_ready_adapter(model_dir: Path, dest: Path, seed: int = 3) -> Any:
+    """A finished adapter version of the tiny model in the registry, its files in `dest`
+    (random, so it changes the model's output): what a retrain leaves before promotion."""
+    from core import db, models
+
+    path = make_lora_adapter(model_dir, dest, seed=seed)
+    with db.connection() as conn:
+        return models.register(conn, base_model=str(model_dir), path=str(path), dataset_version=1,
+                               hyperparams={"rank": 4}, status="ready")

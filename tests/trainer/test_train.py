@@ -178,7 +178,9 @@ def test_the_memory_estimate_that_decides_on_checkpointing_grows_with_the_packs_
     one = train.activation_bytes(llama3_8b, TrainConfig(max_seq_len=2048))
     assert 12 * 2**30 < one < 13 * 2**30   # about 8.5 GiB of layers (9 measured) and 4 GiB of loss logits
     two = train.activation_bytes(llama3_8b, TrainConfig(max_seq_len=2048, packs_per_forward=2))
-    assert two - one == 34 * 4096 * 32 * 2048   # the second pack's layers; one loss chunk either way
+    # The second pack adds its layers' activations, near the 9 GiB measured for 2048 tokens on an
+    # H100; the loss keeps one chunk of logits whatever the packs.
+    assert 8 * 2**30 < two - one < 9.5 * 2**30
 
 
 @pytest.mark.gpu
