@@ -79,7 +79,7 @@ def test_sign_in_and_open_curation_in_chromium(dashboard_url: str, tmp_path: Pat
         try:
             page = browser.new_page()
             sign_in(page, dashboard_url)
-            expect(page.get_by_text("Signed in as")).to_be_visible()
+            expect(page.get_by_text("Signed in as")).to_contain_text("password:Ann (admin)")
 
             page.get_by_role("link", name="Curation").click()
             expect(page.get_by_role("heading", name="Curation")).to_be_visible()

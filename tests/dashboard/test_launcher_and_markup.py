@@ -6,7 +6,7 @@ import sys
 import pytest
 import typer
 from pydantic import SecretStr, ValidationError
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from core import config, passwords
 from core.cli import dashboard_cmds
@@ -65,16 +65,20 @@ def test_the_old_unsalted_sha256_setting_is_refused_with_what_to_do(monkeypatch:
     assert Settings().dashboard_login is None
 
 
+def _hash_of(printed: Result) -> str:
+    """The hash from the FLYWHEEL_DASHBOARD_PASSWORD_HASH=... line `hash-password` ends with."""
+    return printed.stdout.strip().splitlines()[-1].split("=", 1)[1]
+
+
 def test_hash_password_prints_a_salted_hash_the_settings_accept_and_the_sign_in_checks(
         monkeypatch: pytest.MonkeyPatch) -> None:
     app = typer.Typer()
     dashboard_cmds.register(app)
     made = [CliRunner().invoke(app, ["hash-password"], input="correct horse\ncorrect horse\n") for _ in range(2)]
     assert all(r.exit_code == 0 for r in made), made[0].output
-    lines = [r.stdout.strip().splitlines()[-1] for r in made]
-    assert all(line.startswith("FLYWHEEL_DASHBOARD_PASSWORD_HASH=scrypt:") for line in lines)
-    assert lines[0] != lines[1]  # salted: the same password never gives the same hash
-    monkeypatch.setenv(*lines[0].split("=", 1))
+    assert all(r.stdout.strip().splitlines()[-1].startswith("FLYWHEEL_DASHBOARD_PASSWORD_HASH=scrypt:") for r in made)
+    assert _hash_of(made[0]) != _hash_of(made[1])  # salted: the same password never gives the same hash
+    monkeypatch.setenv("FLYWHEEL_DASHBOARD_PASSWORD_HASH", _hash_of(made[0]))
     stored = Settings().dashboard_password_hash.get_secret_value()  # type: ignore[union-attr]
     assert passwords.password_matches("correct horse", stored)
     assert not passwords.password_matches("correct horsE", stored)
@@ -82,9 +86,10 @@ def test_hash_password_prints_a_salted_hash_the_settings_accept_and_the_sign_in_
     retried = CliRunner().invoke(app, ["hash-password"], input="seven77\ncorrect horse\ncorrect horse\n")
     assert retried.exit_code == 0, retried.output
     assert "The password must have at least 8 characters." in retried.output
-    assert passwords.password_matches("correct horse", retried.stdout.strip().splitlines()[-1].split("=", 1)[1])
+    assert passwords.password_matches("correct horse", _hash_of(retried))
     typo = CliRunner().invoke(app, ["hash-password"], input="correct horse\ncorrect horsE\ncorrect horse\ncorrect horse\n")
     assert typo.exit_code == 0 and "The two entries differ." in typo.output
+    assert passwords.password_matches("correct horse", _hash_of(typo))   # the pair that agreed
     gave_up = CliRunner().invoke(app, ["hash-password"], input="seven77\n")   # end of input: nothing made
     assert gave_up.exit_code != 0 and "scrypt:" not in gave_up.output
 

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,8 @@ from typer.testing import CliRunner
 from core import audit, db
 from core.cli import app
 from core.knowledge import store
+from support.polling import wait_until
+from support.servers import stop
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 runner = CliRunner()
@@ -266,29 +273,26 @@ def test_a_file_named_twice_is_ingested_and_counted_once(database_url: str, tmp_
 
 
 def test_a_long_ingest_shows_progress_and_ctrl_c_keeps_what_was_stored(database_url: str, tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     for i in range(320):
         (tmp_path / f"note-{i:03}.md").write_text(f"# Note {i}\n\nRoom {i} is booked through the front desk.\n")
     env = {**os.environ, "DATABASE_URL": database_url}
-    with subprocess.Popen([sys.executable, "-m", "core.cli", "ingest", str(tmp_path)], env=env, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        try:
-            seen = []
-            deadline = time.monotonic() + 180
-            while not any(line.endswith("so far\n") for line in seen):   # the first batch is stored
-                assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
-                seen.append(proc.stderr.readline())   # type: ignore[union-attr]
-            assert "  64 added, 0 updated, 0 unchanged, 0 failed (64 chunks written) so far\n" in seen
-            proc.send_signal(signal.SIGINT)   # Ctrl-C
-            _, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+    proc = subprocess.Popen([sys.executable, "-m", "core.cli", "ingest", str(tmp_path)], env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen: list[str] = []   # stderr, read on a thread so that a silent, hung ingest cannot block the test
+    reader = threading.Thread(target=lambda: seen.extend(proc.stderr), daemon=True)   # type: ignore[arg-type]
+    reader.start()
+    try:
+        wait_until(lambda: any(line.endswith("so far\n") for line in seen) or proc.poll() is not None,
+                   timeout_s=180, what="the first batch stored")
+        assert "  64 added, 0 updated, 0 unchanged, 0 failed (64 chunks written) so far\n" in seen, "".join(seen)
+        proc.send_signal(signal.SIGINT)   # Ctrl-C
+        proc.wait(timeout=120)
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            stop(proc)
+        proc.stderr.close()   # type: ignore[union-attr]
+    err = "".join(seen)
     assert proc.returncode == 130, err
     assert "Stopped: what was stored is kept (64 added" in err and "Traceback" not in err
     with db.connection() as conn:

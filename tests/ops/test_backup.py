@@ -35,6 +35,15 @@ def _fresh_database(pg_server: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
 
 
+PAY_PAGE = "# Salary bands\n\nBand C starts at 52,000 EUR.\n"   # a page for HR's eyes only
+
+
+def _export_with_cli(folder: Path) -> Result:
+    exported = CliRunner().invoke(app, ["export", str(folder)])
+    assert exported.exit_code == 0, exported.output
+    return exported
+
+
 def _import_with_cli(folder: Path, target_url: str, monkeypatch: pytest.MonkeyPatch) -> Result:
     monkeypatch.setenv("DATABASE_URL", target_url)
     get_settings.cache_clear()
@@ -91,8 +100,7 @@ def test_export_then_import_into_fresh_database_round_trips_every_row(
                                    "dataset_items", "adapters"))
 
     out = tmp_path / "export"
-    exported = CliRunner().invoke(app, ["export", str(out)])
-    assert exported.exit_code == 0, exported.output
+    _export_with_cli(out)
     # Questions as asked and drafts from restricted documents: for the owner's eyes only.
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     assert {stat.S_IMODE(f.stat().st_mode) for f in out.iterdir()} == {0o600}
@@ -118,7 +126,7 @@ def test_a_restored_knowledge_base_keeps_who_may_see_each_document_through_a_re_
     handbook = tmp_path / "handbook"
     (handbook / "hr").mkdir(parents=True)
     (handbook / "laptops.md").write_text("# Laptops\n\nOrder a new laptop through the IT portal.\n")
-    (handbook / "hr" / "pay.md").write_text("# Salary bands\n\nBand C starts at 52,000 EUR.\n")
+    (handbook / "hr" / "pay.md").write_text(PAY_PAGE)
     (tmp_path / "gone.md").write_text("# Gone\n\nA page deleted since.\n")
     ingest.ingest_paths([tmp_path / "gone.md"])
     ingest.ingest_paths([handbook / "laptops.md"])
@@ -128,7 +136,7 @@ def test_a_restored_knowledge_base_keeps_who_may_see_each_document_through_a_re_
         knowledge.add_group_member(conn, "hr", "U0HR")
         pay_id = {d.title: d.id for d in knowledge.list_documents(conn)}["Salary bands"]
     out = tmp_path / "export"
-    assert CliRunner().invoke(app, ["export", str(out)]).exit_code == 0
+    _export_with_cli(out)
     db.close_pools()
 
     def visibility(url: str) -> dict[str, tuple[list[str], int]]:
@@ -157,7 +165,7 @@ def test_an_import_over_documents_ingested_first_narrows_them_audited_and_renumb
     from core.knowledge import store as knowledge
 
     pages = {"gone": "# Gone\n\nDeleted since.\n", "laptops": "# Laptops\n\nOrder one in the IT portal.\n",
-             "pay": "# Salary bands\n\nBand C starts at 52,000 EUR.\n", "canteen": "# Canteen\n\nOpens at noon.\n"}
+             "pay": PAY_PAGE, "canteen": "# Canteen\n\nOpens at noon.\n"}
     for name, text in pages.items():
         (tmp_path / f"{name}.md").write_text(text)
     ingest.ingest_paths([tmp_path / "gone.md"])
@@ -197,10 +205,10 @@ def test_an_import_names_restricted_documents_whose_files_are_not_where_they_wer
 
     old = tmp_path / "old" / "pay.md"
     old.parent.mkdir()
-    old.write_text("# Salary bands\n\nBand C starts at 52,000 EUR.\n")
+    old.write_text(PAY_PAGE)
     ingest.ingest_paths([old], visible_groups=["hr"])
     out = tmp_path / "export"
-    assert CliRunner().invoke(app, ["export", str(out)]).exit_code == 0
+    _export_with_cli(out)
     old.rename(tmp_path / "pay.md")   # another machine, another checkout
     db.close_pools()
     with _fresh_database(pg_server) as target_url:
@@ -329,7 +337,7 @@ def test_an_export_taken_while_people_vote_imports(database_url: str, pg_server:
                         feedback.record_rating(other, answer_id, "U1", "up")
 
     monkeypatch.setattr(backup, "TABLES", AnAnswerAndAVoteMeanwhile(backup.TABLES))
-    assert CliRunner().invoke(app, ["export", str(tmp_path / "export")]).exit_code == 0
+    _export_with_cli(tmp_path / "export")
     monkeypatch.setattr(backup, "TABLES", tuple(backup.TABLES))
     with _fresh_database(pg_server) as target_url, db.connect(target_url) as conn:
         counts = backup.import_from(conn, tmp_path / "export")
