@@ -42,7 +42,9 @@ def load(folder: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int,
     from safetensors.torch import load_file
 
     set_peft_model_state_dict(model, load_file(str(folder / "adapter" / "adapter_model.safetensors")))
-    state = torch.load(folder / "optimizer.pt", weights_only=True)   # tensors and numbers only: nothing to unpickle
+    # Tensors and numbers only: nothing to unpickle. Loaded on the CPU, not on the GPU they were
+    # saved from (GPU 0, for every process), and moved to each parameter's device by the optimiser.
+    state = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])

@@ -207,15 +207,20 @@ def prepare_model(base_model: Any, config: TrainConfig) -> Any:
 
 
 def _needs_checkpointing(model: Any, config: TrainConfig) -> bool:
-    """Checkpoint only when a forward pass's activations would not fit beside the weights in
-    three quarters of this process's GPU."""
     if config.gradient_checkpointing != "auto":
         return bool(config.gradient_checkpointing)
     if not torch.cuda.is_available():
         return False
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return weights + activation_bytes(model.config, config) > memory * 0.75
+    free, total = torch.cuda.mem_get_info()   # this process's GPU, the weights on it already
+    free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()   # cached by us: ours to use
+    return checkpointing_needed(model.config.get_text_config(), config, free, total)
+
+
+def checkpointing_needed(model_config: Any, config: TrainConfig, free_bytes: int, total_bytes: int) -> bool:
+    """Checkpoint only when a forward pass's activations would not fit in what is free on the
+    GPU, less a quarter of the card kept for the optimiser, the allocator and whatever else
+    runs there (a model server sharing the card has taken its part of `free_bytes` already)."""
+    return activation_bytes(model_config, config) > free_bytes - 0.25 * total_bytes
 
 
 def activation_bytes(model_config: Any, config: TrainConfig) -> int:

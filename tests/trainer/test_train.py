@@ -183,6 +183,20 @@ def test_the_memory_estimate_that_decides_on_checkpointing_grows_with_the_packs_
     assert 8 * 2**30 < two - one < 9.5 * 2**30
 
 
+def test_checkpointing_is_chosen_by_the_gpu_memory_left_free_not_by_the_size_of_the_card() -> None:
+    from transformers import LlamaConfig
+
+    llama3_8b = LlamaConfig(hidden_size=4096, num_hidden_layers=32, vocab_size=128256)
+    h100, weights = 80 * 2**30, 16 * 2**30
+    assert not train.checkpointing_needed(llama3_8b, TrainConfig(max_seq_len=2048), h100 - weights, h100)
+    # The same card with a model server on it holding 40 GiB: activations no longer fit beside both.
+    assert train.checkpointing_needed(llama3_8b, TrainConfig(max_seq_len=2048), h100 - weights - 40 * 2**30, h100)
+    # 36 GiB free holds one pack's activations (12.5 GiB with the loss chunk), not two packs' (21 GiB).
+    assert not train.checkpointing_needed(llama3_8b, TrainConfig(max_seq_len=2048), 36 * 2**30, h100)
+    assert train.checkpointing_needed(llama3_8b, TrainConfig(max_seq_len=2048, packs_per_forward=2),
+                                      36 * 2**30, h100)
+
+
 @pytest.mark.gpu
 @needs_cuda
 @torch_internals[0]
