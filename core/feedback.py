@@ -123,11 +123,18 @@ def thread_answers(conn: psycopg.Connection, thread_key: str) -> list[Answer]:
     return [Answer(**r) for r in rows]
 
 
+AWAITS_REVIEW = "earlier answer in thread awaits review"   # route_reason of a question turned away meanwhile
+
+
 def earlier_turn(conn: psycopg.Connection, answer: Answer) -> Answer | None:
     """The question and answer before `answer` in its conversation, if any: what a follow-up
-    ("and for contractors?") means depends on it."""
+    ("and for contractors?") means depends on it. Only turns the agent itself remembers count:
+    not a run that failed or never finished, nor a question turned away while an earlier answer
+    awaited review."""
     row = conn.execute(f"SELECT {_columns(Answer)} FROM answers WHERE thread_key = %(k)s AND id < %(id)s"
-                       " ORDER BY id DESC LIMIT 1", {"k": answer.thread_key, "id": answer.id}).fetchone()
+                       " AND status NOT IN ('failed', 'running') AND route_reason IS DISTINCT FROM %(away)s"
+                       " ORDER BY id DESC LIMIT 1",
+                       {"k": answer.thread_key, "id": answer.id, "away": AWAITS_REVIEW}).fetchone()
     return _one(Answer, row)
 
 

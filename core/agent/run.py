@@ -137,7 +137,7 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None,
     if graph.get_state(config).interrupts:
         with db.connection() as conn:
             feedback.update_answer(conn, answer_id, status="declined", route="declined",
-                                   route_reason="earlier answer in thread awaits review",
+                                   route_reason=feedback.AWAITS_REVIEW,
                                    final_answer=prompts.REVIEW_PENDING)
         return _outcome(answer_id, review_id=None)
     started = time.perf_counter()

@@ -81,6 +81,25 @@ def test_new_question_in_thread_with_pending_review_gets_clear_note(context: Age
     assert follow_up.route == "declined" and "still checking the earlier answer" in follow_up.text
 
 
+def test_a_follow_ups_earlier_turn_is_the_one_the_agent_remembers_not_a_note_or_a_failed_run(
+        context: AgentContext, model: ScriptedModel) -> None:
+    asker = run.Asker(surface="slack", user_id="U1", channel_id="C1", thread_key="slack:C1:turns")
+    pending = _pending(context, model, thread="turns")
+    run.ask("Any update?", asker, context=context)   # turned away: the salary answer awaits review
+    run.decide(pending.review_id, {"action": "approve", "reviewer": "UREV"}, context=context)
+    model.error = RuntimeError("model server fell over")
+    with pytest.raises(run.AgentFailed):
+        run.ask("And for contractors?", asker, context=context)
+    model.error = None
+    again = run.ask("And for contractors?", asker, context=context)   # asked again
+    with db.connection() as conn:
+        answer = feedback.get_answer(conn, again.answer_id)
+        earlier = feedback.earlier_turn(conn, answer)   # type: ignore[arg-type]
+    assert earlier is not None and earlier.id == pending.answer_id
+    assert (earlier.question, earlier.final_answer) == ("When are salary bands reviewed?", SALARY_DRAFT)
+    assert "When are salary bands reviewed?" in [m.content for m in model.calls[-1]]   # what the model was shown
+
+
 def test_unknown_review_is_a_clear_error(context: AgentContext) -> None:
     with pytest.raises(LookupError, match="no review 999"):
         run.decide(999, {"action": "approve", "reviewer": "UREV"}, context=context)
