@@ -111,10 +111,14 @@ def requeue(conn: psycopg.Connection, run_id: int) -> TrainingRun:
         with conn.transaction():
             # Its old job (ended) goes with it: until the new one is set, orphan recovery must not
             # take a queued run whose job ended for one that never started.
-            conn.execute("UPDATE training_runs SET status = 'queued', error = NULL, finished_at = NULL,"
-                         " cancel_requested = false, job_id = NULL WHERE id = %(id)s", {"id": run_id})
+            # Only while it is still failed: two resumes at once (two admins, a double click) queue it once.
+            taken = conn.execute("UPDATE training_runs SET status = 'queued', error = NULL, finished_at = NULL,"
+                                 " cancel_requested = false, job_id = NULL WHERE id = %(id)s AND status = 'failed'",
+                                 {"id": run_id}).rowcount
     except psycopg.errors.UniqueViolation as e:
         raise RunAlreadyActive("Another retrain is already queued or running; wait for it or cancel it first.") from e
+    if not taken:
+        raise CannotResume(f"Retrain run {run_id} was resumed meanwhile; only a failed run can be resumed.")
     return get_run(conn, run_id)  # type: ignore[return-value]
 
 

@@ -132,21 +132,33 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
     final = Path(adapter.path)
     shutil.rmtree(final, ignore_errors=True)
     shutil.copytree(work / "adapter", final)
-    shutil.rmtree(work / "adapter")   # the run keeps its data, spec and log; its adapter is `final`
     metrics: dict[str, Any] = {"train": result["train"], "gate": result["gate"],
                                "dataset": _manifest_summary(manifest)}
     with db.connection() as conn:
         models.update(conn, adapter.version, status="ready", metrics=metrics, clear_error=True)
         training.append_log(conn, run.id, f"adapter {adapter.name} is ready in {final}")
-        if training.cancel_requested(conn, run.id):  # asked while the gate ran: ready, not promoted
-            training.finish_run(conn, run.id, "cancelled", metrics=metrics, adapter_version=adapter.version,
-                                error=f"cancelled after training: {adapter.name} is ready but was not promoted")
+    # Only now, the adapter on record as ready: a worker killed before this resumes from the copy
+    # here (its checkpoints are gone) instead of training again. The run keeps its data, spec and log.
+    shutil.rmtree(work / "adapter")
+    with db.connection() as conn:
+        if _cancelled_after_training(conn, run.id, adapter, metrics):   # asked while the gate ran
             return
     gated_against = baseline["name"] if baseline else None
     metrics["promoted"] = _auto_promote(run.id, adapter, bool(result["gate"].get("passed")), gated_against,
                                         settings)
     with db.connection() as conn:
-        training.finish_run(conn, run.id, "succeeded", metrics=metrics, adapter_version=adapter.version)
+        if metrics["promoted"] or not _cancelled_after_training(conn, run.id, adapter, metrics):
+            training.finish_run(conn, run.id, "succeeded", metrics=metrics, adapter_version=adapter.version)
+
+
+def _cancelled_after_training(conn: psycopg.Connection, run_id: int, adapter: models.Adapter,
+                              metrics: dict[str, Any]) -> bool:
+    """A cancel asked once the adapter was trained ends the run with the adapter ready, not promoted."""
+    if not training.cancel_requested(conn, run_id):
+        return False
+    training.finish_run(conn, run_id, "cancelled", metrics=metrics, adapter_version=adapter.version,
+                        error=f"cancelled after training: {adapter.name} is ready but was not promoted")
+    return True
 
 
 def _auto_promote(run_id: int, adapter: models.Adapter, passed: bool, gated_against: str | None,
@@ -160,6 +172,8 @@ def _auto_promote(run_id: int, adapter: models.Adapter, passed: bool, gated_agai
         return False
     with db.connection() as conn:
         live = models.live(conn)
+        if training.cancel_requested(conn, run_id):   # asked during the gate or since
+            return False
     live_now = live.name if live is not None and serving.fits(live, adapter.base_model) else None
     if live_now != gated_against:   # promoted or rolled back by hand while this run trained
         _log(run_id, f"{adapter.name} is not promoted: the gate compared it with {gated_against or 'the base model'}, "

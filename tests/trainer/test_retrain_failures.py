@@ -260,6 +260,32 @@ def test_a_cancel_asked_while_the_gate_runs_leaves_the_adapter_ready_and_not_pro
     assert adapter is not None and adapter.status == "ready" and adapter.metrics["gate"]
 
 
+def test_a_cancel_asked_once_the_adapter_is_ready_stops_its_auto_promotion(
+        curated_dataset: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = retrain.request_retrain(requested_by="admin", params=TINY_PARAMS)
+    check_for_cancel = jobs._cancelled_after_training
+
+    def admin_cancels_just_after_the_check(*args: object) -> bool:
+        cancelled = check_for_cancel(*args)  # type: ignore[arg-type]
+        if not cancelled:   # the adapter was just recorded ready; promotion comes next
+            threading.Thread(target=retrain.cancel_retrain, args=(run.id,), kwargs={"requested_by": "admin"}).start()
+            wait_until(lambda: _cancel_requested(run.id), what="the cancel")
+        return cancelled
+
+    monkeypatch.setattr(jobs, "_cancelled_after_training", admin_cancels_just_after_the_check)
+    jobs.run_retrain(run.id, settings=get_settings().model_copy(update={"auto_promote": True}))
+    with db.connection() as conn:
+        cancelled = training.get_run(conn, run.id)
+        assert models.live(conn) is None
+        assert models.get(conn, cancelled.adapter_version).status == "ready"  # type: ignore[union-attr, arg-type]
+    assert cancelled.status == "cancelled" and "is ready but was not promoted" in (cancelled.error or "")  # type: ignore[union-attr]
+
+
+def _cancel_requested(run_id: int) -> bool:
+    with db.connection() as conn:
+        return training.cancel_requested(conn, run_id)
+
+
 def test_an_adapter_gated_against_the_base_model_is_not_auto_promoted_over_one_promoted_meanwhile(
         curated_dataset: int, tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = retrain.request_retrain(requested_by="admin", params=TINY_PARAMS)
@@ -510,3 +536,33 @@ def test_a_failed_run_queued_again_is_not_taken_for_an_orphan_before_its_new_job
         training.finish_run(conn, run.id, "failed", error="The training process was killed by SIGKILL")
         training.requeue(conn, run.id)   # what resume_retrain does before it defers the new job
         assert queue.orphaned_runs(conn) == []   # the worker's minute tick must leave it alone
+
+
+def test_two_resumes_of_one_failed_run_at_once_queue_it_once(curated_dataset: int, database_url: str) -> None:
+    with db.connection() as conn:
+        run = training.create_run(conn, base_model="tiny", dataset_version=curated_dataset, params={},
+                                  requested_by="admin")
+        training.finish_run(conn, run.id, "failed", error="The training process was killed by SIGKILL")
+    second: list[BaseException | training.TrainingRun] = []
+
+    def resume_meanwhile() -> None:   # another admin's click, waiting on the first one's row lock
+        with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as other:
+            try:
+                second.append(training.requeue(other, run.id))
+            except training.CannotResume as e:
+                second.append(e)
+
+    with db.connection() as conn:
+        assert training.requeue(conn, run.id).status == "queued"   # not committed yet
+        meanwhile = threading.Thread(target=resume_meanwhile)
+        meanwhile.start()
+        wait_until(lambda: _waits_on_a_lock(database_url), what="the second resume to wait for the first")
+    meanwhile.join(timeout=30)
+    [refused] = second
+    assert isinstance(refused, training.CannotResume) and "resumed meanwhile" in str(refused)
+
+
+def _waits_on_a_lock(database_url: str) -> bool:
+    with psycopg.connect(database_url) as conn:
+        return bool(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                 " AND datname = current_database()").fetchone()[0])  # type: ignore[index]
