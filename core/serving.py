@@ -91,8 +91,8 @@ def _auth(settings: Settings | None) -> dict[str, str]:
 
 def load_adapter(name: str, path: str, url: str, backend: str, settings: Settings | None = None) -> None:
     """Make the server at `url` able to answer with `name` (does not make it live). An adapter
-    the server holds already, from the same files, is not loaded again, nor when its files are
-    gone: a rollback to the adapter a promotion replaced needs none (they may have been cleaned
+    our server holds already, from the same files, is not loaded again (vLLM, which cannot tell,
+    reloads it in place), nor when its files are gone: a rollback to the adapter a promotion replaced needs none (they may have been cleaned
     up since). Rolling back further loads from files: older versions were let go of. Files
     written again under the same name (version numbers start again after a database reset) are
     loaded again."""
@@ -105,8 +105,10 @@ def load_adapter(name: str, path: str, url: str, backend: str, settings: Setting
                 return
             r = httpx.post(f"{base}/adapters", json={"adapter_id": name, "path": path}, headers=headers, timeout=120)
         elif backend == "openai":  # vLLM's --api-key guards /v1/* too
-            r = httpx.post(f"{base}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path},
-                           headers=headers, timeout=120)
+            # vLLM cannot tell files written again under the same name from those it holds, so,
+            # while they are there, they are loaded in place (vLLM >= 0.10; older ones ignore it).
+            body = {"lora_name": name, "lora_path": path, **({"load_inplace": True} if adapter_files_stamp(path) else {})}
+            r = httpx.post(f"{base}/v1/load_lora_adapter", json=body, headers=headers, timeout=120)
             if r.status_code == 400 and "already" in r.text.lower():
                 return
         else:

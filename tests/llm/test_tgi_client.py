@@ -2,6 +2,9 @@
 and the guard against TGI's silent fallback to the base model on an unknown adapter."""
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from core.llm.base import ChatMessage, InvalidRequest, LLMError, RateLimited, UnknownAdapter
@@ -94,6 +97,26 @@ def test_adapters_are_loaded_and_smoke_checked_with_the_servers_api_key(monkeypa
         get_settings.cache_clear()
     assert [(r["path"], r["authorization"]) for r in fake.requests] == [
         ("/v1/load_lora_adapter", "Bearer sk-vllm-123456"), ("/generate", "Bearer sk-vllm-123456")]
+
+
+def test_vllm_reloads_an_adapter_name_in_place_while_its_files_are_there(tmp_path: Path) -> None:
+    """After a database reset the new flywheel-v1 is written where the old one was: vLLM, which
+    answers "already loaded" to a name it holds, must load it again, in place."""
+    from core import serving
+
+    folder = tmp_path / "flywheel-v1"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(b"weights")
+    already = (400, {}, {"object": "error", "message": "The lora adapter 'flywheel-v1' has already been loaded.",
+                         "type": "InvalidUserInput", "code": 400})
+    fake = ScriptedTGI([(200, {}, {}), already])
+    with fake.running() as url:
+        serving.load_adapter("flywheel-v1", str(folder), url, "openai")
+        shutil.rmtree(folder)   # cleaned up since: a rollback to it needs what vLLM holds, as it is
+        serving.load_adapter("flywheel-v1", str(folder), url, "openai")
+    assert [r["body"] for r in fake.requests] == [
+        {"lora_name": "flywheel-v1", "lora_path": str(folder), "load_inplace": True},
+        {"lora_name": "flywheel-v1", "lora_path": str(folder)}]
 
 
 def test_the_machines_hugging_face_token_never_goes_to_the_model_server(monkeypatch: pytest.MonkeyPatch) -> None:
