@@ -131,14 +131,26 @@ def promotable(conn: psycopg.Connection, version: int) -> Adapter:
     return adapter
 
 
-def gate_failure(adapter: Adapter) -> str | None:
-    """Why `adapter` did not pass its eval gate, or None when it passed (or was registered
-    without one)."""
+def gate_failure(adapter: Adapter, live_now: str | None) -> str | None:
+    """Why `adapter` should not go live on its eval gate's word, or None: it did not pass the
+    gate, or it passed against another adapter (or the base model) than `live_now`, the adapter
+    answering now (None: the base model), so the two were never compared. None as well for an
+    adapter registered without a gate."""
     gate = adapter.metrics.get("gate")
-    if not isinstance(gate, dict) or gate.get("passed"):
+    if not isinstance(gate, dict):
         return None
-    reasons = gate.get("reasons") or ["no reason was recorded"]
-    return f"{adapter.name} did not pass its eval gate: {'; '.join(reasons)}."
+    if not gate.get("passed"):
+        reasons = gate.get("reasons") or ["no reason was recorded"]
+        return f"{adapter.name} did not pass its eval gate: {'; '.join(reasons)}."
+    compared = gate.get("baseline_name")
+    if compared is None or adapter.name == live_now or compared == (live_now or "base"):
+        return None
+    return (f"{adapter.name} passed its eval gate against {_called(compared)}, but {_called(live_now)} answers now: "
+            "the two were never compared.")
+
+
+def _called(adapter_name: str | None) -> str:
+    return adapter_name if adapter_name not in (None, "base") else "the base model"  # type: ignore[return-value]
 
 
 def version_number(given: str) -> int | None:

@@ -246,6 +246,15 @@ def promote(version: int, settings: Settings | None = None, *, actor: str,
                         despite_gate=despite_gate)
 
 
+def gate_failure(adapter: models.Adapter, settings: Settings | None = None) -> str | None:
+    """Why `adapter` should not go live on its eval gate's word (`models.gate_failure`), judged
+    against the adapter that answers now."""
+    settings = settings or get_settings()
+    with db.connection() as conn:
+        live = models.live(conn)
+    return models.gate_failure(adapter, live.name if live is not None and fits(live, settings.base_model) else None)
+
+
 def _refuse_unless_served_model(adapter: models.Adapter, settings: Settings) -> None:
     """An adapter only fits the model it was trained on: `PromotionRefused` for another one."""
     if not same_model(adapter.base_model, settings.base_model):
@@ -259,7 +268,7 @@ def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool
              despite_gate: bool) -> models.Adapter:
     with db.connection() as conn:
         adapter = models.promotable(conn, version)
-    failure = None if despite_gate else models.gate_failure(adapter)
+    failure = None if despite_gate else gate_failure(adapter, settings)
     if failure is not None:
         raise models.GateNotPassed(failure)
     _refuse_unless_served_model(adapter, settings)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -153,6 +153,30 @@ def test_an_adapter_that_failed_its_gate_is_promoted_only_when_the_admin_confirm
     with pytest.raises(models.GateNotPassed):   # from code too, only when asked to
         serving.promote(other.version, actor="bob")
     assert live_name() == "flywheel-v1"
+
+
+def test_an_adapter_gated_against_the_base_model_asks_before_it_replaces_a_live_one_it_was_never_compared_with(
+        vllm: str, tmp_path: Path) -> None:
+    older, newer = register("ready"), register("ready")
+    with db.connection() as conn:   # both passed against the base model, each trained while nothing was live
+        for adapter in (older, newer):
+            (tmp_path / adapter.name).mkdir()
+            models.update(conn, adapter.version, path=str(tmp_path / adapter.name),
+                          metrics={"gate": {"passed": True, "reasons": [], "baseline_name": "base"}})
+    serving.promote(newer.version, actor="bob")
+    at = open_page("models")
+    at.selectbox(key="md_adapter").select(older.version).run()
+    assert ("flywheel-v1 passed its eval gate against the base model, but flywheel-v2 answers now: the two were "
+            "never compared.") in [w.value for w in at.warning]
+    assert at.button(key="md_promote").disabled
+    with pytest.raises(models.GateNotPassed):
+        serving.promote(older.version, actor="bob")
+    at.checkbox(key="md_despite_gate_1").check().run()
+    at.button(key="md_promote").click().run()
+    assert not at.error and live_name() == "flywheel-v1"
+    at.selectbox(key="md_adapter").select(newer.version).run()   # going back to v2 asks the same
+    assert ("flywheel-v2 passed its eval gate against the base model, but flywheel-v1 answers now: the two were "
+            "never compared.") in [w.value for w in at.warning]
 
 
 def test_promoting_while_another_promotion_loads_is_refused_and_changes_nothing(vllm: str) -> None:
