@@ -103,8 +103,18 @@ def is_direct_question(event: dict[str, Any]) -> bool:
             and not event.get("bot_id") and bool(event.get("user")) and bool((event.get("text") or "").strip()))
 
 
-def take_up(question: Question, client: WebClient, deps: Deps) -> None:
-    """Record the question (once per message), post the placeholder, and queue the agent run."""
+def take_up(question: Question, client: WebClient, deps: Deps, *, shared_channel: bool = False) -> None:
+    """Record the question (once per message), post the placeholder, and queue the agent run.
+    In a channel shared with another organisation (Slack Connect: `shared_channel`), unless
+    `answer_in_shared_channels`, only say why it is not answered; nothing is recorded or searched."""
+    if shared_channel and not deps.settings.answer_in_shared_channels:
+        logger.info("question in the externally shared channel %s declined", question.channel_id)
+        try:
+            posting.post(client, channel=question.channel_id, thread_ts=question.thread_ts,
+                         message=blocks.note(blocks.SHARED_CHANNEL))
+        except Exception:
+            logger.exception("could not post the shared-channel note in %s", question.channel_id)
+        return
     try:
         with db.connection() as conn:
             row_id = store.open_question(conn, channel_id=question.channel_id, question_ts=question.ts,

@@ -28,6 +28,9 @@ FEEDBACK_TITLE = "Improve this answer"
 PLACEHOLDER = "Looking through the docs…"
 APOLOGY = ("Sorry, something went wrong while I was answering and I couldn't finish. "
            "The error has been logged for the team; please try again in a few minutes.")
+SHARED_CHANNEL = ("I don't answer in channels shared with other organisations: my answers come from our "
+                  "internal documents, and people outside the company read this channel. Ask me in a direct "
+                  "message or in one of our own channels.")
 THANKS_UP = "Thanks! Glad it helped."
 THANKS_DOWN = "Thanks for telling us. Your feedback goes to the people who improve these answers."
 ANSWER_GONE = "This answer has since been deleted, so nothing was recorded."

@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # Whether everyone in the review channel may read documents restricted to some channels or
     # groups; if not, a card drafted from them shows no draft or sources: decide it on the dashboard.
     reviewers_see_restricted: bool = False
+    # Whether the bot answers in channels shared with other organisations (Slack Connect), where
+    # people outside the company read its answers, drawn from internal documents.
+    answer_in_shared_channels: bool = False
     bot_port: int = 3000                   # HTTP mode: where Slack posts events
 
     # Dashboard. OIDC through Streamlit's st.login when configured; else a password whose

@@ -55,6 +55,37 @@ def test_direct_message_is_answered_in_its_thread(bot: SlackBot) -> None:
     assert "Laptop request" in answer.shown_text and blocks.RATE_UP in answer.action_values()
 
 
+def _mention_in_a_shared_channel(bot: SlackBot, text: str) -> str:
+    """An @mention in a Slack Connect channel, by someone of the other organisation."""
+    ts = bot.next_ts()
+    envelope = slack_payloads.app_mention(text=text, user="UOUTSIDE1", channel="CSHARED", ts=ts, event_id=f"Ev{ts}",
+                                          bot_user_id=BOT_USER)
+    envelope["is_ext_shared_channel"] = True
+    envelope["event"]["user_team"] = "T999"
+    bot.send_event(envelope)
+    return ts
+
+
+def test_a_channel_shared_with_another_organisation_gets_a_note_not_an_answer_from_internal_documents(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts = _mention_in_a_shared_channel(bot, "How do I get a new laptop?")
+    [note] = bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == "CSHARED")
+    assert note.args["thread_ts"] == ts and note.shown_text == blocks.SHARED_CHANNEL and not note.action_values()
+    assert rows("SELECT id FROM answers") == [] and model.calls == []   # nothing searched, asked or kept
+    assert "Laptop request" in bot.reply("DASKER", bot.dm("How do I get a new laptop?")).shown_text   # a DM is
+
+
+@pytest.fixture
+def shared_channels_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLYWHEEL_ANSWER_IN_SHARED_CHANNELS", "true")
+
+
+def test_shared_channels_are_answered_where_the_company_allows_it(shared_channels_answered: None,
+                                                                  bot: SlackBot) -> None:
+    ts = _mention_in_a_shared_channel(bot, "How do I get a new laptop?")
+    assert "Laptop request" in bot.reply("CSHARED", ts).shown_text
+
+
 def test_a_question_with_a_nul_or_half_a_surrogate_pair_is_answered(bot: SlackBot) -> None:
     ts = bot.mention("How do I get a new laptop?\x00 caf\udce9", channel="CGENERAL")
     assert "Laptop request" in bot.reply("CGENERAL", ts).shown_text

@@ -15,5 +15,5 @@ def handle_direct_message(ack: Ack, body: dict[str, Any], event: dict[str, Any],
     if not answering.is_direct_question(event):
         return  # edits, deletions, bots, channel messages: nothing to answer
     question = answering.question_from_event(event, body.get("event_id"), context.bot_user_id)
-    if question is not None:
-        answering.take_up(question, client, deps.of(context))
+    if question is not None:   # a DM with someone of another organisation is a shared channel too
+        answering.take_up(question, client, deps.of(context), shared_channel=bool(body.get("is_ext_shared_channel")))

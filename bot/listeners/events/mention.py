@@ -17,4 +17,4 @@ def handle_app_mention(ack: Ack, body: dict[str, Any], event: dict[str, Any], cl
     if question is None:
         logger.info("app_mention without an author; ignored")
         return
-    answering.take_up(question, client, deps.of(context))
+    answering.take_up(question, client, deps.of(context), shared_channel=bool(body.get("is_ext_shared_channel")))
