@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+import psycopg
 import pytest
 import slack_payloads
 from bot_support import (ASKER, BOT_USER, REVIEW_CHANNEL, SALARY_DRAFT, SALARY_QUESTION, SlackBot,
@@ -127,6 +128,26 @@ def test_agent_failure_leaves_an_apology_in_the_thread(bot: SlackBot, model: Scr
     [row] = wait_until(lambda: rows("SELECT a.status, a.error FROM answers a JOIN slack_answers s"
                                     " ON s.answer_id = a.id"), what="the failed answer linked to its thread")
     assert row["status"] == "failed" and "fell over" in row["error"]
+
+
+def test_with_the_database_down_slack_gets_its_ack_and_the_asker_one_apology(
+        bot: SlackBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    def database_down(*args: object, **kwargs: object) -> None:
+        raise psycopg.OperationalError("connection failed: Connection refused")
+
+    monkeypatch.setattr(store, "record_event", database_down)
+    monkeypatch.setattr(store, "open_question", database_down)
+    ts = bot.next_ts()
+    event = slack_payloads.app_mention(text="How do I get a new laptop?", user=ASKER, channel="CGENERAL", ts=ts,
+                                       event_id="EvDOWN1", bot_user_id=BOT_USER)
+    bot.send_event(event)   # answered 200 (send_event checks): Slack would otherwise send it again and again
+    bot.send_event(event, retry_num=1)   # sent again all the same (the first took over 3 s)
+    [apology] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)
+    assert apology.shown_text == blocks.APOLOGY
+
+    monkeypatch.undo()   # the database is back: a question asked now is answered, after the two above
+    bot.reply("CGENERAL", bot.mention("How do I get a new laptop?"))
+    assert len(bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)) == 1
 
 
 def test_nothing_found_is_a_note_without_buttons(bot: SlackBot) -> None:
