@@ -269,9 +269,9 @@ def _upsert(conn: psycopg.Connection, row: CurationRow, decision: Decision, answ
 # some groups, when the answer was drafted or now): an adapter trained on it would tell everyone,
 # so datasets leave it out unless `FLYWHEEL_TRAIN_ON_RESTRICTED` says the adapter is served only
 # to people who may see it all. Reads the answer as `a`.
-_FROM_RESTRICTED = ("EXISTS (SELECT 1 FROM jsonb_array_elements(a.sources) s LEFT JOIN documents d"
-                    " ON d.id = (s->>'document_id')::bigint"
-                    f" WHERE coalesce((s->>'restricted')::boolean, false) OR {store.RESTRICTED})")
+_FROM_RESTRICTED = ("(a.restricted_context OR EXISTS (SELECT 1 FROM jsonb_array_elements(a.sources) s"
+                    " LEFT JOIN documents d ON d.id = (s->>'document_id')::bigint"
+                    f" WHERE coalesce((s->>'restricted')::boolean, false) OR {store.RESTRICTED}))")
 _TRAINABLE = f"(%(restricted_ok)s OR NOT {_FROM_RESTRICTED})"
 
 

@@ -41,11 +41,13 @@ class Answer:
     timings: dict[str, float]
     error: str | None
     created_at: dt.datetime
+    restricted_context: bool = False   # drafted with earlier turns that drew on such documents in its prompt
 
     @property
     def restricted(self) -> bool:
-        """Drafted from a document not everyone may see (as it was when drafted)."""
-        return any(source.get("restricted") for source in self.sources)
+        """Drafted from a document not everyone may see (as it was when drafted), or with earlier
+        turns of its thread that were, whose text it may repeat."""
+        return self.restricted_context or any(source.get("restricted") for source in self.sources)
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,9 @@ def draft(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     sources = state["sources"]
     if ctx.generator is None:
         return _extractive(state, started, "extractive answers are configured")
-    messages = prompts.answer_messages(state["question"], sources, state.get("history") or [])
+    history = state.get("history") or []
+    messages = prompts.answer_messages(state["question"], sources, history)
+    restricted_context = any(turn.get("restricted") for turn in history[-prompts.MAX_HISTORY:])
     try:
         gen = _generate(ctx, messages)
     except BackendUnavailable as e:
@@ -113,7 +115,8 @@ def draft(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     except LLMError as e:  # overloaded past its retries, a refused request, a failed generation
         logger.error("the model server could not answer, answering with excerpts: %s", e)
         return _extractive(state, started, "the model server could not answer")
-    return {"draft": gen.text.strip(), "model": gen.model, "adapter_id": gen.adapter_id,
+    return {"draft": gen.text.strip(), "restricted_context": restricted_context, "model": gen.model,
+            "adapter_id": gen.adapter_id,
             "prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
             "timings": _timed(state, "draft", started)}
 
@@ -167,6 +170,7 @@ def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
         feedback.update_answer(conn, state["answer_id"], status="pending_review", route="review",
                                route_reason=state["reason"], draft=state["draft"],
                                confidence=state["confidence"], sources=state["sources"],
+                               restricted_context=state.get("restricted_context", False),
                                model=state.get("model"), adapter_id=state.get("adapter_id"),
                                timings=state.get("timings", {}))
     decision: Decision = interrupt({
@@ -190,7 +194,8 @@ def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]
     decision = state.get("decision")
     route = state.get("route", "declined")
     how = {"route": route, "route_reason": state.get("reason"), "draft": state.get("draft") or None,
-           "confidence": state.get("confidence"), "sources": state.get("sources", []), "model": state.get("model"),
+           "confidence": state.get("confidence"), "sources": state.get("sources", []),
+           "restricted_context": state.get("restricted_context", False), "model": state.get("model"),
            "adapter_id": state.get("adapter_id"), "prompt_tokens": state.get("prompt_tokens"),
            "completion_tokens": state.get("completion_tokens"), "timings": state.get("timings", {})}
     with db.connection() as conn:
@@ -199,7 +204,8 @@ def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]
         else:
             feedback.update_answer(conn, state["answer_id"], status="declined" if route == "declined" else "delivered",
                                    final_answer=state["final"], finished_at=dt.datetime.now(dt.UTC), **how)
-    return {"history": [{"question": state["question"], "answer": state["final"]}]}
+    restricted = state.get("restricted_context", False) or any(s.get("restricted") for s in state.get("sources", []))
+    return {"history": [{"question": state["question"], "answer": state["final"], "restricted": restricted}]}
 
 
 def record_decided(conn: psycopg.Connection, answer_id: int, decision: Decision, final: str, **how: Any) -> None:

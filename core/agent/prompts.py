@@ -33,11 +33,13 @@ def context_block(sources: list[Source], max_chars: int = 1200) -> str:
     return "\n\n".join(parts)
 
 
-def answer_messages(question: str, sources: list[Source], history: list[Turn],
-                    max_history: int = 3) -> list[ChatMessage]:
+MAX_HISTORY = 3   # earlier turns of a thread the model is shown
+
+
+def answer_messages(question: str, sources: list[Source], history: list[Turn]) -> list[ChatMessage]:
     """System prompt with the numbered context, the last few turns, then the question."""
     messages = [ChatMessage("system", f"{SYSTEM}\n\nContext:\n{context_block(sources)}")]
-    for turn in history[-max_history:]:
+    for turn in history[-MAX_HISTORY:]:
         messages.append(ChatMessage("user", turn["question"]))
         messages.append(ChatMessage("assistant", turn["answer"]))
     messages.append(ChatMessage("user", question))

@@ -26,9 +26,10 @@ class Source(TypedDict):
     restricted: bool   # its document was not visible to everyone (answers recorded before: absent)
 
 
-class Turn(TypedDict):
+class Turn(TypedDict, total=False):
     question: str
     answer: str
+    restricted: bool   # drew on documents not everyone may see (turns recorded before: absent)
 
 
 class Decision(TypedDict, total=False):
@@ -48,6 +49,7 @@ class AgentState(TypedDict, total=False):
     history: Annotated[list[Turn], operator.add]   # earlier turns of this thread
     sources: list[Source]
     draft: str
+    restricted_context: bool   # the draft's prompt held earlier turns that drew on restricted documents
     model: str | None
     adapter_id: str | None
     prompt_tokens: int | None
@@ -77,6 +79,6 @@ def new_turn(answer_id: int, question: str, user_id: str | None, channel_id: str
     """The input of one question: resets every per-turn field (history is kept by its reducer),
     the route included: a route left from the turn before would send this question its way."""
     return {"answer_id": answer_id, "question": question, "user_id": user_id, "channel_id": channel_id,
-            "route": None, "sources": [], "draft": "", "model": None, "adapter_id": None, "prompt_tokens": None,
+            "route": None, "sources": [], "draft": "", "restricted_context": False, "model": None, "adapter_id": None, "prompt_tokens": None,
             "completion_tokens": None, "confidence": 0.0, "reason": "", "final": "", "decision": None,
             "timings": {}}

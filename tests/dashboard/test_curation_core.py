@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support.polling import wait_until
 
-from core import audit, curation, db, pii
+from core import audit, curation, db, feedback, pii
 from core.knowledge import ingest, store
 from dashboard_helpers import rate, seed_answer
 
@@ -314,6 +314,41 @@ def test_an_answer_drafted_from_a_restricted_document_stays_out_after_the_docume
         assert curation.restricted_count(conn) == 1   # as it was when the answer was drafted
         with pytest.raises(curation.CurationError, match="^Each of the 1 accepted answers"):
             curation.create_dataset(conn, created_by="ann")
+
+
+def test_a_follow_up_drafted_with_a_restricted_answer_in_its_prompt_counts_as_restricted(
+        database_url: str, tmp_path) -> None:  # noqa: ANN001
+    """The model sees the thread's earlier turns, so a follow-up whose own sources are public
+    may repeat what an earlier answer drew from a restricted document."""
+    from core.agent import run
+    from core.agent.state import AgentContext
+    from core.config import get_settings
+    from support.scripted_model import ScriptedModel
+
+    (tmp_path / "pay.md").write_text("# Pay bands\n\nBand 4 pays 70,000 to 85,000 a year.\n")
+    (tmp_path / "canteen.md").write_text("# Canteen\n\nThe canteen is on floor 3 and opens at noon.\n")
+    assert not ingest.ingest_paths([tmp_path / "pay.md"], visible_channels=["C0HRTEAM"]).failed
+    assert not ingest.ingest_paths([tmp_path / "canteen.md"]).failed
+    model = ScriptedModel()
+    context = AgentContext(settings=get_settings(), generator=model, reviews=False)
+    asker = run.Asker(surface="slack", user_id="U1", channel_id="C0HRTEAM", thread_key="slack:C0HRTEAM:1.1")
+    model.reply = "Band 4 pays 70,000 to 85,000 a year [1]."
+    pay = run.ask("What does band 4 pay?", asker, context=context)
+    model.reply = "The canteen is on floor 3 [1]; with band 4 pay of 70,000 you can afford lunch."
+    lunch = run.ask("Where is the canteen and when does it open for lunch?", asker, context=context)
+    assert pay.sources and all(s["restricted"] for s in pay.sources)
+    assert lunch.sources and not any(s["restricted"] for s in lunch.sources)   # its own sources are public
+    with db.connection() as conn:
+        answer = feedback.get_answer(conn, lunch.answer_id)
+        assert answer is not None and answer.restricted   # kept from review cards in other channels
+        curation.accept(conn, lunch.answer_id, curated_by="ann")
+        with pytest.raises(curation.CurationError, match="^Each of the 1 accepted answers"):
+            curation.create_dataset(conn, created_by="ann")   # and from what an adapter learns for everyone
+    alone = run.ask("Where is the canteen and when does it open for lunch?",
+                    run.Asker(surface="slack", user_id="U1", channel_id="C0HRTEAM", thread_key="slack:C0HRTEAM:2.2"),
+                    context=context)
+    with db.connection() as conn:
+        assert not feedback.get_answer(conn, alone.answer_id).restricted   # type: ignore[union-attr]
 
 
 def test_a_dataset_trains_on_the_passages_as_the_answer_saw_them_not_on_a_later_edit(
