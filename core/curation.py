@@ -397,6 +397,14 @@ def dataset_items(conn: psycopg.Connection, version: int) -> list[DatasetItem]:
     return [DatasetItem(**r) for r in rows]
 
 
+def restricted_in_dataset(conn: psycopg.Connection, version: int) -> set[int]:
+    """The answers in dataset `version` drafted from a document not everyone may see, as it was
+    then or is now: restricted since the dataset was made, they are no longer trained on."""
+    rows = conn.execute("SELECT i.answer_id FROM dataset_items i JOIN answers a ON a.id = i.answer_id"
+                        f" WHERE i.dataset_version = %(v)s AND {_FROM_RESTRICTED}", {"v": version}).fetchall()
+    return {r["answer_id"] for r in rows}
+
+
 def export_jsonl(conn: psycopg.Connection, version: int) -> str:
     """A dataset version as JSON Lines: one `{answer_id, question, answer, context}` per line."""
     if get_dataset(conn, version) is None:

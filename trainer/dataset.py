@@ -12,7 +12,7 @@ import hashlib
 import json
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,11 +46,22 @@ class BuiltDataset:
     manifest: dict[str, Any]
 
 
-def build(conn: psycopg.Connection, version: int, config: DatasetConfig = DatasetConfig()) -> BuiltDataset:
-    """Read dataset `version` and turn it into train/val examples; refuses an empty result."""
+def build(conn: psycopg.Connection, version: int, config: DatasetConfig = DatasetConfig(), *,
+          include_restricted: bool = False) -> BuiltDataset:
+    """Read dataset `version` and turn it into train/val examples; refuses an empty result.
+    Unless `include_restricted`, leaves out answers drawn from documents restricted since the
+    version was made (it held none then): an adapter answers everyone."""
     if curation.get_dataset(conn, version) is None:
         raise DatasetError(f"There is no dataset version {version}.")
-    return from_items(curation.dataset_items(conn, version), version, config)
+    items = curation.dataset_items(conn, version)
+    restricted = set() if include_restricted else curation.restricted_in_dataset(conn, version)
+    kept = [i for i in items if i.answer_id not in restricted]
+    if items and not kept:
+        raise DatasetError(f"Every answer in dataset v{version} draws on a document not everyone may see now "
+                           "(restricted since the dataset was made), and an adapter answers everyone: "
+                           "nothing to train on.")
+    built = from_items(kept, version, config)
+    return replace(built, manifest={**built.manifest, "dropped_restricted": len(items) - len(kept)})
 
 
 def from_items(items: Sequence[curation.DatasetItem], version: int | None,

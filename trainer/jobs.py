@@ -99,12 +99,15 @@ def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callab
         if run.dataset_version is None:
             raise dataset.DatasetError("This run names no dataset version.")
         with db.connection() as conn:
-            built = dataset.build(conn, run.dataset_version, data_config)
+            built = dataset.build(conn, run.dataset_version, data_config,
+                                  include_restricted=settings.train_on_restricted)
         dataset.save(built, work / "data")
     manifest = json.loads((work / "data" / "manifest.json").read_text())
     _log(run.id, f"dataset v{manifest['dataset_version']}: {manifest['domain_train']} domain + "
                  f"{manifest['general_train']} general training examples, {manifest['val']} held out "
-                 f"({manifest['dropped_duplicates']} duplicates dropped)")
+                 f"({manifest['dropped_duplicates']} duplicates dropped"
+                 + (f", {manifest['dropped_restricted']} restricted since the dataset was made"
+                    if manifest.get("dropped_restricted") else "") + ")")
     adapter = _adapter_for(run, settings, train_config)
     with db.connection() as conn:
         live = models.live(conn)

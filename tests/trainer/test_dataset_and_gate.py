@@ -48,6 +48,29 @@ def test_the_latest_curation_of_a_question_is_trained_on_even_from_an_older_answ
     assert example.answer == "Five working days since the policy change."
 
 
+def test_answers_from_a_document_restricted_after_the_dataset_was_made_are_not_trained_on(database_url: str) -> None:
+    from core import curation, db
+    from core.knowledge import store
+    from retrain_support import CURATED, answer_and_curate
+
+    answer_and_curate(CURATED)
+    with db.connection() as conn:
+        version = curation.create_dataset(conn, created_by="ann").version   # everything public then
+        expenses = next(d.id for d in store.list_documents(conn) if d.source == "expenses.md")
+        store.set_visibility(conn, expenses, [], ["finance"])   # finance only, from now on
+        built = dataset.build(conn, version, DatasetConfig(general_ratio=0))
+        trained = {e.question for e in built.train + built.val}
+        assert trained == {q for key, q, _ in CURATED if key != "expenses"}
+        assert built.manifest["dropped_restricted"] == 3
+        everything = dataset.build(conn, version, DatasetConfig(general_ratio=0), include_restricted=True)
+        assert len(everything.train + everything.val) == len(CURATED)   # FLYWHEEL_TRAIN_ON_RESTRICTED=true
+        for doc in store.list_documents(conn):
+            store.set_visibility(conn, doc.id, ["C0HR"], [])
+        with pytest.raises(dataset.DatasetError, match=f"Every answer in dataset v{version} draws on a document "
+                                                       "not everyone may see now"):
+            dataset.build(conn, version)
+
+
 def test_a_held_out_question_stays_held_out_as_the_dataset_grows() -> None:
     config = DatasetConfig(val_ratio=0.2, general_ratio=0)
     small = dataset.from_items([_item(i, f"Question number {i}?") for i in range(40)], 1, config)
