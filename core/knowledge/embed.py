@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from core.config import get_settings
+from core.config import SettingsInvalid, get_settings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -39,7 +39,13 @@ def get_model() -> SentenceTransformer:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-            _model = SentenceTransformer(model_path(), device="cpu", local_files_only=True)
+            model = SentenceTransformer(model_path(), device="cpu", local_files_only=True)
+            dimensions = model.get_embedding_dimension()
+            if dimensions != DIMENSIONS:   # the vector columns hold 384; nothing else can be stored or searched
+                raise SettingsInvalid(f"FLYWHEEL_EMBED_MODEL {model_path()} makes {dimensions}-dimensional vectors, "
+                                 f"but the knowledge base stores {DIMENSIONS}-dimensional ones (all-MiniLM-L6-v2's): "
+                                 f"choose a model with {DIMENSIONS} dimensions.")
+            _model = model
         return _model
 
 

@@ -236,10 +236,12 @@ def files_under(folder: Path) -> Iterator[Path]:
 
 
 def _content_hash(doc: ParsedDocument) -> str:
-    """The document and how it is cut: a new chunk size, or a changed chunker, re-chunks it."""
+    """The document, how it is cut and what embeds it: a new chunk size, a changed chunker or
+    another embedder (FLYWHEEL_EMBED_MODEL) re-chunks and re-embeds it."""
     settings = get_settings()
     cut = f"chunks v{chunk.VERSION} {settings.chunk_tokens}/{settings.chunk_overlap}"
-    return hashlib.sha256("\x1f".join([doc.title, doc.url or "", doc.text, cut]).encode()).hexdigest()
+    embedder = [f"embedder {settings.embed_model}"] if settings.embed_model else []   # the default: as before
+    return hashlib.sha256("\x1f".join([doc.title, doc.url or "", doc.text, cut, *embedder]).encode()).hexdigest()
 
 
 def _store_all(documents: Iterable[ParsedDocument], visible: Visibility, report: IngestReport,

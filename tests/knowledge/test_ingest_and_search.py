@@ -9,7 +9,7 @@ import pytest
 from pypdf import PdfReader, PdfWriter
 
 from core import db
-from core.config import get_settings
+from core.config import SettingsInvalid, get_settings
 from core.knowledge import ingest, search, store
 
 HANDBOOK = Path(__file__).resolve().parents[2] / "samples" / "handbook"
@@ -79,6 +79,45 @@ def test_a_new_chunk_size_re_chunks_a_document_on_its_next_ingest(database_url: 
     get_settings.cache_clear()
     report = ingest.ingest_paths([path])
     assert report.updated == [str(path.resolve())] and len(_chunk_ids(str(path.resolve()))) == 5
+
+
+def _embedder(folder: Path, dimensions: int) -> Path:
+    """A sentence-transformers model of its own: MiniLM's encoder with a random projection to
+    `dimensions`, saved as an admin's FLYWHEEL_EMBED_MODEL folder would be."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+
+    from core.knowledge import embed
+
+    torch.manual_seed(0)
+    encoder = models.Transformer(embed.model_path())
+    SentenceTransformer(modules=[encoder, models.Pooling(encoder.get_embedding_dimension()),
+                                 models.Dense(embed.DIMENSIONS, dimensions)]).save(str(folder))
+    return folder
+
+
+def test_another_embedder_re_embeds_documents_on_their_next_ingest_and_one_of_another_size_is_refused(
+        database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.knowledge import embed
+
+    path = tmp_path / "docs" / "policy.md"
+    path.parent.mkdir()
+    path.write_text("# Travel\n\nBook trains for trips under four hours.\n")
+    ingest.ingest_paths([path])
+    before = _chunk_ids(str(path.resolve()))
+    monkeypatch.setattr(embed, "_model", None)   # as a restarted process: the embedder is read afresh
+    monkeypatch.setenv("FLYWHEEL_EMBED_MODEL", str(_embedder(tmp_path / "other-384", 384)))
+    get_settings.cache_clear()
+    report = ingest.ingest_paths([path])
+    assert report.updated == [str(path.resolve())] and _chunk_ids(str(path.resolve())) != before   # re-embedded
+    assert _search("Which trips go by train?")[0].title == "Travel"
+
+    monkeypatch.setattr(embed, "_model", None)
+    monkeypatch.setenv("FLYWHEEL_EMBED_MODEL", str(_embedder(tmp_path / "other-768", 768)))
+    get_settings.cache_clear()
+    with pytest.raises(SettingsInvalid, match="makes 768-dimensional vectors, but the knowledge base stores "
+                                         "384-dimensional ones"):
+        embed.embed_query("Which trips go by train?")
 
 
 def test_deleted_document_is_no_longer_found(database_url: str, tmp_path: Path) -> None:
