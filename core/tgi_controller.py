@@ -10,6 +10,7 @@ endpoint in Postgres, changed in the same transaction as the live adapter: every
 reads both from `models.LiveAdapterCache`, so none pairs the new adapter with the old server."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -58,8 +59,11 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor:
     with db.connection() as conn:
         old = models.endpoint(conn) or models.Endpoint(url=settings.llm_url)
         live = models.live(conn)
+    stop_leftovers(settings, serving_pid=old.pid if old.host == socket.gethostname() else None)
     adapters = {adapter.name: adapter.path}
-    if live is not None and live.version != adapter.version:
+    # The live one rides along for the requests in flight, when TGI can load it: its files gone, or
+    # trained on another model, it would stop the new server starting.
+    if live is not None and live.version != adapter.version and serving.fits(live, settings.base_model):
         adapters[live.name] = live.path
     launched = launch(adapters, settings)
     try:
@@ -74,7 +78,7 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor:
             promoted = models.mark_live(conn, adapter.version, actor=actor, rolling_back=rolling_back,
                                         endpoint=serving_now)
     except BaseException:
-        stop(launched.pid)
+        stop(launched.pid, settings)
         raise
     logger.info("adapter %s is live on %s; draining %s", adapter.name, launched.url, old.url)
     drain(old.url, timeout_s=drain_timeout_s if drain_timeout_s is not None else _default_drain_s(settings),
@@ -82,7 +86,7 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor:
     if not answers(old.url):   # not running (crashed, stopped, rebooted): its pid may be another's by now
         logger.info("the previous server at %s is not answering: nothing to stop", old.url)
     elif old.pid is not None and old.host == socket.gethostname():
-        stop(old.pid)
+        stop(old.pid, settings)
     else:
         logger.warning("the previous server at %s was not started by Flywheel on this machine; "
                        "it no longer gets requests: stop it yourself", old.url)
@@ -113,8 +117,52 @@ def launch(adapters: Mapping[str, str], settings: Settings) -> Launched:
         except OSError as e:
             raise TGIControllerError(f"Could not run {argv[0]!r}: {e}") from e
     _children[proc.pid] = proc
+    url = f"http://{settings.llm_address}:{port}"
+    _record(settings, proc.pid, url)
     logger.info("started a model server (pid %d) on port %d with %s", proc.pid, port, spec)
-    return Launched(f"http://{settings.llm_address}:{port}", proc.pid, spec, log)
+    return Launched(url, proc.pid, spec, log)
+
+
+# Each server launched is recorded under the data folder until it is stopped: a promotion cut
+# short (Ctrl-C while the old server drains, a killed process while the new one starts) leaves
+# one running that nothing else knows of, holding its GPU memory; the next promotion stops it.
+def _records(settings: Settings) -> Path:
+    return settings.data_dir / "tgi" / "servers"
+
+
+def _record(settings: Settings, pid: int, url: str) -> None:
+    folder = _records(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    started = psutil.Process(pid).create_time()   # with the pid: the same process, not a later one given its pid
+    (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "url": url, "started": started}))
+
+
+def stop_leftovers(settings: Settings, *, serving_pid: int | None) -> list[int]:
+    """Stop the servers launched here that a promotion cut short left running, all but the one
+    serving (`serving_pid`); returns their pids."""
+    stopped = []
+    for path in sorted(_records(settings).glob("*.json")) if _records(settings).is_dir() else []:
+        try:
+            record = json.loads(path.read_text())
+            pid = int(record["pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            path.unlink(missing_ok=True)
+            continue
+        if pid == serving_pid:
+            continue
+        if _started_at(pid) == record.get("started"):
+            logger.warning("stopping the model server (pid %d, %s) left by a promotion cut short", pid, record.get("url"))
+            stop(pid, settings)
+            stopped.append(pid)
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+def _started_at(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
 
 
 def wait_healthy(launched: Launched, *, timeout_s: float) -> None:
@@ -166,9 +214,10 @@ def drain(url: str, *, timeout_s: float, quiet_s: float = 2.0, min_wait_s: float
     return False
 
 
-def stop(pid: int, *, timeout_s: float = 30) -> None:
+def stop(pid: int, settings: Settings | None = None, *, timeout_s: float = 30) -> None:
     """SIGTERM the server's process group (TGI shuts down its shards; `docker run` passes the
-    signal on), then SIGKILL if it lingers."""
+    signal on), then SIGKILL if it lingers; it is no longer recorded as launched."""
+    (_records(settings or get_settings()) / f"{pid}.json").unlink(missing_ok=True)
     proc = _children.pop(pid, None)
     try:
         os.killpg(pid, signal.SIGTERM)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -96,6 +97,41 @@ def test_a_new_tgi_that_fails_the_smoke_check_is_stopped_and_nothing_switches(
     [started] = [r for r in caplog.records if r.getMessage().startswith("started a model server")]
     pid = int(re.search(r"pid (\d+)", started.getMessage())[1])  # type: ignore[index]
     assert not _alive(pid)  # the refused server was stopped
+
+
+def test_a_server_left_running_by_a_promotion_cut_short_is_stopped_by_the_next_promotion(
+        tgi: list[models.Adapter], monkeypatch: pytest.MonkeyPatch) -> None:
+    v1, v2 = tgi
+    serving.promote(v1.version, actor="admin")
+    with db.connection() as conn:
+        first = models.endpoint(conn)
+
+    def ctrl_c(*args: object, **kwargs: object) -> bool:
+        raise KeyboardInterrupt
+
+    draining = tgi_controller.drain
+    monkeypatch.setattr(tgi_controller, "drain", ctrl_c)   # the admin presses Ctrl-C while the old one drains
+    with pytest.raises(KeyboardInterrupt):
+        serving.promote(v2.version, actor="admin")
+    monkeypatch.setattr(tgi_controller, "drain", draining)
+    assert first is not None and _alive(first.pid)   # v2 is live on the new server; nothing else knows of this one
+
+    serving.promote(v1.version, actor="admin")
+    assert not _alive(first.pid)
+    with db.connection() as conn:
+        serving_now = models.endpoint(conn)
+    assert serving_now is not None and serving.answers_with_adapter(serving_now.url, v1.name)
+    tgi_controller.stop(serving_now.pid)  # type: ignore[arg-type]
+
+
+def test_a_live_adapter_whose_files_are_gone_does_not_stop_the_new_server_starting(tgi: list[models.Adapter]) -> None:
+    v1, v2 = tgi
+    serving.promote(v1.version, actor="admin")
+    shutil.rmtree(v1.path)   # cleaned up by hand: TGI would refuse to start with it
+    serving.promote(v2.version, actor="admin")
+    with db.connection() as conn:
+        assert models.live(conn).name == v2.name  # type: ignore[union-attr]
+        tgi_controller.stop(models.endpoint(conn).pid)  # type: ignore[union-attr, arg-type]
 
 
 def test_a_previous_server_that_is_gone_is_not_stopped_by_its_old_pid(
