@@ -130,13 +130,19 @@ class OpenAIGenerator(TGIGenerator):
         super().__init__(url, base_model_name=base_model, **kwargs)
 
 
+def _response(e: BaseException) -> Any:
+    """The HTTP response an error came with. huggingface_hub's text-generation errors
+    (OverloadedError, ValidationError, ...) carry none themselves: it is on the HTTP error they
+    were raised from."""
+    return getattr(e, "response", None) or getattr(e.__cause__, "response", None)
+
+
 def _status(e: BaseException) -> int | None:
-    response = getattr(e, "response", None)
-    return getattr(response, "status_code", None)
+    return getattr(_response(e), "status_code", None)
 
 
 def _retry_after(e: BaseException) -> float | None:
-    response = getattr(e, "response", None)
+    response = _response(e)
     value = response.headers.get("retry-after") if response is not None else None
     try:
         return float(value) if value is not None else None
@@ -145,7 +151,7 @@ def _retry_after(e: BaseException) -> float | None:
 
 
 def _detail(e: BaseException) -> str:
-    response = getattr(e, "response", None)
+    response = _response(e)
     try:
         body = response.json() if response is not None else {}
         return str(body.get("error") or body.get("message") or body)[:300]

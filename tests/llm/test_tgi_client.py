@@ -50,6 +50,19 @@ def test_client_errors_are_not_retried_and_say_what_happened(status: int, error:
     assert type(raised.value) is error and len(fake.requests) == 1
 
 
+def test_the_raw_generate_route_is_retried_and_its_errors_mapped_as_chat_is() -> None:
+    # huggingface_hub raises its own OverloadedError / ValidationError for /generate, without the response
+    details = {"generated_text": "x", "details": {"finish_reason": "length", "generated_tokens": 1, "prefill": [],
+                                                 "tokens": [{"id": 1, "text": "x", "logprob": -0.5, "special": False}]}}
+    fake = ScriptedTGI([OVERLOADED, (200, {}, details)])
+    with fake.running() as url:
+        assert _client(url).generate("hi").generated_text == "x"
+    assert len(fake.requests) == 2
+    refused = ScriptedTGI([(422, {}, {"error": "Input validation error: inputs too long", "error_type": "validation"})])
+    with refused.running() as url, pytest.raises(InvalidRequest, match="inputs too long"):
+        _client(url).generate("hi")
+
+
 def test_an_adapter_vllm_lost_in_a_restart_is_an_unknown_adapter() -> None:
     # vLLM answers a runtime-loaded adapter it no longer has as an unknown model, in OpenAI's format
     fake = ScriptedTGI([(404, {}, {"object": "error", "type": "NotFoundError", "code": 404,
