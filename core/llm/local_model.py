@@ -6,6 +6,7 @@ converted once to safetensors under the data folder, so later starts take about 
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib.util
 import inspect
 import itertools
@@ -133,7 +134,9 @@ class LocalModel:
     """One base model, any number of LoRA adapters. Generations run one at a time, in order, on
     one decode thread, so switching the active adapter per request is safe; loading a new
     adapter (the lock) waits only for the generation in flight. A generation never waits on
-    its reader, so a client that stops reading cannot hold the model."""
+    its reader, so a client that stops reading cannot hold the model. An adapter unloaded while
+    generations are queued with it is refused to new requests at once and dropped after the
+    last of those, which it answers."""
 
     def __init__(self, model_path: str | Path, name: str | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -143,11 +146,13 @@ class LocalModel:
         dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
-        self.adapters: dict[str, str] = {}       # adapter id -> the folder it was loaded from
+        self.adapters: dict[str, str] = {}       # adapter id -> the folder it was loaded from (requests may use it)
         self.stamps: dict[str, str] = {}         # adapter id -> adapter_files_stamp of what it loaded
-        self._loaded_as: dict[str, str] = {}     # adapter id -> its name inside peft, new for each load
+        self._loaded_as: dict[str, str] = {}     # adapter id -> its name inside peft, new for each load (unloading too)
+        self._queued: collections.Counter[str] = collections.Counter()   # adapter id -> generations queued with it
         self._loads = itertools.count(1)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()            # the model: a generation, a load, a drop
+        self._books = threading.Lock()           # the dicts above, read and changed without waiting on the model
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._cache_keyword = cache_keyword(self.model)
         self.decoded_tokens = 0  # every token decoded, cancelled generations included
@@ -183,9 +188,10 @@ class LocalModel:
                     self._drop(name)
                 raise AdapterLoadFailed(f"{path}: {type(e).__name__}: {str(e).strip().splitlines()[0]}") from e
             self.model = model.eval()
-            replaced = self._loaded_as.get(adapter_id)
-            self._loaded_as[adapter_id], self.adapters[adapter_id] = name, str(path)
-            self.stamps[adapter_id] = stamp
+            with self._books:
+                replaced = self._loaded_as.get(adapter_id)
+                self._loaded_as[adapter_id], self.adapters[adapter_id] = name, str(path)
+                self.stamps[adapter_id] = stamp
             if replaced is not None:
                 self._drop(replaced)
         logger.info("adapter %s loaded from %s", adapter_id, path)
@@ -198,12 +204,24 @@ class LocalModel:
         self.model.delete_adapter(name)
 
     def unload_adapter(self, adapter_id: str) -> None:
-        with self._lock:
+        """Refuse `adapter_id` to new requests now; drop it now, or after the last generation
+        queued with it (a promotion lets go of an adapter that requests sent before it still name)."""
+        with self._books:
             if adapter_id not in self.adapters:
                 raise AdapterNotLoaded(adapter_id)
-            name = self._loaded_as.pop(adapter_id)
             del self.adapters[adapter_id], self.stamps[adapter_id]
-            if not self.adapters:  # the last one: back to the plain base model, LoRA layers removed
+            if self._queued[adapter_id]:
+                return
+        self._drop_unless_needed(adapter_id)
+
+    def _drop_unless_needed(self, adapter_id: str) -> None:
+        """Drop an unloaded adapter that no queued generation names and that was not loaded again."""
+        with self._lock:
+            with self._books:
+                if adapter_id in self.adapters or self._queued[adapter_id] or adapter_id not in self._loaded_as:
+                    return
+                name = self._loaded_as.pop(adapter_id)
+            if not self._loaded_as:  # the last one: back to the plain base model, LoRA layers removed
                 self.model = self.model.unload()
             else:
                 self._drop(name)
@@ -222,24 +240,35 @@ class LocalModel:
         """Queue a generation behind those already queued; returns its stream at once. An
         adapter that is not loaded when its turn comes ends the stream with AdapterNotLoaded."""
         stream = TokenStream()
-        self._decoder.submit(self._decode_into, stream, input_ids, params, adapter_id)
+        with self._books:
+            counted = adapter_id is not None and adapter_id in self.adapters
+            if counted:
+                self._queued[adapter_id] += 1   # type: ignore[index]
+        self._decoder.submit(self._decode_into, stream, input_ids, params, adapter_id, counted)
         return stream
 
     def _decode_into(self, stream: TokenStream, input_ids: list[int], params: GenerationParams,
-                     adapter_id: str | None) -> None:
+                     adapter_id: str | None, counted: bool) -> None:
         try:
             with self._lock:
-                if adapter_id is not None and adapter_id not in self.adapters:  # unloaded while queued
+                # Queued with an adapter since unloaded: answered with it still, as asked before the unload.
+                if adapter_id is not None and adapter_id not in (self._loaded_as if counted else self.adapters):
                     raise AdapterNotLoaded(adapter_id)
                 for item in self._decode(input_ids, params, adapter_id, stream):
                     stream.deliver(item)
-        except AdapterNotLoaded as e:  # unloaded while this request waited: the reader says so
+        except AdapterNotLoaded as e:  # the reader says so
             stream.deliver(e)
         except Exception as e:  # the reader raises it; the decode thread goes on
             logger.exception("generation failed")
             stream.deliver(e)
         finally:
             stream.deliver(None)
+            if counted:
+                with self._books:
+                    self._queued[adapter_id] -= 1
+                    if self._queued[adapter_id] <= 0:
+                        del self._queued[adapter_id]
+                self._drop_unless_needed(adapter_id)   # type: ignore[arg-type]  # the last one queued with it
 
     def _decode(self, input_ids: list[int], params: GenerationParams, adapter_id: str | None,
                 stream: TokenStream) -> Iterator[TokenOut | FinishReason]:
@@ -255,7 +284,7 @@ class LocalModel:
             self.model.set_adapter(self._loaded_as[adapter_id])
             scope: Any = contextlib.nullcontext()
         else:
-            scope = self.model.disable_adapter() if self.adapters else contextlib.nullcontext()
+            scope = self.model.disable_adapter() if self._loaded_as else contextlib.nullcontext()
         generated: list[int] = []
         text = ""
         with scope, torch.inference_mode():

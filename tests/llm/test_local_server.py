@@ -14,6 +14,7 @@ import pytest
 from core.llm.base import BackendUnavailable, ChatMessage, UnknownAdapter, adapter_files_stamp
 from core.llm.tgi import TGIGenerator
 from support.openapi import validate
+from support.polling import wait_until
 from support.servers import decoded_tokens, free_port, serve_llm
 from support.tiny_model import make_lora_adapter, register_ready_adapter
 
@@ -444,3 +445,37 @@ def test_with_an_api_key_the_server_asks_every_caller_but_health_checks_for_it(
         answered = TGIGenerator(url, api_key="sk-local-0123456789").chat([ChatMessage("user", "Hello")],
                                                                           max_new_tokens=2)
         assert answered.completion_tokens == 2
+
+
+def test_an_adapter_unloaded_while_requests_wait_for_it_answers_them_then_goes(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    """A promotion lets go of the adapter two switches back at once; requests sent with it before
+    (queued behind a long generation on a CPU) must still get their answers from it."""
+    import asyncio
+    import threading
+
+    from core.llm.local_model import AdapterNotLoaded, GenerationParams, LocalModel, TokenOut
+
+    model = LocalModel(tiny_model_dir)
+    model.load_adapter("flywheel-v1", make_lora_adapter(tiny_model_dir, tmp_path / "v1", seed=3))
+    ids, params = model.prompt_ids("Northwind laptops ship in"), GenerationParams(max_new_tokens=8)
+
+    async def tokens(stream: Any) -> list[int]:
+        return [t.id async for t in stream if isinstance(t, TokenOut)]
+
+    async def unloaded_while_queued() -> None:
+        answer = await tokens(model.generate(ids, params, "flywheel-v1"))
+        with model._lock:   # a generation in flight: the next ones wait their turn
+            queued = model.generate(ids, params, "flywheel-v1")
+            unloading = threading.Thread(target=model.unload_adapter, args=("flywheel-v1",))
+            unloading.start()
+            unloading.join(10)
+            assert not unloading.is_alive()   # refused to new requests at once, not after the generation
+            late = model.generate(ids, params, "flywheel-v1")   # sent after the unload
+        assert await tokens(queued) == answer
+        with pytest.raises(AdapterNotLoaded):
+            await tokens(late)
+
+    asyncio.run(unloaded_while_queued())
+    wait_until(lambda: not model._loaded_as, what="the adapter to go once nothing needs it")
+    assert model.adapters == {} and not hasattr(model.model, "peft_config")   # back to the plain base model
