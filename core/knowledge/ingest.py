@@ -5,6 +5,7 @@ its chunks; a record since removed from a JSONL file is deleted. A bad file is r
 and the rest of the batch still goes in."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
@@ -32,12 +33,14 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)   # (source, message)
     # Stored documents not read this time (their file failed, or is gone) given the visibility asked for.
     visibility_only: list[str] = field(default_factory=list)
+    skipped: collections.Counter[str] = field(default_factory=collections.Counter)   # in folders: type -> files
     chunks: int = 0
 
     def add(self, other: IngestReport) -> None:
         """Count `other`'s documents in this report too (several ingests shown as one)."""
         for name in ("added", "updated", "unchanged", "removed", "failed", "visibility_only"):
             getattr(self, name).extend(getattr(other, name))
+        self.skipped.update(other.skipped)
         self.chunks += other.chunks
 
     def tally(self) -> str:
@@ -50,6 +53,9 @@ class IngestReport:
         lines = [self.tally()]
         lines += [f"  failed: {message}" for _, message in self.failed]
         lines += [f"  visibility set, content as stored before: {source}" for source in self.visibility_only]
+        if self.skipped:
+            kinds = ", ".join(f"{n} {suffix or 'without an extension'}" for suffix, n in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+            lines.append(f"  skipped in the folders, not a type Flywheel reads: {kinds} (it reads {', '.join(SUPPORTED)})")
         return "\n".join(lines)
 
 
@@ -207,7 +213,7 @@ def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:
     seen: set[str] = set()
     for path in paths:
         if path.is_dir():
-            found = sorted(files_under(path))
+            found = sorted(files_under(path, skipped=report.skipped))
         elif path.is_file():
             found = [path]
         else:
@@ -219,10 +225,10 @@ def _files(paths: Sequence[Path], report: IngestReport) -> Iterator[Path]:
                 yield file
 
 
-def files_under(folder: Path) -> Iterator[Path]:
-    """The supported files under `folder`. Symlinked folders (a shared drive linked in) are
-    followed, each real folder once, so a link back up cannot loop; hidden files and folders
-    (.git, .venv, .flywheel) are not documents."""
+def files_under(folder: Path, *, skipped: collections.Counter[str] | None = None) -> Iterator[Path]:
+    """The supported files under `folder`; the others are counted by type in `skipped`.
+    Symlinked folders (a shared drive linked in) are followed, each real folder once, so a link
+    back up cannot loop; hidden files and folders (.git, .venv, .flywheel) are not documents."""
     seen: set[str] = set()
     for root, folders, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -231,8 +237,13 @@ def files_under(folder: Path) -> Iterator[Path]:
             continue
         seen.add(real)
         folders[:] = [f for f in folders if not f.startswith(".")]
-        yield from (Path(root, name) for name in names
-                    if not name.startswith(".") and Path(name).suffix.lower() in SUPPORTED and Path(root, name).is_file())
+        for name in names:
+            if name.startswith(".") or not Path(root, name).is_file():
+                continue
+            if Path(name).suffix.lower() in SUPPORTED:
+                yield Path(root, name)
+            elif skipped is not None:
+                skipped[Path(name).suffix.lower()] += 1
 
 
 def _content_hash(doc: ParsedDocument) -> str:

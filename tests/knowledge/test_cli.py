@@ -266,6 +266,17 @@ def test_ingesting_for_a_group_no_one_is_in_warns_and_names_how_to_add_members(d
     assert again.exit_code == 0 and "No one is in" not in again.output
 
 
+def test_files_of_types_flywheel_does_not_read_are_named_not_passed_over_in_silence(
+        database_url: str, tmp_path: Path) -> None:
+    (tmp_path / "handbook.md").write_text("# Handbook\n\nThe canteen opens at noon.\n")
+    for name in ("leave.docx", "travel.docx", "deck.pptx", "LICENSE", ".DS_Store"):
+        (tmp_path / name).write_bytes(b"not read")
+    result = runner.invoke(app, ["ingest", str(tmp_path)])
+    assert result.exit_code == 0 and "1 added" in result.output
+    assert ("  skipped in the folders, not a type Flywheel reads: 2 .docx, 1 without an extension, 1 .pptx "
+            "(it reads .md, .markdown, .txt, .html, .htm, .pdf, .jsonl)") in result.output
+
+
 def test_a_file_named_twice_is_ingested_and_counted_once(database_url: str, tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# A\n\nThe canteen opens at noon.\n")
     result = runner.invoke(app, ["ingest", str(tmp_path), str(tmp_path / "a.md")])
