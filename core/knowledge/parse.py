@@ -168,12 +168,33 @@ def _decode_html(name: str, data: bytes) -> str:
             raise ParseError(f"{name}: not valid {declared} text, as the page declares") from e
 
 
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)(?:\s+#+)?\s*$")   # `## Using C#` keeps its #
+_MD_UNDERLINE = re.compile(r"^ {0,3}(=+|-+)\s*$")                       # setext: Title, then === or ---
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?\r?\n)(?:---|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 
 
 def _markdown(name: str, text: str, source: str, fallback_title: str = "") -> ParsedDocument:
+    front_title, text = _front_matter(text)
     title, sections = _markdown_sections(text)
-    return _document(name, source, title or fallback_title, sections)
+    return _document(name, source, title or front_title or fallback_title, sections)
+
+
+def _front_matter(text: str) -> tuple[str, str]:
+    """YAML front matter (a static site's `---` block at the top): its title, and the text
+    without it. Not a document's words, so not searched."""
+    import yaml
+
+    match = _FRONT_MATTER.match(text)
+    if match is None:
+        return "", text
+    try:
+        meta = yaml.safe_load(match.group(1))
+    except yaml.YAMLError:
+        return "", text   # a thematic break and a paragraph, after all
+    if not isinstance(meta, dict):
+        return "", text
+    title = meta.get("title")
+    return (str(title).strip() if isinstance(title, (str, int, float)) else ""), text[match.end():]
 
 
 def _markdown_sections(text: str) -> tuple[str, list[Section]]:
@@ -196,10 +217,14 @@ def _markdown_sections(text: str) -> tuple[str, list[Section]]:
         if marker in ("```", "~~~") and fence in (None, marker):   # a fence closes with its own marker
             fence = None if fence else marker
         match = None if fence else _MD_HEADING.match(line)
-        if match is None:
+        underline = None if fence or match else _MD_UNDERLINE.match(line)
+        if underline and body and _setext_text(body[-1]) and (len(body) < 2 or not body[-2].strip()):
+            level, heading = (1 if underline.group(1)[0] == "=" else 2), body.pop().strip()
+        elif match is None:
             body.append(line)
             continue
-        level, heading = len(match.group(1)), match.group(2).strip()
+        else:
+            level, heading = len(match.group(1)), match.group(2).strip()
         if level == 1 and not title:
             flush()
             title = heading
@@ -210,6 +235,13 @@ def _markdown_sections(text: str) -> tuple[str, list[Section]]:
         stack.append((level, heading))
     flush()
     return title, sections
+
+
+def _setext_text(line: str) -> bool:
+    """Whether `line` can be a setext heading's text: a one-line paragraph, not a list item,
+    quote or table row (a `---` under those is a rule or a table's divider)."""
+    stripped = line.strip()
+    return bool(stripped) and len(line) - len(line.lstrip(" ")) <= 3 and not re.match(r"([-*+>|]|\d+[.)])(\s|$)", stripped)
 
 
 def _plain(name: str, text: str, source: str) -> ParsedDocument:

@@ -30,6 +30,26 @@ def test_markdown_sections_carry_their_heading_path() -> None:
     ]
 
 
+def test_a_static_sites_front_matter_gives_the_title_and_is_not_read_as_text() -> None:
+    [doc] = parse_bytes("leave.md", b"---\ntitle: Leave policy\nowner: people-team\n---\n\nIntro.\n\n"
+                                    b"## Annual leave\n25 days.\n")
+    assert doc.title == "Leave policy"
+    assert [(s.heading, s.text) for s in doc.sections] == [("", "Intro."), ("Annual leave", "25 days.")]
+
+
+def test_underlined_headings_are_headings_and_a_rule_is_not() -> None:
+    [doc] = parse_bytes("leave.md", b"Leave policy\n============\n\nIntro.\n\nAnnual leave\n------------\n25 days.\n"
+                                    b"\n- one item\n---\n\nAfter the rule.\n")
+    assert doc.title == "Leave policy"
+    assert [(s.heading, s.text) for s in doc.sections] == [
+        ("", "Intro."), ("Annual leave", "25 days.\n\n- one item\n---\n\nAfter the rule.")]
+
+
+def test_a_heading_ending_in_a_hash_keeps_it_unless_the_hashes_close_it() -> None:
+    [doc] = parse_bytes("tools.md", b"# Tools\n\n## Using C#\nVisual Studio.\n\n## Closed ##\nDone.\n")
+    assert [s.heading for s in doc.sections] == ["Using C#", "Closed"]
+
+
 def test_chunk_text_starts_with_title_and_heading_path() -> None:
     [doc] = parse_bytes("laptops.md", MARKDOWN)
     chunks = chunk_document(doc)
