@@ -264,6 +264,8 @@ def _html(name: str, text: str, source: str) -> ParsedDocument:
 
     soup = BeautifulSoup(text, "html.parser")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    # An article's own heading often sits in its <header>, which goes with the site's banner below.
+    title = next((h.get_text(" ", strip=True) for h in soup.find_all("h1") if h.find_parent("header")), "") or title
     for tag in soup(["script", "style", "nav", "footer", "header", "noscript", "head", "title", "select", "textarea"]):
         tag.decompose()
     lines: list[str] = []
@@ -343,7 +345,13 @@ def _pdf(name: str, data: bytes, source: str) -> ParsedDocument:
         raise ParseError(f"{name}: the PDF has no extractable text (scanned images need OCR first)")
     # PDFs carry no reliable heading structure; "# " lines are kept as headings when the text has them.
     h1, sections = _markdown_sections("\n\n".join(pages))
-    return _document(name, source, meta_title.strip() or h1, sections)
+    meta_title = "" if _MADE_UP_TITLE.match(meta_title.strip()) else meta_title.strip()
+    return _document(name, source, meta_title or h1, sections)
+
+
+# PDF titles a converter made up rather than an author wrote: the file it was printed from.
+_MADE_UP_TITLE = re.compile(r"(microsoft (word|powerpoint|excel) - .*|untitled.*|.*\.(docx?|pptx?|xlsx?|odt|rtf|pdf))?$",
+                            re.IGNORECASE)
 
 
 def _document(name: str, source: str, title: str, sections: list[Section]) -> ParsedDocument:

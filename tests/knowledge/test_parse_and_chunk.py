@@ -50,6 +50,28 @@ def test_a_heading_ending_in_a_hash_keeps_it_unless_the_hashes_close_it() -> Non
     assert [s.heading for s in doc.sections] == ["Using C#", "Closed"]
 
 
+def test_a_pdf_titled_by_the_converter_after_its_word_file_is_titled_as_a_person_would() -> None:
+    import io
+    from pathlib import Path
+
+    from pypdf import PdfWriter
+
+    printed = PdfWriter(clone_from=Path(__file__).resolve().parents[2] / "samples" / "handbook" / "security"
+                        / "travel-security.pdf")
+    printed.add_metadata({"/Title": "Microsoft Word - travel.docx"})
+    data = io.BytesIO()
+    printed.write(data)
+    [doc] = parse_bytes("travel-security.pdf", data.getvalue())
+    assert doc.title == "travel security"   # its file name, not the converter's
+
+
+def test_an_html_articles_heading_in_its_header_is_its_title_not_the_sites_name() -> None:
+    [doc] = parse_bytes("leave.html", b"<html><head><title>Northwind | Intranet</title></head><body><header>"
+                                      b"<a href='/'>Home</a><h1>Parental leave</h1></header><p>Sixteen weeks.</p>"
+                                      b"</body></html>")
+    assert doc.title == "Parental leave" and [s.text for s in doc.sections] == ["Sixteen weeks."]
+
+
 def test_chunk_text_starts_with_title_and_heading_path() -> None:
     [doc] = parse_bytes("laptops.md", MARKDOWN)
     chunks = chunk_document(doc)
