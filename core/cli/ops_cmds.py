@@ -8,7 +8,7 @@ import typer
 
 from core import backup, db, doctor
 from core.config import get_settings
-from core.knowledge import store
+from core.knowledge import ingest, store
 
 _MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
 
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{_documents(len(empty))} listed with who may see them, but without content: ingest their "
                        "files again (`flywheel ingest PATH`), or upload them again under the same names; they keep "
                        "their visibility.")
-        uploads = [s for s in empty if s.startswith("upload:")]
+        uploads = [s for s in empty if s.startswith(ingest.UPLOAD)]
         elsewhere = [s for s in empty if s not in uploads and not (Path(s).exists() or Path(s.rsplit("#", 1)[0]).exists())]
         if elsewhere:
             typer.echo(f"{_documents(len(elsewhere))} not at the old paths on this machine (e.g. {elsewhere[0]}): an "

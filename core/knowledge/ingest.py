@@ -53,10 +53,16 @@ class IngestReport:
         lines = [self.tally()]
         lines += [f"  failed: {message}" for _, message in self.failed]
         lines += [f"  visibility set, content as stored before: {source}" for source in self.visibility_only]
+        # Uploads are known by their file name only: say so when one replaced another of that name.
+        lines += [f"  replaced the document uploaded before as {source.removeprefix(UPLOAD)}; it keeps who may see "
+                  "it unless visibility was given" for source in self.updated if source.startswith(UPLOAD)]
         if self.skipped:
             kinds = ", ".join(f"{n} {suffix or 'without an extension'}" for suffix, n in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
             lines.append(f"  skipped in the folders, not a type Flywheel reads: {kinds} (it reads {', '.join(SUPPORTED)})")
         return "\n".join(lines)
+
+
+UPLOAD = "upload:"   # the source of a file uploaded on the dashboard, before its name
 
 
 # (channels, groups) a document is visible in / to, both empty for everyone; None keeps what a
@@ -90,7 +96,7 @@ def ingest_file_bytes(name: str, data: bytes, *, source: str | None = None,
                       url: str | None = None, audited_by: str | None = None) -> IngestReport:
     """Ingest one uploaded file (the dashboard's path); same rules as files on disk."""
     report = IngestReport()
-    visible, source = visibility(visible_channels, visible_groups), source or f"upload:{name}"
+    visible, source = visibility(visible_channels, visible_groups), source or f"{UPLOAD}{name}"
     _store_all(_documents_from_bytes(name, data, source, report), visible, report, url, audited_by)
     _set_visibility_of_the_rest([source], visible, report, url, audited_by)
     return report

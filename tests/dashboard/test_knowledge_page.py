@@ -39,6 +39,21 @@ def test_upload_ingests_the_file(dashboard_db: str) -> None:
     assert (entry["action"], entry["target"]) == ("knowledge.ingest", f"document:{doc.id}")
 
 
+def test_uploading_another_file_of_the_same_name_says_it_replaced_the_first_and_kept_its_visibility(
+        dashboard_db: str) -> None:
+    at = open_page("knowledge")
+    at.file_uploader[0].upload("policy.md", b"# Pay policy\n\nBands are reviewed each March.\n", "text/markdown").run()
+    at.text_input(key="kn_up_groups").input("hr")
+    at.button(key="kn_ingest").click().run()
+    at = open_page("knowledge")   # another admin, another team's policy.md
+    at.file_uploader[0].upload("policy.md", b"# Desk policy\n\nClear desks on Fridays.\n", "text/markdown").run()
+    at.button(key="kn_ingest").click().run()
+    assert ("replaced the document uploaded before as policy.md; it keeps who may see it unless visibility was "
+            "given") in texts(at)
+    [doc] = documents()
+    assert (doc.title, doc.visible_groups) == ("Desk policy", ["hr"])
+
+
 def test_an_upload_that_fails_at_one_file_stores_the_others_and_says_which(
         dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.knowledge import ingest
