@@ -110,8 +110,9 @@ def take_up(question: Question, client: WebClient, deps: Deps, *, shared_channel
     if shared_channel and not deps.settings.answer_in_shared_channels:
         logger.info("question in the externally shared channel %s declined", question.channel_id)
         try:
+            dm = question.channel_id.startswith("D")   # someone of the other organisation, in a DM
             posting.post(client, channel=question.channel_id, thread_ts=question.thread_ts,
-                         message=blocks.note(blocks.SHARED_CHANNEL))
+                         message=blocks.note(blocks.SHARED_DM if dm else blocks.SHARED_CHANNEL))
         except Exception:
             logger.exception("could not post the shared-channel note in %s", question.channel_id)
         return

@@ -248,11 +248,12 @@ def promote(version: int, settings: Settings | None = None, *, actor: str,
 
 def gate_failure(adapter: models.Adapter, settings: Settings | None = None) -> str | None:
     """Why `adapter` should not go live on its eval gate's word (`models.gate_failure`), judged
-    against the adapter that answers now."""
+    against the adapter that answers now (its files may be gone: the server holds it)."""
     settings = settings or get_settings()
     with db.connection() as conn:
         live = models.live(conn)
-    return models.gate_failure(adapter, live.name if live is not None and fits(live, settings.base_model) else None)
+    answering = live.name if live is not None and same_model(live.base_model, settings.base_model) else None
+    return models.gate_failure(adapter, answering)
 
 
 def _refuse_unless_served_model(adapter: models.Adapter, settings: Settings) -> None:

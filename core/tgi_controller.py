@@ -59,7 +59,7 @@ def promote(adapter: models.Adapter, settings: Settings | None = None, *, actor:
     with db.connection() as conn:
         old = models.endpoint(conn) or models.Endpoint(url=settings.llm_url)
         live = models.live(conn)
-    stop_leftovers(settings, serving_pid=old.pid if old.host == socket.gethostname() else None)
+    stop_leftovers(settings, serving_pid=old.pid)
     adapters = {adapter.name: adapter.path}
     # The live one rides along for the requests in flight, when TGI can load it: its files gone, or
     # trained on another model, it would stop the new server starting.
@@ -134,7 +134,8 @@ def _record(settings: Settings, pid: int, url: str) -> None:
     folder = _records(settings)
     folder.mkdir(parents=True, exist_ok=True)
     started = psutil.Process(pid).create_time()   # with the pid: the same process, not a later one given its pid
-    (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "url": url, "started": started}))
+    (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "url": url, "started": started,
+                                                    "host": socket.gethostname()}))
 
 
 def stop_leftovers(settings: Settings, *, serving_pid: int | None) -> list[int]:
@@ -148,9 +149,11 @@ def stop_leftovers(settings: Settings, *, serving_pid: int | None) -> list[int]:
         except (OSError, ValueError, KeyError, TypeError):
             path.unlink(missing_ok=True)
             continue
-        if pid == serving_pid:
+        if pid == serving_pid or record.get("host") != socket.gethostname():   # serving, or another machine's
             continue
-        if _started_at(pid) == record.get("started"):
+        started = _started_at(pid)
+        # Start times are derived from the boot time, which a clock step moves a little.
+        if started is not None and abs(started - float(record.get("started") or 0)) < 2.0:
             logger.warning("stopping the model server (pid %d, %s) left by a promotion cut short", pid, record.get("url"))
             stop(pid, settings)
             stopped.append(pid)

@@ -6,7 +6,6 @@ converted once to safetensors under the data folder, so later starts take about 
 from __future__ import annotations
 
 import asyncio
-import collections
 import importlib.util
 import inspect
 import itertools
@@ -149,10 +148,9 @@ class LocalModel:
         self.adapters: dict[str, str] = {}       # adapter id -> the folder it was loaded from (requests may use it)
         self.stamps: dict[str, str] = {}         # adapter id -> adapter_files_stamp of what it loaded
         self._loaded_as: dict[str, str] = {}     # adapter id -> its name inside peft, new for each load (unloading too)
-        self._queued: collections.Counter[str] = collections.Counter()   # adapter id -> generations queued with it
         self._loads = itertools.count(1)
         self._lock = threading.Lock()            # the model: a generation, a load, a drop
-        self._books = threading.Lock()           # the dicts above, read and changed without waiting on the model
+        self._books = threading.Lock()           # the dicts above, changed without waiting on the model
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self._cache_keyword = cache_keyword(self.model)
         self.decoded_tokens = 0  # every token decoded, cancelled generations included
@@ -204,27 +202,30 @@ class LocalModel:
         self.model.delete_adapter(name)
 
     def unload_adapter(self, adapter_id: str) -> None:
-        """Refuse `adapter_id` to new requests now; drop it now, or after the last generation
-        queued with it (a promotion lets go of an adapter that requests sent before it still name)."""
+        """Refuse `adapter_id` to new requests now, and drop it once the generations queued before
+        have run (a promotion lets go of an adapter that requests sent before it still name): the
+        drop is queued behind them on the decode thread, so it waits for none of them here."""
         with self._books:
             if adapter_id not in self.adapters:
                 raise AdapterNotLoaded(adapter_id)
             del self.adapters[adapter_id], self.stamps[adapter_id]
-            if self._queued[adapter_id]:
-                return
-        self._drop_unless_needed(adapter_id)
+            name = self._loaded_as[adapter_id]
+        self._decoder.submit(self._drop_unless_loaded_again, adapter_id, name)
 
-    def _drop_unless_needed(self, adapter_id: str) -> None:
-        """Drop an unloaded adapter that no queued generation names and that was not loaded again."""
+    def _drop_unless_loaded_again(self, adapter_id: str, name: str) -> None:
+        """Drop the load `name` of `adapter_id`, unless the id was loaded again since (a new name)."""
         with self._lock:
             with self._books:
-                if adapter_id in self.adapters or self._queued[adapter_id] or adapter_id not in self._loaded_as:
+                if adapter_id in self.adapters or self._loaded_as.get(adapter_id) != name:
                     return
-                name = self._loaded_as.pop(adapter_id)
-            if not self._loaded_as:  # the last one: back to the plain base model, LoRA layers removed
-                self.model = self.model.unload()
-            else:
-                self._drop(name)
+                del self._loaded_as[adapter_id]
+            try:
+                if not self._loaded_as:  # the last one: back to the plain base model, LoRA layers removed
+                    self.model = self.model.unload()
+                else:
+                    self._drop(name)
+            except Exception:   # on the decode thread, where nobody waits for it: say so
+                logger.exception("could not drop adapter %s", adapter_id)
 
     # -- generation ------------------------------------------------------------------------
 
@@ -240,19 +241,16 @@ class LocalModel:
         """Queue a generation behind those already queued; returns its stream at once. An
         adapter that is not loaded when its turn comes ends the stream with AdapterNotLoaded."""
         stream = TokenStream()
-        with self._books:
-            counted = adapter_id is not None and adapter_id in self.adapters
-            if counted:
-                self._queued[adapter_id] += 1   # type: ignore[index]
-        self._decoder.submit(self._decode_into, stream, input_ids, params, adapter_id, counted)
+        loaded = adapter_id is None or adapter_id in self.adapters   # an unload after this drops it after us
+        self._decoder.submit(self._decode_into, stream, input_ids, params, adapter_id, loaded)
         return stream
 
     def _decode_into(self, stream: TokenStream, input_ids: list[int], params: GenerationParams,
-                     adapter_id: str | None, counted: bool) -> None:
+                     adapter_id: str | None, loaded: bool) -> None:
         try:
             with self._lock:
-                # Queued with an adapter since unloaded: answered with it still, as asked before the unload.
-                if adapter_id is not None and adapter_id not in (self._loaded_as if counted else self.adapters):
+                # Queued with an adapter unloaded since: answered with it still, as asked before the unload.
+                if adapter_id is not None and not (loaded and adapter_id in self._loaded_as):
                     raise AdapterNotLoaded(adapter_id)
                 for item in self._decode(input_ids, params, adapter_id, stream):
                     stream.deliver(item)
@@ -263,12 +261,6 @@ class LocalModel:
             stream.deliver(e)
         finally:
             stream.deliver(None)
-            if counted:
-                with self._books:
-                    self._queued[adapter_id] -= 1
-                    if self._queued[adapter_id] <= 0:
-                        del self._queued[adapter_id]
-                self._drop_unless_needed(adapter_id)   # type: ignore[arg-type]  # the last one queued with it
 
     def _decode(self, input_ids: list[int], params: GenerationParams, adapter_id: str | None,
                 stream: TokenStream) -> Iterator[TokenOut | FinishReason]:

@@ -149,7 +149,7 @@ def run_detail(run_id: int, was_active: bool) -> None:
                 frame.done(f"Run {run_id}: " + ("cancelled." if cancelled.status == "cancelled"
                                                 else "cancellation requested. Still training, it stops at its next "
                                                 "step; in its eval gate, it finishes the gate and its adapter is "
-                                                "kept ready, not promoted."))
+                                                "kept ready, not promoted (unless its promotion has begun)."))
     if chosen.status == "failed":
         if st.button("Resume from the last checkpoint", key="tr_resume", disabled=viewer) \
                 and not frame.refuse_viewer(identity):

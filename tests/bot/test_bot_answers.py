@@ -73,7 +73,14 @@ def test_a_channel_shared_with_another_organisation_gets_a_note_not_an_answer_fr
     [note] = bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == "CSHARED")
     assert note.args["thread_ts"] == ts and note.shown_text == blocks.SHARED_CHANNEL and not note.action_values()
     assert rows("SELECT id FROM answers") == [] and model.calls == []   # nothing searched, asked or kept
-    assert "Laptop request" in bot.reply("DASKER", bot.dm("How do I get a new laptop?")).shown_text   # a DM is
+    ts = bot.next_ts()   # a direct message from someone of the other organisation
+    envelope = slack_payloads.direct_message(text="How do I get a new laptop?", user="UOUTSIDE1", channel="DOUTSIDE",
+                                             ts=ts, event_id=f"Ev{ts}", bot_user_id=BOT_USER, user_team="T999")
+    envelope["is_ext_shared_channel"] = True
+    bot.send_event(envelope)
+    [note] = bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == "DOUTSIDE")
+    assert note.shown_text == blocks.SHARED_DM and rows("SELECT id FROM answers") == []
+    assert "Laptop request" in bot.reply("DASKER", bot.dm("How do I get a new laptop?")).shown_text   # staff's DMs are
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ refusals that change nothing."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -164,6 +165,7 @@ def test_an_adapter_gated_against_the_base_model_asks_before_it_replaces_a_live_
             models.update(conn, adapter.version, path=str(tmp_path / adapter.name),
                           metrics={"gate": {"passed": True, "reasons": [], "baseline_name": "base"}})
     serving.promote(newer.version, actor="bob")
+    shutil.rmtree(tmp_path / newer.name)   # cleaned up: vLLM holds it, and it answers all the same
     at = open_page("models")
     at.selectbox(key="md_adapter").select(older.version).run()
     assert ("flywheel-v1 passed its eval gate against the base model, but flywheel-v2 answers now: the two were "

@@ -272,8 +272,11 @@ def test_a_cancel_asked_once_the_adapter_is_ready_stops_its_auto_promotion(
             wait_until(lambda: _cancel_requested(run.id), what="the cancel")
         return cancelled
 
+    promotions: list[int] = []   # no model server runs here: what matters is that none is asked for
     monkeypatch.setattr(jobs, "_cancelled_after_training", admin_cancels_just_after_the_check)
+    monkeypatch.setattr(serving, "promote", lambda version, *args, **kwargs: promotions.append(version))
     jobs.run_retrain(run.id, settings=get_settings().model_copy(update={"auto_promote": True}))
+    assert promotions == []
     with db.connection() as conn:
         cancelled = training.get_run(conn, run.id)
         assert models.live(conn) is None

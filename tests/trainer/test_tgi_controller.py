@@ -124,6 +124,35 @@ def test_a_server_left_running_by_a_promotion_cut_short_is_stopped_by_the_next_p
     tgi_controller.stop(serving_now.pid)  # type: ignore[arg-type]
 
 
+def test_only_this_machines_leftover_servers_are_stopped_and_only_while_their_pid_is_theirs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import psutil
+
+    monkeypatch.setenv("FLYWHEEL_DATA_DIR", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    records = get_settings().data_dir / "tgi" / "servers"
+    records.mkdir(parents=True)
+    servers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+               for _ in range(3)]
+    try:
+        started = [psutil.Process(s.pid).create_time() for s in servers]
+        for server, at, host, note in [(servers[0], started[0] + 0.5, socket.gethostname(), "ours (clock stepped)"),
+                                       (servers[1], started[1], "another-machine", "a shared data folder"),
+                                       (servers[2], started[2] - 3600, socket.gethostname(), "its pid reused")]:
+            (records / f"{server.pid}.json").write_text(json.dumps({"pid": server.pid, "url": note, "started": at,
+                                                                    "host": host}))
+        assert tgi_controller.stop_leftovers(get_settings(), serving_pid=None) == [servers[0].pid]
+        assert servers[0].wait(10) is not None and servers[1].poll() is None and servers[2].poll() is None
+        assert sorted(p.name for p in records.iterdir()) == [f"{servers[1].pid}.json"]   # the other machine's
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+        get_settings.cache_clear()
+
+
 def test_a_live_adapter_whose_files_are_gone_does_not_stop_the_new_server_starting(tgi: list[models.Adapter]) -> None:
     v1, v2 = tgi
     serving.promote(v1.version, actor="admin")
