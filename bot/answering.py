@@ -13,7 +13,7 @@ from typing import Any
 
 from slack_sdk import WebClient
 
-from bot import blocks, posting, reviews, store
+from bot import blocks, notices, posting, reviews, store
 from bot.deps import Deps
 from core import db, feedback
 from core.agent import run
@@ -30,6 +30,7 @@ class Question:
     ts: str
     thread_ts: str
     event_id: str | None
+    edited: bool = False   # Slack sends an @mention again when its message is edited
 
     @property
     def thread_key(self) -> str:
@@ -53,7 +54,7 @@ def question_from_event(event: dict[str, Any], event_id: str | None, bot_user_id
         text = re.sub(rf"<@{re.escape(bot_user_id)}(\|[^>]*)?>", " ", text)
     text = storable(html.unescape(re.sub(r"[ \t]+", " ", text)).strip())   # as Postgres can keep it
     return Question(channel_id=channel, user_id=user, text=text, ts=ts,
-                    thread_ts=event.get("thread_ts") or ts, event_id=event_id)
+                    thread_ts=event.get("thread_ts") or ts, event_id=event_id, edited=bool(event.get("edited")))
 
 
 # A bot process notes it is alive every `HEARTBEAT_S` (`Heartbeat`); one silent this long has
@@ -127,6 +128,9 @@ def take_up(question: Question, client: WebClient, deps: Deps, *, shared_channel
         return
     if row_id is None:
         logger.info("message %s in %s was already taken up", question.ts, question.channel_id)
+        if question.edited:   # a corrected question: say the edit is not answered, rather than nothing
+            notices.tell(client, channel=question.channel_id, user=question.user_id, text=blocks.EDIT_NOT_ANSWERED,
+                         thread_ts=question.thread_ts)
         return
     reply_ts: str | None = None
     try:

@@ -31,6 +31,8 @@ APOLOGY = ("Sorry, something went wrong while I was answering and I couldn't fin
 SHARED_CHANNEL = ("I don't answer in channels shared with other organisations: my answers come from our "
                   "internal documents, and people outside the company read this channel. Ask me in a direct "
                   "message or in one of our own channels.")
+EDIT_NOT_ANSWERED = ("I answered your question as you first asked it; an edit isn't read again. To ask the "
+                     "corrected question, mention me again in this thread.")
 SHARED_DM = ("I only answer people of our own organisation: my answers come from our internal documents.")
 THANKS_UP = "Thanks! Glad it helped."
 THANKS_DOWN = "Thanks for telling us. Your feedback goes to the people who improve these answers."

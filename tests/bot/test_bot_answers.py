@@ -109,6 +109,20 @@ def test_edits_bot_messages_and_other_message_events_are_not_answered(bot: Slack
     assert len(rows("SELECT id FROM answers")) == 1
 
 
+def test_an_edited_question_already_answered_gets_a_word_to_its_asker_not_a_second_answer(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts = bot.mention("How do I get a new laptp?", channel="CGENERAL")
+    bot.reply("CGENERAL", ts)
+    # The asker fixes the typo: Slack sends the @mention again, as a new event marked edited.
+    edited = slack_payloads.app_mention(text="How do I get a new laptop?", user=ASKER, channel="CGENERAL", ts=ts,
+                                        event_id="EvEDITED1", bot_user_id=BOT_USER)
+    edited["event"]["edited"] = {"user": ASKER, "ts": bot.next_ts()}
+    bot.send_event(edited)
+    [told] = bot.slack.wait_for("chat.postEphemeral", lambda c: c.args["user"] == ASKER)
+    assert told.args["text"] == blocks.EDIT_NOT_ANSWERED and told.args["thread_ts"] == ts
+    assert len(rows("SELECT id FROM answers")) == 1 and len(model.calls) == 1
+
+
 def test_event_retry_is_not_answered_twice(bot: SlackBot) -> None:
     ts = bot.mention("How do I get a new laptop?", event_id="EvRETRY1")
     # Slack thought the first delivery timed out and sends the same event again
