@@ -31,7 +31,7 @@ APOLOGY = ("Sorry, something went wrong while I was answering and I couldn't fin
 SHARED_CHANNEL = ("I don't answer in channels shared with other organisations: my answers come from our "
                   "internal documents, and people outside the company read this channel. Ask me in a direct "
                   "message or in one of our own channels.")
-EDIT_NOT_ANSWERED = ("I answered your question as you first asked it; an edit isn't read again. To ask the "
+EDIT_NOT_ANSWERED = ("I answer a question as it was first asked; your edit isn't read again. To ask the "
                      "corrected question, mention me again in this thread.")
 SHARED_DM = ("I only answer people of our own organisation: my answers come from our internal documents.")
 THANKS_UP = "Thanks! Glad it helped."
