@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -238,6 +239,8 @@ def recover_orphaned_runs(stalled_after_s: float = queue.STALLED_AFTER_S) -> lis
                 end_run(conn, run, "failed", f"The worker stopped after {trained.name} was trained "
                                              f"({trained.status}); it is in Models with its gate result. "
                                              "There is nothing to resume.")
+                # The copy it trained in, if the worker stopped before clearing it: the adapter is in its own folder.
+                shutil.rmtree(training.work_dir(get_settings(), run.id) / "adapter", ignore_errors=True)
             elif run.status == "queued":
                 end_run(conn, run, "failed", f"This retrain's job ended ({orphan['job_status'] or 'gone'}) before "
                                              f"the run started. Start it again with `flywheel train resume {run.id}`.")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from core import db, hyperparams
+from core.config import Settings
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -97,6 +99,11 @@ def attach_adapter(conn: psycopg.Connection, run_id: int, adapter_version: int) 
     """The adapter version this run trains (registered when training starts)."""
     conn.execute("UPDATE training_runs SET adapter_version = %(a)s WHERE id = %(id)s",
                  {"a": adapter_version, "id": run_id})
+
+
+def work_dir(settings: Settings, run_id: int) -> Path:
+    """Where the worker keeps a run's data, checkpoints and (until it is registered) adapter."""
+    return settings.adapter_root / "runs" / f"run-{run_id}"
 
 
 def requeue(conn: psycopg.Connection, run_id: int) -> TrainingRun:

@@ -89,7 +89,7 @@ def run_retrain(run_id: int, *, should_abort: Callable[[], bool] = lambda: False
 
 
 def _retrain(run: training.TrainingRun, settings: Settings, should_abort: Callable[[], bool]) -> None:
-    work = settings.adapter_root / "runs" / f"run-{run.id}"
+    work = training.work_dir(settings, run.id)
     if run.adapter_version is None and work.exists():   # never trained: what is there is another database's run
         _log(run.id, f"cleared {work}, left by an earlier run {run.id} of another database")
         shutil.rmtree(work)

@@ -26,7 +26,7 @@ LONG = {**TINY_PARAMS, "epochs": 10, "val_every": 5}  # 30 steps: long enough to
 
 
 def _work(run_id: int) -> Path:
-    return get_settings().adapter_root / "runs" / f"run-{run_id}"
+    return training.work_dir(get_settings(), run_id)
 
 
 def _training_pid(run_id: int) -> int:
@@ -349,7 +349,10 @@ def test_a_run_whose_worker_died_after_its_adapter_was_trained_is_not_trained_ag
                                   hyperparams={}, status="ready")
         training.attach_adapter(conn, run.id, adapter.version)
         models.mark_live(conn, adapter.version, actor="admin")
+    (_work(run.id) / "adapter").mkdir(parents=True)   # the copy it trained in, not cleared yet
+    (_work(run.id) / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
     assert retrain.recover_orphaned_runs(stalled_after_s=0) == [run.id]
+    assert not (_work(run.id) / "adapter").exists()
     with db.connection() as conn:
         failed = training.get_run(conn, run.id)
     assert f"The worker stopped after {adapter.name} was trained (live)" in (failed.error or "")  # type: ignore[union-attr]
