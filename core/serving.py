@@ -92,8 +92,8 @@ def _auth(settings: Settings | None) -> dict[str, str]:
 def load_adapter(name: str, path: str, url: str, backend: str, settings: Settings | None = None) -> None:
     """Make the server at `url` able to answer with `name` (does not make it live). An adapter
     our server holds already, from the same files, is not loaded again (vLLM, which cannot tell,
-    reloads it in place), nor when its files are gone: a rollback to the adapter a promotion replaced needs none (they may have been cleaned
-    up since). Rolling back further loads from files: older versions were let go of. Files
+    reloads it in place), nor when its files are gone: a rollback to the adapter a promotion
+    replaced needs none (they may have been cleaned up since). Rolling back further loads from files: older versions were let go of. Files
     written again under the same name (version numbers start again after a database reset) are
     loaded again."""
     base = url.rstrip("/")

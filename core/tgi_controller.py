@@ -133,8 +133,8 @@ def _records(settings: Settings) -> Path:
 def _record(settings: Settings, pid: int, url: str) -> None:
     folder = _records(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    started = psutil.Process(pid).create_time()   # with the pid: the same process, not a later one given its pid
-    (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "url": url, "started": started,
+    # With the pid, its start time: the same process, not a later one given its pid.
+    (folder / f"{pid}.json").write_text(json.dumps({"pid": pid, "url": url, "started": _started_at(pid),
                                                     "host": socket.gethostname()}))
 
 
@@ -142,7 +142,7 @@ def stop_leftovers(settings: Settings, *, serving_pid: int | None) -> list[int]:
     """Stop the servers launched here that a promotion cut short left running, all but the one
     serving (`serving_pid`); returns their pids."""
     stopped = []
-    for path in sorted(_records(settings).glob("*.json")) if _records(settings).is_dir() else []:
+    for path in sorted(_records(settings).glob("*.json")):   # none when the folder is not there
         try:
             record = json.loads(path.read_text())
             pid = int(record["pid"])
@@ -155,9 +155,10 @@ def stop_leftovers(settings: Settings, *, serving_pid: int | None) -> list[int]:
         # Start times are derived from the boot time, which a clock step moves a little.
         if started is not None and abs(started - float(record.get("started") or 0)) < 2.0:
             logger.warning("stopping the model server (pid %d, %s) left by a promotion cut short", pid, record.get("url"))
-            stop(pid, settings)
+            stop(pid, settings)   # forgets its record too
             stopped.append(pid)
-        path.unlink(missing_ok=True)
+        else:   # gone, or its pid another process's now
+            path.unlink(missing_ok=True)
     return stopped
 
 

@@ -79,6 +79,6 @@ def new_turn(answer_id: int, question: str, user_id: str | None, channel_id: str
     """The input of one question: resets every per-turn field (history is kept by its reducer),
     the route included: a route left from the turn before would send this question its way."""
     return {"answer_id": answer_id, "question": question, "user_id": user_id, "channel_id": channel_id,
-            "route": None, "sources": [], "draft": "", "restricted_context": False, "model": None, "adapter_id": None, "prompt_tokens": None,
-            "completion_tokens": None, "confidence": 0.0, "reason": "", "final": "", "decision": None,
+            "route": None, "sources": [], "draft": "", "restricted_context": False, "model": None, "adapter_id": None,
+            "prompt_tokens": None, "completion_tokens": None, "confidence": 0.0, "reason": "", "final": "", "decision": None,
             "timings": {}}

@@ -42,9 +42,10 @@ def get_model() -> SentenceTransformer:
             model = SentenceTransformer(model_path(), device="cpu", local_files_only=True)
             dimensions = model.get_embedding_dimension()
             if dimensions != DIMENSIONS:   # the vector columns hold 384; nothing else can be stored or searched
-                raise SettingsInvalid(f"FLYWHEEL_EMBED_MODEL {model_path()} makes {dimensions}-dimensional vectors, "
-                                 f"but the knowledge base stores {DIMENSIONS}-dimensional ones (all-MiniLM-L6-v2's): "
-                                 f"choose a model with {DIMENSIONS} dimensions.")
+                raise SettingsInvalid(
+                    f"FLYWHEEL_EMBED_MODEL {model_path()} makes {dimensions}-dimensional vectors, but the knowledge "
+                    f"base stores {DIMENSIONS}-dimensional ones (all-MiniLM-L6-v2's): choose a model with "
+                    f"{DIMENSIONS} dimensions.")
             _model = model
         return _model
 

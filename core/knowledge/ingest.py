@@ -57,7 +57,8 @@ class IngestReport:
         lines += [f"  replaced the document uploaded before as {source.removeprefix(UPLOAD)}; it keeps who may see "
                   "it unless visibility was given" for source in self.updated if source.startswith(UPLOAD)]
         if self.skipped:
-            kinds = ", ".join(f"{n} {suffix or 'without an extension'}" for suffix, n in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0])))
+            most_first = sorted(self.skipped.items(), key=lambda kind: (-kind[1], kind[0]))
+            kinds = ", ".join(f"{n} {suffix or 'without an extension'}" for suffix, n in most_first)
             lines.append(f"  skipped in the folders, not a type Flywheel reads: {kinds} (it reads {', '.join(SUPPORTED)})")
         return "\n".join(lines)
 

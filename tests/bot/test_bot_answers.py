@@ -62,7 +62,6 @@ def _mention_in_a_shared_channel(bot: SlackBot, text: str) -> str:
     envelope = slack_payloads.app_mention(text=text, user="UOUTSIDE1", channel="CSHARED", ts=ts, event_id=f"Ev{ts}",
                                           bot_user_id=BOT_USER)
     envelope["is_ext_shared_channel"] = True
-    envelope["event"]["user_team"] = "T999"
     bot.send_event(envelope)
     return ts
 
@@ -75,7 +74,7 @@ def test_a_channel_shared_with_another_organisation_gets_a_note_not_an_answer_fr
     assert rows("SELECT id FROM answers") == [] and model.calls == []   # nothing searched, asked or kept
     ts = bot.next_ts()   # a direct message from someone of the other organisation
     envelope = slack_payloads.direct_message(text="How do I get a new laptop?", user="UOUTSIDE1", channel="DOUTSIDE",
-                                             ts=ts, event_id=f"Ev{ts}", bot_user_id=BOT_USER, user_team="T999")
+                                             ts=ts, event_id=f"Ev{ts}", bot_user_id=BOT_USER)
     envelope["is_ext_shared_channel"] = True
     bot.send_event(envelope)
     [note] = bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == "DOUTSIDE")
@@ -156,17 +155,17 @@ def test_with_the_database_down_slack_gets_its_ack_and_the_asker_one_apology(
     def database_down(*args: object, **kwargs: object) -> None:
         raise psycopg.OperationalError("connection failed: Connection refused")
 
-    monkeypatch.setattr(store, "record_event", database_down)
-    monkeypatch.setattr(store, "open_question", database_down)
     ts = bot.next_ts()
     event = slack_payloads.app_mention(text="How do I get a new laptop?", user=ASKER, channel="CGENERAL", ts=ts,
                                        event_id="EvDOWN1", bot_user_id=BOT_USER)
-    bot.send_event(event)   # answered 200 (send_event checks): Slack would otherwise send it again and again
-    bot.send_event(event, retry_num=1)   # sent again all the same (the first took over 3 s)
-    [apology] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)
-    assert apology.shown_text == blocks.APOLOGY
-
-    monkeypatch.undo()   # the database is back: a question asked now is answered, after the two above
+    with monkeypatch.context() as down:
+        down.setattr(store, "record_event", database_down)
+        down.setattr(store, "open_question", database_down)
+        bot.send_event(event)   # answered 200 (send_event checks): Slack would otherwise send it again and again
+        bot.send_event(event, retry_num=1)   # sent again all the same (the first took over 3 s)
+        [apology] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)
+        assert apology.shown_text == blocks.APOLOGY
+    # The database is back: a question asked now is answered, after the two above.
     bot.reply("CGENERAL", bot.mention("How do I get a new laptop?"))
     assert len(bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)) == 1
 

@@ -275,12 +275,14 @@ def test_a_cancel_asked_once_the_adapter_is_ready_stops_its_auto_promotion(
     promotions: list[int] = []   # no model server runs here: what matters is that none is asked for
     monkeypatch.setattr(jobs, "_cancelled_after_training", admin_cancels_just_after_the_check)
     monkeypatch.setattr(serving, "promote", lambda version, *args, **kwargs: promotions.append(version))
-    jobs.run_retrain(run.id, settings=get_settings().model_copy(update={"auto_promote": True}))
+    # A generous margin: the gate passes, so only the cancel can keep the adapter from promotion.
+    jobs.run_retrain(run.id, settings=get_settings().model_copy(update={"auto_promote": True, "gate_margin": 100.0}))
     assert promotions == []
     with db.connection() as conn:
         cancelled = training.get_run(conn, run.id)
         assert models.live(conn) is None
         assert models.get(conn, cancelled.adapter_version).status == "ready"  # type: ignore[union-attr, arg-type]
+    assert cancelled.metrics["gate"]["passed"]  # type: ignore[union-attr]
     assert cancelled.status == "cancelled" and "is ready but was not promoted" in (cancelled.error or "")  # type: ignore[union-attr]
 
 
