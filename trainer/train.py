@@ -189,8 +189,11 @@ def prepare_model(base_model: Any, config: TrainConfig) -> Any:
     if isinstance(base_model, (str, Path)):
         attn = config.attn_implementation if config.attn_implementation != "auto" else (
             "flex_attention" if cuda else "sdpa")
+        # On a GPU, straight onto this process's GPU: not the whole bf16 model in CPU memory
+        # first in every process (16 GB each at 8B).
         base_model = AutoModelForCausalLM.from_pretrained(
-            base_model, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation=attn)
+            base_model, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation=attn,
+            device_map={"": process_state().device} if cuda else None)
     if cuda:
         base_model = base_model.to(process_state().device)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
@@ -242,7 +245,7 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     run left one. `on_progress(step, total, train_loss, val_loss)` and `should_stop()` run on
     the main process only, between optimiser steps."""
     from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list
+    from accelerate.utils import broadcast_object_list, gather_object
 
     if not train:
         raise ValueError("No training examples: curate and accept answers first.")
@@ -250,7 +253,8 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     process_state()
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
                               cpu=not torch.cuda.is_available())
-    model = prepare_model(base_model, config)
+    model = prepare_model(base_model, config)   # the same LoRA initialisation in every process
+    _seed(config.seed + accelerator.process_index)   # but dropout masks of its own
     packs = pack(train, config.max_seq_len)
     val_packs = pack(val, config.max_seq_len)
     accumulation = max(1, min(round(config.batch_tokens / config.max_seq_len),
@@ -272,7 +276,8 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     best_val, bad_validations, stopped_early = math.inf, 0, False
     latest = checkpoints.latest(checkpoint_dir)
     if latest is not None:
-        step, best_val, bad_validations = checkpoints.load(latest, model, optimizer, scheduler)
+        step, best_val, bad_validations = checkpoints.load(latest, model, optimizer, scheduler,
+                                                           accelerator.process_index)
         resumed_from = step
         logger.info("resuming from checkpoint at step %d", step)
 
@@ -326,9 +331,13 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
                 bad_validations += 1
         if main and on_progress is not None:
             on_progress(step, total_steps, last_loss, val_loss)
-        if main and step % config.checkpoint_every == 0 and step < total_steps:
-            checkpoints.save(checkpoint_dir / f"step-{step:06d}", model, optimizer, scheduler,
-                             step, best_val, bad_validations)
+        if step % config.checkpoint_every == 0 and step < total_steps:
+            rng = [checkpoints.rng_state()]   # every process's, so each resumes its own dropout stream
+            if world > 1:
+                rng = gather_object(rng)
+            if main:
+                checkpoints.save(checkpoint_dir / f"step-{step:06d}", model, optimizer, scheduler,
+                                 step, best_val, bad_validations, rng)
         if bad_validations >= config.patience:
             stopped_early = True
             break

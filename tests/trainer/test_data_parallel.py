@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,11 +26,11 @@ CONFIG = dict(rank=4, alpha=8, epochs=4, lr=5e-3, max_seq_len=32, batch_tokens=1
               val_every=10**6, checkpoint_every=10**6)
 
 
-def _examples() -> list[train.TokenizedExample]:
+def _examples(same_length: bool = False) -> list[train.TokenizedExample]:
     g = torch.Generator().manual_seed(1)
     out = []
     for i in range(6):
-        ids = torch.randint(10, 400, (12 + i,), generator=g).tolist()
+        ids = torch.randint(10, 400, (12 if same_length else 12 + i,), generator=g).tolist()
         out.append(train.TokenizedExample(ids, [train.IGNORE] * 5 + ids[5:]))
     return out
 
@@ -62,17 +63,53 @@ def test_two_processes_train_the_same_adapter_as_one(tiny_model_dir: Path, tmp_p
     config = {**CONFIG, "val_every": 1}
     val = _examples()[::2]
     one = train.train_lora(tiny_model_dir, _examples(), val, tmp_path / "one", TrainConfig(**config))
-    spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"model": str(tiny_model_dir), "out": str(tmp_path / "two"), "config": config,
-                                "examples": [asdict(e) for e in _examples()], "val": [asdict(e) for e in val]}))
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+    done = _train_in_two_processes(tiny_model_dir, tmp_path / "two", config, _examples(), val)
+    assert done.returncode == 0, done.stderr[-3000:]
+    val_losses = [r["val_loss"] for r in _what_each_process_saw(tmp_path)]
+    assert len(val_losses) == 2 and all(abs(v - one.val_loss) < 1e-4 for v in val_losses)  # type: ignore[operator]
+    _assert_same_adapter(_adapter(tmp_path / "one"), _adapter(tmp_path / "two"))
+
+
+def test_with_dropout_each_process_draws_its_own_masks_and_resumes_them_from_a_checkpoint(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    # One example per pack, all of one length: both processes draw masks of the same shapes, so
+    # one stream for both would give both the same masks.
+    config = {**CONFIG, "dropout": 0.2, "checkpoint_every": 2, "max_seq_len": 16}
+    examples = _examples(same_length=True)
+    assert len(train.pack(examples, 16)) == 6
+    whole = _train_in_two_processes(tiny_model_dir, tmp_path / "whole" / "out", config, examples)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    uninterrupted = [r["next_draws"] for r in _what_each_process_saw(tmp_path / "whole")]
+    assert uninterrupted[0] != uninterrupted[1]   # one stream each: not the same masks on every process
+
+    crashed = _train_in_two_processes(tiny_model_dir, tmp_path / "resumed" / "out", config, examples,
+                                      die_after_step=3)
+    assert crashed.returncode != 0
+    assert [p.name for p in (tmp_path / "resumed" / "out" / "checkpoints").iterdir()] == ["step-000002"]
+    resumed = _train_in_two_processes(tiny_model_dir, tmp_path / "resumed" / "out", config, examples)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Each process went on with its own stream from step 2: the same masks, the same adapter.
+    assert [r["next_draws"] for r in _what_each_process_saw(tmp_path / "resumed")] == uninterrupted
+    _assert_same_adapter(_adapter(tmp_path / "whole" / "out"), _adapter(tmp_path / "resumed" / "out"))
+
+
+def _train_in_two_processes(model: Path, out: Path, config: dict, examples: list[train.TokenizedExample],
+                            val: Sequence[train.TokenizedExample] = (),
+                            die_after_step: int | None = None) -> subprocess.CompletedProcess[str]:
+    """`train_process.py` under torchrun, in two processes; what they saw lands in `out`'s parent."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = out.parent / "spec.json"
+    spec.write_text(json.dumps({"model": str(model), "out": str(out), "config": config,
+                                "examples": [asdict(e) for e in examples], "val": [asdict(e) for e in val],
+                                "die_after_step": die_after_step}))
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                            str(Path(__file__).with_name("train_process.py")), str(spec)],
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    val_losses = [json.loads((tmp_path / f"val-loss-{rank}.json").read_text())["val_loss"] for rank in (0, 1)]
-    assert len(val_losses) == 2 and all(abs(v - one.val_loss) < 1e-4 for v in val_losses)  # type: ignore[operator]
-    _assert_same_adapter(_adapter(tmp_path / "one"), _adapter(tmp_path / "two"))
+
+
+def _what_each_process_saw(folder: Path) -> list[dict]:
+    return [json.loads((folder / f"val-loss-{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def test_a_retrain_in_two_processes_reports_once_and_registers_one_adapter(
