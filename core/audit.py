@@ -34,6 +34,12 @@ def count_since(conn: psycopg.Connection, action: str, seconds: float, target: s
     return int(row["n"])  # type: ignore[index]
 
 
+def happened(conn: psycopg.Connection, action: str) -> bool:
+    """Whether any `action` row is on record."""
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM audit_log WHERE action = %(x)s) AS e",
+                        {"x": action}).fetchone()["e"]  # type: ignore[index]
+
+
 def recent(conn: psycopg.Connection, limit: int = 100) -> list[AuditEntry]:
     rows = conn.execute("SELECT id, actor, action, target, details, at FROM audit_log"
                         " ORDER BY id DESC LIMIT %(n)s", {"n": limit}).fetchall()

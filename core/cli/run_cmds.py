@@ -12,11 +12,12 @@ from pathlib import Path
 
 import typer
 
-from core import db, doctor, serving
+from core import audit, db, doctor, serving
 from core.config import Settings, for_children, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "samples" / "handbook"
+SAMPLES_INGESTED = "knowledge.samples"   # audited once the handbook was ingested whole
 
 
 def slack_status(settings: Settings) -> str:
@@ -29,14 +30,18 @@ def slack_status(settings: Settings) -> str:
     return f"connecting over {mode}" + (f" on port {settings.bot_port}" if mode == "HTTP events" else "")
 
 
-def samples_left_to_ingest(sources: Sequence[str], filled: Sequence[str]) -> bool:
-    """Whether `up` ingests the sample handbook: the knowledge base (`sources`, of which
-    `filled` have content) is empty, or holds nothing but part of the handbook (a first start
-    stopped while ingesting it, or an import listed it)."""
+def samples_left_to_ingest(sources: Sequence[str], filled: Sequence[str], ingested_before: bool) -> bool:
+    """Whether `up` ingests the sample handbook: it was never ingested whole (`ingested_before`:
+    after that, documents an admin removed stay removed, even all of them), and the knowledge
+    base (`sources`, of which `filled` have content) is empty, or holds nothing but part of the
+    handbook (a first start stopped while ingesting it, or an import listed it)."""
+    return not ingested_before and set(sources) <= _handbook() and not _handbook() <= set(filled)
+
+
+def _handbook() -> set[str]:
     from core.knowledge.ingest import files_under, source_of
 
-    handbook = {source_of(f) for f in files_under(SAMPLES)}
-    return set(sources) <= handbook and not handbook <= set(filled)
+    return {source_of(f) for f in files_under(SAMPLES)}
 
 
 def taken_ports(settings: Settings) -> list[str]:
@@ -84,14 +89,19 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"database: {where} ({len(applied)} migrations applied)")
         with db.connection() as conn:
             documents = store.list_documents(conn)
-        if ingest_samples and samples_left_to_ingest([d.source for d in documents],
-                                                     [d.source for d in documents if d.chunks]):
+            ingested_before = audit.happened(conn, SAMPLES_INGESTED)
+        filled = {d.source for d in documents if d.chunks}
+        if ingest_samples and samples_left_to_ingest([d.source for d in documents], filled, ingested_before):
             typer.echo(f"first start: ingesting the sample handbook from {SAMPLES.relative_to(ROOT)}")
             try:
                 typer.echo(ingest.ingest_paths([SAMPLES]).summary())
             except KeyboardInterrupt:
                 typer.echo("stopped while ingesting the sample handbook: the next `make up` finishes it", err=True)
                 raise typer.Exit(130) from None
+            filled |= _handbook()
+        if not ingested_before and _handbook() <= filled:
+            with db.connection() as conn:
+                audit.record(conn, "flywheel up", SAMPLES_INGESTED, str(SAMPLES.relative_to(ROOT)))
         typer.echo(f"generation: {settings.llm_backend} backend at {doctor.redacted(serving.serving_url(settings))} "
                    "(answers fall back to cited excerpts while it is unreachable)")
         typer.echo(f"dashboard: http://localhost:{settings.dashboard_port}")

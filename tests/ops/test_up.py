@@ -109,6 +109,20 @@ def test_make_up_runs_every_process_answers_and_stops_cleanly_keeping_data(produ
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.count("chunks") == documents
 
+    # The admin removes the whole sample handbook: the next start leaves it removed.
+    removed = subprocess.run([sys.executable, "-m", "core.cli", "docs", "rm", str(ROOT / "samples" / "handbook")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert removed.returncode == 0, removed.stderr
+    procfile = product["data"] / "Procfile"
+    procfile.write_text(f'done: {sys.executable} -c "pass"\n')   # honcho stops once it exits
+    restarted = subprocess.run([sys.executable, "-m", "core.cli", "up", "--procfile", str(procfile)], cwd=ROOT,
+                               env=env, capture_output=True, text=True, timeout=120)
+    assert "database: embedded Postgres" in restarted.stdout, restarted.stdout + restarted.stderr
+    assert "sample handbook" not in restarted.stdout
+    left = subprocess.run([sys.executable, "-m", "core.cli", "docs", "ls"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert "The knowledge base is empty" in left.stdout
+
 
 @pytest.mark.parametrize("how", ["SIGTERM to up alone", "SIGHUP to the terminal's process group"])
 def test_up_stopped_from_outside_stops_its_processes_and_the_embedded_database(tmp_path: Path, how: str) -> None:
@@ -209,15 +223,18 @@ def test_a_second_up_says_flywheel_seems_to_be_running_instead_of_failing_on_a_p
     assert not (tmp_path / "data" / "pg").exists()   # it stopped before starting anything
 
 
-def test_samples_left_to_ingest_is_the_handbook_on_a_first_start_after_an_interrupted_one_or_an_import() -> None:
+def test_up_ingests_the_handbook_on_a_first_start_after_an_interrupted_one_or_an_import_never_after_removals() -> None:
     from core.cli.run_cmds import SAMPLES, samples_left_to_ingest
     from core.knowledge.ingest import files_under, source_of
 
     handbook = sorted(source_of(f) for f in files_under(SAMPLES))
-    assert samples_left_to_ingest([], [])                               # first start
-    assert samples_left_to_ingest(handbook[:5], handbook[:5])           # Ctrl-C while ingesting it
-    assert samples_left_to_ingest(handbook, [])                         # an import listed it, empty
-    assert not samples_left_to_ingest(handbook, handbook)               # all there
+    assert samples_left_to_ingest([], [], False)                               # first start
+    assert samples_left_to_ingest(handbook[:5], handbook[:5], False)           # Ctrl-C while ingesting it
+    assert samples_left_to_ingest(handbook, [], False)                         # an import listed it, empty
+    assert not samples_left_to_ingest(handbook, handbook, False)               # all there
     own = handbook[:5] + ["/docs/own.md"]   # the admin's own documents: left alone, even listed by an import
-    assert not samples_left_to_ingest(own, own)
-    assert not samples_left_to_ingest(["/docs/own.md"], [])
+    assert not samples_left_to_ingest(own, own, False)
+    assert not samples_left_to_ingest(["/docs/own.md"], [], False)
+    # Once ingested whole, what an admin removed stays removed: part of it, or all of it.
+    assert not samples_left_to_ingest(handbook[:5], handbook[:5], True)
+    assert not samples_left_to_ingest([], [], True)
