@@ -191,10 +191,51 @@ def answer(question: Question, row_id: int, reply_ts: str | None, client: WebCli
     finally:
         with db.connection() as conn:
             store.finish_question(conn, row_id, deps.process_id)
+    # Deleted while its answer was being shown (too late for the check before): a review card
+    # just posted closes undecided.
+    withdraw_if_deleted(row_id, client, deps)
+
+
+def question_deleted(channel_id: str, question_ts: str, client: WebClient, deps: Deps) -> None:
+    """The asker deleted a question (a DM; Slack sends no deletions of channel messages the bot
+    only hears mentioned in): one still to be answered is not, a draft waiting for review is
+    withdrawn. An answer already shown stays, as does a reviewer's decision made before."""
+    with db.connection() as conn:
+        where = store.mark_deleted(conn, channel_id, question_ts)
+    if where is not None:
+        logger.info("the question of answer %s in %s was deleted by its asker", where.answer_id, channel_id)
+        withdraw_if_deleted(where.id, client, deps)
+
+
+def withdraw_if_deleted(row_id: int, client: WebClient, deps: Deps, *, unseen: bool = False) -> bool:
+    """Whether the asker deleted this question. If so, its answer is withdrawn (an answer waiting
+    for review; with `unseen`, for a process that has shown nothing yet, any answer) and the
+    placeholder or review note says so, as does the review card."""
+    with db.connection() as conn:
+        where = store.get(conn, row_id)
+        if where is None or where.deleted_at is None:
+            return False
+        withdrawn = where.answer_id is not None and feedback.withdraw(conn, where.answer_id, by=where.user_id,
+                                                                      unseen=unseen)
+        answer = feedback.get_answer(conn, where.answer_id) if withdrawn and where.review_ts else None
+    if not (withdrawn or unseen):
+        return True
+    try:
+        if where.reply_ts:
+            posting.replace(client, deps.throttle, channel=where.channel_id, ts=where.reply_ts,
+                            message=blocks.note(blocks.QUESTION_DELETED))
+        if answer is not None:
+            with db.connection() as conn:
+                reviews.redraw_card(client, deps.throttle, conn, where, answer, deps.settings)
+    except Exception:   # withdrawn all the same: the messages only lag behind
+        logger.exception("could not show that the question in %s was deleted", where.channel_id)
+    return True
 
 
 def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps,
             earlier: int | None) -> None:
+    if withdraw_if_deleted(row_id, client, deps, unseen=True):
+        return
     try:
         outcome = run.outcome_as_asked(earlier) if earlier is not None else None
     except Exception:
@@ -229,6 +270,8 @@ def _ask(question: Question, row_id: int, reply_ts: str | None, client: WebClien
 
 def _show(question: Question, row_id: int, reply_ts: str | None, outcome: run.Outcome, client: WebClient,
           deps: Deps) -> None:
+    if withdraw_if_deleted(row_id, client, deps, unseen=True):   # while the agent was answering
+        return
     if outcome.status == "delivered":
         messages = blocks.answer_messages(outcome.answer_id, outcome.text, outcome.sources)
     else:  # waiting for a reviewer, or declined (not found, guard): a note without buttons

@@ -34,6 +34,7 @@ SHARED_CHANNEL = ("I don't answer in channels shared with other organisations: m
 EDIT_NOT_ANSWERED = ("I answer a question as it was first asked; your edit isn't read again. To ask the "
                      "corrected question, mention me again in this thread.")
 SHARED_DM = ("I only answer people of our own organisation: my answers come from our internal documents.")
+QUESTION_DELETED = "You deleted your question, so I won't answer it."
 THANKS_UP = "Thanks! Glad it helped."
 THANKS_DOWN = "Thanks for telling us. Your feedback goes to the people who improve these answers."
 ANSWER_GONE = "This answer has since been deleted, so nothing was recorded."

@@ -20,6 +20,7 @@ REJECT_MODAL = "reject_review_submit"
 
 ONLY_REVIEWERS = "Only reviewers can do this."
 ALREADY_DECIDED = "This review was already decided, so nothing changed."
+WITHDRAWN = "The asker deleted this question, so it needs no review; nothing was sent."
 DECISION_FAILED = "Sorry, recording that decision failed; the review is still open. Please try again."
 EMPTY_EDIT = "The answer can't be empty."
 EMPTY_REASON = "Please say why, for the record."
@@ -53,6 +54,8 @@ _DONE = {"approved": "approved", "edited": "edited and approved", "rejected": "r
 
 def already_decided(review: feedback.Review | None, clicker: str) -> str:
     """What a reviewer hears who clicks on a decided review: their own earlier click, or whose."""
+    if review is not None and review.status == "withdrawn":
+        return WITHDRAWN
     if review is None or review.status not in _DONE:
         return ALREADY_DECIDED
     if review.decided_by == clicker:
@@ -61,7 +64,8 @@ def already_decided(review: feedback.Review | None, clicker: str) -> str:
 
 
 CARD_TITLES = {"pending": "Answer waiting for review", "approved": "Answer approved",
-               "edited": "Answer edited and approved", "rejected": "Answer rejected"}
+               "edited": "Answer edited and approved", "rejected": "Answer rejected",
+               "withdrawn": "Question deleted by the asker"}
 
 
 def review_card(review: feedback.Review, answer: feedback.Answer, earlier: feedback.Answer | None = None,
@@ -135,6 +139,9 @@ def _decision(review: feedback.Review, *, with_edit: bool = True) -> list[Block]
     if review.status == "approved":
         line = f":white_check_mark: Approved by {who(review.decided_by)} {when}"
         return [_context(line)]
+    if review.status == "withdrawn":
+        return [_context(f":wastebasket: {who(review.decided_by)} deleted the question {when}: it needs no review, "
+                         "and nothing was sent.")]
     if review.status == "edited":
         if not with_edit:
             return [_context(f":pencil2: Edited and approved by {who(review.decided_by)} {when}")]

@@ -4,6 +4,7 @@ the questions it has yet to answer.
 Every function takes a connection and never commits: the caller owns the transaction."""
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -25,6 +26,7 @@ class SlackAnswer:
     review_channel_id: str | None
     review_ts: str | None
     delivered_ts: str | None
+    deleted_at: dt.datetime | None = None   # when the asker deleted the question
 
 
 _COLUMNS = ", ".join(f"s.{f.name}" for f in fields(SlackAnswer))
@@ -147,6 +149,20 @@ def take_for_card(conn: psycopg.Connection, review_id: int) -> bool:
     return conn.execute(
         "SELECT s.id FROM slack_answers s JOIN reviews r ON r.answer_id = s.answer_id"
         " WHERE r.id = %(r)s AND s.review_ts IS NULL FOR UPDATE OF s SKIP LOCKED", {"r": review_id}).fetchone() is not None
+
+
+def mark_deleted(conn: psycopg.Connection, channel_id: str, question_ts: str) -> SlackAnswer | None:
+    """Note that the asker deleted this question (the first deletion counts); None when it is
+    not a question the bot took up."""
+    return _one(conn.execute(
+        f"UPDATE slack_answers s SET deleted_at = coalesce(s.deleted_at, now())"
+        f" WHERE s.channel_id = %(c)s AND s.question_ts = %(q)s RETURNING {_COLUMNS}",
+        {"c": channel_id, "q": question_ts}).fetchone())
+
+
+def get(conn: psycopg.Connection, slack_answer_id: int) -> SlackAnswer | None:
+    return _one(conn.execute(f"SELECT {_COLUMNS} FROM slack_answers s WHERE s.id = %(id)s",
+                             {"id": slack_answer_id}).fetchone())
 
 
 def for_answer(conn: psycopg.Connection, answer_id: int) -> SlackAnswer | None:

@@ -120,7 +120,7 @@ SELECT a.id AS answer_id, a.created_at, a.user_id, a.channel_id, a.question, a.d
 FROM answers a
 LEFT JOIN feedback f ON f.answer_id = a.id
 LEFT JOIN curation_items c ON c.answer_id = a.id
-WHERE a.status NOT IN ('running', 'pending_review', 'failed') AND a.surface <> 'eval'
+WHERE a.status NOT IN ('running', 'pending_review', 'failed', 'withdrawn') AND a.surface <> 'eval'
   AND (%(route)s::text IS NULL OR a.route = %(route)s)
   AND (%(since)s::date IS NULL OR a.created_at >= %(since)s::date)
   AND (%(until)s::date IS NULL OR a.created_at < %(until)s::date + 1)

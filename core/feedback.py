@@ -13,9 +13,9 @@ from psycopg.types.json import Jsonb
 
 Surface = Literal["slack", "cli", "dashboard", "eval"]
 DeliveryKind = Literal["answer", "refusal"]   # the reviewed answer, or the note that a person will follow up
-AnswerStatus = Literal["running", "pending_review", "delivered", "declined", "rejected", "failed"]
+AnswerStatus = Literal["running", "pending_review", "delivered", "declined", "rejected", "failed", "withdrawn"]
 Route = Literal["answered", "review", "declined"]
-ReviewStatus = Literal["pending", "approved", "edited", "rejected"]
+ReviewStatus = Literal["pending", "approved", "edited", "rejected", "withdrawn"]   # withdrawn: the asker deleted it
 Rating = Literal["up", "down"]
 DownReason = Literal["wrong", "outdated", "incomplete", "unclear", "other"]
 DOWN_REASONS: tuple[DownReason, ...] = ("wrong", "outdated", "incomplete", "unclear", "other")
@@ -195,6 +195,27 @@ def claim_review(conn: psycopg.Connection, review_id: int, *, status: ReviewStat
         {"s": status, "by": decided_by, "e": edited_text, "rr": reject_reason, "id": review_id},
     ).fetchone()
     return _one(Review, row)
+
+
+def withdraw(conn: psycopg.Connection, answer_id: int, *, by: str, unseen: bool = False) -> bool:
+    """The asker deleted the question before its answer reached them: the answer is withdrawn
+    (never shown, never curated) and its pending review closes undecided, recorded as `by`'s.
+    An answer waiting for review is always unseen; with `unseen` (a run that finished after the
+    question was deleted, not shown yet) a delivered or declined one is withdrawn too. False
+    when there is nothing to withdraw: shown, failed, or a reviewer's decision came first (it
+    stands, and is delivered)."""
+    row = conn.execute("SELECT status FROM answers WHERE id = %(a)s FOR UPDATE", {"a": answer_id}).fetchone()
+    withdrawable = ("pending_review", "delivered", "declined") if unseen else ("pending_review",)
+    if row is None or row["status"] not in withdrawable:
+        return False
+    closed = conn.execute("UPDATE reviews SET status = 'withdrawn', decided_by = %(by)s, decided_at = now()"
+                          " WHERE answer_id = %(a)s AND status = 'pending' RETURNING id",
+                          {"a": answer_id, "by": by}).fetchone()
+    if row["status"] == "pending_review" and closed is None:   # decided, its resume under way
+        return False
+    conn.execute("UPDATE answers SET status = 'withdrawn', finished_at = coalesce(finished_at, now())"
+                 " WHERE id = %(a)s", {"a": answer_id})
+    return True
 
 
 # -- feedback --------------------------------------------------------------------------------

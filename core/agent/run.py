@@ -52,6 +52,14 @@ class ReviewNotFound(LookupError):
     """No review has that id."""
 
 
+class ReviewWithdrawn(ValueError):
+    """The asker deleted the question: there is nothing left to decide."""
+
+    def __init__(self, review_id: int) -> None:
+        super().__init__(f"The asker deleted the question of review #{review_id}, so it needs no decision; "
+                         "nothing was sent.")
+
+
 class AgentFailed(RuntimeError):
     """Answering crashed; the answer row is marked failed. Carries the id for the apology."""
 
@@ -162,7 +170,8 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None,
 
 def decide(review_id: int, decision: Decision, *, context: AgentContext | None = None) -> Outcome | None:
     """Apply a reviewer's decision: resume the paused thread, record and queue the delivery.
-    Returns None when the review was already decided (a second click, another reviewer)."""
+    Returns None when the review was already decided (a second click, another reviewer); raises
+    `ReviewWithdrawn` (a ValueError) when the asker deleted the question meanwhile."""
     action = decision["action"]
     if action == "edit" and not (decision.get("text") or "").strip():
         raise ValueError("An edited answer cannot be empty.")
@@ -173,8 +182,11 @@ def decide(review_id: int, decision: Decision, *, context: AgentContext | None =
         claimed = feedback.claim_review(conn, review_id, status=status, decided_by=decision["reviewer"],
                                         edited_text=decision.get("text"), reject_reason=decision.get("reason"))
         if claimed is None:
-            if feedback.get_review(conn, review_id) is None:
+            review = feedback.get_review(conn, review_id)
+            if review is None:
                 raise ReviewNotFound(f"There is no review {review_id}.")
+            if review.status == "withdrawn":
+                raise ReviewWithdrawn(review_id)
             return None
         answer = feedback.get_answer(conn, claimed.answer_id)
     assert answer is not None
@@ -245,12 +257,12 @@ def outcome_as_asked(answer_id: int) -> Outcome | None:
     """What `ask` returned for this answer, read again, for a surface whose process stopped after
     the agent finished and before the asker saw it. An answer that went to review is the review
     note with its review while that is pending; once decided, a note that the decision follows
-    (it is queued for delivery on its own). None while the answer is running or after it
-    failed: there is nothing to show, ask again."""
+    (it is queued for delivery on its own). None while the answer is running, after it failed,
+    or once withdrawn: there is nothing to show."""
     with db.connection() as conn:
         a = feedback.get_answer(conn, answer_id)
         review = feedback.review_for_answer(conn, answer_id)
-    if a is None or a.status in ("running", "failed"):
+    if a is None or a.status in ("running", "failed", "withdrawn"):
         return None
     if review is None or review.status == "pending":   # (a pending review's answer is pending_review)
         return _outcome_of(a, review_id=review.id if review else None)

@@ -83,6 +83,12 @@ class SlackBot:
                                                       thread_ts=thread_ts, **extra))
         return ts
 
+    def delete(self, ts: str, *, channel: str = "DASKER") -> None:
+        """The asker deletes their message `ts` in a DM with the bot."""
+        now = self.next_ts()
+        self.send_event(slack_payloads.message_deleted(channel=channel, deleted_ts=ts, ts=now, event_id=f"Ev{now}",
+                                                       bot_user_id=BOT_USER))
+
     def click(self, message: Call | dict[str, Any], action_id: str, *, user: str, channel: str | None = None,
               value: str | None = None) -> httpx.Response:
         """`user` clicks a button on a message the bot posted (or updated)."""

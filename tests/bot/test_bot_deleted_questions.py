@@ -1,0 +1,120 @@
+"""A question its asker deletes in a DM: not answered once deleted, its review closed undecided;
+an answer already shown, or a decision already taken, stands."""
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+from bot_support import ASKER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SALARY_QUESTION, SlackBot, rows
+from support.polling import wait_until
+from support.scripted_model import ScriptedModel
+
+from bot import blocks, review_view
+from core import curation, db
+from core.agent import run
+
+
+def _deleted_note(bot: SlackBot, ts: str, *, count: int) -> None:
+    """The placeholder in the deleted question's thread, updated `count` times, ends as the note."""
+    assert bot.reply("DASKER", ts, count=count).shown_text == blocks.QUESTION_DELETED
+
+
+def test_a_dm_question_deleted_while_waiting_for_review_is_withdrawn_and_its_card_closes(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    model.reply = SALARY_DRAFT
+    ts = bot.dm(SALARY_QUESTION)
+    assert "A reviewer is checking this answer" in bot.reply("DASKER", ts).shown_text
+    card = bot.card()
+    wait_until(lambda: rows("SELECT review_ts FROM slack_answers WHERE review_ts IS NOT NULL"), what="the card")
+    as_first_posted = copy.deepcopy(bot.message_of(card))
+
+    bot.delete(ts)
+
+    _deleted_note(bot, ts, count=2)
+    [closed] = bot.slack.wait_for("chat.update", lambda c: c.args["channel"] == REVIEW_CHANNEL)
+    assert not closed.action_values()
+    assert f"<@{ASKER}> deleted the question on <!date^" in closed.shown_text
+    assert review_view.CARD_TITLES["withdrawn"] in closed.shown_text
+    [row] = rows("SELECT a.id, a.status, r.status AS review, r.decided_by FROM answers a"
+                 " JOIN reviews r ON r.answer_id = a.id")
+    assert (row["status"], row["review"], row["decided_by"]) == ("withdrawn", "withdrawn", ASKER)
+
+    # A reviewer who still had the old card open is told why nothing happens.
+    bot.click(as_first_posted, review_view.APPROVE, user=REVIEWER, channel=REVIEW_CHANNEL)
+    bot.ephemeral(REVIEWER, "The asker deleted the question of review")
+    bot.click(as_first_posted, review_view.EDIT, user=REVIEWER, channel=REVIEW_CHANNEL)
+    bot.ephemeral(REVIEWER, review_view.WITHDRAWN)   # said before any modal opens
+    with pytest.raises(run.ReviewWithdrawn, match="asker deleted the question"):   # the dashboard and CLI
+        run.decide(int(rows("SELECT id FROM reviews")[0]["id"]), {"action": "approve", "reviewer": "ann"})
+    assert not rows("SELECT id FROM deliveries")
+    assert not bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)[1:]
+    with db.connection() as conn:   # never curated into training data
+        assert row["id"] not in [r.answer_id for r in curation.list_answers(conn)]
+
+
+def test_a_dm_question_deleted_while_the_agent_drafts_it_is_never_answered(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    drafting, deleted, answer_as_scripted = threading.Event(), threading.Event(), model.chat
+
+    def held_chat(*args: object, **kwargs: object) -> object:
+        drafting.set()
+        deleted.wait(30)
+        return answer_as_scripted(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.chat = held_chat  # type: ignore[method-assign]
+    ts = bot.dm("How do I get a new laptop?")
+    assert drafting.wait(30)
+    bot.delete(ts)
+    wait_until(lambda: rows("SELECT id FROM slack_answers WHERE deleted_at IS NOT NULL"), what="the deletion noted")
+    deleted.set()
+
+    _deleted_note(bot, ts, count=1)
+    wait_until(lambda: rows("SELECT id FROM slack_answers WHERE question IS NULL"), what="the question done")
+    assert [r["status"] for r in rows("SELECT status FROM answers")] == ["withdrawn"]
+    assert not bot.slack.calls_to("chat.update", lambda c: "Laptop request" in c.shown_text)
+
+
+def test_a_deleted_sensitive_question_still_drafting_gets_no_review_card(bot: SlackBot, model: ScriptedModel) -> None:
+    model.reply = SALARY_DRAFT
+    drafting, deleted, answer_as_scripted = threading.Event(), threading.Event(), model.chat
+
+    def held_chat(*args: object, **kwargs: object) -> object:
+        drafting.set()
+        deleted.wait(30)
+        return answer_as_scripted(*args, **kwargs)  # type: ignore[arg-type]
+
+    model.chat = held_chat  # type: ignore[method-assign]
+    ts = bot.dm(SALARY_QUESTION)
+    assert drafting.wait(30)
+    bot.delete(ts)
+    wait_until(lambda: rows("SELECT id FROM slack_answers WHERE deleted_at IS NOT NULL"), what="the deletion noted")
+    deleted.set()
+
+    _deleted_note(bot, ts, count=1)
+    wait_until(lambda: rows("SELECT id FROM slack_answers WHERE question IS NULL"), what="the question done")
+    assert rows("SELECT a.status, r.status AS review FROM answers a JOIN reviews r ON r.answer_id = a.id") == [
+        {"status": "withdrawn", "review": "withdrawn"}]
+    assert not bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL)
+
+
+def test_deleting_a_question_already_answered_or_decided_changes_nothing(bot: SlackBot, model: ScriptedModel) -> None:
+    answered = bot.dm("How do I get a new laptop?")
+    shown = bot.reply("DASKER", answered)
+    model.reply = SALARY_DRAFT
+    decided = bot.dm(SALARY_QUESTION)
+    bot.reply("DASKER", decided)
+    card = bot.card()
+    bot.click(card, review_view.APPROVE, user=REVIEWER)
+    [sent] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == decided
+                                and "People team" in c.shown_text)
+
+    bot.delete(answered)
+    bot.delete(decided)
+    wait_until(lambda: len(rows("SELECT id FROM slack_answers WHERE deleted_at IS NOT NULL")) == 2,
+               what="both deletions noted")
+    assert sorted(r["status"] for r in rows("SELECT status FROM answers")) == ["delivered", "delivered"]
+    assert rows("SELECT status FROM reviews") == [{"status": "approved"}]
+    assert bot.message_of(shown)["text"] == shown.args["text"]   # the answer stays as it was shown
+    assert "People team" in bot.message_of(sent)["text"]
+    assert not bot.slack.calls_to("chat.update", lambda c: c.shown_text == blocks.QUESTION_DELETED)
