@@ -156,7 +156,7 @@ class DeliveryLoop:
         backoff = 1.0
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url or db.database_url(), autocommit=True) as conn:
+                with db.listening_connection(self._url or db.database_url()) as conn:
                     # LISTEN before the first drain: a row queued in between is seen by one or the other.
                     conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(feedback.DELIVERY_CHANNEL)))
                     backoff = 1.0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -69,6 +70,18 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
     conn = psycopg.connect(url or database_url(), autocommit=autocommit, row_factory=dict_row)
     _in_time_zone(conn)
     return conn
+
+
+# A connection that only waits for notifications sends nothing: after a silent network failure
+# (a partition, a NAT that forgot it) it would wait for ever. The OS probes the server after 30 s
+# of silence and gives up after three unanswered probes 10 s apart, about a minute.
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10", "keepalives_count": "3"}
+
+
+def listening_connection(url: str) -> psycopg.Connection:
+    """An autocommit connection outside the pool for LISTEN, with TCP keepalives (keepalive
+    settings in `url` itself win)."""
+    return psycopg.connect(url, autocommit=True, **{**KEEPALIVES, **conninfo_to_dict(url)})
 
 
 def _in_time_zone(conn: psycopg.Connection) -> None:

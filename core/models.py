@@ -284,7 +284,7 @@ class LiveAdapterCache:
         backoff = 1.0
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self._url, autocommit=True) as conn:
+                with db.listening_connection(self._url) as conn:
                     conn.execute(f"LISTEN {LIVE_CHANNEL}")
                     self._mark_stale()
                     backoff = 1.0

@@ -169,3 +169,15 @@ def test_the_embedded_servers_own_pid_file_is_kept(pg_server: str) -> None:
     before = (pg_dir / "postmaster.pid").read_text()
     db.forget_stale_server(pg_dir)
     assert (pg_dir / "postmaster.pid").read_text() == before
+
+
+def test_listening_connections_have_the_os_probe_a_silent_server_unless_the_url_says_otherwise(
+        database_url: str) -> None:
+    # LISTEN connections send nothing while they wait: without keepalives a silent network
+    # failure would leave them waiting for notifications for ever.
+    with db.listening_connection(database_url) as conn:
+        assert conn.autocommit
+        settings = conn.info.get_parameters()
+    assert {k: settings.get(k) for k in db.KEEPALIVES} == db.KEEPALIVES
+    with db.listening_connection(f"{database_url}&keepalives_idle=5") as conn:
+        assert conn.info.get_parameters()["keepalives_idle"] == "5"
