@@ -191,40 +191,46 @@ def answer(question: Question, row_id: int, reply_ts: str | None, client: WebCli
     finally:
         with db.connection() as conn:
             store.finish_question(conn, row_id, deps.process_id)
-    # Deleted while its answer was being shown (too late for the check before): a review card
-    # just posted closes undecided.
+    # Deleted while its answer was being shown (after the check before showing): the note and a
+    # review card posted since say so.
     withdraw_if_deleted(row_id, client, deps)
 
 
-def question_deleted(channel_id: str, question_ts: str, client: WebClient, deps: Deps) -> None:
+def question_deleted(channel_id: str, question_ts: str, asker: str | None, client: WebClient, deps: Deps) -> None:
     """The asker deleted a question (a DM; Slack sends no deletions of channel messages the bot
     only hears mentioned in): one still to be answered is not, a draft waiting for review is
-    withdrawn. An answer already shown stays, as does a reviewer's decision made before."""
+    withdrawn. An answer already shown stays, as does a reviewer's decision made before. With
+    `asker` (who wrote the deleted message), a deletion that arrives before its question (Slack
+    delivering the question late, on a retry) keeps the question from being taken up at all."""
     with db.connection() as conn:
-        where = store.mark_deleted(conn, channel_id, question_ts)
+        where = store.mark_deleted(conn, channel_id, question_ts, asker)
     if where is not None:
-        logger.info("the question of answer %s in %s was deleted by its asker", where.answer_id, channel_id)
         withdraw_if_deleted(where.id, client, deps)
+        logger.info("the question at %s in %s was deleted by its asker (answer %s)", question_ts, channel_id,
+                    where.answer_id)
 
 
 def withdraw_if_deleted(row_id: int, client: WebClient, deps: Deps, *, unseen: bool = False) -> bool:
-    """Whether the asker deleted this question. If so, its answer is withdrawn (an answer waiting
-    for review; with `unseen`, for a process that has shown nothing yet, any answer) and the
+    """Whether the asker deleted this question. If so, its answer is withdrawn (`feedback.withdraw`:
+    a draft waiting for review; with `unseen`, from a process that has shown nothing of it, any
+    answer not decided by a reviewer), and, once withdrawn or when nothing was shown, the
     placeholder or review note says so, as does the review card."""
     with db.connection() as conn:
         where = store.get(conn, row_id)
         if where is None or where.deleted_at is None:
             return False
-        withdrawn = where.answer_id is not None and feedback.withdraw(conn, where.answer_id, by=where.user_id,
-                                                                      unseen=unseen)
-        answer = feedback.get_answer(conn, where.answer_id) if withdrawn and where.review_ts else None
-    if not (withdrawn or unseen):
+        if where.answer_id is not None:
+            feedback.withdraw(conn, where.answer_id, by=where.user_id, unseen=unseen)
+        answer = feedback.get_answer(conn, where.answer_id) if where.answer_id is not None else None
+    if answer is None and not unseen:   # still being answered: the process answering it sees this before showing
+        return True
+    if answer is not None and answer.status != "withdrawn":   # shown, or decided first: it stands
         return True
     try:
         if where.reply_ts:
             posting.replace(client, deps.throttle, channel=where.channel_id, ts=where.reply_ts,
                             message=blocks.note(blocks.QUESTION_DELETED))
-        if answer is not None:
+        if answer is not None and where.review_ts:
             with db.connection() as conn:
                 reviews.redraw_card(client, deps.throttle, conn, where, answer, deps.settings)
     except Exception:   # withdrawn all the same: the messages only lag behind
@@ -234,19 +240,21 @@ def withdraw_if_deleted(row_id: int, client: WebClient, deps: Deps, *, unseen: b
 
 def _answer(question: Question, row_id: int, reply_ts: str | None, client: WebClient, deps: Deps,
             earlier: int | None) -> None:
-    if withdraw_if_deleted(row_id, client, deps, unseen=True):
+    # An answer a stopped process recorded may have been shown: only this process's own is unseen.
+    if withdraw_if_deleted(row_id, client, deps, unseen=earlier is None):
         return
     try:
         outcome = run.outcome_as_asked(earlier) if earlier is not None else None
     except Exception:
         logger.exception("could not read answer %s again; the agent answers the question again", earlier)
         outcome = None
-    if outcome is None:
+    fresh = outcome is None
+    if fresh:
         outcome = _ask(question, row_id, reply_ts, client, deps)
     if outcome is None:
         return
     try:
-        _show(question, row_id, reply_ts, outcome, client, deps)
+        _show(question, row_id, reply_ts, outcome, client, deps, unseen=fresh)
     except Exception:
         logger.exception("showing answer %s in %s failed", outcome.answer_id, question.channel_id)
         _apologise(question, reply_ts, client, deps)
@@ -269,8 +277,8 @@ def _ask(question: Question, row_id: int, reply_ts: str | None, client: WebClien
 
 
 def _show(question: Question, row_id: int, reply_ts: str | None, outcome: run.Outcome, client: WebClient,
-          deps: Deps) -> None:
-    if withdraw_if_deleted(row_id, client, deps, unseen=True):   # while the agent was answering
+          deps: Deps, *, unseen: bool) -> None:
+    if withdraw_if_deleted(row_id, client, deps, unseen=unseen):   # while the agent was answering
         return
     if outcome.status == "delivered":
         messages = blocks.answer_messages(outcome.answer_id, outcome.text, outcome.sources)

@@ -175,9 +175,10 @@ def decided_meanwhile(review: feedback.Review | None, typed: str) -> dict[str, A
     """What a submitted edit or reject modal becomes when the review was decided (or deleted)
     while the reviewer typed: who decided, and what the reviewer wrote, to copy, not lost."""
     said = _decision(review) if review is not None else [blocks.section("This review no longer exists.")]
-    return blocks.closing_modal("Already decided", [blocks.section(ALREADY_DECIDED), *said,
-                                                    blocks.section("*What you wrote* (not sent):"),
-                                                    *blocks.sections(typed)])
+    withdrawn = review is not None and review.status == "withdrawn"
+    return blocks.closing_modal("Question deleted" if withdrawn else "Already decided",
+                                [blocks.section(WITHDRAWN if withdrawn else ALREADY_DECIDED), *said,
+                                 blocks.section("*What you wrote* (not sent):"), *blocks.sections(typed)])
 
 
 def edit_modal(review_id: int, draft: str) -> dict[str, Any]:

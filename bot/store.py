@@ -151,13 +151,20 @@ def take_for_card(conn: psycopg.Connection, review_id: int) -> bool:
         " WHERE r.id = %(r)s AND s.review_ts IS NULL FOR UPDATE OF s SKIP LOCKED", {"r": review_id}).fetchone() is not None
 
 
-def mark_deleted(conn: psycopg.Connection, channel_id: str, question_ts: str) -> SlackAnswer | None:
-    """Note that the asker deleted this question (the first deletion counts); None when it is
-    not a question the bot took up."""
+def mark_deleted(conn: psycopg.Connection, channel_id: str, question_ts: str, asker: str | None) -> SlackAnswer | None:
+    """Note that the message at `question_ts` was deleted (the first deletion counts). A message
+    of a person (`asker`) not taken up yet gets its row now, deleted, so that it never is; without
+    `asker`, None when it is not a question the bot took up."""
+    if asker is None:
+        return _one(conn.execute(
+            f"UPDATE slack_answers s SET deleted_at = coalesce(s.deleted_at, now())"
+            f" WHERE s.channel_id = %(c)s AND s.question_ts = %(q)s RETURNING {_COLUMNS}",
+            {"c": channel_id, "q": question_ts}).fetchone())
     return _one(conn.execute(
-        f"UPDATE slack_answers s SET deleted_at = coalesce(s.deleted_at, now())"
-        f" WHERE s.channel_id = %(c)s AND s.question_ts = %(q)s RETURNING {_COLUMNS}",
-        {"c": channel_id, "q": question_ts}).fetchone())
+        "INSERT INTO slack_answers AS s (channel_id, question_ts, thread_ts, user_id, deleted_at)"
+        " VALUES (%(c)s, %(q)s, %(q)s, %(u)s, now())"
+        " ON CONFLICT (channel_id, question_ts) DO UPDATE SET deleted_at = coalesce(s.deleted_at, now())"
+        f" RETURNING {_COLUMNS}", {"c": channel_id, "q": question_ts, "u": asker}).fetchone())
 
 
 def get(conn: psycopg.Connection, slack_answer_id: int) -> SlackAnswer | None:

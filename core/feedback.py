@@ -131,10 +131,11 @@ AWAITS_REVIEW = "earlier answer in thread awaits review"   # route_reason of a q
 def earlier_turn(conn: psycopg.Connection, answer: Answer) -> Answer | None:
     """The question and answer before `answer` in its conversation, if any: what a follow-up
     ("and for contractors?") means depends on it. Only turns the agent itself remembers count:
-    not a run that failed or never finished, nor a question turned away while an earlier answer
-    awaited review."""
+    not a run that failed or never finished, a question its asker deleted, nor a question turned
+    away while an earlier answer awaited review."""
     row = conn.execute(f"SELECT {_columns(Answer)} FROM answers WHERE thread_key = %(k)s AND id < %(id)s"
-                       " AND status NOT IN ('failed', 'running') AND route_reason IS DISTINCT FROM %(away)s"
+                       " AND status NOT IN ('failed', 'running', 'withdrawn')"
+                       " AND route_reason IS DISTINCT FROM %(away)s"
                        " ORDER BY id DESC LIMIT 1",
                        {"k": answer.thread_key, "id": answer.id, "away": AWAITS_REVIEW}).fetchone()
     return _one(Answer, row)
@@ -208,11 +209,11 @@ def withdraw(conn: psycopg.Connection, answer_id: int, *, by: str, unseen: bool 
     withdrawable = ("pending_review", "delivered", "declined") if unseen else ("pending_review",)
     if row is None or row["status"] not in withdrawable:
         return False
-    closed = conn.execute("UPDATE reviews SET status = 'withdrawn', decided_by = %(by)s, decided_at = now()"
-                          " WHERE answer_id = %(a)s AND status = 'pending' RETURNING id",
-                          {"a": answer_id, "by": by}).fetchone()
-    if row["status"] == "pending_review" and closed is None:   # decided, its resume under way
+    review = conn.execute("SELECT status FROM reviews WHERE answer_id = %(a)s FOR UPDATE", {"a": answer_id}).fetchone()
+    if review is not None and review["status"] != "pending":   # decided first: delivered, or on its way
         return False
+    conn.execute("UPDATE reviews SET status = 'withdrawn', decided_by = %(by)s, decided_at = now()"
+                 " WHERE answer_id = %(a)s", {"a": answer_id, "by": by})
     conn.execute("UPDATE answers SET status = 'withdrawn', finished_at = coalesce(finished_at, now())"
                  " WHERE id = %(a)s", {"a": answer_id})
     return True

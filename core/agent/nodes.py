@@ -164,15 +164,18 @@ def assess(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
 
 def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Wait for a person. The review row is written before `interrupt()` idempotently, since a
-    resumed node runs again from its top."""
+    resumed node runs again from its top (and must not undo what became of the answer since:
+    withdrawn, for one)."""
     with db.connection() as conn:
         review_id = feedback.open_review(conn, state["answer_id"], state["reason"])
-        feedback.update_answer(conn, state["answer_id"], status="pending_review", route="review",
-                               route_reason=state["reason"], draft=state["draft"],
-                               confidence=state["confidence"], sources=state["sources"],
-                               restricted_context=state.get("restricted_context", False),
-                               model=state.get("model"), adapter_id=state.get("adapter_id"),
-                               timings=state.get("timings", {}))
+        answer = feedback.get_answer(conn, state["answer_id"])
+        if answer is not None and answer.status == "running":   # the first time here
+            feedback.update_answer(conn, state["answer_id"], status="pending_review", route="review",
+                                   route_reason=state["reason"], draft=state["draft"],
+                                   confidence=state["confidence"], sources=state["sources"],
+                                   restricted_context=state.get("restricted_context", False),
+                                   model=state.get("model"), adapter_id=state.get("adapter_id"),
+                                   timings=state.get("timings", {}))
     decision: Decision = interrupt({
         "review_id": review_id, "answer_id": state["answer_id"], "question": state["question"],
         "draft": state["draft"], "reason": state["reason"], "confidence": state["confidence"],
@@ -190,8 +193,11 @@ def decided_text(decision: Decision, draft: str) -> str:
 
 
 def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
-    """Record the outcome. An answer decided by a reviewer is queued for the asker's surface."""
+    """Record the outcome. An answer decided by a reviewer is queued for the asker's surface; a
+    withdrawn one (recorded as such already) is not, nor remembered as a turn of the thread."""
     decision = state.get("decision")
+    if decision is not None and decision["action"] == "withdraw":
+        return {}
     route = state.get("route", "declined")
     how = {"route": route, "route_reason": state.get("reason"), "draft": state.get("draft") or None,
            "confidence": state.get("confidence"), "sources": state.get("sources", []),

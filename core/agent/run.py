@@ -142,7 +142,12 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None,
                                            channel_id=asker.channel_id)
         if on_recorded is not None:
             on_recorded(conn, answer_id)
-    if graph.get_state(config).interrupts:
+    state = graph.get_state(config)
+    if state.interrupts and _withdrawn(state.values.get("answer_id")):
+        # The asker deleted the question under review: release the thread, nothing delivered.
+        graph.invoke(Command(resume={"action": "withdraw", "reviewer": asker.user_id or ""}), config, context=context)
+        state = graph.get_state(config)
+    if state.interrupts:
         with db.connection() as conn:
             feedback.update_answer(conn, answer_id, status="declined", route="declined",
                                    route_reason=feedback.AWAITS_REVIEW,
@@ -166,6 +171,12 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None,
         feedback.update_answer(conn, answer_id, timings=timings)
     metrics.observe_timings(timings)
     return _outcome(answer_id, review_id=review_id)
+
+
+def _withdrawn(answer_id: int | None) -> bool:
+    with db.connection() as conn:
+        answer = feedback.get_answer(conn, answer_id) if answer_id is not None else None
+    return answer is not None and answer.status == "withdrawn"
 
 
 def decide(review_id: int, decision: Decision, *, context: AgentContext | None = None) -> Outcome | None:

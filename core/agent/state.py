@@ -33,9 +33,10 @@ class Turn(TypedDict, total=False):
 
 
 class Decision(TypedDict, total=False):
-    """A reviewer's decision, the value `interrupt()` resumes with."""
+    """A reviewer's decision, the value `interrupt()` resumes with; "withdraw" (the asker
+    deleted the question) only releases the thread: nothing is recorded or delivered."""
 
-    action: Literal["approve", "edit", "reject"]
+    action: Literal["approve", "edit", "reject", "withdraw"]
     reviewer: str
     text: str      # edit: the answer to deliver
     reason: str    # reject: why

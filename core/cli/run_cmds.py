@@ -94,11 +94,12 @@ def register(app: typer.Typer) -> None:
         if ingest_samples and samples_left_to_ingest([d.source for d in documents], filled, ingested_before):
             typer.echo(f"first start: ingesting the sample handbook from {SAMPLES.relative_to(ROOT)}")
             try:
-                typer.echo(ingest.ingest_paths([SAMPLES]).summary())
+                report = ingest.ingest_paths([SAMPLES])
             except KeyboardInterrupt:
                 typer.echo("stopped while ingesting the sample handbook: the next `make up` finishes it", err=True)
                 raise typer.Exit(130) from None
-            filled |= _handbook()
+            typer.echo(report.summary())
+            filled |= _handbook() - {source for source, _ in report.failed}   # a failed file: tried again next time
         if not ingested_before and _handbook() <= filled:
             with db.connection() as conn:
                 audit.record(conn, "flywheel up", SAMPLES_INGESTED, str(SAMPLES.relative_to(ROOT)))

@@ -83,11 +83,11 @@ class SlackBot:
                                                       thread_ts=thread_ts, **extra))
         return ts
 
-    def delete(self, ts: str, *, channel: str = "DASKER") -> None:
-        """The asker deletes their message `ts` in a DM with the bot."""
+    def delete(self, ts: str, *, user: str = ASKER, channel: str = "DASKER") -> None:
+        """`user` deletes their message `ts` in a DM with the bot."""
         now = self.next_ts()
-        self.send_event(slack_payloads.message_deleted(channel=channel, deleted_ts=ts, ts=now, event_id=f"Ev{now}",
-                                                       bot_user_id=BOT_USER))
+        self.send_event(slack_payloads.message_deleted(user=user, channel=channel, deleted_ts=ts, ts=now,
+                                                       event_id=f"Ev{now}", bot_user_id=BOT_USER))
 
     def click(self, message: Call | dict[str, Any], action_id: str, *, user: str, channel: str | None = None,
               value: str | None = None) -> httpx.Response:

@@ -58,16 +58,18 @@ def direct_message(*, text: str, user: str, channel: str, ts: str, event_id: str
     return body
 
 
-def message_deleted(*, channel: str, deleted_ts: str, ts: str, event_id: str, bot_user_id: str) -> dict[str, Any]:
-    """An event_callback envelope with a message.im event of subtype message_deleted: the
-    message at `deleted_ts` was deleted (hidden, no user; the deleted message rides along)."""
+def message_deleted(*, user: str, channel: str, deleted_ts: str, ts: str, event_id: str,
+                    bot_user_id: str) -> dict[str, Any]:
+    """An event_callback envelope with a message.im event of subtype message_deleted: `user`'s
+    message at `deleted_ts` was deleted (the event is hidden and names no user; the deleted
+    message rides along)."""
     body = copy.deepcopy(_example("events/message_im_thread_reply.json"))
     body["event_id"] = event_id
     body["authorizations"][0]["user_id"] = bot_user_id
-    previous = {k: v for k, v in body["event"].items() if k in ("type", "user", "text", "team")}
+    previous = {k: v for k, v in body["event"].items() if k in ("type", "text", "team")}
     body["event"] = {"type": "message", "subtype": "message_deleted", "hidden": True, "channel": channel,
                      "ts": ts, "deleted_ts": deleted_ts, "event_ts": ts, "channel_type": "im",
-                     "previous_message": {**previous, "ts": deleted_ts}}
+                     "previous_message": {**previous, "user": user, "ts": deleted_ts}}
     return body
 
 

@@ -3,10 +3,13 @@ an answer already shown, or a decision already taken, stands."""
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 
 import pytest
-from bot_support import ASKER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SALARY_QUESTION, SlackBot, rows
+import slack_payloads
+from bot_support import (ASKER, BOT_USER, LAPTOP_ANSWER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SALARY_QUESTION,
+                         SlackBot, rows)
 from support.polling import wait_until
 from support.scripted_model import ScriptedModel
 
@@ -28,6 +31,8 @@ def test_a_dm_question_deleted_while_waiting_for_review_is_withdrawn_and_its_car
     card = bot.card()
     wait_until(lambda: rows("SELECT review_ts FROM slack_answers WHERE review_ts IS NOT NULL"), what="the card")
     as_first_posted = copy.deepcopy(bot.message_of(card))
+    bot.click(card, review_view.REJECT, user=REVIEWER)   # a reviewer starts typing a reason
+    modal = bot.modal(review_view.REJECT_MODAL)
 
     bot.delete(ts)
 
@@ -45,6 +50,10 @@ def test_a_dm_question_deleted_while_waiting_for_review_is_withdrawn_and_its_car
     bot.ephemeral(REVIEWER, "The asker deleted the question of review")
     bot.click(as_first_posted, review_view.EDIT, user=REVIEWER, channel=REVIEW_CHANNEL)
     bot.ephemeral(REVIEWER, review_view.WITHDRAWN)   # said before any modal opens
+    shown = bot.submit(modal, {"reason": {"reason": {"type": "plain_text_input", "value": "Bands are private."}}},
+                       user=REVIEWER).json()
+    assert shown["response_action"] == "update" and "submit" not in shown["view"]
+    assert review_view.WITHDRAWN in str(shown["view"]["blocks"]) and "Bands are private." in str(shown["view"])
     with pytest.raises(run.ReviewWithdrawn, match="asker deleted the question"):   # the dashboard and CLI
         run.decide(int(rows("SELECT id FROM reviews")[0]["id"]), {"action": "approve", "reviewer": "ann"})
     assert not rows("SELECT id FROM deliveries")
@@ -98,7 +107,14 @@ def test_a_deleted_sensitive_question_still_drafting_gets_no_review_card(bot: Sl
     assert not bot.slack.calls_to("chat.postMessage", lambda c: c.args["channel"] == REVIEW_CHANNEL)
 
 
-def test_deleting_a_question_already_answered_or_decided_changes_nothing(bot: SlackBot, model: ScriptedModel) -> None:
+def _deletions_handled(caplog: pytest.LogCaptureFixture, count: int) -> None:
+    wait_until(lambda: sum("deleted by its asker" in r.getMessage() for r in caplog.records) >= count,
+               what=f"{count} deletions handled")
+
+
+def test_deleting_a_question_already_answered_or_decided_changes_nothing(
+        bot: SlackBot, model: ScriptedModel, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bot.answering")
     answered = bot.dm("How do I get a new laptop?")
     shown = bot.reply("DASKER", answered)
     model.reply = SALARY_DRAFT
@@ -111,10 +127,46 @@ def test_deleting_a_question_already_answered_or_decided_changes_nothing(bot: Sl
 
     bot.delete(answered)
     bot.delete(decided)
-    wait_until(lambda: len(rows("SELECT id FROM slack_answers WHERE deleted_at IS NOT NULL")) == 2,
-               what="both deletions noted")
+    _deletions_handled(caplog, 2)
+    assert len(rows("SELECT id FROM slack_answers WHERE deleted_at IS NOT NULL")) == 2
     assert sorted(r["status"] for r in rows("SELECT status FROM answers")) == ["delivered", "delivered"]
     assert rows("SELECT status FROM reviews") == [{"status": "approved"}]
     assert bot.message_of(shown)["text"] == shown.args["text"]   # the answer stays as it was shown
     assert "People team" in bot.message_of(sent)["text"]
     assert not bot.slack.calls_to("chat.update", lambda c: c.shown_text == blocks.QUESTION_DELETED)
+
+
+def test_a_question_whose_deletion_arrives_first_is_never_taken_up(
+        bot: SlackBot, caplog: pytest.LogCaptureFixture) -> None:
+    # Slack delivered the deletion, then retried the question's own event late.
+    caplog.set_level(logging.INFO, logger="bot.answering")
+    ts = bot.next_ts()
+    bot.delete(ts)
+    _deletions_handled(caplog, 1)
+    bot.send_event(slack_payloads.direct_message(text="How do I get a new laptop?", user=ASKER, channel="DASKER",
+                                                 ts=ts, event_id=f"Ev{ts}", bot_user_id=BOT_USER), retry_num=1)
+    wait_until(lambda: any("already taken up" in r.getMessage() for r in caplog.records), what="the question seen")
+    assert not rows("SELECT id FROM answers")
+    assert not bot.slack.calls_to("chat.postMessage")
+
+
+def test_a_thread_whose_follow_up_was_withdrawn_answers_the_next_without_it(
+        bot: SlackBot, model: ScriptedModel, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="bot.answering")
+    first = bot.dm("How do I get a new laptop?")
+    bot.reply("DASKER", first)
+    model.reply = SALARY_DRAFT
+    follow_up = bot.dm(SALARY_QUESTION, thread_ts=first)
+    bot.card()
+    bot.delete(follow_up)
+    _deletions_handled(caplog, 1)
+
+    model.reply = LAPTOP_ANSWER
+    bot.dm("And how long does delivery take?", thread_ts=first)
+    [_, _, third] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == first, count=3)
+    [shown] = bot.slack.wait_for("chat.update", lambda c: c.args["ts"] == third.response["ts"])
+    assert "Laptop request" in shown.shown_text   # not turned away as waiting on a review
+    assert [r["status"] for r in rows("SELECT status FROM answers ORDER BY id")] == [
+        "delivered", "withdrawn", "delivered"]
+    remembered = " ".join(m.content for m in model.calls[-1])
+    assert "How do I get a new laptop?" in remembered and SALARY_QUESTION not in remembered

@@ -13,7 +13,9 @@ def handle_direct_message(ack: Ack, body: dict[str, Any], event: dict[str, Any],
                           context: BoltContext) -> None:
     ack()
     if event.get("subtype") == "message_deleted" and event.get("channel_type") == "im":
-        answering.question_deleted(event["channel"], event["deleted_ts"], client, deps.of(context))
+        deleted = event.get("previous_message") or {}   # a person's message, not one of a bot
+        asker = deleted.get("user") if not deleted.get("bot_id") else None
+        answering.question_deleted(event["channel"], event["deleted_ts"], asker, client, deps.of(context))
         return
     if not answering.is_direct_question(event):
         return  # edits, bots, channel messages: nothing to answer
