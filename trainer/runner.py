@@ -46,13 +46,27 @@ def main(work: Path) -> int:
         return CANCELLED_EXIT
     except Exception as e:  # the boundary of the process: the worker reads the reason from result.json
         logger.exception("retrain run %s failed", run_id)
-        _write(work, {"status": "failed", "error": f"{type(e).__name__}: {e}",
+        _write(work, {"status": "failed", "error": failure_message(e),
                       "traceback": traceback.format_exc()[-4000:]}, main_process)
         return 1
     finally:
         db.close_pools()
     _write(work, result, main_process)
     return 0
+
+
+def failure_message(e: Exception) -> str:
+    """What the run's record says went wrong; when the GPU ran out of memory, what to change
+    (a resume would run out again: it keeps the run's parameters)."""
+    import torch
+
+    if isinstance(e, torch.OutOfMemoryError):
+        detail = str(e).split("\n")[0]
+        return (f"The GPU ran out of memory ({detail}). A resume keeps this run's parameters and would run out "
+                "again: start a new run that needs less, e.g. `flywheel train --param gradient_checkpointing=true`, "
+                "a smaller max_seq_len (`--param max_seq_len=1024`) or `--param packs_per_forward=1`; a model "
+                "server on the same GPU leaves less room.")
+    return f"{type(e).__name__}: {e}"
 
 
 def _run(spec: dict[str, Any], work: Path, run_id: int, parent: int, log: Any,
