@@ -177,7 +177,8 @@ def _answer_later(question: Question, row_id: int, reply_ts: str | None, client:
             logger.exception("could not hand on a waiting question from %s; it is taken over once this "
                              "process has gone silent", question.channel_id)
 
-    deps.run_later(question.thread_key, lambda: answer(question, row_id, reply_ts, client, deps, earlier=earlier),
+    deps.run_later(question.thread_key, question.user_id,
+                   lambda: answer(question, row_id, reply_ts, client, deps, earlier=earlier),
                    if_not_started=keep_for_next_start)
 
 

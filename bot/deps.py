@@ -7,8 +7,7 @@ import os
 import socket
 import threading
 import uuid
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,58 +28,78 @@ AGENT_RUNS = 8          # questions answered at once per bot process; more wait 
 
 
 class KeyedQueue:
-    """Work run on a pool of `workers` threads, one piece at a time per key, in the order given:
-    the pieces of one key hold one worker between them, so a busy Slack thread (a burst of follow-ups) cannot take
-    every worker from the other threads, and a thread's answers come in the order asked."""
+    """Work run on a pool of `workers` threads, one piece at a time per key, in the order given.
+    A piece has keys (its Slack thread and its asker): it starts once none of them is busy and
+    no piece given before it, still waiting, shares one. So a thread's answers come in the order
+    asked, and neither a busy thread (a burst of follow-ups) nor one asker (a flood of
+    questions) can take every worker from the others."""
 
     def __init__(self, workers: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent")
         self._guard = threading.Lock()
         self._closed = False
-        self._waiting: dict[str, deque[tuple[Callable[[], None], Callable[[], None]]]] = {}  # key: after the running
+        self._busy: set[str] = set()   # keys of the pieces started and not done
+        self._started = 0
+        self._waiting: list[tuple[frozenset[str], Callable[[], None], Callable[[], None]]] = []
 
-    def submit(self, key: str, work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
-        """Run `work` after the work of `key` given before it; `if_not_started` instead when the
-        pool closes first (or has closed)."""
+    def submit(self, keys: Sequence[str], work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
+        """Run `work` after the work given before it that shares one of `keys`; `if_not_started`
+        instead when the pool closes first (or has closed)."""
         with self._guard:
-            if key in self._waiting:   # one of this key's runs: it starts this one when it is done
-                self._waiting[key].append((work, if_not_started))
-                return
-            self._waiting[key] = deque()
-        self._start(key, work, if_not_started)
+            self._waiting.append((frozenset(keys), work, if_not_started))
+        self._dispatch()
 
-    def _start(self, key: str, work: Callable[[], None], if_not_started: Callable[[], None]) -> None:
+    def _dispatch(self) -> None:
+        """Start the pieces now free to start; once closing, hand on those instead (in order per
+        key: a piece is handed on only when the piece of its key before it is done)."""
+        with self._guard:
+            free, still, blocked = [], [], set(self._busy)
+            for piece in self._waiting:
+                keys = piece[0]
+                if keys & blocked:
+                    still.append(piece)
+                    blocked |= keys   # it waits, and so does any later piece sharing a key with it
+                    continue
+                free.append(piece)
+                if not self._closed:
+                    self._busy |= keys
+                    self._started += 1
+                    blocked |= keys
+            self._waiting = still
+            closed = self._closed
+        for keys, work, if_not_started in free:
+            if closed:
+                if_not_started()
+            else:
+                self._start(keys, work, if_not_started)
+
+    def _start(self, keys: frozenset[str], work: Callable[[], None], if_not_started: Callable[[], None]) -> None:
         try:
             future = self._pool.submit(work)
         except RuntimeError:  # cannot schedule new futures after shutdown
             if_not_started()
-            self._next(key)
+            self._done(keys)
             return
-        future.add_done_callback(lambda f: (_settled(f, if_not_started), self._next(key)))
+        future.add_done_callback(lambda f: (_settled(f, if_not_started), self._done(keys)))
 
-    def _next(self, key: str) -> None:
-        """Start the key's next piece; once closing, hand on all the rest instead. (A cancelled
-        future's callback runs inside the pool's shutdown, which a submit there would wait on.)"""
+    def _done(self, keys: frozenset[str]) -> None:
         with self._guard:
-            waiting = self._waiting[key]
-            following = waiting.popleft() if waiting and not self._closed else None
-            if following is None:
-                del self._waiting[key]
-        if following is not None:
-            self._start(key, *following)
-            return
-        for _, not_started in waiting:   # closing: the rest is handed on, in order
-            not_started()
+            self._busy -= keys
+            self._started -= 1
+        self._dispatch()
 
     def __len__(self) -> int:
-        """Keys with work running or waiting."""
+        """Pieces of work running or waiting."""
         with self._guard:
-            return len(self._waiting)
+            return self._started + len(self._waiting)
 
     def close(self) -> None:
-        """Finish the work under way; the rest gets its `if_not_started`."""
+        """Finish the work under way; the rest gets its `if_not_started`. (A cancelled future's
+        callback runs inside the pool's shutdown, which a submit there would wait on: once
+        closing, nothing is submitted.)"""
         with self._guard:
             self._closed = True
+        self._dispatch()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -98,13 +117,15 @@ class Deps:
     # This process, in the records of the questions it is answering (see store.release_orphans).
     process_id: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
 
-    def run_later(self, thread_key: str, work: Callable[[], None], *, if_not_started: Callable[[], None]) -> None:
-        """Run `work` on the worker pool once the work given before for the same Slack thread is
-        done (one agent run at a time per thread in this process: a quick follow-up waits for
-        the answer before it, so the thread's history stays in order); `if_not_started` instead
-        when the pool closes first (or has already closed: a question can arrive while the
-        process stops)."""
-        self.agent_runs.submit(thread_key, work, if_not_started=if_not_started)
+    def run_later(self, thread_key: str, asker: str, work: Callable[[], None], *,
+                  if_not_started: Callable[[], None]) -> None:
+        """Run `work` on the worker pool once the work given before for the same Slack thread,
+        or from the same asker, is done (one agent run at a time per thread and per asker in this
+        process: a quick follow-up waits for the answer before it, so the thread's history stays
+        in order, and one asker's flood of questions waits on itself, not on everyone else);
+        `if_not_started` instead when the pool closes first (or has already closed: a question
+        can arrive while the process stops)."""
+        self.agent_runs.submit((thread_key, f"asker:{asker}"), work, if_not_started=if_not_started)
 
     def close(self) -> None:
         """Finish the agent runs under way; those not begun get their `if_not_started` (the

@@ -213,8 +213,8 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
 
     model.chat = held_chat  # type: ignore[method-assign]
     asked = []
-    for i in range(AGENT_RUNS):  # one at a time, so that these are the runs under way
-        asked.append(bot.mention(f"How do I get a new laptop? ({i})", channel="CGENERAL"))
+    for i in range(AGENT_RUNS):  # one at a time, so that these are the runs under way (an asker each)
+        asked.append(bot.mention(f"How do I get a new laptop? ({i})", channel="CGENERAL", user=f"UASK{i}"))
         assert started.acquire(timeout=30), f"agent run {i} under way"
     asked.append(bot.mention(f"How do I get a new laptop? ({AGENT_RUNS})", channel="CGENERAL"))
     bot.placeholder("CGENERAL", asked[-1])  # taken up, waiting for a free agent run
@@ -244,6 +244,27 @@ def test_questions_not_begun_when_the_bot_stops_are_answered_when_it_starts_agai
     assert rows("SELECT question FROM slack_answers WHERE question_ts = %(ts)s", ts=asked[-1]) == [
         {"question": None}]
     assert len(rows("SELECT id FROM answers")) == AGENT_RUNS + 1
+
+
+def test_an_askers_flood_of_questions_does_not_keep_others_waiting(bot: SlackBot, model: ScriptedModel) -> None:
+    flooding, answer_as_scripted = threading.Event(), model.chat
+
+    def slow_for_the_flood(messages: list, **kwargs: object) -> object:
+        if any("Flood" in m.content for m in messages):
+            flooding.wait(30)
+        return answer_as_scripted(messages, **kwargs)  # type: ignore[arg-type]
+
+    model.chat = slow_for_the_flood  # type: ignore[method-assign]
+    try:
+        flood = [bot.dm(f"Flood question {i}: how do I get a new laptop?") for i in range(AGENT_RUNS + 1)]
+        wait_until(lambda: len(rows("SELECT id FROM answers")) == 1, what="the first of the flood under way")
+        other = bot.dm("How do I get a new laptop?", user="UOTHER", channel="DOTHER")
+        assert "Laptop request" in bot.reply("DOTHER", other).shown_text   # answered while the flood waits
+        assert len(rows("SELECT id FROM answers WHERE user_id = %(u)s", u=ASKER)) == 1
+    finally:
+        flooding.set()
+    for ts in flood:   # then the whole flood, none lost
+        assert "Laptop request" in bot.reply("DASKER", ts).shown_text
 
 
 def test_a_question_is_linked_to_its_answer_before_the_agent_runs(bot: SlackBot, model: ScriptedModel) -> None:

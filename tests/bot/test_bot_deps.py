@@ -1,6 +1,6 @@
-"""The agent runs: one at a time per Slack thread, in order, holding one worker per thread (a
-busy thread never starves the others); nothing a run raises goes unlogged; work not begun when
-the bot stops is handed on."""
+"""The agent runs: one at a time per Slack thread and per asker, in order, holding one worker
+per thread and asker (a busy thread, or an asker's flood of questions, never starves the others);
+nothing a run raises goes unlogged; work not begun when the bot stops is handed on."""
 from __future__ import annotations
 
 import logging
@@ -28,16 +28,42 @@ def test_a_busy_thread_holds_one_worker_and_its_questions_run_in_order() -> None
             release.wait(30)
 
     first_in = threading.Event()
-    runs.submit("slack:C1:1", lambda: run("first", hold=True, inside=first_in), if_not_started=lambda: None)
+    runs.submit(["slack:C1:1"], lambda: run("first", hold=True, inside=first_in), if_not_started=lambda: None)
     assert first_in.wait(30)
     for n in range(2, 6):   # a burst of follow-ups in the same thread
-        runs.submit("slack:C1:1", lambda n=n: run(f"follow-up {n}"), if_not_started=lambda: None)
-    runs.submit("slack:C1:2", lambda: run("other thread", inside=other_thread_in), if_not_started=lambda: None)
+        runs.submit(["slack:C1:1"], lambda n=n: run(f"follow-up {n}"), if_not_started=lambda: None)
+    runs.submit(["slack:C1:2"], lambda: run("other thread", inside=other_thread_in), if_not_started=lambda: None)
     assert other_thread_in.wait(30)   # the second worker was free for another thread's question
     assert order == ["first", "other thread"]   # the follow-ups wait for the answer before them
     release.set()
     wait_until(lambda: len(runs) == 0, what="the thread's questions answered")
     assert order == ["first", "other thread", "follow-up 2", "follow-up 3", "follow-up 4", "follow-up 5"]
+    runs.close()
+
+
+def test_one_askers_flood_of_questions_holds_one_worker_and_others_are_answered_meanwhile() -> None:
+    runs = KeyedQueue(workers=3)
+    release, flood_in, other_in = threading.Event(), threading.Event(), threading.Event()
+    order: list[str] = []
+
+    def run(name: str, inside: threading.Event | None = None) -> None:
+        order.append(name)
+        if inside is not None:
+            inside.set()
+        if name.startswith("flood"):   # a slow answer each
+            release.wait(30)
+
+    for n in range(6):   # six top-level DMs from one asker: six threads, one asker
+        runs.submit([f"slack:DA:{n}", "asker:UA"], lambda n=n: run(f"flood {n}", flood_in if n == 0 else None),
+                    if_not_started=lambda: None)
+    assert flood_in.wait(30)
+    runs.submit(["slack:DB:1", "asker:UB"], lambda: run("other asker", other_in), if_not_started=lambda: None)
+    assert other_in.wait(30)   # a free worker took it: the flood waits on itself
+    wait_until(lambda: len(runs) == 6, what="the other asker's answer done")
+    assert order == ["flood 0", "other asker"]
+    release.set()
+    wait_until(lambda: len(runs) == 0, what="the flood answered")
+    assert order == ["flood 0", "other asker", *(f"flood {n}" for n in range(1, 6))]   # the asker's in order
     runs.close()
 
 
@@ -50,10 +76,10 @@ def test_work_not_begun_when_the_runs_close_is_handed_on_in_order() -> None:
         started.set()
         release.wait(30)
 
-    runs.submit("t0", held, if_not_started=lambda: handed_on.append("held"))
+    runs.submit(["t0"], held, if_not_started=lambda: handed_on.append("held"))
     assert started.wait(30)
     for name in ("t1 first", "t2 first", "t1 second", "t1 third"):   # t1 first waits in the pool, the rest here
-        runs.submit(name.split()[0], lambda: None, if_not_started=lambda name=name: handed_on.append(name))
+        runs.submit([name.split()[0]], lambda: None, if_not_started=lambda name=name: handed_on.append(name))
     closing = threading.Thread(target=runs.close)
     closing.start()
     wait_until(lambda: handed_on, what="the close to cancel what had not begun")   # with the held run still going
@@ -62,7 +88,7 @@ def test_work_not_begun_when_the_runs_close_is_handed_on_in_order() -> None:
     assert not closing.is_alive(), "closing hung"
     assert [n for n in handed_on if n.startswith("t1")] == ["t1 first", "t1 second", "t1 third"]
     assert sorted(handed_on) == ["t1 first", "t1 second", "t1 third", "t2 first"]
-    runs.submit("t3", lambda: None, if_not_started=lambda: handed_on.append("after close"))
+    runs.submit(["t3"], lambda: None, if_not_started=lambda: handed_on.append("after close"))
     assert handed_on[-1] == "after close" and len(runs) == 0
 
 
@@ -73,7 +99,7 @@ def test_an_agent_run_that_raises_past_its_own_handlers_is_logged_with_its_trace
     def escapes() -> None:
         raise RuntimeError("escaped the run's handlers")
 
-    deps.run_later("slack:C1:1", escapes, if_not_started=lambda: None)
+    deps.run_later("slack:C1:1", "U1", escapes, if_not_started=lambda: None)
     deps.close()
     [record] = [r for r in caplog.records if r.name == "bot.deps"]
     assert record.levelno == logging.ERROR and record.exc_info is not None
