@@ -50,42 +50,60 @@ class KeyedQueue:
         self._dispatch()
 
     def _dispatch(self) -> None:
-        """Start the pieces now free to start; once closing, hand on those instead (in order per
-        key: a piece is handed on only when the piece of its key before it is done)."""
-        with self._guard:
-            free, still, blocked = [], [], set(self._busy)
-            for piece in self._waiting:
-                keys = piece[0]
-                if keys & blocked:
-                    still.append(piece)
-                    blocked |= keys   # it waits, and so does any later piece sharing a key with it
-                    continue
-                free.append(piece)
-                if not self._closed:
-                    self._busy |= keys
-                    self._started += 1
+        """Start the pieces now free to start; once closing, hand them on instead. A piece handed
+        on holds its keys as a running one does, so the pieces of a key are handed on in order
+        whichever thread hands them on."""
+        while True:
+            with self._guard:
+                free, still, blocked = [], [], set(self._busy)
+                for piece in self._waiting:
+                    keys = piece[0]
+                    if keys & blocked:
+                        still.append(piece)   # it waits, and so does any later piece sharing a key with it
+                    else:
+                        free.append(piece)
+                        self._busy |= keys
+                        self._started += 1
                     blocked |= keys
-            self._waiting = still
-            closed = self._closed
-        for keys, work, if_not_started in free:
-            if closed:
-                if_not_started()
-            else:
-                self._start(keys, work, if_not_started)
+                self._waiting = still
+                closed = self._closed
+            if not free:
+                return
+            for keys, work, if_not_started in free:
+                if not closed:
+                    self._start(keys, work, if_not_started)
+                    continue
+                try:
+                    if_not_started()
+                finally:
+                    self._release(keys)
+            if not closed:
+                return   # the next pieces start as these are done
 
     def _start(self, keys: frozenset[str], work: Callable[[], None], if_not_started: Callable[[], None]) -> None:
         try:
             future = self._pool.submit(work)
         except RuntimeError:  # cannot schedule new futures after shutdown
-            if_not_started()
-            self._done(keys)
+            try:
+                if_not_started()
+            finally:
+                self._done(keys)
             return
-        future.add_done_callback(lambda f: (_settled(f, if_not_started), self._done(keys)))
+        future.add_done_callback(lambda f: self._finished(f, keys, if_not_started))
 
-    def _done(self, keys: frozenset[str]) -> None:
+    def _finished(self, future: Future[None], keys: frozenset[str], if_not_started: Callable[[], None]) -> None:
+        try:
+            _settled(future, if_not_started)
+        finally:
+            self._done(keys)
+
+    def _release(self, keys: frozenset[str]) -> None:
         with self._guard:
             self._busy -= keys
             self._started -= 1
+
+    def _done(self, keys: frozenset[str]) -> None:
+        self._release(keys)
         self._dispatch()
 
     def __len__(self) -> int:

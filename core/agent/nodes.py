@@ -169,7 +169,7 @@ def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     with db.connection() as conn:
         review_id = feedback.open_review(conn, state["answer_id"], state["reason"])
         answer = feedback.get_answer(conn, state["answer_id"])
-        if answer is not None and answer.status == "running":   # the first time here
+        if answer is not None and answer.status != "withdrawn":
             feedback.update_answer(conn, state["answer_id"], status="pending_review", route="review",
                                    route_reason=state["reason"], draft=state["draft"],
                                    confidence=state["confidence"], sources=state["sources"],

@@ -142,20 +142,15 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None,
                                            channel_id=asker.channel_id)
         if on_recorded is not None:
             on_recorded(conn, answer_id)
-    state = graph.get_state(config)
-    if state.interrupts and _withdrawn(state.values.get("answer_id")):
-        # The asker deleted the question under review: release the thread, nothing delivered.
-        graph.invoke(Command(resume={"action": "withdraw", "reviewer": asker.user_id or ""}), config, context=context)
-        state = graph.get_state(config)
-    if state.interrupts:
-        with db.connection() as conn:
-            feedback.update_answer(conn, answer_id, status="declined", route="declined",
-                                   route_reason=feedback.AWAITS_REVIEW,
-                                   final_answer=prompts.REVIEW_PENDING)
-        return _outcome(answer_id, review_id=None)
     started = time.perf_counter()
     try:
         with logs.bound(answer=answer_id, thread=asker.thread_key):
+            if _paused(graph, config, context, asker.user_id or ""):
+                with db.connection() as conn:
+                    feedback.update_answer(conn, answer_id, status="declined", route="declined",
+                                           route_reason=feedback.AWAITS_REVIEW,
+                                           final_answer=prompts.REVIEW_PENDING)
+                return _outcome(answer_id, review_id=None)
             result = graph.invoke(new_turn(answer_id, question, asker.user_id, asker.channel_id), config,
                                   context=context)
     except Exception as e:
@@ -173,10 +168,21 @@ def ask(question: str, asker: Asker, *, context: AgentContext | None = None,
     return _outcome(answer_id, review_id=review_id)
 
 
-def _withdrawn(answer_id: int | None) -> bool:
+def _paused(graph: Any, config: dict[str, Any], context: AgentContext, asker: str) -> bool:
+    """Whether the thread waits on a review. One whose answer was withdrawn (the asker deleted
+    the question) is released first, nothing delivered; by the interrupt's id, so that a stale
+    release (another process released it and asked on meanwhile) applies to nothing."""
+    state = graph.get_state(config)
+    if not state.interrupts:
+        return False
+    paused = state.values.get("answer_id")
     with db.connection() as conn:
-        answer = feedback.get_answer(conn, answer_id) if answer_id is not None else None
-    return answer is not None and answer.status == "withdrawn"
+        answer = feedback.get_answer(conn, paused) if paused is not None else None
+    if answer is None or answer.status != "withdrawn":
+        return True
+    release = {"action": "withdraw", "reviewer": asker}
+    graph.invoke(Command(resume={state.interrupts[0].id: release}), config, context=context)
+    return bool(graph.get_state(config).interrupts)
 
 
 def decide(review_id: int, decision: Decision, *, context: AgentContext | None = None) -> Outcome | None:
@@ -184,6 +190,8 @@ def decide(review_id: int, decision: Decision, *, context: AgentContext | None =
     Returns None when the review was already decided (a second click, another reviewer); raises
     `ReviewWithdrawn` (a ValueError) when the asker deleted the question meanwhile."""
     action = decision["action"]
+    if action not in _STATUS:   # "withdraw" is the asker's, never a reviewer's
+        raise ValueError(f"A review is decided by approve, edit or reject, not {action!r}.")
     if action == "edit" and not (decision.get("text") or "").strip():
         raise ValueError("An edited answer cannot be empty.")
     if action == "reject" and not (decision.get("reason") or "").strip():

@@ -54,8 +54,11 @@ def test_a_dm_question_deleted_while_waiting_for_review_is_withdrawn_and_its_car
                        user=REVIEWER).json()
     assert shown["response_action"] == "update" and "submit" not in shown["view"]
     assert review_view.WITHDRAWN in str(shown["view"]["blocks"]) and "Bands are private." in str(shown["view"])
+    review_id = int(rows("SELECT id FROM reviews")[0]["id"])
     with pytest.raises(run.ReviewWithdrawn, match="asker deleted the question"):   # the dashboard and CLI
-        run.decide(int(rows("SELECT id FROM reviews")[0]["id"]), {"action": "approve", "reviewer": "ann"})
+        run.decide(review_id, {"action": "approve", "reviewer": "ann"})
+    with pytest.raises(ValueError, match="approve, edit or reject, not 'withdraw'"):   # the asker's, not theirs
+        run.decide(review_id, {"action": "withdraw", "reviewer": "ann"})
     assert not rows("SELECT id FROM deliveries")
     assert not bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == ts)[1:]
     with db.connection() as conn:   # never curated into training data

@@ -92,6 +92,31 @@ def test_work_not_begun_when_the_runs_close_is_handed_on_in_order() -> None:
     assert handed_on[-1] == "after close" and len(runs) == 0
 
 
+def test_a_hand_on_that_fails_does_not_hold_up_the_rest_of_its_thread() -> None:
+    runs = KeyedQueue(workers=1)
+    release, started = threading.Event(), threading.Event()
+    handed_on: list[str] = []
+
+    def held() -> None:
+        started.set()
+        release.wait(30)
+
+    def fails() -> None:
+        handed_on.append("t1 first")
+        raise RuntimeError("the database is down")
+
+    runs.submit(["t0"], held, if_not_started=lambda: None)
+    assert started.wait(30)
+    runs.submit(["t1", "asker:U1"], lambda: None, if_not_started=fails)
+    runs.submit(["t1", "asker:U2"], lambda: None, if_not_started=lambda: handed_on.append("t1 second"))
+    closing = threading.Thread(target=runs.close)
+    closing.start()
+    wait_until(lambda: len(handed_on) == 2, what="both handed on")
+    release.set()
+    closing.join(30)
+    assert handed_on == ["t1 first", "t1 second"] and len(runs) == 0
+
+
 def test_an_agent_run_that_raises_past_its_own_handlers_is_logged_with_its_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
     deps = Deps(settings=get_settings(), client=WebClient())
