@@ -174,6 +174,7 @@ class DeliveryLoop:
             self._answer_waiting()
             if time.monotonic() >= cards_at:   # paced: a review channel Slack refuses is not tried on every wake-up
                 self._post_missing_cards()
+                self._remind_overdue_reviews()
                 cards_at = time.monotonic() + self.poll_s
             if time.monotonic() >= forget_at:
                 store.forget_events(conn, EVENT_MEMORY_S)
@@ -201,6 +202,12 @@ class DeliveryLoop:
             reviews.post_missing_cards(self.deps.client, self.deps.settings)
         except Exception:
             logger.exception("posting missing review cards failed; trying again on the next wake-up")
+
+    def _remind_overdue_reviews(self) -> None:
+        try:
+            reviews.remind_overdue(self.deps.client, self.deps.settings)
+        except Exception:
+            logger.exception("reminding reviewers of overdue reviews failed; trying again later")
 
     def _answer_waiting(self) -> None:
         try:

@@ -4,6 +4,7 @@ Pure functions over `core.feedback` records, so the card looks the same whoever 
 listener that took the decision or the delivery loop after a decision in the dashboard."""
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -156,10 +157,21 @@ def _context(text: str) -> Block:
 
 
 def _date(review: feedback.Review) -> str:
-    if review.decided_at is None:
-        return ""
-    epoch = int(review.decided_at.timestamp())
-    return f"on <!date^{epoch}^{{date_short_pretty}} at {{time}}|{review.decided_at:%Y-%m-%d %H:%M UTC}>"
+    return "" if review.decided_at is None else _when(review.decided_at)
+
+
+def _when(at: dt.datetime) -> str:
+    """A moment as Slack shows it in each reader's time zone (with a UTC fallback)."""
+    epoch = int(at.timestamp())
+    return f"on <!date^{epoch}^{{date_short_pretty}} at {{time}}|{at.astimezone(dt.UTC):%Y-%m-%d %H:%M UTC}>"
+
+
+def reminder(put_to_review: dt.datetime, reviewer_group: str = "") -> Message:
+    """Said in the thread of a card still waiting for a decision long after it went up."""
+    group = f"<!subteam^{reviewer_group}> " if reviewer_group else ""
+    text = (f":alarm_clock: {group}Still waiting for a decision: this answer was put to review "
+            f"{_when(put_to_review)}, and its asker is waiting.")
+    return Message(text=text, blocks=[blocks.section(text)])
 
 
 def undelivered(answer: feedback.Answer, kind: feedback.DeliveryKind, why: str) -> Message:

@@ -97,6 +97,20 @@ def _post_card(conn: psycopg.Connection, client: WebClient, settings: Settings, 
     store.set_review_card(conn, answer.id, settings.review_channel, ts)
 
 
+def remind_overdue(client: WebClient, settings: Settings) -> int:
+    """Remind the reviewers of each review pending for `review_reminder_hours` (since its card
+    went up, or its last reminder) in its card's thread, naming the reviewer group; returns how
+    many. If Slack refuses one, none is noted as reminded: the next round tries again."""
+    if not settings.review_reminder_hours:
+        return 0
+    with db.connection() as conn:
+        overdue = store.take_overdue_reviews(conn, settings.review_reminder_hours * 3600)
+        for put_to_review, where in overdue:
+            posting.post(client, channel=where.review_channel_id, thread_ts=where.review_ts,  # type: ignore[arg-type]
+                         message=review_view.reminder(put_to_review, settings.reviewer_group))
+    return len(overdue)
+
+
 def card(conn: psycopg.Connection, review: feedback.Review, answer: feedback.Answer, settings: Settings) -> Message:
     """The review card of `answer` as it stands, with the turn before it."""
     return review_view.review_card(review, answer, feedback.earlier_turn(conn, answer),

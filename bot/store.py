@@ -135,6 +135,19 @@ def set_delivered(conn: psycopg.Connection, answer_id: int, ts: str) -> None:
                  {"ts": ts, "a": answer_id})
 
 
+def take_overdue_reviews(conn: psycopg.Connection, older_than_s: float) -> list[tuple[dt.datetime, SlackAnswer]]:
+    """Claim the pending reviews whose card has waited `older_than_s` since it went up or since
+    its last reminder, noting the reminder now (in the caller's transaction: a failed post rolls
+    it back; a second bot process claiming at the same time gets none of these). Returns when
+    each question was put to review, with where its card is."""
+    rows = conn.execute(
+        f"UPDATE reviews r SET reminded_at = now() FROM slack_answers s"
+        f" WHERE s.answer_id = r.answer_id AND r.status = 'pending' AND s.review_ts IS NOT NULL"
+        f" AND coalesce(r.reminded_at, r.created_at) < now() - make_interval(secs => %(s)s)"
+        f" RETURNING r.created_at AS put_to_review, {_COLUMNS}", {"s": older_than_s}).fetchall()
+    return [(r.pop("put_to_review"), SlackAnswer(**r)) for r in rows]
+
+
 def reviews_without_card(conn: psycopg.Connection) -> list[int]:
     """Pending reviews of Slack questions whose card was never posted, once the question is no
     longer in progress (a bot posts its card before it is done with it)."""

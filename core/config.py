@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     # Whether everyone in the review channel may read documents restricted to some channels or
     # groups; if not, a card drafted from them shows no draft or sources: decide it on the dashboard.
     reviewers_see_restricted: bool = False
+    # A review pending this long gets a reminder in its card's thread (again after as long); 0: never.
+    review_reminder_hours: float = Field(default=4.0, ge=0)
     # Whether the bot answers in channels shared with other organisations (Slack Connect), where
     # people outside the company read its answers, drawn from internal documents.
     answer_in_shared_channels: bool = False

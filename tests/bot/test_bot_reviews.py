@@ -6,12 +6,12 @@ import threading
 
 import psycopg
 import pytest
-from bot_support import (ASKER, GROUP_MEMBER, OUTSIDER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT, SALARY_QUESTION,
-                         SlackBot, pending_review, rows, wait_until)
+from bot_support import (ASKER, GROUP, GROUP_MEMBER, OUTSIDER, REVIEW_CHANNEL, REVIEWER, SALARY_DRAFT,
+                         SALARY_QUESTION, SlackBot, pending_review, rows, wait_until)
 from support.fake_slack import Call
 from support.scripted_model import ScriptedModel
 
-from bot import blocks, review_view, store
+from bot import blocks, review_view, reviews, store
 from bot.deliveries import DeliveryLoop
 from core import db, feedback
 from core.agent import graph, run
@@ -336,3 +336,29 @@ def test_a_failure_reading_the_review_again_leaves_the_review_note_not_an_apolog
     wait_until(lambda: rows("SELECT 1 FROM slack_answers WHERE question IS NULL"), what="the question done with")
     note_ts = bot.placeholder("CGENERAL", ts).response["ts"]
     assert [c.shown_text for c in bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == note_ts)] == [run.REVIEW_WAIT]
+
+
+def test_a_review_left_pending_gets_one_reminder_per_interval_naming_the_reviewer_group(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    _, card = pending_review(bot, model)
+    settings = bot.deps.settings
+    assert settings.review_reminder_hours == 4 and settings.reviewer_group == GROUP
+    assert reviews.remind_overdue(bot.deps.client, settings) == 0   # just put to review
+
+    with db.connection() as conn:   # five hours later
+        conn.execute("UPDATE reviews SET created_at = created_at - interval '5 hours'")
+    assert reviews.remind_overdue(bot.deps.client, settings) == 1
+    [reminder] = bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == card.response["ts"])
+    assert reminder.args["channel"] == REVIEW_CHANNEL
+    assert f"<!subteam^{GROUP}> Still waiting for a decision" in reminder.shown_text
+    assert reviews.remind_overdue(bot.deps.client, settings) == 0   # not again within the interval
+
+    with db.connection() as conn:   # another five hours: reminded again; a decided review never is
+        conn.execute("UPDATE reviews SET reminded_at = reminded_at - interval '5 hours'")
+    assert reviews.remind_overdue(bot.deps.client, settings) == 1
+    bot.click(card, review_view.APPROVE, user=REVIEWER)
+    wait_until(lambda: rows("SELECT status FROM reviews") == [{"status": "approved"}], what="the decision")
+    with db.connection() as conn:
+        conn.execute("UPDATE reviews SET reminded_at = reminded_at - interval '5 hours'")
+    assert reviews.remind_overdue(bot.deps.client, settings) == 0
+    assert reviews.remind_overdue(bot.deps.client, settings.model_copy(update={"review_reminder_hours": 0})) == 0
