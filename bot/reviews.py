@@ -100,20 +100,22 @@ def _post_card(conn: psycopg.Connection, client: WebClient, settings: Settings, 
 def remind_overdue(client: WebClient, settings: Settings) -> int:
     """Remind the reviewers of each review pending for `review_reminder_hours` (since its card
     went up, or its last reminder) in its card's thread, naming the reviewer group; returns how
-    many were posted. One Slack refuses (a deleted card) counts as reminded all the same: it is
-    tried again after the next interval, not every round."""
+    many were posted. Each is claimed before it is posted, so it is reminded at most once per
+    interval: one Slack refuses (a deleted card) or that fails to reach Slack is tried again
+    after the next interval, not every round."""
     if not settings.review_reminder_hours:
         return 0
-    posted = 0
     with db.connection() as conn:
-        for put_to_review, where in store.take_overdue_reviews(conn, settings.review_reminder_hours * 3600):
-            try:
-                posting.post(client, channel=where.review_channel_id, thread_ts=where.review_ts,  # type: ignore[arg-type]
-                             message=review_view.reminder(put_to_review, settings.reviewer_group))
-                posted += 1
-            except (SlackApiError, OSError):
-                logger.exception("could not remind the reviewers of answer %s; trying again in %s hours",
-                                 where.answer_id, settings.review_reminder_hours)
+        overdue = store.take_overdue_reviews(conn, settings.review_reminder_hours * 3600)
+    posted = 0
+    for put_to_review, where in overdue:
+        try:
+            posting.post(client, channel=where.review_channel_id, thread_ts=where.review_ts,  # type: ignore[arg-type]
+                         message=review_view.reminder(put_to_review, settings.reviewer_group))
+            posted += 1
+        except Exception:   # one failing must not hold back the others
+            logger.exception("could not remind the reviewers of answer %s; trying again in %s hours",
+                             where.answer_id, settings.review_reminder_hours)
     return posted
 
 

@@ -126,8 +126,10 @@ def link_answer(conn: psycopg.Connection, slack_answer_id: int, answer_id: int) 
 
 
 def set_review_card(conn: psycopg.Connection, answer_id: int, channel_id: str, ts: str) -> None:
+    """Where the review card of `answer_id` went up; its reminders count from now."""
     conn.execute("UPDATE slack_answers SET review_channel_id = %(c)s, review_ts = %(ts)s"
                  " WHERE answer_id = %(a)s", {"c": channel_id, "ts": ts, "a": answer_id})
+    conn.execute("UPDATE reviews SET reminder_from = now() WHERE answer_id = %(a)s", {"a": answer_id})
 
 
 def set_delivered(conn: psycopg.Connection, answer_id: int, ts: str) -> None:
@@ -135,16 +137,20 @@ def set_delivered(conn: psycopg.Connection, answer_id: int, ts: str) -> None:
                  {"ts": ts, "a": answer_id})
 
 
-def take_overdue_reviews(conn: psycopg.Connection, older_than_s: float) -> list[tuple[dt.datetime, SlackAnswer]]:
-    """Claim the pending reviews whose card has waited `older_than_s` since it went up or since
-    its last reminder, noting the reminder now (in the caller's transaction: a failed post rolls
-    it back; a second bot process claiming at the same time gets none of these). Returns when
-    each question was put to review, with where its card is."""
+def take_overdue_reviews(conn: psycopg.Connection, older_than_s: float,
+                         limit: int = 20) -> list[tuple[dt.datetime, SlackAnswer]]:
+    """Claim (at most `limit`) pending reviews whose card has waited `older_than_s` since it
+    went up or since its last reminder, starting their next interval now; rows another process
+    holds (claiming too, or deciding) are skipped. Commit before posting: a reviewer's click
+    must not wait on Slack. Returns when each was put to review, with where its card is."""
     rows = conn.execute(
-        f"UPDATE reviews r SET reminded_at = now() FROM slack_answers s"
-        f" WHERE s.answer_id = r.answer_id AND r.status = 'pending' AND s.review_ts IS NOT NULL"
-        f" AND coalesce(r.reminded_at, r.created_at) < now() - make_interval(secs => %(s)s)"
-        f" RETURNING r.created_at AS put_to_review, {_COLUMNS}", {"s": older_than_s}).fetchall()
+        f"UPDATE reviews r SET reminder_from = now() FROM slack_answers s"
+        f" WHERE s.answer_id = r.answer_id AND r.id IN ("
+        f"   SELECT r2.id FROM reviews r2 JOIN slack_answers s2 ON s2.answer_id = r2.answer_id"
+        f"   WHERE r2.status = 'pending' AND s2.review_ts IS NOT NULL"
+        f"   AND coalesce(r2.reminder_from, r2.created_at) < now() - make_interval(secs => %(s)s)"
+        f"   ORDER BY r2.id LIMIT %(n)s FOR UPDATE OF r2 SKIP LOCKED)"
+        f" RETURNING r.created_at AS put_to_review, {_COLUMNS}", {"s": older_than_s, "n": limit}).fetchall()
     return [(r.pop("put_to_review"), SlackAnswer(**r)) for r in rows]
 
 

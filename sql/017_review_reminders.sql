@@ -1,3 +1,3 @@
--- A review still pending long after its card went up gets a reminder in the card's thread,
--- at most once per reminder interval: when the last one went (NULL: none yet).
-ALTER TABLE reviews ADD COLUMN reminded_at timestamptz;
+-- A review still pending long after its card went up gets a reminder in the card's thread, again
+-- after as long: the interval runs from here (when the card went up, or the last reminder).
+ALTER TABLE reviews ADD COLUMN reminder_from timestamptz;

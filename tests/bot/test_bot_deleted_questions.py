@@ -29,7 +29,8 @@ def test_a_dm_question_deleted_while_waiting_for_review_is_withdrawn_and_its_car
     ts = bot.dm(SALARY_QUESTION)
     assert "A reviewer is checking this answer" in bot.reply("DASKER", ts).shown_text
     card = bot.card()
-    wait_until(lambda: rows("SELECT review_ts FROM slack_answers WHERE review_ts IS NOT NULL"), what="the card")
+    wait_until(lambda: rows("SELECT id FROM slack_answers WHERE review_ts IS NOT NULL AND question IS NULL"),
+               what="the card up and the question done")
     as_first_posted = copy.deepcopy(bot.message_of(card))
     bot.click(card, review_view.REJECT, user=REVIEWER)   # a reviewer starts typing a reason
     modal = bot.modal(review_view.REJECT_MODAL)

@@ -338,27 +338,53 @@ def test_a_failure_reading_the_review_again_leaves_the_review_note_not_an_apolog
     assert [c.shown_text for c in bot.slack.calls_to("chat.update", lambda c: c.args["ts"] == note_ts)] == [run.REVIEW_WAIT]
 
 
-def test_a_review_left_pending_gets_one_reminder_per_interval_naming_the_reviewer_group(
-        bot: SlackBot, model: ScriptedModel) -> None:
-    _, card = pending_review(bot, model)
-    settings = bot.deps.settings
-    assert settings.review_reminder_hours == 4 and settings.reviewer_group == GROUP
-    assert reviews.remind_overdue(bot.deps.client, settings) == 0   # just put to review
-
-    with db.connection() as conn:   # five hours later
-        conn.execute("UPDATE reviews SET created_at = created_at - interval '5 hours'")
-    assert reviews.remind_overdue(bot.deps.client, settings) == 1
-    [reminder] = bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == card.response["ts"])
-    assert reminder.args["channel"] == REVIEW_CHANNEL
-    assert f"<!subteam^{GROUP}> Still waiting for a decision" in reminder.shown_text
-    assert reviews.remind_overdue(bot.deps.client, settings) == 0   # not again within the interval
-
-    with db.connection() as conn:   # another five hours: reminded again; a decided review never is
-        conn.execute("UPDATE reviews SET reminded_at = reminded_at - interval '5 hours'")
-    assert reviews.remind_overdue(bot.deps.client, settings) == 1
-    bot.click(card, review_view.APPROVE, user=REVIEWER)
-    wait_until(lambda: rows("SELECT status FROM reviews") == [{"status": "approved"}], what="the decision")
+def _hours_pass(hours: int) -> None:
+    """As if `hours` had passed since the card went up (or its last reminder)."""
     with db.connection() as conn:
-        conn.execute("UPDATE reviews SET reminded_at = reminded_at - interval '5 hours'")
-    assert reviews.remind_overdue(bot.deps.client, settings) == 0
-    assert reviews.remind_overdue(bot.deps.client, settings.model_copy(update={"review_reminder_hours": 0})) == 0
+        conn.execute("UPDATE reviews SET created_at = created_at - make_interval(hours => %(h)s),"
+                     " reminder_from = reminder_from - make_interval(hours => %(h)s)", {"h": hours})
+
+
+def _reminders(bot: SlackBot, card: Call) -> list[Call]:
+    return bot.slack.calls_to("chat.postMessage", lambda c: c.args.get("thread_ts") == card.response["ts"])
+
+
+def test_a_review_left_pending_gets_one_reminder_per_interval_naming_the_reviewer_group(
+        bot: SlackBot, model: ScriptedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(DeliveryLoop, "_remind_overdue_reviews", lambda loop: None)   # this test reminds
+    _, card = pending_review(bot, model)
+    settings, client = bot.deps.settings, bot.deps.client
+    assert settings.review_reminder_hours == 4 and settings.reviewer_group == GROUP
+    _hours_pass(3)
+    assert reviews.remind_overdue(client, settings) == 0
+
+    _hours_pass(2)
+    assert reviews.remind_overdue(client, settings.model_copy(update={"review_reminder_hours": 0})) == 0   # off
+    assert reviews.remind_overdue(client, settings) == 1
+    [reminder] = _reminders(bot, card)
+    assert reminder.args["channel"] == REVIEW_CHANNEL
+    assert f"<!subteam^{GROUP}> Still waiting for a decision: this answer was put to review on <!date^" \
+        in reminder.shown_text
+    assert reviews.remind_overdue(client, settings) == 0   # not again within the interval
+
+    _hours_pass(4)   # a card Slack refuses to thread under is tried again an interval later, not each round
+    bot.slack.refused_threads[card.response["ts"]] = "thread_not_found"
+    assert reviews.remind_overdue(client, settings) == 0
+    assert reviews.remind_overdue(client, settings) == 0 and len(_reminders(bot, card)) == 2
+    del bot.slack.refused_threads[card.response["ts"]]
+    _hours_pass(4)
+    assert reviews.remind_overdue(client, settings) == 1
+
+    bot.click(card, review_view.APPROVE, user=REVIEWER)   # a decided review is never reminded
+    wait_until(lambda: rows("SELECT status FROM reviews") == [{"status": "approved"}], what="the decision")
+    _hours_pass(8)
+    assert reviews.remind_overdue(client, settings) == 0
+
+
+def test_the_delivery_loop_posts_the_reminders(bot: SlackBot, model: ScriptedModel) -> None:
+    _, card = pending_review(bot, model)
+    bot.loop.stop()
+    _hours_pass(5)
+    bot.loop = DeliveryLoop(bot.deps, poll_s=0.2).start()
+    [reminder] = bot.slack.wait_for("chat.postMessage", lambda c: c.args.get("thread_ts") == card.response["ts"])
+    assert "Still waiting for a decision" in reminder.shown_text
