@@ -66,8 +66,8 @@ def test_a_dm_question_deleted_while_waiting_for_review_is_withdrawn_and_its_car
         assert row["id"] not in [r.answer_id for r in curation.list_answers(conn)]
 
 
-def test_a_dm_question_deleted_while_the_agent_drafts_it_is_never_answered(
-        bot: SlackBot, model: ScriptedModel) -> None:
+def _deleted_while_drafting(bot: SlackBot, model: ScriptedModel, question: str) -> str:
+    """DM `question`; the asker deletes it while the agent drafts its answer. Returns its ts."""
     drafting, deleted, answer_as_scripted = threading.Event(), threading.Event(), model.chat
 
     def held_chat(*args: object, **kwargs: object) -> object:
@@ -76,11 +76,17 @@ def test_a_dm_question_deleted_while_the_agent_drafts_it_is_never_answered(
         return answer_as_scripted(*args, **kwargs)  # type: ignore[arg-type]
 
     model.chat = held_chat  # type: ignore[method-assign]
-    ts = bot.dm("How do I get a new laptop?")
+    ts = bot.dm(question)
     assert drafting.wait(30)
     bot.delete(ts)
     wait_until(lambda: rows("SELECT id FROM slack_answers WHERE deleted_at IS NOT NULL"), what="the deletion noted")
     deleted.set()
+    return ts
+
+
+def test_a_dm_question_deleted_while_the_agent_drafts_it_is_never_answered(
+        bot: SlackBot, model: ScriptedModel) -> None:
+    ts = _deleted_while_drafting(bot, model, "How do I get a new laptop?")
 
     _deleted_note(bot, ts, count=1)
     wait_until(lambda: rows("SELECT id FROM slack_answers WHERE question IS NULL"), what="the question done")
@@ -90,19 +96,7 @@ def test_a_dm_question_deleted_while_the_agent_drafts_it_is_never_answered(
 
 def test_a_deleted_sensitive_question_still_drafting_gets_no_review_card(bot: SlackBot, model: ScriptedModel) -> None:
     model.reply = SALARY_DRAFT
-    drafting, deleted, answer_as_scripted = threading.Event(), threading.Event(), model.chat
-
-    def held_chat(*args: object, **kwargs: object) -> object:
-        drafting.set()
-        deleted.wait(30)
-        return answer_as_scripted(*args, **kwargs)  # type: ignore[arg-type]
-
-    model.chat = held_chat  # type: ignore[method-assign]
-    ts = bot.dm(SALARY_QUESTION)
-    assert drafting.wait(30)
-    bot.delete(ts)
-    wait_until(lambda: rows("SELECT id FROM slack_answers WHERE deleted_at IS NOT NULL"), what="the deletion noted")
-    deleted.set()
+    ts = _deleted_while_drafting(bot, model, SALARY_QUESTION)
 
     _deleted_note(bot, ts, count=1)
     wait_until(lambda: rows("SELECT id FROM slack_answers WHERE question IS NULL"), what="the question done")

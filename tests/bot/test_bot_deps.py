@@ -67,17 +67,23 @@ def test_one_askers_flood_of_questions_holds_one_worker_and_others_are_answered_
     runs.close()
 
 
-def test_work_not_begun_when_the_runs_close_is_handed_on_in_order() -> None:
+def _one_worker_busy() -> tuple[KeyedQueue, threading.Event]:
+    """Runs on one worker, which a piece of work keyed "t0" holds until the event is set."""
     runs = KeyedQueue(workers=1)
     release, started = threading.Event(), threading.Event()
-    handed_on: list[str] = []
 
     def held() -> None:
         started.set()
         release.wait(30)
 
-    runs.submit(["t0"], held, if_not_started=lambda: handed_on.append("held"))
+    runs.submit(["t0"], held, if_not_started=lambda: None)
     assert started.wait(30)
+    return runs, release
+
+
+def test_work_not_begun_when_the_runs_close_is_handed_on_in_order() -> None:
+    runs, release = _one_worker_busy()
+    handed_on: list[str] = []
     for name in ("t1 first", "t2 first", "t1 second", "t1 third"):   # t1 first waits in the pool, the rest here
         runs.submit([name.split()[0]], lambda: None, if_not_started=lambda name=name: handed_on.append(name))
     closing = threading.Thread(target=runs.close)
@@ -93,20 +99,13 @@ def test_work_not_begun_when_the_runs_close_is_handed_on_in_order() -> None:
 
 
 def test_a_hand_on_that_fails_does_not_hold_up_the_rest_of_its_thread() -> None:
-    runs = KeyedQueue(workers=1)
-    release, started = threading.Event(), threading.Event()
+    runs, release = _one_worker_busy()
     handed_on: list[str] = []
-
-    def held() -> None:
-        started.set()
-        release.wait(30)
 
     def fails() -> None:
         handed_on.append("t1 first")
         raise RuntimeError("the database is down")
 
-    runs.submit(["t0"], held, if_not_started=lambda: None)
-    assert started.wait(30)
     runs.submit(["t1", "asker:U1"], lambda: None, if_not_started=fails)
     runs.submit(["t1", "asker:U2"], lambda: None, if_not_started=lambda: handed_on.append("t1 second"))
     closing = threading.Thread(target=runs.close)
