@@ -6,7 +6,9 @@ mistyped key is refused there, not by the worker after the run was queued. `trai
 the same classes. Plain dataclasses: nothing here needs torch."""
 from __future__ import annotations
 
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, NamedTuple
 
@@ -103,6 +105,24 @@ class RetrainParams(NamedTuple):
 
 
 _KEYS = {config: {f.name for f in fields(config)} for config in (TrainConfig, DatasetConfig, GateConfig)}
+
+
+def from_pairs(pairs: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` texts (as typed after `--param`, or one per line on the Training page) into
+    parameters: a value is read as JSON (`1e-4`, `true`, `["q_proj"]`), else kept as text. A
+    text without "=" raises `InvalidParams`; blank ones are skipped."""
+    params: dict[str, Any] = {}
+    for pair in (p.strip() for p in pairs):
+        if not pair:
+            continue
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise InvalidParams(f"A parameter is KEY=VALUE, e.g. max_seq_len=1024; got {pair!r}.")
+        try:
+            params[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key.strip()] = raw.strip()
+    return params
 
 
 def parse(params: dict[str, Any]) -> RetrainParams:

@@ -64,8 +64,8 @@ def failure_message(e: Exception) -> str:
         detail = str(e).split("\n")[0]
         return (f"The GPU ran out of memory ({detail}). A resume keeps this run's parameters and would run out "
                 "again: start a new run that needs less, e.g. `flywheel train --param gradient_checkpointing=true`, "
-                "a smaller max_seq_len (`--param max_seq_len=1024`) or `--param packs_per_forward=1`; a model "
-                "server on the same GPU leaves less room.")
+                "a smaller max_seq_len (`--param max_seq_len=1024`) or `--param packs_per_forward=1` (the Training "
+                "page's Other parameters take the same); a model server on the same GPU leaves less room.")
     return f"{type(e).__name__}: {e}"
 
 

@@ -1,7 +1,6 @@
 """`flywheel train`, `flywheel worker`, `flywheel models ...`: retrain, run the queue, promote."""
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import typer
@@ -30,9 +29,9 @@ def register(app: typer.Typer) -> None:
         """Queue a retrain on a dataset version."""
         if ctx.invoked_subcommand is not None:
             return
-        params = _params(param)
-        params.update({k: v for k, v in (("epochs", epochs), ("rank", rank)) if v is not None})
         try:
+            params = hyperparams.from_pairs(param)
+            params.update({k: v for k, v in (("epochs", epochs), ("rank", rank)) if v is not None})
             run = retrain.request_retrain(requested_by=by, dataset_version=dataset, base_model=base_model,
                                           params=params)
         except (hyperparams.InvalidParams, retrain.NotAModel, curation.CurationError, training.RunAlreadyActive) as e:
@@ -138,19 +137,6 @@ def _switch(action: Callable[[], models.Adapter | None]) -> None:
         typer.echo(str(e), err=True)
         raise typer.Exit(2) from e
     typer.echo(f"{live.name} (v{live.version}) is live" if live else "no adapter is live: the base model answers")
-
-
-def _params(pairs: list[str]) -> dict[str, object]:
-    params: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--param expects KEY=VALUE, got {pair!r}")
-        try:
-            params[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            params[key.strip()] = raw
-    return params
 
 
 def _follow(run_id: int) -> None:

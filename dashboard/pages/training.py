@@ -19,10 +19,13 @@ REFRESH_S = 3  # how often an active run's detail is read again
 SCHEDULE_SHOWN = "sc_shown"   # `frame.filled_from`: the schedule's updated_at the form was filled from
 
 
-def start(version: int | None, base_model: str, epochs: int, rank: int, actor: str) -> training.TrainingRun:
-    # request_retrain records the run, its audit row and the queued job itself.
+def start(version: int | None, base_model: str, epochs: int, rank: int, other: str,
+          actor: str) -> training.TrainingRun:
+    """Queue a retrain with `other` parameters (KEY=VALUE lines) besides the epochs and rank.
+    request_retrain records the run, its audit row and the queued job itself."""
+    params = {**hyperparams.from_pairs(other.splitlines()), "epochs": epochs, "rank": rank}
     return retrain.request_retrain(requested_by=actor, dataset_version=version, base_model=base_model or None,
-                                   params={"epochs": epochs, "rank": rank})
+                                   params=params)
 
 
 def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, actor: str,
@@ -63,12 +66,17 @@ with st.form("tr_start"):
     c_epochs, c_rank = st.columns(2)
     epochs = c_epochs.number_input("Epochs", min_value=1, max_value=20, value=DEFAULT_EPOCHS, key="tr_epochs")
     rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(DEFAULT_RANK), key="tr_rank")
+    other = st.text_area("Other parameters", key="tr_params", height=68,
+                         placeholder="KEY=VALUE, one per line: lr=1e-4, max_seq_len=1024, gradient_checkpointing=true …",
+                         help="Any retrain parameter besides epochs and rank; an unknown one is refused, naming "
+                              "those there are.")
     submitted = st.form_submit_button("Start retrain", type="primary", disabled=viewer)
 if submitted and not frame.refuse_viewer(identity):
     # The first retrain on the default base model prepares it locally, which takes a while.
     with st.spinner("Queuing the retrain…"):
         started = frame.attempt("Starting a retrain",
-                                lambda: start(version, base_model.strip(), int(epochs), int(rank), identity.actor),
+                                lambda: start(version, base_model.strip(), int(epochs), int(rank), other,
+                                              identity.actor),
                                 curation.CurationError, hyperparams.InvalidParams, retrain.NotAModel,
                                 training.RunAlreadyActive)
     if started is not None:

@@ -66,6 +66,24 @@ def test_retrain_is_queued_listed_and_cancelled(dataset: int) -> None:
     assert [e["action"] for e in audit_rows()] == ["retrain.start", "retrain.cancel"]
 
 
+def test_other_parameters_ride_along_and_a_bad_one_is_refused_naming_it(dataset: int) -> None:
+    at = open_page("training")
+    at.text_area(key="tr_params").input("max_seq_len=oops\ngradient_checkpointing=true")
+    start(at)
+    assert [e.value for e in at.error] == ["Bad retrain parameters: max_seq_len must be a whole number of at least 1."]
+    at.text_area(key="tr_params").input("gradient_checkpointing")
+    start(at)
+    assert [e.value for e in at.error] == [
+        "A parameter is KEY=VALUE, e.g. max_seq_len=1024; got 'gradient_checkpointing'."]
+    assert runs() == []
+
+    at.text_area(key="tr_params").input("max_seq_len = 1024\n\ngradient_checkpointing=true\n")
+    start(at)
+    assert not at.error, [e.value for e in at.error]
+    [run] = runs()
+    assert run.params == {"max_seq_len": 1024, "gradient_checkpointing": True, "epochs": 3, "rank": 8}
+
+
 def test_run_details_show_progress_losses_metrics_and_log(dashboard_db: str) -> None:
     with db.connection() as conn:
         run = training.create_run(conn, base_model="base", dataset_version=1, params={"epochs": 1},
