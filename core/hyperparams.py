@@ -125,6 +125,11 @@ def from_pairs(pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def to_pairs(params: dict[str, Any]) -> list[str]:
+    """Parameters as `KEY=VALUE` texts that `from_pairs` reads back the same."""
+    return [f"{key}={json.dumps(value)}" for key, value in params.items()]
+
+
 def parse(params: dict[str, Any]) -> RetrainParams:
     """A run's parameters into the three configs (`seed` sets both the trainer's and the split's).
     An unknown key or a bad value raises `InvalidParams`, naming it. A `rank` without an `alpha`

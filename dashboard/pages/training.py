@@ -28,15 +28,15 @@ def start(version: int | None, base_model: str, epochs: int, rank: int, other: s
                                    params=params)
 
 
-def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, actor: str,
+def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, other: str, actor: str,
                   seen: dt.datetime) -> training.Schedule:
     """Refused (`db.ChangedSince`) when someone saved theirs after `seen`."""
+    params = {**hyperparams.from_pairs(other.splitlines()), "epochs": epochs, "rank": rank}
     with db.connection() as conn:
         training.set_schedule(conn, enabled=enabled, cron=cron.strip(), min_new_examples=min_new,
-                              params={"epochs": epochs, "rank": rank}, seen=seen)
+                              params=params, seen=seen)
         audit.record(conn, actor, "schedule.set", "training_schedule",
-                     {"enabled": enabled, "cron": cron.strip(), "min_new_examples": min_new,
-                      "epochs": epochs, "rank": rank})
+                     {"enabled": enabled, "cron": cron.strip(), "min_new_examples": min_new, **params})
         return training.get_schedule(conn)
 
 
@@ -100,13 +100,16 @@ with st.form("tr_schedule"):
     shown_rank = schedule.params.get("rank", DEFAULT_RANK)
     sc_rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(shown_rank if shown_rank in RANKS else DEFAULT_RANK),
                                key=f"sc_rank_{stamp}")
+    others = {k: v for k, v in schedule.params.items() if k not in ("epochs", "rank")}
+    sc_other = st.text_area("Other parameters", value="\n".join(hyperparams.to_pairs(others)), height=68,
+                            key=f"sc_params_{stamp}", placeholder="KEY=VALUE, one per line, as for Retrain now")
     saved = st.form_submit_button("Save schedule", disabled=viewer)
 st.caption(f"Last fired: {markup.when(schedule.last_fired_at)}" if schedule.last_fired_at else "Never fired yet.")
 if saved and not frame.refuse_viewer(identity):
     # InvalidSchedule: an invalid cron expression or minimum (the message says which).
     saved_schedule = frame.attempt("Saving the schedule", lambda: save_schedule(
-        enabled, cron, int(min_new), int(sc_epochs), int(sc_rank), identity.actor, shown), training.InvalidSchedule,
-        refill=SCHEDULE_SHOWN)
+        enabled, cron, int(min_new), int(sc_epochs), int(sc_rank), sc_other, identity.actor, shown),
+        training.InvalidSchedule, hyperparams.InvalidParams, refill=SCHEDULE_SHOWN)
     if saved_schedule is not None:
         frame.done("Schedule saved: " + (f"retrains at '{saved_schedule.cron}' with at least "
                                          f"{markup.count(saved_schedule.min_new_examples, 'new answer')}."

@@ -173,6 +173,24 @@ def test_schedule_is_validated_and_saved(dashboard_db: str) -> None:
     assert not at.error and "Schedule saved" in texts(at)
 
 
+def test_the_schedules_other_parameters_are_saved_shown_again_and_checked(dashboard_db: str) -> None:
+    at = open_page("training")
+    _field(at.text_area, "params").input("lr=0.0002\ntarget_modules=[\"q_proj\", \"v_proj\"]")
+    at.button[1].click().run()
+    assert not at.error, [e.value for e in at.error]
+    with db.connection() as conn:
+        assert training.get_schedule(conn).params == {"lr": 0.0002, "target_modules": ["q_proj", "v_proj"],
+                                                      "epochs": 3, "rank": 16}
+    at = open_page("training")   # a fresh page shows them, so saving it again keeps them
+    assert _field(at.text_area, "params").value == 'lr=0.0002\ntarget_modules=["q_proj", "v_proj"]'
+    _field(at.text_area, "params").input("lr=0.0002\nwarmup=0.1")
+    at.button[1].click().run()
+    [refused] = at.error
+    assert refused.value.startswith("Unknown retrain parameter(s) warmup; known: ")
+    with db.connection() as conn:
+        assert "target_modules" in training.get_schedule(conn).params   # nothing saved
+
+
 def test_the_schedule_names_the_time_zone_its_cron_and_times_are_in(
         dashboard_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLYWHEEL_TIMEZONE", "Asia/Kolkata")
