@@ -125,6 +125,18 @@ def from_pairs(pairs: Sequence[str]) -> dict[str, Any]:
     return params
 
 
+def other_than(fields_shown: Sequence[str], pairs: Sequence[str]) -> dict[str, Any]:
+    """`from_pairs` for a form that has fields of its own for `fields_shown` (the dashboard's
+    epochs and rank): naming one of those among the others is refused, rather than one of the
+    two values silently winning."""
+    params = from_pairs(pairs)
+    doubled = [name for name in fields_shown if name in params]
+    if doubled:
+        raise InvalidParams(f"Set {' and '.join(doubled)} in {'their' if len(doubled) > 1 else 'its'} own field, "
+                            "not among the other parameters.")
+    return params
+
+
 def to_pairs(params: dict[str, Any]) -> list[str]:
     """Parameters as `KEY=VALUE` texts that `from_pairs` reads back the same."""
     return [f"{key}={json.dumps(value)}" for key, value in params.items()]

@@ -46,7 +46,7 @@ def main(work: Path) -> int:
         return CANCELLED_EXIT
     except Exception as e:  # the boundary of the process: the worker reads the reason from result.json
         logger.exception("retrain run %s failed", run_id)
-        _write(work, {"status": "failed", "error": failure_message(e),
+        _write(work, {"status": "failed", "error": failure_message(e, _config_of(spec)),
                       "traceback": traceback.format_exc()[-4000:]}, main_process)
         return 1
     finally:
@@ -55,18 +55,28 @@ def main(work: Path) -> int:
     return 0
 
 
-def failure_message(e: Exception) -> str:
-    """What the run's record says went wrong; when the GPU ran out of memory, what to change
-    (a resume would run out again: it keeps the run's parameters)."""
+def _config_of(spec: dict[str, Any]) -> TrainConfig:
+    try:
+        return TrainConfig.from_dict(spec["train"])
+    except Exception:   # the spec itself is what failed: the defaults' advice will do
+        return TrainConfig()
+
+
+def failure_message(e: Exception, config: TrainConfig) -> str:
+    """What the run's record says went wrong; when the GPU ran out of memory, what to change in
+    a new run, from what this one used (a resume would run out again: it keeps the parameters)."""
     import torch
 
-    if isinstance(e, torch.OutOfMemoryError):
-        detail = str(e).split("\n")[0]
-        return (f"The GPU ran out of memory ({detail}). A resume keeps this run's parameters and would run out "
-                "again: start a new run that needs less, e.g. `flywheel train --param gradient_checkpointing=true`, "
-                "a smaller max_seq_len (`--param max_seq_len=1024`) or `--param packs_per_forward=1` (the Training "
-                "page's Other parameters take the same); a model server on the same GPU leaves less room.")
-    return f"{type(e).__name__}: {e}"
+    if not isinstance(e, torch.OutOfMemoryError):
+        return f"{type(e).__name__}: {e}"
+    less = [*([] if config.gradient_checkpointing is True else ["gradient_checkpointing=true"]),
+            *(["packs_per_forward=1"] if config.packs_per_forward > 1 else []),
+            *([f"max_seq_len={config.max_seq_len // 2}"] if config.max_seq_len > 512 else [])]
+    advice = ("start a new run that needs less: " + ", ".join(f"`--param {p}`" for p in less)
+              + " (`flywheel train`, or the Training page's Other parameters)") if less else \
+        "this run already needs little; use a GPU with more free memory"
+    return (f"The GPU ran out of memory ({str(e).splitlines()[0]}). A resume keeps this run's parameters and would "
+            f"run out again: {advice}. A model server on the same GPU leaves less room.")
 
 
 def _run(spec: dict[str, Any], work: Path, run_id: int, parent: int, log: Any,

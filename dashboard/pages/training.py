@@ -16,6 +16,8 @@ DEFAULT_EPOCHS = hyperparams.TrainConfig().epochs
 DEFAULT_RANK = hyperparams.TrainConfig().rank
 ACTIVE = ("queued", "running")
 REFRESH_S = 3  # how often an active run's detail is read again
+OWN_FIELDS = ("epochs", "rank")   # retrain parameters with a field of their own on this page
+OTHER_PARAMETERS = "KEY=VALUE, one per line, e.g.\nlr=1e-4\nmax_seq_len=1024\ngradient_checkpointing=true"
 SCHEDULE_SHOWN = "sc_shown"   # `frame.filled_from`: the schedule's updated_at the form was filled from
 
 
@@ -23,7 +25,7 @@ def start(version: int | None, base_model: str, epochs: int, rank: int, other: s
           actor: str) -> training.TrainingRun:
     """Queue a retrain with `other` parameters (KEY=VALUE lines) besides the epochs and rank.
     request_retrain records the run, its audit row and the queued job itself."""
-    params = {**hyperparams.from_pairs(other.splitlines()), "epochs": epochs, "rank": rank}
+    params = {**hyperparams.other_than(OWN_FIELDS, other.splitlines()), "epochs": epochs, "rank": rank}
     return retrain.request_retrain(requested_by=actor, dataset_version=version, base_model=base_model or None,
                                    params=params)
 
@@ -31,7 +33,7 @@ def start(version: int | None, base_model: str, epochs: int, rank: int, other: s
 def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, other: str, actor: str,
                   seen: dt.datetime) -> training.Schedule:
     """Refused (`db.ChangedSince`) when someone saved theirs after `seen`."""
-    params = {**hyperparams.from_pairs(other.splitlines()), "epochs": epochs, "rank": rank}
+    params = {**hyperparams.other_than(OWN_FIELDS, other.splitlines()), "epochs": epochs, "rank": rank}
     with db.connection() as conn:
         training.set_schedule(conn, enabled=enabled, cron=cron.strip(), min_new_examples=min_new,
                               params=params, seen=seen)
@@ -67,7 +69,7 @@ with st.form("tr_start"):
     epochs = c_epochs.number_input("Epochs", min_value=1, max_value=20, value=DEFAULT_EPOCHS, key="tr_epochs")
     rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(DEFAULT_RANK), key="tr_rank")
     other = st.text_area("Other parameters", key="tr_params", height=68,
-                         placeholder="KEY=VALUE, one per line: lr=1e-4, max_seq_len=1024, gradient_checkpointing=true …",
+                         placeholder=OTHER_PARAMETERS,
                          help="Any retrain parameter besides epochs and rank; an unknown one is refused, naming "
                               "those there are.")
     submitted = st.form_submit_button("Start retrain", type="primary", disabled=viewer)
@@ -100,9 +102,9 @@ with st.form("tr_schedule"):
     shown_rank = schedule.params.get("rank", DEFAULT_RANK)
     sc_rank = c_rank.selectbox("LoRA rank", RANKS, index=RANKS.index(shown_rank if shown_rank in RANKS else DEFAULT_RANK),
                                key=f"sc_rank_{stamp}")
-    others = {k: v for k, v in schedule.params.items() if k not in ("epochs", "rank")}
+    others = {k: v for k, v in schedule.params.items() if k not in OWN_FIELDS}
     sc_other = st.text_area("Other parameters", value="\n".join(hyperparams.to_pairs(others)), height=68,
-                            key=f"sc_params_{stamp}", placeholder="KEY=VALUE, one per line, as for Retrain now")
+                            key=f"sc_params_{stamp}", placeholder=OTHER_PARAMETERS)
     saved = st.form_submit_button("Save schedule", disabled=viewer)
 st.caption(f"Last fired: {markup.when(schedule.last_fired_at)}" if schedule.last_fired_at else "Never fired yet.")
 if saved and not frame.refuse_viewer(identity):

@@ -75,6 +75,9 @@ def test_other_parameters_ride_along_and_a_bad_one_is_refused_naming_it(dataset:
     start(at)
     assert [e.value for e in at.error] == [
         "A parameter is KEY=VALUE, e.g. max_seq_len=1024; got 'gradient_checkpointing'."]
+    at.text_area(key="tr_params").input("rank=64")   # the field says 8: neither may silently win
+    start(at)
+    assert [e.value for e in at.error] == ["Set rank in its own field, not among the other parameters."]
     assert runs() == []
 
     at.text_area(key="tr_params").input("max_seq_len = 1024\n\ngradient_checkpointing=true\n")

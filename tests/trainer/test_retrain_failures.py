@@ -204,21 +204,25 @@ def test_empty_dataset_fails_the_run_with_a_clear_error_and_no_adapter(tiny_base
     assert failed.status == "failed" and "no accepted answers to train on" in (failed.error or "")  # type: ignore[union-attr]
 
 
-def test_a_gpu_out_of_memory_says_which_parameters_a_new_run_needs_and_they_are_accepted() -> None:
+def test_a_gpu_out_of_memory_says_what_a_new_run_should_change_from_what_this_one_used() -> None:
     import torch
 
     from trainer import runner
 
-    said = runner.failure_message(torch.OutOfMemoryError(
-        "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB of which 1.20 GiB "
-        "is free.\nOf the allocated memory 70.1 GiB is allocated by PyTorch"))
+    oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+                                 "79.19 GiB of which 1.20 GiB is free.\nOf the allocated memory 70.1 GiB is allocated")
+    said = runner.failure_message(oom, hyperparams.TrainConfig(max_seq_len=2048, packs_per_forward=2))
     assert said.startswith("The GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB.")
-    assert "A resume keeps this run's parameters" in said and "allocated by PyTorch" not in said
+    assert "A resume keeps this run's parameters" in said and "is allocated" not in said
     suggested = dict(pair.split("=", 1) for pair in re.findall(r"--param (\w+=\w+)", said))
-    assert set(suggested) == {"gradient_checkpointing", "max_seq_len", "packs_per_forward"}
+    assert suggested == {"gradient_checkpointing": "true", "packs_per_forward": "1", "max_seq_len": "1024"}
     for key, value in suggested.items():   # each suggestion, as `flywheel train` reads it, is a valid parameter
         hyperparams.parse({key: json.loads(value)})
-    assert runner.failure_message(ValueError("bad")) == "ValueError: bad"
+
+    lean = hyperparams.TrainConfig(max_seq_len=512, gradient_checkpointing=True)   # nothing left to cut
+    assert "use a GPU with more free memory" in runner.failure_message(oom, lean)
+    assert "--param" not in runner.failure_message(oom, lean)
+    assert runner.failure_message(ValueError("bad"), lean) == "ValueError: bad"
 
 
 def test_unknown_parameter_is_refused_before_anything_is_queued(curated_dataset: int) -> None:
