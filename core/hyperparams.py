@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, NamedTuple
@@ -15,6 +16,10 @@ from typing import Any, Literal, NamedTuple
 
 class InvalidParams(ValueError):
     """A retrain parameter the trainer does not know, or a value it cannot use; the message says which."""
+
+
+_MODULE_NAME = re.compile(r"[\w.]+")        # q_proj, model.layers.0.mlp.up_proj
+_KERNEL_NAME = re.compile(r"[\w./-]+")     # sdpa, flash_attention_2, kernels-community/flash-attn
 
 
 @dataclass(frozen=True)
@@ -56,11 +61,15 @@ class TrainConfig:
                 or isinstance(self.target_modules, tuple) and self.target_modules
                 and all(isinstance(m, str) and m for m in self.target_modules)):
             problems.append("target_modules must be \"all-linear\" or a list of module names")
+        elif isinstance(self.target_modules, tuple) and (odd := [m for m in self.target_modules
+                                                                 if not _MODULE_NAME.fullmatch(m)]):
+            problems.append(f"target_modules: {odd[0]!r} is not a module name; give several as a list, "
+                            "e.g. target_modules=[\"q_proj\", \"v_proj\"]")
         elif isinstance(self.target_modules, tuple) and "lm_head" in self.target_modules:
             # The chunked loss multiplies by the output layer's base weight: an adapter there would never train.
             problems.append("target_modules cannot include lm_head: the trainer computes the loss from its base "
                             "weights, so a LoRA adapter on it would not learn")
-        if not (isinstance(self.attn_implementation, str) and self.attn_implementation):
+        if not (isinstance(self.attn_implementation, str) and _KERNEL_NAME.fullmatch(self.attn_implementation)):
             problems.append("attn_implementation must be a name such as \"sdpa\" or \"auto\"")
         if problems:
             raise ValueError("; ".join(problems))

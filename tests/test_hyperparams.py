@@ -30,6 +30,8 @@ def test_module_names_survive_the_json_round_trip_the_worker_makes() -> None:
     # One name is a list of one (peft reads a lone string as a pattern for the whole module path).
     assert hyperparams.parse({"target_modules": "q_proj"}).train.target_modules == ("q_proj",)
     assert hyperparams.parse({"target_modules": "All-Linear"}).train.target_modules == "All-Linear"   # peft's spelling-blind
+    assert hyperparams.parse({"target_modules": ["model.layers.0.mlp.up_proj"],
+                              "attn_implementation": "kernels-community/flash-attn"}).train   # names as given
 
 
 def test_a_bad_rank_is_the_only_problem_named_not_the_alpha_made_from_it() -> None:
@@ -52,6 +54,10 @@ def test_a_bad_rank_is_the_only_problem_named_not_the_alpha_made_from_it() -> No
     ({"target_modules": []}, "target_modules must be \"all-linear\" or a list of module names"),
     ({"target_modules": 3}, "target_modules must be \"all-linear\" or a list of module names"),
     ({"target_modules": ["q_proj", "lm_head"]}, "target_modules cannot include lm_head"),
+    # A list typed with commas on one `KEY=VALUE` line is one text: refused, not queued to fail in peft.
+    ({"target_modules": "q_proj, v_proj"}, "target_modules: 'q_proj, v_proj' is not a module name; give several "
+                                           "as a list, e.g. target_modules=[\"q_proj\", \"v_proj\"]"),
+    ({"attn_implementation": "sdpa, max_seq_len=1024"}, "attn_implementation must be a name such as \"sdpa\""),
     ({"gate_questions": 0}, "gate_questions must be a whole number of at least 1"),
     ({"seed": "x"}, "parameters: seed must be a whole number from 0 to 4294967295."),
 ])
