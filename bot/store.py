@@ -144,13 +144,13 @@ def take_overdue_reviews(conn: psycopg.Connection, older_than_s: float,
     holds (claiming too, or deciding) are skipped. Commit before posting: a reviewer's click
     must not wait on Slack. Returns when each was put to review, with where its card is."""
     rows = conn.execute(   # the locking select in a CTE: run once, so the limit holds
-        f"WITH due AS ("
-        f"   SELECT r2.id FROM reviews r2 JOIN slack_answers s2 ON s2.answer_id = r2.answer_id"
-        f"   WHERE r2.status = 'pending' AND s2.review_ts IS NOT NULL"
-        f"   AND coalesce(r2.reminder_from, r2.created_at) < now() - make_interval(secs => %(s)s)"
-        f"   ORDER BY r2.id LIMIT %(n)s FOR UPDATE OF r2 SKIP LOCKED)"
-        f" UPDATE reviews r SET reminder_from = now() FROM due, slack_answers s"
-        f" WHERE r.id = due.id AND s.answer_id = r.answer_id"
+        "WITH due AS ("
+        "   SELECT r2.id FROM reviews r2 JOIN slack_answers s2 ON s2.answer_id = r2.answer_id"
+        "   WHERE r2.status = 'pending' AND s2.review_ts IS NOT NULL"
+        "   AND coalesce(r2.reminder_from, r2.created_at) < now() - make_interval(secs => %(s)s)"
+        "   ORDER BY r2.id LIMIT %(n)s FOR UPDATE OF r2 SKIP LOCKED)"
+        " UPDATE reviews r SET reminder_from = now() FROM due, slack_answers s"
+        " WHERE r.id = due.id AND s.answer_id = r.answer_id"
         f" RETURNING r.created_at AS put_to_review, {_COLUMNS}", {"s": older_than_s, "n": limit}).fetchall()
     return [(r.pop("put_to_review"), SlackAnswer(**r)) for r in rows]
 

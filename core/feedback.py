@@ -45,9 +45,13 @@ class Answer:
 
     @property
     def restricted(self) -> bool:
-        """Drafted from a document not everyone may see (as it was when drafted), or with earlier
-        turns of its thread that were, whose text it may repeat."""
-        return self.restricted_context or any(source.get("restricted") for source in self.sources)
+        return drew_on_restricted(self.sources, self.restricted_context)
+
+
+def drew_on_restricted(sources: Sequence[dict[str, Any]], restricted_context: bool) -> bool:
+    """Drafted from a document not everyone may see (as it was when drafted), or with earlier
+    turns of its thread that were, whose text it may repeat."""
+    return restricted_context or any(source.get("restricted") for source in sources)
 
 
 @dataclass(frozen=True)
@@ -103,14 +107,15 @@ def create_answer(conn: psycopg.Connection, *, thread_key: str, surface: Surface
 
 
 def update_answer(conn: psycopg.Connection, answer_id: int, **values: Any) -> None:
-    """Set the given columns of one answer (names are checked against `Answer`'s fields)."""
+    """Set the given columns of one answer (names are checked against `Answer`'s fields). A
+    withdrawn answer is final: nothing overwrites it (a resumed node reruns its writes)."""
     allowed = {f.name for f in fields(Answer)} | {"prompt_tokens", "completion_tokens", "finished_at"}
     unknown = set(values) - allowed
     if unknown:
         raise ValueError(f"unknown answer columns: {sorted(unknown)}")
     params = {k: Jsonb(v) if k in ("sources", "timings") else v for k, v in values.items()}
     assignments = ", ".join(f"{k} = %({k})s" for k in values)  # keys validated above
-    conn.execute(f"UPDATE answers SET {assignments} WHERE id = %(answer_id)s",
+    conn.execute(f"UPDATE answers SET {assignments} WHERE id = %(answer_id)s AND status <> 'withdrawn'",
                  {**params, "answer_id": answer_id})
 
 

@@ -93,9 +93,9 @@ def load_adapter(name: str, path: str, url: str, backend: str, settings: Setting
     """Make the server at `url` able to answer with `name` (does not make it live). An adapter
     our server holds already, from the same files, is not loaded again (vLLM, which cannot tell,
     reloads it in place), nor when its files are gone: a rollback to the adapter a promotion
-    replaced needs none (they may have been cleaned up since). Rolling back further loads from files: older versions were let go of. Files
-    written again under the same name (version numbers start again after a database reset) are
-    loaded again."""
+    replaced needs none (they may have been cleaned up since). Rolling back further loads from
+    files: older versions were let go of. Files written again under the same name (version
+    numbers start again after a database reset) are loaded again."""
     base = url.rstrip("/")
     headers = _auth(settings)
     try:
@@ -246,7 +246,7 @@ def promote(version: int, settings: Settings | None = None, *, actor: str,
                         despite_gate=despite_gate)
 
 
-def gate_failure(adapter: models.Adapter, settings: Settings | None = None) -> str | None:
+def gate_failure_now(adapter: models.Adapter, settings: Settings | None = None) -> str | None:
     """Why `adapter` should not go live on its eval gate's word (`models.gate_failure`), judged
     against the adapter that answers now (its files may be gone: the server holds it)."""
     settings = settings or get_settings()
@@ -269,7 +269,7 @@ def _promote(version: int, settings: Settings, *, actor: str, rolling_back: bool
              despite_gate: bool) -> models.Adapter:
     with db.connection() as conn:
         adapter = models.promotable(conn, version)
-    failure = None if despite_gate else gate_failure(adapter, settings)
+    failure = None if despite_gate else gate_failure_now(adapter, settings)
     if failure is not None:
         raise models.GateNotPassed(failure)
     _refuse_unless_served_model(adapter, settings)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import torch
 
 from core import db, training
 from core.hyperparams import TrainConfig
@@ -58,15 +59,13 @@ def main(work: Path) -> int:
 def _config_of(spec: dict[str, Any]) -> TrainConfig:
     try:
         return TrainConfig.from_dict(spec["train"])
-    except Exception:   # the spec itself is what failed: the defaults' advice will do
+    except (KeyError, TypeError, ValueError):   # the spec itself is what failed: the defaults' advice will do
         return TrainConfig()
 
 
 def failure_message(e: Exception, config: TrainConfig) -> str:
     """What the run's record says went wrong; when the GPU ran out of memory, what to change in
     a new run, from what this one used (a resume would run out again: it keeps the parameters)."""
-    import torch
-
     if not isinstance(e, torch.OutOfMemoryError):
         return f"{type(e).__name__}: {e}"
     less = [*([] if config.gradient_checkpointing is True else ["gradient_checkpointing=true"]),

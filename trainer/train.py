@@ -194,7 +194,7 @@ def prepare_model(base_model: Any, config: TrainConfig) -> Any:
         base_model = AutoModelForCausalLM.from_pretrained(
             base_model, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation=attn,
             device_map={"": process_state().device} if cuda else None)
-    if cuda:
+    elif cuda:   # a model given built (the bench's)
         base_model = base_model.to(process_state().device)
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout,
                       target_modules=list(config.target_modules) if isinstance(config.target_modules, tuple)

@@ -164,18 +164,15 @@ def assess(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
 
 def review(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]:
     """Wait for a person. The review row is written before `interrupt()` idempotently, since a
-    resumed node runs again from its top (and must not undo what became of the answer since:
-    withdrawn, for one)."""
+    resumed node runs again from its top (`update_answer` leaves a withdrawn answer as it is)."""
     with db.connection() as conn:
         review_id = feedback.open_review(conn, state["answer_id"], state["reason"])
-        answer = feedback.get_answer(conn, state["answer_id"])
-        if answer is not None and answer.status != "withdrawn":
-            feedback.update_answer(conn, state["answer_id"], status="pending_review", route="review",
-                                   route_reason=state["reason"], draft=state["draft"],
-                                   confidence=state["confidence"], sources=state["sources"],
-                                   restricted_context=state.get("restricted_context", False),
-                                   model=state.get("model"), adapter_id=state.get("adapter_id"),
-                                   timings=state.get("timings", {}))
+        feedback.update_answer(conn, state["answer_id"], status="pending_review", route="review",
+                               route_reason=state["reason"], draft=state["draft"],
+                               confidence=state["confidence"], sources=state["sources"],
+                               restricted_context=state.get("restricted_context", False),
+                               model=state.get("model"), adapter_id=state.get("adapter_id"),
+                               timings=state.get("timings", {}))
     decision: Decision = interrupt({
         "review_id": review_id, "answer_id": state["answer_id"], "question": state["question"],
         "draft": state["draft"], "reason": state["reason"], "confidence": state["confidence"],
@@ -210,7 +207,7 @@ def deliver(state: AgentState, runtime: Runtime[AgentContext]) -> dict[str, Any]
         else:
             feedback.update_answer(conn, state["answer_id"], status="declined" if route == "declined" else "delivered",
                                    final_answer=state["final"], finished_at=dt.datetime.now(dt.UTC), **how)
-    restricted = state.get("restricted_context", False) or any(s.get("restricted") for s in state.get("sources", []))
+    restricted = feedback.drew_on_restricted(state.get("sources", []), state.get("restricted_context", False))
     return {"history": [{"question": state["question"], "answer": state["final"], "restricted": restricted}]}
 
 

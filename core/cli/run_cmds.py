@@ -30,15 +30,16 @@ def slack_status(settings: Settings) -> str:
     return f"connecting over {mode}" + (f" on port {settings.bot_port}" if mode == "HTTP events" else "")
 
 
-def samples_left_to_ingest(sources: Sequence[str], filled: Sequence[str], ingested_before: bool) -> bool:
+def samples_left_to_ingest(sources: Sequence[str], filled: Sequence[str], ingested_before: bool,
+                           handbook: set[str]) -> bool:
     """Whether `up` ingests the sample handbook: it was never ingested whole (`ingested_before`:
     after that, documents an admin removed stay removed, even all of them), and the knowledge
     base (`sources`, of which `filled` have content) is empty, or holds nothing but part of the
     handbook (a first start stopped while ingesting it, or an import listed it)."""
-    return not ingested_before and set(sources) <= _handbook() and not _handbook() <= set(filled)
+    return not ingested_before and set(sources) <= handbook and not handbook <= set(filled)
 
 
-def _handbook() -> set[str]:
+def handbook_sources() -> set[str]:
     from core.knowledge.ingest import files_under, source_of
 
     return {source_of(f) for f in files_under(SAMPLES)}
@@ -90,8 +91,9 @@ def register(app: typer.Typer) -> None:
         with db.connection() as conn:
             documents = store.list_documents(conn)
             ingested_before = audit.happened(conn, SAMPLES_INGESTED)
-        filled = {d.source for d in documents if d.chunks}
-        if ingest_samples and samples_left_to_ingest([d.source for d in documents], filled, ingested_before):
+        filled, handbook = {d.source for d in documents if d.chunks}, handbook_sources()
+        if ingest_samples and samples_left_to_ingest([d.source for d in documents], filled, ingested_before,
+                                                     handbook):
             typer.echo(f"first start: ingesting the sample handbook from {SAMPLES.relative_to(ROOT)}")
             try:
                 report = ingest.ingest_paths([SAMPLES])
@@ -99,8 +101,8 @@ def register(app: typer.Typer) -> None:
                 typer.echo("stopped while ingesting the sample handbook: the next `make up` finishes it", err=True)
                 raise typer.Exit(130) from None
             typer.echo(report.summary())
-            filled |= _handbook() - {source for source, _ in report.failed}   # a failed file: tried again next time
-        if not ingested_before and _handbook() <= filled:
+            filled |= handbook - {source for source, _ in report.failed}   # a failed file: tried again next time
+        if not ingested_before and handbook <= filled:
             with db.connection() as conn:
                 audit.record(conn, "flywheel up", SAMPLES_INGESTED, str(SAMPLES.relative_to(ROOT)))
         typer.echo(f"generation: {settings.llm_backend} backend at {doctor.redacted(serving.serving_url(settings))} "

@@ -81,7 +81,7 @@ if chosen.metrics:
 if chosen.error:
     st.error(f"{chosen.name} failed: {chosen.error}")
 can_promote = chosen.status in ("ready", "retired") or (chosen.status == "live" and live_missing)
-gate_failure = serving.gate_failure(chosen) if can_promote else None
+gate_failure = serving.gate_failure_now(chosen) if can_promote else None
 despite_gate = False
 if gate_failure is not None:
     st.warning(gate_failure)

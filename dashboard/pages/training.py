@@ -21,19 +21,23 @@ OTHER_PARAMETERS = "KEY=VALUE, one per line, e.g.\nlr=1e-4\nmax_seq_len=1024\ngr
 SCHEDULE_SHOWN = "sc_shown"   # `frame.filled_from`: the schedule's updated_at the form was filled from
 
 
+def _params(epochs: int, rank: int, other: str) -> dict[str, object]:
+    """The epochs and rank fields with the other parameters' KEY=VALUE lines."""
+    return {**hyperparams.other_than(OWN_FIELDS, other.splitlines()), "epochs": epochs, "rank": rank}
+
+
 def start(version: int | None, base_model: str, epochs: int, rank: int, other: str,
           actor: str) -> training.TrainingRun:
     """Queue a retrain with `other` parameters (KEY=VALUE lines) besides the epochs and rank.
     request_retrain records the run, its audit row and the queued job itself."""
-    params = {**hyperparams.other_than(OWN_FIELDS, other.splitlines()), "epochs": epochs, "rank": rank}
     return retrain.request_retrain(requested_by=actor, dataset_version=version, base_model=base_model or None,
-                                   params=params)
+                                   params=_params(epochs, rank, other))
 
 
 def save_schedule(enabled: bool, cron: str, min_new: int, epochs: int, rank: int, other: str, actor: str,
                   seen: dt.datetime) -> training.Schedule:
     """Refused (`db.ChangedSince`) when someone saved theirs after `seen`."""
-    params = {**hyperparams.other_than(OWN_FIELDS, other.splitlines()), "epochs": epochs, "rank": rank}
+    params = _params(epochs, rank, other)
     with db.connection() as conn:
         training.set_schedule(conn, enabled=enabled, cron=cron.strip(), min_new_examples=min_new,
                               params=params, seen=seen)

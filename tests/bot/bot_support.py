@@ -67,20 +67,21 @@ class SlackBot:
         return response
 
     def mention(self, text: str, *, user: str = ASKER, channel: str = "CGENERAL", thread_ts: str | None = None,
-                event_id: str | None = None, retry_num: int | None = None) -> str:
-        """@mention the bot; returns the message ts (the thread the answer goes to, if top-level)."""
+                event_id: str | None = None, retry_num: int | None = None, shared: bool = False) -> str:
+        """@mention the bot; returns the message ts (the thread the answer goes to, if top-level).
+        `shared`: in a channel shared with another organisation (Slack Connect)."""
         ts = self.next_ts()
-        self.send_event(slack_payloads.app_mention(text=text, user=user, channel=channel, ts=ts,
-                                                   event_id=event_id or f"Ev{ts}", bot_user_id=BOT_USER,
-                                                   thread_ts=thread_ts), retry_num=retry_num)
+        envelope = slack_payloads.app_mention(text=text, user=user, channel=channel, ts=ts,
+                                              event_id=event_id or f"Ev{ts}", bot_user_id=BOT_USER, thread_ts=thread_ts)
+        self.send_event({**envelope, "is_ext_shared_channel": shared}, retry_num=retry_num)
         return ts
 
     def dm(self, text: str, *, user: str = ASKER, channel: str = "DASKER", thread_ts: str | None = None,
-           **extra: Any) -> str:
+           shared: bool = False, **extra: Any) -> str:
         ts = self.next_ts()
-        self.send_event(slack_payloads.direct_message(text=text, user=user, channel=channel, ts=ts,
-                                                      event_id=f"Ev{ts}", bot_user_id=BOT_USER,
-                                                      thread_ts=thread_ts, **extra))
+        envelope = slack_payloads.direct_message(text=text, user=user, channel=channel, ts=ts, event_id=f"Ev{ts}",
+                                                 bot_user_id=BOT_USER, thread_ts=thread_ts, **extra)
+        self.send_event({**envelope, "is_ext_shared_channel": shared})
         return ts
 
     def delete(self, ts: str, *, user: str = ASKER, channel: str = "DASKER") -> None:

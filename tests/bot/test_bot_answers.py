@@ -58,12 +58,7 @@ def test_direct_message_is_answered_in_its_thread(bot: SlackBot) -> None:
 
 def _mention_in_a_shared_channel(bot: SlackBot, text: str) -> str:
     """An @mention in a Slack Connect channel, by someone of the other organisation."""
-    ts = bot.next_ts()
-    envelope = slack_payloads.app_mention(text=text, user="UOUTSIDE1", channel="CSHARED", ts=ts, event_id=f"Ev{ts}",
-                                          bot_user_id=BOT_USER)
-    envelope["is_ext_shared_channel"] = True
-    bot.send_event(envelope)
-    return ts
+    return bot.mention(text, user="UOUTSIDE1", channel="CSHARED", shared=True)
 
 
 def test_a_channel_shared_with_another_organisation_gets_a_note_not_an_answer_from_internal_documents(
@@ -72,11 +67,7 @@ def test_a_channel_shared_with_another_organisation_gets_a_note_not_an_answer_fr
     [note] = bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == "CSHARED")
     assert note.args["thread_ts"] == ts and note.shown_text == blocks.SHARED_CHANNEL and not note.action_values()
     assert rows("SELECT id FROM answers") == [] and model.calls == []   # nothing searched, asked or kept
-    ts = bot.next_ts()   # a direct message from someone of the other organisation
-    envelope = slack_payloads.direct_message(text="How do I get a new laptop?", user="UOUTSIDE1", channel="DOUTSIDE",
-                                             ts=ts, event_id=f"Ev{ts}", bot_user_id=BOT_USER)
-    envelope["is_ext_shared_channel"] = True
-    bot.send_event(envelope)
+    bot.dm("How do I get a new laptop?", user="UOUTSIDE1", channel="DOUTSIDE", shared=True)   # another organisation's
     [note] = bot.slack.wait_for("chat.postMessage", lambda c: c.args["channel"] == "DOUTSIDE")
     assert note.shown_text == blocks.SHARED_DM and rows("SELECT id FROM answers") == []
     assert "Laptop request" in bot.reply("DASKER", bot.dm("How do I get a new laptop?")).shown_text   # staff's DMs are

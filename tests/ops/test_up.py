@@ -224,17 +224,17 @@ def test_a_second_up_says_flywheel_seems_to_be_running_instead_of_failing_on_a_p
 
 
 def test_up_ingests_the_handbook_on_a_first_start_after_an_interrupted_one_or_an_import_never_after_removals() -> None:
-    from core.cli.run_cmds import SAMPLES, samples_left_to_ingest
-    from core.knowledge.ingest import files_under, source_of
+    from core.cli.run_cmds import handbook_sources, samples_left_to_ingest
 
-    handbook = sorted(source_of(f) for f in files_under(SAMPLES))
-    assert samples_left_to_ingest([], [], False)                               # first start
-    assert samples_left_to_ingest(handbook[:5], handbook[:5], False)           # Ctrl-C while ingesting it
-    assert samples_left_to_ingest(handbook, [], False)                         # an import listed it, empty
-    assert not samples_left_to_ingest(handbook, handbook, False)               # all there
+    book = handbook_sources()
+    handbook = sorted(book)
+    assert samples_left_to_ingest([], [], False, book)                               # first start
+    assert samples_left_to_ingest(handbook[:5], handbook[:5], False, book)           # Ctrl-C while ingesting it
+    assert samples_left_to_ingest(handbook, [], False, book)                         # an import listed it, empty
+    assert not samples_left_to_ingest(handbook, handbook, False, book)               # all there
     own = handbook[:5] + ["/docs/own.md"]   # the admin's own documents: left alone, even listed by an import
-    assert not samples_left_to_ingest(own, own, False)
-    assert not samples_left_to_ingest(["/docs/own.md"], [], False)
+    assert not samples_left_to_ingest(own, own, False, book)
+    assert not samples_left_to_ingest(["/docs/own.md"], [], False, book)
     # Once ingested whole, what an admin removed stays removed: part of it, or all of it.
-    assert not samples_left_to_ingest(handbook[:5], handbook[:5], True)
-    assert not samples_left_to_ingest([], [], True)
+    assert not samples_left_to_ingest(handbook[:5], handbook[:5], True, book)
+    assert not samples_left_to_ingest([], [], True, book)

@@ -109,7 +109,7 @@ def _train_in_two_processes(model: Path, out: Path, config: dict, examples: list
 
 
 def _what_each_process_saw(folder: Path) -> list[dict]:
-    return [json.loads((folder / f"val-loss-{rank}.json").read_text()) for rank in (0, 1)]
+    return [json.loads((folder / f"seen-{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def test_a_retrain_in_two_processes_reports_once_and_registers_one_adapter(

@@ -2,7 +2,7 @@
 where SPEC is a JSON file with the base model, output folder, examples (and held-out ones),
 config, and optionally a step after which the main process dies ("die_after_step"). Writes the
 best validation loss this process saw, and the next numbers its random generator draws, to
-OUT/../val-loss-RANK.json (a file each: two processes printing to one pipe can interleave
+OUT/../seen-RANK.json (a file each: two processes printing to one pipe can interleave
 their lines)."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def main(spec_file: Path) -> None:
 
     result = train.train_lora(spec["model"], examples, val, Path(spec["out"]), TrainConfig(**spec["config"]),
                               on_progress=progress)
-    out = Path(spec["out"]).parent / f"val-loss-{os.environ['RANK']}.json"
+    out = Path(spec["out"]).parent / f"seen-{os.environ['RANK']}.json"
     out.write_text(json.dumps({"val_loss": result.val_loss, "next_draws": torch.rand(4).tolist()}))
 
 
