@@ -8,22 +8,25 @@ sequences of 2048 tokens made of four 512-token examples (384 prompt + 128 answe
 shape of a curated answer with its context). The plain loop feeds each 2048-token sequence to
 `model(input_ids, labels=labels).loss.backward()` with and without gradient checkpointing; our
 trainer runs `trainer.train.train_lora` on the same examples (packed, answer-only chunked loss,
-no checkpointing when memory allows, bf16 autocast, fused AdamW, and on a GPU flex attention
-and compiled decoder layers), with its defaults and with some of them off. Tokens/s count every token of every sequence, after warm-up steps. Prints
+as many packs per forward pass as fit, no checkpointing when memory allows, bf16 autocast,
+fused AdamW, and on a GPU flex attention and compiled decoder layers), with its defaults and
+with some of them off. Tokens/s count every token of every sequence, after warm-up steps. Prints
 one JSON object last.
 
 Run on a GPU: `python bench/train_bench.py [--layers 32] [--variants ...]`.
 
 Measured on one H100 80GB (torch 2.11, transformers 5.17, peft 0.21), 3 warm-up + 10 timed steps:
-  plain, checkpointing      4,569 tokens/s  19.0 GiB
-  plain                     7,279 tokens/s  36.5 GiB
-  plain, batch 2            8,054 tokens/s  57.4 GiB
-  ours, sdpa, eager         6,965 tokens/s  30.6 GiB
-  ours, sdpa, compiled     12,156 tokens/s  26.3 GiB
-  ours, flex, eager         7,167 tokens/s  29.6 GiB
-  ours (flex, compiled)    13,855 tokens/s  25.3 GiB   3.0x / 1.9x / 1.7x the three plain loops
-5,000 examples x 512 tokens x 3 epochs: 9.2 minutes of steps at that rate, plus the warm-up
-(compilation) the run reports; validation passes and the eval gate come on top."""
+  plain, checkpointing              4,569 tokens/s  19.0 GiB
+  plain                             7,279 tokens/s  36.5 GiB
+  plain, batch 2                    8,108 tokens/s  57.4 GiB   (8,054 and 8,091 in other runs)
+  ours, one pack per pass, sdpa, eager      6,965 tokens/s  30.6 GiB
+  ours, one pack per pass, sdpa, compiled  12,156 tokens/s  26.3 GiB
+  ours, one pack per pass, flex, eager      7,167 tokens/s  29.6 GiB
+  ours, one pack per pass (ours_1pack)     13,702 tokens/s  25.5 GiB   (13,086 and 13,855 in other runs)
+  ours, two packs per pass (ours_2packs)   15,858 tokens/s  35.1 GiB
+  ours (four packs per pass, as chosen)    16,609 tokens/s  54.8 GiB   2.05x plain batch 2 in the same run
+5,000 examples x 512 tokens x 3 epochs: 7.7 minutes of steps at that rate, 8.2 with the warm-up
+(compilation, 32.5 s); validation passes and the eval gate come on top."""
 from __future__ import annotations
 
 import argparse
@@ -112,12 +115,11 @@ def plain(config: object, data: list, *, checkpointing: bool, warmup: int, steps
 
 def ours(config: object, data: list, *, warmup: int, steps: int, **options: object) -> dict:
     """`trainer.train.train_lora` with its GPU defaults (flex attention, compiled decoder
-    layers), or with `options` changing them; `batch_tokens` per optimiser step (one 2048-token
-    sequence unless set), timed per step."""
+    layers, as many packs per forward pass as fit, 8 packs per optimiser step), or with
+    `options` changing them; timed per optimiser step."""
     from core.hyperparams import TrainConfig
     from trainer import train
 
-    options = {"batch_tokens": SEQ, **options}
     cfg = TrainConfig(rank=16, alpha=32, epochs=1, max_seq_len=SEQ, min_steps_per_epoch=1,
                       val_every=10**9, checkpoint_every=10**9, warmup_ratio=0.0, **options)  # type: ignore[arg-type]
     attn = cfg.attn_implementation if cfg.attn_implementation != "auto" else "flex_attention"
@@ -130,13 +132,14 @@ def ours(config: object, data: list, *, warmup: int, steps: int, **options: obje
 
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out:
-        result = train.train_lora(model, data, [], Path(out), cfg, on_progress=on_progress)
     per_step = cfg.batch_tokens // SEQ
+    with tempfile.TemporaryDirectory() as out:
+        result = train.train_lora(model, data[:(warmup + steps) * per_step * SEQ // EXAMPLE], [], Path(out), cfg,
+                                  on_progress=on_progress)
     out = {"tokens_per_s": round((len(stamps) - warmup) * per_step * SEQ / (stamps[-1] - stamps[warmup - 1])),
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1), "loss": round(result.train_loss, 3),
            "attention": attn, "compiled": cfg.compile in (True, "auto"), "warmup_s": round(stamps[warmup - 1] - started, 1),
-           "gradient_checkpointing": bool(getattr(model, "is_activation_checkpointing", False))}
+           "packs_per_forward": result.packs_per_forward, "gradient_checkpointing": result.gradient_checkpointing}
     del model, result
     return out
 
@@ -145,12 +148,15 @@ VARIANTS = {
     "plain_gc": lambda c, d, w, s: plain(c, d, checkpointing=True, warmup=w, steps=s),
     "plain": lambda c, d, w, s: plain(c, d, checkpointing=False, warmup=w, steps=s),
     "plain_b2": lambda c, d, w, s: plain(c, d, checkpointing=False, warmup=w, steps=s, batch=2),
-    "ours_sdpa_eager": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, attn_implementation="sdpa", compile=False),
-    "ours_sdpa_compiled": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, attn_implementation="sdpa"),
-    "ours_flex_eager": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, compile=False),
+    # One pack per forward pass, with and without each of the other speed-ups.
+    "ours_sdpa_eager": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, packs_per_forward=1, attn_implementation="sdpa",
+                                               compile=False),
+    "ours_sdpa_compiled": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, packs_per_forward=1,
+                                                  attn_implementation="sdpa"),
+    "ours_flex_eager": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, packs_per_forward=1, compile=False),
+    "ours_1pack": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, packs_per_forward=1),
+    "ours_2packs": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, packs_per_forward=2),
     "ours": lambda c, d, w, s: ours(c, d, warmup=w, steps=s),  # the trainer's GPU defaults
-    # Two 2048-token packs per forward pass (larger matrix products, about 1.6x the activations).
-    "ours_b2": lambda c, d, w, s: ours(c, d, warmup=w, steps=s, packs_per_forward=2, batch_tokens=2 * SEQ),
 }
 
 
@@ -165,7 +171,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("train_bench needs a CUDA GPU")
     config = llama3_8b(args.layers)
-    data = examples(2 * (args.warmup + args.steps), config.vocab_size)  # type: ignore[attr-defined]
+    data = examples(8 * (args.warmup + args.steps), config.vocab_size)   # 8 packs per optimiser step  # type: ignore[attr-defined]
     results: dict[str, dict] = {}
     for name in args.variants:
         t0 = time.perf_counter()

@@ -42,12 +42,15 @@ class TrainConfig:
     compile: bool | Literal["auto"] = "auto"    # torch.compile each decoder layer; auto: on a GPU
     attn_implementation: str = "auto"           # auto: flex_attention on a GPU, sdpa on a CPU
     loss_chunk: int = 4096              # answer tokens per vocabulary-projection chunk
-    packs_per_forward: int = 1          # packs in one forward pass, padded to the longest
+    # Packs in one forward pass (larger matrix products, more activations); auto: on a GPU as many
+    # as fit without gradient checkpointing, up to 4; one on a CPU.
+    packs_per_forward: int | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         problems = _whole_numbers(self, ("rank", "epochs", "max_seq_len", "batch_tokens", "min_steps_per_epoch",
-                                         "val_every", "patience", "checkpoint_every", "loss_chunk",
-                                         "packs_per_forward"))
+                                         "val_every", "patience", "checkpoint_every", "loss_chunk"))
+        if self.packs_per_forward != "auto" and _whole_numbers(self, ("packs_per_forward",)):
+            problems.append("packs_per_forward must be \"auto\" or a whole number of at least 1")
         if not (_is_number(self.lr) and 0 < self.lr < math.inf):
             problems.append("lr must be a positive number")
         if not (_is_number(self.alpha) and 0 < self.alpha < math.inf):

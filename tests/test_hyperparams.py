@@ -50,6 +50,8 @@ def test_a_bad_rank_is_the_only_problem_named_not_the_alpha_made_from_it() -> No
     ({"val_ratio": -0.1}, "val_ratio must be at least 0 and below 1"),
     ({"gradient_checkpointing": "yes"}, "gradient_checkpointing must be true, false or \"auto\""),
     ({"compile": 1}, "compile must be true, false or \"auto\""),
+    ({"packs_per_forward": 0}, "packs_per_forward must be \"auto\" or a whole number of at least 1"),
+    ({"packs_per_forward": "max"}, "packs_per_forward must be \"auto\" or a whole number of at least 1"),
     ({"seed": 2**64}, "seed must be a whole number from 0 to 4294967295"),
     ({"target_modules": []}, "target_modules must be \"all-linear\" or a list of module names"),
     ({"target_modules": 3}, "target_modules must be \"all-linear\" or a list of module names"),

@@ -69,7 +69,7 @@ def failure_message(e: Exception, config: TrainConfig) -> str:
     if not isinstance(e, torch.OutOfMemoryError):
         return f"{type(e).__name__}: {e}"
     less = [*([] if config.gradient_checkpointing is True else ["gradient_checkpointing=true"]),
-            *(["packs_per_forward=1"] if config.packs_per_forward > 1 else []),
+            *(["packs_per_forward=1"] if config.packs_per_forward != 1 else []),   # "auto" may have taken more
             *([f"max_seq_len={config.max_seq_len // 2}"] if config.max_seq_len > 512 else [])]
     advice = ("start a new run that needs less: " + ", ".join(f"`--param {p}`" for p in less)
               + " (`flywheel train`, or the Training page's Other parameters)") if less else \
@@ -119,8 +119,10 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, parent: int, log: Any,
         if result.resumed_from is not None:
             log(f"resumed from the checkpoint at step {result.resumed_from}")
         ran = result.steps - (result.resumed_from or 0)
+        how = (f"{result.packs_per_forward} pack{'s' if result.packs_per_forward > 1 else ''} per forward pass"
+               + (", gradient checkpointing" if result.gradient_checkpointing else ""))
         log(f"trained {ran} steps" + (f" ({result.steps} in all)" if result.resumed_from else "")
-            + f" at {result.tokens_per_s:.0f} tokens/s"
+            + f" at {result.tokens_per_s:.0f} tokens/s ({how})"
             + (", stopped early: the val loss stopped improving" if result.stopped_early else ""))
     if not main_process:
         return {}
@@ -128,7 +130,8 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, parent: int, log: Any,
         "steps": result.steps, "train_loss": round(result.train_loss, 4),
         "val_loss": None if result.val_loss is None else round(result.val_loss, 4),
         "tokens_per_s": round(result.tokens_per_s, 1), "peak_mem_gb": result.peak_mem_gb,
-        "resumed_from": result.resumed_from, "stopped_early": result.stopped_early}}
+        "resumed_from": result.resumed_from, "stopped_early": result.stopped_early,
+        "packs_per_forward": result.packs_per_forward, "gradient_checkpointing": result.gradient_checkpointing}}
     if data.val:
         if should_stop():  # the gate takes minutes on a CPU: a cancel asked during training is honoured first
             raise train.TrainingCancelled(f"cancelled after {result.steps} steps, before the gate")

@@ -7,8 +7,11 @@ What makes it fast, and why:
 - Examples are packed into full sequences; position ids restart at each example, from which
   transformers builds a block-diagonal causal mask, so no attention crosses examples. On a GPU
   the mask goes to flex attention, which skips the blocks it masks.
-- Gradient checkpointing only when memory needs it; bf16 autocast on a GPU (LoRA weights and
-  optimiser state stay float32); fused AdamW; each decoder layer compiled on a GPU.
+- On a GPU, as many packs in one forward pass as fit (up to 4: larger matrix products), and
+  gradient checkpointing only when not even one fits (`forward_plan`); bf16 autocast (LoRA
+  weights and optimiser state stay float32); fused AdamW; each decoder layer compiled, for one
+  shape: packs are padded to `max_seq_len` and forward passes to the same number of packs, so
+  nothing is compiled again mid-run.
 - The loss of a step is the mean over all its answer tokens, however its packs are split into
   forward passes (`packs_per_forward`) and across processes: the same step gives the same update.
 - `accelerate` prepares the loss module and optimiser; started by `torchrun` with several
@@ -26,7 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +59,8 @@ class TrainResult:
     peak_mem_gb: float | None
     resumed_from: int | None
     stopped_early: bool
+    packs_per_forward: int = 1          # as `forward_plan` chose
+    gradient_checkpointing: bool = False
 
 
 class TrainingCancelled(RuntimeError):
@@ -180,8 +185,9 @@ def process_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def prepare_model(base_model: Any, config: TrainConfig) -> Any:
-    """Load (if a path) and wrap the base model with fresh LoRA layers."""
+def prepare_model(base_model: Any, config: TrainConfig) -> tuple[Any, ForwardPlan]:
+    """Load (if a path) and wrap the base model with fresh LoRA layers, checkpointed and
+    compiled as planned; returns it with the plan."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -200,39 +206,62 @@ def prepare_model(base_model: Any, config: TrainConfig) -> Any:
                       target_modules=list(config.target_modules) if isinstance(config.target_modules, tuple)
                       else config.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(base_model, lora)
-    if _needs_checkpointing(model, config):
+    if cuda:
+        free, total = torch.cuda.mem_get_info()   # this process's GPU, the weights on it already
+        free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()   # cached by us: ours to use
+        plan = forward_plan(model.config.get_text_config(), config, free, total)
+    else:
+        plan = ForwardPlan(1 if config.packs_per_forward == "auto" else config.packs_per_forward,
+                           config.gradient_checkpointing is True)
+    if plan.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    if config.compile is True or (config.compile == "auto" and cuda):
+    if compiles(config):
         for layer in model.get_decoder().layers:
-            layer.compile()
-    return model
+            # For one shape (`_tensors` pads to it): a new length would be compiled again (about a
+            # minute at 8B) or traced with symbolic sizes, which flex attention failed to lower.
+            layer.compile(dynamic=False)
+    return model, plan
 
 
-def _needs_checkpointing(model: Any, config: TrainConfig) -> bool:
-    if config.gradient_checkpointing != "auto":
-        return bool(config.gradient_checkpointing)
-    if not torch.cuda.is_available():
-        return False
-    free, total = torch.cuda.mem_get_info()   # this process's GPU, the weights on it already
-    free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()   # cached by us: ours to use
-    return checkpointing_needed(model.config.get_text_config(), config, free, total)
+def compiles(config: TrainConfig) -> bool:
+    """Whether the decoder layers are compiled: on a GPU unless turned off."""
+    return config.compile is True or (config.compile == "auto" and torch.cuda.is_available())
 
 
-def checkpointing_needed(model_config: Any, config: TrainConfig, free_bytes: int, total_bytes: int) -> bool:
-    """Checkpoint only when a forward pass's activations would not fit in what is free on the
-    GPU, less a quarter of the card kept for the optimiser, the allocator and whatever else
-    runs there (a model server sharing the card has taken its part of `free_bytes` already)."""
-    return activation_bytes(model_config, config) > free_bytes - 0.25 * total_bytes
+class ForwardPlan(NamedTuple):
+    packs: int              # packs per forward pass
+    checkpointing: bool     # gradient checkpointing
 
 
-def activation_bytes(model_config: Any, config: TrainConfig) -> int:
-    """What one forward pass keeps for the backward: about 34 x hidden bytes per token per
-    decoder layer in bf16 (flash and flex attention keep no score matrix; measured: about 9 GiB
-    for 2048 tokens of Llama-3-8B), for every pack of the pass, plus one chunk of the loss's
-    fp32 logits and their gradient."""
-    tokens = config.max_seq_len * max(1, config.packs_per_forward)
-    layers = 34 * model_config.hidden_size * model_config.num_hidden_layers * tokens
+MAX_PACKS_PER_FORWARD = 4   # 8B on an H100: 1, 2, 4 packs of 2048 tokens ran 13.1k, 15.9k, 16.5k tokens/s
+
+
+def forward_plan(model_config: Any, config: TrainConfig, free_bytes: int, total_bytes: int) -> ForwardPlan:
+    """Packs per forward pass and whether to checkpoint, on a GPU, for what `config` leaves to
+    "auto": the most packs (up to 4) whose activations fit in `free_bytes` without gradient
+    checkpointing; one pack with checkpointing when not even one fits."""
+    given = config.packs_per_forward
+    for packs in [given] if given != "auto" else [MAX_PACKS_PER_FORWARD, 2, 1]:
+        if not checkpointing_needed(model_config, config, packs, free_bytes, total_bytes):
+            return ForwardPlan(packs, config.gradient_checkpointing is True)
+    return ForwardPlan(1 if given == "auto" else given, config.gradient_checkpointing in (True, "auto"))
+
+
+def checkpointing_needed(model_config: Any, config: TrainConfig, packs: int, free_bytes: int,
+                         total_bytes: int) -> bool:
+    """Whether a forward pass of `packs` packs would not fit in what is free on the GPU without
+    checkpointing, less a quarter of the card kept for the optimiser, the allocator and whatever
+    else runs there (a model server sharing the card has taken its part of `free_bytes` already)."""
+    return activation_bytes(model_config, config, packs) > free_bytes - 0.25 * total_bytes
+
+
+def activation_bytes(model_config: Any, config: TrainConfig, packs: int = 1) -> int:
+    """What one forward pass of `packs` packs keeps for the backward: about 34 x hidden bytes per
+    token per decoder layer in bf16 (flash and flex attention keep no score matrix; measured:
+    about 9 GiB for 2048 tokens of Llama-3-8B), plus one chunk of the loss's fp32 logits and
+    their gradient."""
+    layers = 34 * model_config.hidden_size * model_config.num_hidden_layers * config.max_seq_len * packs
     return layers + 2 * 4 * config.loss_chunk * model_config.vocab_size
 
 
@@ -253,7 +282,7 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     process_state()
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
                               cpu=not torch.cuda.is_available())
-    model = prepare_model(base_model, config)   # the same LoRA initialisation in every process
+    model, plan = prepare_model(base_model, config)   # the same LoRA initialisation in every process
     _seed(config.seed + accelerator.process_index)   # but dropout masks of its own
     packs = pack(train, config.max_seq_len)
     val_packs = pack(val, config.max_seq_len)
@@ -282,6 +311,14 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
         logger.info("resuming from checkpoint at step %d", step)
 
     order = _epoch_orders(len(packs), config.epochs, config.seed)
+    # As many packs per pass in every process, which must all run as many passes a step (DDP
+    # synchronises on the last): the fewest any process's GPU holds, and no more than one has.
+    held = gather_object([plan.packs]) if world > 1 else [plan.packs]
+    per_forward = min(*held, math.ceil(accumulation / world))
+    # Compiled layers see one shape in training (a step's last pass may hold fewer packs) and one
+    # in validation; uncompiled, each pass is only as long as its longest pack.
+    shape = (per_forward, config.max_seq_len) if compiles(config) else None
+    val_shape = (1, config.max_seq_len) if compiles(config) else None
     tokens, started, last_loss, val_loss = 0, time.perf_counter(), float("nan"), None
     loss_module.train()
     while step < total_steps:
@@ -297,13 +334,12 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
         # zero-weighted repeat. Each pass adds its summed loss over the step's answer tokens;
         # DDP averages over processes, hence `world`.
         mine = batch[rank::world]
-        per_forward = max(1, config.packs_per_forward)
         groups = [mine[i:i + per_forward] for i in range(0, len(mine), per_forward)]
         passes = math.ceil(math.ceil(len(batch) / world) / per_forward)
         loss_sum = torch.zeros((), device=accelerator.device)
         for i in range(passes):
             group, weight = (groups[i], 1.0) if i < len(groups) else (batch[:1], 0.0)
-            ids, labels, positions = _tensors([packs[j] for j in group], accelerator.device)
+            ids, labels, positions = _tensors([packs[j] for j in group], accelerator.device, shape)
             sync = accelerator.no_sync(loss_module) if i < passes - 1 else contextlib.nullcontext()
             with sync, accelerator.autocast():
                 summed = loss_module(ids, labels, positions)
@@ -322,7 +358,7 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
                                    f"try a lower learning rate than {config.lr}.")
         if val_packs and (step % config.val_every == 0 or step == total_steps):
             with accelerator.autocast():
-                val_loss = _validation_loss(model, val_packs, accelerator, config.loss_chunk)
+                val_loss = _validation_loss(model, val_packs, accelerator, config.loss_chunk, val_shape)
             if val_loss < best_val - 1e-4:
                 best_val, bad_validations = val_loss, 0
                 if main:
@@ -344,7 +380,8 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     elapsed = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     result = TrainResult(output_dir / "adapter", step, last_loss, best_val if val_packs else None,
-                         tokens / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early)
+                         tokens / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early, per_forward,
+                         plan.checkpointing)
     accelerator.wait_for_everyone()
     if main:
         if not val_packs or not (output_dir / "adapter").exists():
@@ -374,12 +411,13 @@ def evaluate_loss(model: Any, packs: Sequence[Pack], device: Any, chunk: int = 4
     return total / max(count, 1)
 
 
-def _validation_loss(model: Any, packs: Sequence[Pack], accelerator: Any, chunk: int) -> float:
+def _validation_loss(model: Any, packs: Sequence[Pack], accelerator: Any, chunk: int,
+                     shape: tuple[int, int] | None) -> float:
     """`evaluate_loss` with each process taking its share of the packs: every process gets the
     same figure, so all agree on the best adapter and on stopping early (a process that stopped
     alone would leave the others waiting in a collective for ever)."""
     rank, world = accelerator.process_index, accelerator.num_processes
-    total, count = _loss_sum(model, packs[rank::world], accelerator.device, chunk)
+    total, count = _loss_sum(model, packs[rank::world], accelerator.device, chunk, shape)
     sums = torch.tensor([total, count], dtype=torch.float64, device=accelerator.device)
     if world > 1:
         sums = accelerator.reduce(sums, reduction="sum")
@@ -387,13 +425,14 @@ def _validation_loss(model: Any, packs: Sequence[Pack], accelerator: Any, chunk:
 
 
 @torch.no_grad()
-def _loss_sum(model: Any, packs: Sequence[Pack], device: Any, chunk: int) -> tuple[float, int]:
+def _loss_sum(model: Any, packs: Sequence[Pack], device: Any, chunk: int,
+              shape: tuple[int, int] | None = None) -> tuple[float, int]:
     """Summed loss over the answer tokens of `packs`, and how many there were."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
     for p in packs:
-        ids, labels, positions = _tensors([p], device)
+        ids, labels, positions = _tensors([p], device, shape)
         loss, n = answer_loss(model, ids, labels, positions, chunk)
         total += float(loss) * n
         count += n
@@ -401,10 +440,13 @@ def _loss_sum(model: Any, packs: Sequence[Pack], device: Any, chunk: int) -> tup
     return total, count
 
 
-def _tensors(group: Sequence[Pack], device: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A batch of packs, each padded to the longest. The padding is an example of its own
-    (positions from 0, no labels), so nothing attends to it and it has no loss."""
-    width = max(len(p.input_ids) for p in group)
+def _tensors(group: Sequence[Pack], device: Any,
+             shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch of packs, each padded to the longest, or to `shape` (rows, tokens) with rows of
+    padding alone. The padding is an example of its own (positions from 0, no labels), so
+    nothing attends to it and it has no loss."""
+    rows, width = shape or (len(group), max(len(p.input_ids) for p in group))
+    group = [*group, *[Pack([], [], [])] * (rows - len(group))]
 
     def padded(p: Pack) -> tuple[list[int], list[int], list[int]]:
         pad = width - len(p.input_ids)

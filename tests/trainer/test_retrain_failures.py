@@ -219,7 +219,11 @@ def test_a_gpu_out_of_memory_says_what_a_new_run_should_change_from_what_this_on
     for key, value in suggested.items():   # each suggestion, as `flywheel train` reads it, is a valid parameter
         hyperparams.parse({key: json.loads(value)})
 
-    lean = hyperparams.TrainConfig(max_seq_len=512, gradient_checkpointing=True)   # nothing left to cut
+    # Packs per forward pass left to "auto" may have taken several: one is suggested.
+    auto = runner.failure_message(oom, hyperparams.TrainConfig(max_seq_len=512, gradient_checkpointing=True))
+    assert re.findall(r"--param (\w+=\w+)", auto) == ["packs_per_forward=1"]
+
+    lean = hyperparams.TrainConfig(max_seq_len=512, gradient_checkpointing=True, packs_per_forward=1)  # nothing to cut
     assert "use a GPU with more free memory" in runner.failure_message(oom, lean)
     assert "--param" not in runner.failure_message(oom, lean)
     assert runner.failure_message(ValueError("bad"), lean) == "ValueError: bad"

@@ -56,6 +56,8 @@ def test_curated_answers_become_a_live_adapter_without_a_failed_request(
         assert run.metrics["promoted"] is True and run.progress == 1
         assert [p["step"] for p in run.losses] == list(range(1, len(run.losses) + 1))
         assert "promoted flywheel-v1" in run.log
+        packs = run.metrics["train"]["packs_per_forward"]   # 1 on a CPU; on a GPU as many as fit
+        assert f"tokens/s ({packs} pack{'s' if packs > 1 else ''} per forward pass)" in run.log
         with db.connection() as conn:
             assert [(e.actor, e.action, e.target) for e in audit.recent(conn) if e.action.startswith("model.")] == [
                 ("auto-promote", "model.promote", "adapter:v1")]
