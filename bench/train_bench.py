@@ -19,9 +19,9 @@ Measured on one H100 80GB (torch 2.11, transformers 5.17, peft 0.21), 3 warm-up 
   plain, checkpointing              4,569 tokens/s  19.0 GiB
   plain                             7,279 tokens/s  36.5 GiB
   plain, batch 2                    8,108 tokens/s  57.4 GiB   (8,054 and 8,091 in other runs)
-  ours, one pack per pass, sdpa, eager      6,965 tokens/s  30.6 GiB
-  ours, one pack per pass, sdpa, compiled  12,156 tokens/s  26.3 GiB
-  ours, one pack per pass, flex, eager      7,167 tokens/s  29.6 GiB
+  ours, one pack per pass, sdpa, eager      6,965 tokens/s  30.6 GiB   (these three: an earlier run,
+  ours, one pack per pass, sdpa, compiled  12,156 tokens/s  26.3 GiB    one pack per optimiser step,
+  ours, one pack per pass, flex, eager      7,167 tokens/s  29.6 GiB    not eight)
   ours, one pack per pass (ours_1pack)     13,702 tokens/s  25.5 GiB   (13,086 and 13,855 in other runs)
   ours, two packs per pass (ours_2packs)   15,858 tokens/s  35.1 GiB
   ours (four packs per pass, as chosen)    16,609 tokens/s  54.8 GiB   2.05x plain batch 2 in the same run

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import torch
 
 from core import db
 from core.agent import graph, run
@@ -27,6 +28,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="flywheel-tests-")
         config.add_cleanup(lambda: shutil.rmtree(config.option.basetemp, ignore_errors=True))
+    if torch.cuda.is_available():
+        # On a GPU, training compiles: torch.compile warns about torch's own internals, and
+        # transformers' flex attention passes create_block_mask's deprecated `_compile` flag.
+        # None of it is our call; without a GPU every torch warning still fails its test.
+        for line in ("ignore::DeprecationWarning:torch", "ignore::UserWarning:torch",
+                     "ignore:_compile flag on create_block_mask:DeprecationWarning"):
+            config.addinivalue_line("filterwarnings", line)
 
 
 @pytest.fixture(autouse=True)

@@ -27,7 +27,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -114,6 +114,9 @@ class Pack:
 
 def pack(examples: Sequence[TokenizedExample], max_len: int) -> list[Pack]:
     """First-fit-decreasing into sequences of at most `max_len` tokens."""
+    if (longest := max((len(e.input_ids) for e in examples), default=0)) > max_len:
+        raise ValueError(f"An example of {longest} tokens is longer than max_seq_len {max_len}: "
+                         "tokenize_chat_examples cuts them to fit.")
     bins: list[list[TokenizedExample]] = []
     room: list[int] = []
     for ex in sorted(examples, key=lambda e: -len(e.input_ids)):
@@ -185,9 +188,18 @@ def process_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
-def prepare_model(base_model: Any, config: TrainConfig) -> tuple[Any, ForwardPlan]:
+class ForwardPlan(NamedTuple):
+    packs: int              # packs per forward pass
+    checkpointing: bool     # gradient checkpointing
+
+
+MAX_PACKS_PER_FORWARD = 4   # 8B on an H100: 1, 2, 4 packs of 2048 tokens ran 13.1k, 15.9k, 16.5k tokens/s
+
+
+def prepare_model(base_model: Any, config: TrainConfig,
+                  most_packs: int = MAX_PACKS_PER_FORWARD) -> tuple[Any, ForwardPlan]:
     """Load (if a path) and wrap the base model with fresh LoRA layers, checkpointed and
-    compiled as planned; returns it with the plan."""
+    compiled as planned for at most `most_packs` packs per forward pass; returns it with the plan."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -209,9 +221,9 @@ def prepare_model(base_model: Any, config: TrainConfig) -> tuple[Any, ForwardPla
     if cuda:
         free, total = torch.cuda.mem_get_info()   # this process's GPU, the weights on it already
         free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()   # cached by us: ours to use
-        plan = forward_plan(model.config.get_text_config(), config, free, total)
+        plan = forward_plan(model.config.get_text_config(), config, free, total, most_packs)
     else:
-        plan = ForwardPlan(1 if config.packs_per_forward == "auto" else config.packs_per_forward,
+        plan = ForwardPlan(1 if config.packs_per_forward == "auto" else min(config.packs_per_forward, most_packs),
                            config.gradient_checkpointing is True)
     if plan.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -229,23 +241,19 @@ def compiles(config: TrainConfig) -> bool:
     return config.compile is True or (config.compile == "auto" and torch.cuda.is_available())
 
 
-class ForwardPlan(NamedTuple):
-    packs: int              # packs per forward pass
-    checkpointing: bool     # gradient checkpointing
-
-
-MAX_PACKS_PER_FORWARD = 4   # 8B on an H100: 1, 2, 4 packs of 2048 tokens ran 13.1k, 15.9k, 16.5k tokens/s
-
-
-def forward_plan(model_config: Any, config: TrainConfig, free_bytes: int, total_bytes: int) -> ForwardPlan:
-    """Packs per forward pass and whether to checkpoint, on a GPU, for what `config` leaves to
-    "auto": the most packs (up to 4) whose activations fit in `free_bytes` without gradient
-    checkpointing; one pack with checkpointing when not even one fits."""
+def forward_plan(model_config: Any, config: TrainConfig, free_bytes: int, total_bytes: int,
+                 most_packs: int = MAX_PACKS_PER_FORWARD) -> ForwardPlan:
+    """Packs per forward pass (at most `most_packs`, the packs a process has per step) and
+    whether to checkpoint, on a GPU, for what `config` leaves to "auto": the most packs (up to
+    4) whose activations fit in `free_bytes` without gradient checkpointing; one pack with
+    checkpointing when not even one fits."""
     given = config.packs_per_forward
-    for packs in [given] if given != "auto" else [MAX_PACKS_PER_FORWARD, 2, 1]:
+    candidates = [min(given, most_packs)] if given != "auto" else \
+        list(range(min(MAX_PACKS_PER_FORWARD, most_packs), 0, -1))
+    for packs in candidates:
         if not checkpointing_needed(model_config, config, packs, free_bytes, total_bytes):
             return ForwardPlan(packs, config.gradient_checkpointing is True)
-    return ForwardPlan(1 if given == "auto" else given, config.gradient_checkpointing in (True, "auto"))
+    return ForwardPlan(candidates[-1], config.gradient_checkpointing in (True, "auto"))
 
 
 def checkpointing_needed(model_config: Any, config: TrainConfig, packs: int, free_bytes: int,
@@ -282,12 +290,14 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     process_state()
     accelerator = Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no",
                               cpu=not torch.cuda.is_available())
-    model, plan = prepare_model(base_model, config)   # the same LoRA initialisation in every process
-    _seed(config.seed + accelerator.process_index)   # but dropout masks of its own
+    rank, world = accelerator.process_index, accelerator.num_processes
     packs = pack(train, config.max_seq_len)
     val_packs = pack(val, config.max_seq_len)
     accumulation = max(1, min(round(config.batch_tokens / config.max_seq_len),
                               math.ceil(len(packs) / config.min_steps_per_epoch)))
+    mine_per_step = math.ceil(accumulation / world)   # packs a process has in a step
+    model, plan = prepare_model(base_model, config, mine_per_step)   # the same LoRA initialisation in every process
+    _seed(config.seed + rank)   # but dropout masks of its own
     # Steps take consecutive slices of all epochs' orders, so a step may span two epochs and
     # none is left empty.
     total_steps = math.ceil(len(packs) * config.epochs / accumulation)
@@ -298,7 +308,6 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
         optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
     loss_module, optimizer = accelerator.prepare(AnswerLoss(model, config.loss_chunk), optimizer)
     main = accelerator.is_main_process
-    rank, world = accelerator.process_index, accelerator.num_processes
 
     checkpoint_dir = output_dir / "checkpoints"
     step, resumed_from = 0, None
@@ -312,9 +321,10 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
 
     order = _epoch_orders(len(packs), config.epochs, config.seed)
     # As many packs per pass in every process, which must all run as many passes a step (DDP
-    # synchronises on the last): the fewest any process's GPU holds, and no more than one has.
-    held = gather_object([plan.packs]) if world > 1 else [plan.packs]
-    per_forward = min(*held, math.ceil(accumulation / world))
+    # synchronises on the last): the fewest any process's GPU holds, spread evenly over the
+    # passes (5 packs as 3 + 2, not 4 + 1: a pass is padded to the full number).
+    fewest = min(gather_object([plan.packs])) if world > 1 else plan.packs
+    per_forward = math.ceil(mine_per_step / math.ceil(mine_per_step / fewest))
     # Compiled layers see one shape in training (a step's last pass may hold fewer packs) and one
     # in validation; uncompiled, each pass is only as long as its longest pack.
     shape = (per_forward, config.max_seq_len) if compiles(config) else None
@@ -402,7 +412,11 @@ def finished_training(output_dir: Path) -> TrainResult | None:
         return None
     if not (output_dir / "adapter").is_dir():
         return None
-    return TrainResult(**{**recorded, "adapter_dir": Path(recorded["adapter_dir"])})
+    values = {k: v for k, v in recorded.items() if k in {f.name for f in fields(TrainResult)}}
+    try:
+        return TrainResult(**{**values, "adapter_dir": Path(values["adapter_dir"])})
+    except (KeyError, TypeError):   # written by another version: train again
+        return None
 
 
 def evaluate_loss(model: Any, packs: Sequence[Pack], device: Any, chunk: int = 4096) -> float:

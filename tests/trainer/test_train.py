@@ -1,6 +1,7 @@
 """The training core on the CPU with a tiny model of SmolLM2's architecture."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,11 @@ def test_a_finished_training_is_on_record_for_a_run_that_stops_after_it(tiny_mod
     done = train.train_lora(tiny_model_dir, _examples(2), _examples(1, seed=1), tmp_path, _config(epochs=3))
     assert not (tmp_path / "checkpoints").exists()   # gone: what a resume would start from is the record
     assert train.finished_training(tmp_path) == done
+    # A record another version wrote: fields it lacks take their defaults, fields it adds are left.
+    recorded = json.loads((tmp_path / train.FINISHED).read_text())
+    del recorded["packs_per_forward"]
+    (tmp_path / train.FINISHED).write_text(json.dumps({**recorded, "tokens_seen": 123}))
+    assert train.finished_training(tmp_path) == done
     (tmp_path / "adapter").rename(tmp_path / "lost")
     assert train.finished_training(tmp_path) is None   # without its adapter, the record is worth nothing
 
@@ -163,6 +169,11 @@ def test_no_examples_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> N
         train.train_lora(tiny_model_dir, [], [], tmp_path, _config())
 
 
+def test_an_example_longer_than_max_seq_len_is_refused_naming_both_lengths(tiny_model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="An example of 80 tokens is longer than max_seq_len 64"):
+        train.train_lora(tiny_model_dir, _examples(2) + _examples(1, shortest=80), [], tmp_path, _config())
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
@@ -185,8 +196,8 @@ def test_a_forward_pass_takes_as_many_packs_as_free_gpu_memory_holds_and_checkpo
     h100, weights, gib = 80 * 2**30, 16 * 2**30, 2**30
     auto = TrainConfig(max_seq_len=2048)
 
-    def plan(free: int, config: TrainConfig = auto) -> train.ForwardPlan:
-        return train.forward_plan(llama3_8b, config, free, h100)
+    def plan(free: int, config: TrainConfig = auto, most_packs: int = 8) -> train.ForwardPlan:
+        return train.forward_plan(llama3_8b, config, free, h100, most_packs)
 
     # The card to itself: four packs (38 GiB of activations) fit beside the weights, a quarter kept free.
     assert plan(h100 - weights) == (4, False)
@@ -195,6 +206,9 @@ def test_a_forward_pass_takes_as_many_packs_as_free_gpu_memory_holds_and_checkpo
     assert plan(36 * gib) == (1, False)
     # A model server on the same card holding 40 GiB: not even one pack fits without checkpointing.
     assert plan(h100 - weights - 40 * gib) == (1, True)
+    # No more packs than a process has in a step.
+    assert plan(h100 - weights, auto, most_packs=3) == (3, False)
+    assert plan(h100 - weights, TrainConfig(max_seq_len=2048, packs_per_forward=4), most_packs=1) == (1, False)
     # What the run was given is kept; checkpointing stays "auto" unless given.
     assert plan(36 * gib, TrainConfig(max_seq_len=2048, packs_per_forward=2)) == (2, True)
     assert plan(h100 - weights - 40 * gib, TrainConfig(max_seq_len=2048, gradient_checkpointing=False)) == (1, False)
