@@ -120,6 +120,35 @@ def test_crashed_run_resumes_from_its_last_checkpoint(tiny_model_dir: Path, tmp_
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_checkpoint_from_before_every_process_kept_its_generators_still_resumes(
+        tiny_model_dir: Path, tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from trainer import checkpoints
+
+    def fresh() -> tuple[object, torch.optim.Optimizer, object]:
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               LoraConfig(r=4, target_modules=["q_proj"]))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+        return model, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+
+    folder = tmp_path / "step-000003"
+    torch.manual_seed(7)
+    saved = torch.get_rng_state()
+    checkpoints.save(folder, *fresh(), 3, 1.5, 0, [checkpoints.rng_state()])
+    # As written then: one CPU generator, the main process's, beside the optimiser's state.
+    state = torch.load(folder / "optimizer.pt", weights_only=True)
+    torch.save({**state, "rng": saved, "cuda_rng": None}, folder / "optimizer.pt")
+    for rank in (0, 1):
+        model, optimizer, scheduler = fresh()
+        torch.manual_seed(99)
+        own = torch.get_rng_state()
+        assert checkpoints.load(folder, model, optimizer, scheduler, rank) == (3, 1.5, 0)
+        # The main process resumes its stream; a process the checkpoint has none for keeps its own.
+        assert torch.equal(torch.get_rng_state(), saved if rank == 0 else own)
+
+
 def test_a_finished_training_is_on_record_for_a_run_that_stops_after_it(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert train.finished_training(tmp_path) is None
     done = train.train_lora(tiny_model_dir, _examples(2), _examples(1, seed=1), tmp_path, _config(epochs=3))
