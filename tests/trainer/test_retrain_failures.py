@@ -114,9 +114,10 @@ def test_a_run_killed_in_its_gate_resumes_at_the_gate_without_training_again(cur
     run = retrain.request_retrain(requested_by="admin", params={**TINY_PARAMS, "gate_max_new_tokens": 128})
     finished = _work(run.id) / train.FINISHED
 
-    def kill_once_trained() -> None:   # the gate loads the model and generates: seconds, on this machine
+    def kill_once_trained() -> None:   # the gate loads the model and generates: about 2 s, on this machine
+        pid = _training_pid(run.id)    # found while it trains: nothing but polling between the two
         wait_until(finished.exists, timeout_s=120, what="the training to finish")
-        os.kill(_training_pid(run.id), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
 
     killer = threading.Thread(target=kill_once_trained)
     killer.start()
