@@ -16,7 +16,7 @@ one JSON object last.
 Run on a GPU: `python bench/train_bench.py [--layers 32] [--variants ...]`.
 
 Measured on one H100 80GB (torch 2.11, transformers 5.17, peft 0.21), 3 warm-up + 10 timed steps:
-  plain, checkpointing              4,569 tokens/s  19.0 GiB
+  plain, checkpointing              4,569 tokens/s  19.0 GiB   (these two: an earlier run)
   plain                             7,279 tokens/s  36.5 GiB
   plain, batch 2                    8,108 tokens/s  57.4 GiB   (8,054 and 8,091 in other runs)
   ours, one pack per pass, sdpa, eager      6,965 tokens/s  30.6 GiB   (these three: an earlier run,
@@ -115,7 +115,7 @@ def plain(config: object, data: list, *, checkpointing: bool, warmup: int, steps
 
 def ours(config: object, data: list, *, warmup: int, steps: int, **options: object) -> dict:
     """`trainer.train.train_lora` with its GPU defaults (flex attention, compiled decoder
-    layers, as many packs per forward pass as fit, 8 packs per optimiser step), or with
+    layers, as many packs per forward pass as fit, its packs per optimiser step), or with
     `options` changing them; timed per optimiser step."""
     from core.hyperparams import TrainConfig
     from trainer import train
@@ -161,6 +161,8 @@ VARIANTS = {
 
 
 def main() -> None:
+    from core.hyperparams import TrainConfig
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
@@ -171,7 +173,8 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("train_bench needs a CUDA GPU")
     config = llama3_8b(args.layers)
-    data = examples(8 * (args.warmup + args.steps), config.vocab_size)   # 8 packs per optimiser step  # type: ignore[attr-defined]
+    packs_per_step = TrainConfig().batch_tokens // SEQ   # the trainer's default step
+    data = examples(packs_per_step * (args.warmup + args.steps), config.vocab_size)  # type: ignore[attr-defined]
     results: dict[str, dict] = {}
     for name in args.variants:
         t0 = time.perf_counter()

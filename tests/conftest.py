@@ -32,7 +32,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # On a GPU, training compiles: torch.compile warns about torch's own internals, and
         # transformers' flex attention passes create_block_mask's deprecated `_compile` flag.
         # None of it is our call; without a GPU every torch warning still fails its test.
-        for line in ("ignore::DeprecationWarning:torch", "ignore::UserWarning:torch",
+        for line in ("ignore::DeprecationWarning:torch\\.", "ignore::UserWarning:torch\\.",
                      "ignore:_compile flag on create_block_mask:DeprecationWarning"):
             config.addinivalue_line("filterwarnings", line)
 

@@ -59,8 +59,8 @@ class TrainResult:
     peak_mem_gb: float | None
     resumed_from: int | None
     stopped_early: bool
-    packs_per_forward: int = 1          # as `forward_plan` chose
-    gradient_checkpointing: bool = False
+    packs_per_forward: int = 1          # as run
+    gradient_checkpointing: bool = False   # in any process
 
 
 class TrainingCancelled(RuntimeError):
@@ -193,7 +193,7 @@ class ForwardPlan(NamedTuple):
     checkpointing: bool     # gradient checkpointing
 
 
-MAX_PACKS_PER_FORWARD = 4   # 8B on an H100: 1, 2, 4 packs of 2048 tokens ran 13.1k, 15.9k, 16.5k tokens/s
+MAX_PACKS_PER_FORWARD = 4   # 8B on an H100, one run: 1, 2, 4 packs of 2048 tokens gave 13.1k, 15.9k, 16.5k tokens/s
 
 
 def prepare_model(base_model: Any, config: TrainConfig,
@@ -218,13 +218,11 @@ def prepare_model(base_model: Any, config: TrainConfig,
                       target_modules=list(config.target_modules) if isinstance(config.target_modules, tuple)
                       else config.target_modules, task_type="CAUSAL_LM")
     model = get_peft_model(base_model, lora)
+    memory = None
     if cuda:
         free, total = torch.cuda.mem_get_info()   # this process's GPU, the weights on it already
-        free += torch.cuda.memory_reserved() - torch.cuda.memory_allocated()   # cached by us: ours to use
-        plan = forward_plan(model.config.get_text_config(), config, free, total, most_packs)
-    else:
-        plan = ForwardPlan(1 if config.packs_per_forward == "auto" else min(config.packs_per_forward, most_packs),
-                           config.gradient_checkpointing is True)
+        memory = free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated(), total   # our cache is ours
+    plan = forward_plan(model.config.get_text_config(), config, memory, most_packs)
     if plan.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
@@ -241,19 +239,25 @@ def compiles(config: TrainConfig) -> bool:
     return config.compile is True or (config.compile == "auto" and torch.cuda.is_available())
 
 
-def forward_plan(model_config: Any, config: TrainConfig, free_bytes: int, total_bytes: int,
+def forward_plan(model_config: Any, config: TrainConfig, gpu_memory: tuple[int, int] | None,
                  most_packs: int = MAX_PACKS_PER_FORWARD) -> ForwardPlan:
     """Packs per forward pass (at most `most_packs`, the packs a process has per step) and
-    whether to checkpoint, on a GPU, for what `config` leaves to "auto": the most packs (up to
-    4) whose activations fit in `free_bytes` without gradient checkpointing; one pack with
-    checkpointing when not even one fits."""
+    whether to checkpoint, for what `config` leaves to "auto". On a GPU (`gpu_memory`: bytes
+    free, bytes in all) the most packs (up to 4) whose activations fit without checkpointing,
+    or one pack with checkpointing when not even one fits; on a CPU one pack, no checkpointing."""
     given = config.packs_per_forward
     candidates = [min(given, most_packs)] if given != "auto" else \
-        list(range(min(MAX_PACKS_PER_FORWARD, most_packs), 0, -1))
+        list(range(min(MAX_PACKS_PER_FORWARD if gpu_memory else 1, most_packs), 0, -1))
     for packs in candidates:
-        if not checkpointing_needed(model_config, config, packs, free_bytes, total_bytes):
+        if gpu_memory is None or not checkpointing_needed(model_config, config, packs, *gpu_memory):
             return ForwardPlan(packs, config.gradient_checkpointing is True)
     return ForwardPlan(candidates[-1], config.gradient_checkpointing in (True, "auto"))
+
+
+def packs_per_pass(packs: int, most: int) -> int:
+    """Packs in each forward pass of a step of `packs`, at most `most` a pass, spread evenly
+    (5 at most 4 a pass: 3 + 2, not 4 + 1, since a compiled pass is padded to the full number)."""
+    return math.ceil(packs / math.ceil(packs / most))
 
 
 def checkpointing_needed(model_config: Any, config: TrainConfig, packs: int, free_bytes: int,
@@ -321,10 +325,10 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
 
     order = _epoch_orders(len(packs), config.epochs, config.seed)
     # As many packs per pass in every process, which must all run as many passes a step (DDP
-    # synchronises on the last): the fewest any process's GPU holds, spread evenly over the
-    # passes (5 packs as 3 + 2, not 4 + 1: a pass is padded to the full number).
-    fewest = min(gather_object([plan.packs])) if world > 1 else plan.packs
-    per_forward = math.ceil(mine_per_step / math.ceil(mine_per_step / fewest))
+    # synchronises on the last): the fewest any process's GPU holds, spread evenly.
+    plans = gather_object([plan]) if world > 1 else [plan]
+    per_forward = packs_per_pass(mine_per_step, min(p.packs for p in plans))
+    checkpointing = any(p.checkpointing for p in plans)   # for the record: each process decided its own
     # Compiled layers see one shape in training (a step's last pass may hold fewer packs) and one
     # in validation; uncompiled, each pass is only as long as its longest pack.
     shape = (per_forward, config.max_seq_len) if compiles(config) else None
@@ -391,7 +395,7 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
     result = TrainResult(output_dir / "adapter", step, last_loss, best_val if val_packs else None,
                          tokens / elapsed if elapsed else 0.0, peak, resumed_from, stopped_early, per_forward,
-                         plan.checkpointing)
+                         checkpointing)
     accelerator.wait_for_everyone()
     if main:
         if not val_packs or not (output_dir / "adapter").exists():
@@ -412,7 +416,8 @@ def finished_training(output_dir: Path) -> TrainResult | None:
         return None
     if not (output_dir / "adapter").is_dir():
         return None
-    values = {k: v for k, v in recorded.items() if k in {f.name for f in fields(TrainResult)}}
+    known = {f.name for f in fields(TrainResult)}
+    values = {k: v for k, v in recorded.items() if k in known}
     try:
         return TrainResult(**{**values, "adapter_dir": Path(values["adapter_dir"])})
     except (KeyError, TypeError):   # written by another version: train again

@@ -51,7 +51,7 @@ def test_a_step_gives_the_same_update_however_its_packs_are_split_into_forward_p
     assert len(train.pack(_examples(), CONFIG["max_seq_len"])) == 3
     one = train.train_lora(tiny_model_dir, _examples(), [], tmp_path / "one", TrainConfig(**CONFIG, packs_per_forward=1))
     three = train.train_lora(tiny_model_dir, _examples(), [], tmp_path / "three",
-                             TrainConfig(**CONFIG, packs_per_forward=3))  # padded to the longest
+                             TrainConfig(**CONFIG, packs_per_forward=3))
     assert one.steps == three.steps == 4 and (one.packs_per_forward, three.packs_per_forward) == (1, 3)
     assert abs(one.train_loss - three.train_loss) < 1e-4
     _assert_same_adapter(_adapter(tmp_path / "one"), _adapter(tmp_path / "three"))

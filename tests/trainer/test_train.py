@@ -154,11 +154,16 @@ def test_a_finished_training_is_on_record_for_a_run_that_stops_after_it(tiny_mod
     done = train.train_lora(tiny_model_dir, _examples(2), _examples(1, seed=1), tmp_path, _config(epochs=3))
     assert not (tmp_path / "checkpoints").exists()   # gone: what a resume would start from is the record
     assert train.finished_training(tmp_path) == done
-    # A record another version wrote: fields it lacks take their defaults, fields it adds are left.
+    # A record another version wrote: fields it lacks take their defaults, fields it adds are left,
+    # and one without a field that has no default is not taken up (the run trains again).
     recorded = json.loads((tmp_path / train.FINISHED).read_text())
     del recorded["packs_per_forward"]
     (tmp_path / train.FINISHED).write_text(json.dumps({**recorded, "tokens_seen": 123}))
     assert train.finished_training(tmp_path) == done
+    del recorded["steps"]
+    (tmp_path / train.FINISHED).write_text(json.dumps(recorded))
+    assert train.finished_training(tmp_path) is None
+    (tmp_path / train.FINISHED).write_text(json.dumps({**recorded, "steps": done.steps}))
     (tmp_path / "adapter").rename(tmp_path / "lost")
     assert train.finished_training(tmp_path) is None   # without its adapter, the record is worth nothing
 
@@ -226,7 +231,7 @@ def test_a_forward_pass_takes_as_many_packs_as_free_gpu_memory_holds_and_checkpo
     auto = TrainConfig(max_seq_len=2048)
 
     def plan(free: int, config: TrainConfig = auto, most_packs: int = 8) -> train.ForwardPlan:
-        return train.forward_plan(llama3_8b, config, free, h100, most_packs)
+        return train.forward_plan(llama3_8b, config, (free, h100), most_packs)
 
     # The card to itself: four packs (38 GiB of activations) fit beside the weights, a quarter kept free.
     assert plan(h100 - weights) == (4, False)
@@ -242,19 +247,36 @@ def test_a_forward_pass_takes_as_many_packs_as_free_gpu_memory_holds_and_checkpo
     assert plan(36 * gib, TrainConfig(max_seq_len=2048, packs_per_forward=2)) == (2, True)
     assert plan(h100 - weights - 40 * gib, TrainConfig(max_seq_len=2048, gradient_checkpointing=False)) == (1, False)
     assert plan(h100 - weights, TrainConfig(max_seq_len=2048, gradient_checkpointing=True)) == (4, True)
+    # Without a GPU: one pack unless given, checkpointing only if asked for.
+    assert train.forward_plan(llama3_8b, auto, None, 8) == (1, False)
+    assert train.forward_plan(llama3_8b, TrainConfig(packs_per_forward=3, gradient_checkpointing=True), None, 2) \
+        == (2, True)
+
+
+def test_a_step_s_packs_are_spread_evenly_over_its_forward_passes() -> None:
+    assert [train.packs_per_pass(packs, 4) for packs in (1, 3, 4, 5, 6, 8, 9)] == [1, 3, 4, 3, 3, 4, 3]
+
+
+def test_padding_a_forward_pass_to_one_shape_leaves_its_loss_as_it_was(tiny: torch.nn.Module) -> None:
+    [packed] = train.pack(_examples(3), max_len=64)
+    with torch.no_grad():
+        as_long_as_the_pack = train.answer_loss(tiny, *train._tensors([packed], "cpu"))
+        with_padding_and_a_row_of_it = train.answer_loss(tiny, *train._tensors([packed], "cpu", shape=(2, 96)))
+    assert with_padding_and_a_row_of_it[1] == as_long_as_the_pack[1]
+    assert float(with_padding_and_a_row_of_it[0]) == pytest.approx(float(as_long_as_the_pack[0]), rel=1e-5)
 
 
 @pytest.mark.gpu
 @needs_cuda
 def test_on_the_gpu_compiled_bf16_training_lowers_the_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
     # Packs of several lengths, longer than one of flex attention's 128-token blocks, and a
-    # held-out pack: the compiled layers are given them padded to one shape (on an H100 this test
-    # took 38 s so, 103 s when each new length was compiled again).
+    # validation pack: the compiled layers are given them padded to one shape (on an H100 this
+    # test took 38 s so, 103 s when each new length was compiled again).
     examples = _examples(9, shortest=60)
-    held_out = examples[:3]   # random tokens: only what was trained on can get a lower loss
+    val = examples[:3]   # random tokens: only what was trained on can get a lower loss
     lengths = {len(p.input_ids) for p in train.pack(examples, 256)}
     assert len(lengths) > 1 and max(lengths) > 128
-    result = train.train_lora(tiny_model_dir, examples, held_out, tmp_path,
+    result = train.train_lora(tiny_model_dir, examples, val, tmp_path,
                               _config(epochs=30, max_seq_len=256, batch_tokens=256))  # GPU defaults
     assert result.peak_mem_gb is not None and result.peak_mem_gb > 0
     assert result.val_loss is not None and result.val_loss < 10.5  # from about ln(49152) = 10.8
