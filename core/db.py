@@ -5,9 +5,10 @@ import json
 import logging
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 import psycopg
@@ -18,6 +19,7 @@ from psycopg_pool import ConnectionPool
 from core.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 # Any fixed 64-bit number: every process that migrates takes this lock first.
@@ -149,6 +151,19 @@ def connection(url: str | None = None) -> Iterator[psycopg.Connection]:
     """A pooled connection whose transaction commits when the block ends (rolls back on error)."""
     with pool(url).connection() as conn:
         yield conn
+
+
+def with_retry(work: Callable[[psycopg.Connection], T], url: str | None = None) -> T:
+    """`work(conn)` in a pooled transaction, run once more on a fresh connection if Postgres
+    dropped this one mid-query (a restart, a failover): for small idempotent writes and reads
+    that a long job must not die of. The pool's check only catches drops between queries."""
+    try:
+        with connection(url) as conn:
+            return work(conn)
+    except psycopg.OperationalError as e:
+        logger.warning("database connection lost mid-query, trying once more: %s", e)
+        with connection(url) as conn:
+            return work(conn)
 
 
 def close_pools() -> None:

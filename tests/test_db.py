@@ -56,6 +56,29 @@ def test_concurrent_migrations_do_not_race(empty_database: str) -> None:
     assert sorted(len(r) for r in results) == [0, 0, 0, len(db.migration_files())]
 
 
+def test_work_whose_connection_postgres_drops_mid_query_runs_once_more_on_a_fresh_one(database_url: str) -> None:
+    backends: list[int] = []
+
+    def drop(pid: int) -> None:   # a restart or a failover, as this one connection sees it
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
+
+    def read(conn: psycopg.Connection) -> int:
+        backends.append(conn.info.backend_pid)
+        if len(backends) == 1:
+            threading.Timer(0.3, drop, [conn.info.backend_pid]).start()
+            conn.execute("SELECT pg_sleep(10)")
+        return conn.execute("SELECT 42 AS answer").fetchone()["answer"]  # type: ignore[index]
+
+    assert db.with_retry(read) == 42
+    assert len(backends) == 2 and backends[0] != backends[1]
+    # A mistake in the work itself is not tried again.
+    backends.clear()
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        db.with_retry(lambda conn: backends.append(0) or conn.execute("SELECT * FROM no_such_table"))
+    assert backends == [0]
+
+
 def test_pooled_connection_rolls_back_on_error(database_url: str) -> None:
     with pytest.raises(RuntimeError):
         with db.connection() as conn:

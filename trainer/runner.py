@@ -36,8 +36,7 @@ def main(work: Path) -> int:
     def log(line: str) -> None:
         logger.info(line)
         if main_process:
-            with db.connection() as conn:
-                training.append_log(conn, run_id, line)
+            db.with_retry(lambda conn: training.append_log(conn, run_id, line))
 
     try:
         result = _run(spec, work, run_id, parent, log, main_process)
@@ -96,9 +95,9 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, parent: int, log: Any,
         raise dataset.DatasetError(f"No example fits in {config.max_seq_len} tokens with its answer.")
 
     def on_progress(step: int, total: int, loss: float, val_loss: float | None) -> None:
-        with db.connection() as conn:   # pooled and checked: a Postgres restart costs no training
-            training.report_progress(conn, run_id, step=step, total=total, train_loss=round(loss, 4),
-                                     val_loss=None if val_loss is None else round(val_loss, 4))
+        db.with_retry(lambda conn: training.report_progress(   # a Postgres restart costs no training
+            conn, run_id, step=step, total=total, train_loss=round(loss, 4),
+            val_loss=None if val_loss is None else round(val_loss, 4)))
         if step == 1 or step == total or step % max(1, total // 10) == 0:
             log(f"step {step}/{total}: train loss {loss:.4f}"
                 + (f", val loss {val_loss:.4f}" if val_loss is not None else ""))
@@ -106,8 +105,7 @@ def _run(spec: dict[str, Any], work: Path, run_id: int, parent: int, log: Any,
     def should_stop() -> bool:
         if not psutil.pid_exists(parent):  # the worker died: stop rather than train for nobody
             raise RuntimeError(f"the worker process {parent} that started this training is gone")
-        with db.connection() as conn:
-            return training.cancel_requested(conn, run_id)
+        return db.with_retry(lambda conn: training.cancel_requested(conn, run_id))
 
     log(f"training process {os.getpid()} started")  # tests and operators find the process by this line
     result = train.finished_training(work)
