@@ -122,7 +122,7 @@ def ours(config: object, data: list, *, warmup: int, steps: int, **options: obje
 
     cfg = TrainConfig(rank=16, alpha=32, epochs=1, max_seq_len=SEQ, min_steps_per_epoch=1,
                       val_every=10**9, checkpoint_every=10**9, warmup_ratio=0.0, **options)  # type: ignore[arg-type]
-    attn = cfg.attn_implementation if cfg.attn_implementation != "auto" else "flex_attention"
+    attn = train.attention(cfg)   # on the GPU: flex attention unless an option names another
     model = build_model(config, attn)
     stamps: list[float] = []
 
@@ -138,7 +138,7 @@ def ours(config: object, data: list, *, warmup: int, steps: int, **options: obje
                                   on_progress=on_progress)
     out = {"tokens_per_s": round((len(stamps) - warmup) * per_step * SEQ / (stamps[-1] - stamps[warmup - 1])),
            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1), "loss": round(result.train_loss, 3),
-           "attention": attn, "compiled": cfg.compile in (True, "auto"), "warmup_s": round(stamps[warmup - 1] - started, 1),
+           "attention": attn, "compiled": train.compiles(cfg), "warmup_s": round(stamps[warmup - 1] - started, 1),
            "packs_per_forward": result.packs_per_forward, "gradient_checkpointing": result.gradient_checkpointing}
     del model, result
     return out

@@ -205,12 +205,10 @@ def prepare_model(base_model: Any, config: TrainConfig,
 
     cuda = torch.cuda.is_available()
     if isinstance(base_model, (str, Path)):
-        attn = config.attn_implementation if config.attn_implementation != "auto" else (
-            "flex_attention" if cuda else "sdpa")
         # On a GPU, straight onto this process's GPU: not the whole bf16 model in CPU memory
         # first in every process (16 GB each at 8B).
         base_model = AutoModelForCausalLM.from_pretrained(
-            base_model, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation=attn,
+            base_model, dtype=torch.bfloat16 if cuda else torch.float32, attn_implementation=attention(config),
             device_map={"": process_state().device} if cuda else None)
     elif cuda:   # a model given built (the bench's)
         base_model = base_model.to(process_state().device)
@@ -232,6 +230,14 @@ def prepare_model(base_model: Any, config: TrainConfig,
             # minute at 8B) or traced with symbolic sizes, which flex attention failed to lower.
             layer.compile(dynamic=False)
     return model, plan
+
+
+def attention(config: TrainConfig) -> str:
+    """The attention kernel a model is loaded with: flex attention on a GPU (it skips the blocks
+    packing masks), sdpa on a CPU, unless the config names one."""
+    if config.attn_implementation != "auto":
+        return config.attn_implementation
+    return "flex_attention" if torch.cuda.is_available() else "sdpa"
 
 
 def compiles(config: TrainConfig) -> bool:
@@ -318,8 +324,7 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     best_val, bad_validations, stopped_early = math.inf, 0, False
     latest = checkpoints.latest(checkpoint_dir)
     if latest is not None:
-        step, best_val, bad_validations = checkpoints.load(latest, model, optimizer, scheduler,
-                                                           accelerator.process_index)
+        step, best_val, bad_validations = checkpoints.load(latest, model, optimizer, scheduler, rank)
         resumed_from = step
         logger.info("resuming from checkpoint at step %d", step)
 
@@ -331,8 +336,9 @@ def train_lora(base_model: Any, train: Sequence[TokenizedExample], val: Sequence
     checkpointing = any(p.checkpointing for p in plans)   # for the record: each process decided its own
     # Compiled layers see one shape in training (a step's last pass may hold fewer packs) and one
     # in validation; uncompiled, each pass is only as long as its longest pack.
-    shape = (per_forward, config.max_seq_len) if compiles(config) else None
-    val_shape = (1, config.max_seq_len) if compiles(config) else None
+    compiled = compiles(config)
+    shape = (per_forward, config.max_seq_len) if compiled else None
+    val_shape = (1, config.max_seq_len) if compiled else None
     tokens, started, last_loss, val_loss = 0, time.perf_counter(), float("nan"), None
     loss_module.train()
     while step < total_steps:
