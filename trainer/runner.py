@@ -52,6 +52,7 @@ def main(work: Path) -> int:
     finally:
         db.close_pools()
     _write(work, result, main_process)
+    train.leave_process_group()
     return 0
 
 

@@ -188,6 +188,13 @@ def process_state() -> Any:
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def leave_process_group() -> None:
+    """Before a training process exits: the group's gloo or NCCL threads still running at exit
+    can abort it ("terminate called without an active exception", seen once under torchrun)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 class ForwardPlan(NamedTuple):
     packs: int              # packs per forward pass
     checkpointing: bool     # gradient checkpointing

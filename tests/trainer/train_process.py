@@ -30,6 +30,7 @@ def main(spec_file: Path) -> None:
                               on_progress=progress)
     out = Path(spec["out"]).parent / f"seen-{os.environ['RANK']}.json"
     out.write_text(json.dumps({"val_loss": result.val_loss, "next_draws": torch.rand(4).tolist()}))
+    train.leave_process_group()
 
 
 if __name__ == "__main__":
